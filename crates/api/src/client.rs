@@ -1,0 +1,173 @@
+//! The typed HTTP client for the REST API and the worker protocol.
+
+use crate::ErrorBody;
+use bytes::Bytes;
+use reqwest::{Method, StatusCode};
+use serde::{de::DeserializeOwned, Serialize};
+use std::time::Duration;
+
+/// Why a call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The control plane answered with an error.
+    #[error("{message} ({status}, {code})")]
+    Api { status: u16, code: String, message: String },
+    /// No answer: the control plane is down or not reachable from here.
+    #[error("cannot reach the control plane at {url}")]
+    Unreachable {
+        url: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error("unexpected response from {url}")]
+    Decode {
+        url: String,
+        #[source]
+        source: reqwest::Error,
+    },
+}
+
+impl ClientError {
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            Self::Api { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+
+    /// Maps the error to the CLI's documented exit code.
+    pub fn exit_code(&self) -> i32 {
+        use crate::exit_code::*;
+        match self {
+            Self::Api { status: 401 | 403, .. } => REFUSED,
+            Self::Api { status: 404, .. } => NOT_FOUND,
+            Self::Api { .. } => USAGE,
+            Self::Unreachable { .. } => UNREACHABLE,
+            Self::Decode { .. } => UNREACHABLE,
+        }
+    }
+}
+
+/// A client for one control plane, authenticated by one bearer token.
+#[derive(Debug, Clone)]
+pub struct Client {
+    base: String,
+    token: String,
+    http: reqwest::Client,
+}
+
+impl Client {
+    pub fn new(base: &str, token: &str) -> Self {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .no_proxy()
+            .build()
+            .expect("a client with no TLS and no proxy always builds");
+        Self { base: base.trim_end_matches('/').to_string(), token: token.to_string(), http }
+    }
+
+    pub fn base_url(&self) -> &str {
+        &self.base
+    }
+
+    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        self.json(Method::GET, path, None::<&()>, &[]).await
+    }
+
+    pub async fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T, ClientError> {
+        self.json(Method::POST, path, Some(body), &[]).await
+    }
+
+    pub async fn patch<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T, ClientError> {
+        self.json(Method::PATCH, path, Some(body), &[]).await
+    }
+
+    pub async fn delete(&self, path: &str) -> Result<(), ClientError> {
+        let _: serde_json::Value = self.json(Method::DELETE, path, None::<&()>, &[]).await?;
+        Ok(())
+    }
+
+    /// Sends a JSON request with extra headers and decodes the JSON answer.
+    pub async fn json<B: Serialize, T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+        headers: &[(&str, &str)],
+    ) -> Result<T, ClientError> {
+        let url = format!("{}{}", self.base, path);
+        let mut req = self.http.request(method, &url).bearer_auth(&self.token);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        if let Some(body) = body {
+            req = req.json(body);
+        }
+        let resp = req.send().await.map_err(|source| ClientError::Unreachable { url: url.clone(), source })?;
+        let resp = check(resp).await?;
+        resp.json().await.map_err(|source| ClientError::Decode { url, source })
+    }
+
+    /// Uploads raw bytes with `PUT`.
+    pub async fn put_bytes(&self, path: &str, body: Bytes) -> Result<(), ClientError> {
+        let url = format!("{}{}", self.base, path);
+        let resp = self
+            .http
+            .put(&url)
+            .bearer_auth(&self.token)
+            .body(body)
+            .send()
+            .await
+            .map_err(|source| ClientError::Unreachable { url: url.clone(), source })?;
+        check(resp).await.map(|_| ())
+    }
+
+    /// Downloads raw bytes with `GET`.
+    pub async fn get_bytes(&self, path: &str) -> Result<Bytes, ClientError> {
+        let resp = self.get_response(path).await?;
+        let url = resp.url().to_string();
+        resp.bytes().await.map_err(|source| ClientError::Unreachable { url, source })
+    }
+
+    /// Starts a `GET` whose body the caller streams (large downloads).
+    pub async fn get_response(&self, path: &str) -> Result<reqwest::Response, ClientError> {
+        let url = format!("{}{}", self.base, path);
+        let resp = self
+            .http
+            .get(&url)
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .map_err(|source| ClientError::Unreachable { url: url.clone(), source })?;
+        check(resp).await
+    }
+}
+
+async fn check(resp: reqwest::Response) -> Result<reqwest::Response, ClientError> {
+    let status = resp.status();
+    if status.is_success() {
+        return Ok(resp);
+    }
+    let text = resp.text().await.unwrap_or_default();
+    let (code, message) = match serde_json::from_str::<ErrorBody>(&text) {
+        Ok(body) => (body.code, body.message),
+        Err(_) => (reason_code(status), if text.is_empty() { status.to_string() } else { text }),
+    };
+    Err(ClientError::Api { status: status.as_u16(), code, message })
+}
+
+fn reason_code(status: StatusCode) -> String {
+    status.canonical_reason().unwrap_or("error").to_lowercase().replace(' ', "_")
+}
+
+/// Percent-encodes one path segment or query value.
+pub fn encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => out.push(b as char),
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}

@@ -1,0 +1,10 @@
+//! Cove's wire contract: the JSON types of the REST API, the typed client the CLI and the worker use, and
+//! the CLI's exit codes. Small and stable: it holds no logic beyond (de)serialising and calling.
+
+mod client;
+pub mod exit_code;
+mod types;
+pub mod worker;
+
+pub use client::{encode, Client, ClientError};
+pub use types::*;

@@ -1,0 +1,207 @@
+//! JSON types of the user-facing REST API (`/api/v1/...` and the scoring URIs).
+
+use cove_model::JobStatus;
+use cove_spec::{DeploymentSettings, DeploymentSpec, EndpointSpec, ModelType};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// The body of every error response.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub code: String,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Workspace {
+    pub name: String,
+    pub api_url: String,
+    pub default_datastore: String,
+    pub default_python: String,
+    pub datastores: Vec<Datastore>,
+    pub computes: Vec<Compute>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Datastore {
+    pub name: String,
+    pub kind: String,
+    pub root: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Compute {
+    pub name: String,
+    pub kind: String,
+    pub max_instances: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Endpoint {
+    #[serde(flatten)]
+    pub spec: EndpointSpec,
+    pub scoring_uri: String,
+    pub openapi_uri: String,
+    pub provisioning_state: String,
+    pub created_at: String,
+    pub deployments: Vec<String>,
+}
+
+/// `PATCH /api/v1/endpoints/{name}`: the updatable fields, as `--set key=value` pairs.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct UpdateEndpoint {
+    pub set: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CreateDeployment {
+    /// The spec with local paths already uploaded: an inline model is registered first and referenced
+    /// by name and version, and `code_configuration.code` is a datastore URI.
+    pub spec: DeploymentSpec,
+    /// The contents of the environment's conda file, when it has one.
+    #[serde(default)]
+    pub conda_file: Option<String>,
+    /// The contents of the environment's pip requirements file, when it has one.
+    #[serde(default)]
+    pub pip_file: Option<String>,
+    /// For an inline model: the datastore URI its files were uploaded to. The control plane registers
+    /// it as the next version of the model in the same step that creates the deployment.
+    #[serde(default)]
+    pub model_upload: Option<String>,
+    #[serde(default)]
+    pub set_default: bool,
+    #[serde(default)]
+    pub skip_script_validation: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Deployment {
+    pub name: String,
+    pub endpoint_name: String,
+    pub description: Option<String>,
+    pub tags: BTreeMap<String, String>,
+    pub model: ModelVersionRef,
+    pub code_uri: Option<String>,
+    pub scoring_script: Option<String>,
+    pub python: String,
+    pub compute: String,
+    pub settings: DeploymentSettings,
+    pub provisioning_state: String,
+    pub is_default: bool,
+    pub created_at: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ModelVersionRef {
+    pub name: String,
+    pub version: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CreateModel {
+    pub name: String,
+    /// A datastore URI of the uploaded file or folder.
+    pub path: String,
+    pub model_type: ModelType,
+    #[serde(default)]
+    pub description: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Model {
+    pub name: String,
+    pub version: u32,
+    pub path: String,
+    pub model_type: ModelType,
+    pub description: Option<String>,
+    pub created_at: String,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum InputType {
+    UriFolder,
+    UriFile,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobInput {
+    pub uri: String,
+    #[serde(rename = "type")]
+    pub input_type: InputType,
+}
+
+/// Cove's own invocation body (`POST /endpoints/{name}/jobs`); the Azure ML body is accepted too.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Invoke {
+    pub input: Option<JobInput>,
+    #[serde(default)]
+    pub deployment_name: Option<String>,
+    #[serde(default)]
+    pub output_path: Option<String>,
+    /// Per-job overrides such as `mini_batch_size=5` (see `DeploymentSettings::apply_override`).
+    #[serde(default)]
+    pub overrides: BTreeMap<String, String>,
+    #[serde(default)]
+    pub job_name: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Progress {
+    pub files_total: u64,
+    pub batches_total: u64,
+    pub batches_pending: u64,
+    pub batches_running: u64,
+    pub batches_succeeded: u64,
+    pub batches_failed: u64,
+    pub items_ok: u64,
+    pub items_failed: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FailedBatch {
+    pub index: u64,
+    pub first_file: String,
+    pub files: u64,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Job {
+    pub name: String,
+    pub endpoint_name: String,
+    pub deployment_name: String,
+    pub status: JobStatus,
+    pub created_at: String,
+    pub finished_at: Option<String>,
+    pub input: JobInput,
+    /// The `score` output folder, as a datastore URI.
+    pub output_uri: String,
+    pub output_file_name: Option<String>,
+    pub settings: DeploymentSettings,
+    pub compute: String,
+    pub progress: Progress,
+    /// Why the job failed or was canceled, in one sentence.
+    pub error: Option<String>,
+    /// The mini-batches that were given up, with their last reason.
+    pub failed_batches: Vec<FailedBatch>,
+    pub idempotency_key: Option<String>,
+}
+
+impl Job {
+    pub fn is_terminal(&self) -> bool {
+        self.status.is_terminal()
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobList {
+    pub jobs: Vec<Job>,
+}
+
+/// One file of a stored folder, for downloads.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FileEntry {
+    pub path: String,
+    pub size: u64,
+}

@@ -1,0 +1,93 @@
+//! The worker protocol: how a `cove worker` leases mini-batches from the control plane and reports them.
+//!
+//! Workers only dial out. Everything a scorer needs (model, code, input files) is fetched through the
+//! lease that authorises it, and everything it produces (the part, logs) is sent back the same way.
+
+use cove_spec::{LoggingLevel, OutputAction};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// `POST /worker/v1/lease`: ask for one mini-batch, waiting up to `wait_ms` for one to appear.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LeaseRequest {
+    /// The node (instance) name, as it appears in log paths.
+    pub node: String,
+    /// The scorer process slot on that node.
+    pub process: u32,
+    /// Lease only from this job (workers launched for one job), or from any job on the compute.
+    pub job: Option<String>,
+    pub wait_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LeaseResponse {
+    pub lease: Option<Lease>,
+    /// True when the requested job has no work left and never will: a job-bound worker exits.
+    pub job_done: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Lease {
+    pub lease_id: String,
+    pub job: String,
+    pub batch_index: u64,
+    pub attempt: u32,
+    /// Milliseconds left until the lease expires, measured by the control plane when it was granted.
+    pub expires_in_ms: u64,
+    /// The base names of the mini-batch's files, in manifest order; fetch them by position.
+    pub files: Vec<String>,
+    pub run: RunSpec,
+}
+
+/// What a scorer process for a job runs: the same for every lease of the job.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RunSpec {
+    /// Identifies the model/code snapshot, so workers cache assets across leases.
+    pub snapshot: String,
+    pub scoring_script: Option<String>,
+    /// The registered model folder or file name, kept as a sub-directory of `AZUREML_MODEL_DIR`.
+    pub model_dir_name: String,
+    pub python: String,
+    pub environment_variables: BTreeMap<String, String>,
+    pub logging_level: LoggingLevel,
+    pub output_action: OutputAction,
+    pub timeout_secs: u64,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ReportedOutcome {
+    Succeeded,
+    Failed,
+    TimedOut,
+    InitFailed,
+}
+
+/// `POST /worker/v1/leases/{id}/complete`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Completion {
+    pub outcome: ReportedOutcome,
+    #[serde(default)]
+    pub items_ok: u64,
+    #[serde(default)]
+    pub items_failed: u64,
+    #[serde(default)]
+    pub reason: Option<String>,
+    pub elapsed_ms: u64,
+    /// The operating-system pid of the scorer process, for the per-mini-batch report.
+    pub pid: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CompletionAck {
+    /// True when this attempt's part became the mini-batch's committed output.
+    pub committed: bool,
+    /// False once the job is terminal or canceling: the worker stops working on it.
+    pub job_active: bool,
+}
+
+/// `GET /worker/v1/leases/{id}/assets/{model|code}`: the files of an asset.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AssetListing {
+    pub files: Vec<crate::FileEntry>,
+}

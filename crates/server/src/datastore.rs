@@ -1,0 +1,147 @@
+//! Datastores: named object stores through the `object_store` crate, and the URIs that address them.
+//!
+//! A datastore URI is `azureml://datastores/<name>/paths/<path>` (the reference's form) or
+//! `cove://<name>/<path>` (Cove's own). Paths are normalised here, once, and a path that would leave
+//! its datastore (`..`, `.`, backslashes, control characters) is refused, so no caller can escape.
+
+use object_store::local::LocalFileSystem;
+use object_store::path::Path as ObjectPath;
+use object_store::ObjectStore;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// A location inside a named datastore.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DataPath {
+    pub datastore: String,
+    /// Normalised, relative, `/`-separated; empty for the datastore's root.
+    pub path: String,
+}
+
+impl DataPath {
+    pub fn uri(&self) -> String {
+        format!("azureml://datastores/{}/paths/{}", self.datastore, self.path)
+    }
+
+    pub fn object_path(&self) -> ObjectPath {
+        ObjectPath::from(self.path.as_str())
+    }
+
+    pub fn join(&self, rest: &str) -> Result<DataPath, String> {
+        let rest = normalise(rest)?;
+        let path = match (self.path.is_empty(), rest.is_empty()) {
+            (true, _) => rest,
+            (false, true) => self.path.clone(),
+            (false, false) => format!("{}/{}", self.path, rest),
+        };
+        Ok(DataPath { datastore: self.datastore.clone(), path })
+    }
+}
+
+/// Parses a datastore URI.
+///
+/// # Errors
+/// A message naming the problem: an unknown scheme, a missing datastore name, or a path that escapes.
+pub fn parse_uri(uri: &str) -> Result<DataPath, String> {
+    let (datastore, path) = if let Some(rest) = uri.strip_prefix("azureml://datastores/") {
+        let (ds, path) = rest.split_once("/paths/").or_else(|| rest.strip_suffix("/paths").map(|ds| (ds, ""))).ok_or_else(|| {
+            format!("`{uri}` is not a datastore URI: expected azureml://datastores/<datastore>/paths/<path>")
+        })?;
+        (ds, path)
+    } else if let Some(rest) = uri.strip_prefix("cove://") {
+        rest.split_once('/').unwrap_or((rest, ""))
+    } else if uri.starts_with("azureml:") {
+        return Err(format!(
+            "`{uri}`: data assets are not supported; use a datastore URI (azureml://datastores/<datastore>/paths/<path>) or a local path"
+        ));
+    } else {
+        return Err(format!(
+            "`{uri}` is not a datastore URI: expected azureml://datastores/<datastore>/paths/<path> or cove://<datastore>/<path>"
+        ));
+    };
+    if datastore.is_empty() || datastore.contains(['/', '\\']) {
+        return Err(format!("`{uri}` names no datastore"));
+    }
+    let path = normalise(path).map_err(|e| format!("`{uri}`: {e}"))?;
+    Ok(DataPath { datastore: datastore.to_string(), path })
+}
+
+/// Normalises a relative path, refusing any segment that could leave its root.
+pub fn normalise(path: &str) -> Result<String, String> {
+    let mut parts = Vec::new();
+    for seg in path.split('/') {
+        match seg {
+            "" => continue,
+            "." | ".." => return Err(format!("path segment `{seg}` is not allowed (paths cannot leave their datastore)")),
+            s if s.chars().any(|c| c.is_control() || c == '\\') => {
+                return Err("paths cannot contain control characters or backslashes".to_string())
+            }
+            s => parts.push(s),
+        }
+    }
+    Ok(parts.join("/"))
+}
+
+/// The workspace's datastores, by name.
+#[derive(Clone)]
+pub struct Datastores {
+    stores: BTreeMap<String, Arc<dyn ObjectStore>>,
+    pub default_name: String,
+}
+
+impl Datastores {
+    pub fn new(default_name: &str) -> Self {
+        Self { stores: BTreeMap::new(), default_name: default_name.to_string() }
+    }
+
+    /// Adds a datastore backed by a local folder (created if needed).
+    pub fn add_local(&mut self, name: &str, root: &std::path::Path) -> std::io::Result<()> {
+        std::fs::create_dir_all(root)?;
+        let fs = LocalFileSystem::new_with_prefix(root).map_err(std::io::Error::other)?;
+        self.stores.insert(name.to_string(), Arc::new(fs));
+        Ok(())
+    }
+
+    pub fn get(&self, name: &str) -> Result<Arc<dyn ObjectStore>, String> {
+        self.stores.get(name).cloned().ok_or_else(|| {
+            let known: Vec<&str> = self.stores.keys().map(String::as_str).collect();
+            format!("datastore `{name}` does not exist (known: {})", known.join(", "))
+        })
+    }
+}
+
+/// Opens a local folder as an object store, creating it.
+pub fn local_store(root: &std::path::Path) -> std::io::Result<Arc<dyn ObjectStore>> {
+    std::fs::create_dir_all(root)?;
+    Ok(Arc::new(LocalFileSystem::new_with_prefix(root).map_err(std::io::Error::other)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn both_uri_forms_parse_to_the_same_place() {
+        let a = parse_uri("azureml://datastores/workspaceblobstore/paths/data/in/").unwrap();
+        let b = parse_uri("cove://workspaceblobstore/data//in").unwrap();
+        assert_eq!(a, b);
+        assert_eq!(a.path, "data/in");
+        assert_eq!(a.uri(), "azureml://datastores/workspaceblobstore/paths/data/in");
+    }
+
+    #[test]
+    fn uris_cannot_escape_their_datastore() {
+        for bad in [
+            "azureml://datastores/ws/paths/../other",
+            "cove://ws/a/../../etc",
+            "cove://ws/./a",
+            "cove://ws/a\\..\\b",
+            "cove:///etc/passwd",
+            "file:///etc/passwd",
+            "/etc/passwd",
+        ] {
+            assert!(parse_uri(bad).is_err(), "{bad} must be refused");
+        }
+        assert!(parse_uri("azureml:mydata:1").unwrap_err().contains("data assets"));
+    }
+}

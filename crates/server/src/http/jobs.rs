@@ -1,0 +1,406 @@
+//! Handlers for invocation (the scoring URI) and for reading, canceling and downloading jobs.
+
+use super::resources::{deployment, endpoint};
+use super::{parse_json, ApiError, ApiResult, JsonResult, User};
+use crate::auth::Role;
+use crate::datastore::parse_uri;
+use crate::jobs::plan::batch_files;
+use crate::store::{self, JobInsert, JobRecord, JobRow, NewJob};
+use crate::{logs, AppRef};
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::Json;
+use cove_api::worker::RunSpec;
+use cove_api::{FailedBatch, FileEntry, InputType, Invoke, Job, JobInput, JobList, Progress};
+use futures::TryStreamExt;
+use object_store::ObjectStore;
+use serde::Deserialize;
+use serde_json::Value;
+use std::collections::BTreeMap;
+
+const DEPLOYMENT_HEADER: &str = "azureml-model-deployment";
+const IDEMPOTENCY_HEADERS: [&str; 3] = ["repeatability-request-id", "repeatability_request-id", "idempotency-key"];
+
+/// `POST /endpoints/{name}/jobs`: starts a batch job. Accepts Cove's body and the Azure ML body.
+pub async fn invoke(
+    State(app): State<AppRef>,
+    user: User,
+    Path(endpoint_name): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<(StatusCode, Json<Job>)> {
+    let endpoint_name = endpoint_name.to_ascii_lowercase();
+    user.require(Role::Invoker, Some(&endpoint_name))?;
+    let raw: Value = parse_json(&body)?;
+    let mut req = if lowercase_keys(&raw).get("properties").is_some() { azure_body(&raw)? } else { parse_json::<Invoke>(&body)? };
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
+    if req.deployment_name.is_none() {
+        req.deployment_name = header(DEPLOYMENT_HEADER);
+    }
+    let idempotency_key = IDEMPOTENCY_HEADERS.iter().find_map(|h| header(h));
+    if let Some(key) = &idempotency_key {
+        if key.is_empty() || key.len() > 128 {
+            return Err(ApiError::invalid("idempotency key: must be 1 to 128 characters"));
+        }
+    }
+    let ep = endpoint(&app, &endpoint_name).await?;
+    let dep_name = req.deployment_name.clone().or(ep.spec.default_deployment.clone()).ok_or_else(|| {
+        ApiError::invalid(format!(
+            "No valid deployments to route to: endpoint `{endpoint_name}` has no default deployment. \
+             Set one (cove endpoint update {endpoint_name} --set defaults.deployment_name=NAME) or name a deployment \
+             (--deployment-name, or the {DEPLOYMENT_HEADER} header)"
+        ))
+    })?;
+    let dep = deployment(&app, &endpoint_name, &dep_name).await?;
+    let mut settings = dep.settings.clone();
+    for (k, v) in &req.overrides {
+        settings.apply_override(k, v).map_err(|e| ApiError::invalid(format!("override `{k}`: {e}")))?;
+    }
+    let input = req.input.clone().ok_or_else(|| ApiError::invalid("input: required (a datastore URI of a folder or file)"))?;
+    let input_path = parse_uri(&input.uri).map_err(|e| ApiError::invalid(format!("input: {e}")))?;
+    let input_store = app.datastores.get(&input_path.datastore).map_err(|e| ApiError::invalid(format!("input: {e}")))?;
+    let job_name = match &req.job_name {
+        Some(n) => validate_job_name(n).map_err(|e| ApiError::invalid(format!("job_name: {e}")))?,
+        None => format!("batchjob-{}", uuid::Uuid::new_v4()),
+    };
+    let output = match &req.output_path {
+        Some(p) => parse_uri(p).map_err(|e| ApiError::invalid(format!("output_path: {e}")))?,
+        None => parse_uri(&format!("azureml://datastores/{}/paths/azureml/{job_name}/score", app.datastores.default_name))
+            .expect("the default output URI is well formed"),
+    };
+    let output_store = app.datastores.get(&output.datastore).map_err(|e| ApiError::invalid(format!("output_path: {e}")))?;
+    // Replaying a known idempotency key must not depend on the input still being there.
+    if let Some(key) = &idempotency_key {
+        let (e, k) = (endpoint_name.clone(), key.clone());
+        let existing = app
+            .store
+            .call(move |c| {
+                Ok(store::job_list(c, Some(&e), None, u32::MAX)?.into_iter().find(|j| j.idempotency_key.as_deref() == Some(&k)))
+            })
+            .await?;
+        if let Some(job) = existing {
+            return Ok((StatusCode::OK, Json(render(&app, job, false).await?)));
+        }
+    }
+    check_input_exists(input_store.as_ref(), &input).await?;
+    if let Some(file) = &settings.output_file_name {
+        let dest = output.join(file).map_err(|e| ApiError::invalid(format!("output_file_name: {e}")))?;
+        if output_store.head(&dest.object_path()).await.is_ok() {
+            return Err(ApiError::conflict(format!(
+                "output_path: `{}` already exists; an output location must be unique",
+                dest.uri()
+            )));
+        }
+    }
+    let model_key = dep.model.clone();
+    let model = app
+        .store
+        .call(move |c| store::model_get(c, &model_key.name, Some(model_key.version)))
+        .await?
+        .ok_or_else(|| ApiError::invalid(format!("model `{}` version {} no longer exists", dep.model.name, dep.model.version)))?;
+    let model_dir_name = model.path.rsplit('/').next().unwrap_or("model").to_string();
+    let record = JobRecord {
+        input: JobInput { uri: input_path.uri(), input_type: input.input_type },
+        output_uri: output.uri(),
+        output_file_name: settings.output_file_name.clone(),
+        run: RunSpec {
+            snapshot: format!("{}-{}", dep.name, dep.created_at),
+            scoring_script: dep.scoring_script.clone(),
+            model_dir_name,
+            python: dep.python.clone(),
+            environment_variables: settings.environment_variables.clone(),
+            logging_level: settings.logging_level,
+            output_action: settings.output_action,
+            timeout_secs: settings.retry_settings.timeout_secs,
+        },
+        settings,
+        model_uri: model.path.clone(),
+        code_uri: dep.code_uri.clone(),
+    };
+    let new = NewJob {
+        name: job_name.clone(),
+        endpoint: endpoint_name,
+        deployment: dep.name.clone(),
+        compute: dep.compute.clone(),
+        record,
+        idempotency_key,
+    };
+    match app.store.call(move |c| store::job_insert(c, new)).await? {
+        JobInsert::Created(row) => {
+            crate::jobs::advance(app.clone(), row.name.clone());
+            Ok((StatusCode::CREATED, Json(render(&app, row, false).await?)))
+        }
+        JobInsert::Existing(row) => Ok((StatusCode::OK, Json(render(&app, row, false).await?))),
+        JobInsert::NameTaken => Err(ApiError::conflict(format!("job_name: a job named `{job_name}` already exists"))),
+    }
+}
+
+async fn check_input_exists(store: &dyn ObjectStore, input: &JobInput) -> ApiResult<()> {
+    let path = parse_uri(&input.uri).map_err(ApiError::invalid)?;
+    let found = match input.input_type {
+        InputType::UriFile => store.head(&path.object_path()).await.is_ok(),
+        InputType::UriFolder => {
+            let prefix = (!path.path.is_empty()).then(|| path.object_path());
+            // One listing page tells whether the folder holds any file; planning lists it in full.
+            let listing = store.list_with_delimiter(prefix.as_ref()).await;
+            listing.is_ok_and(|l| !l.objects.is_empty())
+        }
+    };
+    if !found {
+        let what = match input.input_type {
+            InputType::UriFile => "is not a file",
+            InputType::UriFolder => "is not a folder holding files",
+        };
+        return Err(ApiError::invalid(format!("input: `{}` {what}", input.uri)));
+    }
+    Ok(())
+}
+
+fn validate_job_name(name: &str) -> Result<String, String> {
+    let ok = (1..=128).contains(&name.len())
+        && name.starts_with(|c: char| c.is_ascii_alphabetic())
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if ok {
+        Ok(name.to_string())
+    } else {
+        Err(format!("`{name}` must be 1 to 128 letters, digits, `-` or `_`, starting with a letter"))
+    }
+}
+
+fn lowercase_keys(v: &Value) -> Value {
+    match v {
+        Value::Object(m) => Value::Object(m.iter().map(|(k, v)| (k.to_ascii_lowercase(), lowercase_keys(v))).collect()),
+        Value::Array(a) => Value::Array(a.iter().map(lowercase_keys).collect()),
+        other => other.clone(),
+    }
+}
+
+/// Reads the Azure ML invocation body (keys matched case-insensitively, as the reference's clients
+/// send PascalCase or camelCase) into Cove's.
+fn azure_body(raw: &Value) -> ApiResult<Invoke> {
+    let v = lowercase_keys(raw);
+    let props = &v["properties"];
+    let mut req = Invoke::default();
+    let str_at = |v: &Value, key: &str| v.get(key).and_then(|x| x.as_str()).map(str::to_string);
+    if let Some(inputs) = props.get("inputdata").and_then(|x| x.as_object()) {
+        if inputs.len() != 1 {
+            return Err(ApiError::invalid("properties.InputData: a model deployment takes exactly one input"));
+        }
+        let (name, input) = inputs.iter().next().expect("one input");
+        let kind = str_at(input, "jobinputtype").unwrap_or_else(|| "urifolder".into()).to_ascii_lowercase();
+        let input_type = match kind.as_str() {
+            "urifolder" | "uri_folder" => InputType::UriFolder,
+            "urifile" | "uri_file" => InputType::UriFile,
+            other => {
+                return Err(ApiError::invalid(format!(
+                    "properties.InputData.{name}.JobInputType: `{other}` is not supported by model deployments (UriFolder, UriFile)"
+                )))
+            }
+        };
+        let uri = str_at(input, "uri").ok_or_else(|| ApiError::invalid(format!("properties.InputData.{name}.Uri: required")))?;
+        req.input = Some(JobInput { uri, input_type });
+    } else if let Some(path) = props.get("dataset").and_then(|d| str_at(d, "path")) {
+        req.input = Some(JobInput { uri: path, input_type: InputType::UriFolder });
+    }
+    if let Some(outputs) = props.get("outputdata").and_then(|x| x.as_object()) {
+        if let Some((_, out)) = outputs.iter().next() {
+            req.output_path = str_at(out, "uri");
+        }
+    }
+    if let Some(ds) = props.get("outputdataset") {
+        if let (Some(ds_id), Some(path)) = (str_at(ds, "datastoreid"), str_at(ds, "path")) {
+            let name = ds_id.rsplit('/').next().unwrap_or(&ds_id).to_string();
+            req.output_path = Some(format!("azureml://datastores/{name}/paths/{}", path.trim_start_matches('/')));
+        }
+    }
+    let mut o = BTreeMap::new();
+    let scalar = |x: &Value| match x {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    };
+    if let Some(x) = props.get("minibatchsize").and_then(scalar) {
+        o.insert("mini_batch_size".to_string(), x);
+    }
+    if let Some(x) = props.get("compute").and_then(|c| c.get("instancecount")).and_then(scalar) {
+        o.insert("instance_count".to_string(), x);
+    }
+    if let Some(r) = props.get("retrysettings") {
+        if let Some(x) = r.get("maxretries").and_then(scalar) {
+            o.insert("max_retries".to_string(), x);
+        }
+        if let Some(x) = r.get("timeout").and_then(scalar) {
+            o.insert("timeout".to_string(), x);
+        }
+    }
+    if let Some(x) = props.get("errorthreshold").and_then(scalar) {
+        o.insert("error_threshold".to_string(), x);
+    }
+    if let Some(x) = props.get("outputfilename").and_then(scalar) {
+        o.insert("output_file_name".to_string(), x);
+    }
+    req.overrides = o;
+    req.job_name = str_at(props, "name");
+    Ok(req)
+}
+
+/// Renders a job for the API; `detail` adds the failed mini-batches with their first file.
+async fn render(app: &AppRef, row: JobRow, detail: bool) -> ApiResult<Job> {
+    let name = row.name.clone();
+    let (counts, failed) = app
+        .store
+        .call(move |c| {
+            let failed = if detail { store::batches_in_state(c, &name, "failed")? } else { Vec::new() };
+            Ok((store::batch_state_counts(c, &name)?, failed))
+        })
+        .await?;
+    let count = |s: &str| counts.iter().find(|(k, _)| k == s).map_or(0, |(_, n)| *n);
+    let mut failed_batches = Vec::new();
+    for b in failed {
+        let first_file = batch_files(app, &row.name, b.manifest_offset, b.manifest_len)
+            .await
+            .ok()
+            .and_then(|f| f.into_iter().next())
+            .unwrap_or_default();
+        failed_batches.push(FailedBatch { index: b.idx, first_file, files: b.files, reason: b.error.unwrap_or_default() });
+    }
+    let c = row.counters;
+    Ok(Job {
+        name: row.name,
+        endpoint_name: row.endpoint,
+        deployment_name: row.deployment,
+        status: row.status,
+        created_at: logs::timestamp(row.created_ms),
+        finished_at: row.finished_ms.map(logs::timestamp),
+        input: row.record.input,
+        output_uri: row.record.output_uri,
+        output_file_name: row.record.output_file_name,
+        settings: row.record.settings,
+        compute: row.compute,
+        progress: Progress {
+            files_total: row.files_total,
+            batches_total: c.batches_total,
+            batches_pending: count("pending"),
+            batches_running: count("leased"),
+            batches_succeeded: c.batches_succeeded,
+            batches_failed: c.batches_failed,
+            items_ok: c.items_ok,
+            items_failed: c.items_failed,
+        },
+        error: row.error,
+        failed_batches,
+        idempotency_key: row.idempotency_key,
+    })
+}
+
+async fn job_row(app: &AppRef, user: &User, name: &str) -> ApiResult<JobRow> {
+    let key = name.to_string();
+    let row = app
+        .store
+        .call(move |c| store::job_get(c, &key))
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("job `{name}` does not exist")))?;
+    user.require(Role::Reader, Some(&row.endpoint)).map_err(|_| ApiError::not_found(format!("job `{name}` does not exist")))?;
+    Ok(row)
+}
+
+#[derive(Deserialize)]
+pub struct ListQuery {
+    endpoint: Option<String>,
+    deployment: Option<String>,
+    limit: Option<u32>,
+}
+
+pub async fn list(State(app): State<AppRef>, user: User, Query(q): Query<ListQuery>) -> JsonResult<JobList> {
+    let endpoint = q.endpoint.map(|e| e.to_ascii_lowercase()).or(user.0.endpoint.clone());
+    user.require(Role::Reader, endpoint.as_deref())?;
+    let deployment = q.deployment.map(|d| d.to_ascii_lowercase());
+    let limit = q.limit.unwrap_or(100).min(1000);
+    let rows = app.store.call(move |c| store::job_list(c, endpoint.as_deref(), deployment.as_deref(), limit)).await?;
+    let mut jobs = Vec::with_capacity(rows.len());
+    for row in rows {
+        jobs.push(render(&app, row, false).await?);
+    }
+    Ok(Json(JobList { jobs }))
+}
+
+pub async fn list_endpoint_jobs(
+    State(app): State<AppRef>,
+    user: User,
+    Path(endpoint): Path<String>,
+    Query(q): Query<ListQuery>,
+) -> JsonResult<JobList> {
+    list(State(app), user, Query(ListQuery { endpoint: Some(endpoint), ..q })).await
+}
+
+pub async fn show(State(app): State<AppRef>, user: User, Path(name): Path<String>) -> JsonResult<Job> {
+    let row = job_row(&app, &user, &name).await?;
+    Ok(Json(render(&app, row, true).await?))
+}
+
+pub async fn show_endpoint_job(State(app): State<AppRef>, user: User, Path((_, name)): Path<(String, String)>) -> JsonResult<Job> {
+    show(State(app), user, Path(name)).await
+}
+
+pub async fn cancel(State(app): State<AppRef>, user: User, Path(name): Path<String>) -> JsonResult<Job> {
+    let row = job_row(&app, &user, &name).await?;
+    user.require(Role::Invoker, Some(&row.endpoint))?;
+    let key = name.clone();
+    let status = app.store.call(move |c| store::job_cancel(c, &key)).await?;
+    if let Some(s) = status {
+        if s == cove_model::JobStatus::Canceled && !row.status.is_terminal() {
+            crate::jobs::ended(app.clone(), name.clone());
+        }
+    }
+    let row = job_row(&app, &user, &name).await?;
+    Ok(Json(render(&app, row, true).await?))
+}
+
+/// Where a named output of a job lives: `score` in its datastore, `logs` in Cove's own store.
+async fn output_root(app: &AppRef, row: &JobRow, output: &str) -> ApiResult<(std::sync::Arc<dyn ObjectStore>, String)> {
+    match output {
+        "score" => {
+            if !row.status.is_terminal() {
+                return Err(ApiError::conflict(format!(
+                    "job `{}` is {}; outputs can be downloaded once it has ended",
+                    row.name, row.status
+                )));
+            }
+            let p = parse_uri(&row.record.output_uri).map_err(ApiError::invalid)?;
+            Ok((app.datastores.get(&p.datastore).map_err(ApiError::invalid)?, p.path))
+        }
+        "logs" => Ok((app.internal.clone(), logs::logs_prefix(&row.name).to_string())),
+        other => Err(ApiError::not_found(format!("job `{}` has no output `{other}` (outputs: score, logs)", row.name))),
+    }
+}
+
+pub async fn list_output(State(app): State<AppRef>, user: User, Path((name, output)): Path<(String, String)>) -> JsonResult<Vec<FileEntry>> {
+    let row = job_row(&app, &user, &name).await?;
+    let (store, root) = output_root(&app, &row, &output).await?;
+    let prefix = object_store::path::Path::from(root.as_str());
+    let mut entries: Vec<FileEntry> = store
+        .list(Some(&prefix))
+        .map_ok(|m| FileEntry {
+            path: m.location.as_ref().strip_prefix(root.as_str()).unwrap_or(m.location.as_ref()).trim_start_matches('/').to_string(),
+            size: m.size,
+        })
+        .try_collect()
+        .await
+        .map_err(|e| ApiError::internal("list the job's output", e))?;
+    entries.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(Json(entries))
+}
+
+pub async fn get_output(
+    State(app): State<AppRef>,
+    user: User,
+    Path((name, output, path)): Path<(String, String, String)>,
+) -> ApiResult<Body> {
+    let row = job_row(&app, &user, &name).await?;
+    let (store, root) = output_root(&app, &row, &output).await?;
+    let rel = crate::datastore::normalise(&path).map_err(|e| ApiError::invalid(format!("path: {e}")))?;
+    let location = object_store::path::Path::from(format!("{root}/{rel}"));
+    let got = store.get(&location).await.map_err(|_| ApiError::not_found(format!("`{rel}` is not in output `{output}`")))?;
+    Ok(Body::from_stream(got.into_stream()))
+}

@@ -1,0 +1,126 @@
+//! The job lifecycle outside the lease protocol: planning a submitted job, starting its workers,
+//! expiring lost leases, assembling and publishing the output, and resuming all of it after a restart.
+//!
+//! Each step is idempotent, so that a control plane that dies anywhere can run it again on start:
+//! planning replaces a half-written plan, assembly rewrites the same bytes, and publishing is one
+//! atomic object write followed by one status transition.
+
+mod finalize;
+pub(crate) mod plan;
+
+pub(crate) use finalize::finalize;
+
+use crate::store::{self, JobRow};
+use crate::AppRef;
+use cove_model::{AttemptOutcome, JobStatus};
+use std::time::Duration;
+
+/// How long after `timeout` a lease outlives the worker's last sign of life, to cover staging and reporting.
+pub const LEASE_GRACE_MS: i64 = 10_000;
+
+/// Picks up every unfinished job after a start.
+pub async fn resume_all(app: &AppRef) -> anyhow::Result<()> {
+    let jobs = app.store.call(|c| store::jobs_unfinished(c)).await?;
+    for job in jobs {
+        tracing::info!(job = %job.name, status = %job.status, "resuming job");
+        advance(app.clone(), job.name);
+    }
+    Ok(())
+}
+
+/// Moves a job forward from whatever non-terminal state it is in, in the background.
+pub fn advance(app: AppRef, job: String) {
+    tokio::spawn(async move {
+        if let Err(error) = advance_now(&app, &job).await {
+            tracing::error!(%job, error = format!("{error:#}"), "job step failed");
+        }
+    });
+}
+
+async fn advance_now(app: &AppRef, name: &str) -> anyhow::Result<()> {
+    let Some(job) = get(app, name).await? else { return Ok(()) };
+    match job.status {
+        JobStatus::NotStarted | JobStatus::Preparing => {
+            if plan::plan(app, &job).await? {
+                app.work_available.notify_waiters();
+                launch(app, &job);
+            }
+        }
+        JobStatus::Queued | JobStatus::Running => launch(app, &job),
+        JobStatus::Finalizing | JobStatus::CancelRequested => finalize(app, name).await?,
+        JobStatus::Completed | JobStatus::Failed | JobStatus::Canceled => {}
+    }
+    Ok(())
+}
+
+fn launch(app: &AppRef, job: &JobRow) {
+    if job.compute == crate::LOCAL_COMPUTE {
+        let s = &job.record.settings;
+        app.compute.launch(&job.name, s.instance_count, s.max_concurrency_per_instance);
+    }
+}
+
+pub async fn get(app: &AppRef, name: &str) -> anyhow::Result<Option<JobRow>> {
+    let name = name.to_string();
+    Ok(app.store.call(move |c| store::job_get(c, &name)).await?)
+}
+
+/// Reacts to a status that a lease report or the reaper produced.
+pub fn on_status(app: &AppRef, job: &str, status: JobStatus) {
+    match status {
+        JobStatus::Finalizing => advance(app.clone(), job.to_string()),
+        s if s.is_terminal() => ended(app.clone(), job.to_string()),
+        _ => {}
+    }
+}
+
+/// Cleans up after a job reached a terminal state: its workers stop and its logs are written.
+pub fn ended(app: AppRef, job: String) {
+    tokio::spawn(async move {
+        app.compute.stop(&job).await;
+        if let Err(error) = crate::logs::write_job_logs(&app, &job).await {
+            tracing::error!(%job, error = format!("{error:#}"), "failed to write job logs");
+        }
+        // Workers waiting on this job learn that it ended.
+        app.work_available.notify_waiters();
+    });
+}
+
+/// Expires leases whose deadline passed, as failed attempts of their mini-batches.
+pub async fn reap_expired_leases(app: AppRef) {
+    let mut shutdown = app.shutdown.clone();
+    loop {
+        let now = store::now_ms();
+        match app.store.call(move |c| store::leases_expired(c, now)).await {
+            Ok(expired) => {
+                for lease in expired {
+                    let id = lease.clone();
+                    let result = app
+                        .store
+                        .call(move |c| store::lease_complete(c, &id, &AttemptOutcome::LeaseExpired, None))
+                        .await;
+                    match result {
+                        Ok(r) => {
+                            tracing::warn!(lease = %lease, "lease expired");
+                            app.work_available.notify_waiters();
+                            if let (Some(status), Some(job)) = (r.job_status, r.job) {
+                                on_status(&app, &job, status);
+                            }
+                        }
+                        Err(error) => tracing::error!(error = %error, "failed to expire a lease"),
+                    }
+                }
+            }
+            Err(error) => tracing::error!(error = %error, "failed to look for expired leases"),
+        }
+        let next = app.store.call(|c| store::next_lease_deadline(c)).await.ok().flatten();
+        let wait = next.map_or(Duration::from_secs(5), |t| {
+            Duration::from_millis((t - store::now_ms() + 5).clamp(5, 5_000) as u64)
+        });
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = app.leases_changed.notified() => {}
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+    }
+}

@@ -1,0 +1,218 @@
+//! Cove's control plane: the state store, the REST API, the job lifecycle and the compute backends.
+//!
+//! Entry point: [`start`] opens (or creates) a workspace under a directory, resumes its unfinished
+//! jobs, and serves the API on a listener. It does not run user code: that is the worker's job, in
+//! processes the compute backend starts.
+
+mod auth;
+mod compute;
+mod datastore;
+mod envcheck;
+mod http;
+mod jobs;
+mod logs;
+pub mod store;
+
+use anyhow::Context;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Notify};
+
+pub use datastore::{normalise, parse_uri, DataPath};
+
+/// How to start a control plane.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// The workspace directory: state, datastores, tokens.
+    pub dir: PathBuf,
+    /// The address to listen on; port 0 picks a free one.
+    pub listen: SocketAddr,
+    /// The workspace's default Python interpreter.
+    pub python: String,
+    /// The `cove` executable the local compute backend runs as `cove worker`.
+    pub worker_exe: PathBuf,
+}
+
+/// Files a workspace keeps under its directory.
+pub mod layout {
+    use std::path::{Path, PathBuf};
+    pub fn state_db(dir: &Path) -> PathBuf {
+        dir.join("state").join("cove.db")
+    }
+    pub fn internal_objects(dir: &Path) -> PathBuf {
+        dir.join("state").join("objects")
+    }
+    pub fn datastore(dir: &Path, name: &str) -> PathBuf {
+        dir.join("datastores").join(name)
+    }
+    pub fn owner_token(dir: &Path) -> PathBuf {
+        dir.join("owner.token")
+    }
+    pub fn worker_token(dir: &Path, compute: &str) -> PathBuf {
+        dir.join("state").join(format!("worker-{compute}.token"))
+    }
+    pub fn compute_dir(dir: &Path, compute: &str) -> PathBuf {
+        dir.join("compute").join(compute)
+    }
+    /// Where `cove up` records the URL it serves, for `--workspace DIR` clients.
+    pub fn url_file(dir: &Path) -> PathBuf {
+        dir.join("state").join("url")
+    }
+}
+
+pub const DEFAULT_DATASTORE: &str = "workspaceblobstore";
+pub const LOCAL_COMPUTE: &str = "local";
+
+/// Shared state of a running control plane.
+pub(crate) struct App {
+    pub config: ServerConfig,
+    pub store: store::Store,
+    pub datastores: datastore::Datastores,
+    /// Cove's own objects (manifests, parts, logs), apart from every user-addressable datastore.
+    pub internal: Arc<dyn object_store::ObjectStore>,
+    /// Woken whenever new work may be leasable, for long-polling workers.
+    pub work_available: Notify,
+    /// Woken whenever a lease is granted, so the reaper can sleep until the earliest deadline.
+    pub leases_changed: Notify,
+    pub compute: compute::LocalCompute,
+    pub url: String,
+    pub shutdown: watch::Receiver<bool>,
+}
+
+pub(crate) type AppRef = Arc<App>;
+
+/// A running control plane.
+pub struct Running {
+    pub url: String,
+    pub addr: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    served: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Running {
+    /// Stops serving and waits for in-flight requests; stops the workers this control plane started.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        let _ = self.shutdown.send(true);
+        self.served.await.context("server task panicked")?
+    }
+
+    /// Serves until the process is asked to stop (SIGINT or SIGTERM).
+    pub async fn wait_for_signal(self) -> anyhow::Result<()> {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        self.stop().await
+    }
+}
+
+/// Opens the workspace and starts serving. The first start creates the state store, the default
+/// datastore, the `local` compute cluster and the owner token (mode 0600).
+pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
+    let dir = config.dir.clone();
+    std::fs::create_dir_all(dir.join("state")).with_context(|| format!("failed to create workspace directory {}", dir.display()))?;
+    let store = store::Store::open(&layout::state_db(&dir)).context("failed to open the state store")?;
+    let owner_token = init_workspace(&store, &dir)?;
+    if let Some(token) = owner_token {
+        write_secret(&layout::owner_token(&dir), &token)?;
+    }
+    let mut datastores = datastore::Datastores::new(DEFAULT_DATASTORE);
+    for ds in store.call_now(|c| store::datastore_list(c))? {
+        datastores.add_local(&ds.name, Path::new(&ds.root)).with_context(|| format!("failed to open datastore {}", ds.name))?;
+    }
+    let internal = datastore::local_store(&layout::internal_objects(&dir))?;
+    let worker_token = ensure_worker_token(&store, &dir, LOCAL_COMPUTE)?;
+
+    let listener = TcpListener::bind(config.listen).await.with_context(|| format!("failed to listen on {}", config.listen))?;
+    let addr = listener.local_addr()?;
+    let url = format!("http://{addr}");
+    std::fs::write(layout::url_file(&dir), &url)?;
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let compute = compute::LocalCompute::new(
+        config.worker_exe.clone(),
+        url.clone(),
+        worker_token,
+        layout::compute_dir(&dir, LOCAL_COMPUTE),
+    );
+    let app = Arc::new(App {
+        config,
+        store,
+        datastores,
+        internal,
+        work_available: Notify::new(),
+        leases_changed: Notify::new(),
+        compute,
+        url: url.clone(),
+        shutdown: shutdown_rx.clone(),
+    });
+    jobs::resume_all(&app).await?;
+    tokio::spawn(jobs::reap_expired_leases(app.clone()));
+    let router = http::router(app.clone());
+    let mut stop = shutdown_rx;
+    let served = tokio::spawn(async move {
+        axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
+            .with_graceful_shutdown(async move {
+                let _ = stop.wait_for(|s| *s).await;
+            })
+            .await
+            .context("server failed")?;
+        app.compute.stop_all().await;
+        Ok(())
+    });
+    Ok(Running { url, addr, shutdown: shutdown_tx, served })
+}
+
+/// Creates the workspace's first resources on its first start; returns the new owner token then.
+fn init_workspace(store: &store::Store, dir: &Path) -> anyhow::Result<Option<String>> {
+    let root = layout::datastore(dir, DEFAULT_DATASTORE);
+    store
+        .call_now(|c| {
+            if store::meta_get(c, "created")?.is_some() {
+                return Ok(None);
+            }
+            let tx = c.transaction()?;
+            store::datastore_upsert(
+                &tx,
+                &cove_api::Datastore { name: DEFAULT_DATASTORE.into(), kind: "local".into(), root: root.display().to_string() },
+            )?;
+            store::compute_upsert(&tx, &cove_api::Compute { name: LOCAL_COMPUTE.into(), kind: "local".into(), max_instances: 8 })?;
+            let (_, secret) = auth::mint(&tx, auth::TokenKind::User, auth::Role::Owner, None, None, None)?;
+            store::meta_set(&tx, "created", &store::now_ms().to_string())?;
+            tx.commit()?;
+            Ok(Some(secret))
+        })
+        .context("failed to initialise the workspace")
+}
+
+/// Returns the compute cluster's worker credential, minting it on first use. Only its hash is in the
+/// state store; the secret sits in a 0600 file that the compute backend hands to the workers it starts.
+fn ensure_worker_token(store: &store::Store, dir: &Path, compute: &str) -> anyhow::Result<String> {
+    let path = layout::worker_token(dir, compute);
+    if let Ok(secret) = std::fs::read_to_string(&path) {
+        let secret = secret.trim().to_string();
+        if store.call_now(|c| auth::resolve(c, &secret))?.is_some() {
+            return Ok(secret);
+        }
+    }
+    let (_, secret) =
+        store.call_now(|c| auth::mint(c, auth::TokenKind::Worker, auth::Role::Worker, None, Some(compute.into()), None))?;
+    write_secret(&path, &secret)?;
+    Ok(secret)
+}
+
+fn write_secret(path: &Path, secret: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("failed to write {}", path.display()))?;
+    writeln!(f, "{secret}")?;
+    Ok(())
+}

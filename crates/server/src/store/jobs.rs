@@ -1,0 +1,612 @@
+//! Jobs, mini-batches, leases and attempts: the durable half of the job state machine.
+//!
+//! Every transition is one SQLite transaction that reads the current row, asks `cove_model`'s pure
+//! policy what follows, and writes the result. Invariants kept here:
+//! - a mini-batch is `leased` by exactly the lease in `batches.lease_id`; only that lease's report counts;
+//! - a mini-batch is committed once: `succeeded` with `committed_part` set, never changed afterwards;
+//! - the job's counters change in the same transaction as the mini-batch they count.
+
+use super::{now_ms, StoreResult};
+use cove_api::worker::RunSpec;
+use cove_api::JobInput;
+use cove_model::{after_attempt, job_verdict, AttemptOutcome, BatchNext, JobCounters, JobPolicy, JobStatus, JobVerdict};
+use cove_spec::DeploymentSettings;
+use rusqlite::{params, Connection, OptionalExtension, Row, TransactionBehavior};
+use serde::{Deserialize, Serialize};
+
+/// What a job runs, fixed when it is submitted (a snapshot: later changes to the deployment do not apply).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobRecord {
+    pub input: JobInput,
+    /// The `score` output folder, as a datastore URI.
+    pub output_uri: String,
+    pub output_file_name: Option<String>,
+    pub settings: DeploymentSettings,
+    pub run: RunSpec,
+    pub model_uri: String,
+    pub code_uri: Option<String>,
+}
+
+impl JobRecord {
+    pub fn policy(&self) -> JobPolicy {
+        let processes = u64::from(self.settings.instance_count) * u64::from(self.settings.max_concurrency_per_instance);
+        JobPolicy { error_threshold: self.settings.error_threshold, init_failure_limit: 3 * processes.max(1) }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct JobRow {
+    pub name: String,
+    pub seq: i64,
+    pub endpoint: String,
+    pub deployment: String,
+    pub compute: String,
+    pub status: JobStatus,
+    pub record: JobRecord,
+    pub idempotency_key: Option<String>,
+    pub created_ms: i64,
+    pub started_ms: Option<i64>,
+    pub finished_ms: Option<i64>,
+    pub error: Option<String>,
+    pub files_total: u64,
+    pub counters: JobCounters,
+}
+
+const JOB_COLUMNS: &str = "name, seq, endpoint, deployment, compute, status, record, idempotency_key, created_ms, \
+    started_ms, finished_ms, error, files_total, batches_total, batches_succeeded, batches_failed, items_ok, \
+    items_failed, init_failures";
+
+fn job_from_row(r: &Row<'_>) -> rusqlite::Result<JobRow> {
+    let status: String = r.get(5)?;
+    let record: String = r.get(6)?;
+    let bad = |i, e: Box<dyn std::error::Error + Send + Sync>| rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, e);
+    Ok(JobRow {
+        name: r.get(0)?,
+        seq: r.get(1)?,
+        endpoint: r.get(2)?,
+        deployment: r.get(3)?,
+        compute: r.get(4)?,
+        status: JobStatus::parse(&status).ok_or_else(|| bad(5, format!("unknown job status {status}").into()))?,
+        record: serde_json::from_str(&record).map_err(|e| bad(6, e.into()))?,
+        idempotency_key: r.get(7)?,
+        created_ms: r.get(8)?,
+        started_ms: r.get(9)?,
+        finished_ms: r.get(10)?,
+        error: r.get(11)?,
+        files_total: r.get(12)?,
+        counters: JobCounters {
+            batches_total: r.get(13)?,
+            batches_succeeded: r.get(14)?,
+            batches_failed: r.get(15)?,
+            items_ok: r.get(16)?,
+            items_failed: r.get(17)?,
+            init_failures: r.get(18)?,
+        },
+    })
+}
+
+pub struct NewJob {
+    pub name: String,
+    pub endpoint: String,
+    pub deployment: String,
+    pub compute: String,
+    pub record: JobRecord,
+    pub idempotency_key: Option<String>,
+}
+
+pub enum JobInsert {
+    Created(JobRow),
+    /// The idempotency key was seen before: this is the job it created.
+    Existing(JobRow),
+    /// The job name is taken by another job.
+    NameTaken,
+}
+
+pub fn job_insert(conn: &mut Connection, job: NewJob) -> StoreResult<JobInsert> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    if let Some(key) = &job.idempotency_key {
+        let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE endpoint = ?1 AND idempotency_key = ?2");
+        if let Some(existing) = tx.query_row(&sql, params![job.endpoint, key], job_from_row).optional()? {
+            return Ok(JobInsert::Existing(existing));
+        }
+    }
+    let taken: bool = tx.query_row("SELECT EXISTS (SELECT 1 FROM jobs WHERE name = ?1)", [&job.name], |r| r.get(0))?;
+    if taken {
+        return Ok(JobInsert::NameTaken);
+    }
+    let seq: i64 = tx.query_row("SELECT COALESCE(MAX(seq), 0) + 1 FROM jobs", [], |r| r.get(0))?;
+    tx.execute(
+        "INSERT INTO jobs (name, seq, endpoint, deployment, compute, status, record, idempotency_key, created_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        params![
+            job.name,
+            seq,
+            job.endpoint,
+            job.deployment,
+            job.compute,
+            JobStatus::NotStarted.as_str(),
+            serde_json::to_string(&job.record)?,
+            job.idempotency_key,
+            now_ms()
+        ],
+    )?;
+    let row = job_get_tx(&tx, &job.name)?.expect("the row was inserted in this transaction");
+    tx.commit()?;
+    Ok(JobInsert::Created(row))
+}
+
+fn job_get_tx(conn: &Connection, name: &str) -> StoreResult<Option<JobRow>> {
+    let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE name = ?1");
+    Ok(conn.query_row(&sql, [name], job_from_row).optional()?)
+}
+
+pub fn job_get(conn: &Connection, name: &str) -> StoreResult<Option<JobRow>> {
+    job_get_tx(conn, name)
+}
+
+pub fn job_list(conn: &Connection, endpoint: Option<&str>, deployment: Option<&str>, limit: u32) -> StoreResult<Vec<JobRow>> {
+    let sql = format!(
+        "SELECT {JOB_COLUMNS} FROM jobs WHERE (?1 IS NULL OR endpoint = ?1) AND (?2 IS NULL OR deployment = ?2)
+         ORDER BY seq DESC LIMIT ?3"
+    );
+    let mut stmt = conn.prepare(&sql)?;
+    let rows = stmt.query_map(params![endpoint, deployment, limit], job_from_row)?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Jobs that a control plane must pick up again after a restart.
+pub fn jobs_unfinished(conn: &Connection) -> StoreResult<Vec<JobRow>> {
+    let sql = format!(
+        "SELECT {JOB_COLUMNS} FROM jobs WHERE status NOT IN ('Completed', 'Failed', 'Canceled') ORDER BY seq"
+    );
+    let mut stmt = conn.prepare(&sql)?;
+    let rows = stmt.query_map([], job_from_row)?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Moves a job from one of `from` to `to`; returns false (and changes nothing) from any other status.
+pub fn job_transition(conn: &Connection, name: &str, from: &[JobStatus], to: JobStatus, error: Option<&str>) -> StoreResult<bool> {
+    let current: Option<String> = conn.query_row("SELECT status FROM jobs WHERE name = ?1", [name], |r| r.get(0)).optional()?;
+    let Some(current) = current.and_then(|s| JobStatus::parse(&s)) else { return Ok(false) };
+    if !from.contains(&current) {
+        return Ok(false);
+    }
+    let finished = to.is_terminal().then(now_ms);
+    conn.execute(
+        "UPDATE jobs SET status = ?2, error = COALESCE(?3, error), finished_ms = COALESCE(?4, finished_ms) WHERE name = ?1",
+        params![name, to.as_str(), error, finished],
+    )?;
+    Ok(true)
+}
+
+/// One mini-batch of a plan: its slice of the manifest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PlannedBatch {
+    pub manifest_offset: u64,
+    pub manifest_len: u64,
+    pub files: u64,
+}
+
+/// Records a job's plan and queues it. Re-planning (after a crash while Preparing) replaces the old plan.
+pub fn job_plan(conn: &mut Connection, name: &str, files_total: u64, batches: &[PlannedBatch]) -> StoreResult<bool> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let status: Option<String> = tx.query_row("SELECT status FROM jobs WHERE name = ?1", [name], |r| r.get(0)).optional()?;
+    if status.as_deref() != Some(JobStatus::Preparing.as_str()) {
+        return Ok(false);
+    }
+    tx.execute("DELETE FROM batches WHERE job = ?1", [name])?;
+    {
+        let mut stmt = tx.prepare(
+            "INSERT INTO batches (job, idx, state, manifest_offset, manifest_len, files) VALUES (?1, ?2, 'pending', ?3, ?4, ?5)",
+        )?;
+        for (idx, b) in batches.iter().enumerate() {
+            stmt.execute(params![name, idx as i64, b.manifest_offset as i64, b.manifest_len as i64, b.files as i64])?;
+        }
+    }
+    tx.execute(
+        "UPDATE jobs SET files_total = ?2, batches_total = ?3, status = 'Queued' WHERE name = ?1",
+        params![name, files_total as i64, batches.len() as i64],
+    )?;
+    tx.commit()?;
+    Ok(true)
+}
+
+/// A granted lease.
+#[derive(Debug, Clone)]
+pub struct LeaseGrant {
+    pub lease_id: String,
+    pub job: String,
+    pub idx: u64,
+    pub attempt: u32,
+    pub manifest_offset: u64,
+    pub manifest_len: u64,
+    pub record: JobRecord,
+}
+
+pub enum LeaseAnswer {
+    Granted(LeaseGrant),
+    /// Nothing to lease now; `job_done` when the requested job will never have work again.
+    Nothing { job_done: bool },
+}
+
+/// Leases the lowest pending mini-batch of the oldest job that accepts leases (optionally one job, and
+/// only jobs on `compute`). The lease lasts `timeout + grace` from now and is renewed by heartbeats.
+pub fn lease_next(
+    conn: &mut Connection,
+    job: Option<&str>,
+    compute: Option<&str>,
+    node: &str,
+    process: u32,
+    grace_ms: i64,
+) -> StoreResult<LeaseAnswer> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let candidate: Option<(String, i64)> = tx
+        .query_row(
+            "SELECT b.job, b.idx FROM jobs j JOIN batches b ON b.job = j.name AND b.state = 'pending'
+             WHERE j.status IN ('Queued', 'Running') AND (?1 IS NULL OR j.name = ?1) AND (?2 IS NULL OR j.compute = ?2)
+             ORDER BY j.seq, b.idx LIMIT 1",
+            params![job, compute],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?;
+    let Some((job_name, idx)) = candidate else {
+        let job_done = match job {
+            Some(name) => {
+                let status: Option<String> =
+                    tx.query_row("SELECT status FROM jobs WHERE name = ?1", [name], |r| r.get(0)).optional()?;
+                match status.and_then(|s| JobStatus::parse(&s)) {
+                    None => true,
+                    Some(s) if !s.accepts_leases() && s != JobStatus::NotStarted && s != JobStatus::Preparing => true,
+                    Some(_) => {
+                        let open: i64 = tx.query_row(
+                            "SELECT COUNT(*) FROM batches WHERE job = ?1 AND state IN ('pending', 'leased')",
+                            [name],
+                            |r| r.get(0),
+                        )?;
+                        let planned: i64 =
+                            tx.query_row("SELECT batches_total FROM jobs WHERE name = ?1", [name], |r| r.get(0))?;
+                        planned > 0 && open == 0
+                    }
+                }
+            }
+            None => false,
+        };
+        return Ok(LeaseAnswer::Nothing { job_done });
+    };
+    let row = job_get_tx(&tx, &job_name)?.expect("the job was just selected");
+    let (attempts, offset, len): (u32, i64, i64) = tx.query_row(
+        "SELECT attempts, manifest_offset, manifest_len FROM batches WHERE job = ?1 AND idx = ?2",
+        params![job_name, idx],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+    )?;
+    let attempt = attempts + 1;
+    let lease_id = uuid::Uuid::new_v4().simple().to_string();
+    let now = now_ms();
+    let deadline = now + row.record.settings.retry_settings.timeout_secs as i64 * 1000 + grace_ms;
+    tx.execute(
+        "UPDATE batches SET state = 'leased', attempts = ?3, lease_id = ?4, lease_deadline_ms = ?5 WHERE job = ?1 AND idx = ?2",
+        params![job_name, idx, attempt, lease_id, deadline],
+    )?;
+    tx.execute(
+        "INSERT INTO attempts (lease_id, job, idx, attempt, node, process, started_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        params![lease_id, job_name, idx, attempt, node, process, now],
+    )?;
+    tx.execute(
+        "UPDATE jobs SET status = 'Running', started_ms = COALESCE(started_ms, ?2) WHERE name = ?1 AND status = 'Queued'",
+        params![job_name, now],
+    )?;
+    tx.commit()?;
+    Ok(LeaseAnswer::Granted(LeaseGrant {
+        lease_id,
+        job: job_name,
+        idx: idx as u64,
+        attempt,
+        manifest_offset: offset as u64,
+        manifest_len: len as u64,
+        record: row.record,
+    }))
+}
+
+/// The current lease of a mini-batch, looked up by lease id.
+#[derive(Debug, Clone)]
+pub struct LeaseInfo {
+    pub job: String,
+    pub idx: u64,
+    pub attempt: u32,
+    pub manifest_offset: u64,
+    pub manifest_len: u64,
+    pub record: JobRecord,
+}
+
+/// Returns the lease if it is still the mini-batch's current one and its job still runs.
+pub fn lease_current(conn: &Connection, lease_id: &str) -> StoreResult<Option<LeaseInfo>> {
+    let found: Option<(String, i64, u32, i64, i64)> = conn
+        .query_row(
+            "SELECT b.job, b.idx, b.attempts, b.manifest_offset, b.manifest_len FROM batches b
+             JOIN jobs j ON j.name = b.job
+             WHERE b.lease_id = ?1 AND b.state = 'leased' AND j.status IN ('Queued', 'Running')",
+            [lease_id],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+        )
+        .optional()?;
+    let Some((job, idx, attempt, offset, len)) = found else { return Ok(None) };
+    let record = job_get_tx(conn, &job)?.expect("joined above").record;
+    Ok(Some(LeaseInfo { job, idx: idx as u64, attempt, manifest_offset: offset as u64, manifest_len: len as u64, record }))
+}
+
+/// Extends a current lease to `timeout + grace` from now; returns false for a lease that is no longer current.
+pub fn lease_heartbeat(conn: &Connection, lease_id: &str, grace_ms: i64) -> StoreResult<bool> {
+    let Some(info) = lease_current(conn, lease_id)? else { return Ok(false) };
+    let deadline = now_ms() + info.record.settings.retry_settings.timeout_secs as i64 * 1000 + grace_ms;
+    conn.execute("UPDATE batches SET lease_deadline_ms = ?2 WHERE lease_id = ?1 AND state = 'leased'", params![lease_id, deadline])?;
+    Ok(true)
+}
+
+pub fn attempt_mark_part(conn: &Connection, lease_id: &str) -> StoreResult<()> {
+    conn.execute("UPDATE attempts SET part_uploaded = 1 WHERE lease_id = ?1", [lease_id])?;
+    Ok(())
+}
+
+/// The key of the part object an attempt uploads.
+pub fn part_key(job: &str, idx: u64, lease_id: &str) -> String {
+    format!("jobs/{job}/parts/{idx:09}.{lease_id}")
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CompleteResult {
+    pub committed: bool,
+    pub job_active: bool,
+    /// The job's new status when this report ended or finalized it.
+    pub job_status: Option<JobStatus>,
+    /// The job the lease belonged to, when the lease exists.
+    pub job: Option<String>,
+}
+
+/// Applies the outcome of an attempt. Only the mini-batch's current lease counts; a report for any
+/// other lease (expired, superseded, or of a job that no longer runs) is recorded and discarded.
+pub fn lease_complete(
+    conn: &mut Connection,
+    lease_id: &str,
+    outcome: &AttemptOutcome,
+    pid: Option<u32>,
+) -> StoreResult<CompleteResult> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let now = now_ms();
+    let attempt: Option<(String, i64, u32, Option<String>, bool)> = tx
+        .query_row(
+            "SELECT job, idx, attempt, outcome, part_uploaded FROM attempts WHERE lease_id = ?1",
+            [lease_id],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+        )
+        .optional()?;
+    let Some((job, idx, attempt_no, previous, part_uploaded)) = attempt else {
+        return Ok(CompleteResult { committed: false, job_active: false, job_status: None, job: None });
+    };
+    let row = job_get_tx(&tx, &job)?.expect("attempts reference existing jobs");
+    let job_active = row.status.accepts_leases();
+    let current: bool = tx.query_row(
+        "SELECT EXISTS (SELECT 1 FROM batches WHERE job = ?1 AND idx = ?2 AND state = 'leased' AND lease_id = ?3)",
+        params![job, idx, lease_id],
+        |r| r.get(0),
+    )?;
+    let (outcome_name, reason, _, _) = describe(outcome);
+    if previous.is_some() || !current || !job_active {
+        if previous.is_none() {
+            tx.execute(
+                "UPDATE attempts SET finished_ms = ?2, outcome = ?3, reason = ?4, pid = ?5 WHERE lease_id = ?1",
+                params![lease_id, now, format!("discarded:{outcome_name}"), reason, pid],
+            )?;
+            tx.commit()?;
+        }
+        return Ok(CompleteResult { committed: false, job_active, job_status: None, job: Some(job) });
+    }
+    // A success without its part cannot be committed: treat it as the failure it is.
+    let needs_part = row.record.output_file_name.is_some();
+    let outcome = match outcome {
+        AttemptOutcome::Succeeded { .. } if needs_part && !part_uploaded => {
+            AttemptOutcome::Failed { reason: "the worker reported success but uploaded no output part".into() }
+        }
+        other => other.clone(),
+    };
+    let outcome = &outcome;
+    let (outcome_name, reason, items_ok, items_failed) = describe(outcome);
+    tx.execute(
+        "UPDATE attempts SET finished_ms = ?2, outcome = ?3, reason = ?4, pid = ?5, items_ok = ?6, items_failed = ?7
+         WHERE lease_id = ?1",
+        params![lease_id, now, outcome_name, reason, pid, items_ok as i64, items_failed as i64],
+    )?;
+    let files: i64 = tx.query_row("SELECT files FROM batches WHERE job = ?1 AND idx = ?2", params![job, idx], |r| r.get(0))?;
+    let mut committed = false;
+    match after_attempt(attempt_no, row.record.settings.retry_settings.max_retries, outcome) {
+        BatchNext::Commit => {
+            let part = needs_part.then(|| part_key(&job, idx as u64, lease_id));
+            tx.execute(
+                "UPDATE batches SET state = 'succeeded', lease_id = NULL, lease_deadline_ms = NULL, committed_part = ?3,
+                 items_ok = ?4, items_failed = ?5, error = NULL WHERE job = ?1 AND idx = ?2",
+                params![job, idx, part, items_ok as i64, items_failed as i64],
+            )?;
+            tx.execute(
+                "UPDATE jobs SET batches_succeeded = batches_succeeded + 1, items_ok = items_ok + ?2,
+                 items_failed = items_failed + ?3 WHERE name = ?1",
+                params![job, items_ok as i64, items_failed as i64],
+            )?;
+            committed = true;
+        }
+        BatchNext::Retry => {
+            tx.execute(
+                "UPDATE batches SET state = 'pending', lease_id = NULL, lease_deadline_ms = NULL, error = ?3
+                 WHERE job = ?1 AND idx = ?2",
+                params![job, idx, reason],
+            )?;
+        }
+        BatchNext::Release => {
+            tx.execute(
+                "UPDATE batches SET state = 'pending', lease_id = NULL, lease_deadline_ms = NULL, attempts = attempts - 1
+                 WHERE job = ?1 AND idx = ?2",
+                params![job, idx],
+            )?;
+            tx.execute("UPDATE jobs SET init_failures = init_failures + 1, error = ?2 WHERE name = ?1", params![job, reason])?;
+        }
+        BatchNext::GiveUp { reason } => {
+            tx.execute(
+                "UPDATE batches SET state = 'failed', lease_id = NULL, lease_deadline_ms = NULL, items_failed = ?3, error = ?4
+                 WHERE job = ?1 AND idx = ?2",
+                params![job, idx, files, reason],
+            )?;
+            tx.execute(
+                "UPDATE jobs SET batches_failed = batches_failed + 1, items_failed = items_failed + ?2 WHERE name = ?1",
+                params![job, files],
+            )?;
+        }
+    }
+    let job_status = apply_verdict(&tx, &job)?;
+    tx.commit()?;
+    Ok(CompleteResult { committed, job_active: job_status.is_none_or(|s| s.accepts_leases()), job_status, job: Some(job) })
+}
+
+/// Moves a running job to Finalizing or Failed when its counters say so.
+fn apply_verdict(conn: &Connection, job: &str) -> StoreResult<Option<JobStatus>> {
+    let row = job_get_tx(conn, job)?.expect("caller holds the job");
+    if !row.status.accepts_leases() {
+        return Ok(None);
+    }
+    match job_verdict(&row.counters, &row.record.policy()) {
+        JobVerdict::Continue => Ok(None),
+        JobVerdict::Finalize => {
+            conn.execute("UPDATE jobs SET status = 'Finalizing' WHERE name = ?1", [job])?;
+            Ok(Some(JobStatus::Finalizing))
+        }
+        JobVerdict::Fail { reason } => {
+            let reason = match (&row.error, reason.starts_with("init()")) {
+                (Some(last), true) => format!("{reason}; the last failure: {last}"),
+                _ => reason,
+            };
+            conn.execute(
+                "UPDATE jobs SET status = 'Failed', error = ?2, finished_ms = ?3 WHERE name = ?1",
+                params![job, reason, now_ms()],
+            )?;
+            Ok(Some(JobStatus::Failed))
+        }
+    }
+}
+
+fn describe(outcome: &AttemptOutcome) -> (&'static str, Option<String>, u64, u64) {
+    match outcome {
+        AttemptOutcome::Succeeded { items_ok, items_failed } => ("succeeded", None, *items_ok, *items_failed),
+        AttemptOutcome::Failed { reason } => ("failed", Some(reason.clone()), 0, 0),
+        AttemptOutcome::TimedOut => ("timed_out", Some("run() timed out".into()), 0, 0),
+        AttemptOutcome::LeaseExpired => ("lease_expired", Some("lease expired".into()), 0, 0),
+        AttemptOutcome::InitFailed { reason } => ("init_failed", Some(reason.clone()), 0, 0),
+    }
+}
+
+/// Leases whose deadline has passed.
+pub fn leases_expired(conn: &Connection, now: i64) -> StoreResult<Vec<String>> {
+    let mut stmt = conn.prepare("SELECT lease_id FROM batches WHERE state = 'leased' AND lease_deadline_ms < ?1")?;
+    let rows = stmt.query_map([now], |r| r.get(0))?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// The earliest lease deadline, so the reaper sleeps exactly until it.
+pub fn next_lease_deadline(conn: &Connection) -> StoreResult<Option<i64>> {
+    Ok(conn.query_row("SELECT MIN(lease_deadline_ms) FROM batches WHERE state = 'leased'", [], |r| r.get(0))?)
+}
+
+/// Cancels a job. A finalizing job is only asked to stop, so that the finalizer never publishes it.
+pub fn job_cancel(conn: &Connection, name: &str) -> StoreResult<Option<JobStatus>> {
+    let Some(row) = job_get_tx(conn, name)? else { return Ok(None) };
+    if row.status.is_terminal() {
+        return Ok(Some(row.status));
+    }
+    let to = if row.status == JobStatus::Finalizing { JobStatus::CancelRequested } else { JobStatus::Canceled };
+    let finished = to.is_terminal().then(now_ms);
+    conn.execute(
+        "UPDATE jobs SET status = ?2, error = 'canceled by user', finished_ms = ?3 WHERE name = ?1",
+        params![name, to.as_str(), finished],
+    )?;
+    Ok(Some(to))
+}
+
+/// The committed part of every succeeded mini-batch, in mini-batch order.
+pub fn committed_parts(conn: &Connection, job: &str) -> StoreResult<Vec<(u64, String)>> {
+    let mut stmt = conn.prepare(
+        "SELECT idx, committed_part FROM batches WHERE job = ?1 AND state = 'succeeded' AND committed_part IS NOT NULL ORDER BY idx",
+    )?;
+    let rows = stmt.query_map([job], |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?)))?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+#[derive(Debug, Clone)]
+pub struct BatchRow {
+    pub idx: u64,
+    pub state: String,
+    pub attempts: u32,
+    pub manifest_offset: u64,
+    pub manifest_len: u64,
+    pub files: u64,
+    pub error: Option<String>,
+}
+
+pub fn batches_in_state(conn: &Connection, job: &str, state: &str) -> StoreResult<Vec<BatchRow>> {
+    let mut stmt = conn.prepare(
+        "SELECT idx, state, attempts, manifest_offset, manifest_len, files, error FROM batches
+         WHERE job = ?1 AND state = ?2 ORDER BY idx",
+    )?;
+    let rows = stmt.query_map(params![job, state], |r| {
+        Ok(BatchRow {
+            idx: r.get::<_, i64>(0)? as u64,
+            state: r.get(1)?,
+            attempts: r.get(2)?,
+            manifest_offset: r.get::<_, i64>(3)? as u64,
+            manifest_len: r.get::<_, i64>(4)? as u64,
+            files: r.get::<_, i64>(5)? as u64,
+            error: r.get(6)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Counts a job's mini-batches by state.
+pub fn batch_state_counts(conn: &Connection, job: &str) -> StoreResult<Vec<(String, u64)>> {
+    let mut stmt = conn.prepare("SELECT state, COUNT(*) FROM batches WHERE job = ?1 GROUP BY state")?;
+    let rows = stmt.query_map([job], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+#[derive(Debug, Clone)]
+pub struct AttemptRow {
+    pub idx: u64,
+    pub attempt: u32,
+    pub node: String,
+    pub process: u32,
+    pub pid: Option<u32>,
+    pub started_ms: i64,
+    pub finished_ms: Option<i64>,
+    pub outcome: Option<String>,
+    pub reason: Option<String>,
+    pub items_ok: u64,
+    pub items_failed: u64,
+}
+
+pub fn attempts_of(conn: &Connection, job: &str) -> StoreResult<Vec<AttemptRow>> {
+    let mut stmt = conn.prepare(
+        "SELECT idx, attempt, node, process, pid, started_ms, finished_ms, outcome, reason, items_ok, items_failed
+         FROM attempts WHERE job = ?1 ORDER BY idx, attempt, started_ms",
+    )?;
+    let rows = stmt.query_map([job], |r| {
+        Ok(AttemptRow {
+            idx: r.get::<_, i64>(0)? as u64,
+            attempt: r.get(1)?,
+            node: r.get(2)?,
+            process: r.get(3)?,
+            pid: r.get(4)?,
+            started_ms: r.get(5)?,
+            finished_ms: r.get(6)?,
+            outcome: r.get(7)?,
+            reason: r.get(8)?,
+            items_ok: r.get::<_, i64>(9)? as u64,
+            items_failed: r.get::<_, i64>(10)? as u64,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}

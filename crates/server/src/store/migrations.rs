@@ -1,0 +1,116 @@
+//! Versioned schema migrations, applied in order and recorded in `PRAGMA user_version`.
+//!
+//! A migration is never edited once released: a change to the schema is a new entry at the end.
+
+use rusqlite::Connection;
+
+const MIGRATIONS: &[&str] = &[
+    // 1: the first schema.
+    r#"
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    CREATE TABLE tokens (
+        id TEXT PRIMARY KEY,
+        hash TEXT NOT NULL UNIQUE,
+        kind TEXT NOT NULL,              -- user | worker
+        role TEXT NOT NULL,
+        endpoint TEXT,                   -- scope: one endpoint, or all
+        compute TEXT,                    -- worker tokens: the compute cluster they serve
+        created_ms INTEGER NOT NULL,
+        expires_ms INTEGER,
+        revoked INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE TABLE datastores (name TEXT PRIMARY KEY, kind TEXT NOT NULL, root TEXT NOT NULL);
+    CREATE TABLE computes (name TEXT PRIMARY KEY, kind TEXT NOT NULL, max_instances INTEGER NOT NULL);
+    CREATE TABLE models (
+        name TEXT NOT NULL, version INTEGER NOT NULL, record TEXT NOT NULL,
+        PRIMARY KEY (name, version)
+    );
+    CREATE TABLE endpoints (name TEXT PRIMARY KEY, record TEXT NOT NULL, created_ms INTEGER NOT NULL);
+    CREATE TABLE deployments (
+        endpoint TEXT NOT NULL, name TEXT NOT NULL, record TEXT NOT NULL, created_ms INTEGER NOT NULL,
+        PRIMARY KEY (endpoint, name)
+    );
+    CREATE TABLE jobs (
+        name TEXT PRIMARY KEY,
+        seq INTEGER NOT NULL UNIQUE,
+        endpoint TEXT NOT NULL,
+        deployment TEXT NOT NULL,
+        compute TEXT NOT NULL,
+        status TEXT NOT NULL,
+        record TEXT NOT NULL,            -- JSON JobRecord: input, output, settings, run spec
+        idempotency_key TEXT,
+        created_ms INTEGER NOT NULL,
+        started_ms INTEGER,
+        finished_ms INTEGER,
+        error TEXT,
+        files_total INTEGER NOT NULL DEFAULT 0,
+        batches_total INTEGER NOT NULL DEFAULT 0,
+        batches_succeeded INTEGER NOT NULL DEFAULT 0,
+        batches_failed INTEGER NOT NULL DEFAULT 0,
+        items_ok INTEGER NOT NULL DEFAULT 0,
+        items_failed INTEGER NOT NULL DEFAULT 0,
+        init_failures INTEGER NOT NULL DEFAULT 0,
+        UNIQUE (endpoint, idempotency_key)
+    );
+    CREATE INDEX jobs_by_status ON jobs (status, seq);
+    CREATE TABLE batches (
+        job TEXT NOT NULL,
+        idx INTEGER NOT NULL,
+        state TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        manifest_offset INTEGER NOT NULL,
+        manifest_len INTEGER NOT NULL,
+        files INTEGER NOT NULL,
+        lease_id TEXT,
+        lease_deadline_ms INTEGER,
+        committed_part TEXT,
+        items_ok INTEGER NOT NULL DEFAULT 0,
+        items_failed INTEGER NOT NULL DEFAULT 0,
+        error TEXT,
+        PRIMARY KEY (job, idx)
+    );
+    CREATE INDEX batches_by_state ON batches (job, state, idx);
+    CREATE INDEX batches_by_deadline ON batches (state, lease_deadline_ms);
+    CREATE TABLE attempts (
+        lease_id TEXT PRIMARY KEY,
+        job TEXT NOT NULL,
+        idx INTEGER NOT NULL,
+        attempt INTEGER NOT NULL,
+        node TEXT NOT NULL,
+        process INTEGER NOT NULL,
+        pid INTEGER,
+        started_ms INTEGER NOT NULL,
+        finished_ms INTEGER,
+        outcome TEXT,
+        reason TEXT,
+        items_ok INTEGER NOT NULL DEFAULT 0,
+        items_failed INTEGER NOT NULL DEFAULT 0,
+        part_uploaded INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX attempts_by_job ON attempts (job, idx, attempt);
+    "#,
+];
+
+/// Brings the schema up to date, one transaction per migration.
+pub fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
+    let current: usize = conn.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))? as usize;
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(current) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn migrating_twice_is_a_no_op() {
+        let mut conn = rusqlite::Connection::open_in_memory().unwrap();
+        super::migrate(&mut conn).unwrap();
+        super::migrate(&mut conn).unwrap();
+        let v: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+        assert_eq!(v as usize, super::MIGRATIONS.len());
+    }
+}

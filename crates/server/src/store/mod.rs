@@ -1,0 +1,83 @@
+//! The state store: SQLite in WAL mode, the only module of Cove that contains SQL.
+//!
+//! One connection behind a mutex serialises every transaction, which is what SQLite does anyway and
+//! makes each store function atomic with respect to the others. Async callers go through
+//! [`Store::call`], which runs the closure on the blocking pool so no query ever stalls the runtime.
+
+mod jobs;
+mod migrations;
+mod resources;
+
+pub use jobs::*;
+pub use resources::*;
+
+use rusqlite::{Connection, OptionalExtension};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("state store query failed")]
+    Sql(#[from] rusqlite::Error),
+    #[error("state store holds a record that does not decode")]
+    Corrupt(#[from] serde_json::Error),
+    #[error("state store task was lost")]
+    Join(#[from] tokio::task::JoinError),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+#[derive(Clone)]
+pub struct Store {
+    conn: Arc<Mutex<Connection>>,
+}
+
+impl Store {
+    /// Opens (creating if needed) the state database and brings its schema up to date.
+    pub fn open(path: &Path) -> StoreResult<Self> {
+        let mut conn = Connection::open(path)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        // NORMAL is durable across process crashes in WAL mode; only an OS crash can lose the last commits.
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        migrations::migrate(&mut conn)?;
+        Ok(Self { conn: Arc::new(Mutex::new(conn)) })
+    }
+
+    /// Runs `f` with the connection on the blocking pool.
+    pub async fn call<T, F>(&self, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> StoreResult<T> + Send + 'static,
+    {
+        let conn = self.conn.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut guard = conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            f(&mut guard)
+        })
+        .await?
+    }
+
+    /// Runs `f` with the connection on the current thread (start-up and tests).
+    pub fn call_now<T>(&self, f: impl FnOnce(&mut Connection) -> StoreResult<T>) -> StoreResult<T> {
+        let mut guard = self.conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        f(&mut guard)
+    }
+}
+
+pub fn meta_get(conn: &Connection, key: &str) -> StoreResult<Option<String>> {
+    Ok(conn.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0)).optional()?)
+}
+
+pub fn meta_set(conn: &Connection, key: &str, value: &str) -> StoreResult<()> {
+    conn.execute(
+        "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        [key, value],
+    )?;
+    Ok(())
+}
+
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}

@@ -1,0 +1,196 @@
+//! Rows for the workspace's resources: tokens, datastores, computes, models, endpoints, deployments.
+//! Resource bodies are stored as JSON documents of their API type; keys and foreign names are columns.
+
+use super::{now_ms, StoreResult};
+use cove_api::{Compute, Datastore, Deployment, Endpoint, Model};
+use rusqlite::{params, Connection, OptionalExtension};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenRow {
+    pub id: String,
+    pub kind: String,
+    pub role: String,
+    pub endpoint: Option<String>,
+    pub compute: Option<String>,
+    pub created_ms: i64,
+    pub expires_ms: Option<i64>,
+    pub revoked: bool,
+}
+
+pub fn token_insert(conn: &Connection, hash: &str, row: &TokenRow) -> StoreResult<()> {
+    conn.execute(
+        "INSERT INTO tokens (id, hash, kind, role, endpoint, compute, created_ms, expires_ms, revoked)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        params![row.id, hash, row.kind, row.role, row.endpoint, row.compute, row.created_ms, row.expires_ms, row.revoked],
+    )?;
+    Ok(())
+}
+
+fn token_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TokenRow> {
+    Ok(TokenRow {
+        id: r.get(0)?,
+        kind: r.get(1)?,
+        role: r.get(2)?,
+        endpoint: r.get(3)?,
+        compute: r.get(4)?,
+        created_ms: r.get(5)?,
+        expires_ms: r.get(6)?,
+        revoked: r.get(7)?,
+    })
+}
+
+const TOKEN_COLUMNS: &str = "id, kind, role, endpoint, compute, created_ms, expires_ms, revoked";
+
+pub fn token_by_hash(conn: &Connection, hash: &str) -> StoreResult<Option<TokenRow>> {
+    let sql = format!("SELECT {TOKEN_COLUMNS} FROM tokens WHERE hash = ?1");
+    Ok(conn.query_row(&sql, [hash], token_from_row).optional()?)
+}
+
+pub fn datastore_upsert(conn: &Connection, ds: &Datastore) -> StoreResult<()> {
+    conn.execute(
+        "INSERT INTO datastores (name, kind, root) VALUES (?1, ?2, ?3)
+         ON CONFLICT (name) DO UPDATE SET kind = excluded.kind, root = excluded.root",
+        params![ds.name, ds.kind, ds.root],
+    )?;
+    Ok(())
+}
+
+pub fn datastore_list(conn: &Connection) -> StoreResult<Vec<Datastore>> {
+    let mut stmt = conn.prepare("SELECT name, kind, root FROM datastores ORDER BY name")?;
+    let rows = stmt.query_map([], |r| Ok(Datastore { name: r.get(0)?, kind: r.get(1)?, root: r.get(2)? }))?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+pub fn compute_upsert(conn: &Connection, c: &Compute) -> StoreResult<()> {
+    conn.execute(
+        "INSERT INTO computes (name, kind, max_instances) VALUES (?1, ?2, ?3)
+         ON CONFLICT (name) DO UPDATE SET kind = excluded.kind, max_instances = excluded.max_instances",
+        params![c.name, c.kind, c.max_instances],
+    )?;
+    Ok(())
+}
+
+pub fn compute_list(conn: &Connection) -> StoreResult<Vec<Compute>> {
+    let mut stmt = conn.prepare("SELECT name, kind, max_instances FROM computes ORDER BY name")?;
+    let rows = stmt.query_map([], |r| Ok(Compute { name: r.get(0)?, kind: r.get(1)?, max_instances: r.get(2)? }))?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Registers the next version of a model and returns it. Callers needing atomicity with other writes
+/// pass a transaction; the single connection makes the read-then-insert safe either way.
+pub fn model_create(conn: &Connection, mut model: Model) -> StoreResult<Model> {
+    let last: Option<u32> =
+        conn.query_row("SELECT MAX(version) FROM models WHERE name = ?1", [&model.name], |r| r.get(0))?;
+    model.version = last.unwrap_or(0) + 1;
+    conn.execute(
+        "INSERT INTO models (name, version, record) VALUES (?1, ?2, ?3)",
+        params![model.name, model.version, serde_json::to_string(&model)?],
+    )?;
+    Ok(model)
+}
+
+/// Finds a model version; `None` as the version means the latest.
+pub fn model_get(conn: &Connection, name: &str, version: Option<u32>) -> StoreResult<Option<Model>> {
+    let record: Option<String> = match version {
+        Some(v) => conn
+            .query_row("SELECT record FROM models WHERE name = ?1 AND version = ?2", params![name, v], |r| r.get(0))
+            .optional()?,
+        None => conn
+            .query_row("SELECT record FROM models WHERE name = ?1 ORDER BY version DESC LIMIT 1", [name], |r| r.get(0))
+            .optional()?,
+    };
+    Ok(record.map(|r| serde_json::from_str(&r)).transpose()?)
+}
+
+pub fn model_list(conn: &Connection, name: Option<&str>) -> StoreResult<Vec<Model>> {
+    let mut stmt =
+        conn.prepare("SELECT record FROM models WHERE ?1 IS NULL OR name = ?1 ORDER BY name, version")?;
+    let rows = stmt.query_map([name], |r| r.get::<_, String>(0))?;
+    let mut out = Vec::new();
+    for row in rows {
+        out.push(serde_json::from_str(&row?)?);
+    }
+    Ok(out)
+}
+
+/// Inserts an endpoint; returns false when the name is taken.
+pub fn endpoint_insert(conn: &Connection, ep: &Endpoint) -> StoreResult<bool> {
+    let n = conn.execute(
+        "INSERT INTO endpoints (name, record, created_ms) VALUES (?1, ?2, ?3) ON CONFLICT (name) DO NOTHING",
+        params![ep.spec.name, serde_json::to_string(ep)?, now_ms()],
+    )?;
+    Ok(n == 1)
+}
+
+pub fn endpoint_put(conn: &Connection, ep: &Endpoint) -> StoreResult<()> {
+    conn.execute("UPDATE endpoints SET record = ?2 WHERE name = ?1", params![ep.spec.name, serde_json::to_string(ep)?])?;
+    Ok(())
+}
+
+pub fn endpoint_get(conn: &Connection, name: &str) -> StoreResult<Option<Endpoint>> {
+    let record: Option<String> =
+        conn.query_row("SELECT record FROM endpoints WHERE name = ?1", [name], |r| r.get(0)).optional()?;
+    let Some(record) = record else { return Ok(None) };
+    let mut ep: Endpoint = serde_json::from_str(&record)?;
+    ep.deployments = deployment_names(conn, name)?;
+    Ok(Some(ep))
+}
+
+pub fn endpoint_list(conn: &Connection) -> StoreResult<Vec<Endpoint>> {
+    let names: Vec<String> = {
+        let mut stmt = conn.prepare("SELECT name FROM endpoints ORDER BY name")?;
+        let rows = stmt.query_map([], |r| r.get(0))?;
+        rows.collect::<Result<_, _>>()?
+    };
+    let mut out = Vec::new();
+    for name in names {
+        out.extend(endpoint_get(conn, &name)?);
+    }
+    Ok(out)
+}
+
+/// Deletes an endpoint and its deployments (never its jobs); returns false when it did not exist.
+pub fn endpoint_delete(conn: &mut Connection, name: &str) -> StoreResult<bool> {
+    let tx = conn.transaction()?;
+    tx.execute("DELETE FROM deployments WHERE endpoint = ?1", [name])?;
+    let n = tx.execute("DELETE FROM endpoints WHERE name = ?1", [name])?;
+    tx.commit()?;
+    Ok(n == 1)
+}
+
+fn deployment_names(conn: &Connection, endpoint: &str) -> StoreResult<Vec<String>> {
+    let mut stmt = conn.prepare("SELECT name FROM deployments WHERE endpoint = ?1 ORDER BY name")?;
+    let rows = stmt.query_map([endpoint], |r| r.get(0))?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Inserts or replaces a deployment (create is idempotent per name, like `az ml batch-deployment create`).
+pub fn deployment_put(conn: &Connection, dep: &Deployment) -> StoreResult<()> {
+    conn.execute(
+        "INSERT INTO deployments (endpoint, name, record, created_ms) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (endpoint, name) DO UPDATE SET record = excluded.record",
+        params![dep.endpoint_name, dep.name, serde_json::to_string(dep)?, now_ms()],
+    )?;
+    Ok(())
+}
+
+pub fn deployment_get(conn: &Connection, endpoint: &str, name: &str) -> StoreResult<Option<Deployment>> {
+    let record: Option<String> = conn
+        .query_row("SELECT record FROM deployments WHERE endpoint = ?1 AND name = ?2", [endpoint, name], |r| r.get(0))
+        .optional()?;
+    Ok(record.map(|r| serde_json::from_str(&r)).transpose()?)
+}
+
+pub fn deployment_list(conn: &Connection, endpoint: &str) -> StoreResult<Vec<Deployment>> {
+    let mut stmt = conn.prepare("SELECT record FROM deployments WHERE endpoint = ?1 ORDER BY name")?;
+    let rows = stmt.query_map([endpoint], |r| r.get::<_, String>(0))?;
+    let mut out = Vec::new();
+    for row in rows {
+        out.push(serde_json::from_str(&row?)?);
+    }
+    Ok(out)
+}
+
+pub fn deployment_delete(conn: &Connection, endpoint: &str, name: &str) -> StoreResult<bool> {
+    Ok(conn.execute("DELETE FROM deployments WHERE endpoint = ?1 AND name = ?2", [endpoint, name])? == 1)
+}

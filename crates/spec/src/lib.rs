@@ -1,0 +1,19 @@
+//! Loads Azure Machine Learning batch endpoint and batch deployment YAML, unchanged, into Cove's typed and
+//! validated specs. It owns parsing, defaults, validation and error positions; it does no IO and resolves no paths.
+
+mod assets;
+mod deployment;
+mod endpoint;
+mod errors;
+mod guard;
+mod locate;
+mod names;
+mod settings;
+mod yaml;
+
+pub use assets::{EnvironmentRef, ModelRef, ModelType, ModelVersion};
+pub use deployment::{parse_deployment, CodeConfiguration, DeploymentSpec};
+pub use endpoint::{parse_endpoint, EndpointSpec};
+pub use errors::SpecError;
+pub use names::validate_resource_name;
+pub use settings::{DeploymentSettings, LoggingLevel, OutputAction, RetrySettings};
