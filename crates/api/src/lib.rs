@@ -7,4 +7,5 @@ mod types;
 pub mod worker;
 
 pub use client::{encode, Client, ClientError};
+pub use reqwest::Method;
 pub use types::*;

@@ -1,1 +1,524 @@
-fn main() {}
+//! The `cove` command: the control plane (`cove up`), the worker (`cove worker`), the quickstart, and
+//! the client for everything else. It is glue: it parses, calls `cove_server`, `cove_worker` or
+//! `cove_api::Client`, and renders. It holds no scheduling logic.
+
+mod connect;
+mod jobs;
+mod quickstart;
+mod render;
+mod resources;
+mod upload;
+
+use clap::{Parser, Subcommand};
+use cove_api::exit_code;
+use cove_spec::ModelType;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(
+    name = "cove",
+    version,
+    about = "Private batch endpoints: deploy a model, invoke it on a folder of files, get predictions"
+)]
+struct Cli {
+    #[command(flatten)]
+    target: connect::Target,
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy)]
+pub struct Output {
+    pub json: bool,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start a workspace's control plane and serve until stopped.
+    Up {
+        /// The workspace directory (created if needed).
+        #[arg(long)]
+        dir: PathBuf,
+        /// The address to listen on (loopback by default; port 0 picks a free port).
+        #[arg(long, default_value = "127.0.0.1:8470")]
+        listen: SocketAddr,
+        /// The default Python interpreter for deployments.
+        #[arg(long, default_value = "python3")]
+        python: String,
+    },
+    /// Run a worker that leases mini-batches from a control plane.
+    /// The control plane is given by the global --url (or COVE_URL).
+    Worker {
+        /// The compute cluster's worker credential.
+        #[arg(
+            long = "worker-token",
+            env = "COVE_WORKER_TOKEN",
+            hide_env_values = true
+        )]
+        worker_token: String,
+        /// Work only on this job and exit when it has no more work.
+        #[arg(long)]
+        job: Option<String>,
+        /// This instance's name, as it appears in log paths.
+        #[arg(long, default_value = "node-0")]
+        node: String,
+        /// Scorer processes on this instance (max_concurrency_per_instance).
+        #[arg(long, default_value_t = 1)]
+        concurrency: u32,
+        #[arg(long)]
+        work_dir: PathBuf,
+    },
+    /// Score the bundled sample data with the bundled model in a throwaway workspace.
+    Quickstart {
+        /// Keep the workspace here instead of a new temporary folder.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Show the workspace.
+    Workspace {
+        #[command(subcommand)]
+        command: WorkspaceCommand,
+    },
+    /// Batch endpoints.
+    Endpoint {
+        #[command(subcommand)]
+        command: EndpointCommand,
+    },
+    /// Batch deployments.
+    Deployment {
+        #[command(subcommand)]
+        command: DeploymentCommand,
+    },
+    /// Registered models.
+    Model {
+        #[command(subcommand)]
+        command: ModelCommand,
+    },
+    /// Batch jobs.
+    Job {
+        #[command(subcommand)]
+        command: JobCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum WorkspaceCommand {
+    Show,
+}
+
+#[derive(Subcommand)]
+enum EndpointCommand {
+    /// Create an endpoint from its Azure ML YAML.
+    Create {
+        #[arg(short, long)]
+        file: PathBuf,
+        #[arg(short, long)]
+        name: Option<String>,
+    },
+    List,
+    Show {
+        name: String,
+    },
+    /// Change description, tags or the default deployment (`--set defaults.deployment_name=X`).
+    Update {
+        name: String,
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        sets: Vec<String>,
+    },
+    /// Delete an endpoint and its deployments (its jobs are kept).
+    Delete {
+        name: String,
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Start a batch job.
+    Invoke {
+        name: String,
+        /// A local file or folder (uploaded first) or a datastore URI.
+        #[arg(long)]
+        input: String,
+        #[arg(long, value_parser = parse_input_type)]
+        input_type: Option<cove_api::InputType>,
+        #[arg(short = 'd', long)]
+        deployment_name: Option<String>,
+        /// Where the `score` output goes (a datastore URI).
+        #[arg(long)]
+        output_path: Option<String>,
+        #[arg(short = 'm', long)]
+        mini_batch_size: Option<u32>,
+        #[arg(short = 'c', long)]
+        instance_count: Option<u32>,
+        #[arg(long)]
+        job_name: Option<String>,
+        /// Per-job overrides: mini_batch_size, max_retries, timeout, error_threshold, output_file_name, ...
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        sets: Vec<String>,
+        /// Follow the job until it ends; exit non-zero unless it completes.
+        #[arg(long)]
+        stream: bool,
+    },
+}
+
+fn parse_input_type(s: &str) -> Result<cove_api::InputType, String> {
+    match s {
+        "uri_folder" => Ok(cove_api::InputType::UriFolder),
+        "uri_file" => Ok(cove_api::InputType::UriFile),
+        other => Err(format!(
+            "`{other}` is not an input type (uri_folder, uri_file)"
+        )),
+    }
+}
+
+#[derive(Subcommand)]
+enum DeploymentCommand {
+    /// Create or replace a deployment from its Azure ML YAML.
+    Create {
+        #[arg(short, long)]
+        file: PathBuf,
+        #[arg(short, long)]
+        endpoint_name: Option<String>,
+        #[arg(short, long)]
+        name: Option<String>,
+        #[arg(long)]
+        set_default: bool,
+        #[arg(long)]
+        skip_script_validation: bool,
+    },
+    List {
+        #[arg(short, long)]
+        endpoint_name: String,
+    },
+    Show {
+        name: String,
+        #[arg(short, long)]
+        endpoint_name: String,
+    },
+    Delete {
+        name: String,
+        #[arg(short, long)]
+        endpoint_name: String,
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum ModelCommand {
+    /// Register a file or folder as the next version of a model.
+    Create {
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        path: PathBuf,
+        #[arg(long = "type", default_value = "custom_model")]
+        model_type: ModelType,
+        #[arg(long)]
+        description: Option<String>,
+    },
+    List {
+        #[arg(long)]
+        name: Option<String>,
+    },
+    Show {
+        name: String,
+        #[arg(long)]
+        version: Option<u32>,
+    },
+}
+
+#[derive(Subcommand)]
+enum JobCommand {
+    List {
+        #[arg(short, long)]
+        endpoint_name: Option<String>,
+        #[arg(short, long)]
+        deployment_name: Option<String>,
+    },
+    Show {
+        name: String,
+    },
+    /// Follow a job until it ends; exit non-zero unless it completes.
+    Stream {
+        name: String,
+    },
+    Cancel {
+        name: String,
+    },
+    /// Download an output: `score` into PATH/named-outputs/score, `logs` into PATH/artifacts/logs.
+    Download {
+        name: String,
+        #[arg(long, default_value = "score")]
+        output_name: String,
+        /// Download every output.
+        #[arg(long)]
+        all: bool,
+        #[arg(long, default_value = ".")]
+        download_path: PathBuf,
+    },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    init_tracing();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a Tokio runtime starts");
+    let code = match runtime.block_on(dispatch(cli)) {
+        Ok(code) => code,
+        Err(err) => {
+            if is_broken_pipe(&err) {
+                exit_code::OK
+            } else {
+                eprintln!("error: {err:#}");
+                error_code(&err)
+            }
+        }
+    };
+    std::process::exit(code);
+}
+
+fn init_tracing() {
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| "warn".into());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    err.chain().any(|e| {
+        e.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+fn error_code(err: &anyhow::Error) -> i32 {
+    for cause in err.chain() {
+        if let Some(c) = cause.downcast_ref::<cove_api::ClientError>() {
+            return c.exit_code();
+        }
+    }
+    exit_code::USAGE
+}
+
+pub fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer_pretty(&mut out, value)?;
+    writeln!(out)?;
+    Ok(())
+}
+
+fn job_exit(job: &cove_api::Job) -> i32 {
+    if job.status == cove_model::JobStatus::Completed {
+        exit_code::OK
+    } else {
+        exit_code::JOB_FAILED
+    }
+}
+
+async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
+    let out = Output { json: cli.json };
+    let target = cli.target;
+    match cli.command {
+        Command::Up {
+            dir,
+            listen,
+            python,
+        } => {
+            let worker_exe = std::env::current_exe()?;
+            let running = cove_server::start(cove_server::ServerConfig {
+                dir: dir.clone(),
+                listen,
+                python,
+                worker_exe,
+            })
+            .await?;
+            println!("Cove workspace {} is up", dir.display());
+            println!("API and scoring URIs: {}", running.url);
+            println!(
+                "Owner token: {}",
+                cove_server::layout::owner_token(&dir).display()
+            );
+            running.wait_for_signal().await?;
+            Ok(exit_code::OK)
+        }
+        Command::Worker {
+            worker_token,
+            job,
+            node,
+            concurrency,
+            work_dir,
+        } => {
+            let control_plane = target
+                .url
+                .clone()
+                .ok_or_else(|| anyhow::anyhow!("cove worker needs --url (or COVE_URL)"))?;
+            cove_worker::run(cove_worker::WorkerConfig {
+                url: control_plane,
+                token: worker_token,
+                job,
+                node,
+                concurrency,
+                work_dir,
+            })
+            .await?;
+            Ok(exit_code::OK)
+        }
+        Command::Quickstart { dir } => quickstart::run(dir, out).await,
+        Command::Workspace {
+            command: WorkspaceCommand::Show,
+        } => {
+            resources::workspace_show(&target.client()?, out).await?;
+            Ok(exit_code::OK)
+        }
+        Command::Endpoint { command } => {
+            let client = target.client()?;
+            match command {
+                EndpointCommand::Create { file, name } => {
+                    resources::endpoint_create(&client, &file, name, out).await?
+                }
+                EndpointCommand::List => resources::endpoint_list(&client, out).await?,
+                EndpointCommand::Show { name } => {
+                    resources::endpoint_show(&client, &name, out).await?
+                }
+                EndpointCommand::Update { name, sets } => {
+                    resources::endpoint_update(&client, &name, &sets, out).await?
+                }
+                EndpointCommand::Delete { name, yes: _ } => {
+                    resources::endpoint_delete(&client, &name).await?
+                }
+                EndpointCommand::Invoke {
+                    name,
+                    input,
+                    input_type,
+                    deployment_name,
+                    output_path,
+                    mini_batch_size,
+                    instance_count,
+                    job_name,
+                    sets,
+                    stream,
+                } => {
+                    let args = jobs::InvokeArgs {
+                        endpoint: name,
+                        input,
+                        input_type,
+                        deployment_name,
+                        output_path,
+                        mini_batch_size,
+                        instance_count,
+                        job_name,
+                        sets,
+                        stream,
+                    };
+                    let job = jobs::invoke(&client, args, out).await?;
+                    if stream {
+                        return Ok(job_exit(&job));
+                    }
+                }
+            }
+            Ok(exit_code::OK)
+        }
+        Command::Deployment { command } => {
+            let client = target.client()?;
+            match command {
+                DeploymentCommand::Create {
+                    file,
+                    endpoint_name,
+                    name,
+                    set_default,
+                    skip_script_validation,
+                } => {
+                    let args = resources::DeploymentCreate {
+                        file,
+                        endpoint_name,
+                        name,
+                        set_default,
+                        skip_script_validation,
+                    };
+                    resources::deployment_create(&client, args, out).await?
+                }
+                DeploymentCommand::List { endpoint_name } => {
+                    resources::deployment_list(&client, &endpoint_name, out).await?
+                }
+                DeploymentCommand::Show {
+                    name,
+                    endpoint_name,
+                } => resources::deployment_show(&client, &endpoint_name, &name, out).await?,
+                DeploymentCommand::Delete {
+                    name,
+                    endpoint_name,
+                    yes: _,
+                } => resources::deployment_delete(&client, &endpoint_name, &name).await?,
+            }
+            Ok(exit_code::OK)
+        }
+        Command::Model { command } => {
+            let client = target.client()?;
+            match command {
+                ModelCommand::Create {
+                    name,
+                    path,
+                    model_type,
+                    description,
+                } => {
+                    resources::model_create(&client, &name, &path, model_type, description, out)
+                        .await?
+                }
+                ModelCommand::List { name } => {
+                    resources::model_list(&client, name.as_deref(), out).await?
+                }
+                ModelCommand::Show { name, version } => {
+                    resources::model_show(&client, &name, version, out).await?
+                }
+            }
+            Ok(exit_code::OK)
+        }
+        Command::Job { command } => {
+            let client = target.client()?;
+            match command {
+                JobCommand::List {
+                    endpoint_name,
+                    deployment_name,
+                } => {
+                    jobs::list(
+                        &client,
+                        endpoint_name.as_deref(),
+                        deployment_name.as_deref(),
+                        out,
+                    )
+                    .await?
+                }
+                JobCommand::Show { name } => {
+                    jobs::show(&client, &name, out).await?;
+                }
+                JobCommand::Stream { name } => {
+                    let job = jobs::stream(&client, &name, out).await?;
+                    return Ok(job_exit(&job));
+                }
+                JobCommand::Cancel { name } => jobs::cancel(&client, &name, out).await?,
+                JobCommand::Download {
+                    name,
+                    output_name,
+                    all,
+                    download_path,
+                } => {
+                    let outputs: Vec<&str> = if all {
+                        vec!["score", "logs"]
+                    } else {
+                        vec![output_name.as_str()]
+                    };
+                    jobs::download(&client, &name, &outputs, &download_path, out).await?;
+                }
+            }
+            Ok(exit_code::OK)
+        }
+    }
+}

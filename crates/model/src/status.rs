@@ -59,7 +59,9 @@ impl JobStatus {
     }
 
     pub fn parse(s: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|st| st.as_str().eq_ignore_ascii_case(s))
+        Self::ALL
+            .into_iter()
+            .find(|st| st.as_str().eq_ignore_ascii_case(s))
     }
 }
 
@@ -94,7 +96,9 @@ impl BatchState {
     }
 
     pub fn parse(s: &str) -> Option<Self> {
-        [Self::Pending, Self::Leased, Self::Succeeded, Self::Failed].into_iter().find(|st| st.as_str() == s)
+        [Self::Pending, Self::Leased, Self::Succeeded, Self::Failed]
+            .into_iter()
+            .find(|st| st.as_str() == s)
     }
 
     pub fn is_done(self) -> bool {

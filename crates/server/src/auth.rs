@@ -95,11 +95,25 @@ pub fn mint(
 
 /// Resolves a presented secret to a principal; `None` when it is unknown, revoked or expired.
 pub fn resolve(conn: &Connection, secret: &str) -> StoreResult<Option<Principal>> {
-    let Some(row) = store::token_by_hash(conn, &hash_token(secret))? else { return Ok(None) };
+    let Some(row) = store::token_by_hash(conn, &hash_token(secret))? else {
+        return Ok(None);
+    };
     if row.revoked || row.expires_ms.is_some_and(|t| t <= store::now_ms()) {
         return Ok(None);
     }
-    let Some(role) = Role::parse(&row.role) else { return Ok(None) };
-    let kind = if row.kind == "worker" { TokenKind::Worker } else { TokenKind::User };
-    Ok(Some(Principal { token_id: row.id, kind, role, endpoint: row.endpoint, compute: row.compute }))
+    let Some(role) = Role::parse(&row.role) else {
+        return Ok(None);
+    };
+    let kind = if row.kind == "worker" {
+        TokenKind::Worker
+    } else {
+        TokenKind::User
+    };
+    Ok(Some(Principal {
+        token_id: row.id,
+        kind,
+        role,
+        endpoint: row.endpoint,
+        compute: row.compute,
+    }))
 }

@@ -20,7 +20,10 @@ pub struct DataPath {
 
 impl DataPath {
     pub fn uri(&self) -> String {
-        format!("azureml://datastores/{}/paths/{}", self.datastore, self.path)
+        format!(
+            "azureml://datastores/{}/paths/{}",
+            self.datastore, self.path
+        )
     }
 
     pub fn object_path(&self) -> ObjectPath {
@@ -34,7 +37,10 @@ impl DataPath {
             (false, true) => self.path.clone(),
             (false, false) => format!("{}/{}", self.path, rest),
         };
-        Ok(DataPath { datastore: self.datastore.clone(), path })
+        Ok(DataPath {
+            datastore: self.datastore.clone(),
+            path,
+        })
     }
 }
 
@@ -63,7 +69,10 @@ pub fn parse_uri(uri: &str) -> Result<DataPath, String> {
         return Err(format!("`{uri}` names no datastore"));
     }
     let path = normalise(path).map_err(|e| format!("`{uri}`: {e}"))?;
-    Ok(DataPath { datastore: datastore.to_string(), path })
+    Ok(DataPath {
+        datastore: datastore.to_string(),
+        path,
+    })
 }
 
 /// Normalises a relative path, refusing any segment that could leave its root.
@@ -72,7 +81,11 @@ pub fn normalise(path: &str) -> Result<String, String> {
     for seg in path.split('/') {
         match seg {
             "" => continue,
-            "." | ".." => return Err(format!("path segment `{seg}` is not allowed (paths cannot leave their datastore)")),
+            "." | ".." => {
+                return Err(format!(
+                    "path segment `{seg}` is not allowed (paths cannot leave their datastore)"
+                ))
+            }
             s if s.chars().any(|c| c.is_control() || c == '\\') => {
                 return Err("paths cannot contain control characters or backslashes".to_string())
             }
@@ -91,7 +104,10 @@ pub struct Datastores {
 
 impl Datastores {
     pub fn new(default_name: &str) -> Self {
-        Self { stores: BTreeMap::new(), default_name: default_name.to_string() }
+        Self {
+            stores: BTreeMap::new(),
+            default_name: default_name.to_string(),
+        }
     }
 
     /// Adds a datastore backed by a local folder (created if needed).
@@ -105,7 +121,10 @@ impl Datastores {
     pub fn get(&self, name: &str) -> Result<Arc<dyn ObjectStore>, String> {
         self.stores.get(name).cloned().ok_or_else(|| {
             let known: Vec<&str> = self.stores.keys().map(String::as_str).collect();
-            format!("datastore `{name}` does not exist (known: {})", known.join(", "))
+            format!(
+                "datastore `{name}` does not exist (known: {})",
+                known.join(", ")
+            )
         })
     }
 }
@@ -113,7 +132,9 @@ impl Datastores {
 /// Opens a local folder as an object store, creating it.
 pub fn local_store(root: &std::path::Path) -> std::io::Result<Arc<dyn ObjectStore>> {
     std::fs::create_dir_all(root)?;
-    Ok(Arc::new(LocalFileSystem::new_with_prefix(root).map_err(std::io::Error::other)?))
+    Ok(Arc::new(
+        LocalFileSystem::new_with_prefix(root).map_err(std::io::Error::other)?,
+    ))
 }
 
 #[cfg(test)]
@@ -126,7 +147,10 @@ mod tests {
         let b = parse_uri("cove://workspaceblobstore/data//in").unwrap();
         assert_eq!(a, b);
         assert_eq!(a.path, "data/in");
-        assert_eq!(a.uri(), "azureml://datastores/workspaceblobstore/paths/data/in");
+        assert_eq!(
+            a.uri(),
+            "azureml://datastores/workspaceblobstore/paths/data/in"
+        );
     }
 
     #[test]
@@ -142,6 +166,8 @@ mod tests {
         ] {
             assert!(parse_uri(bad).is_err(), "{bad} must be refused");
         }
-        assert!(parse_uri("azureml:mydata:1").unwrap_err().contains("data assets"));
+        assert!(parse_uri("azureml:mydata:1")
+            .unwrap_err()
+            .contains("data assets"));
     }
 }

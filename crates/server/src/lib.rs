@@ -113,25 +113,31 @@ impl Running {
 /// datastore, the `local` compute cluster and the owner token (mode 0600).
 pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
     let dir = config.dir.clone();
-    std::fs::create_dir_all(dir.join("state")).with_context(|| format!("failed to create workspace directory {}", dir.display()))?;
-    let store = store::Store::open(&layout::state_db(&dir)).context("failed to open the state store")?;
+    std::fs::create_dir_all(dir.join("state"))
+        .with_context(|| format!("failed to create workspace directory {}", dir.display()))?;
+    let store =
+        store::Store::open(&layout::state_db(&dir)).context("failed to open the state store")?;
     let owner_token = init_workspace(&store, &dir)?;
     if let Some(token) = owner_token {
         write_secret(&layout::owner_token(&dir), &token)?;
     }
     let mut datastores = datastore::Datastores::new(DEFAULT_DATASTORE);
     for ds in store.call_now(|c| store::datastore_list(c))? {
-        datastores.add_local(&ds.name, Path::new(&ds.root)).with_context(|| format!("failed to open datastore {}", ds.name))?;
+        datastores
+            .add_local(&ds.name, Path::new(&ds.root))
+            .with_context(|| format!("failed to open datastore {}", ds.name))?;
     }
     let internal = datastore::local_store(&layout::internal_objects(&dir))?;
     let worker_token = ensure_worker_token(&store, &dir, LOCAL_COMPUTE)?;
 
-    let listener = TcpListener::bind(config.listen).await.with_context(|| format!("failed to listen on {}", config.listen))?;
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("failed to listen on {}", config.listen))?;
     let addr = listener.local_addr()?;
     let url = format!("http://{addr}");
     std::fs::write(layout::url_file(&dir), &url)?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let compute = compute::LocalCompute::new(
+    let (compute, mut lost_jobs) = compute::LocalCompute::new(
         config.worker_exe.clone(),
         url.clone(),
         worker_token,
@@ -148,21 +154,35 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
         url: url.clone(),
         shutdown: shutdown_rx.clone(),
     });
+    let lost_app = app.clone();
+    tokio::spawn(async move {
+        while let Some((job, reason)) = lost_jobs.recv().await {
+            jobs::fail_lost(&lost_app, job, reason).await;
+        }
+    });
     jobs::resume_all(&app).await?;
     tokio::spawn(jobs::reap_expired_leases(app.clone()));
     let router = http::router(app.clone());
     let mut stop = shutdown_rx;
     let served = tokio::spawn(async move {
-        axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
-            .with_graceful_shutdown(async move {
-                let _ = stop.wait_for(|s| *s).await;
-            })
-            .await
-            .context("server failed")?;
+        axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move {
+            let _ = stop.wait_for(|s| *s).await;
+        })
+        .await
+        .context("server failed")?;
         app.compute.stop_all().await;
         Ok(())
     });
-    Ok(Running { url, addr, shutdown: shutdown_tx, served })
+    Ok(Running {
+        url,
+        addr,
+        shutdown: shutdown_tx,
+        served,
+    })
 }
 
 /// Creates the workspace's first resources on its first start; returns the new owner token then.
@@ -176,10 +196,28 @@ fn init_workspace(store: &store::Store, dir: &Path) -> anyhow::Result<Option<Str
             let tx = c.transaction()?;
             store::datastore_upsert(
                 &tx,
-                &cove_api::Datastore { name: DEFAULT_DATASTORE.into(), kind: "local".into(), root: root.display().to_string() },
+                &cove_api::Datastore {
+                    name: DEFAULT_DATASTORE.into(),
+                    kind: "local".into(),
+                    root: root.display().to_string(),
+                },
             )?;
-            store::compute_upsert(&tx, &cove_api::Compute { name: LOCAL_COMPUTE.into(), kind: "local".into(), max_instances: 8 })?;
-            let (_, secret) = auth::mint(&tx, auth::TokenKind::User, auth::Role::Owner, None, None, None)?;
+            store::compute_upsert(
+                &tx,
+                &cove_api::Compute {
+                    name: LOCAL_COMPUTE.into(),
+                    kind: "local".into(),
+                    max_instances: 8,
+                },
+            )?;
+            let (_, secret) = auth::mint(
+                &tx,
+                auth::TokenKind::User,
+                auth::Role::Owner,
+                None,
+                None,
+                None,
+            )?;
             store::meta_set(&tx, "created", &store::now_ms().to_string())?;
             tx.commit()?;
             Ok(Some(secret))
@@ -197,8 +235,16 @@ fn ensure_worker_token(store: &store::Store, dir: &Path, compute: &str) -> anyho
             return Ok(secret);
         }
     }
-    let (_, secret) =
-        store.call_now(|c| auth::mint(c, auth::TokenKind::Worker, auth::Role::Worker, None, Some(compute.into()), None))?;
+    let (_, secret) = store.call_now(|c| {
+        auth::mint(
+            c,
+            auth::TokenKind::Worker,
+            auth::Role::Worker,
+            None,
+            Some(compute.into()),
+            None,
+        )
+    })?;
     write_secret(&path, &secret)?;
     Ok(secret)
 }

@@ -31,27 +31,43 @@ pub struct WorkerConfig {
 static SCORER_GROUPS: Mutex<Option<HashSet<u32>>> = Mutex::new(None);
 
 fn register_group(pid: u32) {
-    SCORER_GROUPS.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert_with(HashSet::new).insert(pid);
+    SCORER_GROUPS
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get_or_insert_with(HashSet::new)
+        .insert(pid);
 }
 
 fn unregister_group(pid: u32) {
-    if let Some(set) = SCORER_GROUPS.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+    if let Some(set) = SCORER_GROUPS
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .as_mut()
+    {
         set.remove(&pid);
     }
 }
 
 fn kill_all_scorers() {
-    let groups: Vec<u32> =
-        SCORER_GROUPS.lock().unwrap_or_else(|p| p.into_inner()).as_ref().map(|s| s.iter().copied().collect()).unwrap_or_default();
+    let groups: Vec<u32> = SCORER_GROUPS
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .as_ref()
+        .map(|s| s.iter().copied().collect())
+        .unwrap_or_default();
     for pid in groups {
-        let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
+        let _ = nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
     }
 }
 
 /// Runs the worker until its job has no more work (or forever, when not bound to a job), or until
 /// SIGTERM/SIGINT, which ends its scorer processes too.
 pub async fn run(config: WorkerConfig) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&config.work_dir).with_context(|| format!("failed to create {}", config.work_dir.display()))?;
+    std::fs::create_dir_all(&config.work_dir)
+        .with_context(|| format!("failed to create {}", config.work_dir.display()))?;
     let driver = config.work_dir.join("cove_driver.py");
     std::fs::write(&driver, DRIVER).context("failed to write the scorer driver")?;
     let client = cove_api::Client::new(&config.url, &config.token);

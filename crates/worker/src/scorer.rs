@@ -48,7 +48,9 @@ enum Answer {
 
 /// How a `run()` call ended.
 pub enum RunResult {
-    Done { items: u64 },
+    Done {
+        items: u64,
+    },
     /// `run()` raised: the traceback.
     Raised(String),
     TimedOut,
@@ -66,7 +68,11 @@ pub enum StartError {
 impl Scorer {
     /// Starts the process and waits for `init()` to return.
     pub async fn start(spec: &ScorerSpec<'_>) -> Result<Scorer, StartError> {
-        Self::spawn(spec).await.map_err(StartError::Other)?.wait_ready().await
+        Self::spawn(spec)
+            .await
+            .map_err(StartError::Other)?
+            .wait_ready()
+            .await
     }
 
     async fn spawn(spec: &ScorerSpec<'_>) -> anyhow::Result<Scorer> {
@@ -74,7 +80,10 @@ impl Scorer {
             if let Some(parent) = p.parent() {
                 std::fs::create_dir_all(parent)?;
             }
-            Ok(std::fs::OpenOptions::new().create(true).append(true).open(p)?)
+            Ok(std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)?)
         };
         std::fs::create_dir_all(spec.output_dir)?;
         let stderr = open(spec.stderr_log)?;
@@ -108,7 +117,12 @@ impl Scorer {
         crate::register_group(pid);
         let stdin = child.stdin.take().expect("stdin is piped");
         let answers = BufReader::new(child.stdout.take().expect("stdout is piped")).lines();
-        Ok(Scorer { child, stdin, answers, pid })
+        Ok(Scorer {
+            child,
+            stdin,
+            answers,
+            pid,
+        })
     }
 
     async fn wait_ready(mut self) -> Result<Scorer, StartError> {
@@ -124,21 +138,32 @@ impl Scorer {
                 }
                 _ => {
                     self.kill().await;
-                    Err(StartError::Other(anyhow::anyhow!("unexpected answer from the scorer: {line}")))
+                    Err(StartError::Other(anyhow::anyhow!(
+                        "unexpected answer from the scorer: {line}"
+                    )))
                 }
             },
             _ => {
                 let how = self.exit_description().await;
-                Err(StartError::InitFailed(format!("the scorer process {how} during init()")))
+                Err(StartError::InitFailed(format!(
+                    "the scorer process {how} during init()"
+                )))
             }
         }
     }
 
     /// Runs one mini-batch, killing the process when `timeout` passes first.
-    pub async fn run(&mut self, files: &[PathBuf], output: Option<&Path>, timeout: Duration) -> RunResult {
+    pub async fn run(
+        &mut self,
+        files: &[PathBuf],
+        output: Option<&Path>,
+        timeout: Duration,
+    ) -> RunResult {
         let request = serde_json::json!({ "type": "run", "files": files, "output": output });
         let sent = async {
-            self.stdin.write_all(format!("{request}\n").as_bytes()).await?;
+            self.stdin
+                .write_all(format!("{request}\n").as_bytes())
+                .await?;
             self.stdin.flush().await
         }
         .await;

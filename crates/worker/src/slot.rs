@@ -3,7 +3,10 @@
 use crate::scorer::{plain_name, RunResult, Scorer, ScorerSpec, StartError};
 use crate::WorkerConfig;
 use anyhow::Context;
-use cove_api::worker::{AssetListing, Completion, CompletionAck, Lease, LeaseRequest, LeaseResponse, ReportedOutcome, RunSpec};
+use cove_api::worker::{
+    AssetListing, Completion, CompletionAck, Lease, LeaseRequest, LeaseResponse, ReportedOutcome,
+    RunSpec,
+};
 use cove_api::{encode, Client, ClientError};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -32,7 +35,14 @@ struct LogPaths {
 
 impl Slot {
     pub fn new(client: Client, config: WorkerConfig, process: u32, driver: PathBuf) -> Self {
-        Self { client, config, process, driver, scorer: None, init_failures: 0 }
+        Self {
+            client,
+            config,
+            process,
+            driver,
+            scorer: None,
+            init_failures: 0,
+        }
     }
 
     fn logs(&self) -> LogPaths {
@@ -58,9 +68,15 @@ impl Slot {
     }
 
     async fn lease_loop(&mut self) -> anyhow::Result<()> {
-        let req = LeaseRequest { node: self.config.node.clone(), process: self.process, job: self.config.job.clone(), wait_ms: 15_000 };
+        let req = LeaseRequest {
+            node: self.config.node.clone(),
+            process: self.process,
+            job: self.config.job.clone(),
+            wait_ms: 15_000,
+        };
         loop {
-            let resp: LeaseResponse = retrying(|| self.client.post("/worker/v1/lease", &req)).await?;
+            let resp: LeaseResponse =
+                retrying(|| self.client.post("/worker/v1/lease", &req)).await?;
             match resp.lease {
                 Some(lease) => {
                     let active = self.work(lease).await?;
@@ -82,15 +98,31 @@ impl Slot {
         heartbeat.abort();
         let (outcome, items_ok, items_failed, reason) = match outcome {
             Ok(o) => o,
-            Err(e) => (ReportedOutcome::Failed, 0, 0, Some(format!("the worker failed to run the mini-batch: {e:#}"))),
+            Err(e) => (
+                ReportedOutcome::Failed,
+                0,
+                0,
+                Some(format!("the worker failed to run the mini-batch: {e:#}")),
+            ),
         };
         let pid = self.scorer.as_ref().map_or(0, |(_, s)| s.pid);
         self.write_sys_log(&lease, outcome, items_ok, items_failed, started.elapsed());
         self.upload_logs(&lease.job).await;
-        let report = Completion { outcome, items_ok, items_failed, reason, elapsed_ms: started.elapsed().as_millis() as u64, pid };
+        let report = Completion {
+            outcome,
+            items_ok,
+            items_failed,
+            reason,
+            elapsed_ms: started.elapsed().as_millis() as u64,
+            pid,
+        };
         let path = format!("/worker/v1/leases/{}/complete", lease.lease_id);
         let ack: CompletionAck = retrying(|| self.client.post(&path, &report)).await?;
-        let _ = std::fs::remove_dir_all(self.job_dir(&lease.job).join("inputs").join(&lease.lease_id));
+        let _ = std::fs::remove_dir_all(
+            self.job_dir(&lease.job)
+                .join("inputs")
+                .join(&lease.lease_id),
+        );
         if !ack.job_active {
             if let Some((_, mut s)) = self.scorer.take() {
                 s.kill().await;
@@ -107,12 +139,16 @@ impl Slot {
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(every).await;
-                let _: Result<serde_json::Value, _> = client.post(&path, &serde_json::json!({})).await;
+                let _: Result<serde_json::Value, _> =
+                    client.post(&path, &serde_json::json!({})).await;
             }
         })
     }
 
-    async fn attempt(&mut self, lease: &Lease) -> anyhow::Result<(ReportedOutcome, u64, u64, Option<String>)> {
+    async fn attempt(
+        &mut self,
+        lease: &Lease,
+    ) -> anyhow::Result<(ReportedOutcome, u64, u64, Option<String>)> {
         let job_dir = self.job_dir(&lease.job);
         let model_dir = job_dir.join("assets").join("model");
         let code_dir = job_dir.join("assets").join("code");
@@ -120,12 +156,21 @@ impl Slot {
         if lease.run.scoring_script.is_some() {
             self.fetch_asset(lease, "code", &code_dir).await?;
         }
-        let output_dir = job_dir.join("outputs").join(format!("process{:03}", self.process));
-        if self.scorer.as_ref().is_none_or(|(job, _)| job != &lease.job) {
+        let output_dir = job_dir
+            .join("outputs")
+            .join(format!("process{:03}", self.process));
+        if self
+            .scorer
+            .as_ref()
+            .is_none_or(|(job, _)| job != &lease.job)
+        {
             if let Some((_, mut old)) = self.scorer.take() {
                 old.kill().await;
             }
-            match self.start_scorer(lease, &model_dir, &code_dir, &output_dir).await? {
+            match self
+                .start_scorer(lease, &model_dir, &code_dir, &output_dir)
+                .await?
+            {
                 Ok(s) => {
                     self.init_failures = 0;
                     self.scorer = Some((lease.job.clone(), s));
@@ -134,43 +179,81 @@ impl Slot {
                     self.append_error_log(&lease.job, "init()", &traceback);
                     self.init_failures += 1;
                     // Back off so a script whose init() always fails does not spin.
-                    tokio::time::sleep(Duration::from_millis(200 * u64::from(self.init_failures.min(10)))).await;
-                    return Ok((ReportedOutcome::InitFailed, 0, 0, Some(last_line(&traceback))));
+                    tokio::time::sleep(Duration::from_millis(
+                        200 * u64::from(self.init_failures.min(10)),
+                    ))
+                    .await;
+                    return Ok((
+                        ReportedOutcome::InitFailed,
+                        0,
+                        0,
+                        Some(last_line(&traceback)),
+                    ));
                 }
             }
         }
         let inputs = self.stage_inputs(lease, &job_dir).await?;
-        let part = job_dir.join("parts").join(format!("{}.part", lease.lease_id));
+        let part = job_dir
+            .join("parts")
+            .join(format!("{}.part", lease.lease_id));
         std::fs::create_dir_all(part.parent().expect("has a parent"))?;
         let want_part = lease.run.output_action == cove_spec::OutputAction::AppendRow;
         let (_, scorer) = self.scorer.as_mut().expect("started above");
-        let result = scorer.run(&inputs, want_part.then_some(part.as_path()), Duration::from_secs(lease.run.timeout_secs)).await;
+        let result = scorer
+            .run(
+                &inputs,
+                want_part.then_some(part.as_path()),
+                Duration::from_secs(lease.run.timeout_secs),
+            )
+            .await;
         let files = inputs.len() as u64;
         let outcome = match result {
             RunResult::Done { items } => {
                 if want_part {
-                    let bytes = std::fs::read(&part).context("failed to read the scorer's output part")?;
+                    let bytes =
+                        std::fs::read(&part).context("failed to read the scorer's output part")?;
                     let _ = std::fs::remove_file(&part);
                     let path = format!("/worker/v1/leases/{}/part", lease.lease_id);
                     retrying(|| self.client.put_bytes(&path, bytes.clone().into())).await?;
                 }
                 self.upload_outputs(lease, &output_dir).await?;
-                (ReportedOutcome::Succeeded, items, files.saturating_sub(items), None)
+                (
+                    ReportedOutcome::Succeeded,
+                    items,
+                    files.saturating_sub(items),
+                    None,
+                )
             }
             RunResult::Raised(traceback) => {
-                self.append_error_log(&lease.job, &format!("run() on mini-batch {}", lease.batch_index), &traceback);
+                self.append_error_log(
+                    &lease.job,
+                    &format!("run() on mini-batch {}", lease.batch_index),
+                    &traceback,
+                );
                 (ReportedOutcome::Failed, 0, 0, Some(last_line(&traceback)))
             }
             RunResult::TimedOut => {
                 self.scorer = None;
-                (ReportedOutcome::TimedOut, 0, 0, Some(format!("run() did not return within {} s", lease.run.timeout_secs)))
+                (
+                    ReportedOutcome::TimedOut,
+                    0,
+                    0,
+                    Some(format!(
+                        "run() did not return within {} s",
+                        lease.run.timeout_secs
+                    )),
+                )
             }
             RunResult::Died(how) => {
                 if let Some((_, mut s)) = self.scorer.take() {
                     s.kill().await;
                 }
                 let reason = format!("the scorer process {how} while running the mini-batch");
-                self.append_error_log(&lease.job, &format!("run() on mini-batch {}", lease.batch_index), &reason);
+                self.append_error_log(
+                    &lease.job,
+                    &format!("run() on mini-batch {}", lease.batch_index),
+                    &reason,
+                );
                 (ReportedOutcome::Failed, 0, 0, Some(reason))
             }
         };
@@ -188,9 +271,14 @@ impl Slot {
         let job_dir = self.job_dir(&lease.job);
         let logs = self.logs();
         let local_logs = job_dir.join("logs");
-        let slot_dir = job_dir.join("slots").join(format!("process{:03}", self.process));
+        let slot_dir = job_dir
+            .join("slots")
+            .join(format!("process{:03}", self.process));
         std::fs::create_dir_all(&slot_dir)?;
-        let script = run.scoring_script.as_deref().context("the deployment has no scoring script")?;
+        let script = run
+            .scoring_script
+            .as_deref()
+            .context("the deployment has no scoring script")?;
         let spec = ScorerSpec {
             python: &run.python,
             driver: &self.driver,
@@ -217,12 +305,25 @@ impl Slot {
         if marker.exists() {
             return Ok(());
         }
-        let listing: AssetListing = self.client.get(&format!("/worker/v1/leases/{}/assets/{kind}", lease.lease_id)).await?;
+        let listing: AssetListing = self
+            .client
+            .get(&format!(
+                "/worker/v1/leases/{}/assets/{kind}",
+                lease.lease_id
+            ))
+            .await?;
         let tmp = dest.with_extension(format!("tmp{}", self.process));
         let _ = std::fs::remove_dir_all(&tmp);
         for f in &listing.files {
             let rel = cove_rel_path(&f.path)?;
-            let bytes = self.client.get_bytes(&format!("/worker/v1/leases/{}/assets/{kind}/{}", lease.lease_id, encode_path(&f.path))).await?;
+            let bytes = self
+                .client
+                .get_bytes(&format!(
+                    "/worker/v1/leases/{}/assets/{kind}/{}",
+                    lease.lease_id,
+                    encode_path(&f.path)
+                ))
+                .await?;
             let target = tmp.join(rel);
             std::fs::create_dir_all(target.parent().expect("joined under tmp"))?;
             std::fs::write(&target, &bytes)?;
@@ -245,7 +346,10 @@ impl Slot {
         std::fs::create_dir_all(&dir)?;
         let mut paths = Vec::with_capacity(lease.files.len());
         for (i, name) in lease.files.iter().enumerate() {
-            let bytes = self.client.get_bytes(&format!("/worker/v1/leases/{}/files/{i}", lease.lease_id)).await?;
+            let bytes = self
+                .client
+                .get_bytes(&format!("/worker/v1/leases/{}/files/{i}", lease.lease_id))
+                .await?;
             let path = dir.join(plain_name(name)?);
             std::fs::write(&path, &bytes)?;
             paths.push(path);
@@ -255,14 +359,20 @@ impl Slot {
 
     /// Sends the files the script wrote to `AZUREML_BI_OUTPUT_PATH` to the job's output folder.
     async fn upload_outputs(&self, lease: &Lease, dir: &Path) -> anyhow::Result<()> {
-        let Ok(entries) = std::fs::read_dir(dir) else { return Ok(()) };
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return Ok(());
+        };
         for entry in entries.flatten() {
             if !entry.file_type().is_ok_and(|t| t.is_file()) {
                 continue;
             }
             let name = entry.file_name().to_string_lossy().to_string();
             let bytes = std::fs::read(entry.path())?;
-            let path = format!("/worker/v1/leases/{}/outputs/{}", lease.lease_id, encode(&name));
+            let path = format!(
+                "/worker/v1/leases/{}/outputs/{}",
+                lease.lease_id,
+                encode(&name)
+            );
             retrying(|| self.client.put_bytes(&path, bytes.clone().into())).await?;
             std::fs::remove_file(entry.path())?;
         }
@@ -272,15 +382,30 @@ impl Slot {
     fn append_error_log(&self, job: &str, what: &str, text: &str) {
         let path = self.job_dir(job).join("logs").join(self.logs().error);
         let _ = std::fs::create_dir_all(path.parent().expect("has a parent"));
-        if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+        {
             let _ = writeln!(f, "{} {what} failed:\n{}\n", now(), text.trim_end());
         }
     }
 
-    fn write_sys_log(&self, lease: &Lease, outcome: ReportedOutcome, ok: u64, failed: u64, elapsed: Duration) {
+    fn write_sys_log(
+        &self,
+        lease: &Lease,
+        outcome: ReportedOutcome,
+        ok: u64,
+        failed: u64,
+        elapsed: Duration,
+    ) {
         let path = self.job_dir(&lease.job).join("logs").join(self.logs().sys);
         let _ = std::fs::create_dir_all(path.parent().expect("has a parent"));
-        if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+        {
             let pid = self.scorer.as_ref().map_or(0, |(_, s)| s.pid);
             let _ = writeln!(
                 f,
@@ -298,7 +423,9 @@ impl Slot {
         let logs = self.logs();
         let local = self.job_dir(job).join("logs");
         for rel in [&logs.stdout, &logs.stderr, &logs.error, &logs.sys] {
-            let Ok(bytes) = std::fs::read(local.join(rel)) else { continue };
+            let Ok(bytes) = std::fs::read(local.join(rel)) else {
+                continue;
+            };
             let path = format!("/worker/v1/jobs/{}/logs/{}", encode(job), encode_path(rel));
             if let Err(error) = self.client.put_bytes(&path, bytes.into()).await {
                 tracing::warn!(%error, "failed to upload a log file");
@@ -308,7 +435,9 @@ impl Slot {
 }
 
 fn now() -> String {
-    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
     format!("{}.{:03}", t.as_secs(), t.subsec_millis())
 }
 

@@ -19,11 +19,30 @@ pub struct LocalCompute {
     dir: PathBuf,
     /// Per job: a stop signal, and the monitor tasks of its instances.
     jobs: Mutex<HashMap<String, (watch::Sender<bool>, Vec<tokio::task::JoinHandle<()>>)>>,
+    /// Jobs whose every instance gave up, with why; the control plane fails them.
+    lost: tokio::sync::mpsc::UnboundedSender<(String, String)>,
 }
 
 impl LocalCompute {
-    pub fn new(exe: PathBuf, url: String, token: String, dir: PathBuf) -> Self {
-        Self { exe, url, token, dir, jobs: Mutex::new(HashMap::new()) }
+    /// Returns the backend and the channel on which it reports jobs that lost all their workers.
+    pub fn new(
+        exe: PathBuf,
+        url: String,
+        token: String,
+        dir: PathBuf,
+    ) -> (Self, tokio::sync::mpsc::UnboundedReceiver<(String, String)>) {
+        let (lost, lost_rx) = tokio::sync::mpsc::unbounded_channel();
+        (
+            Self {
+                exe,
+                url,
+                token,
+                dir,
+                jobs: Mutex::new(HashMap::new()),
+                lost,
+            },
+            lost_rx,
+        )
     }
 
     /// Starts `instances` workers for a job, each running `concurrency` scorer processes. Starting a
@@ -34,6 +53,7 @@ impl LocalCompute {
             return;
         }
         let (stop_tx, stop_rx) = watch::channel(false);
+        let (gave_up_tx, mut gave_up_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
         let monitors = (0..instances)
             .map(|k| {
                 let spec = WorkerSpec {
@@ -45,15 +65,30 @@ impl LocalCompute {
                     concurrency,
                     work_dir: self.dir.join(job).join(format!("local-{k}")),
                 };
-                tokio::spawn(keep_alive(spec, stop_rx.clone()))
+                tokio::spawn(keep_alive(spec, stop_rx.clone(), gave_up_tx.clone()))
             })
             .collect();
+        drop(gave_up_tx);
+        let (lost, job_name) = (self.lost.clone(), job.to_string());
+        tokio::spawn(async move {
+            let mut reasons = Vec::new();
+            while let Some(reason) = gave_up_rx.recv().await {
+                reasons.push(reason);
+            }
+            if reasons.len() == instances as usize && instances > 0 {
+                let _ = lost.send((job_name, reasons.swap_remove(0)));
+            }
+        });
         jobs.insert(job.to_string(), (stop_tx, monitors));
     }
 
     /// Stops a job's workers (SIGTERM, then SIGKILL after a grace period) and waits until they are gone.
     pub async fn stop(&self, job: &str) {
-        let entry = self.jobs.lock().unwrap_or_else(|p| p.into_inner()).remove(job);
+        let entry = self
+            .jobs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(job);
         if let Some((stop, monitors)) = entry {
             let _ = stop.send(true);
             for m in monitors {
@@ -63,7 +98,13 @@ impl LocalCompute {
     }
 
     pub async fn stop_all(&self) {
-        let names: Vec<String> = self.jobs.lock().unwrap_or_else(|p| p.into_inner()).keys().cloned().collect();
+        let names: Vec<String> = self
+            .jobs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .cloned()
+            .collect();
         for name in names {
             self.stop(&name).await;
         }
@@ -81,7 +122,11 @@ struct WorkerSpec {
 }
 
 /// Runs one instance's worker, starting it again if it crashes while the job still runs.
-async fn keep_alive(spec: WorkerSpec, mut stop: watch::Receiver<bool>) {
+async fn keep_alive(
+    spec: WorkerSpec,
+    mut stop: watch::Receiver<bool>,
+    gave_up: tokio::sync::mpsc::UnboundedSender<String>,
+) {
     let mut restarts = 0;
     loop {
         let stopped = *stop.borrow();
@@ -92,6 +137,7 @@ async fn keep_alive(spec: WorkerSpec, mut stop: watch::Receiver<bool>) {
             Ok(child) => child,
             Err(error) => {
                 tracing::error!(job = %spec.job, node = %spec.node, %error, "failed to start worker");
+                let _ = gave_up.send(format!("failed to start a worker process: {error}"));
                 return;
             }
         };
@@ -106,12 +152,22 @@ async fn keep_alive(spec: WorkerSpec, mut stop: watch::Receiver<bool>) {
                 return;
             }
             Some(Ok(s)) if s.success() => return,
-            Some(Ok(s)) => tracing::warn!(job = %spec.job, node = %spec.node, status = %s, "worker exited, starting it again"),
-            Some(Err(error)) => tracing::warn!(job = %spec.job, node = %spec.node, %error, "lost the worker"),
+            Some(Ok(s)) => {
+                tracing::warn!(job = %spec.job, node = %spec.node, status = %s, "worker exited, starting it again")
+            }
+            Some(Err(error)) => {
+                tracing::warn!(job = %spec.job, node = %spec.node, %error, "lost the worker")
+            }
         }
         restarts += 1;
         if restarts > MAX_RESTARTS {
             tracing::error!(job = %spec.job, node = %spec.node, "worker keeps crashing, giving up on this instance");
+            let log = spec.work_dir.join("worker.log");
+            let _ = gave_up.send(format!(
+                "the worker process kept crashing ({} restarts); see {}",
+                MAX_RESTARTS,
+                log.display()
+            ));
             return;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -120,7 +176,10 @@ async fn keep_alive(spec: WorkerSpec, mut stop: watch::Receiver<bool>) {
 
 fn spawn(spec: &WorkerSpec) -> std::io::Result<tokio::process::Child> {
     std::fs::create_dir_all(&spec.work_dir)?;
-    let log = std::fs::OpenOptions::new().create(true).append(true).open(spec.work_dir.join("worker.log"))?;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(spec.work_dir.join("worker.log"))?;
     tokio::process::Command::new(&spec.exe)
         .arg("worker")
         .arg("--url")
@@ -149,7 +208,10 @@ async fn terminate(pid: Option<u32>, child: &mut tokio::process::Child) {
     let Some(pid) = pid else { return };
     let group = Pid::from_raw(pid as i32);
     let _ = killpg(group, Signal::SIGTERM);
-    if tokio::time::timeout(Duration::from_secs(3), child.wait()).await.is_err() {
+    if tokio::time::timeout(Duration::from_secs(3), child.wait())
+        .await
+        .is_err()
+    {
         let _ = killpg(group, Signal::SIGKILL);
         let _ = child.wait().await;
     }

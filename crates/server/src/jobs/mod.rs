@@ -38,7 +38,9 @@ pub fn advance(app: AppRef, job: String) {
 }
 
 async fn advance_now(app: &AppRef, name: &str) -> anyhow::Result<()> {
-    let Some(job) = get(app, name).await? else { return Ok(()) };
+    let Some(job) = get(app, name).await? else {
+        return Ok(());
+    };
     match job.status {
         JobStatus::NotStarted | JobStatus::Preparing => {
             if plan::plan(app, &job).await? {
@@ -56,7 +58,8 @@ async fn advance_now(app: &AppRef, name: &str) -> anyhow::Result<()> {
 fn launch(app: &AppRef, job: &JobRow) {
     if job.compute == crate::LOCAL_COMPUTE {
         let s = &job.record.settings;
-        app.compute.launch(&job.name, s.instance_count, s.max_concurrency_per_instance);
+        app.compute
+            .launch(&job.name, s.instance_count, s.max_concurrency_per_instance);
     }
 }
 
@@ -86,6 +89,21 @@ pub fn ended(app: AppRef, job: String) {
     });
 }
 
+/// Fails a job whose compute lost every worker it had; running attempts' leases become moot.
+pub async fn fail_lost(app: &AppRef, job: String, reason: String) {
+    let name = job.clone();
+    let from = [JobStatus::Queued, JobStatus::Running];
+    match app
+        .store
+        .call(move |c| store::job_transition(c, &name, &from, JobStatus::Failed, Some(&reason)))
+        .await
+    {
+        Ok(true) => ended(app.clone(), job),
+        Ok(false) => {}
+        Err(error) => tracing::error!(%job, %error, "failed to fail a job that lost its workers"),
+    }
+}
+
 /// Expires leases whose deadline passed, as failed attempts of their mini-batches.
 pub async fn reap_expired_leases(app: AppRef) {
     let mut shutdown = app.shutdown.clone();
@@ -97,7 +115,9 @@ pub async fn reap_expired_leases(app: AppRef) {
                     let id = lease.clone();
                     let result = app
                         .store
-                        .call(move |c| store::lease_complete(c, &id, &AttemptOutcome::LeaseExpired, None))
+                        .call(move |c| {
+                            store::lease_complete(c, &id, &AttemptOutcome::LeaseExpired, None)
+                        })
                         .await;
                     match result {
                         Ok(r) => {
@@ -113,7 +133,12 @@ pub async fn reap_expired_leases(app: AppRef) {
             }
             Err(error) => tracing::error!(error = %error, "failed to look for expired leases"),
         }
-        let next = app.store.call(|c| store::next_lease_deadline(c)).await.ok().flatten();
+        let next = app
+            .store
+            .call(|c| store::next_lease_deadline(c))
+            .await
+            .ok()
+            .flatten();
         let wait = next.map_or(Duration::from_secs(5), |t| {
             Duration::from_millis((t - store::now_ms() + 5).clamp(5, 5_000) as u64)
         });

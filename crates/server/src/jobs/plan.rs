@@ -17,11 +17,18 @@ pub fn manifest_key(job: &str) -> object_store::path::Path {
 ///
 /// # Errors
 /// A message for the user when the input does not exist or holds no files.
-pub async fn list_inputs(store: &dyn ObjectStore, input_uri: &str, input_type: InputType) -> Result<Vec<String>, String> {
+pub async fn list_inputs(
+    store: &dyn ObjectStore,
+    input_uri: &str,
+    input_type: InputType,
+) -> Result<Vec<String>, String> {
     let input = parse_uri(input_uri)?;
     match input_type {
         InputType::UriFile => {
-            store.head(&input.object_path()).await.map_err(|_| format!("input file `{input_uri}` does not exist"))?;
+            store
+                .head(&input.object_path())
+                .await
+                .map_err(|_| format!("input file `{input_uri}` does not exist"))?;
             Ok(vec![input.path])
         }
         InputType::UriFolder => {
@@ -30,7 +37,11 @@ pub async fn list_inputs(store: &dyn ObjectStore, input_uri: &str, input_type: I
                 .list_with_delimiter(prefix.as_ref())
                 .await
                 .map_err(|e| format!("failed to list input folder `{input_uri}`: {e}"))?;
-            let mut files: Vec<String> = listing.objects.into_iter().map(|o| o.location.to_string()).collect();
+            let mut files: Vec<String> = listing
+                .objects
+                .into_iter()
+                .map(|o| o.location.to_string())
+                .collect();
             files.sort_unstable();
             if files.is_empty() {
                 return Err(format!("input folder `{input_uri}` holds no files"));
@@ -45,7 +56,15 @@ pub async fn plan(app: &AppRef, job: &JobRow) -> anyhow::Result<bool> {
     let name = job.name.clone();
     let moved = app
         .store
-        .call(move |c| store::job_transition(c, &name, &[JobStatus::NotStarted, JobStatus::Preparing], JobStatus::Preparing, None))
+        .call(move |c| {
+            store::job_transition(
+                c,
+                &name,
+                &[JobStatus::NotStarted, JobStatus::Preparing],
+                JobStatus::Preparing,
+                None,
+            )
+        })
         .await?;
     if !moved {
         return Ok(false);
@@ -61,7 +80,15 @@ pub async fn plan(app: &AppRef, job: &JobRow) -> anyhow::Result<bool> {
         Err(reason) => {
             let name = job.name.clone();
             app.store
-                .call(move |c| store::job_transition(c, &name, &[JobStatus::Preparing], JobStatus::Failed, Some(&reason)))
+                .call(move |c| {
+                    store::job_transition(
+                        c,
+                        &name,
+                        &[JobStatus::Preparing],
+                        JobStatus::Failed,
+                        Some(&reason),
+                    )
+                })
                 .await?;
             super::ended(app.clone(), job.name.clone());
             return Ok(false);
@@ -92,13 +119,25 @@ pub async fn plan(app: &AppRef, job: &JobRow) -> anyhow::Result<bool> {
         .await
         .context("failed to store the job's manifest")?;
     let name = job.name.clone();
-    Ok(app.store.call(move |c| store::job_plan(c, &name, total, &batches)).await?)
+    Ok(app
+        .store
+        .call(move |c| store::job_plan(c, &name, total, &batches))
+        .await?)
 }
 
 /// Reads a mini-batch's file paths from the manifest.
-pub async fn batch_files(app: &AppRef, job: &str, offset: u64, len: u64) -> anyhow::Result<Vec<String>> {
+pub async fn batch_files(
+    app: &AppRef,
+    job: &str,
+    offset: u64,
+    len: u64,
+) -> anyhow::Result<Vec<String>> {
     let range = offset..offset + len;
-    let bytes = app.internal.get_range(&manifest_key(job), range).await.context("failed to read the job's manifest")?;
+    let bytes = app
+        .internal
+        .get_range(&manifest_key(job), range)
+        .await
+        .context("failed to read the job's manifest")?;
     let text = String::from_utf8(bytes.to_vec()).context("the manifest is not UTF-8")?;
     Ok(text.lines().map(str::to_string).collect())
 }

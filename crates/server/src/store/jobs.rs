@@ -9,7 +9,10 @@
 use super::{now_ms, StoreResult};
 use cove_api::worker::RunSpec;
 use cove_api::JobInput;
-use cove_model::{after_attempt, job_verdict, AttemptOutcome, BatchNext, JobCounters, JobPolicy, JobStatus, JobVerdict};
+use cove_model::{
+    after_attempt, job_verdict, AttemptOutcome, BatchNext, JobCounters, JobPolicy, JobStatus,
+    JobVerdict,
+};
 use cove_spec::DeploymentSettings;
 use rusqlite::{params, Connection, OptionalExtension, Row, TransactionBehavior};
 use serde::{Deserialize, Serialize};
@@ -29,8 +32,12 @@ pub struct JobRecord {
 
 impl JobRecord {
     pub fn policy(&self) -> JobPolicy {
-        let processes = u64::from(self.settings.instance_count) * u64::from(self.settings.max_concurrency_per_instance);
-        JobPolicy { error_threshold: self.settings.error_threshold, init_failure_limit: 3 * processes.max(1) }
+        let processes = u64::from(self.settings.instance_count)
+            * u64::from(self.settings.max_concurrency_per_instance);
+        JobPolicy {
+            error_threshold: self.settings.error_threshold,
+            init_failure_limit: 3 * processes.max(1),
+        }
     }
 }
 
@@ -59,14 +66,17 @@ const JOB_COLUMNS: &str = "name, seq, endpoint, deployment, compute, status, rec
 fn job_from_row(r: &Row<'_>) -> rusqlite::Result<JobRow> {
     let status: String = r.get(5)?;
     let record: String = r.get(6)?;
-    let bad = |i, e: Box<dyn std::error::Error + Send + Sync>| rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, e);
+    let bad = |i, e: Box<dyn std::error::Error + Send + Sync>| {
+        rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, e)
+    };
     Ok(JobRow {
         name: r.get(0)?,
         seq: r.get(1)?,
         endpoint: r.get(2)?,
         deployment: r.get(3)?,
         compute: r.get(4)?,
-        status: JobStatus::parse(&status).ok_or_else(|| bad(5, format!("unknown job status {status}").into()))?,
+        status: JobStatus::parse(&status)
+            .ok_or_else(|| bad(5, format!("unknown job status {status}").into()))?,
         record: serde_json::from_str(&record).map_err(|e| bad(6, e.into()))?,
         idempotency_key: r.get(7)?,
         created_ms: r.get(8)?,
@@ -105,16 +115,26 @@ pub enum JobInsert {
 pub fn job_insert(conn: &mut Connection, job: NewJob) -> StoreResult<JobInsert> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     if let Some(key) = &job.idempotency_key {
-        let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE endpoint = ?1 AND idempotency_key = ?2");
-        if let Some(existing) = tx.query_row(&sql, params![job.endpoint, key], job_from_row).optional()? {
+        let sql =
+            format!("SELECT {JOB_COLUMNS} FROM jobs WHERE endpoint = ?1 AND idempotency_key = ?2");
+        if let Some(existing) = tx
+            .query_row(&sql, params![job.endpoint, key], job_from_row)
+            .optional()?
+        {
             return Ok(JobInsert::Existing(existing));
         }
     }
-    let taken: bool = tx.query_row("SELECT EXISTS (SELECT 1 FROM jobs WHERE name = ?1)", [&job.name], |r| r.get(0))?;
+    let taken: bool = tx.query_row(
+        "SELECT EXISTS (SELECT 1 FROM jobs WHERE name = ?1)",
+        [&job.name],
+        |r| r.get(0),
+    )?;
     if taken {
         return Ok(JobInsert::NameTaken);
     }
-    let seq: i64 = tx.query_row("SELECT COALESCE(MAX(seq), 0) + 1 FROM jobs", [], |r| r.get(0))?;
+    let seq: i64 = tx.query_row("SELECT COALESCE(MAX(seq), 0) + 1 FROM jobs", [], |r| {
+        r.get(0)
+    })?;
     tx.execute(
         "INSERT INTO jobs (name, seq, endpoint, deployment, compute, status, record, idempotency_key, created_ms)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
@@ -144,7 +164,12 @@ pub fn job_get(conn: &Connection, name: &str) -> StoreResult<Option<JobRow>> {
     job_get_tx(conn, name)
 }
 
-pub fn job_list(conn: &Connection, endpoint: Option<&str>, deployment: Option<&str>, limit: u32) -> StoreResult<Vec<JobRow>> {
+pub fn job_list(
+    conn: &Connection,
+    endpoint: Option<&str>,
+    deployment: Option<&str>,
+    limit: u32,
+) -> StoreResult<Vec<JobRow>> {
     let sql = format!(
         "SELECT {JOB_COLUMNS} FROM jobs WHERE (?1 IS NULL OR endpoint = ?1) AND (?2 IS NULL OR deployment = ?2)
          ORDER BY seq DESC LIMIT ?3"
@@ -165,9 +190,21 @@ pub fn jobs_unfinished(conn: &Connection) -> StoreResult<Vec<JobRow>> {
 }
 
 /// Moves a job from one of `from` to `to`; returns false (and changes nothing) from any other status.
-pub fn job_transition(conn: &Connection, name: &str, from: &[JobStatus], to: JobStatus, error: Option<&str>) -> StoreResult<bool> {
-    let current: Option<String> = conn.query_row("SELECT status FROM jobs WHERE name = ?1", [name], |r| r.get(0)).optional()?;
-    let Some(current) = current.and_then(|s| JobStatus::parse(&s)) else { return Ok(false) };
+pub fn job_transition(
+    conn: &Connection,
+    name: &str,
+    from: &[JobStatus],
+    to: JobStatus,
+    error: Option<&str>,
+) -> StoreResult<bool> {
+    let current: Option<String> = conn
+        .query_row("SELECT status FROM jobs WHERE name = ?1", [name], |r| {
+            r.get(0)
+        })
+        .optional()?;
+    let Some(current) = current.and_then(|s| JobStatus::parse(&s)) else {
+        return Ok(false);
+    };
     if !from.contains(&current) {
         return Ok(false);
     }
@@ -188,9 +225,18 @@ pub struct PlannedBatch {
 }
 
 /// Records a job's plan and queues it. Re-planning (after a crash while Preparing) replaces the old plan.
-pub fn job_plan(conn: &mut Connection, name: &str, files_total: u64, batches: &[PlannedBatch]) -> StoreResult<bool> {
+pub fn job_plan(
+    conn: &mut Connection,
+    name: &str,
+    files_total: u64,
+    batches: &[PlannedBatch],
+) -> StoreResult<bool> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let status: Option<String> = tx.query_row("SELECT status FROM jobs WHERE name = ?1", [name], |r| r.get(0)).optional()?;
+    let status: Option<String> = tx
+        .query_row("SELECT status FROM jobs WHERE name = ?1", [name], |r| {
+            r.get(0)
+        })
+        .optional()?;
     if status.as_deref() != Some(JobStatus::Preparing.as_str()) {
         return Ok(false);
     }
@@ -200,7 +246,13 @@ pub fn job_plan(conn: &mut Connection, name: &str, files_total: u64, batches: &[
             "INSERT INTO batches (job, idx, state, manifest_offset, manifest_len, files) VALUES (?1, ?2, 'pending', ?3, ?4, ?5)",
         )?;
         for (idx, b) in batches.iter().enumerate() {
-            stmt.execute(params![name, idx as i64, b.manifest_offset as i64, b.manifest_len as i64, b.files as i64])?;
+            stmt.execute(params![
+                name,
+                idx as i64,
+                b.manifest_offset as i64,
+                b.manifest_len as i64,
+                b.files as i64
+            ])?;
         }
     }
     tx.execute(
@@ -226,7 +278,9 @@ pub struct LeaseGrant {
 pub enum LeaseAnswer {
     Granted(LeaseGrant),
     /// Nothing to lease now; `job_done` when the requested job will never have work again.
-    Nothing { job_done: bool },
+    Nothing {
+        job_done: bool,
+    },
 }
 
 /// Leases the lowest pending mini-batch of the oldest job that accepts leases (optionally one job, and
@@ -252,19 +306,31 @@ pub fn lease_next(
     let Some((job_name, idx)) = candidate else {
         let job_done = match job {
             Some(name) => {
-                let status: Option<String> =
-                    tx.query_row("SELECT status FROM jobs WHERE name = ?1", [name], |r| r.get(0)).optional()?;
+                let status: Option<String> = tx
+                    .query_row("SELECT status FROM jobs WHERE name = ?1", [name], |r| {
+                        r.get(0)
+                    })
+                    .optional()?;
                 match status.and_then(|s| JobStatus::parse(&s)) {
                     None => true,
-                    Some(s) if !s.accepts_leases() && s != JobStatus::NotStarted && s != JobStatus::Preparing => true,
+                    Some(s)
+                        if !s.accepts_leases()
+                            && s != JobStatus::NotStarted
+                            && s != JobStatus::Preparing =>
+                    {
+                        true
+                    }
                     Some(_) => {
                         let open: i64 = tx.query_row(
                             "SELECT COUNT(*) FROM batches WHERE job = ?1 AND state IN ('pending', 'leased')",
                             [name],
                             |r| r.get(0),
                         )?;
-                        let planned: i64 =
-                            tx.query_row("SELECT batches_total FROM jobs WHERE name = ?1", [name], |r| r.get(0))?;
+                        let planned: i64 = tx.query_row(
+                            "SELECT batches_total FROM jobs WHERE name = ?1",
+                            [name],
+                            |r| r.get(0),
+                        )?;
                         planned > 0 && open == 0
                     }
                 }
@@ -329,21 +395,39 @@ pub fn lease_current(conn: &Connection, lease_id: &str) -> StoreResult<Option<Le
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
         )
         .optional()?;
-    let Some((job, idx, attempt, offset, len)) = found else { return Ok(None) };
+    let Some((job, idx, attempt, offset, len)) = found else {
+        return Ok(None);
+    };
     let record = job_get_tx(conn, &job)?.expect("joined above").record;
-    Ok(Some(LeaseInfo { job, idx: idx as u64, attempt, manifest_offset: offset as u64, manifest_len: len as u64, record }))
+    Ok(Some(LeaseInfo {
+        job,
+        idx: idx as u64,
+        attempt,
+        manifest_offset: offset as u64,
+        manifest_len: len as u64,
+        record,
+    }))
 }
 
 /// Extends a current lease to `timeout + grace` from now; returns false for a lease that is no longer current.
 pub fn lease_heartbeat(conn: &Connection, lease_id: &str, grace_ms: i64) -> StoreResult<bool> {
-    let Some(info) = lease_current(conn, lease_id)? else { return Ok(false) };
-    let deadline = now_ms() + info.record.settings.retry_settings.timeout_secs as i64 * 1000 + grace_ms;
-    conn.execute("UPDATE batches SET lease_deadline_ms = ?2 WHERE lease_id = ?1 AND state = 'leased'", params![lease_id, deadline])?;
+    let Some(info) = lease_current(conn, lease_id)? else {
+        return Ok(false);
+    };
+    let deadline =
+        now_ms() + info.record.settings.retry_settings.timeout_secs as i64 * 1000 + grace_ms;
+    conn.execute(
+        "UPDATE batches SET lease_deadline_ms = ?2 WHERE lease_id = ?1 AND state = 'leased'",
+        params![lease_id, deadline],
+    )?;
     Ok(true)
 }
 
 pub fn attempt_mark_part(conn: &Connection, lease_id: &str) -> StoreResult<()> {
-    conn.execute("UPDATE attempts SET part_uploaded = 1 WHERE lease_id = ?1", [lease_id])?;
+    conn.execute(
+        "UPDATE attempts SET part_uploaded = 1 WHERE lease_id = ?1",
+        [lease_id],
+    )?;
     Ok(())
 }
 
@@ -380,7 +464,12 @@ pub fn lease_complete(
         )
         .optional()?;
     let Some((job, idx, attempt_no, previous, part_uploaded)) = attempt else {
-        return Ok(CompleteResult { committed: false, job_active: false, job_status: None, job: None });
+        return Ok(CompleteResult {
+            committed: false,
+            job_active: false,
+            job_status: None,
+            job: None,
+        });
     };
     let row = job_get_tx(&tx, &job)?.expect("attempts reference existing jobs");
     let job_active = row.status.accepts_leases();
@@ -398,13 +487,20 @@ pub fn lease_complete(
             )?;
             tx.commit()?;
         }
-        return Ok(CompleteResult { committed: false, job_active, job_status: None, job: Some(job) });
+        return Ok(CompleteResult {
+            committed: false,
+            job_active,
+            job_status: None,
+            job: Some(job),
+        });
     }
     // A success without its part cannot be committed: treat it as the failure it is.
     let needs_part = row.record.output_file_name.is_some();
     let outcome = match outcome {
         AttemptOutcome::Succeeded { .. } if needs_part && !part_uploaded => {
-            AttemptOutcome::Failed { reason: "the worker reported success but uploaded no output part".into() }
+            AttemptOutcome::Failed {
+                reason: "the worker reported success but uploaded no output part".into(),
+            }
         }
         other => other.clone(),
     };
@@ -415,9 +511,17 @@ pub fn lease_complete(
          WHERE lease_id = ?1",
         params![lease_id, now, outcome_name, reason, pid, items_ok as i64, items_failed as i64],
     )?;
-    let files: i64 = tx.query_row("SELECT files FROM batches WHERE job = ?1 AND idx = ?2", params![job, idx], |r| r.get(0))?;
+    let files: i64 = tx.query_row(
+        "SELECT files FROM batches WHERE job = ?1 AND idx = ?2",
+        params![job, idx],
+        |r| r.get(0),
+    )?;
     let mut committed = false;
-    match after_attempt(attempt_no, row.record.settings.retry_settings.max_retries, outcome) {
+    match after_attempt(
+        attempt_no,
+        row.record.settings.retry_settings.max_retries,
+        outcome,
+    ) {
         BatchNext::Commit => {
             let part = needs_part.then(|| part_key(&job, idx as u64, lease_id));
             tx.execute(
@@ -445,7 +549,10 @@ pub fn lease_complete(
                  WHERE job = ?1 AND idx = ?2",
                 params![job, idx],
             )?;
-            tx.execute("UPDATE jobs SET init_failures = init_failures + 1, error = ?2 WHERE name = ?1", params![job, reason])?;
+            tx.execute(
+                "UPDATE jobs SET init_failures = init_failures + 1, error = ?2 WHERE name = ?1",
+                params![job, reason],
+            )?;
         }
         BatchNext::GiveUp { reason } => {
             tx.execute(
@@ -461,7 +568,12 @@ pub fn lease_complete(
     }
     let job_status = apply_verdict(&tx, &job)?;
     tx.commit()?;
-    Ok(CompleteResult { committed, job_active: job_status.is_none_or(|s| s.accepts_leases()), job_status, job: Some(job) })
+    Ok(CompleteResult {
+        committed,
+        job_active: job_status.is_none_or(|s| s.accepts_leases()),
+        job_status,
+        job: Some(job),
+    })
 }
 
 /// Moves a running job to Finalizing or Failed when its counters say so.
@@ -473,7 +585,10 @@ fn apply_verdict(conn: &Connection, job: &str) -> StoreResult<Option<JobStatus>>
     match job_verdict(&row.counters, &row.record.policy()) {
         JobVerdict::Continue => Ok(None),
         JobVerdict::Finalize => {
-            conn.execute("UPDATE jobs SET status = 'Finalizing' WHERE name = ?1", [job])?;
+            conn.execute(
+                "UPDATE jobs SET status = 'Finalizing' WHERE name = ?1",
+                [job],
+            )?;
             Ok(Some(JobStatus::Finalizing))
         }
         JobVerdict::Fail { reason } => {
@@ -492,7 +607,10 @@ fn apply_verdict(conn: &Connection, job: &str) -> StoreResult<Option<JobStatus>>
 
 fn describe(outcome: &AttemptOutcome) -> (&'static str, Option<String>, u64, u64) {
     match outcome {
-        AttemptOutcome::Succeeded { items_ok, items_failed } => ("succeeded", None, *items_ok, *items_failed),
+        AttemptOutcome::Succeeded {
+            items_ok,
+            items_failed,
+        } => ("succeeded", None, *items_ok, *items_failed),
         AttemptOutcome::Failed { reason } => ("failed", Some(reason.clone()), 0, 0),
         AttemptOutcome::TimedOut => ("timed_out", Some("run() timed out".into()), 0, 0),
         AttemptOutcome::LeaseExpired => ("lease_expired", Some("lease expired".into()), 0, 0),
@@ -502,23 +620,35 @@ fn describe(outcome: &AttemptOutcome) -> (&'static str, Option<String>, u64, u64
 
 /// Leases whose deadline has passed.
 pub fn leases_expired(conn: &Connection, now: i64) -> StoreResult<Vec<String>> {
-    let mut stmt = conn.prepare("SELECT lease_id FROM batches WHERE state = 'leased' AND lease_deadline_ms < ?1")?;
+    let mut stmt = conn.prepare(
+        "SELECT lease_id FROM batches WHERE state = 'leased' AND lease_deadline_ms < ?1",
+    )?;
     let rows = stmt.query_map([now], |r| r.get(0))?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
 /// The earliest lease deadline, so the reaper sleeps exactly until it.
 pub fn next_lease_deadline(conn: &Connection) -> StoreResult<Option<i64>> {
-    Ok(conn.query_row("SELECT MIN(lease_deadline_ms) FROM batches WHERE state = 'leased'", [], |r| r.get(0))?)
+    Ok(conn.query_row(
+        "SELECT MIN(lease_deadline_ms) FROM batches WHERE state = 'leased'",
+        [],
+        |r| r.get(0),
+    )?)
 }
 
 /// Cancels a job. A finalizing job is only asked to stop, so that the finalizer never publishes it.
 pub fn job_cancel(conn: &Connection, name: &str) -> StoreResult<Option<JobStatus>> {
-    let Some(row) = job_get_tx(conn, name)? else { return Ok(None) };
+    let Some(row) = job_get_tx(conn, name)? else {
+        return Ok(None);
+    };
     if row.status.is_terminal() {
         return Ok(Some(row.status));
     }
-    let to = if row.status == JobStatus::Finalizing { JobStatus::CancelRequested } else { JobStatus::Canceled };
+    let to = if row.status == JobStatus::Finalizing {
+        JobStatus::CancelRequested
+    } else {
+        JobStatus::Canceled
+    };
     let finished = to.is_terminal().then(now_ms);
     conn.execute(
         "UPDATE jobs SET status = ?2, error = 'canceled by user', finished_ms = ?3 WHERE name = ?1",
@@ -568,7 +698,8 @@ pub fn batches_in_state(conn: &Connection, job: &str, state: &str) -> StoreResul
 
 /// Counts a job's mini-batches by state.
 pub fn batch_state_counts(conn: &Connection, job: &str) -> StoreResult<Vec<(String, u64)>> {
-    let mut stmt = conn.prepare("SELECT state, COUNT(*) FROM batches WHERE job = ?1 GROUP BY state")?;
+    let mut stmt =
+        conn.prepare("SELECT state, COUNT(*) FROM batches WHERE job = ?1 GROUP BY state")?;
     let rows = stmt.query_map([job], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))?;
     Ok(rows.collect::<Result<_, _>>()?)
 }

@@ -1,0 +1,56 @@
+//! Finding the control plane: `--url`/`COVE_URL` with `--token`/`COVE_TOKEN`, or a workspace directory
+//! (`--workspace DIR`/`COVE_WORKSPACE`) whose running control plane recorded its URL and owner token.
+
+use anyhow::{bail, Context};
+use cove_api::Client;
+use std::path::PathBuf;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct Target {
+    /// The workspace directory of a running `cove up` (or set COVE_WORKSPACE).
+    #[arg(long, global = true, env = "COVE_WORKSPACE")]
+    pub workspace: Option<PathBuf>,
+    /// The control plane's URL (or set COVE_URL); needs a token.
+    #[arg(long, global = true, env = "COVE_URL")]
+    pub url: Option<String>,
+    /// A bearer token (or set COVE_TOKEN).
+    #[arg(long, global = true, env = "COVE_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+}
+
+impl Target {
+    pub fn client(&self) -> anyhow::Result<Client> {
+        if let Some(url) = &self.url {
+            let token = match (&self.token, &self.workspace) {
+                (Some(t), _) => t.clone(),
+                (None, Some(dir)) => read_token(dir)?,
+                (None, None) => bail!("COVE_URL is set but no token: set COVE_TOKEN (or --token)"),
+            };
+            return Ok(Client::new(url, &token));
+        }
+        let Some(dir) = &self.workspace else {
+            bail!("no workspace given: use --workspace DIR (or COVE_WORKSPACE), or COVE_URL with COVE_TOKEN");
+        };
+        let url_file = cove_server::layout::url_file(dir);
+        let url = std::fs::read_to_string(&url_file).with_context(|| {
+            format!(
+                "no control plane has run in {} (start one with `cove up --dir {}`)",
+                dir.display(),
+                dir.display()
+            )
+        })?;
+        let token = match &self.token {
+            Some(t) => t.clone(),
+            None => read_token(dir)?,
+        };
+        Ok(Client::new(url.trim(), &token))
+    }
+}
+
+fn read_token(dir: &std::path::Path) -> anyhow::Result<String> {
+    let path = cove_server::layout::owner_token(dir);
+    Ok(std::fs::read_to_string(&path)
+        .with_context(|| format!("failed to read the owner token {}", path.display()))?
+        .trim()
+        .to_string())
+}

@@ -1,0 +1,372 @@
+//! `cove endpoint invoke` and `cove job ...`: start jobs, watch them, fetch what they produced.
+
+use crate::render::{display_mode, plural, table, DisplayMode};
+use crate::resources::parse_sets;
+use crate::{print_json, upload, Output};
+use anyhow::{bail, Context};
+use cove_api::{
+    encode, Client, ClientError, FileEntry, InputType, Invoke, Job, JobInput, JobList, Method,
+    Workspace,
+};
+use cove_model::JobStatus;
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub struct InvokeArgs {
+    pub endpoint: String,
+    pub input: String,
+    pub input_type: Option<InputType>,
+    pub deployment_name: Option<String>,
+    pub output_path: Option<String>,
+    pub mini_batch_size: Option<u32>,
+    pub instance_count: Option<u32>,
+    pub job_name: Option<String>,
+    pub sets: Vec<String>,
+    pub stream: bool,
+}
+
+/// Whether `--input` names a datastore (or other) URI rather than a local path.
+fn is_uri(s: &str) -> bool {
+    s.contains("://") || s.starts_with("azureml:")
+}
+
+/// Invokes an endpoint; returns the job, streamed to its end when asked.
+pub async fn invoke(client: &Client, args: InvokeArgs, out: Output) -> anyhow::Result<Job> {
+    let mut overrides: BTreeMap<String, String> = parse_sets(&args.sets)?;
+    if let Some(n) = args.mini_batch_size {
+        overrides.insert("mini_batch_size".into(), n.to_string());
+    }
+    if let Some(n) = args.instance_count {
+        overrides.insert("instance_count".into(), n.to_string());
+    }
+    let endpoint = args.endpoint.to_ascii_lowercase();
+    // Fail on a wrong endpoint before uploading anything.
+    let _: cove_api::Endpoint = client
+        .get(&format!("/api/v1/endpoints/{}", encode(&endpoint)))
+        .await?;
+    let input = if is_uri(&args.input) {
+        JobInput {
+            uri: args.input.clone(),
+            input_type: args.input_type.unwrap_or(InputType::UriFolder),
+        }
+    } else {
+        let path = Path::new(&args.input);
+        let meta = std::fs::metadata(path)
+            .with_context(|| format!("--input: `{}` does not exist", path.display()))?;
+        let kind = if meta.is_dir() {
+            InputType::UriFolder
+        } else {
+            InputType::UriFile
+        };
+        if let Some(t) = args.input_type {
+            if t != kind {
+                bail!(
+                    "--input-type: `{}` is a {}",
+                    path.display(),
+                    if meta.is_dir() { "folder" } else { "file" }
+                );
+            }
+        }
+        let ws: Workspace = client.get("/api/v1/workspace").await?;
+        if !out.json {
+            eprintln!(
+                "Uploading {} to datastore {}",
+                path.display(),
+                ws.default_datastore
+            );
+        }
+        JobInput {
+            uri: upload::upload(client, &ws.default_datastore, path).await?,
+            input_type: kind,
+        }
+    };
+    let body = Invoke {
+        input: Some(input),
+        deployment_name: args.deployment_name,
+        output_path: args.output_path,
+        overrides,
+        job_name: args.job_name,
+    };
+    // One key per invocation: a retried POST after a lost answer returns the same job, never a second.
+    let key = uuid::Uuid::new_v4().to_string();
+    let path = format!("/endpoints/{}/jobs", encode(&endpoint));
+    let mut tries = 0;
+    let job: Job = loop {
+        tries += 1;
+        match client
+            .json(
+                Method::POST,
+                &path,
+                Some(&body),
+                &[("repeatability-request-id", &key)],
+            )
+            .await
+        {
+            Err(ClientError::Unreachable { .. }) if tries < 4 => {
+                tokio::time::sleep(Duration::from_millis(300 * tries)).await
+            }
+            other => break other?,
+        }
+    };
+    if args.stream {
+        if !out.json {
+            eprintln!("Started job {}", job.name);
+        }
+        return stream(client, &job.name, out).await;
+    }
+    if out.json {
+        print_json(&job)?;
+    } else {
+        println!("{}", job.name);
+        eprintln!(
+            "Started job {} ({}); follow it with: cove job stream {}",
+            job.name, job.status, job.name
+        );
+    }
+    Ok(job)
+}
+
+pub async fn list(
+    client: &Client,
+    endpoint: Option<&str>,
+    deployment: Option<&str>,
+    out: Output,
+) -> anyhow::Result<()> {
+    let mut query = Vec::new();
+    if let Some(e) = endpoint {
+        query.push(format!("endpoint={}", encode(e)));
+    }
+    if let Some(d) = deployment {
+        query.push(format!("deployment={}", encode(d)));
+    }
+    let list: JobList = client
+        .get(&format!("/api/v1/jobs?{}", query.join("&")))
+        .await?;
+    if out.json {
+        return print_json(&list);
+    }
+    let rows: Vec<Vec<String>> = list
+        .jobs
+        .iter()
+        .map(|j| {
+            let p = &j.progress;
+            vec![
+                j.name.clone(),
+                j.endpoint_name.clone(),
+                j.deployment_name.clone(),
+                j.status.to_string(),
+                format!(
+                    "{}/{}",
+                    p.batches_succeeded + p.batches_failed,
+                    p.batches_total
+                ),
+                p.batches_failed.to_string(),
+                j.created_at.clone(),
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        table(
+            &[
+                "NAME",
+                "ENDPOINT",
+                "DEPLOYMENT",
+                "STATUS",
+                "BATCHES",
+                "FAILED",
+                "CREATED"
+            ],
+            &rows
+        )
+    );
+    Ok(())
+}
+
+pub async fn get(client: &Client, name: &str) -> Result<Job, ClientError> {
+    client.get(&format!("/api/v1/jobs/{}", encode(name))).await
+}
+
+pub async fn show(client: &Client, name: &str, out: Output) -> anyhow::Result<Job> {
+    let job = get(client, name).await?;
+    if out.json {
+        print_json(&job)?;
+    } else {
+        print!("{}", describe(&job));
+    }
+    Ok(job)
+}
+
+fn describe(j: &Job) -> String {
+    let p = &j.progress;
+    let mut s = String::new();
+    let mut line = |k: &str, v: String| s.push_str(&format!("{k:<14}{v}\n"));
+    line("Name:", j.name.clone());
+    line(
+        "Endpoint:",
+        format!("{} (deployment {})", j.endpoint_name, j.deployment_name),
+    );
+    line("Status:", j.status.to_string());
+    if let Some(e) = &j.error {
+        line("Reason:", e.clone());
+    }
+    line("Input:", j.input.uri.clone());
+    line(
+        "Output:",
+        match &j.output_file_name {
+            Some(f) => format!("{}/{f}", j.output_uri),
+            None => format!("{} (summary_only)", j.output_uri),
+        },
+    );
+    line(
+        "Mini-batches:",
+        format!(
+            "{} total, {} succeeded, {} failed, {} running, {} pending",
+            p.batches_total,
+            p.batches_succeeded,
+            p.batches_failed,
+            p.batches_running,
+            p.batches_pending
+        ),
+    );
+    line(
+        "Items:",
+        format!(
+            "{} files, {} succeeded, {} failed",
+            p.files_total, p.items_ok, p.items_failed
+        ),
+    );
+    line("Created:", j.created_at.clone());
+    if let Some(f) = &j.finished_at {
+        line("Finished:", f.clone());
+    }
+    for b in &j.failed_batches {
+        s.push_str(&format!(
+            "  mini-batch {} ({}, first file {}) failed: {}\n",
+            b.index,
+            plural(b.files, "file", "files"),
+            b.first_file,
+            b.reason
+        ));
+    }
+    s
+}
+
+/// Follows a job to its end: a bar on a terminal, a line per change otherwise, JSON Lines with --json.
+pub async fn stream(client: &Client, name: &str, out: Output) -> anyhow::Result<Job> {
+    let mode = display_mode(
+        std::io::stderr().is_terminal(),
+        std::env::var_os("CI").is_some(),
+        out.json,
+    );
+    let bar = (mode == DisplayMode::Bar).then(|| {
+        let b = indicatif::ProgressBar::new(0);
+        b.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{spinner} {msg} [{bar:30}] {pos}/{len} mini-batches",
+            )
+            .expect("the template is valid")
+            .progress_chars("=> "),
+        );
+        b
+    });
+    let mut last: Option<(JobStatus, cove_api::Progress)> = None;
+    let job = loop {
+        let job = get(client, name).await?;
+        let now = (job.status, job.progress.clone());
+        if last.as_ref() != Some(&now) {
+            let p = &job.progress;
+            let done = p.batches_succeeded + p.batches_failed;
+            match (&bar, mode) {
+                (Some(b), _) => {
+                    b.set_length(p.batches_total);
+                    b.set_position(done);
+                    b.set_message(job.status.to_string());
+                }
+                (None, DisplayMode::Json) => {
+                    println!("{}", serde_json::json!({ "type": "progress", "job": job.name, "status": job.status, "progress": p }));
+                }
+                (None, _) => eprintln!(
+                    "{}: {}/{} mini-batches done ({} succeeded, {} failed), {} items succeeded, {} failed",
+                    job.status, done, p.batches_total, p.batches_succeeded, p.batches_failed, p.items_ok, p.items_failed
+                ),
+            }
+            last = Some(now);
+        }
+        if job.is_terminal() {
+            break job;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    if out.json {
+        println!("{}", serde_json::json!({ "type": "result", "job": job }));
+    } else {
+        print!("{}", describe(&job));
+    }
+    Ok(job)
+}
+
+pub async fn cancel(client: &Client, name: &str, out: Output) -> anyhow::Result<()> {
+    let job: Job = client
+        .post(
+            &format!("/api/v1/jobs/{}/cancel", encode(name)),
+            &serde_json::json!({}),
+        )
+        .await?;
+    if out.json {
+        return print_json(&job);
+    }
+    println!("Job {} is {}", job.name, job.status);
+    Ok(())
+}
+
+/// Downloads `score` to `<path>/named-outputs/score/` and `logs` to `<path>/artifacts/logs/`.
+pub async fn download(
+    client: &Client,
+    name: &str,
+    outputs: &[&str],
+    dest: &Path,
+    out: Output,
+) -> anyhow::Result<Vec<PathBuf>> {
+    let mut written = Vec::new();
+    for output in outputs {
+        let files: Vec<FileEntry> = client
+            .get(&format!("/api/v1/jobs/{}/outputs/{output}", encode(name)))
+            .await?;
+        let root = match *output {
+            "logs" => dest.join("artifacts").join("logs"),
+            other => dest.join("named-outputs").join(other),
+        };
+        for f in files {
+            let rel: PathBuf = f
+                .path
+                .split('/')
+                .filter(|s| !s.is_empty() && *s != "." && *s != "..")
+                .collect();
+            let target = root.join(rel);
+            let url = format!(
+                "/api/v1/jobs/{}/outputs/{output}/{}",
+                encode(name),
+                f.path.split('/').map(encode).collect::<Vec<_>>().join("/")
+            );
+            let bytes = client.get_bytes(&url).await?;
+            std::fs::create_dir_all(target.parent().expect("under root"))?;
+            std::fs::write(&target, &bytes)
+                .with_context(|| format!("failed to write {}", target.display()))?;
+            written.push(target);
+        }
+    }
+    if out.json {
+        print_json(&written)?;
+    } else {
+        for w in &written {
+            println!("{}", w.display());
+        }
+    }
+    Ok(written)
+}
