@@ -1,0 +1,8 @@
+//! Integration tests: each starts a real control plane (`cove up`) on an ephemeral loopback port and
+//! drives it through the `cove` CLI and its HTTP API.
+
+mod invoke;
+mod quickstart;
+mod resources;
+mod scoring;
+mod support;

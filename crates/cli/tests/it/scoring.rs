@@ -1,0 +1,358 @@
+//! The scoring-script contract: init() once per process, run(mini_batch) per mini-batch, the append_row
+//! output format, retries, thresholds, timeouts and crashed scorer processes.
+
+use crate::support::{Project, Workspace, LIST_SCRIPT};
+
+fn invoke(
+    ws: &Workspace,
+    endpoint: &str,
+    input: &std::path::Path,
+    extra: &[&str],
+) -> serde_json::Value {
+    let mut args = vec!["--json", "endpoint", "invoke", endpoint, "--input"];
+    let input = input.display().to_string();
+    args.push(&input);
+    args.extend_from_slice(extra);
+    let run = ws.cove(&args);
+    run.ok();
+    let name = run.json()["name"].as_str().unwrap().to_string();
+    ws.wait_job(&name)
+}
+
+#[test]
+fn a_list_returning_script_yields_one_line_per_element_in_mini_batch_order() {
+    let ws = Workspace::start();
+    let p = Project::new(
+        ws.dir.path(),
+        "lists",
+        LIST_SCRIPT,
+        "mini_batch_size: 3\nmax_concurrency_per_instance: 2",
+    );
+    p.deploy(&ws);
+    let job = invoke(&ws, "lists", &p.inputs(7), &[]);
+    assert_eq!(job["status"], "Completed", "{job:#}");
+    let expected: Vec<String> = (0..7)
+        .map(|i| format!("file-{i:03}.txt {}", i * 2))
+        .collect();
+    assert_eq!(ws.output_lines(&job), expected);
+    assert_eq!(job["progress"]["batches_total"], 3);
+    assert_eq!(job["progress"]["items_ok"], 7);
+    // The reference's log layout: per-attempt report, result, per-process logs.
+    let name = job["name"].as_str().unwrap();
+    let report = ws.log(name, "sys/job_report/processed_mini-batches.csv");
+    assert_eq!(
+        report.lines().filter(|l| l.contains(",succeeded,")).count(),
+        3,
+        "{report}"
+    );
+    assert!(ws.log(name, "job_result.txt").contains("Status: Completed"));
+    assert!(
+        ws.log(name, "user/stdout/local-0/process000.stdout.txt")
+            .len()
+            < 10_000
+    );
+}
+
+const FRAME_SCRIPT: &str = r#"
+import os
+import pandas as pd
+
+def init():
+    pass
+
+def run(mini_batch):
+    rows = []
+    for path in mini_batch:
+        with open(path) as f:
+            value = int(f.read())
+        rows.append({"file": os.path.basename(path), "value": value, "label": "even number" if value % 2 == 0 else "odd"})
+    return pd.DataFrame(rows)
+"#;
+
+#[test]
+fn a_dataframe_returning_script_yields_space_separated_rows_without_header_or_index() {
+    let ws = Workspace::start();
+    let p = Project::new(ws.dir.path(), "frames", FRAME_SCRIPT, "mini_batch_size: 2");
+    p.deploy(&ws);
+    let job = invoke(&ws, "frames", &p.inputs(3), &[]);
+    assert_eq!(job["status"], "Completed", "{job:#}");
+    assert_eq!(
+        ws.output_lines(&job),
+        vec![
+            "file-000.txt 0 \"even number\"",
+            "file-001.txt 1 odd",
+            "file-002.txt 2 \"even number\""
+        ]
+    );
+}
+
+const ENV_SCRIPT: &str = r#"
+import os, sys, logging
+count = 0
+
+def init():
+    global count
+    count += 1
+
+def run(mini_batch):
+    logging.debug("debug is on")
+    print("printed by run", flush=True)
+    return [f"{os.path.basename(p)} init={count} level={sys.argv[sys.argv.index('--logging_level') + 1]} greeting={os.environ['GREETING']} model_dir={os.path.isdir(os.path.join(os.environ['AZUREML_MODEL_DIR'], 'model'))}" for p in mini_batch]
+"#;
+
+#[test]
+fn scripts_see_the_reference_environment_and_init_runs_once_per_process() {
+    let ws = Workspace::start();
+    let settings =
+        "mini_batch_size: 1\nlogging_level: debug\nenvironment_variables:\n    GREETING: hello";
+    let p = Project::new(ws.dir.path(), "envs", ENV_SCRIPT, settings);
+    p.deploy(&ws);
+    let job = invoke(&ws, "envs", &p.inputs(3), &[]);
+    assert_eq!(job["status"], "Completed", "{job:#}");
+    let expected: Vec<String> = (0..3)
+        .map(|i| format!("file-{i:03}.txt init=1 level=debug greeting=hello model_dir=True"))
+        .collect();
+    assert_eq!(ws.output_lines(&job), expected);
+    let name = job["name"].as_str().unwrap();
+    let stdout = ws.log(name, "user/stdout/local-0/process000.stdout.txt");
+    assert_eq!(stdout.matches("printed by run").count(), 3, "{stdout}");
+    assert!(stdout.contains("debug is on"), "{stdout}");
+}
+
+const FLAKY_SCRIPT: &str = r#"
+import os
+
+def init():
+    pass
+
+def run(mini_batch):
+    for p in mini_batch:
+        if os.path.basename(p) == "file-001.txt":
+            raise ValueError("cannot score file-001")
+    return [os.path.basename(p) for p in mini_batch]
+"#;
+
+#[test]
+fn a_failing_mini_batch_is_retried_then_reported_in_the_status() {
+    let ws = Workspace::start();
+    let p = Project::new(
+        ws.dir.path(),
+        "flaky",
+        FLAKY_SCRIPT,
+        "mini_batch_size: 1\nretry_settings:\n    max_retries: 2",
+    );
+    p.deploy(&ws);
+    let job = invoke(&ws, "flaky", &p.inputs(3), &[]);
+    // error_threshold -1 ignores failed items: the job completes without the failed mini-batch.
+    assert_eq!(job["status"], "Completed", "{job:#}");
+    assert_eq!(ws.output_lines(&job), vec!["file-000.txt", "file-002.txt"]);
+    let failed = &job["failed_batches"][0];
+    assert_eq!(failed["index"], 1);
+    assert_eq!(
+        failed["first_file"]
+            .as_str()
+            .unwrap()
+            .rsplit('/')
+            .next()
+            .unwrap(),
+        "file-001.txt"
+    );
+    assert!(
+        failed["reason"]
+            .as_str()
+            .unwrap()
+            .contains("ValueError: cannot score file-001 (attempt 2 of 2)"),
+        "{failed}"
+    );
+    let name = job["name"].as_str().unwrap();
+    let report = ws.log(name, "sys/job_report/processed_mini-batches.csv");
+    assert_eq!(
+        report.lines().filter(|l| l.starts_with("1,")).count(),
+        2,
+        "two attempts of mini-batch 1:\n{report}"
+    );
+    assert!(ws
+        .log(name, "user/error/local-0/process000.txt")
+        .contains("Traceback"));
+
+    // With a threshold of 0 the same failure fails the job, and nothing is published.
+    let strict = invoke(
+        &ws,
+        "flaky",
+        &p.dir.join("data"),
+        &["--set", "error_threshold=0"],
+    );
+    assert_eq!(strict["status"], "Failed", "{strict:#}");
+    assert!(
+        strict["error"]
+            .as_str()
+            .unwrap()
+            .contains("error_threshold exceeded"),
+        "{strict}"
+    );
+    let (status, _) = ws.http(
+        "GET",
+        &format!(
+            "/api/v1/jobs/{}/outputs/score",
+            strict["name"].as_str().unwrap()
+        ),
+        None,
+        &[],
+    );
+    assert_eq!(status, 200);
+    assert!(!ws
+        .path()
+        .join("datastores/workspaceblobstore/azureml")
+        .join(strict["name"].as_str().unwrap())
+        .join("score/predictions.csv")
+        .exists());
+}
+
+#[test]
+fn a_job_whose_init_always_fails_fails_with_the_reason() {
+    let ws = Workspace::start();
+    let script = "def init():\n    raise RuntimeError('model file is corrupt')\n\ndef run(mini_batch):\n    return mini_batch\n";
+    let p = Project::new(ws.dir.path(), "badinit", script, "");
+    p.deploy(&ws);
+    let job = invoke(&ws, "badinit", &p.inputs(2), &[]);
+    assert_eq!(job["status"], "Failed");
+    let error = job["error"].as_str().unwrap();
+    assert!(
+        error.contains("init() failed") && error.contains("RuntimeError: model file is corrupt"),
+        "{error}"
+    );
+}
+
+#[test]
+fn a_job_with_no_succeeded_item_fails() {
+    let ws = Workspace::start();
+    let script = "def init():\n    pass\n\ndef run(mini_batch):\n    return []\n";
+    let p = Project::new(ws.dir.path(), "empty", script, "");
+    p.deploy(&ws);
+    let job = invoke(&ws, "empty", &p.inputs(2), &[]);
+    assert_eq!(job["status"], "Failed");
+    assert_eq!(
+        job["error"],
+        "No succeeded mini batch item returned from run()"
+    );
+}
+
+#[test]
+fn a_run_over_its_timeout_is_killed_and_retried() {
+    let ws = Workspace::start();
+    let script = "import os, time\n\ndef init():\n    pass\n\ndef run(mini_batch):\n    if any(p.endswith('file-000.txt') for p in mini_batch):\n        time.sleep(60)\n    return mini_batch\n";
+    let p = Project::new(
+        ws.dir.path(),
+        "slow",
+        script,
+        "mini_batch_size: 1\nretry_settings:\n    max_retries: 2\n    timeout: 1",
+    );
+    p.deploy(&ws);
+    let job = invoke(&ws, "slow", &p.inputs(2), &[]);
+    assert_eq!(job["status"], "Completed", "{job:#}");
+    assert_eq!(job["progress"]["batches_failed"], 1);
+    assert!(
+        job["failed_batches"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("timed out"),
+        "{job}"
+    );
+}
+
+const KILLABLE_SCRIPT: &str = r#"
+import os, time
+
+def init():
+    pass
+
+def run(mini_batch):
+    marker = os.environ["MARKER_DIR"]
+    for p in mini_batch:
+        if os.path.basename(p) == "file-004.txt" and not os.path.exists(os.path.join(marker, "killed")):
+            with open(os.path.join(marker, "pid.tmp"), "w") as f:
+                f.write(str(os.getpid()))
+            os.rename(os.path.join(marker, "pid.tmp"), os.path.join(marker, "pid"))
+            time.sleep(60)
+    return [os.path.basename(p) for p in mini_batch]
+"#;
+
+#[test]
+fn killing_a_scorer_mid_mini_batch_still_scores_every_file_exactly_once() {
+    let ws = Workspace::start();
+    let marker = ws.dir.path().join("marker");
+    std::fs::create_dir_all(&marker).unwrap();
+    let settings = format!("mini_batch_size: 2\nmax_concurrency_per_instance: 2\nenvironment_variables:\n    MARKER_DIR: {}", marker.display());
+    let p = Project::new(ws.dir.path(), "killme", KILLABLE_SCRIPT, &settings);
+    p.deploy(&ws);
+    let run = ws.cove(&[
+        "--json",
+        "endpoint",
+        "invoke",
+        "killme",
+        "--input",
+        &p.inputs(10).display().to_string(),
+    ]);
+    run.ok();
+    let name = run.json()["name"].as_str().unwrap().to_string();
+    let pid_file = marker.join("pid");
+    let start = std::time::Instant::now();
+    while !pid_file.exists() {
+        assert!(
+            start.elapsed().as_secs() < 60,
+            "the scorer never reached file-004"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    std::fs::write(marker.join("killed"), "").unwrap();
+    let pid = std::fs::read_to_string(&pid_file).unwrap();
+    assert!(std::process::Command::new("kill")
+        .args(["-KILL", pid.trim()])
+        .status()
+        .unwrap()
+        .success());
+    let job = ws.wait_job(&name);
+    assert_eq!(job["status"], "Completed", "{job:#}");
+    let expected: Vec<String> = (0..10).map(|i| format!("file-{i:03}.txt")).collect();
+    assert_eq!(
+        ws.output_lines(&job),
+        expected,
+        "every file exactly once, in mini-batch order"
+    );
+    let report = ws.log(&name, "sys/job_report/processed_mini-batches.csv");
+    assert!(report.contains("killed by signal 9"), "{report}");
+}
+
+#[test]
+fn summary_only_writes_no_output_file_but_keeps_what_the_script_wrote() {
+    let ws = Workspace::start();
+    let script = "import os\n\ndef init():\n    pass\n\ndef run(mini_batch):\n    for p in mini_batch:\n        with open(os.path.join(os.environ['AZUREML_BI_OUTPUT_PATH'], os.path.basename(p) + '.out'), 'w') as f:\n            f.write('seen')\n    return mini_batch\n";
+    let p = Project::new(
+        ws.dir.path(),
+        "summary",
+        script,
+        "output_action: summary_only",
+    );
+    p.deploy(&ws);
+    let job = invoke(&ws, "summary", &p.inputs(3), &[]);
+    assert_eq!(job["status"], "Completed", "{job:#}");
+    assert!(job["output_file_name"].is_null());
+    let dl = ws.dir.path().join("dl");
+    ws.cove(&[
+        "job",
+        "download",
+        job["name"].as_str().unwrap(),
+        "--download-path",
+        &dl.display().to_string(),
+    ])
+    .ok();
+    let mut got: Vec<String> = std::fs::read_dir(dl.join("named-outputs/score"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .collect();
+    got.sort();
+    assert_eq!(
+        got,
+        vec!["file-000.txt.out", "file-001.txt.out", "file-002.txt.out"]
+    );
+}

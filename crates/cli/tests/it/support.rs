@@ -1,0 +1,301 @@
+//! Test support: a real control plane (`cove up`) on an ephemeral loopback port in a temporary workspace,
+//! the real `cove` binary to drive it, and a builder for scoring projects on disk.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const COVE: &str = env!("CARGO_BIN_EXE_cove");
+
+pub struct Workspace {
+    pub dir: tempfile::TempDir,
+    pub url: String,
+    server: Child,
+}
+
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    #[track_caller]
+    pub fn ok(&self) -> &Self {
+        assert_eq!(
+            self.code, 0,
+            "expected success\nstdout:\n{}\nstderr:\n{}",
+            self.stdout, self.stderr
+        );
+        self
+    }
+    #[track_caller]
+    pub fn fails_with(&self, code: i32, needle: &str) -> &Self {
+        assert_eq!(
+            self.code, code,
+            "wrong exit code\nstdout:\n{}\nstderr:\n{}",
+            self.stdout, self.stderr
+        );
+        assert!(
+            self.stderr.contains(needle),
+            "stderr lacks {needle:?}:\n{}",
+            self.stderr
+        );
+        self
+    }
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| {
+            panic!("not JSON ({e}):\n{}\nstderr:\n{}", self.stdout, self.stderr)
+        })
+    }
+}
+
+impl Workspace {
+    /// Starts `cove up` on 127.0.0.1:0 and waits until it says where it listens.
+    pub fn start() -> Workspace {
+        let dir = tempfile::tempdir().unwrap();
+        let mut server = Command::new(COVE)
+            .args(["up", "--dir"])
+            .arg(dir.path().join("ws"))
+            .args(["--listen", "127.0.0.1:0"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(server.stdout.take().unwrap()).lines();
+        let url = loop {
+            let line = lines
+                .next()
+                .expect("cove up exited before listening")
+                .unwrap();
+            if let Some(url) = line.strip_prefix("API and scoring URIs: ") {
+                break url.to_string();
+            }
+        };
+        // Keep draining stdout so the server never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Workspace { dir, url, server }
+    }
+
+    pub fn path(&self) -> PathBuf {
+        self.dir.path().join("ws")
+    }
+
+    pub fn token(&self) -> String {
+        std::fs::read_to_string(self.path().join("owner.token"))
+            .unwrap()
+            .trim()
+            .to_string()
+    }
+
+    /// Runs `cove --workspace <ws> ARGS` and captures everything.
+    pub fn cove(&self, args: &[&str]) -> Run {
+        let out = Command::new(COVE)
+            .arg("--workspace")
+            .arg(self.path())
+            .args(args)
+            .env_remove("COVE_URL")
+            .env_remove("COVE_TOKEN")
+            .env("CI", "1")
+            .output()
+            .unwrap();
+        Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).to_string(),
+            stderr: String::from_utf8_lossy(&out.stderr).to_string(),
+        }
+    }
+
+    /// Sends one HTTP request with the owner token; returns (status, JSON body).
+    pub fn http(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<serde_json::Value>,
+        headers: &[(&str, &str)],
+    ) -> (u16, serde_json::Value) {
+        self.http_as(&self.token(), method, path, body, headers)
+    }
+
+    pub fn http_as(
+        &self,
+        token: &str,
+        method: &str,
+        path: &str,
+        body: Option<serde_json::Value>,
+        headers: &[(&str, &str)],
+    ) -> (u16, serde_json::Value) {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let client = reqwest::Client::new();
+            let mut req = client
+                .request(method.parse().unwrap(), format!("{}{path}", self.url))
+                .bearer_auth(token);
+            for (k, v) in headers {
+                req = req.header(*k, *v);
+            }
+            if let Some(b) = body {
+                req = req.json(&b);
+            }
+            let resp = req.send().await.unwrap();
+            let status = resp.status().as_u16();
+            let text = resp.text().await.unwrap();
+            (
+                status,
+                serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)),
+            )
+        })
+    }
+
+    /// Waits until the job ends; returns its final JSON.
+    pub fn wait_job(&self, job: &str) -> serde_json::Value {
+        let start = Instant::now();
+        loop {
+            let (status, body) = self.http("GET", &format!("/api/v1/jobs/{job}"), None, &[]);
+            assert_eq!(status, 200, "{body}");
+            if ["Completed", "Failed", "Canceled"].contains(&body["status"].as_str().unwrap()) {
+                return body;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(120),
+                "job {job} did not end: {body:#}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn job_count(&self) -> usize {
+        let (_, body) = self.http("GET", "/api/v1/jobs", None, &[]);
+        body["jobs"].as_array().unwrap().len()
+    }
+
+    /// Reads a job's `score` output file from the workspace's datastore on disk.
+    pub fn output_lines(&self, job: &serde_json::Value) -> Vec<String> {
+        let uri = job["output_uri"].as_str().unwrap();
+        let rel = uri
+            .strip_prefix("azureml://datastores/workspaceblobstore/paths/")
+            .unwrap();
+        let file = job["output_file_name"].as_str().unwrap();
+        let path = self
+            .path()
+            .join("datastores/workspaceblobstore")
+            .join(rel)
+            .join(file);
+        std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+
+    pub fn log(&self, job: &str, rel: &str) -> String {
+        std::fs::read_to_string(
+            self.path()
+                .join("state/objects/jobs")
+                .join(job)
+                .join("logs")
+                .join(rel),
+        )
+        .unwrap_or_default()
+    }
+}
+
+impl Drop for Workspace {
+    fn drop(&mut self) {
+        let _ = nix_kill(self.server.id());
+        let _ = self.server.wait();
+    }
+}
+
+fn nix_kill(pid: u32) -> std::io::Result<()> {
+    Command::new("kill")
+        .arg("-TERM")
+        .arg(pid.to_string())
+        .status()
+        .map(|_| ())
+}
+
+/// A scoring project on disk: endpoint and deployment YAML, code, model, and input files.
+pub struct Project {
+    pub dir: PathBuf,
+}
+
+impl Project {
+    /// Creates a project whose scoring script is `script`, with `settings` lines appended under `settings:`.
+    pub fn new(root: &Path, endpoint: &str, script: &str, settings: &str) -> Project {
+        let dir = root.join(format!("project-{endpoint}"));
+        std::fs::create_dir_all(dir.join("code")).unwrap();
+        std::fs::create_dir_all(dir.join("model")).unwrap();
+        std::fs::write(dir.join("model/weights.txt"), "2\n").unwrap();
+        std::fs::write(dir.join("code/score.py"), script).unwrap();
+        std::fs::write(
+            dir.join("endpoint.yml"),
+            format!("name: {endpoint}\ndescription: test endpoint\n"),
+        )
+        .unwrap();
+        let mut deployment = format!(
+            "name: blue\nendpoint_name: {endpoint}\ntype: model\nmodel:\n  name: {endpoint}-model\n  path: model\n\
+             code_configuration:\n  code: code\n  scoring_script: score.py\ncompute: azureml:local\nsettings:\n"
+        );
+        for line in settings.lines().filter(|l| !l.trim().is_empty()) {
+            deployment.push_str("  ");
+            deployment.push_str(line);
+            deployment.push('\n');
+        }
+        if settings.trim().is_empty() {
+            deployment.push_str("  mini_batch_size: 2\n");
+        }
+        std::fs::write(dir.join("deployment.yml"), deployment).unwrap();
+        Project { dir }
+    }
+
+    /// Writes `n` input files named `file-000.txt`… each holding its index.
+    pub fn inputs(&self, n: usize) -> PathBuf {
+        let data = self.dir.join("data");
+        std::fs::create_dir_all(&data).unwrap();
+        for i in 0..n {
+            std::fs::write(data.join(format!("file-{i:03}.txt")), format!("{i}\n")).unwrap();
+        }
+        data
+    }
+
+    pub fn file(&self, name: &str) -> String {
+        self.dir.join(name).display().to_string()
+    }
+
+    /// Creates the endpoint and its default deployment in the workspace.
+    pub fn deploy(&self, ws: &Workspace) {
+        ws.cove(&["endpoint", "create", "-f", &self.file("endpoint.yml")])
+            .ok();
+        ws.cove(&[
+            "deployment",
+            "create",
+            "-f",
+            &self.file("deployment.yml"),
+            "--set-default",
+        ])
+        .ok();
+    }
+}
+
+/// A scoring script that returns one line per input file: `<file name> <content * weight>`.
+pub const LIST_SCRIPT: &str = r#"
+import os
+weight = None
+
+def init():
+    global weight
+    with open(os.path.join(os.environ["AZUREML_MODEL_DIR"], "model", "weights.txt")) as f:
+        weight = int(f.read())
+
+def run(mini_batch):
+    out = []
+    for path in mini_batch:
+        with open(path) as f:
+            out.append(f"{os.path.basename(path)} {int(f.read()) * weight}")
+    return out
+"#;
