@@ -88,7 +88,8 @@ impl Scorer {
         std::fs::create_dir_all(spec.output_dir)?;
         let stderr = open(spec.stderr_log)?;
         open(spec.stdout_log)?;
-        let mut child = tokio::process::Command::new(spec.python)
+        let mut command = tokio::process::Command::new(spec.python);
+        command
             .arg("-u")
             .arg(spec.driver)
             .arg("--cove-code-dir")
@@ -110,7 +111,9 @@ impl Scorer {
             .stdout(Stdio::piped())
             .stderr(stderr)
             .process_group(0)
-            .kill_on_drop(true)
+            .kill_on_drop(true);
+        die_with_parent(&mut command);
+        let mut child = command
             .spawn()
             .with_context(|| format!("failed to start the scorer with `{}`", spec.python))?;
         let pid = child.id().context("the scorer exited at once")?;
@@ -204,6 +207,19 @@ impl Scorer {
         let _ = killpg(Pid::from_raw(self.pid as i32), Signal::SIGKILL);
         let _ = self.child.wait().await;
         crate::unregister_group(self.pid);
+    }
+}
+
+/// Makes the scorer die with the worker that started it, so a worker killed with SIGKILL leaves no
+/// scorer running on a mini-batch whose lease is about to be given to someone else.
+#[allow(unsafe_code)]
+fn die_with_parent(command: &mut tokio::process::Command) {
+    // SAFETY: the closure runs between fork and exec and only calls prctl(2), which is async-signal-safe
+    // and allocates nothing.
+    unsafe {
+        command.pre_exec(|| {
+            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)
+        });
     }
 }
 

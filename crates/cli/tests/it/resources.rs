@@ -250,3 +250,69 @@ fn bad_yaml_names_the_file_line_and_field_and_creates_nothing() {
         "no model was registered by a failed deployment"
     );
 }
+
+#[test]
+fn the_cli_reaches_a_control_plane_by_url_and_token() {
+    let ws = Workspace::start();
+    let run = |token: &str| {
+        std::process::Command::new(crate::support::COVE)
+            .args(["--json", "workspace", "show"])
+            .env_remove("COVE_WORKSPACE")
+            .env("COVE_URL", &ws.url)
+            .env("COVE_TOKEN", token)
+            .output()
+            .unwrap()
+    };
+    let ok = run(&ws.token());
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let shown: serde_json::Value = serde_json::from_slice(&ok.stdout).unwrap();
+    assert_eq!(shown["default_datastore"], "workspaceblobstore");
+    let refused = run("cove_bad_token");
+    assert_eq!(refused.status.code(), Some(4));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("the token is not valid"));
+    let none = std::process::Command::new(crate::support::COVE)
+        .args(["endpoint", "list"])
+        .env_remove("COVE_WORKSPACE")
+        .env_remove("COVE_URL")
+        .output()
+        .unwrap();
+    assert_eq!(none.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&none.stderr).contains("no workspace given"));
+    // The token file is the owner's alone.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(ws.path().join("owner.token"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+}
+
+#[test]
+fn the_api_serves_its_openapi_description_and_refuses_oversized_bodies() {
+    let ws = Workspace::start();
+    let (status, doc) = ws.http("GET", "/api/v1/openapi.json", None, &[]);
+    assert_eq!(status, 200);
+    assert!(doc["paths"]["/endpoints/{endpoint}/jobs"]["post"].is_object());
+    let huge = serde_json::json!({ "name": "big", "description": "x".repeat(2 * 1024 * 1024) });
+    let (status, _) = ws.http("POST", "/api/v1/endpoints", Some(huge), &[]);
+    assert_eq!(status, 413);
+    let (status, body) = ws.http(
+        "POST",
+        "/api/v1/endpoints",
+        Some(serde_json::json!({ "name": 7 })),
+        &[],
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(body["message"]
+        .as_str()
+        .unwrap()
+        .contains("invalid request body"));
+    assert_eq!(
+        ws.http("GET", "/api/v1/endpoints", None, &[]).1,
+        serde_json::json!([])
+    );
+}

@@ -356,3 +356,78 @@ fn summary_only_writes_no_output_file_but_keeps_what_the_script_wrote() {
         vec!["file-000.txt.out", "file-001.txt.out", "file-002.txt.out"]
     );
 }
+
+const WORKER_KILLER_SCRIPT: &str = r#"
+import os, time
+
+def init():
+    pass
+
+def run(mini_batch):
+    marker = os.environ["MARKER_DIR"]
+    if any(os.path.basename(p) == "file-001.txt" for p in mini_batch) and not os.path.exists(os.path.join(marker, "killed")):
+        with open(os.path.join(marker, "pids.tmp"), "w") as f:
+            f.write(f"{os.getppid()} {os.getpid()}")
+        os.rename(os.path.join(marker, "pids.tmp"), os.path.join(marker, "pids"))
+        time.sleep(60)
+    return [os.path.basename(p) for p in mini_batch]
+"#;
+
+#[test]
+fn a_lost_worker_s_lease_expires_and_its_mini_batch_is_scored_by_another() {
+    let ws = Workspace::start();
+    let marker = ws.dir.path().join("marker");
+    std::fs::create_dir_all(&marker).unwrap();
+    let settings = format!(
+        "mini_batch_size: 1\nretry_settings:\n    timeout: 2\nenvironment_variables:\n    MARKER_DIR: {}",
+        marker.display()
+    );
+    let p = Project::new(ws.dir.path(), "lostworker", WORKER_KILLER_SCRIPT, &settings);
+    p.deploy(&ws);
+    let run = ws.cove(&[
+        "--json",
+        "endpoint",
+        "invoke",
+        "lostworker",
+        "--input",
+        &p.inputs(3).display().to_string(),
+    ]);
+    let name = run.ok().json()["name"].as_str().unwrap().to_string();
+    let pids = marker.join("pids");
+    let start = std::time::Instant::now();
+    while !pids.exists() {
+        assert!(
+            start.elapsed().as_secs() < 60,
+            "the scorer never reached file-001"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    std::fs::write(marker.join("killed"), "").unwrap();
+    let text = std::fs::read_to_string(&pids).unwrap();
+    let (worker, scorer) = text.split_once(' ').unwrap();
+    assert!(std::process::Command::new("kill")
+        .args(["-KILL", worker])
+        .status()
+        .unwrap()
+        .success());
+    let job = ws.wait_job(&name);
+    assert_eq!(job["status"], "Completed", "{job:#}");
+    assert_eq!(
+        ws.output_lines(&job),
+        vec!["file-000.txt", "file-001.txt", "file-002.txt"]
+    );
+    let report = ws.log(&name, "sys/job_report/processed_mini-batches.csv");
+    assert!(
+        report.lines().any(|l| l.starts_with("1,1,lease_expired,")),
+        "{report}"
+    );
+    let scorer_alive = std::process::Command::new("kill")
+        .args(["-0", scorer])
+        .status()
+        .unwrap()
+        .success();
+    assert!(
+        !scorer_alive,
+        "the lost worker's scorer process died with it"
+    );
+}

@@ -210,3 +210,26 @@ pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> ApiResult<T> {
 }
 
 pub type JsonResult<T> = ApiResult<Json<T>>;
+
+#[cfg(test)]
+mod tests {
+    /// Every route the router serves is described in the OpenAPI document, and nothing else is.
+    #[test]
+    fn the_openapi_document_describes_every_route() {
+        let source = include_str!("mod.rs");
+        let mut routes: Vec<String> = source
+            .split(".route(")
+            .skip(1)
+            .filter_map(|rest| rest.trim_start().strip_prefix('"'))
+            .map(|rest| rest.split('"').next().unwrap().replace("{*", "{"))
+            .filter(|r| r.starts_with('/'))
+            .collect();
+        routes.sort();
+        routes.dedup();
+        let doc: serde_json::Value = serde_json::from_str(include_str!("openapi.json")).unwrap();
+        let mut documented: Vec<String> =
+            doc["paths"].as_object().unwrap().keys().cloned().collect();
+        documented.sort();
+        assert_eq!(routes, documented);
+    }
+}

@@ -741,3 +741,256 @@ pub fn attempts_of(conn: &Connection, job: &str) -> StoreResult<Vec<AttemptRow>>
     })?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cove_api::worker::RunSpec;
+    use cove_api::{InputType, JobInput};
+    use cove_spec::{DeploymentSettings, LoggingLevel, OutputAction};
+
+    fn conn() -> Connection {
+        let mut c = Connection::open_in_memory().unwrap();
+        super::super::migrations::migrate(&mut c).unwrap();
+        c
+    }
+
+    fn record(max_retries: u32) -> JobRecord {
+        let mut settings = DeploymentSettings::default();
+        settings.retry_settings.max_retries = max_retries;
+        JobRecord {
+            input: JobInput {
+                uri: "cove://ws/in".into(),
+                input_type: InputType::UriFolder,
+            },
+            output_uri: "cove://ws/out".into(),
+            output_file_name: Some("predictions.csv".into()),
+            run: RunSpec {
+                snapshot: "s".into(),
+                scoring_script: Some("score.py".into()),
+                model_dir_name: "model".into(),
+                python: "python3".into(),
+                environment_variables: Default::default(),
+                logging_level: LoggingLevel::Info,
+                output_action: OutputAction::AppendRow,
+                timeout_secs: 30,
+            },
+            settings,
+            model_uri: "cove://ws/model".into(),
+            code_uri: None,
+        }
+    }
+
+    /// A job with `batches` planned mini-batches of one file each.
+    fn planned_job(c: &mut Connection, name: &str, batches: u64, max_retries: u32) {
+        let job = NewJob {
+            name: name.into(),
+            endpoint: "ep".into(),
+            deployment: "blue".into(),
+            compute: "local".into(),
+            record: record(max_retries),
+            idempotency_key: None,
+        };
+        assert!(matches!(job_insert(c, job).unwrap(), JobInsert::Created(_)));
+        assert!(job_transition(
+            c,
+            name,
+            &[JobStatus::NotStarted],
+            JobStatus::Preparing,
+            None
+        )
+        .unwrap());
+        let plan: Vec<PlannedBatch> = (0..batches)
+            .map(|i| PlannedBatch {
+                manifest_offset: i * 2,
+                manifest_len: 2,
+                files: 1,
+            })
+            .collect();
+        assert!(job_plan(c, name, batches, &plan).unwrap());
+    }
+
+    fn lease(c: &mut Connection, job: &str) -> LeaseGrant {
+        match lease_next(c, Some(job), None, "n", 0, 0).unwrap() {
+            LeaseAnswer::Granted(g) => g,
+            LeaseAnswer::Nothing { .. } => panic!("expected a lease"),
+        }
+    }
+
+    fn succeed(c: &mut Connection, lease: &str) -> CompleteResult {
+        attempt_mark_part(c, lease).unwrap();
+        lease_complete(
+            c,
+            lease,
+            &AttemptOutcome::Succeeded {
+                items_ok: 1,
+                items_failed: 0,
+            },
+            Some(1),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn mini_batches_are_leased_in_order_and_the_last_commit_finalizes() {
+        let mut c = conn();
+        planned_job(&mut c, "j", 2, 3);
+        let a = lease(&mut c, "j");
+        let b = lease(&mut c, "j");
+        assert_eq!((a.idx, b.idx), (0, 1));
+        assert!(matches!(
+            lease_next(&mut c, Some("j"), None, "n", 0, 0).unwrap(),
+            LeaseAnswer::Nothing { job_done: false }
+        ));
+        assert_eq!(
+            job_get(&c, "j").unwrap().unwrap().status,
+            JobStatus::Running
+        );
+        assert!(succeed(&mut c, &b.lease_id).committed);
+        let last = succeed(&mut c, &a.lease_id);
+        assert_eq!(last.job_status, Some(JobStatus::Finalizing));
+        let parts = committed_parts(&c, "j").unwrap();
+        assert_eq!(
+            parts.iter().map(|(i, _)| *i).collect::<Vec<_>>(),
+            vec![0, 1]
+        );
+        assert!(matches!(
+            lease_next(&mut c, Some("j"), None, "n", 0, 0).unwrap(),
+            LeaseAnswer::Nothing { job_done: true }
+        ));
+    }
+
+    #[test]
+    fn a_stale_lease_can_never_commit_after_its_mini_batch_was_leased_again() {
+        let mut c = conn();
+        planned_job(&mut c, "j", 1, 3);
+        let first = lease(&mut c, "j");
+        let expired =
+            lease_complete(&mut c, &first.lease_id, &AttemptOutcome::LeaseExpired, None).unwrap();
+        assert!(!expired.committed);
+        let second = lease(&mut c, "j");
+        assert_eq!(second.attempt, 2);
+        // The lost worker comes back and reports success: discarded.
+        assert!(!succeed(&mut c, &first.lease_id).committed);
+        assert!(succeed(&mut c, &second.lease_id).committed);
+        // A duplicate report of the committed lease changes nothing.
+        assert!(!succeed(&mut c, &second.lease_id).committed);
+        let row = job_get(&c, "j").unwrap().unwrap();
+        assert_eq!(
+            (row.counters.batches_succeeded, row.counters.items_ok),
+            (1, 1)
+        );
+        let parts = committed_parts(&c, "j").unwrap();
+        assert_eq!(parts, vec![(0, part_key("j", 0, &second.lease_id))]);
+    }
+
+    #[test]
+    fn a_success_without_its_part_is_a_failed_attempt() {
+        let mut c = conn();
+        planned_job(&mut c, "j", 1, 2);
+        let a = lease(&mut c, "j");
+        let r = lease_complete(
+            &mut c,
+            &a.lease_id,
+            &AttemptOutcome::Succeeded {
+                items_ok: 1,
+                items_failed: 0,
+            },
+            None,
+        )
+        .unwrap();
+        assert!(!r.committed);
+        assert_eq!(lease(&mut c, "j").attempt, 2);
+    }
+
+    #[test]
+    fn exhausted_retries_fail_the_mini_batch_and_init_failures_spend_no_attempt() {
+        let mut c = conn();
+        planned_job(&mut c, "j", 2, 2);
+        let a = lease(&mut c, "j");
+        let init = AttemptOutcome::InitFailed {
+            reason: "boom".into(),
+        };
+        lease_complete(&mut c, &a.lease_id, &init, None).unwrap();
+        let again = lease(&mut c, "j");
+        assert_eq!(
+            (again.idx, again.attempt),
+            (0, 1),
+            "an init failure does not spend the attempt"
+        );
+        let fail = AttemptOutcome::Failed {
+            reason: "bad row".into(),
+        };
+        lease_complete(&mut c, &again.lease_id, &fail, None).unwrap();
+        let retry = lease(&mut c, "j");
+        assert_eq!((retry.idx, retry.attempt), (0, 2));
+        lease_complete(&mut c, &retry.lease_id, &fail, None).unwrap();
+        let failed = batches_in_state(&c, "j", "failed").unwrap();
+        assert_eq!(failed.len(), 1);
+        assert_eq!(failed[0].error.as_deref(), Some("bad row (attempt 2 of 2)"));
+        let b = lease(&mut c, "j");
+        assert_eq!(
+            succeed(&mut c, &b.lease_id).job_status,
+            Some(JobStatus::Finalizing),
+            "-1 ignores the failed items"
+        );
+    }
+
+    #[test]
+    fn canceled_jobs_lease_nothing_and_discard_reports() {
+        let mut c = conn();
+        planned_job(&mut c, "j", 2, 3);
+        let a = lease(&mut c, "j");
+        assert_eq!(job_cancel(&c, "j").unwrap(), Some(JobStatus::Canceled));
+        assert!(matches!(
+            lease_next(&mut c, Some("j"), None, "n", 0, 0).unwrap(),
+            LeaseAnswer::Nothing { job_done: true }
+        ));
+        let r = succeed(&mut c, &a.lease_id);
+        assert!(!r.committed && !r.job_active);
+        assert!(committed_parts(&c, "j").unwrap().is_empty());
+    }
+
+    #[test]
+    fn an_idempotency_key_returns_the_first_job() {
+        let mut c = conn();
+        let job = |name: &str| NewJob {
+            name: name.into(),
+            endpoint: "ep".into(),
+            deployment: "blue".into(),
+            compute: "local".into(),
+            record: record(3),
+            idempotency_key: Some("k".into()),
+        };
+        assert!(matches!(
+            job_insert(&mut c, job("a")).unwrap(),
+            JobInsert::Created(_)
+        ));
+        match job_insert(&mut c, job("b")).unwrap() {
+            JobInsert::Existing(row) => assert_eq!(row.name, "a"),
+            _ => panic!("expected the existing job"),
+        }
+        assert_eq!(job_list(&c, None, None, 10).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn jobs_are_leased_in_submission_order() {
+        let mut c = conn();
+        planned_job(&mut c, "first", 1, 3);
+        planned_job(&mut c, "second", 1, 3);
+        let LeaseAnswer::Granted(g) = lease_next(&mut c, None, Some("local"), "n", 0, 0).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(g.job, "first");
+        let LeaseAnswer::Granted(g) = lease_next(&mut c, None, Some("local"), "n", 0, 0).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(g.job, "second");
+        assert!(matches!(
+            lease_next(&mut c, None, Some("slurm"), "n", 0, 0).unwrap(),
+            LeaseAnswer::Nothing { .. }
+        ));
+    }
+}
