@@ -11,11 +11,7 @@ use std::time::Duration;
 pub enum ClientError {
     /// The control plane answered with an error.
     #[error("{message} ({status}, {code})")]
-    Api {
-        status: u16,
-        code: String,
-        message: String,
-    },
+    Api { status: u16, code: String, message: String },
     /// No answer: the control plane is down or not reachable from here.
     #[error("cannot reach the control plane at {url}")]
     Unreachable {
@@ -43,9 +39,7 @@ impl ClientError {
     pub fn exit_code(&self) -> i32 {
         use crate::exit_code::*;
         match self {
-            Self::Api {
-                status: 401 | 403, ..
-            } => REFUSED,
+            Self::Api { status: 401 | 403, .. } => REFUSED,
             Self::Api { status: 404, .. } => NOT_FOUND,
             Self::Api { .. } => USAGE,
             Self::Unreachable { .. } => UNREACHABLE,
@@ -69,11 +63,7 @@ impl Client {
             .no_proxy()
             .build()
             .expect("a client with no TLS and no proxy always builds");
-        Self {
-            base: base.trim_end_matches('/').to_string(),
-            token: token.to_string(),
-            http,
-        }
+        Self { base: base.trim_end_matches('/').to_string(), token: token.to_string(), http }
     }
 
     pub fn base_url(&self) -> &str {
@@ -84,19 +74,11 @@ impl Client {
         self.json(Method::GET, path, None::<&()>, &[]).await
     }
 
-    pub async fn post<B: Serialize, T: DeserializeOwned>(
-        &self,
-        path: &str,
-        body: &B,
-    ) -> Result<T, ClientError> {
+    pub async fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T, ClientError> {
         self.json(Method::POST, path, Some(body), &[]).await
     }
 
-    pub async fn patch<B: Serialize, T: DeserializeOwned>(
-        &self,
-        path: &str,
-        body: &B,
-    ) -> Result<T, ClientError> {
+    pub async fn patch<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T, ClientError> {
         self.json(Method::PATCH, path, Some(body), &[]).await
     }
 
@@ -121,17 +103,9 @@ impl Client {
         if let Some(body) = body {
             req = req.json(body);
         }
-        let resp = req
-            .send()
-            .await
-            .map_err(|source| ClientError::Unreachable {
-                url: url.clone(),
-                source,
-            })?;
+        let resp = req.send().await.map_err(|source| ClientError::Unreachable { url: url.clone(), source })?;
         let resp = check(resp).await?;
-        resp.json()
-            .await
-            .map_err(|source| ClientError::Decode { url, source })
+        resp.json().await.map_err(|source| ClientError::Decode { url, source })
     }
 
     /// Uploads raw bytes with `PUT`.
@@ -144,10 +118,7 @@ impl Client {
             .body(body)
             .send()
             .await
-            .map_err(|source| ClientError::Unreachable {
-                url: url.clone(),
-                source,
-            })?;
+            .map_err(|source| ClientError::Unreachable { url: url.clone(), source })?;
         check(resp).await.map(|_| ())
     }
 
@@ -155,9 +126,7 @@ impl Client {
     pub async fn get_bytes(&self, path: &str) -> Result<Bytes, ClientError> {
         let resp = self.get_response(path).await?;
         let url = resp.url().to_string();
-        resp.bytes()
-            .await
-            .map_err(|source| ClientError::Unreachable { url, source })
+        resp.bytes().await.map_err(|source| ClientError::Unreachable { url, source })
     }
 
     /// Starts a `GET` whose body the caller streams (large downloads).
@@ -169,10 +138,7 @@ impl Client {
             .bearer_auth(&self.token)
             .send()
             .await
-            .map_err(|source| ClientError::Unreachable {
-                url: url.clone(),
-                source,
-            })?;
+            .map_err(|source| ClientError::Unreachable { url: url.clone(), source })?;
         check(resp).await
     }
 }
@@ -185,28 +151,13 @@ async fn check(resp: reqwest::Response) -> Result<reqwest::Response, ClientError
     let text = resp.text().await.unwrap_or_default();
     let (code, message) = match serde_json::from_str::<ErrorBody>(&text) {
         Ok(body) => (body.code, body.message),
-        Err(_) => (
-            reason_code(status),
-            if text.is_empty() {
-                status.to_string()
-            } else {
-                text
-            },
-        ),
+        Err(_) => (reason_code(status), if text.is_empty() { status.to_string() } else { text }),
     };
-    Err(ClientError::Api {
-        status: status.as_u16(),
-        code,
-        message,
-    })
+    Err(ClientError::Api { status: status.as_u16(), code, message })
 }
 
 fn reason_code(status: StatusCode) -> String {
-    status
-        .canonical_reason()
-        .unwrap_or("error")
-        .to_lowercase()
-        .replace(' ', "_")
+    status.canonical_reason().unwrap_or("error").to_lowercase().replace(' ', "_")
 }
 
 /// Percent-encodes one path segment or query value.
@@ -214,9 +165,7 @@ pub fn encode(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
         match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                out.push(b as char)
-            }
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => out.push(b as char),
             _ => out.push_str(&format!("%{b:02X}")),
         }
     }

@@ -18,6 +18,8 @@ pub struct Workspace {
     pub api_url: String,
     pub default_datastore: String,
     pub default_python: String,
+    /// `namespaces`, or `none` when the workspace explicitly runs scoring code without a sandbox.
+    pub sandbox: String,
     pub datastores: Vec<Datastore>,
     pub computes: Vec<Compute>,
 }
@@ -85,6 +87,9 @@ pub struct Deployment {
     pub scoring_script: Option<String>,
     pub python: String,
     pub compute: String,
+    /// How its scoring code runs: `namespaces`, or `none` (a warning) by the workspace's explicit choice.
+    #[serde(default)]
+    pub sandbox: String,
     pub settings: DeploymentSettings,
     pub provisioning_state: String,
     pub is_default: bool,
@@ -186,6 +191,21 @@ pub struct Job {
     /// The mini-batches that were given up, with their last reason.
     pub failed_batches: Vec<FailedBatch>,
     pub idempotency_key: Option<String>,
+    /// Every attempt with what it ran under (only in `cove job show`, at most the first 1,000).
+    #[serde(default)]
+    pub attempts: Vec<AttemptInfo>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AttemptInfo {
+    pub mini_batch: u64,
+    pub attempt: u32,
+    pub node: String,
+    pub process: u32,
+    pub outcome: Option<String>,
+    pub reason: Option<String>,
+    /// Sandbox, namespaces, file view, limits, allowed egress, and refused network attempts.
+    pub isolation: Option<serde_json::Value>,
 }
 
 impl Job {

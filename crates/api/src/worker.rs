@@ -3,7 +3,7 @@
 //! Workers only dial out. Everything a scorer needs (model, code, input files) is fetched through the
 //! lease that authorises it, and everything it produces (the part, logs) is sent back the same way.
 
-use cove_spec::{LoggingLevel, OutputAction};
+use cove_spec::{Limits, LoggingLevel, OutputAction};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -52,6 +52,29 @@ pub struct RunSpec {
     pub logging_level: LoggingLevel,
     pub output_action: OutputAction,
     pub timeout_secs: u64,
+    #[serde(default)]
+    pub limits: Limits,
+    #[serde(default)]
+    pub sandbox: SandboxMode,
+}
+
+/// Whether scorer processes run in the sandbox. `None` is an explicit workspace choice, reported as a
+/// warning wherever it shows.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum SandboxMode {
+    #[default]
+    Namespaces,
+    None,
+}
+
+impl SandboxMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Namespaces => "namespaces",
+            Self::None => "none",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -76,6 +99,9 @@ pub struct Completion {
     pub elapsed_ms: u64,
     /// The operating-system pid of the scorer process, for the per-mini-batch report.
     pub pid: u32,
+    /// What the attempt ran under: sandbox, file view, limits, and refused network attempts.
+    #[serde(default)]
+    pub isolation: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -33,11 +33,7 @@ impl Target {
         };
         let url_file = cove_server::layout::url_file(dir);
         let url = std::fs::read_to_string(&url_file).with_context(|| {
-            format!(
-                "no control plane has run in {} (start one with `cove up --dir {}`)",
-                dir.display(),
-                dir.display()
-            )
+            format!("no control plane has run in {} (start one with `cove up --dir {}`)", dir.display(), dir.display())
         })?;
         let token = match &self.token {
             Some(t) => t.clone(),

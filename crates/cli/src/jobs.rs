@@ -4,10 +4,7 @@ use crate::render::{display_mode, plural, table, DisplayMode};
 use crate::resources::parse_sets;
 use crate::{print_json, upload, Output};
 use anyhow::{bail, Context};
-use cove_api::{
-    encode, Client, ClientError, FileEntry, InputType, Invoke, Job, JobInput, JobList, Method,
-    Workspace,
-};
+use cove_api::{encode, Client, ClientError, FileEntry, InputType, Invoke, Job, JobInput, JobList, Method, Workspace};
 use cove_model::JobStatus;
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
@@ -43,44 +40,23 @@ pub async fn invoke(client: &Client, args: InvokeArgs, out: Output) -> anyhow::R
     }
     let endpoint = args.endpoint.to_ascii_lowercase();
     // Fail on a wrong endpoint before uploading anything.
-    let _: cove_api::Endpoint = client
-        .get(&format!("/api/v1/endpoints/{}", encode(&endpoint)))
-        .await?;
+    let _: cove_api::Endpoint = client.get(&format!("/api/v1/endpoints/{}", encode(&endpoint))).await?;
     let input = if is_uri(&args.input) {
-        JobInput {
-            uri: args.input.clone(),
-            input_type: args.input_type.unwrap_or(InputType::UriFolder),
-        }
+        JobInput { uri: args.input.clone(), input_type: args.input_type.unwrap_or(InputType::UriFolder) }
     } else {
         let path = Path::new(&args.input);
-        let meta = std::fs::metadata(path)
-            .with_context(|| format!("--input: `{}` does not exist", path.display()))?;
-        let kind = if meta.is_dir() {
-            InputType::UriFolder
-        } else {
-            InputType::UriFile
-        };
+        let meta = std::fs::metadata(path).with_context(|| format!("--input: `{}` does not exist", path.display()))?;
+        let kind = if meta.is_dir() { InputType::UriFolder } else { InputType::UriFile };
         if let Some(t) = args.input_type {
             if t != kind {
-                bail!(
-                    "--input-type: `{}` is a {}",
-                    path.display(),
-                    if meta.is_dir() { "folder" } else { "file" }
-                );
+                bail!("--input-type: `{}` is a {}", path.display(), if meta.is_dir() { "folder" } else { "file" });
             }
         }
         let ws: Workspace = client.get("/api/v1/workspace").await?;
         if !out.json {
-            eprintln!(
-                "Uploading {} to datastore {}",
-                path.display(),
-                ws.default_datastore
-            );
+            eprintln!("Uploading {} to datastore {}", path.display(), ws.default_datastore);
         }
-        JobInput {
-            uri: upload::upload(client, &ws.default_datastore, path).await?,
-            input_type: kind,
-        }
+        JobInput { uri: upload::upload(client, &ws.default_datastore, path).await?, input_type: kind }
     };
     let body = Invoke {
         input: Some(input),
@@ -95,15 +71,7 @@ pub async fn invoke(client: &Client, args: InvokeArgs, out: Output) -> anyhow::R
     let mut tries = 0;
     let job: Job = loop {
         tries += 1;
-        match client
-            .json(
-                Method::POST,
-                &path,
-                Some(&body),
-                &[("repeatability-request-id", &key)],
-            )
-            .await
-        {
+        match client.json(Method::POST, &path, Some(&body), &[("repeatability-request-id", &key)]).await {
             Err(ClientError::Unreachable { .. }) if tries < 4 => {
                 tokio::time::sleep(Duration::from_millis(300 * tries)).await
             }
@@ -120,10 +88,7 @@ pub async fn invoke(client: &Client, args: InvokeArgs, out: Output) -> anyhow::R
         print_json(&job)?;
     } else {
         println!("{}", job.name);
-        eprintln!(
-            "Started job {} ({}); follow it with: cove job stream {}",
-            job.name, job.status, job.name
-        );
+        eprintln!("Started job {} ({}); follow it with: cove job stream {}", job.name, job.status, job.name);
     }
     Ok(job)
 }
@@ -141,9 +106,7 @@ pub async fn list(
     if let Some(d) = deployment {
         query.push(format!("deployment={}", encode(d)));
     }
-    let list: JobList = client
-        .get(&format!("/api/v1/jobs?{}", query.join("&")))
-        .await?;
+    let list: JobList = client.get(&format!("/api/v1/jobs?{}", query.join("&"))).await?;
     if out.json {
         return print_json(&list);
     }
@@ -157,31 +120,13 @@ pub async fn list(
                 j.endpoint_name.clone(),
                 j.deployment_name.clone(),
                 j.status.to_string(),
-                format!(
-                    "{}/{}",
-                    p.batches_succeeded + p.batches_failed,
-                    p.batches_total
-                ),
+                format!("{}/{}", p.batches_succeeded + p.batches_failed, p.batches_total),
                 p.batches_failed.to_string(),
                 j.created_at.clone(),
             ]
         })
         .collect();
-    print!(
-        "{}",
-        table(
-            &[
-                "NAME",
-                "ENDPOINT",
-                "DEPLOYMENT",
-                "STATUS",
-                "BATCHES",
-                "FAILED",
-                "CREATED"
-            ],
-            &rows
-        )
-    );
+    print!("{}", table(&["NAME", "ENDPOINT", "DEPLOYMENT", "STATUS", "BATCHES", "FAILED", "CREATED"], &rows));
     Ok(())
 }
 
@@ -204,10 +149,7 @@ fn describe(j: &Job) -> String {
     let mut s = String::new();
     let mut line = |k: &str, v: String| s.push_str(&format!("{k:<14}{v}\n"));
     line("Name:", j.name.clone());
-    line(
-        "Endpoint:",
-        format!("{} (deployment {})", j.endpoint_name, j.deployment_name),
-    );
+    line("Endpoint:", format!("{} (deployment {})", j.endpoint_name, j.deployment_name));
     line("Status:", j.status.to_string());
     if let Some(e) = &j.error {
         line("Reason:", e.clone());
@@ -224,23 +166,43 @@ fn describe(j: &Job) -> String {
         "Mini-batches:",
         format!(
             "{} total, {} succeeded, {} failed, {} running, {} pending",
-            p.batches_total,
-            p.batches_succeeded,
-            p.batches_failed,
-            p.batches_running,
-            p.batches_pending
+            p.batches_total, p.batches_succeeded, p.batches_failed, p.batches_running, p.batches_pending
         ),
     );
-    line(
-        "Items:",
-        format!(
-            "{} files, {} succeeded, {} failed",
-            p.files_total, p.items_ok, p.items_failed
-        ),
-    );
+    line("Items:", format!("{} files, {} succeeded, {} failed", p.files_total, p.items_ok, p.items_failed));
     line("Created:", j.created_at.clone());
     if let Some(f) = &j.finished_at {
         line("Finished:", f.clone());
+    }
+    let mut configs: Vec<String> = Vec::new();
+    for a in &j.attempts {
+        let Some(iso) = &a.isolation else { continue };
+        let summary = format!(
+            "sandbox {} ({}); memory {} MB, CPU {} s; egress: {}",
+            iso["sandbox"].as_str().unwrap_or("?"),
+            iso["namespaces"].as_str().filter(|n| !n.is_empty()).unwrap_or("no namespaces"),
+            iso["memory_mb"],
+            iso["cpu_seconds"],
+            iso["egress"].as_array().filter(|e| !e.is_empty()).map_or("none".to_string(), |e| format!("{e:?}"))
+        );
+        if !configs.contains(&summary) {
+            configs.push(summary);
+        }
+    }
+    for c in &configs {
+        s.push_str(&format!("Isolation:    {c}\n"));
+    }
+    for a in &j.attempts {
+        let refused = a.isolation.as_ref().and_then(|i| i["refused_network"].as_array()).filter(|r| !r.is_empty());
+        if let Some(r) = refused {
+            let list: Vec<&str> = r.iter().filter_map(|x| x.as_str()).collect();
+            s.push_str(&format!(
+                "  mini-batch {} attempt {}: refused network: {}\n",
+                a.mini_batch,
+                a.attempt,
+                list.join("; ")
+            ));
+        }
     }
     for b in &j.failed_batches {
         s.push_str(&format!(
@@ -256,19 +218,13 @@ fn describe(j: &Job) -> String {
 
 /// Follows a job to its end: a bar on a terminal, a line per change otherwise, JSON Lines with --json.
 pub async fn stream(client: &Client, name: &str, out: Output) -> anyhow::Result<Job> {
-    let mode = display_mode(
-        std::io::stderr().is_terminal(),
-        std::env::var_os("CI").is_some(),
-        out.json,
-    );
+    let mode = display_mode(std::io::stderr().is_terminal(), std::env::var_os("CI").is_some(), out.json);
     let bar = (mode == DisplayMode::Bar).then(|| {
         let b = indicatif::ProgressBar::new(0);
         b.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{spinner} {msg} [{bar:30}] {pos}/{len} mini-batches",
-            )
-            .expect("the template is valid")
-            .progress_chars("=> "),
+            indicatif::ProgressStyle::with_template("{spinner} {msg} [{bar:30}] {pos}/{len} mini-batches")
+                .expect("the template is valid")
+                .progress_chars("=> "),
         );
         b
     });
@@ -286,11 +242,20 @@ pub async fn stream(client: &Client, name: &str, out: Output) -> anyhow::Result<
                     b.set_message(job.status.to_string());
                 }
                 (None, DisplayMode::Json) => {
-                    println!("{}", serde_json::json!({ "type": "progress", "job": job.name, "status": job.status, "progress": p }));
+                    println!(
+                        "{}",
+                        serde_json::json!({ "type": "progress", "job": job.name, "status": job.status, "progress": p })
+                    );
                 }
                 (None, _) => eprintln!(
                     "{}: {}/{} mini-batches done ({} succeeded, {} failed), {} items succeeded, {} failed",
-                    job.status, done, p.batches_total, p.batches_succeeded, p.batches_failed, p.items_ok, p.items_failed
+                    job.status,
+                    done,
+                    p.batches_total,
+                    p.batches_succeeded,
+                    p.batches_failed,
+                    p.items_ok,
+                    p.items_failed
                 ),
             }
             last = Some(now);
@@ -312,12 +277,7 @@ pub async fn stream(client: &Client, name: &str, out: Output) -> anyhow::Result<
 }
 
 pub async fn cancel(client: &Client, name: &str, out: Output) -> anyhow::Result<()> {
-    let job: Job = client
-        .post(
-            &format!("/api/v1/jobs/{}/cancel", encode(name)),
-            &serde_json::json!({}),
-        )
-        .await?;
+    let job: Job = client.post(&format!("/api/v1/jobs/{}/cancel", encode(name)), &serde_json::json!({})).await?;
     if out.json {
         return print_json(&job);
     }
@@ -335,19 +295,13 @@ pub async fn download(
 ) -> anyhow::Result<Vec<PathBuf>> {
     let mut written = Vec::new();
     for output in outputs {
-        let files: Vec<FileEntry> = client
-            .get(&format!("/api/v1/jobs/{}/outputs/{output}", encode(name)))
-            .await?;
+        let files: Vec<FileEntry> = client.get(&format!("/api/v1/jobs/{}/outputs/{output}", encode(name))).await?;
         let root = match *output {
             "logs" => dest.join("artifacts").join("logs"),
             other => dest.join("named-outputs").join(other),
         };
         for f in files {
-            let rel: PathBuf = f
-                .path
-                .split('/')
-                .filter(|s| !s.is_empty() && *s != "." && *s != "..")
-                .collect();
+            let rel: PathBuf = f.path.split('/').filter(|s| !s.is_empty() && *s != "." && *s != "..").collect();
             let target = root.join(rel);
             let url = format!(
                 "/api/v1/jobs/{}/outputs/{output}/{}",
@@ -356,8 +310,7 @@ pub async fn download(
             );
             let bytes = client.get_bytes(&url).await?;
             std::fs::create_dir_all(target.parent().expect("under root"))?;
-            std::fs::write(&target, &bytes)
-                .with_context(|| format!("failed to write {}", target.display()))?;
+            std::fs::write(&target, &bytes).with_context(|| format!("failed to write {}", target.display()))?;
             written.push(target);
         }
     }

@@ -49,16 +49,16 @@ enum Command {
         /// The default Python interpreter for deployments.
         #[arg(long, default_value = "python3")]
         python: String,
+        /// `namespaces` runs scoring code in the sandbox (no network, its own file view); `none` runs it
+        /// without one, which every deployment and `cove workspace show` then report as a warning.
+        #[arg(long, default_value = "namespaces", value_parser = parse_sandbox)]
+        sandbox: cove_api::worker::SandboxMode,
     },
     /// Run a worker that leases mini-batches from a control plane.
     /// The control plane is given by the global --url (or COVE_URL).
     Worker {
         /// The compute cluster's worker credential.
-        #[arg(
-            long = "worker-token",
-            env = "COVE_WORKER_TOKEN",
-            hide_env_values = true
-        )]
+        #[arg(long = "worker-token", env = "COVE_WORKER_TOKEN", hide_env_values = true)]
         worker_token: String,
         /// Work only on this job and exit when it has no more work.
         #[arg(long)]
@@ -163,13 +163,19 @@ enum EndpointCommand {
     },
 }
 
+fn parse_sandbox(s: &str) -> Result<cove_api::worker::SandboxMode, String> {
+    match s {
+        "namespaces" => Ok(cove_api::worker::SandboxMode::Namespaces),
+        "none" => Ok(cove_api::worker::SandboxMode::None),
+        other => Err(format!("`{other}` is not a sandbox mode (namespaces, none)")),
+    }
+}
+
 fn parse_input_type(s: &str) -> Result<cove_api::InputType, String> {
     match s {
         "uri_folder" => Ok(cove_api::InputType::UriFolder),
         "uri_file" => Ok(cove_api::InputType::UriFile),
-        other => Err(format!(
-            "`{other}` is not an input type (uri_folder, uri_file)"
-        )),
+        other => Err(format!("`{other}` is not an input type (uri_folder, uri_file)")),
     }
 }
 
@@ -264,10 +270,7 @@ enum JobCommand {
 fn main() {
     let cli = Cli::parse();
     init_tracing();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("a Tokio runtime starts");
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("a Tokio runtime starts");
     let code = match runtime.block_on(dispatch(cli)) {
         Ok(code) => code,
         Err(err) => {
@@ -283,19 +286,13 @@ fn main() {
 }
 
 fn init_tracing() {
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| "warn".into());
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| "warn".into());
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
 }
 
 fn is_broken_pipe(err: &anyhow::Error) -> bool {
-    err.chain().any(|e| {
-        e.downcast_ref::<std::io::Error>()
-            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
-    })
+    err.chain()
+        .any(|e| e.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe))
 }
 
 fn error_code(err: &anyhow::Error) -> i32 {
@@ -327,39 +324,19 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
     let out = Output { json: cli.json };
     let target = cli.target;
     match cli.command {
-        Command::Up {
-            dir,
-            listen,
-            python,
-        } => {
+        Command::Up { dir, listen, python, sandbox } => {
             let worker_exe = std::env::current_exe()?;
-            let running = cove_server::start(cove_server::ServerConfig {
-                dir: dir.clone(),
-                listen,
-                python,
-                worker_exe,
-            })
-            .await?;
+            let config = cove_server::ServerConfig { dir: dir.clone(), listen, python, worker_exe, sandbox };
+            let running = cove_server::start(config).await?;
             println!("Cove workspace {} is up", dir.display());
             println!("API and scoring URIs: {}", running.url);
-            println!(
-                "Owner token: {}",
-                cove_server::layout::owner_token(&dir).display()
-            );
+            println!("Owner token: {}", cove_server::layout::owner_token(&dir).display());
             running.wait_for_signal().await?;
             Ok(exit_code::OK)
         }
-        Command::Worker {
-            worker_token,
-            job,
-            node,
-            concurrency,
-            work_dir,
-        } => {
-            let control_plane = target
-                .url
-                .clone()
-                .ok_or_else(|| anyhow::anyhow!("cove worker needs --url (or COVE_URL)"))?;
+        Command::Worker { worker_token, job, node, concurrency, work_dir } => {
+            let control_plane =
+                target.url.clone().ok_or_else(|| anyhow::anyhow!("cove worker needs --url (or COVE_URL)"))?;
             cove_worker::run(cove_worker::WorkerConfig {
                 url: control_plane,
                 token: worker_token,
@@ -372,28 +349,20 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             Ok(exit_code::OK)
         }
         Command::Quickstart { dir } => quickstart::run(dir, out).await,
-        Command::Workspace {
-            command: WorkspaceCommand::Show,
-        } => {
+        Command::Workspace { command: WorkspaceCommand::Show } => {
             resources::workspace_show(&target.client()?, out).await?;
             Ok(exit_code::OK)
         }
         Command::Endpoint { command } => {
             let client = target.client()?;
             match command {
-                EndpointCommand::Create { file, name } => {
-                    resources::endpoint_create(&client, &file, name, out).await?
-                }
+                EndpointCommand::Create { file, name } => resources::endpoint_create(&client, &file, name, out).await?,
                 EndpointCommand::List => resources::endpoint_list(&client, out).await?,
-                EndpointCommand::Show { name } => {
-                    resources::endpoint_show(&client, &name, out).await?
-                }
+                EndpointCommand::Show { name } => resources::endpoint_show(&client, &name, out).await?,
                 EndpointCommand::Update { name, sets } => {
                     resources::endpoint_update(&client, &name, &sets, out).await?
                 }
-                EndpointCommand::Delete { name, yes: _ } => {
-                    resources::endpoint_delete(&client, &name).await?
-                }
+                EndpointCommand::Delete { name, yes: _ } => resources::endpoint_delete(&client, &name).await?,
                 EndpointCommand::Invoke {
                     name,
                     input,
@@ -429,72 +398,39 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Command::Deployment { command } => {
             let client = target.client()?;
             match command {
-                DeploymentCommand::Create {
-                    file,
-                    endpoint_name,
-                    name,
-                    set_default,
-                    skip_script_validation,
-                } => {
-                    let args = resources::DeploymentCreate {
-                        file,
-                        endpoint_name,
-                        name,
-                        set_default,
-                        skip_script_validation,
-                    };
+                DeploymentCommand::Create { file, endpoint_name, name, set_default, skip_script_validation } => {
+                    let args =
+                        resources::DeploymentCreate { file, endpoint_name, name, set_default, skip_script_validation };
                     resources::deployment_create(&client, args, out).await?
                 }
                 DeploymentCommand::List { endpoint_name } => {
                     resources::deployment_list(&client, &endpoint_name, out).await?
                 }
-                DeploymentCommand::Show {
-                    name,
-                    endpoint_name,
-                } => resources::deployment_show(&client, &endpoint_name, &name, out).await?,
-                DeploymentCommand::Delete {
-                    name,
-                    endpoint_name,
-                    yes: _,
-                } => resources::deployment_delete(&client, &endpoint_name, &name).await?,
+                DeploymentCommand::Show { name, endpoint_name } => {
+                    resources::deployment_show(&client, &endpoint_name, &name, out).await?
+                }
+                DeploymentCommand::Delete { name, endpoint_name, yes: _ } => {
+                    resources::deployment_delete(&client, &endpoint_name, &name).await?
+                }
             }
             Ok(exit_code::OK)
         }
         Command::Model { command } => {
             let client = target.client()?;
             match command {
-                ModelCommand::Create {
-                    name,
-                    path,
-                    model_type,
-                    description,
-                } => {
-                    resources::model_create(&client, &name, &path, model_type, description, out)
-                        .await?
+                ModelCommand::Create { name, path, model_type, description } => {
+                    resources::model_create(&client, &name, &path, model_type, description, out).await?
                 }
-                ModelCommand::List { name } => {
-                    resources::model_list(&client, name.as_deref(), out).await?
-                }
-                ModelCommand::Show { name, version } => {
-                    resources::model_show(&client, &name, version, out).await?
-                }
+                ModelCommand::List { name } => resources::model_list(&client, name.as_deref(), out).await?,
+                ModelCommand::Show { name, version } => resources::model_show(&client, &name, version, out).await?,
             }
             Ok(exit_code::OK)
         }
         Command::Job { command } => {
             let client = target.client()?;
             match command {
-                JobCommand::List {
-                    endpoint_name,
-                    deployment_name,
-                } => {
-                    jobs::list(
-                        &client,
-                        endpoint_name.as_deref(),
-                        deployment_name.as_deref(),
-                        out,
-                    )
-                    .await?
+                JobCommand::List { endpoint_name, deployment_name } => {
+                    jobs::list(&client, endpoint_name.as_deref(), deployment_name.as_deref(), out).await?
                 }
                 JobCommand::Show { name } => {
                     jobs::show(&client, &name, out).await?;
@@ -504,17 +440,8 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
                     return Ok(job_exit(&job));
                 }
                 JobCommand::Cancel { name } => jobs::cancel(&client, &name, out).await?,
-                JobCommand::Download {
-                    name,
-                    output_name,
-                    all,
-                    download_path,
-                } => {
-                    let outputs: Vec<&str> = if all {
-                        vec!["score", "logs"]
-                    } else {
-                        vec![output_name.as_str()]
-                    };
+                JobCommand::Download { name, output_name, all, download_path } => {
+                    let outputs: Vec<&str> = if all { vec!["score", "logs"] } else { vec![output_name.as_str()] };
                     jobs::download(&client, &name, &outputs, &download_path, out).await?;
                 }
             }

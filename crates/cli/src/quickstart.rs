@@ -10,74 +10,30 @@ use std::path::PathBuf;
 
 /// The example's files, relative to its folder.
 const EXAMPLE: &[(&str, &str)] = &[
-    (
-        "endpoint.yml",
-        include_str!("../../../examples/quickstart/endpoint.yml"),
-    ),
-    (
-        "deployment.yml",
-        include_str!("../../../examples/quickstart/deployment.yml"),
-    ),
-    (
-        "model/model.json",
-        include_str!("../../../examples/quickstart/model/model.json"),
-    ),
-    (
-        "code/score.py",
-        include_str!("../../../examples/quickstart/code/score.py"),
-    ),
-    (
-        "data/patients-000.csv",
-        include_str!("../../../examples/quickstart/data/patients-000.csv"),
-    ),
-    (
-        "data/patients-001.csv",
-        include_str!("../../../examples/quickstart/data/patients-001.csv"),
-    ),
-    (
-        "data/patients-002.csv",
-        include_str!("../../../examples/quickstart/data/patients-002.csv"),
-    ),
-    (
-        "data/patients-003.csv",
-        include_str!("../../../examples/quickstart/data/patients-003.csv"),
-    ),
-    (
-        "data/patients-004.csv",
-        include_str!("../../../examples/quickstart/data/patients-004.csv"),
-    ),
-    (
-        "data/patients-005.csv",
-        include_str!("../../../examples/quickstart/data/patients-005.csv"),
-    ),
-    (
-        "data/patients-006.csv",
-        include_str!("../../../examples/quickstart/data/patients-006.csv"),
-    ),
-    (
-        "data/patients-007.csv",
-        include_str!("../../../examples/quickstart/data/patients-007.csv"),
-    ),
-    (
-        "data/patients-008.csv",
-        include_str!("../../../examples/quickstart/data/patients-008.csv"),
-    ),
-    (
-        "data/patients-009.csv",
-        include_str!("../../../examples/quickstart/data/patients-009.csv"),
-    ),
+    ("endpoint.yml", include_str!("../../../examples/quickstart/endpoint.yml")),
+    ("deployment.yml", include_str!("../../../examples/quickstart/deployment.yml")),
+    ("model/model.json", include_str!("../../../examples/quickstart/model/model.json")),
+    ("code/score.py", include_str!("../../../examples/quickstart/code/score.py")),
+    ("data/patients-000.csv", include_str!("../../../examples/quickstart/data/patients-000.csv")),
+    ("data/patients-001.csv", include_str!("../../../examples/quickstart/data/patients-001.csv")),
+    ("data/patients-002.csv", include_str!("../../../examples/quickstart/data/patients-002.csv")),
+    ("data/patients-003.csv", include_str!("../../../examples/quickstart/data/patients-003.csv")),
+    ("data/patients-004.csv", include_str!("../../../examples/quickstart/data/patients-004.csv")),
+    ("data/patients-005.csv", include_str!("../../../examples/quickstart/data/patients-005.csv")),
+    ("data/patients-006.csv", include_str!("../../../examples/quickstart/data/patients-006.csv")),
+    ("data/patients-007.csv", include_str!("../../../examples/quickstart/data/patients-007.csv")),
+    ("data/patients-008.csv", include_str!("../../../examples/quickstart/data/patients-008.csv")),
+    ("data/patients-009.csv", include_str!("../../../examples/quickstart/data/patients-009.csv")),
 ];
 
 pub async fn run(dir: Option<PathBuf>, out: Output) -> anyhow::Result<i32> {
-    let dir = dir.unwrap_or_else(|| {
-        std::env::temp_dir().join(format!("cove-quickstart-{}", uuid::Uuid::new_v4().simple()))
-    });
+    let dir =
+        dir.unwrap_or_else(|| std::env::temp_dir().join(format!("cove-quickstart-{}", uuid::Uuid::new_v4().simple())));
     let example = dir.join("example");
     for (rel, text) in EXAMPLE {
         let path = example.join(rel);
         std::fs::create_dir_all(path.parent().expect("files sit in folders"))?;
-        std::fs::write(&path, text)
-            .with_context(|| format!("failed to write {}", path.display()))?;
+        std::fs::write(&path, text).with_context(|| format!("failed to write {}", path.display()))?;
     }
     let workspace = dir.join("workspace");
     eprintln!("Starting a workspace in {}", workspace.display());
@@ -86,6 +42,7 @@ pub async fn run(dir: Option<PathBuf>, out: Output) -> anyhow::Result<i32> {
         listen: "127.0.0.1:0".parse().expect("a valid address"),
         python: "python3".into(),
         worker_exe: std::env::current_exe()?,
+        sandbox: cove_api::worker::SandboxMode::Namespaces,
     })
     .await?;
     let token = std::fs::read_to_string(cove_server::layout::owner_token(&workspace))?;
@@ -127,11 +84,7 @@ pub async fn run(dir: Option<PathBuf>, out: Output) -> anyhow::Result<i32> {
     if !out.json {
         println!();
         println!("Job {} {}", job.name, job.status);
-        println!(
-            "Output: {}/{}",
-            job.output_uri,
-            job.output_file_name.as_deref().unwrap_or("")
-        );
+        println!("Output: {}/{}", job.output_uri, job.output_file_name.as_deref().unwrap_or(""));
         if let Some(p) = predictions.filter(|p| p.is_file()) {
             println!("Predictions on disk: {}", p.display());
             let text = std::fs::read_to_string(&p)?;
@@ -147,9 +100,5 @@ pub async fn run(dir: Option<PathBuf>, out: Output) -> anyhow::Result<i32> {
             job.name
         );
     }
-    Ok(if job.status == cove_model::JobStatus::Completed {
-        exit_code::OK
-    } else {
-        exit_code::JOB_FAILED
-    })
+    Ok(if job.status == cove_model::JobStatus::Completed { exit_code::OK } else { exit_code::JOB_FAILED })
 }

@@ -10,11 +10,7 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
     }
     let mut out = String::new();
     let mut line = |cells: Vec<&str>| {
-        let parts: Vec<String> = cells
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
+        let parts: Vec<String> = cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
         out.push_str(parts.join("  ").trim_end());
         out.push('\n');
     };
@@ -54,13 +50,7 @@ mod tests {
 
     #[test]
     fn tables_align_columns() {
-        let t = table(
-            &["NAME", "STATE"],
-            &[
-                vec!["a".into(), "Running".into()],
-                vec!["longer".into(), "x".into()],
-            ],
-        );
+        let t = table(&["NAME", "STATE"], &[vec!["a".into(), "Running".into()], vec!["longer".into(), "x".into()]]);
         assert_eq!(t, "NAME    STATE\na       Running\nlonger  x\n");
     }
 

@@ -3,10 +3,7 @@
 use crate::render::table;
 use crate::{print_json, upload, Output};
 use anyhow::{bail, Context};
-use cove_api::{
-    encode, Client, CreateDeployment, CreateModel, Deployment, Endpoint, Model, UpdateEndpoint,
-    Workspace,
-};
+use cove_api::{encode, Client, CreateDeployment, CreateModel, Deployment, Endpoint, Model, UpdateEndpoint, Workspace};
 use cove_spec::{EnvironmentRef, ModelRef, ModelType};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -19,17 +16,11 @@ fn file_label(file: &Path) -> String {
     file.display().to_string()
 }
 
-pub async fn endpoint_create(
-    client: &Client,
-    file: &Path,
-    name: Option<String>,
-    out: Output,
-) -> anyhow::Result<()> {
+pub async fn endpoint_create(client: &Client, file: &Path, name: Option<String>, out: Output) -> anyhow::Result<()> {
     let text = read_yaml(file)?;
     let mut spec = cove_spec::parse_endpoint(&file_label(file), &text)?;
     if let Some(name) = name {
-        spec.name =
-            cove_spec::validate_resource_name("--name", &name).map_err(anyhow::Error::msg)?;
+        spec.name = cove_spec::validate_resource_name("--name", &name).map_err(anyhow::Error::msg)?;
     }
     let ep: Endpoint = client.post("/api/v1/endpoints", &spec).await?;
     if out.json {
@@ -50,46 +41,28 @@ pub async fn endpoint_list(client: &Client, out: Output) -> anyhow::Result<()> {
         .map(|e| {
             vec![
                 e.spec.name.clone(),
-                e.spec
-                    .default_deployment
-                    .clone()
-                    .unwrap_or_else(|| "-".into()),
+                e.spec.default_deployment.clone().unwrap_or_else(|| "-".into()),
                 e.deployments.len().to_string(),
                 e.scoring_uri.clone(),
             ]
         })
         .collect();
-    print!(
-        "{}",
-        table(&["NAME", "DEFAULT", "DEPLOYMENTS", "SCORING URI"], &rows)
-    );
+    print!("{}", table(&["NAME", "DEFAULT", "DEPLOYMENTS", "SCORING URI"], &rows));
     Ok(())
 }
 
 pub async fn endpoint_show(client: &Client, name: &str, out: Output) -> anyhow::Result<()> {
-    let ep: Endpoint = client
-        .get(&format!("/api/v1/endpoints/{}", encode(name)))
-        .await?;
+    let ep: Endpoint = client.get(&format!("/api/v1/endpoints/{}", encode(name))).await?;
     if out.json {
         return print_json(&ep);
     }
     println!("Name:               {}", ep.spec.name);
-    println!(
-        "Description:        {}",
-        ep.spec.description.as_deref().unwrap_or("-")
-    );
+    println!("Description:        {}", ep.spec.description.as_deref().unwrap_or("-"));
     println!("Auth mode:          {}", ep.spec.auth_mode);
-    println!(
-        "Default deployment: {}",
-        ep.spec.default_deployment.as_deref().unwrap_or("-")
-    );
+    println!("Default deployment: {}", ep.spec.default_deployment.as_deref().unwrap_or("-"));
     println!(
         "Deployments:        {}",
-        if ep.deployments.is_empty() {
-            "-".to_string()
-        } else {
-            ep.deployments.join(", ")
-        }
+        if ep.deployments.is_empty() { "-".to_string() } else { ep.deployments.join(", ") }
     );
     println!("Scoring URI:        {}", ep.scoring_uri);
     println!("Provisioning state: {}", ep.provisioning_state);
@@ -99,30 +72,18 @@ pub async fn endpoint_show(client: &Client, name: &str, out: Output) -> anyhow::
 pub fn parse_sets(sets: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
     let mut out = BTreeMap::new();
     for s in sets {
-        let (k, v) = s
-            .split_once('=')
-            .with_context(|| format!("--set `{s}`: expected key=value"))?;
+        let (k, v) = s.split_once('=').with_context(|| format!("--set `{s}`: expected key=value"))?;
         out.insert(k.trim().to_string(), v.trim().to_string());
     }
     Ok(out)
 }
 
-pub async fn endpoint_update(
-    client: &Client,
-    name: &str,
-    sets: &[String],
-    out: Output,
-) -> anyhow::Result<()> {
+pub async fn endpoint_update(client: &Client, name: &str, sets: &[String], out: Output) -> anyhow::Result<()> {
     let set = parse_sets(sets)?;
     if set.is_empty() {
         bail!("nothing to update: give --set key=value");
     }
-    let ep: Endpoint = client
-        .patch(
-            &format!("/api/v1/endpoints/{}", encode(name)),
-            &UpdateEndpoint { set },
-        )
-        .await?;
+    let ep: Endpoint = client.patch(&format!("/api/v1/endpoints/{}", encode(name)), &UpdateEndpoint { set }).await?;
     if out.json {
         return print_json(&ep);
     }
@@ -131,9 +92,7 @@ pub async fn endpoint_update(
 }
 
 pub async fn endpoint_delete(client: &Client, name: &str) -> anyhow::Result<()> {
-    client
-        .delete(&format!("/api/v1/endpoints/{}", encode(name)))
-        .await?;
+    client.delete(&format!("/api/v1/endpoints/{}", encode(name))).await?;
     println!("Deleted endpoint {name} and its deployments (its jobs are kept)");
     Ok(())
 }
@@ -151,37 +110,26 @@ fn local_path(yaml: &Path, field: &str, written: &str) -> anyhow::Result<PathBuf
     let base = yaml.parent().unwrap_or(Path::new("."));
     let path = base.join(written);
     if !path.exists() {
-        bail!(
-            "{}: field `{field}`: `{}` does not exist",
-            yaml.display(),
-            path.display()
-        );
+        bail!("{}: field `{field}`: `{}` does not exist", yaml.display(), path.display());
     }
     Ok(path)
 }
 
-pub async fn deployment_create(
-    client: &Client,
-    args: DeploymentCreate,
-    out: Output,
-) -> anyhow::Result<()> {
+pub async fn deployment_create(client: &Client, args: DeploymentCreate, out: Output) -> anyhow::Result<()> {
     let file = &args.file;
     let text = read_yaml(file)?;
     let mut spec = cove_spec::parse_deployment(&file_label(file), &text)?;
     if let Some(e) = args.endpoint_name {
-        spec.endpoint_name = Some(
-            cove_spec::validate_resource_name("--endpoint-name", &e).map_err(anyhow::Error::msg)?,
-        );
+        spec.endpoint_name =
+            Some(cove_spec::validate_resource_name("--endpoint-name", &e).map_err(anyhow::Error::msg)?);
     }
     if let Some(n) = args.name {
         spec.name = cove_spec::validate_resource_name("--name", &n).map_err(anyhow::Error::msg)?;
     }
-    let endpoint = spec.endpoint_name.clone().with_context(|| {
-        format!(
-            "{}: field `endpoint_name`: required (or give --endpoint-name)",
-            file.display()
-        )
-    })?;
+    let endpoint = spec
+        .endpoint_name
+        .clone()
+        .with_context(|| format!("{}: field `endpoint_name`: required (or give --endpoint-name)", file.display()))?;
     // Everything local is checked before anything is uploaded or created.
     let model_dir = match &spec.model {
         ModelRef::Inline { path, .. } => Some(local_path(file, "model.path", path)?),
@@ -190,22 +138,13 @@ pub async fn deployment_create(
     let code_dir = match &spec.code {
         Some(code) => {
             let dir = local_path(file, "code_configuration.code", &code.code)?;
-            local_path(
-                &dir.join("x"),
-                "code_configuration.scoring_script",
-                &code.scoring_script,
-            )?;
+            local_path(&dir.join("x"), "code_configuration.scoring_script", &code.scoring_script)?;
             Some(dir)
         }
         None => None,
     };
     let (mut conda_file, mut pip_file) = (None, None);
-    if let Some(EnvironmentRef::Inline {
-        conda_file: c,
-        pip_file: p,
-        ..
-    }) = &spec.environment
-    {
+    if let Some(EnvironmentRef::Inline { conda_file: c, pip_file: p, .. }) = &spec.environment {
         if let Some(c) = c {
             conda_file = Some(read_yaml(&local_path(file, "environment.conda_file", c)?)?);
         }
@@ -214,9 +153,7 @@ pub async fn deployment_create(
         }
     }
     let ws: Workspace = client.get("/api/v1/workspace").await?;
-    let _: Endpoint = client
-        .get(&format!("/api/v1/endpoints/{}", encode(&endpoint)))
-        .await?;
+    let _: Endpoint = client.get(&format!("/api/v1/endpoints/{}", encode(&endpoint))).await?;
     let model_upload = match &model_dir {
         Some(dir) => Some(upload::upload(client, &ws.default_datastore, dir).await?),
         None => None,
@@ -232,12 +169,7 @@ pub async fn deployment_create(
         set_default: args.set_default,
         skip_script_validation: args.skip_script_validation,
     };
-    let dep: Deployment = client
-        .post(
-            &format!("/api/v1/endpoints/{}/deployments", encode(&endpoint)),
-            &req,
-        )
-        .await?;
+    let dep: Deployment = client.post(&format!("/api/v1/endpoints/{}/deployments", encode(&endpoint)), &req).await?;
     if out.json {
         return print_json(&dep);
     }
@@ -252,12 +184,7 @@ pub async fn deployment_create(
 }
 
 pub async fn deployment_list(client: &Client, endpoint: &str, out: Output) -> anyhow::Result<()> {
-    let deps: Vec<Deployment> = client
-        .get(&format!(
-            "/api/v1/endpoints/{}/deployments",
-            encode(endpoint)
-        ))
-        .await?;
+    let deps: Vec<Deployment> = client.get(&format!("/api/v1/endpoints/{}/deployments", encode(endpoint))).await?;
     if out.json {
         return print_json(&deps);
     }
@@ -266,11 +193,7 @@ pub async fn deployment_list(client: &Client, endpoint: &str, out: Output) -> an
         .map(|d| {
             vec![
                 d.name.clone(),
-                if d.is_default {
-                    "yes".into()
-                } else {
-                    "".into()
-                },
+                if d.is_default { "yes".into() } else { "".into() },
                 format!("{}:{}", d.model.name, d.model.version),
                 d.compute.clone(),
                 d.settings.instance_count.to_string(),
@@ -278,67 +201,29 @@ pub async fn deployment_list(client: &Client, endpoint: &str, out: Output) -> an
             ]
         })
         .collect();
-    print!(
-        "{}",
-        table(
-            &[
-                "NAME",
-                "DEFAULT",
-                "MODEL",
-                "COMPUTE",
-                "INSTANCES",
-                "MINI-BATCH"
-            ],
-            &rows
-        )
-    );
+    print!("{}", table(&["NAME", "DEFAULT", "MODEL", "COMPUTE", "INSTANCES", "MINI-BATCH"], &rows));
     Ok(())
 }
 
-pub async fn deployment_show(
-    client: &Client,
-    endpoint: &str,
-    name: &str,
-    out: Output,
-) -> anyhow::Result<()> {
-    let d: Deployment = client
-        .get(&format!(
-            "/api/v1/endpoints/{}/deployments/{}",
-            encode(endpoint),
-            encode(name)
-        ))
-        .await?;
+pub async fn deployment_show(client: &Client, endpoint: &str, name: &str, out: Output) -> anyhow::Result<()> {
+    let d: Deployment =
+        client.get(&format!("/api/v1/endpoints/{}/deployments/{}", encode(endpoint), encode(name))).await?;
     if out.json {
         return print_json(&d);
     }
     let s = &d.settings;
     println!("Name:                         {}", d.name);
-    println!(
-        "Endpoint:                     {}{}",
-        d.endpoint_name,
-        if d.is_default { " (default)" } else { "" }
-    );
-    println!(
-        "Model:                        {}:{}",
-        d.model.name, d.model.version
-    );
-    println!(
-        "Scoring script:               {}",
-        d.scoring_script.as_deref().unwrap_or("-")
-    );
+    println!("Endpoint:                     {}{}", d.endpoint_name, if d.is_default { " (default)" } else { "" });
+    println!("Model:                        {}:{}", d.model.name, d.model.version);
+    println!("Scoring script:               {}", d.scoring_script.as_deref().unwrap_or("-"));
     println!("Python:                       {}", d.python);
+    println!("Sandbox:                      {}", d.sandbox);
     println!("Compute:                      {}", d.compute);
     println!("instance_count:               {}", s.instance_count);
-    println!(
-        "max_concurrency_per_instance: {}",
-        s.max_concurrency_per_instance
-    );
+    println!("max_concurrency_per_instance: {}", s.max_concurrency_per_instance);
     println!("mini_batch_size:              {}", s.mini_batch_size);
     println!("output_action:                {}", s.output_action);
-    println!(
-        "output_file_name:             {}",
-        s.output_file_name.as_deref().unwrap_or("-")
-    );
+    println!("output_file_name:             {}", s.output_file_name.as_deref().unwrap_or("-"));
     println!(
         "retry_settings:               max_retries={} timeout={}s",
         s.retry_settings.max_retries, s.retry_settings.timeout_secs
@@ -349,13 +234,7 @@ pub async fn deployment_show(
 }
 
 pub async fn deployment_delete(client: &Client, endpoint: &str, name: &str) -> anyhow::Result<()> {
-    client
-        .delete(&format!(
-            "/api/v1/endpoints/{}/deployments/{}",
-            encode(endpoint),
-            encode(name)
-        ))
-        .await?;
+    client.delete(&format!("/api/v1/endpoints/{}/deployments/{}", encode(endpoint), encode(name))).await?;
     println!("Deleted deployment {name} of endpoint {endpoint}");
     Ok(())
 }
@@ -371,17 +250,7 @@ pub async fn model_create(
     let name = cove_spec::validate_resource_name("--name", name).map_err(anyhow::Error::msg)?;
     let ws: Workspace = client.get("/api/v1/workspace").await?;
     let uri = upload::upload(client, &ws.default_datastore, path).await?;
-    let model: Model = client
-        .post(
-            "/api/v1/models",
-            &CreateModel {
-                name,
-                path: uri,
-                model_type,
-                description,
-            },
-        )
-        .await?;
+    let model: Model = client.post("/api/v1/models", &CreateModel { name, path: uri, model_type, description }).await?;
     if out.json {
         return print_json(&model);
     }
@@ -400,36 +269,19 @@ pub async fn model_list(client: &Client, name: Option<&str>, out: Output) -> any
     }
     let rows: Vec<Vec<String>> = models
         .iter()
-        .map(|m| {
-            vec![
-                m.name.clone(),
-                m.version.to_string(),
-                m.model_type.to_string(),
-                m.created_at.clone(),
-            ]
-        })
+        .map(|m| vec![m.name.clone(), m.version.to_string(), m.model_type.to_string(), m.created_at.clone()])
         .collect();
     print!("{}", table(&["NAME", "VERSION", "TYPE", "CREATED"], &rows));
     Ok(())
 }
 
-pub async fn model_show(
-    client: &Client,
-    name: &str,
-    version: Option<u32>,
-    out: Output,
-) -> anyhow::Result<()> {
+pub async fn model_show(client: &Client, name: &str, version: Option<u32>, out: Output) -> anyhow::Result<()> {
     let v = version.map_or("latest".to_string(), |v| v.to_string());
-    let m: Model = client
-        .get(&format!("/api/v1/models/{}/versions/{v}", encode(name)))
-        .await?;
+    let m: Model = client.get(&format!("/api/v1/models/{}/versions/{v}", encode(name))).await?;
     if out.json {
         return print_json(&m);
     }
-    println!(
-        "Name:    {}\nVersion: {}\nType:    {}\nPath:    {}",
-        m.name, m.version, m.model_type, m.path
-    );
+    println!("Name:    {}\nVersion: {}\nType:    {}\nPath:    {}", m.name, m.version, m.model_type, m.path);
     Ok(())
 }
 
@@ -442,14 +294,15 @@ pub async fn workspace_show(client: &Client, out: Output) -> anyhow::Result<()> 
     println!("API:               {}", ws.api_url);
     println!("Default datastore: {}", ws.default_datastore);
     println!("Default Python:    {}", ws.default_python);
+    println!(
+        "Sandbox:           {}",
+        if ws.sandbox == "none" { "none (warning: scoring code runs without a sandbox)" } else { ws.sandbox.as_str() }
+    );
     for d in &ws.datastores {
         println!("Datastore:         {} ({}, {})", d.name, d.kind, d.root);
     }
     for c in &ws.computes {
-        println!(
-            "Compute:           {} ({}, up to {} instances)",
-            c.name, c.kind, c.max_instances
-        );
+        println!("Compute:           {} ({}, up to {} instances)", c.name, c.kind, c.max_instances);
     }
     Ok(())
 }

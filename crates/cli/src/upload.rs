@@ -6,8 +6,7 @@ use std::path::Path;
 
 /// Uploads a file or folder under `LocalUpload/<uuid>/<name>` of `datastore`; returns its datastore URI.
 pub async fn upload(client: &Client, datastore: &str, local: &Path) -> anyhow::Result<String> {
-    let meta = std::fs::metadata(local)
-        .with_context(|| format!("`{}` does not exist", local.display()))?;
+    let meta = std::fs::metadata(local).with_context(|| format!("`{}` does not exist", local.display()))?;
     let name = local
         .canonicalize()?
         .file_name()
@@ -24,31 +23,19 @@ pub async fn upload(client: &Client, datastore: &str, local: &Path) -> anyhow::R
         files.push((local.to_path_buf(), String::new()));
     }
     for (path, rel) in files {
-        let bytes =
-            std::fs::read(&path).with_context(|| format!("failed to read {}", path.display()))?;
-        let key = if rel.is_empty() {
-            prefix.clone()
-        } else {
-            format!("{prefix}/{rel}")
-        };
+        let bytes = std::fs::read(&path).with_context(|| format!("failed to read {}", path.display()))?;
+        let key = if rel.is_empty() { prefix.clone() } else { format!("{prefix}/{rel}") };
         let url = format!(
             "/api/v1/datastores/{}/files/{}",
             encode(datastore),
             key.split('/').map(encode).collect::<Vec<_>>().join("/")
         );
-        client
-            .put_bytes(&url, bytes.into())
-            .await
-            .with_context(|| format!("failed to upload {}", path.display()))?;
+        client.put_bytes(&url, bytes.into()).await.with_context(|| format!("failed to upload {}", path.display()))?;
     }
     Ok(format!("azureml://datastores/{datastore}/paths/{prefix}"))
 }
 
-fn collect(
-    dir: &Path,
-    rel: &str,
-    out: &mut Vec<(std::path::PathBuf, String)>,
-) -> anyhow::Result<()> {
+fn collect(dir: &Path, rel: &str, out: &mut Vec<(std::path::PathBuf, String)>) -> anyhow::Result<()> {
     let mut entries: Vec<_> = std::fs::read_dir(dir)?.collect::<Result<_, _>>()?;
     entries.sort_by_key(|e| e.file_name());
     for e in entries {
@@ -56,11 +43,7 @@ fn collect(
         if name == "__pycache__" {
             continue;
         }
-        let child_rel = if rel.is_empty() {
-            name
-        } else {
-            format!("{rel}/{name}")
-        };
+        let child_rel = if rel.is_empty() { name } else { format!("{rel}/{name}") };
         let kind = e.file_type()?;
         if kind.is_dir() {
             collect(&e.path(), &child_rel, out)?;

@@ -9,7 +9,5 @@ mod policy;
 mod status;
 
 pub use plan::{batch_count, batch_range};
-pub use policy::{
-    after_attempt, job_verdict, AttemptOutcome, BatchNext, JobCounters, JobPolicy, JobVerdict,
-};
+pub use policy::{after_attempt, job_verdict, AttemptOutcome, BatchNext, JobCounters, JobPolicy, JobVerdict};
 pub use status::{BatchState, JobStatus};

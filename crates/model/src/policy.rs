@@ -39,14 +39,10 @@ pub fn after_attempt(attempt: u32, max_retries: u32, outcome: &AttemptOutcome) -
         AttemptOutcome::InitFailed { .. } => return BatchNext::Release,
         AttemptOutcome::Failed { reason } => reason.clone(),
         AttemptOutcome::TimedOut => "run() timed out".to_string(),
-        AttemptOutcome::LeaseExpired => {
-            "the worker holding the mini-batch was lost (lease expired)".to_string()
-        }
+        AttemptOutcome::LeaseExpired => "the worker holding the mini-batch was lost (lease expired)".to_string(),
     };
     if attempt >= max_retries.max(1) {
-        BatchNext::GiveUp {
-            reason: format!("{reason} (attempt {attempt} of {})", max_retries.max(1)),
-        }
+        BatchNext::GiveUp { reason: format!("{reason} (attempt {attempt} of {})", max_retries.max(1)) }
     } else {
         BatchNext::Retry
     }
@@ -92,19 +88,14 @@ pub fn job_verdict(c: &JobCounters, policy: &JobPolicy) -> JobVerdict {
     }
     if c.init_failures >= policy.init_failure_limit.max(1) && c.batches_succeeded == 0 {
         return JobVerdict::Fail {
-            reason: format!(
-                "init() failed {} times, so no scorer process could start",
-                c.init_failures
-            ),
+            reason: format!("init() failed {} times, so no scorer process could start", c.init_failures),
         };
     }
     if c.batches_succeeded + c.batches_failed < c.batches_total {
         return JobVerdict::Continue;
     }
     if c.items_ok == 0 {
-        return JobVerdict::Fail {
-            reason: "No succeeded mini batch item returned from run()".to_string(),
-        };
+        return JobVerdict::Fail { reason: "No succeeded mini batch item returned from run()".to_string() };
     }
     JobVerdict::Finalize
 }
@@ -114,9 +105,7 @@ mod tests {
     use super::*;
 
     fn failed() -> AttemptOutcome {
-        AttemptOutcome::Failed {
-            reason: "boom".into(),
-        }
+        AttemptOutcome::Failed { reason: "boom".into() }
     }
 
     #[test]
@@ -131,87 +120,36 @@ mod tests {
                 }
             };
             assert_eq!(attempt, max);
-            assert_eq!(
-                next,
-                BatchNext::GiveUp {
-                    reason: format!("boom (attempt {max} of {max})")
-                }
-            );
+            assert_eq!(next, BatchNext::GiveUp { reason: format!("boom (attempt {max} of {max})") });
         }
     }
 
     #[test]
     fn success_commits_and_init_failure_releases_at_any_attempt() {
-        let ok = AttemptOutcome::Succeeded {
-            items_ok: 1,
-            items_failed: 0,
-        };
+        let ok = AttemptOutcome::Succeeded { items_ok: 1, items_failed: 0 };
         assert_eq!(after_attempt(3, 3, &ok), BatchNext::Commit);
-        assert_eq!(
-            after_attempt(9, 3, &AttemptOutcome::InitFailed { reason: "x".into() }),
-            BatchNext::Release
-        );
-        assert_eq!(
-            after_attempt(1, 3, &AttemptOutcome::TimedOut),
-            BatchNext::Retry
-        );
-        assert!(matches!(
-            after_attempt(3, 3, &AttemptOutcome::LeaseExpired),
-            BatchNext::GiveUp { .. }
-        ));
+        assert_eq!(after_attempt(9, 3, &AttemptOutcome::InitFailed { reason: "x".into() }), BatchNext::Release);
+        assert_eq!(after_attempt(1, 3, &AttemptOutcome::TimedOut), BatchNext::Retry);
+        assert!(matches!(after_attempt(3, 3, &AttemptOutcome::LeaseExpired), BatchNext::GiveUp { .. }));
     }
 
     #[test]
     fn verdicts_follow_the_reference_rules() {
-        let policy = JobPolicy {
-            error_threshold: -1,
-            init_failure_limit: 3,
-        };
-        let mut c = JobCounters {
-            batches_total: 2,
-            batches_succeeded: 1,
-            items_ok: 10,
-            ..Default::default()
-        };
+        let policy = JobPolicy { error_threshold: -1, init_failure_limit: 3 };
+        let mut c = JobCounters { batches_total: 2, batches_succeeded: 1, items_ok: 10, ..Default::default() };
         assert_eq!(job_verdict(&c, &policy), JobVerdict::Continue);
         c.batches_failed = 1;
         c.items_failed = 10;
-        assert_eq!(
-            job_verdict(&c, &policy),
-            JobVerdict::Finalize,
-            "-1 ignores failures"
-        );
-        let strict = JobPolicy {
-            error_threshold: 9,
-            ..policy
-        };
-        assert!(
-            matches!(job_verdict(&c, &strict), JobVerdict::Fail { reason } if reason.contains("error_threshold"))
-        );
-        let exact = JobPolicy {
-            error_threshold: 10,
-            ..policy
-        };
-        assert_eq!(
-            job_verdict(&c, &exact),
-            JobVerdict::Finalize,
-            "the threshold is exceeded only when passed"
-        );
-        let none_ok = JobCounters {
-            batches_total: 1,
-            batches_succeeded: 1,
-            ..Default::default()
-        };
+        assert_eq!(job_verdict(&c, &policy), JobVerdict::Finalize, "-1 ignores failures");
+        let strict = JobPolicy { error_threshold: 9, ..policy };
+        assert!(matches!(job_verdict(&c, &strict), JobVerdict::Fail { reason } if reason.contains("error_threshold")));
+        let exact = JobPolicy { error_threshold: 10, ..policy };
+        assert_eq!(job_verdict(&c, &exact), JobVerdict::Finalize, "the threshold is exceeded only when passed");
+        let none_ok = JobCounters { batches_total: 1, batches_succeeded: 1, ..Default::default() };
         assert!(
             matches!(job_verdict(&none_ok, &policy), JobVerdict::Fail { reason } if reason.contains("No succeeded"))
         );
-        let init = JobCounters {
-            batches_total: 1,
-            init_failures: 3,
-            ..Default::default()
-        };
-        assert!(
-            matches!(job_verdict(&init, &policy), JobVerdict::Fail { reason } if reason.contains("init()"))
-        );
+        let init = JobCounters { batches_total: 1, init_failures: 3, ..Default::default() };
+        assert!(matches!(job_verdict(&init, &policy), JobVerdict::Fail { reason } if reason.contains("init()")));
     }
 }

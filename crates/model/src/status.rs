@@ -59,9 +59,7 @@ impl JobStatus {
     }
 
     pub fn parse(s: &str) -> Option<Self> {
-        Self::ALL
-            .into_iter()
-            .find(|st| st.as_str().eq_ignore_ascii_case(s))
+        Self::ALL.into_iter().find(|st| st.as_str().eq_ignore_ascii_case(s))
     }
 }
 
@@ -96,9 +94,7 @@ impl BatchState {
     }
 
     pub fn parse(s: &str) -> Option<Self> {
-        [Self::Pending, Self::Leased, Self::Succeeded, Self::Failed]
-            .into_iter()
-            .find(|st| st.as_str() == s)
+        [Self::Pending, Self::Leased, Self::Succeeded, Self::Failed].into_iter().find(|st| st.as_str() == s)
     }
 
     pub fn is_done(self) -> bool {

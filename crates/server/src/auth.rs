@@ -104,16 +104,6 @@ pub fn resolve(conn: &Connection, secret: &str) -> StoreResult<Option<Principal>
     let Some(role) = Role::parse(&row.role) else {
         return Ok(None);
     };
-    let kind = if row.kind == "worker" {
-        TokenKind::Worker
-    } else {
-        TokenKind::User
-    };
-    Ok(Some(Principal {
-        token_id: row.id,
-        kind,
-        role,
-        endpoint: row.endpoint,
-        compute: row.compute,
-    }))
+    let kind = if row.kind == "worker" { TokenKind::Worker } else { TokenKind::User };
+    Ok(Some(Principal { token_id: row.id, kind, role, endpoint: row.endpoint, compute: row.compute }))
 }

@@ -20,10 +20,7 @@ pub struct DataPath {
 
 impl DataPath {
     pub fn uri(&self) -> String {
-        format!(
-            "azureml://datastores/{}/paths/{}",
-            self.datastore, self.path
-        )
+        format!("azureml://datastores/{}/paths/{}", self.datastore, self.path)
     }
 
     pub fn object_path(&self) -> ObjectPath {
@@ -37,10 +34,7 @@ impl DataPath {
             (false, true) => self.path.clone(),
             (false, false) => format!("{}/{}", self.path, rest),
         };
-        Ok(DataPath {
-            datastore: self.datastore.clone(),
-            path,
-        })
+        Ok(DataPath { datastore: self.datastore.clone(), path })
     }
 }
 
@@ -50,9 +44,10 @@ impl DataPath {
 /// A message naming the problem: an unknown scheme, a missing datastore name, or a path that escapes.
 pub fn parse_uri(uri: &str) -> Result<DataPath, String> {
     let (datastore, path) = if let Some(rest) = uri.strip_prefix("azureml://datastores/") {
-        let (ds, path) = rest.split_once("/paths/").or_else(|| rest.strip_suffix("/paths").map(|ds| (ds, ""))).ok_or_else(|| {
-            format!("`{uri}` is not a datastore URI: expected azureml://datastores/<datastore>/paths/<path>")
-        })?;
+        let (ds, path) =
+            rest.split_once("/paths/").or_else(|| rest.strip_suffix("/paths").map(|ds| (ds, ""))).ok_or_else(|| {
+                format!("`{uri}` is not a datastore URI: expected azureml://datastores/<datastore>/paths/<path>")
+            })?;
         (ds, path)
     } else if let Some(rest) = uri.strip_prefix("cove://") {
         rest.split_once('/').unwrap_or((rest, ""))
@@ -69,10 +64,7 @@ pub fn parse_uri(uri: &str) -> Result<DataPath, String> {
         return Err(format!("`{uri}` names no datastore"));
     }
     let path = normalise(path).map_err(|e| format!("`{uri}`: {e}"))?;
-    Ok(DataPath {
-        datastore: datastore.to_string(),
-        path,
-    })
+    Ok(DataPath { datastore: datastore.to_string(), path })
 }
 
 /// Normalises a relative path, refusing any segment that could leave its root.
@@ -82,9 +74,7 @@ pub fn normalise(path: &str) -> Result<String, String> {
         match seg {
             "" => continue,
             "." | ".." => {
-                return Err(format!(
-                    "path segment `{seg}` is not allowed (paths cannot leave their datastore)"
-                ))
+                return Err(format!("path segment `{seg}` is not allowed (paths cannot leave their datastore)"))
             }
             s if s.chars().any(|c| c.is_control() || c == '\\') => {
                 return Err("paths cannot contain control characters or backslashes".to_string())
@@ -104,10 +94,7 @@ pub struct Datastores {
 
 impl Datastores {
     pub fn new(default_name: &str) -> Self {
-        Self {
-            stores: BTreeMap::new(),
-            default_name: default_name.to_string(),
-        }
+        Self { stores: BTreeMap::new(), default_name: default_name.to_string() }
     }
 
     /// Adds a datastore backed by a local folder (created if needed).
@@ -121,10 +108,7 @@ impl Datastores {
     pub fn get(&self, name: &str) -> Result<Arc<dyn ObjectStore>, String> {
         self.stores.get(name).cloned().ok_or_else(|| {
             let known: Vec<&str> = self.stores.keys().map(String::as_str).collect();
-            format!(
-                "datastore `{name}` does not exist (known: {})",
-                known.join(", ")
-            )
+            format!("datastore `{name}` does not exist (known: {})", known.join(", "))
         })
     }
 }
@@ -132,9 +116,7 @@ impl Datastores {
 /// Opens a local folder as an object store, creating it.
 pub fn local_store(root: &std::path::Path) -> std::io::Result<Arc<dyn ObjectStore>> {
     std::fs::create_dir_all(root)?;
-    Ok(Arc::new(
-        LocalFileSystem::new_with_prefix(root).map_err(std::io::Error::other)?,
-    ))
+    Ok(Arc::new(LocalFileSystem::new_with_prefix(root).map_err(std::io::Error::other)?))
 }
 
 #[cfg(test)]
@@ -147,10 +129,7 @@ mod tests {
         let b = parse_uri("cove://workspaceblobstore/data//in").unwrap();
         assert_eq!(a, b);
         assert_eq!(a.path, "data/in");
-        assert_eq!(
-            a.uri(),
-            "azureml://datastores/workspaceblobstore/paths/data/in"
-        );
+        assert_eq!(a.uri(), "azureml://datastores/workspaceblobstore/paths/data/in");
     }
 
     #[test]
@@ -166,8 +145,6 @@ mod tests {
         ] {
             assert!(parse_uri(bad).is_err(), "{bad} must be refused");
         }
-        assert!(parse_uri("azureml:mydata:1")
-            .unwrap_err()
-            .contains("data assets"));
+        assert!(parse_uri("azureml:mydata:1").unwrap_err().contains("data assets"));
     }
 }

@@ -18,12 +18,7 @@ pub fn listed_packages(conda: Option<&str>, pip: Option<&str>) -> Result<Vec<Str
                 match dep {
                     serde_json::Value::String(s) => names.push(s.clone()),
                     serde_json::Value::Object(m) => {
-                        for v in m
-                            .get("pip")
-                            .and_then(|p| p.as_array())
-                            .into_iter()
-                            .flatten()
-                        {
+                        for v in m.get("pip").and_then(|p| p.as_array()).into_iter().flatten() {
                             names.extend(v.as_str().map(str::to_string));
                         }
                     }
@@ -33,19 +28,15 @@ pub fn listed_packages(conda: Option<&str>, pip: Option<&str>) -> Result<Vec<Str
         }
     }
     if let Some(pip) = pip {
-        names.extend(
-            pip.lines()
-                .map(|l| l.split('#').next().unwrap_or("").trim().to_string()),
-        );
+        names.extend(pip.lines().map(|l| l.split('#').next().unwrap_or("").trim().to_string()));
     }
     let mut out: Vec<String> = names
         .iter()
         .filter(|n| !n.is_empty() && !n.starts_with('-'))
         .map(|n| {
             let n = n.rsplit("::").next().unwrap_or(n); // conda channel prefix
-            let end = n
-                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.'))
-                .unwrap_or(n.len());
+            let end =
+                n.find(|c: char| !(c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')).unwrap_or(n.len());
             n[..end].to_string()
         })
         .filter(|n| {
@@ -87,12 +78,7 @@ missing = [f for f in ("init", "run") if f not in names]
 print(json.dumps({"error": f"{sys.argv[1]}: the scoring script defines no {' and no '.join(m + '()' for m in missing)}" if missing else None}))
 "#;
 
-async fn run_python(
-    python: &str,
-    code: &str,
-    args: &[&str],
-    stdin: &[u8],
-) -> Result<String, String> {
+async fn run_python(python: &str, code: &str, args: &[&str], stdin: &[u8]) -> Result<String, String> {
     let mut child = tokio::process::Command::new(python)
         .arg("-I")
         .arg("-c")
@@ -103,18 +89,13 @@ async fn run_python(
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
-        .map_err(|e| {
-            format!("the environment's Python interpreter `{python}` cannot be started: {e}")
-        })?;
+        .map_err(|e| format!("the environment's Python interpreter `{python}` cannot be started: {e}"))?;
     let mut input = child.stdin.take().expect("stdin is piped");
     input.write_all(stdin).await.map_err(|e| e.to_string())?;
     drop(input);
     let out = child.wait_with_output().await.map_err(|e| e.to_string())?;
     if !out.status.success() {
-        return Err(format!(
-            "`{python}` failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
+        return Err(format!("`{python}` failed: {}", String::from_utf8_lossy(&out.stderr).trim()));
     }
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
@@ -133,8 +114,8 @@ pub async fn missing_packages(python: &str, packages: &[String]) -> Result<Vec<S
 /// Checks that a scoring script parses and defines `init()` and `run()`.
 pub async fn check_script(python: &str, file_name: &str, source: &[u8]) -> Result<(), String> {
     let out = run_python(python, CHECK_SCRIPT, &[file_name], source).await?;
-    let v: serde_json::Value = serde_json::from_str(&out)
-        .map_err(|e| format!("unexpected answer from `{python}`: {e}"))?;
+    let v: serde_json::Value =
+        serde_json::from_str(&out).map_err(|e| format!("unexpected answer from `{python}`: {e}"))?;
     match v.get("error").and_then(|e| e.as_str()) {
         Some(e) => Err(e.to_string()),
         None => Ok(()),

@@ -33,6 +33,8 @@ pub struct ServerConfig {
     pub python: String,
     /// The `cove` executable the local compute backend runs as `cove worker`.
     pub worker_exe: PathBuf,
+    /// Whether scoring code runs in the sandbox (the default) or, by explicit choice, without one.
+    pub sandbox: cove_api::worker::SandboxMode,
 }
 
 /// Files a workspace keeps under its directory.
@@ -115,8 +117,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
     let dir = config.dir.clone();
     std::fs::create_dir_all(dir.join("state"))
         .with_context(|| format!("failed to create workspace directory {}", dir.display()))?;
-    let store =
-        store::Store::open(&layout::state_db(&dir)).context("failed to open the state store")?;
+    let store = store::Store::open(&layout::state_db(&dir)).context("failed to open the state store")?;
     let owner_token = init_workspace(&store, &dir)?;
     if let Some(token) = owner_token {
         write_secret(&layout::owner_token(&dir), &token)?;
@@ -130,9 +131,8 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
     let internal = datastore::local_store(&layout::internal_objects(&dir))?;
     let worker_token = ensure_worker_token(&store, &dir, LOCAL_COMPUTE)?;
 
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("failed to listen on {}", config.listen))?;
+    let listener =
+        TcpListener::bind(config.listen).await.with_context(|| format!("failed to listen on {}", config.listen))?;
     let addr = listener.local_addr()?;
     let url = format!("http://{addr}");
     std::fs::write(layout::url_file(&dir), &url)?;
@@ -165,24 +165,16 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
     let router = http::router(app.clone());
     let mut stop = shutdown_rx;
     let served = tokio::spawn(async move {
-        axum::serve(
-            listener,
-            router.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move {
-            let _ = stop.wait_for(|s| *s).await;
-        })
-        .await
-        .context("server failed")?;
+        axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
+            .with_graceful_shutdown(async move {
+                let _ = stop.wait_for(|s| *s).await;
+            })
+            .await
+            .context("server failed")?;
         app.compute.stop_all().await;
         Ok(())
     });
-    Ok(Running {
-        url,
-        addr,
-        shutdown: shutdown_tx,
-        served,
-    })
+    Ok(Running { url, addr, shutdown: shutdown_tx, served })
 }
 
 /// Creates the workspace's first resources on its first start; returns the new owner token then.
@@ -204,20 +196,9 @@ fn init_workspace(store: &store::Store, dir: &Path) -> anyhow::Result<Option<Str
             )?;
             store::compute_upsert(
                 &tx,
-                &cove_api::Compute {
-                    name: LOCAL_COMPUTE.into(),
-                    kind: "local".into(),
-                    max_instances: 8,
-                },
+                &cove_api::Compute { name: LOCAL_COMPUTE.into(), kind: "local".into(), max_instances: 8 },
             )?;
-            let (_, secret) = auth::mint(
-                &tx,
-                auth::TokenKind::User,
-                auth::Role::Owner,
-                None,
-                None,
-                None,
-            )?;
+            let (_, secret) = auth::mint(&tx, auth::TokenKind::User, auth::Role::Owner, None, None, None)?;
             store::meta_set(&tx, "created", &store::now_ms().to_string())?;
             tx.commit()?;
             Ok(Some(secret))
@@ -235,16 +216,8 @@ fn ensure_worker_token(store: &store::Store, dir: &Path, compute: &str) -> anyho
             return Ok(secret);
         }
     }
-    let (_, secret) = store.call_now(|c| {
-        auth::mint(
-            c,
-            auth::TokenKind::Worker,
-            auth::Role::Worker,
-            None,
-            Some(compute.into()),
-            None,
-        )
-    })?;
+    let (_, secret) = store
+        .call_now(|c| auth::mint(c, auth::TokenKind::Worker, auth::Role::Worker, None, Some(compute.into()), None))?;
     write_secret(&path, &secret)?;
     Ok(secret)
 }

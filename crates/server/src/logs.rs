@@ -19,10 +19,7 @@ pub fn logs_prefix(job: &str) -> ObjectPath {
 }
 
 pub fn timestamp(ms: i64) -> String {
-    Utc.timestamp_millis_opt(ms)
-        .single()
-        .map(|t| t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string())
-        .unwrap_or_default()
+    Utc.timestamp_millis_opt(ms).single().map(|t| t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()).unwrap_or_default()
 }
 
 const README: &str = "\
@@ -46,11 +43,7 @@ pub async fn write_job_logs(app: &AppRef, job: &str) -> anyhow::Result<()> {
         .store
         .call(move |c| {
             let row = store::job_get(c, &name)?;
-            Ok((
-                row,
-                store::attempts_of(c, &name)?,
-                store::batches_in_state(c, &name, "failed")?,
-            ))
+            Ok((row, store::attempts_of(c, &name)?, store::batches_in_state(c, &name, "failed")?))
         })
         .await?;
     let Some(row) = row else { return Ok(()) };
@@ -68,16 +61,8 @@ pub async fn write_job_logs(app: &AppRef, job: &str) -> anyhow::Result<()> {
         "Mini-batches: {} total, {} succeeded, {} failed",
         c.batches_total, c.batches_succeeded, c.batches_failed
     )?;
-    writeln!(
-        result,
-        "Items: {} succeeded, {} failed",
-        c.items_ok, c.items_failed
-    )?;
-    writeln!(
-        result,
-        "Started: {}",
-        row.started_ms.map(timestamp).unwrap_or_default()
-    )?;
+    writeln!(result, "Items: {} succeeded, {} failed", c.items_ok, c.items_failed)?;
+    writeln!(result, "Started: {}", row.started_ms.map(timestamp).unwrap_or_default())?;
     writeln!(result, "Finished: {}", timestamp(finished))?;
     put(app, job, "job_result.txt", result).await?;
 
@@ -99,11 +84,8 @@ pub async fn write_job_logs(app: &AppRef, job: &str) -> anyhow::Result<()> {
         put(app, job, "job_error.txt", err).await?;
     }
 
-    let hour = Utc
-        .timestamp_millis_opt(row.created_ms)
-        .single()
-        .map(|t| t.format("%Y%m%d%H").to_string())
-        .unwrap_or_default();
+    let hour =
+        Utc.timestamp_millis_opt(row.created_ms).single().map(|t| t.format("%Y%m%d%H").to_string()).unwrap_or_default();
     let mut overview = String::new();
     writeln!(overview, "{} job created", timestamp(row.created_ms))?;
     writeln!(
@@ -124,27 +106,12 @@ pub async fn write_job_logs(app: &AppRef, job: &str) -> anyhow::Result<()> {
         c.items_failed
     )?;
     writeln!(overview, "{} job {}", timestamp(finished), row.status)?;
-    put(
-        app,
-        job,
-        &format!("job_progress_overview.{hour}.txt"),
-        overview,
-    )
-    .await?;
+    put(app, job, &format!("job_progress_overview.{hour}.txt"), overview).await?;
 
-    put(
-        app,
-        job,
-        "sys/job_report/processed_mini-batches.csv",
-        report_csv(&attempts),
-    )
-    .await?;
+    put(app, job, "sys/job_report/processed_mini-batches.csv", report_csv(&attempts)).await?;
 
     let mut user_errors = String::new();
-    for a in attempts
-        .iter()
-        .filter(|a| a.outcome.as_deref().is_some_and(|o| o != "succeeded"))
-    {
+    for a in attempts.iter().filter(|a| a.outcome.as_deref().is_some_and(|o| o != "succeeded")) {
         writeln!(
             user_errors,
             "mini-batch {} attempt {} on {}/process{:03}: {}: {}",
@@ -153,12 +120,7 @@ pub async fn write_job_logs(app: &AppRef, job: &str) -> anyhow::Result<()> {
             a.node,
             a.process,
             a.outcome.as_deref().unwrap_or(""),
-            a.reason
-                .as_deref()
-                .unwrap_or("")
-                .lines()
-                .last()
-                .unwrap_or("")
+            a.reason.as_deref().unwrap_or("").lines().last().unwrap_or("")
         )?;
     }
     put(app, job, "user/error.txt", user_errors).await?;
@@ -168,12 +130,11 @@ pub async fn write_job_logs(app: &AppRef, job: &str) -> anyhow::Result<()> {
 
 /// One CSV line per attempt; fields with commas or quotes are quoted.
 fn report_csv(attempts: &[AttemptRow]) -> String {
-    let mut out = String::from("mini_batch,attempt,result,node,process,pid,start,elapsed_ms,items_succeeded,items_failed,error\n");
+    let mut out = String::from(
+        "mini_batch,attempt,result,node,process,pid,start,elapsed_ms,items_succeeded,items_failed,error\n",
+    );
     for a in attempts {
-        let elapsed = a
-            .finished_ms
-            .map(|f| (f - a.started_ms).to_string())
-            .unwrap_or_default();
+        let elapsed = a.finished_ms.map(|f| (f - a.started_ms).to_string()).unwrap_or_default();
         let fields = [
             a.idx.to_string(),
             a.attempt.to_string(),
@@ -185,13 +146,7 @@ fn report_csv(attempts: &[AttemptRow]) -> String {
             elapsed,
             a.items_ok.to_string(),
             a.items_failed.to_string(),
-            a.reason
-                .as_deref()
-                .unwrap_or("")
-                .lines()
-                .last()
-                .unwrap_or("")
-                .to_string(),
+            a.reason.as_deref().unwrap_or("").lines().last().unwrap_or("").to_string(),
         ];
         let line: Vec<String> = fields.iter().map(|f| csv_field(f)).collect();
         out.push_str(&line.join(","));

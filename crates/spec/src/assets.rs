@@ -77,9 +77,7 @@ impl FromStr for ModelType {
             "custom_model" => Ok(ModelType::CustomModel),
             "mlflow_model" => Ok(ModelType::MlflowModel),
             "triton_model" => Ok(ModelType::TritonModel),
-            _ => Err(format!(
-                "expected one of `custom_model`, `mlflow_model`, `triton_model`, got `{text}`"
-            )),
+            _ => Err(format!("expected one of `custom_model`, `mlflow_model`, `triton_model`, got `{text}`")),
         }
     }
 }
@@ -88,8 +86,7 @@ impl FromStr for ModelType {
 pub(crate) fn model_from_yaml(root: &Fields<'_>) -> Result<ModelRef, SpecError> {
     match root.required("model", root.get("model"))? {
         Value::String(text) => {
-            let (name, version) =
-                parse_model_reference(text).map_err(|m| root.error("model", m))?;
+            let (name, version) = parse_model_reference(text).map_err(|m| root.error("model", m))?;
             Ok(ModelRef::Registered { name, version })
         }
         Value::Mapping(_) => {
@@ -126,35 +123,26 @@ pub(crate) fn model_from_yaml(root: &Fields<'_>) -> Result<ModelRef, SpecError> 
                 description: model.string("description")?,
             })
         }
-        other => Err(root.type_error(
-            "model",
-            "a model reference like `azureml:name:1` or an inline model",
-            other,
-        )),
+        other => Err(root.type_error("model", "a model reference like `azureml:name:1` or an inline model", other)),
     }
 }
 
 /// Reads the optional `environment` field of a deployment.
-pub(crate) fn environment_from_yaml(
-    root: &Fields<'_>,
-) -> Result<Option<EnvironmentRef>, SpecError> {
+pub(crate) fn environment_from_yaml(root: &Fields<'_>) -> Result<Option<EnvironmentRef>, SpecError> {
     let Some(value) = root.get("environment") else {
         return Ok(None);
     };
     match value {
         Value::String(reference) => {
             let name = reference.strip_prefix("azureml:").unwrap_or_default();
-            if (name.is_empty() && !reference.starts_with("/subscriptions/"))
-                || reference.contains(char::is_whitespace)
+            if (name.is_empty() && !reference.starts_with("/subscriptions/")) || reference.contains(char::is_whitespace)
             {
                 let message = format!(
                     "expected an environment reference like `azureml:name:1` or `azureml:name@latest`, or an inline environment, got `{reference}`"
                 );
                 return Err(root.error("environment", message));
             }
-            Ok(Some(EnvironmentRef::Registered {
-                reference: reference.clone(),
-            }))
+            Ok(Some(EnvironmentRef::Registered { reference: reference.clone() }))
         }
         Value::Mapping(_) => {
             let env = root.required("environment", root.mapping("environment")?)?;
@@ -224,22 +212,11 @@ fn parse_model_reference(text: &str) -> Result<(String, ModelVersion), String> {
     let version = match raw {
         RawVersion::Unset => ModelVersion::Latest,
         RawVersion::Label(label) if label.eq_ignore_ascii_case("latest") => ModelVersion::Latest,
-        RawVersion::Label(label) => {
-            return Err(format!(
-                "only the `latest` label is supported, got `@{label}`"
-            ))
-        }
+        RawVersion::Label(label) => return Err(format!("only the `latest` label is supported, got `@{label}`")),
         RawVersion::Number(v) if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) => {
-            ModelVersion::Number(
-                v.parse()
-                    .map_err(|_| format!("model version `{v}` is too large"))?,
-            )
+            ModelVersion::Number(v.parse().map_err(|_| format!("model version `{v}` is too large"))?)
         }
-        RawVersion::Number(v) => {
-            return Err(format!(
-                "model version must be a whole number or `@latest`, got `{v}`"
-            ))
-        }
+        RawVersion::Number(v) => return Err(format!("model version must be a whole number or `@latest`, got `{v}`")),
     };
     Ok((name.to_string(), version))
 }
@@ -248,27 +225,20 @@ fn parse_model_reference(text: &str) -> Result<(String, ModelVersion), String> {
 fn by_segments(path: &str) -> Option<(&str, RawVersion<'_>)> {
     let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
     // Search from the end so a registry or workspace that happens to be called "models" does not confuse it.
-    (0..segments.len())
-        .rev()
-        .filter(|&i| segments[i].eq_ignore_ascii_case("models"))
-        .find_map(|i| match segments[i + 1..] {
+    (0..segments.len()).rev().filter(|&i| segments[i].eq_ignore_ascii_case("models")).find_map(|i| {
+        match segments[i + 1..] {
             [name] => Some((name, RawVersion::Unset)),
-            [name, kind, v] if kind.eq_ignore_ascii_case("versions") => {
-                Some((name, RawVersion::Number(v)))
-            }
-            [name, kind, label] if kind.eq_ignore_ascii_case("labels") => {
-                Some((name, RawVersion::Label(label)))
-            }
+            [name, kind, v] if kind.eq_ignore_ascii_case("versions") => Some((name, RawVersion::Number(v))),
+            [name, kind, label] if kind.eq_ignore_ascii_case("labels") => Some((name, RawVersion::Label(label))),
             _ => None,
-        })
+        }
+    })
 }
 
 fn check_asset_name(name: &str) -> Result<(), String> {
     let valid = name.len() <= 255
         && name.starts_with(|c: char| c.is_ascii_alphanumeric())
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
     if valid {
         Ok(())
     } else {
@@ -290,25 +260,13 @@ mod tests {
     fn model_reference_forms() {
         let named = |v| Ok(("mnist".to_string(), v));
         assert_eq!(reference("azureml:mnist:3"), named(ModelVersion::Number(3)));
-        assert_eq!(
-            reference("azureml:mnist@latest"),
-            named(ModelVersion::Latest)
-        );
+        assert_eq!(reference("azureml:mnist@latest"), named(ModelVersion::Latest));
         assert_eq!(reference("azureml:mnist"), named(ModelVersion::Latest));
-        assert_eq!(
-            reference("azureml://registries/azureml/models/mnist/versions/7"),
-            named(ModelVersion::Number(7))
-        );
-        assert_eq!(
-            reference("azureml://registries/models/models/mnist/labels/latest"),
-            named(ModelVersion::Latest)
-        );
+        assert_eq!(reference("azureml://registries/azureml/models/mnist/versions/7"), named(ModelVersion::Number(7)));
+        assert_eq!(reference("azureml://registries/models/models/mnist/labels/latest"), named(ModelVersion::Latest));
         let arm = "/subscriptions/s/resourceGroups/g/providers/Microsoft.MachineLearningServices/workspaces/w/models/mnist/versions/2";
         assert_eq!(reference(arm), named(ModelVersion::Number(2)));
-        assert_eq!(
-            reference(&format!("azureml:{arm}")),
-            named(ModelVersion::Number(2))
-        );
+        assert_eq!(reference(&format!("azureml:{arm}")), named(ModelVersion::Number(2)));
     }
 
     #[test]
@@ -321,29 +279,17 @@ mod tests {
             reference("azureml:mnist:1.0").unwrap_err(),
             "model version must be a whole number or `@latest`, got `1.0`"
         );
-        assert_eq!(
-            reference("azureml:mnist@prod").unwrap_err(),
-            "only the `latest` label is supported, got `@prod`"
-        );
-        assert!(reference("azureml:")
-            .unwrap_err()
-            .starts_with("model name must start"));
+        assert_eq!(reference("azureml:mnist@prod").unwrap_err(), "only the `latest` label is supported, got `@prod`");
+        assert!(reference("azureml:").unwrap_err().starts_with("model name must start"));
         assert!(reference("azureml://registries/r/components/x").is_err());
     }
 
     #[test]
     fn model_type_round_trips() {
-        for t in [
-            ModelType::CustomModel,
-            ModelType::MlflowModel,
-            ModelType::TritonModel,
-        ] {
+        for t in [ModelType::CustomModel, ModelType::MlflowModel, ModelType::TritonModel] {
             assert_eq!(t.to_string().parse::<ModelType>(), Ok(t));
         }
-        assert_eq!(
-            "MLflow_Model".parse::<ModelType>(),
-            Ok(ModelType::MlflowModel)
-        );
+        assert_eq!("MLflow_Model".parse::<ModelType>(), Ok(ModelType::MlflowModel));
         assert_eq!(
             "onnx".parse::<ModelType>().unwrap_err(),
             "expected one of `custom_model`, `mlflow_model`, `triton_model`, got `onnx`"

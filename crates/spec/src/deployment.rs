@@ -56,15 +56,8 @@ const ROOT_KEYS: [&str; 13] = [
 ];
 
 /// `resources:` keys; only `instance_count` matters to Cove, the rest describe Azure VM shapes and are ignored.
-const RESOURCES_KEYS: [&str; 7] = [
-    "instance_count",
-    "instance_type",
-    "properties",
-    "shm_size",
-    "docker_args",
-    "max_instance_count",
-    "locations",
-];
+const RESOURCES_KEYS: [&str; 7] =
+    ["instance_count", "instance_type", "properties", "shm_size", "docker_args", "max_instance_count", "locations"];
 
 /// Parses and validates a batch deployment YAML document; `file` is used only in error messages.
 ///
@@ -77,11 +70,7 @@ pub fn parse_deployment(file: &str, text: &str) -> Result<DeploymentSpec, SpecEr
     let root = Fields::root(&doc, &map);
     // The type decides which keys are valid, so a pipeline deployment gets one clear message, not "unknown field".
     check_type(&root)?;
-    let allowed: Vec<&str> = ROOT_KEYS
-        .iter()
-        .chain(SETTINGS_KEYS.iter())
-        .copied()
-        .collect();
+    let allowed: Vec<&str> = ROOT_KEYS.iter().chain(SETTINGS_KEYS.iter()).copied().collect();
     root.check_keys(&allowed)?;
 
     let name = root.required("name", resource_name(&root, "name")?)?;
@@ -119,14 +108,8 @@ fn check_type(root: &Fields<'_>) -> Result<(), SpecError> {
     };
     match kind.trim().to_ascii_lowercase().as_str() {
         "model" => Ok(()),
-        "pipeline" => Err(root.error(
-            "type",
-            "pipeline component deployments are not supported; use type: model",
-        )),
-        _ => Err(root.error(
-            "type",
-            format!("expected one of `model`, `pipeline`, got `{kind}`"),
-        )),
+        "pipeline" => Err(root.error("type", "pipeline component deployments are not supported; use type: model")),
+        _ => Err(root.error("type", format!("expected one of `model`, `pipeline`, got `{kind}`"))),
     }
 }
 
@@ -141,19 +124,14 @@ fn code_from_yaml(root: &Fields<'_>) -> Result<Option<CodeConfiguration>, SpecEr
     }
     let scoring_script = config.required("scoring_script", config.string("scoring_script")?)?;
     check_scoring_script(&scoring_script).map_err(|m| config.error("scoring_script", m))?;
-    Ok(Some(CodeConfiguration {
-        code,
-        scoring_script,
-    }))
+    Ok(Some(CodeConfiguration { code, scoring_script }))
 }
 
 /// The script is looked up inside the code directory, so it must not be able to point anywhere else.
 fn check_scoring_script(path: &str) -> Result<(), String> {
     let absolute = path.starts_with(['/', '\\']) || path.get(1..2) == Some(":");
     if absolute {
-        return Err(format!(
-            "must be a relative path inside `code`, got `{path}`"
-        ));
+        return Err(format!("must be a relative path inside `code`, got `{path}`"));
     }
     if path.split(['/', '\\']).any(|part| part == "..") {
         return Err(format!("must not contain `..`, got `{path}`"));
@@ -177,14 +155,9 @@ fn parse_compute(text: &str) -> Result<String, String> {
     } else {
         rest
     };
-    let valid = !name.is_empty()
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    let valid = !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
     if !valid {
-        return Err(format!(
-            "expected a compute name like `azureml:cpu-cluster`, got `{text}`"
-        ));
+        return Err(format!("expected a compute name like `azureml:cpu-cluster`, got `{text}`"));
     }
     Ok(name.to_string())
 }
@@ -233,9 +206,7 @@ settings:
     }
 
     fn err(text: &str) -> String {
-        parse_deployment("deployment.yml", text)
-            .unwrap_err()
-            .to_string()
+        parse_deployment("deployment.yml", text).unwrap_err().to_string()
     }
 
     /// Returns the error for MINIMAL plus `extra` lines, so line numbers start at 4.
@@ -253,9 +224,7 @@ settings:
         let expected = DeploymentSpec {
             name: "mnist-torch-dpl".into(),
             endpoint_name: Some("mnist-batch".into()),
-            description: Some(
-                "A deployment using Torch to solve the MNIST classification dataset.".into(),
-            ),
+            description: Some("A deployment using Torch to solve the MNIST classification dataset.".into()),
             tags: BTreeMap::new(),
             properties: BTreeMap::new(),
             model: ModelRef::Inline {
@@ -265,10 +234,7 @@ settings:
                 model_type: ModelType::CustomModel,
                 description: None,
             },
-            code: Some(CodeConfiguration {
-                code: "code".into(),
-                scoring_script: "batch_driver.py".into(),
-            }),
+            code: Some(CodeConfiguration { code: "code".into(), scoring_script: "batch_driver.py".into() }),
             environment: Some(EnvironmentRef::Inline {
                 name: Some("batch-torch-py38".into()),
                 image: Some("mcr.microsoft.com/azureml/openmpi4.1.0-ubuntu20.04:latest".into()),
@@ -277,10 +243,7 @@ settings:
                 description: None,
             }),
             compute: "batch-cluster".into(),
-            settings: DeploymentSettings {
-                max_concurrency_per_instance: 2,
-                ..DeploymentSettings::default()
-            },
+            settings: DeploymentSettings { max_concurrency_per_instance: 2, ..DeploymentSettings::default() },
         };
         assert_eq!(spec, expected);
     }
@@ -290,13 +253,7 @@ settings:
         let spec = parse(MINIMAL);
         assert_eq!(spec.name, "blue");
         assert_eq!(spec.endpoint_name, None);
-        assert_eq!(
-            spec.model,
-            ModelRef::Registered {
-                name: "mnist".into(),
-                version: ModelVersion::Number(1)
-            }
-        );
+        assert_eq!(spec.model, ModelRef::Registered { name: "mnist".into(), version: ModelVersion::Number(1) });
         assert_eq!((spec.code, spec.environment), (None, None));
         assert_eq!(spec.compute, "cpu-cluster");
         let s = spec.settings;
@@ -305,13 +262,7 @@ settings:
         assert_eq!(s.mini_batch_size, 10);
         assert_eq!(s.output_action, OutputAction::AppendRow);
         assert_eq!(s.output_file_name.as_deref(), Some("predictions.csv"));
-        assert_eq!(
-            s.retry_settings,
-            RetrySettings {
-                max_retries: 3,
-                timeout_secs: 30
-            }
-        );
+        assert_eq!(s.retry_settings, RetrySettings { max_retries: 3, timeout_secs: 30 });
         assert_eq!(s.error_threshold, -1);
         assert_eq!(s.logging_level, LoggingLevel::Info);
         assert!(s.environment_variables.is_empty());
@@ -365,65 +316,37 @@ environment_variables:
         assert_eq!(spec.endpoint_name.as_deref(), Some("mnist-batch"));
         let s = spec.settings;
         assert_eq!(
-            (
-                s.instance_count,
-                s.max_concurrency_per_instance,
-                s.mini_batch_size,
-                s.error_threshold
-            ),
+            (s.instance_count, s.max_concurrency_per_instance, s.mini_batch_size, s.error_threshold),
             (2, 3, 5, 7)
         );
-        assert_eq!(
-            s.retry_settings,
-            RetrySettings {
-                max_retries: 4,
-                timeout_secs: 60
-            }
-        );
+        assert_eq!(s.retry_settings, RetrySettings { max_retries: 4, timeout_secs: 60 });
         assert_eq!(s.logging_level, LoggingLevel::Debug);
-        assert_eq!(
-            s.environment_variables,
-            BTreeMap::from([("SEED".into(), "42".into())])
-        );
+        assert_eq!(s.environment_variables, BTreeMap::from([("SEED".into(), "42".into())]));
         // settings.instance_count is an alias of resources.instance_count, and the flat root works too.
-        assert_eq!(
-            settings_with("settings:\n  instance_count: 4\n").instance_count,
-            4
-        );
+        assert_eq!(settings_with("settings:\n  instance_count: 4\n").instance_count, 4);
         assert_eq!(settings_with("instance_count: 5\n").instance_count, 5);
     }
 
     #[test]
     fn settings_values_are_normalised() {
-        let s = settings_with("settings:\n  output_action: summary_only\n  error_threshold: -20\n  logging_level: Warning\n");
+        let s = settings_with(
+            "settings:\n  output_action: summary_only\n  error_threshold: -20\n  logging_level: Warning\n",
+        );
         assert_eq!(s.output_action, OutputAction::SummaryOnly);
         assert_eq!(s.output_file_name, None);
         assert_eq!(s.error_threshold, -1);
         assert_eq!(s.logging_level, LoggingLevel::Warning);
-        assert_eq!(
-            settings_with("output_action: SummaryOnly\n").output_action,
-            OutputAction::SummaryOnly
-        );
-        let env = settings_with(
-            "settings:\n  environment_variables:\n    A: 1\n    _B: true\n    C: x\n    D:\n",
-        );
+        assert_eq!(settings_with("output_action: SummaryOnly\n").output_action, OutputAction::SummaryOnly);
+        let env = settings_with("settings:\n  environment_variables:\n    A: 1\n    _B: true\n    C: x\n    D:\n");
         let expected = [("A", "1"), ("_B", "true"), ("C", "x"), ("D", "")];
-        assert_eq!(
-            env.environment_variables,
-            expected.map(|(k, v)| (k.to_string(), v.to_string())).into()
-        );
-        assert_eq!(
-            settings_with("settings:\n  mini_batch_size: '7'\n").mini_batch_size,
-            7
-        );
+        assert_eq!(env.environment_variables, expected.map(|(k, v)| (k.to_string(), v.to_string())).into());
+        assert_eq!(settings_with("settings:\n  mini_batch_size: '7'\n").mini_batch_size, 7);
     }
 
     #[test]
     fn iso_8601_and_integer_timeouts() {
-        let timeout = |t: &str| {
-            settings_with(&format!("settings:\n  retry_settings:\n    timeout: {t}\n"))
-                .retry_settings
-        };
+        let timeout =
+            |t: &str| settings_with(&format!("settings:\n  retry_settings:\n    timeout: {t}\n")).retry_settings;
         assert_eq!(timeout("45").timeout_secs, 45);
         assert_eq!(timeout("PT30S").timeout_secs, 30);
         assert_eq!(timeout("PT2M").timeout_secs, 120);
@@ -453,23 +376,11 @@ environment_variables:
     #[test]
     fn model_and_compute_reference_forms() {
         let model = |m: &str| parse(&format!("name: blue\nmodel: {m}\ncompute: c1\n")).model;
-        let registered = |v| ModelRef::Registered {
-            name: "mnist".into(),
-            version: v,
-        };
-        assert_eq!(
-            model("azureml:mnist:3"),
-            registered(ModelVersion::Number(3))
-        );
-        assert_eq!(
-            model("azureml:mnist@latest"),
-            registered(ModelVersion::Latest)
-        );
+        let registered = |v| ModelRef::Registered { name: "mnist".into(), version: v };
+        assert_eq!(model("azureml:mnist:3"), registered(ModelVersion::Number(3)));
+        assert_eq!(model("azureml:mnist@latest"), registered(ModelVersion::Latest));
         assert_eq!(model("azureml:mnist"), registered(ModelVersion::Latest));
-        assert_eq!(
-            model("azureml://registries/azureml/models/mnist/versions/3"),
-            registered(ModelVersion::Number(3))
-        );
+        assert_eq!(model("azureml://registries/azureml/models/mnist/versions/3"), registered(ModelVersion::Number(3)));
         assert_eq!(
             model("{path: ./m, type: mlflow_model, version: 2}"),
             ModelRef::Inline {
@@ -480,37 +391,23 @@ environment_variables:
                 description: None
             }
         );
-        let compute =
-            |c: &str| parse(&format!("name: blue\nmodel: azureml:m:1\ncompute: {c}\n")).compute;
+        let compute = |c: &str| parse(&format!("name: blue\nmodel: azureml:m:1\ncompute: {c}\n")).compute;
         assert_eq!(compute("azureml:cpu-cluster"), "cpu-cluster");
         assert_eq!(compute("cpu-cluster"), "cpu-cluster");
         assert_eq!(
             compute("/subscriptions/s/resourceGroups/g/providers/Microsoft.MachineLearningServices/workspaces/w/computes/gpu1"),
             "gpu1"
         );
-        assert_eq!(
-            compute("azureml:/subscriptions/s/workspaces/w/computes/gpu2"),
-            "gpu2"
-        );
+        assert_eq!(compute("azureml:/subscriptions/s/workspaces/w/computes/gpu2"), "gpu2");
         assert_eq!(
             err("name: blue\nmodel: azureml:m:1\ncompute: azureml:/subscriptions/s/workspaces/w\n"),
             "deployment.yml:3: field `compute`: expected a compute name like `azureml:cpu-cluster`, got \
              `azureml:/subscriptions/s/workspaces/w`"
         );
         let env = |e: &str| parse(&format!("{MINIMAL}environment: {e}\n")).environment;
-        let registered_env = |r: &str| {
-            Some(EnvironmentRef::Registered {
-                reference: r.into(),
-            })
-        };
-        assert_eq!(
-            env("azureml:sklearn:1"),
-            registered_env("azureml:sklearn:1")
-        );
-        assert_eq!(
-            env("azureml:sklearn@latest"),
-            registered_env("azureml:sklearn@latest")
-        );
+        let registered_env = |r: &str| Some(EnvironmentRef::Registered { reference: r.into() });
+        assert_eq!(env("azureml:sklearn:1"), registered_env("azureml:sklearn:1"));
+        assert_eq!(env("azureml:sklearn@latest"), registered_env("azureml:sklearn@latest"));
         assert_eq!(
             err_with("environment: sklearn:1\n"),
             "deployment.yml:4: field `environment`: expected an environment reference like `azureml:name:1` or \
@@ -617,14 +514,8 @@ resources:
 
     #[test]
     fn required_fields_and_types() {
-        assert_eq!(
-            err("model: azureml:m:1\ncompute: c\n"),
-            "deployment.yml: field `name`: required field is missing"
-        );
-        assert_eq!(
-            err("name: blue\ncompute: c\n"),
-            "deployment.yml: field `model`: required field is missing"
-        );
+        assert_eq!(err("model: azureml:m:1\ncompute: c\n"), "deployment.yml: field `name`: required field is missing");
+        assert_eq!(err("name: blue\ncompute: c\n"), "deployment.yml: field `model`: required field is missing");
         assert_eq!(
             err("name: blue\nmodel: azureml:m:1\n"),
             "deployment.yml: field `compute`: required field is missing"
@@ -641,15 +532,12 @@ resources:
             err_with("settings:\n  mini_batch_size: ten\n"),
             "deployment.yml:5: field `settings.mini_batch_size`: expected a whole number, got the string `ten`"
         );
-        assert_eq!(err_with("settings:\n  mini_batch_size: 2.5\n"), "deployment.yml:5: field `settings.mini_batch_size`: expected a whole number, got `2.5`");
         assert_eq!(
-            err_with("settings: 3\n"),
-            "deployment.yml:4: field `settings`: expected a mapping, got `3`"
+            err_with("settings:\n  mini_batch_size: 2.5\n"),
+            "deployment.yml:5: field `settings.mini_batch_size`: expected a whole number, got `2.5`"
         );
-        assert_eq!(
-            err_with("tags: [a]\n"),
-            "deployment.yml:4: field `tags`: expected a mapping, got a list"
-        );
+        assert_eq!(err_with("settings: 3\n"), "deployment.yml:4: field `settings`: expected a mapping, got `3`");
+        assert_eq!(err_with("tags: [a]\n"), "deployment.yml:4: field `tags`: expected a mapping, got a list");
         assert_eq!(
             err("name: blue\nmodel: 3\ncompute: c\n"),
             "deployment.yml:2: field `model`: expected a model reference like `azureml:name:1` or an inline model, got `3`"
@@ -707,21 +595,11 @@ resources:
             ("code_configuration:\n  code: ''\n  scoring_script: s.py\n", "5: field `code_configuration.code`: must not be empty"),
         ];
         for (extra, expected) in cases {
-            assert_eq!(
-                err_with(extra),
-                format!("deployment.yml:{expected}"),
-                "for {extra:?}"
-            );
+            assert_eq!(err_with(extra), format!("deployment.yml:{expected}"), "for {extra:?}");
         }
         assert_eq!(
-            parse(&format!(
-                "{MINIMAL}code_configuration:\n  code: src\n  scoring_script: pkg/score.py\n"
-            ))
-            .code,
-            Some(CodeConfiguration {
-                code: "src".into(),
-                scoring_script: "pkg/score.py".into()
-            })
+            parse(&format!("{MINIMAL}code_configuration:\n  code: src\n  scoring_script: pkg/score.py\n")).code,
+            Some(CodeConfiguration { code: "src".into(), scoring_script: "pkg/score.py".into() })
         );
     }
 
@@ -751,10 +629,7 @@ resources:
             err_with("endpoint_name: x-\n"),
             "deployment.yml:4: field `endpoint_name`: endpoint_name must be 3 to 32 characters long, got `x-` (2)"
         );
-        assert_eq!(
-            parse("name: BLUE\nmodel: azureml:m:1\ncompute: c\n").name,
-            "blue"
-        );
+        assert_eq!(parse("name: BLUE\nmodel: azureml:m:1\ncompute: c\n").name, "blue");
     }
 
     #[test]
@@ -765,29 +640,12 @@ resources:
             "deployment.yml:2: yaml anchors are not supported (found `&b`); write the values out in full"
         );
         let deep = format!("{MINIMAL}tags: {}{}\n", "{a: ".repeat(80), "}".repeat(80));
-        assert_eq!(
-            err(&deep),
-            "deployment.yml:4: nesting is deeper than 64 levels"
-        );
+        assert_eq!(err(&deep), "deployment.yml:4: nesting is deeper than 64 levels");
         let huge = format!("{MINIMAL}description: {}\n", "x".repeat(1 << 20));
-        assert_eq!(
-            err(&huge),
-            format!(
-                "deployment.yml: document is {} bytes, over the 1 MiB limit",
-                huge.len()
-            )
-        );
-        assert_eq!(
-            err(""),
-            "deployment.yml: the document is empty; expected a mapping of fields"
-        );
-        assert_eq!(
-            err("[1, 2]\n"),
-            "deployment.yml: the top level must be a mapping of fields, got a list"
-        );
-        assert!(
-            err("name: blue\n  bad indent: [\n").starts_with("deployment.yml:2: invalid yaml: ")
-        );
+        assert_eq!(err(&huge), format!("deployment.yml: document is {} bytes, over the 1 MiB limit", huge.len()));
+        assert_eq!(err(""), "deployment.yml: the document is empty; expected a mapping of fields");
+        assert_eq!(err("[1, 2]\n"), "deployment.yml: the top level must be a mapping of fields, got a list");
+        assert!(err("name: blue\n  bad indent: [\n").starts_with("deployment.yml:2: invalid yaml: "));
     }
 
     #[test]

@@ -52,8 +52,7 @@ pub fn parse_endpoint(file: &str, text: &str) -> Result<EndpointSpec, SpecError>
         Some(mode) => {
             let lower = mode.trim().to_ascii_lowercase();
             if !AUTH_MODES.contains(&lower.as_str()) {
-                let message =
-                    format!("expected one of `aad_token`, `key`, `aml_token`, got `{mode}`");
+                let message = format!("expected one of `aad_token`, `key`, `aml_token`, got `{mode}`");
                 return Err(root.error("auth_mode", message));
             }
             lower
@@ -81,9 +80,7 @@ pub(crate) fn resource_name(fields: &Fields<'_>, key: &str) -> Result<Option<Str
     let Some(name) = fields.string(key)? else {
         return Ok(None);
     };
-    validate_resource_name(key, &name)
-        .map(Some)
-        .map_err(|m| fields.error(key, m))
+    validate_resource_name(key, &name).map(Some).map_err(|m| fields.error(key, m))
 }
 
 #[cfg(test)]
@@ -100,9 +97,7 @@ auth_mode: aad_token
 ";
 
     fn err(text: &str) -> String {
-        parse_endpoint("endpoint.yml", text)
-            .unwrap_err()
-            .to_string()
+        parse_endpoint("endpoint.yml", text).unwrap_err().to_string()
     }
 
     #[test]
@@ -112,9 +107,7 @@ auth_mode: aad_token
             spec,
             EndpointSpec {
                 name: "mnist-batch".into(),
-                description: Some(
-                    "A batch endpoint for scoring images from the MNIST dataset.".into()
-                ),
+                description: Some("A batch endpoint for scoring images from the MNIST dataset.".into()),
                 tags: BTreeMap::from([("type".into(), "deep-learning".into())]),
                 properties: BTreeMap::new(),
                 auth_mode: "aad_token".into(),
@@ -141,20 +134,11 @@ id: /subscriptions/x
         assert_eq!(spec.name, "my-endpoint");
         assert_eq!(spec.auth_mode, "key");
         assert_eq!(spec.default_deployment.as_deref(), Some("blue-1"));
-        assert_eq!(
-            spec.tags,
-            BTreeMap::from([("n".into(), "3".into()), ("on".into(), "true".into())])
-        );
-        assert_eq!(
-            spec.properties,
-            BTreeMap::from([("ratio".into(), "0.5".into())])
-        );
+        assert_eq!(spec.tags, BTreeMap::from([("n".into(), "3".into()), ("on".into(), "true".into())]));
+        assert_eq!(spec.properties, BTreeMap::from([("ratio".into(), "0.5".into())]));
         let minimal = parse_endpoint("endpoint.yml", "name: abc\n").unwrap();
         assert_eq!(minimal.auth_mode, "aad_token");
-        assert_eq!(
-            (minimal.description, minimal.default_deployment),
-            (None, None)
-        );
+        assert_eq!((minimal.description, minimal.default_deployment), (None, None));
     }
 
     #[test]
@@ -172,10 +156,7 @@ id: /subscriptions/x
             "endpoint.yml:2: field `colour`: unknown field, expected one of `$schema`, `name`, `description`, `tags`, \
              `properties`, `auth_mode`, `defaults`, `location`, `identity`, `id`"
         );
-        assert_eq!(
-            err("description: x\n"),
-            "endpoint.yml: field `name`: required field is missing"
-        );
+        assert_eq!(err("description: x\n"), "endpoint.yml: field `name`: required field is missing");
         assert_eq!(
             err("name: ab\n"),
             "endpoint.yml:1: field `name`: name must be 3 to 32 characters long, got `ab` (2)"
@@ -184,10 +165,7 @@ id: /subscriptions/x
             err("name: abc\nauth_mode: password\n"),
             "endpoint.yml:2: field `auth_mode`: expected one of `aad_token`, `key`, `aml_token`, got `password`"
         );
-        assert_eq!(
-            err("name: [a]\n"),
-            "endpoint.yml:1: field `name`: expected a string, got a list"
-        );
+        assert_eq!(err("name: [a]\n"), "endpoint.yml:1: field `name`: expected a string, got a list");
         assert_eq!(
             err("name: abc\ntags:\n  team: [a, b]\n"),
             "endpoint.yml:3: field `tags.team`: expected a string, number or boolean, got a list"

@@ -22,10 +22,7 @@ fn line_part(line: &Option<usize>) -> String {
 }
 
 fn field_part(field: &Option<String>) -> String {
-    field
-        .as_ref()
-        .map(|f| format!("field `{f}`: "))
-        .unwrap_or_default()
+    field.as_ref().map(|f| format!("field `{f}`: ")).unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -33,20 +30,12 @@ mod tests {
     use super::*;
 
     fn err(line: Option<usize>, field: Option<&str>) -> SpecError {
-        SpecError {
-            file: "d.yml".into(),
-            line,
-            field: field.map(String::from),
-            message: "bad".into(),
-        }
+        SpecError { file: "d.yml".into(), line, field: field.map(String::from), message: "bad".into() }
     }
 
     #[test]
     fn display_leaves_out_unknown_parts() {
-        assert_eq!(
-            err(Some(7), Some("a.b")).to_string(),
-            "d.yml:7: field `a.b`: bad"
-        );
+        assert_eq!(err(Some(7), Some("a.b")).to_string(), "d.yml:7: field `a.b`: bad");
         assert_eq!(err(None, Some("a")).to_string(), "d.yml: field `a`: bad");
         assert_eq!(err(Some(2), None).to_string(), "d.yml:2: bad");
         assert_eq!(err(None, None).to_string(), "d.yml: bad");

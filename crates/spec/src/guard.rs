@@ -10,10 +10,7 @@ pub(crate) const MAX_DEPTH: usize = 64;
 /// Returns the 1-based line (when known) and reason the text is refused.
 pub(crate) fn check(text: &str) -> Result<(), (Option<usize>, String)> {
     if text.len() > MAX_BYTES {
-        return Err((
-            None,
-            format!("document is {} bytes, over the 1 MiB limit", text.len()),
-        ));
+        return Err((None, format!("document is {} bytes, over the 1 MiB limit", text.len())));
     }
     let mut scan = Scanner::default();
     for (i, line) in text.lines().enumerate() {
@@ -100,17 +97,13 @@ impl Scanner {
                         token_start = false;
                     }
                     '&' | '*' if !blank_at(k + 1) => {
-                        let name: String = body[pos..]
-                            .chars()
-                            .take_while(|c| !c.is_whitespace())
-                            .take(40)
-                            .collect();
+                        let name: String = body[pos..].chars().take_while(|c| !c.is_whitespace()).take(40).collect();
                         let what = if c == '&' { "anchors" } else { "aliases" };
-                        return Err(format!("yaml {what} are not supported (found `{name}`); write the values out in full"));
+                        return Err(format!(
+                            "yaml {what} are not supported (found `{name}`); write the values out in full"
+                        ));
                     }
-                    '-' | '?' if self.flow == 0 && blank_at(k + 1) => {
-                        self.push_level(indent + pos + 2)?
-                    }
+                    '-' | '?' if self.flow == 0 && blank_at(k + 1) => self.push_level(indent + pos + 2)?,
                     '|' | '>' if self.flow == 0 => {
                         self.block_scalar = Some(self.levels.last().copied().unwrap_or(indent));
                         return Ok(());
@@ -135,10 +128,7 @@ impl Scanner {
                     token_start = false;
                 }
                 ',' if self.flow > 0 => token_start = true,
-                ':' if blank_at(k + 1)
-                    || (self.flow > 0
-                        && matches!(chars.get(k + 1), Some((_, ',' | ']' | '}')))) =>
-                {
+                ':' if blank_at(k + 1) || (self.flow > 0 && matches!(chars.get(k + 1), Some((_, ',' | ']' | '}')))) => {
                     token_start = true;
                 }
                 _ => {}
@@ -182,21 +172,14 @@ tagged: !!str value
         assert_eq!(refused("a: !!map &x {}\n").0, Some(1));
         assert_eq!(
             refused("x: 1\n<<: *base\n"),
-            (
-                Some(2),
-                "yaml aliases are not supported (found `*base`); write the values out in full"
-                    .into()
-            )
+            (Some(2), "yaml aliases are not supported (found `*base`); write the values out in full".into())
         );
     }
 
     #[test]
     fn deep_nesting_is_refused() {
         let flow = format!("a: {}{}\n", "[".repeat(70), "]".repeat(70));
-        assert_eq!(
-            refused(&flow),
-            (Some(1), "nesting is deeper than 64 levels".into())
-        );
+        assert_eq!(refused(&flow), (Some(1), "nesting is deeper than 64 levels".into()));
         let mut block = String::new();
         for depth in 0..70 {
             block.push_str(&format!("{}k{depth}:\n", " ".repeat(depth * 2)));
@@ -209,12 +192,6 @@ tagged: !!str value
     #[test]
     fn oversized_text_is_refused() {
         let big = format!("description: {}\n", "x".repeat(MAX_BYTES));
-        assert_eq!(
-            refused(&big),
-            (
-                None,
-                format!("document is {} bytes, over the 1 MiB limit", big.len())
-            )
-        );
+        assert_eq!(refused(&big), (None, format!("document is {} bytes, over the 1 MiB limit", big.len())));
     }
 }

@@ -16,4 +16,4 @@ pub use deployment::{parse_deployment, CodeConfiguration, DeploymentSpec};
 pub use endpoint::{parse_endpoint, EndpointSpec};
 pub use errors::SpecError;
 pub use names::validate_resource_name;
-pub use settings::{DeploymentSettings, LoggingLevel, OutputAction, RetrySettings};
+pub use settings::{DeploymentSettings, Limits, LoggingLevel, OutputAction, RetrySettings};

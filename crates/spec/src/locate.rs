@@ -19,8 +19,7 @@ pub(crate) fn locate(text: &str, path: &str) -> Option<usize> {
         if parent_indent.is_some_and(|p| indent <= p) {
             return None;
         }
-        let at = (lo..hi)
-            .find(|&i| lines[i].indent == indent && key_of(lines[i].body) == Some(segment))?;
+        let at = (lo..hi).find(|&i| lines[i].indent == indent && key_of(lines[i].body) == Some(segment))?;
         found = Some(lines[at].no);
         parent_indent = Some(indent);
         lo = at + 1;
@@ -45,10 +44,7 @@ pub(crate) fn locate_nearest(text: &str, path: &str) -> Option<usize> {
 pub(crate) fn locate_duplicate(text: &str, line: usize, column: usize, key: &str) -> Option<usize> {
     let col = column.checked_sub(1)?;
     let mut seen = 0;
-    for l in significant_lines(text)
-        .into_iter()
-        .skip_while(|l| l.no < line)
-    {
+    for l in significant_lines(text).into_iter().skip_while(|l| l.no < line) {
         // The first line may be a sequence item (`- a: 1`), so read it from the mapping's column.
         let body = if l.no == line {
             l.body.get(col.checked_sub(l.indent)?..)?
@@ -80,11 +76,7 @@ fn significant_lines(text: &str) -> Vec<Line<'_>> {
                 || trimmed.starts_with('%')
                 || trimmed == "---"
                 || trimmed == "...";
-            (!skip).then_some(Line {
-                no: i + 1,
-                indent: raw.len() - body.len(),
-                body,
-            })
+            (!skip).then_some(Line { no: i + 1, indent: raw.len() - body.len(), body })
         })
         .collect()
 }
@@ -93,10 +85,7 @@ fn significant_lines(text: &str) -> Vec<Line<'_>> {
 fn key_of(body: &str) -> Option<&str> {
     if let Some(quote @ ('"' | '\'')) = body.chars().next() {
         let end = body[1..].find(quote)? + 1;
-        return body[end + 1..]
-            .trim_start()
-            .starts_with(':')
-            .then(|| &body[1..end]);
+        return body[end + 1..].trim_start().starts_with(':').then(|| &body[1..end]);
     }
     if body.starts_with("- ") || body == "-" || body.starts_with("? ") {
         return None;
@@ -150,10 +139,7 @@ flow: {a: 1}
     #[test]
     fn finds_the_repeated_key() {
         assert_eq!(locate_duplicate("a: 1\nb: 2\na: 3\n", 1, 1, "a"), Some(3));
-        assert_eq!(
-            locate_duplicate("l:\n- a: 1\n  b:\n    a: 0\n  a: 3\n", 2, 3, "a"),
-            Some(5)
-        );
+        assert_eq!(locate_duplicate("l:\n- a: 1\n  b:\n    a: 0\n  a: 3\n", 2, 3, "a"), Some(5));
         assert_eq!(locate_duplicate("m: {a: 1, a: 2}\n", 1, 4, "a"), None);
     }
 }

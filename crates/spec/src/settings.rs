@@ -28,6 +28,25 @@ pub struct DeploymentSettings {
     pub logging_level: LoggingLevel,
     /// Invariant: every name matches `[A-Za-z_][A-Za-z0-9_]*`.
     pub environment_variables: BTreeMap<String, String>,
+    /// Cove's extension: what one scorer process may use.
+    #[serde(default)]
+    pub limits: Limits,
+}
+
+/// Per-scorer-process resource limits (a Cove extension under `settings.limits`; the reference has none).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Limits {
+    /// Address space of one scorer process, in MiB. Invariant: at least 1.
+    pub memory_mb: u64,
+    /// CPU time one scorer process may use over its life, in seconds. Invariant: at least 1.
+    pub cpu_seconds: u64,
+}
+
+impl Default for Limits {
+    /// 8 GiB of address space and one CPU-hour per scorer process.
+    fn default() -> Self {
+        Limits { memory_mb: 8192, cpu_seconds: 3600 }
+    }
 }
 
 /// How often and for how long one mini-batch is tried.
@@ -59,7 +78,7 @@ const DEFAULT_OUTPUT_FILE: &str = "predictions.csv";
 const SUMMARY_ONLY_HAS_NO_FILE: &str = "cannot be set when output_action is summary_only";
 
 /// Settings keys of the `settings:` block, which the legacy flat form puts at the root instead.
-pub(crate) const SETTINGS_KEYS: [&str; 9] = [
+pub(crate) const SETTINGS_KEYS: [&str; 10] = [
     "instance_count",
     "max_concurrency_per_instance",
     "mini_batch_size",
@@ -69,6 +88,7 @@ pub(crate) const SETTINGS_KEYS: [&str; 9] = [
     "error_threshold",
     "logging_level",
     "environment_variables",
+    "limits",
 ];
 
 /// Keys `apply_override` accepts, as users should write them.
@@ -118,13 +138,11 @@ impl Default for DeploymentSettings {
             mini_batch_size: 10,
             output_action: OutputAction::AppendRow,
             output_file_name: Some(DEFAULT_OUTPUT_FILE.to_string()),
-            retry_settings: RetrySettings {
-                max_retries: 3,
-                timeout_secs: 30,
-            },
+            retry_settings: RetrySettings { max_retries: 3, timeout_secs: 30 },
             error_threshold: -1,
             logging_level: LoggingLevel::Info,
             environment_variables: BTreeMap::new(),
+            limits: Limits::default(),
         }
     }
 }
@@ -137,60 +155,42 @@ impl DeploymentSettings {
     /// Returns a message when the key is unknown (naming the nearest and the accepted keys) or the value breaks
     /// the same rule the YAML field has.
     pub fn apply_override(&mut self, key: &str, value: &str) -> Result<(), String> {
-        let env_name = key
-            .strip_prefix("settings.")
-            .unwrap_or(key)
-            .strip_prefix("environment_variables.");
+        let env_name = key.strip_prefix("settings.").unwrap_or(key).strip_prefix("environment_variables.");
         if let Some(name) = env_name {
             check_env_name(name)?;
-            self.environment_variables
-                .insert(name.to_string(), value.to_string());
+            self.environment_variables.insert(name.to_string(), value.to_string());
             return Ok(());
         }
         match key {
-            "mini_batch_size" | "settings.mini_batch_size" => {
-                self.mini_batch_size = count(int_text(value)?)?
-            }
-            "instance_count"
-            | "settings.instance_count"
-            | "compute.instance_count"
-            | "resources.instance_count" => {
+            "mini_batch_size" | "settings.mini_batch_size" => self.mini_batch_size = count(int_text(value)?)?,
+            "instance_count" | "settings.instance_count" | "compute.instance_count" | "resources.instance_count" => {
                 self.instance_count = count(int_text(value)?)?;
             }
             "max_concurrency_per_instance" | "settings.max_concurrency_per_instance" => {
                 self.max_concurrency_per_instance = count(int_text(value)?)?;
             }
-            "max_retries"
-            | "retry_settings.max_retries"
-            | "settings.retry_settings.max_retries" => {
+            "max_retries" | "retry_settings.max_retries" | "settings.retry_settings.max_retries" => {
                 self.retry_settings.max_retries = count(int_text(value)?)?;
             }
             "timeout" | "retry_settings.timeout" | "settings.retry_settings.timeout" => {
                 self.retry_settings.timeout_secs = parse_timeout(value)?;
             }
-            "error_threshold" | "settings.error_threshold" => {
-                self.error_threshold = threshold(int_text(value)?)
-            }
+            "error_threshold" | "settings.error_threshold" => self.error_threshold = threshold(int_text(value)?),
             "output_file_name" | "settings.output_file_name" => {
                 if self.output_action == OutputAction::SummaryOnly {
                     return Err(SUMMARY_ONLY_HAS_NO_FILE.to_string());
                 }
                 self.output_file_name = Some(check_output_file_name(value)?);
             }
-            "logging_level" | "settings.logging_level" => {
-                self.logging_level = parse_logging_level(value)?
-            }
+            "logging_level" | "settings.logging_level" => self.logging_level = parse_logging_level(value)?,
             _ => {
                 let accepted = OVERRIDE_KEYS.join(", ");
                 // A misspelt prefixed key (`settings.timout`) is far from every full spelling, so fall back to
                 // comparing its last segment with the bare keys.
                 let last = key.rsplit('.').next().unwrap_or(key);
-                let near =
-                    nearest(key, &OVERRIDE_SPELLINGS).or_else(|| nearest(last, &OVERRIDE_KEYS));
+                let near = nearest(key, &OVERRIDE_SPELLINGS).or_else(|| nearest(last, &OVERRIDE_KEYS));
                 return Err(match near {
-                    Some(near) => format!(
-                        "unknown setting `{key}`, did you mean `{near}`? accepted keys: {accepted}"
-                    ),
+                    Some(near) => format!("unknown setting `{key}`, did you mean `{near}`? accepted keys: {accepted}"),
                     None => format!("unknown setting `{key}`; accepted keys: {accepted}"),
                 });
             }
@@ -225,9 +225,7 @@ pub(crate) fn from_yaml(
     resources: Option<&Fields<'_>>,
 ) -> Result<DeploymentSettings, SpecError> {
     let mut out = DeploymentSettings::default();
-    let count_at = |f: &Fields<'_>, key: &str| {
-        count(f.required(key, f.int(key)?)?).map_err(|m| f.error(key, m))
-    };
+    let count_at = |f: &Fields<'_>, key: &str| count(f.required(key, f.int(key)?)?).map_err(|m| f.error(key, m));
     let string_at = |f: &Fields<'_>, key: &str| f.required(key, f.string(key)?);
 
     if let Some(f) = owner("instance_count", [resources, block, Some(root)])? {
@@ -247,22 +245,18 @@ pub(crate) fn from_yaml(
             out.retry_settings.max_retries = count_at(&retry, "max_retries")?;
         }
         if let Some(text) = retry.scalar("timeout")? {
-            out.retry_settings.timeout_secs =
-                parse_timeout(&text).map_err(|m| retry.error("timeout", m))?;
+            out.retry_settings.timeout_secs = parse_timeout(&text).map_err(|m| retry.error("timeout", m))?;
         }
     }
     if let Some(f) = owner("output_action", places)? {
-        out.output_action = parse_output_action(&string_at(f, "output_action")?)
-            .map_err(|m| f.error("output_action", m))?;
+        out.output_action =
+            parse_output_action(&string_at(f, "output_action")?).map_err(|m| f.error("output_action", m))?;
     }
     match (owner("output_file_name", places)?, out.output_action) {
-        (Some(f), OutputAction::SummaryOnly) => {
-            return Err(f.error("output_file_name", SUMMARY_ONLY_HAS_NO_FILE))
-        }
+        (Some(f), OutputAction::SummaryOnly) => return Err(f.error("output_file_name", SUMMARY_ONLY_HAS_NO_FILE)),
         (Some(f), OutputAction::AppendRow) => {
             let name = string_at(f, "output_file_name")?;
-            out.output_file_name =
-                Some(check_output_file_name(&name).map_err(|m| f.error("output_file_name", m))?);
+            out.output_file_name = Some(check_output_file_name(&name).map_err(|m| f.error("output_file_name", m))?);
         }
         (None, OutputAction::SummaryOnly) => out.output_file_name = None,
         (None, OutputAction::AppendRow) => {}
@@ -271,36 +265,36 @@ pub(crate) fn from_yaml(
         out.error_threshold = threshold(f.required("error_threshold", f.int("error_threshold")?)?);
     }
     if let Some(f) = owner("logging_level", places)? {
-        out.logging_level = parse_logging_level(&string_at(f, "logging_level")?)
-            .map_err(|m| f.error("logging_level", m))?;
+        out.logging_level =
+            parse_logging_level(&string_at(f, "logging_level")?).map_err(|m| f.error("logging_level", m))?;
     }
     if let Some(f) = owner("environment_variables", places)? {
         let vars = f.scalar_map("environment_variables")?;
         for name in vars.keys() {
-            check_env_name(name)
-                .map_err(|m| f.error(&format!("environment_variables.{name}"), m))?;
+            check_env_name(name).map_err(|m| f.error(&format!("environment_variables.{name}"), m))?;
         }
         out.environment_variables = vars;
+    }
+    if let Some(f) = owner("limits", places)? {
+        let limits = f.required("limits", f.mapping("limits")?)?;
+        limits.check_keys(&["memory_mb", "cpu_seconds"])?;
+        if limits.has("memory_mb") {
+            out.limits.memory_mb = u64::from(count_at(&limits, "memory_mb")?);
+        }
+        if limits.has("cpu_seconds") {
+            out.limits.cpu_seconds = u64::from(count_at(&limits, "cpu_seconds")?);
+        }
     }
     Ok(out)
 }
 
 /// Returns the one mapping among `places` that sets `key`, refusing a key set in two places (such as
 /// `resources.instance_count` and `settings.instance_count`) because neither value would obviously win.
-fn owner<'f, 'a>(
-    key: &str,
-    places: [Option<&'f Fields<'a>>; 3],
-) -> Result<Option<&'f Fields<'a>>, SpecError> {
+fn owner<'f, 'a>(key: &str, places: [Option<&'f Fields<'a>>; 3]) -> Result<Option<&'f Fields<'a>>, SpecError> {
     let mut found: Option<&'f Fields<'a>> = None;
     for place in places.into_iter().flatten().filter(|p| p.has(key)) {
         if let Some(first) = found {
-            return Err(place.error(
-                key,
-                format!(
-                    "conflicts with `{}`; set it in one place only",
-                    first.path(key)
-                ),
-            ));
+            return Err(place.error(key, format!("conflicts with `{}`; set it in one place only", first.path(key))));
         }
         found = Some(place);
     }
@@ -308,9 +302,7 @@ fn owner<'f, 'a>(
 }
 
 fn int_text(text: &str) -> Result<i64, String> {
-    text.trim()
-        .parse()
-        .map_err(|_| format!("expected a whole number, got `{text}`"))
+    text.trim().parse().map_err(|_| format!("expected a whole number, got `{text}`"))
 }
 
 fn count(n: i64) -> Result<u32, String> {
@@ -331,9 +323,8 @@ fn parse_timeout(text: &str) -> Result<u64, String> {
     let secs = match text.parse::<i64>() {
         Ok(n) if n < 1 => return Err(format!("must be at least 1 second, got {n}")),
         Ok(n) => n.unsigned_abs(),
-        Err(_) => iso_duration_secs(text).ok_or_else(|| {
-            format!("expected whole seconds or an ISO-8601 duration like `PT30S`, got `{text}`")
-        })?,
+        Err(_) => iso_duration_secs(text)
+            .ok_or_else(|| format!("expected whole seconds or an ISO-8601 duration like `PT30S`, got `{text}`"))?,
     };
     if secs < 1 {
         return Err(format!("must be at least 1 second, got `{text}`"));
@@ -352,10 +343,7 @@ fn iso_duration_secs(text: &str) -> Option<u64> {
     };
     let mut total: u64 = 0;
     let mut any = false;
-    for (mut part, units) in [
-        (date, &[('D', 86_400)][..]),
-        (time, &[('H', 3_600), ('M', 60), ('S', 1)][..]),
-    ] {
+    for (mut part, units) in [(date, &[('D', 86_400)][..]), (time, &[('H', 3_600), ('M', 60), ('S', 1)][..])] {
         for &(unit, secs) in units {
             if let Some(at) = part.find(unit) {
                 let digits = &part[..at];
@@ -378,9 +366,7 @@ fn parse_output_action(text: &str) -> Result<OutputAction, String> {
     match text.trim().replace('_', "").to_ascii_lowercase().as_str() {
         "appendrow" => Ok(OutputAction::AppendRow),
         "summaryonly" => Ok(OutputAction::SummaryOnly),
-        _ => Err(format!(
-            "expected `append_row` or `summary_only`, got `{text}`"
-        )),
+        _ => Err(format!("expected `append_row` or `summary_only`, got `{text}`")),
     }
 }
 
@@ -389,9 +375,7 @@ fn parse_logging_level(text: &str) -> Result<LoggingLevel, String> {
         "warning" => Ok(LoggingLevel::Warning),
         "info" => Ok(LoggingLevel::Info),
         "debug" => Ok(LoggingLevel::Debug),
-        _ => Err(format!(
-            "expected one of `warning`, `info`, `debug`, got `{text}`"
-        )),
+        _ => Err(format!("expected one of `warning`, `info`, `debug`, got `{text}`")),
     }
 }
 
@@ -401,23 +385,21 @@ fn check_output_file_name(name: &str) -> Result<String, String> {
         return Err("must not be empty".to_string());
     }
     if name.contains(['/', '\\']) || name.contains("..") {
-        return Err(format!(
-            "must be a plain file name without `/` or `..`, got `{name}`"
-        ));
+        return Err(format!("must be a plain file name without `/` or `..`, got `{name}`"));
     }
     Ok(name.to_string())
 }
 
 fn check_env_name(name: &str) -> Result<(), String> {
     let mut chars = name.chars();
-    let valid = chars
-        .next()
-        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+    let valid = chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
     if valid {
         Ok(())
     } else {
-        Err(format!("`{name}` is not a valid environment variable name (letters, digits and `_`, not starting with a digit)"))
+        Err(format!(
+            "`{name}` is not a valid environment variable name (letters, digits and `_`, not starting with a digit)"
+        ))
     }
 }
 
@@ -432,9 +414,7 @@ mod tests {
     }
 
     fn refused(key: &str, value: &str) -> String {
-        DeploymentSettings::default()
-            .apply_override(key, value)
-            .unwrap_err()
+        DeploymentSettings::default().apply_override(key, value).unwrap_err()
     }
 
     #[test]
@@ -442,32 +422,16 @@ mod tests {
         for key in ["mini_batch_size", "settings.mini_batch_size"] {
             assert_eq!(applied(key, "20").mini_batch_size, 20);
         }
-        for key in [
-            "instance_count",
-            "settings.instance_count",
-            "compute.instance_count",
-            "resources.instance_count",
-        ] {
+        for key in ["instance_count", "settings.instance_count", "compute.instance_count", "resources.instance_count"] {
             assert_eq!(applied(key, "3").instance_count, 3);
         }
-        for key in [
-            "max_concurrency_per_instance",
-            "settings.max_concurrency_per_instance",
-        ] {
+        for key in ["max_concurrency_per_instance", "settings.max_concurrency_per_instance"] {
             assert_eq!(applied(key, "4").max_concurrency_per_instance, 4);
         }
-        for key in [
-            "max_retries",
-            "retry_settings.max_retries",
-            "settings.retry_settings.max_retries",
-        ] {
+        for key in ["max_retries", "retry_settings.max_retries", "settings.retry_settings.max_retries"] {
             assert_eq!(applied(key, "5").retry_settings.max_retries, 5);
         }
-        for key in [
-            "timeout",
-            "retry_settings.timeout",
-            "settings.retry_settings.timeout",
-        ] {
+        for key in ["timeout", "retry_settings.timeout", "settings.retry_settings.timeout"] {
             assert_eq!(applied(key, "PT2M").retry_settings.timeout_secs, 120);
             assert_eq!(applied(key, " 90 ").retry_settings.timeout_secs, 90);
         }
@@ -476,57 +440,30 @@ mod tests {
             assert_eq!(applied(key, "-9").error_threshold, -1);
         }
         for key in ["output_file_name", "settings.output_file_name"] {
-            assert_eq!(
-                applied(key, "scores.csv").output_file_name.as_deref(),
-                Some("scores.csv")
-            );
+            assert_eq!(applied(key, "scores.csv").output_file_name.as_deref(), Some("scores.csv"));
         }
         for key in ["logging_level", "settings.logging_level"] {
             assert_eq!(applied(key, "DEBUG").logging_level, LoggingLevel::Debug);
         }
-        for key in [
-            "environment_variables.SEED",
-            "settings.environment_variables.SEED",
-        ] {
-            assert_eq!(
-                applied(key, "a=b")
-                    .environment_variables
-                    .get("SEED")
-                    .map(String::as_str),
-                Some("a=b")
-            );
+        for key in ["environment_variables.SEED", "settings.environment_variables.SEED"] {
+            assert_eq!(applied(key, "a=b").environment_variables.get("SEED").map(String::as_str), Some("a=b"));
         }
     }
 
     #[test]
     fn overrides_use_the_yaml_rules() {
         assert_eq!(refused("mini_batch_size", "0"), "must be at least 1, got 0");
-        assert_eq!(
-            refused("instance_count", "many"),
-            "expected a whole number, got `many`"
-        );
+        assert_eq!(refused("instance_count", "many"), "expected a whole number, got `many`");
         assert_eq!(refused("max_retries", "-1"), "must be at least 1, got -1");
-        assert_eq!(
-            refused("max_concurrency_per_instance", "4294967296"),
-            "must be at most 4294967295, got 4294967296"
-        );
+        assert_eq!(refused("max_concurrency_per_instance", "4294967296"), "must be at most 4294967295, got 4294967296");
         assert_eq!(refused("timeout", "0"), "must be at least 1 second, got 0");
         assert_eq!(
             refused("timeout", "soon"),
             "expected whole seconds or an ISO-8601 duration like `PT30S`, got `soon`"
         );
-        assert_eq!(
-            refused("error_threshold", "1.5"),
-            "expected a whole number, got `1.5`"
-        );
-        assert_eq!(
-            refused("output_file_name", "../x"),
-            "must be a plain file name without `/` or `..`, got `../x`"
-        );
-        assert_eq!(
-            refused("logging_level", "trace"),
-            "expected one of `warning`, `info`, `debug`, got `trace`"
-        );
+        assert_eq!(refused("error_threshold", "1.5"), "expected a whole number, got `1.5`");
+        assert_eq!(refused("output_file_name", "../x"), "must be a plain file name without `/` or `..`, got `../x`");
+        assert_eq!(refused("logging_level", "trace"), "expected one of `warning`, `info`, `debug`, got `trace`");
         assert_eq!(
             refused("environment_variables.1X", "v"),
             "`1X` is not a valid environment variable name (letters, digits and `_`, not starting with a digit)"
@@ -537,9 +474,7 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            summary
-                .apply_override("output_file_name", "x.csv")
-                .unwrap_err(),
+            summary.apply_override("output_file_name", "x.csv").unwrap_err(),
             "cannot be set when output_action is summary_only"
         );
     }
@@ -556,13 +491,8 @@ mod tests {
             refused("settings.timout", "3"),
             format!("unknown setting `settings.timout`, did you mean `timeout`? accepted keys: {accepted}")
         );
-        assert_eq!(
-            refused("colour", "red"),
-            format!("unknown setting `colour`; accepted keys: {accepted}")
-        );
-        assert!(
-            refused("output_action", "summary_only").starts_with("unknown setting `output_action`")
-        );
+        assert_eq!(refused("colour", "red"), format!("unknown setting `colour`; accepted keys: {accepted}"));
+        assert!(refused("output_action", "summary_only").starts_with("unknown setting `output_action`"));
     }
 
     #[test]

@@ -32,12 +32,7 @@ impl<'a> Doc<'a> {
     }
 
     fn document_error(&self, line: Option<usize>, message: impl Into<String>) -> SpecError {
-        SpecError {
-            file: self.file.to_string(),
-            line,
-            field: None,
-            message: message.into(),
-        }
+        SpecError { file: self.file.to_string(), line, field: None, message: message.into() }
     }
 
     /// Refuses hostile input, parses the text and returns its top-level mapping.
@@ -52,11 +47,7 @@ impl<'a> Doc<'a> {
                 (Some((path, key)), Some(at)) => SpecError {
                     file: self.file.to_string(),
                     line: locate_duplicate(self.text, at.line(), at.column(), key).or(line),
-                    field: Some(if path.is_empty() {
-                        key.to_string()
-                    } else {
-                        format!("{path}.{key}")
-                    }),
+                    field: Some(if path.is_empty() { key.to_string() } else { format!("{path}.{key}") }),
                     message: "appears more than once".to_string(),
                 },
                 _ => self.document_error(line, format!("invalid yaml: {message}")),
@@ -64,17 +55,9 @@ impl<'a> Doc<'a> {
         })?;
         match value {
             Value::Mapping(map) => Ok(map),
-            Value::Null => {
-                Err(self
-                    .document_error(None, "the document is empty; expected a mapping of fields"))
-            }
-            other => Err(self.document_error(
-                None,
-                format!(
-                    "the top level must be a mapping of fields, got {}",
-                    describe(&other)
-                ),
-            )),
+            Value::Null => Err(self.document_error(None, "the document is empty; expected a mapping of fields")),
+            other => Err(self
+                .document_error(None, format!("the top level must be a mapping of fields, got {}", describe(&other)))),
         }
     }
 }
@@ -96,11 +79,7 @@ pub(crate) struct Fields<'a> {
 
 impl<'a> Fields<'a> {
     pub fn root(doc: &'a Doc<'a>, map: &'a Mapping) -> Self {
-        Fields {
-            doc,
-            prefix: String::new(),
-            map,
-        }
+        Fields { doc, prefix: String::new(), map }
     }
 
     /// Returns the dotted path of `key` inside this mapping.
@@ -167,9 +146,7 @@ impl<'a> Fields<'a> {
     pub fn scalar(&self, key: &str) -> Result<Option<String>, SpecError> {
         match self.get(key) {
             None => Ok(None),
-            Some(v) => scalar_string(v)
-                .map(Some)
-                .ok_or_else(|| self.type_error(key, "a scalar value", v)),
+            Some(v) => scalar_string(v).map(Some).ok_or_else(|| self.type_error(key, "a scalar value", v)),
         }
     }
 
@@ -183,19 +160,13 @@ impl<'a> Fields<'a> {
             Value::String(s) => s.trim().parse().ok(),
             _ => None,
         };
-        parsed
-            .map(Some)
-            .ok_or_else(|| self.type_error(key, "a whole number", value))
+        parsed.map(Some).ok_or_else(|| self.type_error(key, "a whole number", value))
     }
 
     pub fn mapping(&self, key: &str) -> Result<Option<Fields<'a>>, SpecError> {
         match self.get(key) {
             None => Ok(None),
-            Some(Value::Mapping(map)) => Ok(Some(Fields {
-                doc: self.doc,
-                prefix: self.path(key),
-                map,
-            })),
+            Some(Value::Mapping(map)) => Ok(Some(Fields { doc: self.doc, prefix: self.path(key), map })),
             Some(other) => Err(self.type_error(key, "a mapping", other)),
         }
     }
@@ -209,13 +180,8 @@ impl<'a> Fields<'a> {
         for (k, v) in fields.map {
             let name = fields.key_name(k)?;
             // A key with no value (`FOO:`) is an empty string rather than an error, matching how YAML users write it.
-            let text = if v.is_null() {
-                Some(String::new())
-            } else {
-                scalar_string(v)
-            };
-            let text =
-                text.ok_or_else(|| fields.type_error(&name, "a string, number or boolean", v))?;
+            let text = if v.is_null() { Some(String::new()) } else { scalar_string(v) };
+            let text = text.ok_or_else(|| fields.type_error(&name, "a string, number or boolean", v))?;
             out.insert(name, text);
         }
         Ok(out)
@@ -246,19 +212,14 @@ pub(crate) fn describe(value: &Value) -> String {
 }
 
 pub(crate) fn quoted_list(items: &[&str]) -> String {
-    items
-        .iter()
-        .map(|i| format!("`{i}`"))
-        .collect::<Vec<_>>()
-        .join(", ")
+    items.iter().map(|i| format!("`{i}`")).collect::<Vec<_>>().join(", ")
 }
 
 /// Returns the candidate closest to `name` by edit distance, when it is close enough to be a likely typo.
 /// A truncated name (`deployment` for `deployment_name`) also counts as close.
 pub(crate) fn nearest<'c>(name: &str, candidates: &[&'c str]) -> Option<&'c str> {
     let name = name.to_lowercase();
-    let truncated =
-        |c: &str| name.len().min(c.len()) >= 4 && (c.contains(name.as_str()) || name.contains(c));
+    let truncated = |c: &str| name.len().min(c.len()) >= 4 && (c.contains(name.as_str()) || name.contains(c));
     candidates
         .iter()
         .map(|&c| (edit_distance(&name, c), c))
@@ -280,9 +241,7 @@ fn edit_distance(a: &str, b: &str) -> usize {
     for i in 1..=a.len() {
         for j in 1..=b.len() {
             let cost = usize::from(a[i - 1] != b[j - 1]);
-            let mut best = (rows[i - 1][j] + 1)
-                .min(rows[i][j - 1] + 1)
-                .min(rows[i - 1][j - 1] + cost);
+            let mut best = (rows[i - 1][j] + 1).min(rows[i][j - 1] + 1).min(rows[i - 1][j - 1] + cost);
             if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
                 best = best.min(rows[i - 2][j - 2] + 1);
             }
@@ -316,62 +275,23 @@ mod tests {
 
     #[test]
     fn syntax_errors_carry_the_line() {
-        let doc = Doc {
-            file: "e.yml",
-            text: "name: a\nbad: [1, 2\nx: 1\n",
-        };
+        let doc = Doc { file: "e.yml", text: "name: a\nbad: [1, 2\nx: 1\n" };
         let err = doc.load().unwrap_err();
         assert_eq!(err.file, "e.yml");
         assert!(err.line.is_some());
         assert!(err.message.starts_with("invalid yaml: "), "{err}");
-        let dup = Doc {
-            file: "e.yml",
-            text: "name: a\nname: b\n",
-        }
-        .load()
-        .unwrap_err();
-        assert_eq!(
-            dup.to_string(),
-            "e.yml:2: field `name`: appears more than once"
-        );
-        let nested = Doc {
-            file: "e.yml",
-            text: "name: a\nsettings:\n  x: 1\n  y: 2\n  x: 3\n",
-        }
-        .load()
-        .unwrap_err();
-        assert_eq!(
-            nested.to_string(),
-            "e.yml:5: field `settings.x`: appears more than once"
-        );
+        let dup = Doc { file: "e.yml", text: "name: a\nname: b\n" }.load().unwrap_err();
+        assert_eq!(dup.to_string(), "e.yml:2: field `name`: appears more than once");
+        let nested = Doc { file: "e.yml", text: "name: a\nsettings:\n  x: 1\n  y: 2\n  x: 3\n" }.load().unwrap_err();
+        assert_eq!(nested.to_string(), "e.yml:5: field `settings.x`: appears more than once");
     }
 
     #[test]
     fn empty_and_non_mapping_documents_are_refused() {
-        let load = |text| {
-            Doc {
-                file: "e.yml",
-                text,
-            }
-            .load()
-            .unwrap_err()
-            .to_string()
-        };
-        assert_eq!(
-            load(""),
-            "e.yml: the document is empty; expected a mapping of fields"
-        );
-        assert_eq!(
-            load("# only a comment\n"),
-            "e.yml: the document is empty; expected a mapping of fields"
-        );
-        assert_eq!(
-            load("- a\n- b\n"),
-            "e.yml: the top level must be a mapping of fields, got a list"
-        );
-        assert_eq!(
-            load("hello\n"),
-            "e.yml: the top level must be a mapping of fields, got the string `hello`"
-        );
+        let load = |text| Doc { file: "e.yml", text }.load().unwrap_err().to_string();
+        assert_eq!(load(""), "e.yml: the document is empty; expected a mapping of fields");
+        assert_eq!(load("# only a comment\n"), "e.yml: the document is empty; expected a mapping of fields");
+        assert_eq!(load("- a\n- b\n"), "e.yml: the top level must be a mapping of fields, got a list");
+        assert_eq!(load("hello\n"), "e.yml: the top level must be a mapping of fields, got the string `hello`");
     }
 }

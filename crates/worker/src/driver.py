@@ -27,6 +27,17 @@ def main():
     os.close(log_fd)
     sys.stdout = open(1, "w", buffering=1, closefd=False)
 
+    observed = []
+
+    def audit(event, args):
+        # The sandbox has no network, so every attempt fails; recording them makes the refusal visible.
+        if event in ("socket.connect", "socket.sendto", "socket.sendmsg"):
+            observed.append(f"{event} {args[1]!r}"[:200])
+        elif event in ("socket.getaddrinfo", "socket.gethostbyname", "socket.gethostbyaddr"):
+            observed.append(f"{event} {args[0]!r}"[:200])
+
+    sys.addaudithook(audit)
+
     def answer(**message):
         answers.write(json.dumps(message) + "\n")
         answers.flush()
@@ -61,13 +72,14 @@ def main():
         request = json.loads(line)
         if request.get("type") != "run":
             continue
+        del observed[:]
         try:
             result = module.run(request["files"])
             items = write_result(result, request.get("output"))
         except BaseException:
-            answer(type="error", error=traceback.format_exc())
+            answer(type="error", error=traceback.format_exc(), observed=observed[:50])
             continue
-        answer(type="done", items=items)
+        answer(type="done", items=items, observed=observed[:50])
     return 0
 
 

@@ -6,6 +6,7 @@
 //! part and the logs, report the outcome. The worker does not decide anything about retries or the job's
 //! fate: it reports what happened and the control plane's policy decides.
 
+pub mod sandbox;
 mod scorer;
 mod slot;
 
@@ -31,19 +32,11 @@ pub struct WorkerConfig {
 static SCORER_GROUPS: Mutex<Option<HashSet<u32>>> = Mutex::new(None);
 
 fn register_group(pid: u32) {
-    SCORER_GROUPS
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .get_or_insert_with(HashSet::new)
-        .insert(pid);
+    SCORER_GROUPS.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert_with(HashSet::new).insert(pid);
 }
 
 fn unregister_group(pid: u32) {
-    if let Some(set) = SCORER_GROUPS
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .as_mut()
-    {
+    if let Some(set) = SCORER_GROUPS.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
         set.remove(&pid);
     }
 }
@@ -56,10 +49,7 @@ fn kill_all_scorers() {
         .map(|s| s.iter().copied().collect())
         .unwrap_or_default();
     for pid in groups {
-        let _ = nix::sys::signal::killpg(
-            nix::unistd::Pid::from_raw(pid as i32),
-            nix::sys::signal::Signal::SIGKILL,
-        );
+        let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
     }
 }
 

@@ -3,7 +3,10 @@
 //! The scorer gets its own process group, so a timeout or a stop ends everything the script started,
 //! and its stdout and stderr go straight to the per-process log files the reference lays out.
 
+use crate::sandbox::{self, FileView, IsolationRecord};
 use anyhow::{bail, Context};
+use cove_api::worker::SandboxMode;
+use cove_spec::Limits;
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use serde::Deserialize;
@@ -23,36 +26,66 @@ pub struct ScorerSpec<'a> {
     pub script: &'a str,
     pub model_dir: &'a Path,
     pub output_dir: &'a Path,
+    pub parts_dir: &'a Path,
+    pub inputs_dir: &'a Path,
     pub work_dir: &'a Path,
     pub stdout_log: &'a Path,
     pub stderr_log: &'a Path,
     pub logging_level: &'a str,
     pub env: &'a std::collections::BTreeMap<String, String>,
+    pub sandbox: SandboxMode,
+    pub limits: Limits,
 }
+
+/// Host variables a scorer keeps inside the sandbox: locale, time zone and numeric-library tuning.
+const PASSED_THROUGH: &[&str] = &[
+    "LANG",
+    "LC_ALL",
+    "TZ",
+    "OMP_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "OPENBLAS_CORETYPE",
+    "OPENBLAS_L2_SIZE",
+];
 
 pub struct Scorer {
     child: Child,
     stdin: ChildStdin,
     answers: Lines<BufReader<ChildStdout>>,
     pub pid: u32,
+    pub isolation: IsolationRecord,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 enum Answer {
-    Ready { pid: u32 },
-    InitFailed { error: String },
-    Done { items: u64 },
-    Error { error: String },
+    Ready {
+        pid: u32,
+    },
+    InitFailed {
+        error: String,
+    },
+    Done {
+        items: u64,
+        #[serde(default)]
+        observed: Vec<String>,
+    },
+    Error {
+        error: String,
+        #[serde(default)]
+        observed: Vec<String>,
+    },
 }
 
 /// How a `run()` call ended.
 pub enum RunResult {
     Done {
         items: u64,
+        observed: Vec<String>,
     },
-    /// `run()` raised: the traceback.
-    Raised(String),
+    /// `run()` raised: the traceback, and the network attempts the sandbox observed.
+    Raised(String, Vec<String>),
     TimedOut,
     /// The process ended while running: how it ended.
     Died(String),
@@ -68,11 +101,7 @@ pub enum StartError {
 impl Scorer {
     /// Starts the process and waits for `init()` to return.
     pub async fn start(spec: &ScorerSpec<'_>) -> Result<Scorer, StartError> {
-        Self::spawn(spec)
-            .await
-            .map_err(StartError::Other)?
-            .wait_ready()
-            .await
+        Self::spawn(spec).await.map_err(StartError::Other)?.wait_ready().await
     }
 
     async fn spawn(spec: &ScorerSpec<'_>) -> anyhow::Result<Scorer> {
@@ -80,15 +109,62 @@ impl Scorer {
             if let Some(parent) = p.parent() {
                 std::fs::create_dir_all(parent)?;
             }
-            Ok(std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(p)?)
+            Ok(std::fs::OpenOptions::new().create(true).append(true).open(p)?)
         };
-        std::fs::create_dir_all(spec.output_dir)?;
+        for dir in [spec.output_dir, spec.parts_dir, spec.inputs_dir, spec.work_dir] {
+            std::fs::create_dir_all(dir)?;
+        }
         let stderr = open(spec.stderr_log)?;
         open(spec.stdout_log)?;
-        let mut command = tokio::process::Command::new(spec.python);
+        let mut isolation = IsolationRecord {
+            sandbox: spec.sandbox.as_str().to_string(),
+            memory_mb: spec.limits.memory_mb,
+            cpu_seconds: spec.limits.cpu_seconds,
+            ..IsolationRecord::default()
+        };
+        let mut command = match spec.sandbox {
+            SandboxMode::Namespaces => {
+                sandbox::available().map_err(anyhow::Error::msg)?;
+                let interp = sandbox::interpreter(spec.python).map_err(anyhow::Error::msg)?;
+                let view = FileView {
+                    read_only: vec![
+                        spec.driver.to_path_buf(),
+                        spec.code_dir.to_path_buf(),
+                        spec.model_dir.to_path_buf(),
+                        spec.inputs_dir.to_path_buf(),
+                    ],
+                    writable: vec![
+                        spec.output_dir.to_path_buf(),
+                        spec.parts_dir.to_path_buf(),
+                        spec.stdout_log.parent().expect("logs sit in folders").to_path_buf(),
+                    ],
+                };
+                isolation.namespaces = sandbox::NAMESPACES.to_string();
+                isolation.read_only = ["/usr (system runtime)".to_string()]
+                    .into_iter()
+                    .chain(interp.roots.iter().map(|p| format!("{} (interpreter)", p.display())))
+                    .chain(view.read_only.iter().map(|p| p.display().to_string()))
+                    .collect();
+                isolation.writable = ["/tmp (private)".to_string()]
+                    .into_iter()
+                    .chain(view.writable.iter().map(|p| p.display().to_string()))
+                    .collect();
+                let mut c = tokio::process::Command::new(sandbox::BWRAP);
+                c.args(sandbox::bwrap_args(&interp, &view)).arg(&interp.executable);
+                c.env_clear().env("PATH", "/usr/local/bin:/usr/bin:/bin").env("HOME", "/tmp");
+                for var in PASSED_THROUGH {
+                    if let Some(v) = std::env::var_os(var) {
+                        c.env(var, v);
+                    }
+                }
+                c
+            }
+            SandboxMode::None => {
+                let mut c = tokio::process::Command::new(spec.python);
+                c.current_dir(spec.work_dir).env_remove("COVE_WORKER_TOKEN").env_remove("COVE_TOKEN");
+                c
+            }
+        };
         command
             .arg("-u")
             .arg(spec.driver)
@@ -100,39 +176,30 @@ impl Scorer {
             .arg(spec.stdout_log)
             .arg("--logging_level")
             .arg(spec.logging_level)
-            .current_dir(spec.work_dir)
             .envs(spec.env)
             .env("AZUREML_MODEL_DIR", spec.model_dir)
             .env("AZUREML_BI_OUTPUT_PATH", spec.output_dir)
             .env("PYTHONDONTWRITEBYTECODE", "1")
-            .env_remove("COVE_WORKER_TOKEN")
-            .env_remove("COVE_TOKEN")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(stderr)
             .process_group(0)
             .kill_on_drop(true);
-        die_with_parent(&mut command);
-        let mut child = command
-            .spawn()
-            .with_context(|| format!("failed to start the scorer with `{}`", spec.python))?;
+        restrict(&mut command, spec.limits);
+        let mut child =
+            command.spawn().with_context(|| format!("failed to start the scorer with `{}`", spec.python))?;
         let pid = child.id().context("the scorer exited at once")?;
         crate::register_group(pid);
         let stdin = child.stdin.take().expect("stdin is piped");
         let answers = BufReader::new(child.stdout.take().expect("stdout is piped")).lines();
-        Ok(Scorer {
-            child,
-            stdin,
-            answers,
-            pid,
-        })
+        Ok(Scorer { child, stdin, answers, pid, isolation })
     }
 
     async fn wait_ready(mut self) -> Result<Scorer, StartError> {
         match self.answers.next_line().await {
             Ok(Some(line)) => match serde_json::from_str::<Answer>(&line) {
-                Ok(Answer::Ready { pid }) => {
-                    debug_assert_eq!(pid, self.pid);
+                Ok(Answer::Ready { .. }) => {
+                    // The pid it reports is its own inside the sandbox's PID namespace, not ours to use.
                     Ok(self)
                 }
                 Ok(Answer::InitFailed { error }) => {
@@ -141,32 +208,21 @@ impl Scorer {
                 }
                 _ => {
                     self.kill().await;
-                    Err(StartError::Other(anyhow::anyhow!(
-                        "unexpected answer from the scorer: {line}"
-                    )))
+                    Err(StartError::Other(anyhow::anyhow!("unexpected answer from the scorer: {line}")))
                 }
             },
             _ => {
                 let how = self.exit_description().await;
-                Err(StartError::InitFailed(format!(
-                    "the scorer process {how} during init()"
-                )))
+                Err(StartError::InitFailed(format!("the scorer process {how} during init()")))
             }
         }
     }
 
     /// Runs one mini-batch, killing the process when `timeout` passes first.
-    pub async fn run(
-        &mut self,
-        files: &[PathBuf],
-        output: Option<&Path>,
-        timeout: Duration,
-    ) -> RunResult {
+    pub async fn run(&mut self, files: &[PathBuf], output: Option<&Path>, timeout: Duration) -> RunResult {
         let request = serde_json::json!({ "type": "run", "files": files, "output": output });
         let sent = async {
-            self.stdin
-                .write_all(format!("{request}\n").as_bytes())
-                .await?;
+            self.stdin.write_all(format!("{request}\n").as_bytes()).await?;
             self.stdin.flush().await
         }
         .await;
@@ -179,8 +235,8 @@ impl Scorer {
                 RunResult::TimedOut
             }
             Ok(Ok(Some(line))) => match serde_json::from_str::<Answer>(&line) {
-                Ok(Answer::Done { items }) => RunResult::Done { items },
-                Ok(Answer::Error { error }) => RunResult::Raised(error),
+                Ok(Answer::Done { items, observed }) => RunResult::Done { items, observed },
+                Ok(Answer::Error { error, observed }) => RunResult::Raised(error, observed),
                 _ => RunResult::Died(format!("sent an unexpected answer: {line}")),
             },
             Ok(_) => RunResult::Died(self.exit_description().await),
@@ -191,7 +247,11 @@ impl Scorer {
         use std::os::unix::process::ExitStatusExt;
         match tokio::time::timeout(Duration::from_secs(5), self.child.wait()).await {
             Ok(Ok(status)) => match (status.code(), status.signal()) {
-                (_, Some(sig)) => format!("was killed by signal {sig}"),
+                (_, Some(sig)) => format!("was killed by signal {sig}{}", signal_meaning(sig)),
+                // bubblewrap reports a command killed by a signal as 128 + the signal.
+                (Some(code), _) if code > 128 && self.isolation.sandbox == "namespaces" => {
+                    format!("was killed by signal {}{}", code - 128, signal_meaning(code - 128))
+                }
                 (Some(code), _) => format!("exited with code {code}"),
                 _ => "exited".to_string(),
             },
@@ -210,15 +270,31 @@ impl Scorer {
     }
 }
 
-/// Makes the scorer die with the worker that started it, so a worker killed with SIGKILL leaves no
-/// scorer running on a mini-batch whose lease is about to be given to someone else.
+/// Explains the signals the limits raise.
+fn signal_meaning(sig: i32) -> &'static str {
+    match sig {
+        24 => " (SIGXCPU: the CPU-time limit was reached)",
+        9 => " (SIGKILL)",
+        _ => "",
+    }
+}
+
+/// Applies the deployment's limits and makes the scorer die with the worker that started it, so a
+/// worker killed with SIGKILL leaves no scorer running on a mini-batch whose lease is about to be given
+/// to someone else.
 #[allow(unsafe_code)]
-fn die_with_parent(command: &mut tokio::process::Command) {
-    // SAFETY: the closure runs between fork and exec and only calls prctl(2), which is async-signal-safe
-    // and allocates nothing.
+fn restrict(command: &mut tokio::process::Command, limits: Limits) {
+    use nix::sys::resource::{setrlimit, Resource};
+    let memory = limits.memory_mb.saturating_mul(1024 * 1024);
+    let cpu = limits.cpu_seconds;
+    // SAFETY: the closure runs between fork and exec and only calls prctl(2) and setrlimit(2), which
+    // are async-signal-safe, on values computed before the fork; it allocates nothing.
     unsafe {
-        command.pre_exec(|| {
-            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)
+        command.pre_exec(move || {
+            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
+            setrlimit(Resource::RLIMIT_AS, memory, memory)?;
+            setrlimit(Resource::RLIMIT_CPU, cpu, cpu)?;
+            Ok(())
         });
     }
 }

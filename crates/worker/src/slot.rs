@@ -4,8 +4,7 @@ use crate::scorer::{plain_name, RunResult, Scorer, ScorerSpec, StartError};
 use crate::WorkerConfig;
 use anyhow::Context;
 use cove_api::worker::{
-    AssetListing, Completion, CompletionAck, Lease, LeaseRequest, LeaseResponse, ReportedOutcome,
-    RunSpec,
+    AssetListing, Completion, CompletionAck, Lease, LeaseRequest, LeaseResponse, ReportedOutcome, RunSpec,
 };
 use cove_api::{encode, Client, ClientError};
 use std::io::Write;
@@ -23,6 +22,10 @@ pub struct Slot {
     /// The scorer process and the job it was started for.
     scorer: Option<(String, Scorer)>,
     init_failures: u32,
+    /// Network attempts observed during the current attempt.
+    observed: Vec<String>,
+    /// The isolation record of the scorer that ran the current attempt (kept when it dies).
+    last_isolation: Option<serde_json::Value>,
 }
 
 /// The per-process log files of one job, relative to the job's `logs/` folder.
@@ -42,6 +45,8 @@ impl Slot {
             driver,
             scorer: None,
             init_failures: 0,
+            observed: Vec::new(),
+            last_isolation: None,
         }
     }
 
@@ -57,6 +62,23 @@ impl Slot {
 
     fn job_dir(&self, job: &str) -> PathBuf {
         self.config.work_dir.join("jobs").join(job)
+    }
+
+    fn parts_dir(&self, job: &str) -> PathBuf {
+        self.job_dir(job).join("parts").join(format!("process{:03}", self.process))
+    }
+
+    /// Records network attempts the sandbox saw during a run, for this attempt's isolation record.
+    fn note_observed(&mut self, observed: Vec<String>) {
+        self.observed = observed;
+    }
+
+    /// What the current attempt ran under.
+    fn isolation(&self) -> Option<serde_json::Value> {
+        let (_, scorer) = self.scorer.as_ref()?;
+        let mut record = scorer.isolation.clone();
+        record.refused_network = self.observed.clone();
+        serde_json::to_value(record).ok()
     }
 
     pub async fn run(mut self) -> anyhow::Result<()> {
@@ -75,8 +97,7 @@ impl Slot {
             wait_ms: 15_000,
         };
         loop {
-            let resp: LeaseResponse =
-                retrying(|| self.client.post("/worker/v1/lease", &req)).await?;
+            let resp: LeaseResponse = retrying(|| self.client.post("/worker/v1/lease", &req)).await?;
             match resp.lease {
                 Some(lease) => {
                     let active = self.work(lease).await?;
@@ -93,21 +114,19 @@ impl Slot {
     /// Works one lease; returns whether its job still runs.
     async fn work(&mut self, lease: Lease) -> anyhow::Result<bool> {
         let started = Instant::now();
+        self.observed.clear();
+        self.last_isolation = None;
         let heartbeat = self.spawn_heartbeat(&lease);
         let outcome = self.attempt(&lease).await;
         heartbeat.abort();
         let (outcome, items_ok, items_failed, reason) = match outcome {
             Ok(o) => o,
-            Err(e) => (
-                ReportedOutcome::Failed,
-                0,
-                0,
-                Some(format!("the worker failed to run the mini-batch: {e:#}")),
-            ),
+            Err(e) => (ReportedOutcome::Failed, 0, 0, Some(format!("the worker failed to run the mini-batch: {e:#}"))),
         };
         let pid = self.scorer.as_ref().map_or(0, |(_, s)| s.pid);
         self.write_sys_log(&lease, outcome, items_ok, items_failed, started.elapsed());
         self.upload_logs(&lease.job).await;
+        let isolation = self.isolation().or(self.last_isolation.take());
         let report = Completion {
             outcome,
             items_ok,
@@ -115,14 +134,11 @@ impl Slot {
             reason,
             elapsed_ms: started.elapsed().as_millis() as u64,
             pid,
+            isolation,
         };
         let path = format!("/worker/v1/leases/{}/complete", lease.lease_id);
         let ack: CompletionAck = retrying(|| self.client.post(&path, &report)).await?;
-        let _ = std::fs::remove_dir_all(
-            self.job_dir(&lease.job)
-                .join("inputs")
-                .join(&lease.lease_id),
-        );
+        let _ = std::fs::remove_dir_all(self.job_dir(&lease.job).join("inputs").join(&lease.lease_id));
         if !ack.job_active {
             if let Some((_, mut s)) = self.scorer.take() {
                 s.kill().await;
@@ -139,16 +155,12 @@ impl Slot {
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(every).await;
-                let _: Result<serde_json::Value, _> =
-                    client.post(&path, &serde_json::json!({})).await;
+                let _: Result<serde_json::Value, _> = client.post(&path, &serde_json::json!({})).await;
             }
         })
     }
 
-    async fn attempt(
-        &mut self,
-        lease: &Lease,
-    ) -> anyhow::Result<(ReportedOutcome, u64, u64, Option<String>)> {
+    async fn attempt(&mut self, lease: &Lease) -> anyhow::Result<(ReportedOutcome, u64, u64, Option<String>)> {
         let job_dir = self.job_dir(&lease.job);
         let model_dir = job_dir.join("assets").join("model");
         let code_dir = job_dir.join("assets").join("code");
@@ -156,21 +168,12 @@ impl Slot {
         if lease.run.scoring_script.is_some() {
             self.fetch_asset(lease, "code", &code_dir).await?;
         }
-        let output_dir = job_dir
-            .join("outputs")
-            .join(format!("process{:03}", self.process));
-        if self
-            .scorer
-            .as_ref()
-            .is_none_or(|(job, _)| job != &lease.job)
-        {
+        let output_dir = job_dir.join("outputs").join(format!("process{:03}", self.process));
+        if self.scorer.as_ref().is_none_or(|(job, _)| job != &lease.job) {
             if let Some((_, mut old)) = self.scorer.take() {
                 old.kill().await;
             }
-            match self
-                .start_scorer(lease, &model_dir, &code_dir, &output_dir)
-                .await?
-            {
+            match self.start_scorer(lease, &model_dir, &code_dir, &output_dir).await? {
                 Ok(s) => {
                     self.init_failures = 0;
                     self.scorer = Some((lease.job.clone(), s));
@@ -179,81 +182,53 @@ impl Slot {
                     self.append_error_log(&lease.job, "init()", &traceback);
                     self.init_failures += 1;
                     // Back off so a script whose init() always fails does not spin.
-                    tokio::time::sleep(Duration::from_millis(
-                        200 * u64::from(self.init_failures.min(10)),
-                    ))
-                    .await;
-                    return Ok((
-                        ReportedOutcome::InitFailed,
-                        0,
-                        0,
-                        Some(last_line(&traceback)),
-                    ));
+                    tokio::time::sleep(Duration::from_millis(200 * u64::from(self.init_failures.min(10)))).await;
+                    return Ok((ReportedOutcome::InitFailed, 0, 0, Some(last_line(&traceback))));
                 }
             }
         }
         let inputs = self.stage_inputs(lease, &job_dir).await?;
-        let part = job_dir
-            .join("parts")
-            .join(format!("{}.part", lease.lease_id));
-        std::fs::create_dir_all(part.parent().expect("has a parent"))?;
+        let part = self.parts_dir(&lease.job).join(format!("{}.part", lease.lease_id));
         let want_part = lease.run.output_action == cove_spec::OutputAction::AppendRow;
         let (_, scorer) = self.scorer.as_mut().expect("started above");
-        let result = scorer
-            .run(
-                &inputs,
-                want_part.then_some(part.as_path()),
-                Duration::from_secs(lease.run.timeout_secs),
-            )
-            .await;
+        let result =
+            scorer.run(&inputs, want_part.then_some(part.as_path()), Duration::from_secs(lease.run.timeout_secs)).await;
         let files = inputs.len() as u64;
         let outcome = match result {
-            RunResult::Done { items } => {
+            RunResult::Done { items, observed } => {
+                self.note_observed(observed);
                 if want_part {
-                    let bytes =
-                        std::fs::read(&part).context("failed to read the scorer's output part")?;
+                    let bytes = std::fs::read(&part)
+                        .with_context(|| format!("failed to read the scorer's output part {}", part.display()))?;
                     let _ = std::fs::remove_file(&part);
                     let path = format!("/worker/v1/leases/{}/part", lease.lease_id);
                     retrying(|| self.client.put_bytes(&path, bytes.clone().into())).await?;
                 }
                 self.upload_outputs(lease, &output_dir).await?;
-                (
-                    ReportedOutcome::Succeeded,
-                    items,
-                    files.saturating_sub(items),
-                    None,
-                )
+                (ReportedOutcome::Succeeded, items, files.saturating_sub(items), None)
             }
-            RunResult::Raised(traceback) => {
-                self.append_error_log(
-                    &lease.job,
-                    &format!("run() on mini-batch {}", lease.batch_index),
-                    &traceback,
-                );
+            RunResult::Raised(traceback, observed) => {
+                self.note_observed(observed);
+                self.append_error_log(&lease.job, &format!("run() on mini-batch {}", lease.batch_index), &traceback);
                 (ReportedOutcome::Failed, 0, 0, Some(last_line(&traceback)))
             }
             RunResult::TimedOut => {
+                self.last_isolation = self.isolation();
                 self.scorer = None;
                 (
                     ReportedOutcome::TimedOut,
                     0,
                     0,
-                    Some(format!(
-                        "run() did not return within {} s",
-                        lease.run.timeout_secs
-                    )),
+                    Some(format!("run() did not return within {} s", lease.run.timeout_secs)),
                 )
             }
             RunResult::Died(how) => {
+                self.last_isolation = self.isolation();
                 if let Some((_, mut s)) = self.scorer.take() {
                     s.kill().await;
                 }
                 let reason = format!("the scorer process {how} while running the mini-batch");
-                self.append_error_log(
-                    &lease.job,
-                    &format!("run() on mini-batch {}", lease.batch_index),
-                    &reason,
-                );
+                self.append_error_log(&lease.job, &format!("run() on mini-batch {}", lease.batch_index), &reason);
                 (ReportedOutcome::Failed, 0, 0, Some(reason))
             }
         };
@@ -271,14 +246,9 @@ impl Slot {
         let job_dir = self.job_dir(&lease.job);
         let logs = self.logs();
         let local_logs = job_dir.join("logs");
-        let slot_dir = job_dir
-            .join("slots")
-            .join(format!("process{:03}", self.process));
+        let slot_dir = job_dir.join("slots").join(format!("process{:03}", self.process));
         std::fs::create_dir_all(&slot_dir)?;
-        let script = run
-            .scoring_script
-            .as_deref()
-            .context("the deployment has no scoring script")?;
+        let script = run.scoring_script.as_deref().context("the deployment has no scoring script")?;
         let spec = ScorerSpec {
             python: &run.python,
             driver: &self.driver,
@@ -286,11 +256,15 @@ impl Slot {
             script,
             model_dir,
             output_dir,
+            parts_dir: &self.parts_dir(&lease.job),
+            inputs_dir: &job_dir.join("inputs"),
             work_dir: &slot_dir,
             stdout_log: &local_logs.join(&logs.stdout),
             stderr_log: &local_logs.join(&logs.stderr),
             logging_level: &run.logging_level.to_string(),
             env: &run.environment_variables,
+            sandbox: run.sandbox,
+            limits: run.limits,
         };
         match Scorer::start(&spec).await {
             Ok(s) => Ok(Ok(s)),
@@ -305,24 +279,15 @@ impl Slot {
         if marker.exists() {
             return Ok(());
         }
-        let listing: AssetListing = self
-            .client
-            .get(&format!(
-                "/worker/v1/leases/{}/assets/{kind}",
-                lease.lease_id
-            ))
-            .await?;
+        let listing: AssetListing =
+            self.client.get(&format!("/worker/v1/leases/{}/assets/{kind}", lease.lease_id)).await?;
         let tmp = dest.with_extension(format!("tmp{}", self.process));
         let _ = std::fs::remove_dir_all(&tmp);
         for f in &listing.files {
             let rel = cove_rel_path(&f.path)?;
             let bytes = self
                 .client
-                .get_bytes(&format!(
-                    "/worker/v1/leases/{}/assets/{kind}/{}",
-                    lease.lease_id,
-                    encode_path(&f.path)
-                ))
+                .get_bytes(&format!("/worker/v1/leases/{}/assets/{kind}/{}", lease.lease_id, encode_path(&f.path)))
                 .await?;
             let target = tmp.join(rel);
             std::fs::create_dir_all(target.parent().expect("joined under tmp"))?;
@@ -346,10 +311,7 @@ impl Slot {
         std::fs::create_dir_all(&dir)?;
         let mut paths = Vec::with_capacity(lease.files.len());
         for (i, name) in lease.files.iter().enumerate() {
-            let bytes = self
-                .client
-                .get_bytes(&format!("/worker/v1/leases/{}/files/{i}", lease.lease_id))
-                .await?;
+            let bytes = self.client.get_bytes(&format!("/worker/v1/leases/{}/files/{i}", lease.lease_id)).await?;
             let path = dir.join(plain_name(name)?);
             std::fs::write(&path, &bytes)?;
             paths.push(path);
@@ -368,11 +330,7 @@ impl Slot {
             }
             let name = entry.file_name().to_string_lossy().to_string();
             let bytes = std::fs::read(entry.path())?;
-            let path = format!(
-                "/worker/v1/leases/{}/outputs/{}",
-                lease.lease_id,
-                encode(&name)
-            );
+            let path = format!("/worker/v1/leases/{}/outputs/{}", lease.lease_id, encode(&name));
             retrying(|| self.client.put_bytes(&path, bytes.clone().into())).await?;
             std::fs::remove_file(entry.path())?;
         }
@@ -382,30 +340,15 @@ impl Slot {
     fn append_error_log(&self, job: &str, what: &str, text: &str) {
         let path = self.job_dir(job).join("logs").join(self.logs().error);
         let _ = std::fs::create_dir_all(path.parent().expect("has a parent"));
-        if let Ok(mut f) = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-        {
+        if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
             let _ = writeln!(f, "{} {what} failed:\n{}\n", now(), text.trim_end());
         }
     }
 
-    fn write_sys_log(
-        &self,
-        lease: &Lease,
-        outcome: ReportedOutcome,
-        ok: u64,
-        failed: u64,
-        elapsed: Duration,
-    ) {
+    fn write_sys_log(&self, lease: &Lease, outcome: ReportedOutcome, ok: u64, failed: u64, elapsed: Duration) {
         let path = self.job_dir(&lease.job).join("logs").join(self.logs().sys);
         let _ = std::fs::create_dir_all(path.parent().expect("has a parent"));
-        if let Ok(mut f) = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-        {
+        if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
             let pid = self.scorer.as_ref().map_or(0, |(_, s)| s.pid);
             let _ = writeln!(
                 f,
@@ -435,9 +378,7 @@ impl Slot {
 }
 
 fn now() -> String {
-    let t = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
+    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
     format!("{}.{:03}", t.as_secs(), t.subsec_millis())
 }
 

@@ -8,18 +8,14 @@ use serde_json::json;
 fn bad_invocations_get_clear_errors_and_create_no_job() {
     let ws = Workspace::start();
     let p = Project::new(ws.dir.path(), "inv", LIST_SCRIPT, "");
-    ws.cove(&["endpoint", "create", "-f", &p.file("endpoint.yml")])
-        .ok();
-    ws.cove(&["deployment", "create", "-f", &p.file("deployment.yml")])
-        .ok();
+    ws.cove(&["endpoint", "create", "-f", &p.file("endpoint.yml")]).ok();
+    ws.cove(&["deployment", "create", "-f", &p.file("deployment.yml")]).ok();
     let data = p.inputs(2).display().to_string();
 
-    ws.cove(&["endpoint", "invoke", "inv", "--input", &data])
-        .fails_with(2, "No valid deployments to route to");
+    ws.cove(&["endpoint", "invoke", "inv", "--input", &data]).fails_with(2, "No valid deployments to route to");
     ws.cove(&["endpoint", "invoke", "inv", "--input", &data, "-d", "green"])
         .fails_with(5, "deployment `green` does not exist");
-    ws.cove(&["endpoint", "invoke", "nope", "--input", &data])
-        .fails_with(5, "endpoint `nope` does not exist");
+    ws.cove(&["endpoint", "invoke", "nope", "--input", &data]).fails_with(5, "endpoint `nope` does not exist");
     ws.cove(&["endpoint", "invoke", "inv", "--input", "/no/such/folder"])
         .fails_with(2, "--input: `/no/such/folder` does not exist");
     ws.cove(&[
@@ -42,68 +38,18 @@ fn bad_invocations_get_clear_errors_and_create_no_job() {
         "azureml://datastores/workspaceblobstore/paths/missing",
     ])
     .fails_with(2, "is not a folder holding files");
-    ws.cove(&[
-        "endpoint",
-        "invoke",
-        "inv",
-        "-d",
-        "blue",
-        "--input",
-        "azureml://datastores/secret/paths/x",
-    ])
-    .fails_with(2, "datastore `secret` does not exist");
-    ws.cove(&[
-        "endpoint",
-        "invoke",
-        "inv",
-        "-d",
-        "blue",
-        "--input",
-        &data,
-        "--set",
-        "mini_batch_size=0",
-    ])
-    .fails_with(2, "mini_batch_size");
-    ws.cove(&[
-        "endpoint",
-        "invoke",
-        "inv",
-        "-d",
-        "blue",
-        "--input",
-        &data,
-        "--set",
-        "mini_bach_size=3",
-    ])
-    .fails_with(2, "mini_batch_size");
-    ws.cove(&[
-        "endpoint",
-        "invoke",
-        "inv",
-        "-d",
-        "blue",
-        "--input",
-        "file:///etc/passwd",
-    ])
-    .fails_with(2, "is not a datastore URI");
-    let (status, body) = ws.http(
-        "POST",
-        "/endpoints/inv/jobs",
-        Some(json!({"input": 5})),
-        &[("azureml-model-deployment", "blue")],
-    );
-    assert_eq!(
-        (status, body["code"].as_str()),
-        (400, Some("invalid_argument")),
-        "{body}"
-    );
-    let (status, _) = ws.http_as(
-        "wrong-token",
-        "POST",
-        "/endpoints/inv/jobs",
-        Some(json!({})),
-        &[],
-    );
+    ws.cove(&["endpoint", "invoke", "inv", "-d", "blue", "--input", "azureml://datastores/secret/paths/x"])
+        .fails_with(2, "datastore `secret` does not exist");
+    ws.cove(&["endpoint", "invoke", "inv", "-d", "blue", "--input", &data, "--set", "mini_batch_size=0"])
+        .fails_with(2, "mini_batch_size");
+    ws.cove(&["endpoint", "invoke", "inv", "-d", "blue", "--input", &data, "--set", "mini_bach_size=3"])
+        .fails_with(2, "mini_batch_size");
+    ws.cove(&["endpoint", "invoke", "inv", "-d", "blue", "--input", "file:///etc/passwd"])
+        .fails_with(2, "is not a datastore URI");
+    let (status, body) =
+        ws.http("POST", "/endpoints/inv/jobs", Some(json!({"input": 5})), &[("azureml-model-deployment", "blue")]);
+    assert_eq!((status, body["code"].as_str()), (400, Some("invalid_argument")), "{body}");
+    let (status, _) = ws.http_as("wrong-token", "POST", "/endpoints/inv/jobs", Some(json!({})), &[]);
     assert_eq!(status, 401);
     assert_eq!(ws.job_count(), 0, "no bad invocation may create a job");
 }
@@ -115,14 +61,7 @@ fn the_scoring_uri_routes_by_header_honours_idempotency_keys_and_takes_the_azure
     p.deploy(&ws);
     let data = p.inputs(4);
     // Put the inputs in the datastore through a first CLI invocation, then reuse its input URI.
-    let first = ws.cove(&[
-        "--json",
-        "endpoint",
-        "invoke",
-        "http",
-        "--input",
-        &data.display().to_string(),
-    ]);
+    let first = ws.cove(&["--json", "endpoint", "invoke", "http", "--input", &data.display().to_string()]);
     first.ok();
     let input_uri = first.json()["input"]["uri"].as_str().unwrap().to_string();
 
@@ -131,22 +70,11 @@ fn the_scoring_uri_routes_by_header_honours_idempotency_keys_and_takes_the_azure
         "miniBatchSize": 2,
         "OutputFileName": "scores.csv"
     }});
-    let headers = [
-        ("azureml-model-deployment", "blue"),
-        ("repeatability_request-id", "key-1"),
-    ];
-    let (s1, job1) = ws.http(
-        "POST",
-        "/endpoints/http/jobs",
-        Some(azure.clone()),
-        &headers,
-    );
+    let headers = [("azureml-model-deployment", "blue"), ("repeatability_request-id", "key-1")];
+    let (s1, job1) = ws.http("POST", "/endpoints/http/jobs", Some(azure.clone()), &headers);
     let (s2, job2) = ws.http("POST", "/endpoints/http/jobs", Some(azure), &headers);
     assert_eq!((s1, s2), (201, 200), "{job1} {job2}");
-    assert_eq!(
-        job1["name"], job2["name"],
-        "a retried POST with the same key returns the same job"
-    );
+    assert_eq!(job1["name"], job2["name"], "a retried POST with the same key returns the same job");
     assert_eq!(job1["settings"]["mini_batch_size"], 2);
     assert_eq!(job1["output_file_name"], "scores.csv");
     let done = ws.wait_job(job1["name"].as_str().unwrap());
@@ -156,11 +84,7 @@ fn the_scoring_uri_routes_by_header_honours_idempotency_keys_and_takes_the_azure
     assert_eq!(ws.job_count(), 2);
 
     // The output location must be unique: invoking into an existing output is refused.
-    let out = format!(
-        "{}/../../azureml/{}/score",
-        input_uri,
-        done["name"].as_str().unwrap()
-    );
+    let out = format!("{}/../../azureml/{}/score", input_uri, done["name"].as_str().unwrap());
     let _ = out;
     let existing = done["output_uri"].as_str().unwrap();
     let (status, body) = ws.http(
@@ -181,67 +105,32 @@ fn jobs_are_listed_shown_streamed_downloaded_and_canceled() {
     let data = p.inputs(5).display().to_string();
     let run = ws.cove(&["endpoint", "invoke", "life", "--input", &data, "--stream"]);
     run.ok();
-    assert!(
-        run.stdout.contains("Status:       Completed"),
-        "{}",
-        run.stdout
-    );
+    assert!(run.stdout.contains("Status:       Completed"), "{}", run.stdout);
     assert!(run.stderr.contains("5 items succeeded"), "{}", run.stderr);
     let list = ws.cove(&["job", "list", "--endpoint-name", "life"]);
     list.ok();
     assert!(list.stdout.starts_with("NAME"), "{}", list.stdout);
     assert!(list.stdout.contains("Completed"));
-    let name = list
-        .stdout
-        .lines()
-        .nth(1)
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_string();
+    let name = list.stdout.lines().nth(1).unwrap().split_whitespace().next().unwrap().to_string();
     let dl = ws.dir.path().join("download");
-    ws.cove(&[
-        "job",
-        "download",
-        &name,
-        "--all",
-        "--download-path",
-        &dl.display().to_string(),
-    ])
-    .ok();
-    let predictions =
-        std::fs::read_to_string(dl.join("named-outputs/score/predictions.csv")).unwrap();
+    ws.cove(&["job", "download", &name, "--all", "--download-path", &dl.display().to_string()]).ok();
+    let predictions = std::fs::read_to_string(dl.join("named-outputs/score/predictions.csv")).unwrap();
     assert_eq!(predictions.lines().count(), 5);
     assert!(dl.join("artifacts/logs/job_result.txt").is_file());
-    assert!(dl
-        .join("artifacts/logs/sys/job_report/processed_mini-batches.csv")
-        .is_file());
+    assert!(dl.join("artifacts/logs/sys/job_report/processed_mini-batches.csv").is_file());
     ws.cove(&["job", "list", "--deployment-name", "green"]).ok();
 
     // Cancel a job that cannot finish: its scorer sleeps far longer than the test.
-    let slow = "import time\n\ndef init():\n    pass\n\ndef run(mini_batch):\n    time.sleep(600)\n    return mini_batch\n";
-    let q = Project::new(
-        ws.dir.path(),
-        "slowpoke",
-        slow,
-        "retry_settings:\n    timeout: 600",
-    );
+    let slow =
+        "import time\n\ndef init():\n    pass\n\ndef run(mini_batch):\n    time.sleep(600)\n    return mini_batch\n";
+    let q = Project::new(ws.dir.path(), "slowpoke", slow, "retry_settings:\n    timeout: 600");
     q.deploy(&ws);
-    let started = ws.cove(&[
-        "--json",
-        "endpoint",
-        "invoke",
-        "slowpoke",
-        "--input",
-        &q.inputs(1).display().to_string(),
-    ]);
+    let started = ws.cove(&["--json", "endpoint", "invoke", "slowpoke", "--input", &q.inputs(1).display().to_string()]);
     started.ok();
     let slow_name = started.json()["name"].as_str().unwrap().to_string();
     ws.cove(&["job", "cancel", &slow_name]).ok();
     let job = ws.wait_job(&slow_name);
     assert_eq!(job["status"], "Canceled");
     ws.cove(&["job", "stream", &slow_name]).fails_with(1, "");
-    ws.cove(&["job", "show", "batchjob-nope"])
-        .fails_with(5, "does not exist");
+    ws.cove(&["job", "show", "batchjob-nope"]).fails_with(5, "does not exist");
 }

@@ -9,117 +9,54 @@ fn endpoints_are_created_listed_shown_updated_and_deleted() {
     let p = Project::new(ws.dir.path(), "crud", LIST_SCRIPT, "");
     let created = ws.cove(&["endpoint", "create", "-f", &p.file("endpoint.yml")]);
     created.ok();
-    assert!(
-        created.stdout.contains("Scoring URI: http://127.0.0.1:"),
-        "{}",
-        created.stdout
-    );
-    ws.cove(&["endpoint", "create", "-f", &p.file("endpoint.yml")])
-        .fails_with(2, "endpoint `crud` already exists");
-    ws.cove(&["deployment", "create", "-f", &p.file("deployment.yml")])
-        .ok();
+    assert!(created.stdout.contains("Scoring URI: http://127.0.0.1:"), "{}", created.stdout);
+    ws.cove(&["endpoint", "create", "-f", &p.file("endpoint.yml")]).fails_with(2, "endpoint `crud` already exists");
+    ws.cove(&["deployment", "create", "-f", &p.file("deployment.yml")]).ok();
     let list = ws.cove(&["endpoint", "list"]);
-    assert!(
-        list.ok()
-            .stdout
-            .lines()
-            .nth(1)
-            .unwrap()
-            .starts_with("crud "),
-        "{}",
-        list.stdout
-    );
-    ws.cove(&[
-        "endpoint",
-        "update",
-        "crud",
-        "--set",
-        "defaults.deployment_name=green",
-    ])
-    .fails_with(2, "deployment `green` does not exist");
-    ws.cove(&[
-        "endpoint",
-        "update",
-        "crud",
-        "--set",
-        "defaults.deployment_name=blue",
-    ])
-    .ok();
+    assert!(list.ok().stdout.lines().nth(1).unwrap().starts_with("crud "), "{}", list.stdout);
+    ws.cove(&["endpoint", "update", "crud", "--set", "defaults.deployment_name=green"])
+        .fails_with(2, "deployment `green` does not exist");
+    ws.cove(&["endpoint", "update", "crud", "--set", "defaults.deployment_name=blue"]).ok();
     let shown = ws.cove(&["--json", "endpoint", "show", "CRUD"]);
     let ep = shown.ok().json();
     assert_eq!(ep["default_deployment"], "blue");
     assert_eq!(ep["deployments"], serde_json::json!(["blue"]));
     assert_eq!(ep["auth_mode"], "aad_token");
-    ws.cove(&["deployment", "delete", "blue", "-e", "crud"])
-        .fails_with(2, "is the default of endpoint `crud`");
+    ws.cove(&["deployment", "delete", "blue", "-e", "crud"]).fails_with(2, "is the default of endpoint `crud`");
     ws.cove(&["endpoint", "delete", "crud", "--yes"]).ok();
-    ws.cove(&["endpoint", "show", "crud"])
-        .fails_with(5, "endpoint `crud` does not exist");
+    ws.cove(&["endpoint", "show", "crud"]).fails_with(5, "endpoint `crud` does not exist");
 }
 
 #[test]
 fn deployments_take_both_yaml_forms_with_the_reference_defaults() {
     let ws = Workspace::start();
     let p = Project::new(ws.dir.path(), "forms", LIST_SCRIPT, "");
-    ws.cove(&["endpoint", "create", "-f", &p.file("endpoint.yml")])
-        .ok();
+    ws.cove(&["endpoint", "create", "-f", &p.file("endpoint.yml")]).ok();
     let minimal = "name: minimal\nendpoint_name: forms\ntype: model\nmodel:\n  path: model\ncode_configuration:\n  code: code\n  scoring_script: score.py\ncompute: azureml:local\n";
     std::fs::write(p.dir.join("minimal.yml"), minimal).unwrap();
     let legacy = "name: legacy\nendpoint_name: forms\nmodel: azureml:forms-forms-minimal-model:1\ncode_configuration:\n  code: code\n  scoring_script: score.py\ncompute: local\nmini_batch_size: 4\noutput_action: summary_only\nretry_settings:\n  max_retries: 5\n  timeout: PT2M\n";
     std::fs::write(p.dir.join("legacy.yml"), legacy).unwrap();
-    let dep = ws
-        .cove(&[
-            "--json",
-            "deployment",
-            "create",
-            "-f",
-            &p.file("minimal.yml"),
-            "--set-default",
-        ])
-        .ok()
-        .json();
+    let dep = ws.cove(&["--json", "deployment", "create", "-f", &p.file("minimal.yml"), "--set-default"]).ok().json();
     let s = &dep["settings"];
     assert_eq!(
-        (
-            s["instance_count"].as_u64(),
-            s["max_concurrency_per_instance"].as_u64(),
-            s["mini_batch_size"].as_u64()
-        ),
+        (s["instance_count"].as_u64(), s["max_concurrency_per_instance"].as_u64(), s["mini_batch_size"].as_u64()),
         (Some(1), Some(1), Some(10))
     );
     assert_eq!(s["output_action"], "append_row");
     assert_eq!(s["output_file_name"], "predictions.csv");
     assert_eq!(
-        (
-            s["retry_settings"]["max_retries"].as_u64(),
-            s["retry_settings"]["timeout_secs"].as_u64()
-        ),
+        (s["retry_settings"]["max_retries"].as_u64(), s["retry_settings"]["timeout_secs"].as_u64()),
         (Some(3), Some(30))
     );
-    assert_eq!(
-        (s["error_threshold"].as_i64(), s["logging_level"].as_str()),
-        (Some(-1), Some("info"))
-    );
+    assert_eq!((s["error_threshold"].as_i64(), s["logging_level"].as_str()), (Some(-1), Some("info")));
     assert_eq!(
         dep["model"],
         serde_json::json!({"name": "forms-minimal-model", "version": 1}),
         "an inline model is registered"
     );
-    std::fs::write(
-        p.dir.join("legacy.yml"),
-        legacy.replace("forms-forms-minimal-model", "forms-minimal-model"),
-    )
-    .unwrap();
-    let dep = ws
-        .cove(&[
-            "--json",
-            "deployment",
-            "create",
-            "-f",
-            &p.file("legacy.yml"),
-        ])
-        .ok()
-        .json();
+    std::fs::write(p.dir.join("legacy.yml"), legacy.replace("forms-forms-minimal-model", "forms-minimal-model"))
+        .unwrap();
+    let dep = ws.cove(&["--json", "deployment", "create", "-f", &p.file("legacy.yml")]).ok().json();
     assert_eq!(dep["settings"]["mini_batch_size"], 4);
     assert_eq!(dep["settings"]["output_action"], "summary_only");
     assert!(dep["settings"]["output_file_name"].is_null());
@@ -127,21 +64,10 @@ fn deployments_take_both_yaml_forms_with_the_reference_defaults() {
     let list = ws.cove(&["deployment", "list", "-e", "forms"]);
     assert!(list.ok().stdout.contains("minimal  yes"), "{}", list.stdout);
     let shown = ws.cove(&["deployment", "show", "legacy", "-e", "forms"]);
-    assert!(
-        shown
-            .ok()
-            .stdout
-            .contains("retry_settings:               max_retries=5 timeout=120s"),
-        "{}",
-        shown.stdout
-    );
+    assert!(shown.ok().stdout.contains("retry_settings:               max_retries=5 timeout=120s"), "{}", shown.stdout);
     // Creating the same inline model again registers version 2.
-    ws.cove(&["deployment", "create", "-f", &p.file("minimal.yml")])
-        .ok();
-    let models = ws
-        .cove(&["--json", "model", "list", "--name", "forms-minimal-model"])
-        .ok()
-        .json();
+    ws.cove(&["deployment", "create", "-f", &p.file("minimal.yml")]).ok();
+    let models = ws.cove(&["--json", "model", "list", "--name", "forms-minimal-model"]).ok().json();
     assert_eq!(models.as_array().unwrap().len(), 2);
     let m = ws
         .cove(&[
@@ -157,10 +83,7 @@ fn deployments_take_both_yaml_forms_with_the_reference_defaults() {
         ])
         .ok()
         .json();
-    assert_eq!(
-        (m["version"].as_u64(), m["model_type"].as_str()),
-        (Some(1), Some("mlflow_model"))
-    );
+    assert_eq!((m["version"].as_u64(), m["model_type"].as_str()), (Some(1), Some("mlflow_model")));
     ws.cove(&["model", "show", "standalone"]).ok();
 }
 
@@ -168,26 +91,18 @@ fn deployments_take_both_yaml_forms_with_the_reference_defaults() {
 fn bad_yaml_names_the_file_line_and_field_and_creates_nothing() {
     let ws = Workspace::start();
     let p = Project::new(ws.dir.path(), "bad", LIST_SCRIPT, "");
-    ws.cove(&["endpoint", "create", "-f", &p.file("endpoint.yml")])
-        .ok();
+    ws.cove(&["endpoint", "create", "-f", &p.file("endpoint.yml")]).ok();
     let write = |name: &str, text: &str| {
         std::fs::write(p.dir.join(name), text).unwrap();
         p.file(name)
     };
     let typo = write("typo.yml", "name: typo\ndescriptoin: x\n");
-    ws.cove(&["endpoint", "create", "-f", &typo]).fails_with(
-        2,
-        &format!("{typo}:2: field `descriptoin`: unknown field, did you mean `description`?"),
-    );
+    ws.cove(&["endpoint", "create", "-f", &typo])
+        .fails_with(2, &format!("{typo}:2: field `descriptoin`: unknown field, did you mean `description`?"));
     let base = std::fs::read_to_string(p.dir.join("deployment.yml")).unwrap();
-    let zero = write(
-        "zero.yml",
-        &base.replace("mini_batch_size: 2", "mini_batch_size: 0"),
-    );
-    ws.cove(&["deployment", "create", "-f", &zero]).fails_with(
-        2,
-        "zero.yml:12: field `settings.mini_batch_size`: must be at least 1",
-    );
+    let zero = write("zero.yml", &base.replace("mini_batch_size: 2", "mini_batch_size: 0"));
+    ws.cove(&["deployment", "create", "-f", &zero])
+        .fails_with(2, "zero.yml:12: field `settings.mini_batch_size`: must be at least 1");
     let both = write(
         "both.yml",
         &base.replace(
@@ -195,60 +110,35 @@ fn bad_yaml_names_the_file_line_and_field_and_creates_nothing() {
             "  mini_batch_size: 2\n  output_action: summary_only\n  output_file_name: out.csv",
         ),
     );
-    ws.cove(&["deployment", "create", "-f", &both])
-        .fails_with(2, "settings.output_file_name");
-    let missing_code = write(
-        "nocode.yml",
-        &base.replace("code: code", "code: no-such-dir"),
-    );
-    ws.cove(&["deployment", "create", "-f", &missing_code])
-        .fails_with(2, "field `code_configuration.code`");
-    let no_compute = write(
-        "nocompute.yml",
-        &base.replace("azureml:local", "azureml:gpu-cluster"),
-    );
+    ws.cove(&["deployment", "create", "-f", &both]).fails_with(2, "settings.output_file_name");
+    let missing_code = write("nocode.yml", &base.replace("code: code", "code: no-such-dir"));
+    ws.cove(&["deployment", "create", "-f", &missing_code]).fails_with(2, "field `code_configuration.code`");
+    let no_compute = write("nocompute.yml", &base.replace("azureml:local", "azureml:gpu-cluster"));
     ws.cove(&["deployment", "create", "-f", &no_compute])
         .fails_with(2, "compute: `gpu-cluster` does not exist (known: local)");
     std::fs::write(p.dir.join("code/broken.py"), "def init(:\n").unwrap();
     let broken = write("broken.yml", &base.replace("score.py", "broken.py"));
-    ws.cove(&["deployment", "create", "-f", &broken])
-        .fails_with(2, "broken.py:1: syntax error");
+    ws.cove(&["deployment", "create", "-f", &broken]).fails_with(2, "broken.py:1: syntax error");
     std::fs::write(p.dir.join("code/norun.py"), "def init():\n    pass\n").unwrap();
     let norun = write("norun.yml", &base.replace("score.py", "norun.py"));
-    ws.cove(&["deployment", "create", "-f", &norun])
-        .fails_with(2, "defines no run()");
-    std::fs::write(p.dir.join("conda.yml"), "dependencies:\n  - python=3.11\n  - pip:\n    - azureml-core\n    - no-such-package-cove\n    - pyyaml\n").unwrap();
+    ws.cove(&["deployment", "create", "-f", &norun]).fails_with(2, "defines no run()");
+    std::fs::write(
+        p.dir.join("conda.yml"),
+        "dependencies:\n  - python=3.11\n  - pip:\n    - azureml-core\n    - no-such-package-cove\n    - pyyaml\n",
+    )
+    .unwrap();
     let env = write("env.yml", &format!("{base}environment:\n  image: mcr.microsoft.com/azureml/openmpi4.1.0-ubuntu20.04\n  conda_file: conda.yml\n"));
-    ws.cove(&["deployment", "create", "-f", &env]).fails_with(
-        2,
-        "cannot import these listed packages: no-such-package-cove",
-    );
+    ws.cove(&["deployment", "create", "-f", &env])
+        .fails_with(2, "cannot import these listed packages: no-such-package-cove");
     let nested = write(
         "nested.yml",
-        &"a:\n".repeat(1).replace(
-            "a:\n",
-            &(0..80)
-                .map(|i| format!("{}k{i}:\n", "  ".repeat(i)))
-                .collect::<String>(),
-        ),
+        &"a:\n".repeat(1).replace("a:\n", &(0..80).map(|i| format!("{}k{i}:\n", "  ".repeat(i))).collect::<String>()),
     );
-    ws.cove(&["endpoint", "create", "-f", &nested])
-        .fails_with(2, "nested.yml");
-    let list = ws
-        .cove(&["--json", "deployment", "list", "-e", "bad"])
-        .ok()
-        .json();
-    assert_eq!(
-        list.as_array().unwrap().len(),
-        0,
-        "no bad deployment was created"
-    );
+    ws.cove(&["endpoint", "create", "-f", &nested]).fails_with(2, "nested.yml");
+    let list = ws.cove(&["--json", "deployment", "list", "-e", "bad"]).ok().json();
+    assert_eq!(list.as_array().unwrap().len(), 0, "no bad deployment was created");
     let models = ws.cove(&["--json", "model", "list"]).ok().json();
-    assert_eq!(
-        models.as_array().unwrap().len(),
-        0,
-        "no model was registered by a failed deployment"
-    );
+    assert_eq!(models.as_array().unwrap().len(), 0, "no model was registered by a failed deployment");
 }
 
 #[test]
@@ -264,11 +154,7 @@ fn the_cli_reaches_a_control_plane_by_url_and_token() {
             .unwrap()
     };
     let ok = run(&ws.token());
-    assert!(
-        ok.status.success(),
-        "{}",
-        String::from_utf8_lossy(&ok.stderr)
-    );
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
     let shown: serde_json::Value = serde_json::from_slice(&ok.stdout).unwrap();
     assert_eq!(shown["default_datastore"], "workspaceblobstore");
     let refused = run("cove_bad_token");
@@ -284,10 +170,7 @@ fn the_cli_reaches_a_control_plane_by_url_and_token() {
     assert!(String::from_utf8_lossy(&none.stderr).contains("no workspace given"));
     // The token file is the owner's alone.
     use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(ws.path().join("owner.token"))
-        .unwrap()
-        .permissions()
-        .mode();
+    let mode = std::fs::metadata(ws.path().join("owner.token")).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o600);
 }
 
@@ -300,19 +183,8 @@ fn the_api_serves_its_openapi_description_and_refuses_oversized_bodies() {
     let huge = serde_json::json!({ "name": "big", "description": "x".repeat(2 * 1024 * 1024) });
     let (status, _) = ws.http("POST", "/api/v1/endpoints", Some(huge), &[]);
     assert_eq!(status, 413);
-    let (status, body) = ws.http(
-        "POST",
-        "/api/v1/endpoints",
-        Some(serde_json::json!({ "name": 7 })),
-        &[],
-    );
+    let (status, body) = ws.http("POST", "/api/v1/endpoints", Some(serde_json::json!({ "name": 7 })), &[]);
     assert_eq!(status, 400, "{body}");
-    assert!(body["message"]
-        .as_str()
-        .unwrap()
-        .contains("invalid request body"));
-    assert_eq!(
-        ws.http("GET", "/api/v1/endpoints", None, &[]).1,
-        serde_json::json!([])
-    );
+    assert!(body["message"].as_str().unwrap().contains("invalid request body"));
+    assert_eq!(ws.http("GET", "/api/v1/endpoints", None, &[]).1, serde_json::json!([]));
 }

@@ -1,14 +1,9 @@
 //! The scoring-script contract: init() once per process, run(mini_batch) per mini-batch, the append_row
 //! output format, retries, thresholds, timeouts and crashed scorer processes.
 
-use crate::support::{Project, Workspace, LIST_SCRIPT};
+use crate::support::{self, Project, Workspace, LIST_SCRIPT};
 
-fn invoke(
-    ws: &Workspace,
-    endpoint: &str,
-    input: &std::path::Path,
-    extra: &[&str],
-) -> serde_json::Value {
+fn invoke(ws: &Workspace, endpoint: &str, input: &std::path::Path, extra: &[&str]) -> serde_json::Value {
     let mut args = vec!["--json", "endpoint", "invoke", endpoint, "--input"];
     let input = input.display().to_string();
     args.push(&input);
@@ -22,35 +17,20 @@ fn invoke(
 #[test]
 fn a_list_returning_script_yields_one_line_per_element_in_mini_batch_order() {
     let ws = Workspace::start();
-    let p = Project::new(
-        ws.dir.path(),
-        "lists",
-        LIST_SCRIPT,
-        "mini_batch_size: 3\nmax_concurrency_per_instance: 2",
-    );
+    let p = Project::new(ws.dir.path(), "lists", LIST_SCRIPT, "mini_batch_size: 3\nmax_concurrency_per_instance: 2");
     p.deploy(&ws);
     let job = invoke(&ws, "lists", &p.inputs(7), &[]);
     assert_eq!(job["status"], "Completed", "{job:#}");
-    let expected: Vec<String> = (0..7)
-        .map(|i| format!("file-{i:03}.txt {}", i * 2))
-        .collect();
+    let expected: Vec<String> = (0..7).map(|i| format!("file-{i:03}.txt {}", i * 2)).collect();
     assert_eq!(ws.output_lines(&job), expected);
     assert_eq!(job["progress"]["batches_total"], 3);
     assert_eq!(job["progress"]["items_ok"], 7);
     // The reference's log layout: per-attempt report, result, per-process logs.
     let name = job["name"].as_str().unwrap();
     let report = ws.log(name, "sys/job_report/processed_mini-batches.csv");
-    assert_eq!(
-        report.lines().filter(|l| l.contains(",succeeded,")).count(),
-        3,
-        "{report}"
-    );
+    assert_eq!(report.lines().filter(|l| l.contains(",succeeded,")).count(), 3, "{report}");
     assert!(ws.log(name, "job_result.txt").contains("Status: Completed"));
-    assert!(
-        ws.log(name, "user/stdout/local-0/process000.stdout.txt")
-            .len()
-            < 10_000
-    );
+    assert!(ws.log(name, "user/stdout/local-0/process000.stdout.txt").len() < 10_000);
 }
 
 const FRAME_SCRIPT: &str = r#"
@@ -78,11 +58,7 @@ fn a_dataframe_returning_script_yields_space_separated_rows_without_header_or_in
     assert_eq!(job["status"], "Completed", "{job:#}");
     assert_eq!(
         ws.output_lines(&job),
-        vec![
-            "file-000.txt 0 \"even number\"",
-            "file-001.txt 1 odd",
-            "file-002.txt 2 \"even number\""
-        ]
+        vec!["file-000.txt 0 \"even number\"", "file-001.txt 1 odd", "file-002.txt 2 \"even number\""]
     );
 }
 
@@ -103,15 +79,13 @@ def run(mini_batch):
 #[test]
 fn scripts_see_the_reference_environment_and_init_runs_once_per_process() {
     let ws = Workspace::start();
-    let settings =
-        "mini_batch_size: 1\nlogging_level: debug\nenvironment_variables:\n    GREETING: hello";
+    let settings = "mini_batch_size: 1\nlogging_level: debug\nenvironment_variables:\n    GREETING: hello";
     let p = Project::new(ws.dir.path(), "envs", ENV_SCRIPT, settings);
     p.deploy(&ws);
     let job = invoke(&ws, "envs", &p.inputs(3), &[]);
     assert_eq!(job["status"], "Completed", "{job:#}");
-    let expected: Vec<String> = (0..3)
-        .map(|i| format!("file-{i:03}.txt init=1 level=debug greeting=hello model_dir=True"))
-        .collect();
+    let expected: Vec<String> =
+        (0..3).map(|i| format!("file-{i:03}.txt init=1 level=debug greeting=hello model_dir=True")).collect();
     assert_eq!(ws.output_lines(&job), expected);
     let name = job["name"].as_str().unwrap();
     let stdout = ws.log(name, "user/stdout/local-0/process000.stdout.txt");
@@ -135,12 +109,8 @@ def run(mini_batch):
 #[test]
 fn a_failing_mini_batch_is_retried_then_reported_in_the_status() {
     let ws = Workspace::start();
-    let p = Project::new(
-        ws.dir.path(),
-        "flaky",
-        FLAKY_SCRIPT,
-        "mini_batch_size: 1\nretry_settings:\n    max_retries: 2",
-    );
+    let p =
+        Project::new(ws.dir.path(), "flaky", FLAKY_SCRIPT, "mini_batch_size: 1\nretry_settings:\n    max_retries: 2");
     p.deploy(&ws);
     let job = invoke(&ws, "flaky", &p.inputs(3), &[]);
     // error_threshold -1 ignores failed items: the job completes without the failed mini-batch.
@@ -148,57 +118,22 @@ fn a_failing_mini_batch_is_retried_then_reported_in_the_status() {
     assert_eq!(ws.output_lines(&job), vec!["file-000.txt", "file-002.txt"]);
     let failed = &job["failed_batches"][0];
     assert_eq!(failed["index"], 1);
-    assert_eq!(
-        failed["first_file"]
-            .as_str()
-            .unwrap()
-            .rsplit('/')
-            .next()
-            .unwrap(),
-        "file-001.txt"
-    );
+    assert_eq!(failed["first_file"].as_str().unwrap().rsplit('/').next().unwrap(), "file-001.txt");
     assert!(
-        failed["reason"]
-            .as_str()
-            .unwrap()
-            .contains("ValueError: cannot score file-001 (attempt 2 of 2)"),
+        failed["reason"].as_str().unwrap().contains("ValueError: cannot score file-001 (attempt 2 of 2)"),
         "{failed}"
     );
     let name = job["name"].as_str().unwrap();
     let report = ws.log(name, "sys/job_report/processed_mini-batches.csv");
-    assert_eq!(
-        report.lines().filter(|l| l.starts_with("1,")).count(),
-        2,
-        "two attempts of mini-batch 1:\n{report}"
-    );
-    assert!(ws
-        .log(name, "user/error/local-0/process000.txt")
-        .contains("Traceback"));
+    assert_eq!(report.lines().filter(|l| l.starts_with("1,")).count(), 2, "two attempts of mini-batch 1:\n{report}");
+    assert!(ws.log(name, "user/error/local-0/process000.txt").contains("Traceback"));
 
     // With a threshold of 0 the same failure fails the job, and nothing is published.
-    let strict = invoke(
-        &ws,
-        "flaky",
-        &p.dir.join("data"),
-        &["--set", "error_threshold=0"],
-    );
+    let strict = invoke(&ws, "flaky", &p.dir.join("data"), &["--set", "error_threshold=0"]);
     assert_eq!(strict["status"], "Failed", "{strict:#}");
-    assert!(
-        strict["error"]
-            .as_str()
-            .unwrap()
-            .contains("error_threshold exceeded"),
-        "{strict}"
-    );
-    let (status, _) = ws.http(
-        "GET",
-        &format!(
-            "/api/v1/jobs/{}/outputs/score",
-            strict["name"].as_str().unwrap()
-        ),
-        None,
-        &[],
-    );
+    assert!(strict["error"].as_str().unwrap().contains("error_threshold exceeded"), "{strict}");
+    let (status, _) =
+        ws.http("GET", &format!("/api/v1/jobs/{}/outputs/score", strict["name"].as_str().unwrap()), None, &[]);
     assert_eq!(status, 200);
     assert!(!ws
         .path()
@@ -211,16 +146,14 @@ fn a_failing_mini_batch_is_retried_then_reported_in_the_status() {
 #[test]
 fn a_job_whose_init_always_fails_fails_with_the_reason() {
     let ws = Workspace::start();
-    let script = "def init():\n    raise RuntimeError('model file is corrupt')\n\ndef run(mini_batch):\n    return mini_batch\n";
+    let script =
+        "def init():\n    raise RuntimeError('model file is corrupt')\n\ndef run(mini_batch):\n    return mini_batch\n";
     let p = Project::new(ws.dir.path(), "badinit", script, "");
     p.deploy(&ws);
     let job = invoke(&ws, "badinit", &p.inputs(2), &[]);
     assert_eq!(job["status"], "Failed");
     let error = job["error"].as_str().unwrap();
-    assert!(
-        error.contains("init() failed") && error.contains("RuntimeError: model file is corrupt"),
-        "{error}"
-    );
+    assert!(error.contains("init() failed") && error.contains("RuntimeError: model file is corrupt"), "{error}");
 }
 
 #[test]
@@ -231,10 +164,7 @@ fn a_job_with_no_succeeded_item_fails() {
     p.deploy(&ws);
     let job = invoke(&ws, "empty", &p.inputs(2), &[]);
     assert_eq!(job["status"], "Failed");
-    assert_eq!(
-        job["error"],
-        "No succeeded mini batch item returned from run()"
-    );
+    assert_eq!(job["error"], "No succeeded mini batch item returned from run()");
 }
 
 #[test]
@@ -251,110 +181,91 @@ fn a_run_over_its_timeout_is_killed_and_retried() {
     let job = invoke(&ws, "slow", &p.inputs(2), &[]);
     assert_eq!(job["status"], "Completed", "{job:#}");
     assert_eq!(job["progress"]["batches_failed"], 1);
-    assert!(
-        job["failed_batches"][0]["reason"]
-            .as_str()
-            .unwrap()
-            .contains("timed out"),
-        "{job}"
-    );
+    assert!(job["failed_batches"][0]["reason"].as_str().unwrap().contains("timed out"), "{job}");
 }
 
+/// Prints `KILL-ME` and stalls on file-004, unless a scorer of this node already printed it: the
+/// script's stdout log folder is the one place its sandbox shares with the next scorer process.
 const KILLABLE_SCRIPT: &str = r#"
 import os, time
 
 def init():
     pass
 
+def seen(marker):
+    logs = os.path.dirname(os.readlink("/proc/self/fd/1"))
+    return any(marker in open(os.path.join(logs, f)).read() for f in os.listdir(logs))
+
 def run(mini_batch):
-    marker = os.environ["MARKER_DIR"]
     for p in mini_batch:
-        if os.path.basename(p) == "file-004.txt" and not os.path.exists(os.path.join(marker, "killed")):
-            with open(os.path.join(marker, "pid.tmp"), "w") as f:
-                f.write(str(os.getpid()))
-            os.rename(os.path.join(marker, "pid.tmp"), os.path.join(marker, "pid"))
+        if os.path.basename(p) == "file-004.txt" and not seen("KILL-ME"):
+            print("KILL-ME", flush=True)
             time.sleep(60)
     return [os.path.basename(p) for p in mini_batch]
 "#;
 
+/// Waits until a scorer of `job` prints `marker`; returns the host PIDs of that scorer's processes.
+fn scorer_that_printed(ws: &Workspace, job: &str, marker: &str) -> Vec<u32> {
+    let logs =
+        ws.path().join("compute/local").join(job).join("local-0/jobs").join(job).join("logs/user/stdout/local-0");
+    let start = std::time::Instant::now();
+    loop {
+        for entry in std::fs::read_dir(&logs).into_iter().flatten().flatten() {
+            if std::fs::read_to_string(entry.path()).unwrap_or_default().contains(marker) {
+                let log = entry.path().display().to_string();
+                // The Python process itself, not the bubblewrap processes around it (their argv holds the same words).
+                let pids: Vec<u32> = support::pids_with_args(&["cove_driver.py", &log])
+                    .into_iter()
+                    .filter(|pid| {
+                        std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() != "bwrap")
+                    })
+                    .collect();
+                assert!(!pids.is_empty(), "found no process running {log}");
+                return pids;
+            }
+        }
+        assert!(start.elapsed().as_secs() < 60, "no scorer printed {marker}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
 #[test]
 fn killing_a_scorer_mid_mini_batch_still_scores_every_file_exactly_once() {
     let ws = Workspace::start();
-    let marker = ws.dir.path().join("marker");
-    std::fs::create_dir_all(&marker).unwrap();
-    let settings = format!("mini_batch_size: 2\nmax_concurrency_per_instance: 2\nenvironment_variables:\n    MARKER_DIR: {}", marker.display());
-    let p = Project::new(ws.dir.path(), "killme", KILLABLE_SCRIPT, &settings);
+    let p =
+        Project::new(ws.dir.path(), "killme", KILLABLE_SCRIPT, "mini_batch_size: 2\nmax_concurrency_per_instance: 2");
     p.deploy(&ws);
-    let run = ws.cove(&[
-        "--json",
-        "endpoint",
-        "invoke",
-        "killme",
-        "--input",
-        &p.inputs(10).display().to_string(),
-    ]);
-    run.ok();
-    let name = run.json()["name"].as_str().unwrap().to_string();
-    let pid_file = marker.join("pid");
-    let start = std::time::Instant::now();
-    while !pid_file.exists() {
-        assert!(
-            start.elapsed().as_secs() < 60,
-            "the scorer never reached file-004"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
+    let run = ws.cove(&["--json", "endpoint", "invoke", "killme", "--input", &p.inputs(10).display().to_string()]);
+    let name = run.ok().json()["name"].as_str().unwrap().to_string();
+    for pid in scorer_that_printed(&ws, &name, "KILL-ME") {
+        support::kill(pid, "KILL");
     }
-    std::fs::write(marker.join("killed"), "").unwrap();
-    let pid = std::fs::read_to_string(&pid_file).unwrap();
-    assert!(std::process::Command::new("kill")
-        .args(["-KILL", pid.trim()])
-        .status()
-        .unwrap()
-        .success());
     let job = ws.wait_job(&name);
     assert_eq!(job["status"], "Completed", "{job:#}");
     let expected: Vec<String> = (0..10).map(|i| format!("file-{i:03}.txt")).collect();
-    assert_eq!(
-        ws.output_lines(&job),
-        expected,
-        "every file exactly once, in mini-batch order"
-    );
+    assert_eq!(ws.output_lines(&job), expected, "every file exactly once, in mini-batch order");
     let report = ws.log(&name, "sys/job_report/processed_mini-batches.csv");
     assert!(report.contains("killed by signal 9"), "{report}");
+    assert_eq!(report.lines().filter(|l| l.starts_with("2,")).count(), 2, "mini-batch 2 ran twice:\n{report}");
 }
 
 #[test]
 fn summary_only_writes_no_output_file_but_keeps_what_the_script_wrote() {
     let ws = Workspace::start();
     let script = "import os\n\ndef init():\n    pass\n\ndef run(mini_batch):\n    for p in mini_batch:\n        with open(os.path.join(os.environ['AZUREML_BI_OUTPUT_PATH'], os.path.basename(p) + '.out'), 'w') as f:\n            f.write('seen')\n    return mini_batch\n";
-    let p = Project::new(
-        ws.dir.path(),
-        "summary",
-        script,
-        "output_action: summary_only",
-    );
+    let p = Project::new(ws.dir.path(), "summary", script, "output_action: summary_only");
     p.deploy(&ws);
     let job = invoke(&ws, "summary", &p.inputs(3), &[]);
     assert_eq!(job["status"], "Completed", "{job:#}");
     assert!(job["output_file_name"].is_null());
     let dl = ws.dir.path().join("dl");
-    ws.cove(&[
-        "job",
-        "download",
-        job["name"].as_str().unwrap(),
-        "--download-path",
-        &dl.display().to_string(),
-    ])
-    .ok();
+    ws.cove(&["job", "download", job["name"].as_str().unwrap(), "--download-path", &dl.display().to_string()]).ok();
     let mut got: Vec<String> = std::fs::read_dir(dl.join("named-outputs/score"))
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
         .collect();
     got.sort();
-    assert_eq!(
-        got,
-        vec!["file-000.txt.out", "file-001.txt.out", "file-002.txt.out"]
-    );
+    assert_eq!(got, vec!["file-000.txt.out", "file-001.txt.out", "file-002.txt.out"]);
 }
 
 const WORKER_KILLER_SCRIPT: &str = r#"
@@ -363,12 +274,13 @@ import os, time
 def init():
     pass
 
+def seen(marker):
+    logs = os.path.dirname(os.readlink("/proc/self/fd/1"))
+    return any(marker in open(os.path.join(logs, f)).read() for f in os.listdir(logs))
+
 def run(mini_batch):
-    marker = os.environ["MARKER_DIR"]
-    if any(os.path.basename(p) == "file-001.txt" for p in mini_batch) and not os.path.exists(os.path.join(marker, "killed")):
-        with open(os.path.join(marker, "pids.tmp"), "w") as f:
-            f.write(f"{os.getppid()} {os.getpid()}")
-        os.rename(os.path.join(marker, "pids.tmp"), os.path.join(marker, "pids"))
+    if any(os.path.basename(p) == "file-001.txt" for p in mini_batch) and not seen("LOSE-ME"):
+        print("LOSE-ME", flush=True)
         time.sleep(60)
     return [os.path.basename(p) for p in mini_batch]
 "#;
@@ -376,58 +288,21 @@ def run(mini_batch):
 #[test]
 fn a_lost_worker_s_lease_expires_and_its_mini_batch_is_scored_by_another() {
     let ws = Workspace::start();
-    let marker = ws.dir.path().join("marker");
-    std::fs::create_dir_all(&marker).unwrap();
-    let settings = format!(
-        "mini_batch_size: 1\nretry_settings:\n    timeout: 2\nenvironment_variables:\n    MARKER_DIR: {}",
-        marker.display()
-    );
-    let p = Project::new(ws.dir.path(), "lostworker", WORKER_KILLER_SCRIPT, &settings);
+    let settings = "mini_batch_size: 1\nretry_settings:\n    timeout: 2";
+    let p = Project::new(ws.dir.path(), "lostworker", WORKER_KILLER_SCRIPT, settings);
     p.deploy(&ws);
-    let run = ws.cove(&[
-        "--json",
-        "endpoint",
-        "invoke",
-        "lostworker",
-        "--input",
-        &p.inputs(3).display().to_string(),
-    ]);
+    let run = ws.cove(&["--json", "endpoint", "invoke", "lostworker", "--input", &p.inputs(3).display().to_string()]);
     let name = run.ok().json()["name"].as_str().unwrap().to_string();
-    let pids = marker.join("pids");
-    let start = std::time::Instant::now();
-    while !pids.exists() {
-        assert!(
-            start.elapsed().as_secs() < 60,
-            "the scorer never reached file-001"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    std::fs::write(marker.join("killed"), "").unwrap();
-    let text = std::fs::read_to_string(&pids).unwrap();
-    let (worker, scorer) = text.split_once(' ').unwrap();
-    assert!(std::process::Command::new("kill")
-        .args(["-KILL", worker])
-        .status()
-        .unwrap()
-        .success());
+    let scorers = scorer_that_printed(&ws, &name, "LOSE-ME");
+    let workers = support::pids_with_args(&["worker", "--job", &name]);
+    assert_eq!(workers.len(), 1, "one worker runs the job");
+    support::kill(workers[0], "KILL");
     let job = ws.wait_job(&name);
     assert_eq!(job["status"], "Completed", "{job:#}");
-    assert_eq!(
-        ws.output_lines(&job),
-        vec!["file-000.txt", "file-001.txt", "file-002.txt"]
-    );
+    assert_eq!(ws.output_lines(&job), vec!["file-000.txt", "file-001.txt", "file-002.txt"]);
     let report = ws.log(&name, "sys/job_report/processed_mini-batches.csv");
-    assert!(
-        report.lines().any(|l| l.starts_with("1,1,lease_expired,")),
-        "{report}"
-    );
-    let scorer_alive = std::process::Command::new("kill")
-        .args(["-0", scorer])
-        .status()
-        .unwrap()
-        .success();
-    assert!(
-        !scorer_alive,
-        "the lost worker's scorer process died with it"
-    );
+    assert!(report.lines().any(|l| l.starts_with("1,1,lease_expired,")), "{report}");
+    for pid in scorers {
+        assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists(), "the lost worker's scorer {pid} died with it");
+    }
 }

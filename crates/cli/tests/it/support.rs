@@ -23,31 +23,18 @@ pub struct Run {
 impl Run {
     #[track_caller]
     pub fn ok(&self) -> &Self {
-        assert_eq!(
-            self.code, 0,
-            "expected success\nstdout:\n{}\nstderr:\n{}",
-            self.stdout, self.stderr
-        );
+        assert_eq!(self.code, 0, "expected success\nstdout:\n{}\nstderr:\n{}", self.stdout, self.stderr);
         self
     }
     #[track_caller]
     pub fn fails_with(&self, code: i32, needle: &str) -> &Self {
-        assert_eq!(
-            self.code, code,
-            "wrong exit code\nstdout:\n{}\nstderr:\n{}",
-            self.stdout, self.stderr
-        );
-        assert!(
-            self.stderr.contains(needle),
-            "stderr lacks {needle:?}:\n{}",
-            self.stderr
-        );
+        assert_eq!(self.code, code, "wrong exit code\nstdout:\n{}\nstderr:\n{}", self.stdout, self.stderr);
+        assert!(self.stderr.contains(needle), "stderr lacks {needle:?}:\n{}", self.stderr);
         self
     }
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_str(&self.stdout).unwrap_or_else(|e| {
-            panic!("not JSON ({e}):\n{}\nstderr:\n{}", self.stdout, self.stderr)
-        })
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("not JSON ({e}):\n{}\nstderr:\n{}", self.stdout, self.stderr))
     }
 }
 
@@ -65,10 +52,7 @@ impl Workspace {
             .unwrap();
         let mut lines = BufReader::new(server.stdout.take().unwrap()).lines();
         let url = loop {
-            let line = lines
-                .next()
-                .expect("cove up exited before listening")
-                .unwrap();
+            let line = lines.next().expect("cove up exited before listening").unwrap();
             if let Some(url) = line.strip_prefix("API and scoring URIs: ") {
                 break url.to_string();
             }
@@ -83,10 +67,7 @@ impl Workspace {
     }
 
     pub fn token(&self) -> String {
-        std::fs::read_to_string(self.path().join("owner.token"))
-            .unwrap()
-            .trim()
-            .to_string()
+        std::fs::read_to_string(self.path().join("owner.token")).unwrap().trim().to_string()
     }
 
     /// Runs `cove --workspace <ws> ARGS` and captures everything.
@@ -126,15 +107,10 @@ impl Workspace {
         body: Option<serde_json::Value>,
         headers: &[(&str, &str)],
     ) -> (u16, serde_json::Value) {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         rt.block_on(async {
             let client = reqwest::Client::new();
-            let mut req = client
-                .request(method.parse().unwrap(), format!("{}{path}", self.url))
-                .bearer_auth(token);
+            let mut req = client.request(method.parse().unwrap(), format!("{}{path}", self.url)).bearer_auth(token);
             for (k, v) in headers {
                 req = req.header(*k, *v);
             }
@@ -144,10 +120,7 @@ impl Workspace {
             let resp = req.send().await.unwrap();
             let status = resp.status().as_u16();
             let text = resp.text().await.unwrap();
-            (
-                status,
-                serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)),
-            )
+            (status, serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)))
         })
     }
 
@@ -160,10 +133,7 @@ impl Workspace {
             if ["Completed", "Failed", "Canceled"].contains(&body["status"].as_str().unwrap()) {
                 return body;
             }
-            assert!(
-                start.elapsed() < Duration::from_secs(120),
-                "job {job} did not end: {body:#}"
-            );
+            assert!(start.elapsed() < Duration::from_secs(120), "job {job} did not end: {body:#}");
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -176,15 +146,9 @@ impl Workspace {
     /// Reads a job's `score` output file from the workspace's datastore on disk.
     pub fn output_lines(&self, job: &serde_json::Value) -> Vec<String> {
         let uri = job["output_uri"].as_str().unwrap();
-        let rel = uri
-            .strip_prefix("azureml://datastores/workspaceblobstore/paths/")
-            .unwrap();
+        let rel = uri.strip_prefix("azureml://datastores/workspaceblobstore/paths/").unwrap();
         let file = job["output_file_name"].as_str().unwrap();
-        let path = self
-            .path()
-            .join("datastores/workspaceblobstore")
-            .join(rel)
-            .join(file);
+        let path = self.path().join("datastores/workspaceblobstore").join(rel).join(file);
         std::fs::read_to_string(&path)
             .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
             .lines()
@@ -193,14 +157,8 @@ impl Workspace {
     }
 
     pub fn log(&self, job: &str, rel: &str) -> String {
-        std::fs::read_to_string(
-            self.path()
-                .join("state/objects/jobs")
-                .join(job)
-                .join("logs")
-                .join(rel),
-        )
-        .unwrap_or_default()
+        std::fs::read_to_string(self.path().join("state/objects/jobs").join(job).join("logs").join(rel))
+            .unwrap_or_default()
     }
 }
 
@@ -212,11 +170,7 @@ impl Drop for Workspace {
 }
 
 fn nix_kill(pid: u32) -> std::io::Result<()> {
-    Command::new("kill")
-        .arg("-TERM")
-        .arg(pid.to_string())
-        .status()
-        .map(|_| ())
+    Command::new("kill").arg("-TERM").arg(pid.to_string()).status().map(|_| ())
 }
 
 /// A scoring project on disk: endpoint and deployment YAML, code, model, and input files.
@@ -232,11 +186,7 @@ impl Project {
         std::fs::create_dir_all(dir.join("model")).unwrap();
         std::fs::write(dir.join("model/weights.txt"), "2\n").unwrap();
         std::fs::write(dir.join("code/score.py"), script).unwrap();
-        std::fs::write(
-            dir.join("endpoint.yml"),
-            format!("name: {endpoint}\ndescription: test endpoint\n"),
-        )
-        .unwrap();
+        std::fs::write(dir.join("endpoint.yml"), format!("name: {endpoint}\ndescription: test endpoint\n")).unwrap();
         let mut deployment = format!(
             "name: blue\nendpoint_name: {endpoint}\ntype: model\nmodel:\n  name: {endpoint}-model\n  path: model\n\
              code_configuration:\n  code: code\n  scoring_script: score.py\ncompute: azureml:local\nsettings:\n"
@@ -269,16 +219,8 @@ impl Project {
 
     /// Creates the endpoint and its default deployment in the workspace.
     pub fn deploy(&self, ws: &Workspace) {
-        ws.cove(&["endpoint", "create", "-f", &self.file("endpoint.yml")])
-            .ok();
-        ws.cove(&[
-            "deployment",
-            "create",
-            "-f",
-            &self.file("deployment.yml"),
-            "--set-default",
-        ])
-        .ok();
+        ws.cove(&["endpoint", "create", "-f", &self.file("endpoint.yml")]).ok();
+        ws.cove(&["deployment", "create", "-f", &self.file("deployment.yml"), "--set-default"]).ok();
     }
 }
 
@@ -299,3 +241,23 @@ def run(mini_batch):
             out.append(f"{os.path.basename(path)} {int(f.read()) * weight}")
     return out
 "#;
+
+/// PIDs of the processes (started by the tests' own control planes) with an argument ending in each of `args`.
+pub fn pids_with_args(args: &[&str]) -> Vec<u32> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
+        let argv: Vec<String> = cmdline.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).to_string()).collect();
+        if args.iter().all(|want| argv.iter().any(|a| a.ends_with(want))) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// Sends a signal to one process by PID.
+pub fn kill(pid: u32, signal: &str) {
+    let ok = Command::new("kill").arg(format!("-{signal}")).arg(pid.to_string()).status().unwrap().success();
+    assert!(ok, "kill -{signal} {pid} failed");
+}

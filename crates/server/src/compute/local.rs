@@ -32,17 +32,7 @@ impl LocalCompute {
         dir: PathBuf,
     ) -> (Self, tokio::sync::mpsc::UnboundedReceiver<(String, String)>) {
         let (lost, lost_rx) = tokio::sync::mpsc::unbounded_channel();
-        (
-            Self {
-                exe,
-                url,
-                token,
-                dir,
-                jobs: Mutex::new(HashMap::new()),
-                lost,
-            },
-            lost_rx,
-        )
+        (Self { exe, url, token, dir, jobs: Mutex::new(HashMap::new()), lost }, lost_rx)
     }
 
     /// Starts `instances` workers for a job, each running `concurrency` scorer processes. Starting a
@@ -84,11 +74,7 @@ impl LocalCompute {
 
     /// Stops a job's workers (SIGTERM, then SIGKILL after a grace period) and waits until they are gone.
     pub async fn stop(&self, job: &str) {
-        let entry = self
-            .jobs
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(job);
+        let entry = self.jobs.lock().unwrap_or_else(|p| p.into_inner()).remove(job);
         if let Some((stop, monitors)) = entry {
             let _ = stop.send(true);
             for m in monitors {
@@ -98,13 +84,7 @@ impl LocalCompute {
     }
 
     pub async fn stop_all(&self) {
-        let names: Vec<String> = self
-            .jobs
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .keys()
-            .cloned()
-            .collect();
+        let names: Vec<String> = self.jobs.lock().unwrap_or_else(|p| p.into_inner()).keys().cloned().collect();
         for name in names {
             self.stop(&name).await;
         }
@@ -176,10 +156,7 @@ async fn keep_alive(
 
 fn spawn(spec: &WorkerSpec) -> std::io::Result<tokio::process::Child> {
     std::fs::create_dir_all(&spec.work_dir)?;
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(spec.work_dir.join("worker.log"))?;
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(spec.work_dir.join("worker.log"))?;
     tokio::process::Command::new(&spec.exe)
         .arg("worker")
         .arg("--url")
@@ -208,10 +185,7 @@ async fn terminate(pid: Option<u32>, child: &mut tokio::process::Child) {
     let Some(pid) = pid else { return };
     let group = Pid::from_raw(pid as i32);
     let _ = killpg(group, Signal::SIGTERM);
-    if tokio::time::timeout(Duration::from_secs(3), child.wait())
-        .await
-        .is_err()
-    {
+    if tokio::time::timeout(Duration::from_secs(3), child.wait()).await.is_err() {
         let _ = killpg(group, Signal::SIGKILL);
         let _ = child.wait().await;
     }

@@ -56,10 +56,7 @@ pub type ApiResult<T> = Result<T, ApiError>;
 
 impl ApiError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self {
-            code,
-            message: message.into(),
-        }
+        Self { code, message: message.into() }
     }
     pub fn invalid(message: impl Into<String>) -> Self {
         Self::new(ErrorCode::InvalidArgument, message)
@@ -73,10 +70,7 @@ impl ApiError {
     /// An internal failure: the detail goes to the log, the client gets a generic message.
     pub fn internal(context: &str, err: impl std::fmt::Display) -> Self {
         tracing::error!(error = %err, context, "request failed");
-        Self::new(
-            ErrorCode::Internal,
-            format!("internal error while trying to {context}"),
-        )
+        Self::new(ErrorCode::Internal, format!("internal error while trying to {context}"))
     }
 }
 
@@ -89,10 +83,7 @@ impl From<crate::store::StoreError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = ErrorBody {
-            code: self.code.as_str().to_string(),
-            message: self.message,
-        };
+        let body = ErrorBody { code: self.code.as_str().to_string(), message: self.message };
         (self.code.status(), Json(body)).into_response()
     }
 }

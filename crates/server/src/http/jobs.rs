@@ -12,7 +12,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use cove_api::worker::RunSpec;
-use cove_api::{FailedBatch, FileEntry, InputType, Invoke, Job, JobInput, JobList, Progress};
+use cove_api::{AttemptInfo, FailedBatch, FileEntry, InputType, Invoke, Job, JobInput, JobList, Progress};
 use futures::TryStreamExt;
 use object_store::ObjectStore;
 use serde::Deserialize;
@@ -20,11 +20,7 @@ use serde_json::Value;
 use std::collections::BTreeMap;
 
 const DEPLOYMENT_HEADER: &str = "azureml-model-deployment";
-const IDEMPOTENCY_HEADERS: [&str; 3] = [
-    "repeatability-request-id",
-    "repeatability_request-id",
-    "idempotency-key",
-];
+const IDEMPOTENCY_HEADERS: [&str; 3] = ["repeatability-request-id", "repeatability_request-id", "idempotency-key"];
 
 /// `POST /endpoints/{name}/jobs`: starts a batch job. Accepts Cove's body and the Azure ML body.
 pub async fn invoke(
@@ -37,28 +33,19 @@ pub async fn invoke(
     let endpoint_name = endpoint_name.to_ascii_lowercase();
     user.require(Role::Invoker, Some(&endpoint_name))?;
     let raw: Value = parse_json(&body)?;
-    let mut req = if lowercase_keys(&raw).get("properties").is_some() {
-        azure_body(&raw)?
-    } else {
-        parse_json::<Invoke>(&body)?
-    };
-    let header = |name: &str| {
-        headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string)
-    };
+    let mut req =
+        if lowercase_keys(&raw).get("properties").is_some() { azure_body(&raw)? } else { parse_json::<Invoke>(&body)? };
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
     if req.deployment_name.is_none() {
         req.deployment_name = header(DEPLOYMENT_HEADER);
     }
     let idempotency_key = IDEMPOTENCY_HEADERS.iter().find_map(|h| header(h));
     if let Some(key) = &idempotency_key {
         if key.is_empty() || key.len() > 128 {
-            return Err(ApiError::invalid(
-                "idempotency key: must be 1 to 128 characters",
-            ));
+            return Err(ApiError::invalid("idempotency key: must be 1 to 128 characters"));
         }
     }
+    super::resources::sandbox_ready(&app)?;
     let ep = endpoint(&app, &endpoint_name).await?;
     let dep_name = req.deployment_name.clone().or(ep.spec.default_deployment.clone()).ok_or_else(|| {
         ApiError::invalid(format!(
@@ -70,34 +57,26 @@ pub async fn invoke(
     let dep = deployment(&app, &endpoint_name, &dep_name).await?;
     let mut settings = dep.settings.clone();
     for (k, v) in &req.overrides {
-        settings
-            .apply_override(k, v)
-            .map_err(|e| ApiError::invalid(format!("override `{k}`: {e}")))?;
+        settings.apply_override(k, v).map_err(|e| ApiError::invalid(format!("override `{k}`: {e}")))?;
     }
-    let input = req.input.clone().ok_or_else(|| {
-        ApiError::invalid("input: required (a datastore URI of a folder or file)")
-    })?;
+    let input =
+        req.input.clone().ok_or_else(|| ApiError::invalid("input: required (a datastore URI of a folder or file)"))?;
     let input_path = parse_uri(&input.uri).map_err(|e| ApiError::invalid(format!("input: {e}")))?;
-    let input_store = app
-        .datastores
-        .get(&input_path.datastore)
-        .map_err(|e| ApiError::invalid(format!("input: {e}")))?;
+    let input_store =
+        app.datastores.get(&input_path.datastore).map_err(|e| ApiError::invalid(format!("input: {e}")))?;
     let job_name = match &req.job_name {
         Some(n) => validate_job_name(n).map_err(|e| ApiError::invalid(format!("job_name: {e}")))?,
         None => format!("batchjob-{}", uuid::Uuid::new_v4()),
     };
     let output = match &req.output_path {
         Some(p) => parse_uri(p).map_err(|e| ApiError::invalid(format!("output_path: {e}")))?,
-        None => parse_uri(&format!(
-            "azureml://datastores/{}/paths/azureml/{job_name}/score",
-            app.datastores.default_name
-        ))
-        .expect("the default output URI is well formed"),
+        None => {
+            parse_uri(&format!("azureml://datastores/{}/paths/azureml/{job_name}/score", app.datastores.default_name))
+                .expect("the default output URI is well formed")
+        }
     };
-    let output_store = app
-        .datastores
-        .get(&output.datastore)
-        .map_err(|e| ApiError::invalid(format!("output_path: {e}")))?;
+    let output_store =
+        app.datastores.get(&output.datastore).map_err(|e| ApiError::invalid(format!("output_path: {e}")))?;
     // Replaying a known idempotency key must not depend on the input still being there.
     if let Some(key) = &idempotency_key {
         let (e, k) = (endpoint_name.clone(), key.clone());
@@ -115,9 +94,7 @@ pub async fn invoke(
     }
     check_input_exists(input_store.as_ref(), &input).await?;
     if let Some(file) = &settings.output_file_name {
-        let dest = output
-            .join(file)
-            .map_err(|e| ApiError::invalid(format!("output_file_name: {e}")))?;
+        let dest = output.join(file).map_err(|e| ApiError::invalid(format!("output_file_name: {e}")))?;
         if output_store.head(&dest.object_path()).await.is_ok() {
             return Err(ApiError::conflict(format!(
                 "output_path: `{}` already exists; an output location must be unique",
@@ -126,22 +103,13 @@ pub async fn invoke(
         }
     }
     let model_key = dep.model.clone();
-    let model = app
-        .store
-        .call(move |c| store::model_get(c, &model_key.name, Some(model_key.version)))
-        .await?
-        .ok_or_else(|| {
-            ApiError::invalid(format!(
-                "model `{}` version {} no longer exists",
-                dep.model.name, dep.model.version
-            ))
-        })?;
+    let model =
+        app.store.call(move |c| store::model_get(c, &model_key.name, Some(model_key.version))).await?.ok_or_else(
+            || ApiError::invalid(format!("model `{}` version {} no longer exists", dep.model.name, dep.model.version)),
+        )?;
     let model_dir_name = model.path.rsplit('/').next().unwrap_or("model").to_string();
     let record = JobRecord {
-        input: JobInput {
-            uri: input_path.uri(),
-            input_type: input.input_type,
-        },
+        input: JobInput { uri: input_path.uri(), input_type: input.input_type },
         output_uri: output.uri(),
         output_file_name: settings.output_file_name.clone(),
         run: RunSpec {
@@ -153,6 +121,8 @@ pub async fn invoke(
             logging_level: settings.logging_level,
             output_action: settings.output_action,
             timeout_secs: settings.retry_settings.timeout_secs,
+            limits: settings.limits,
+            sandbox: app.config.sandbox,
         },
         settings,
         model_uri: model.path.clone(),
@@ -172,9 +142,7 @@ pub async fn invoke(
             Ok((StatusCode::CREATED, Json(render(&app, row, false).await?)))
         }
         JobInsert::Existing(row) => Ok((StatusCode::OK, Json(render(&app, row, false).await?))),
-        JobInsert::NameTaken => Err(ApiError::conflict(format!(
-            "job_name: a job named `{job_name}` already exists"
-        ))),
+        JobInsert::NameTaken => Err(ApiError::conflict(format!("job_name: a job named `{job_name}` already exists"))),
     }
 }
 
@@ -202,25 +170,17 @@ async fn check_input_exists(store: &dyn ObjectStore, input: &JobInput) -> ApiRes
 fn validate_job_name(name: &str) -> Result<String, String> {
     let ok = (1..=128).contains(&name.len())
         && name.starts_with(|c: char| c.is_ascii_alphabetic())
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
     if ok {
         Ok(name.to_string())
     } else {
-        Err(format!(
-            "`{name}` must be 1 to 128 letters, digits, `-` or `_`, starting with a letter"
-        ))
+        Err(format!("`{name}` must be 1 to 128 letters, digits, `-` or `_`, starting with a letter"))
     }
 }
 
 fn lowercase_keys(v: &Value) -> Value {
     match v {
-        Value::Object(m) => Value::Object(
-            m.iter()
-                .map(|(k, v)| (k.to_ascii_lowercase(), lowercase_keys(v)))
-                .collect(),
-        ),
+        Value::Object(m) => Value::Object(m.iter().map(|(k, v)| (k.to_ascii_lowercase(), lowercase_keys(v))).collect()),
         Value::Array(a) => Value::Array(a.iter().map(lowercase_keys).collect()),
         other => other.clone(),
     }
@@ -235,14 +195,10 @@ fn azure_body(raw: &Value) -> ApiResult<Invoke> {
     let str_at = |v: &Value, key: &str| v.get(key).and_then(|x| x.as_str()).map(str::to_string);
     if let Some(inputs) = props.get("inputdata").and_then(|x| x.as_object()) {
         if inputs.len() != 1 {
-            return Err(ApiError::invalid(
-                "properties.InputData: a model deployment takes exactly one input",
-            ));
+            return Err(ApiError::invalid("properties.InputData: a model deployment takes exactly one input"));
         }
         let (name, input) = inputs.iter().next().expect("one input");
-        let kind = str_at(input, "jobinputtype")
-            .unwrap_or_else(|| "urifolder".into())
-            .to_ascii_lowercase();
+        let kind = str_at(input, "jobinputtype").unwrap_or_else(|| "urifolder".into()).to_ascii_lowercase();
         let input_type = match kind.as_str() {
             "urifolder" | "uri_folder" => InputType::UriFolder,
             "urifile" | "uri_file" => InputType::UriFile,
@@ -252,15 +208,11 @@ fn azure_body(raw: &Value) -> ApiResult<Invoke> {
                 )))
             }
         };
-        let uri = str_at(input, "uri").ok_or_else(|| {
-            ApiError::invalid(format!("properties.InputData.{name}.Uri: required"))
-        })?;
+        let uri = str_at(input, "uri")
+            .ok_or_else(|| ApiError::invalid(format!("properties.InputData.{name}.Uri: required")))?;
         req.input = Some(JobInput { uri, input_type });
     } else if let Some(path) = props.get("dataset").and_then(|d| str_at(d, "path")) {
-        req.input = Some(JobInput {
-            uri: path,
-            input_type: InputType::UriFolder,
-        });
+        req.input = Some(JobInput { uri: path, input_type: InputType::UriFolder });
     }
     if let Some(outputs) = props.get("outputdata").and_then(|x| x.as_object()) {
         if let Some((_, out)) = outputs.iter().next() {
@@ -270,10 +222,7 @@ fn azure_body(raw: &Value) -> ApiResult<Invoke> {
     if let Some(ds) = props.get("outputdataset") {
         if let (Some(ds_id), Some(path)) = (str_at(ds, "datastoreid"), str_at(ds, "path")) {
             let name = ds_id.rsplit('/').next().unwrap_or(&ds_id).to_string();
-            req.output_path = Some(format!(
-                "azureml://datastores/{name}/paths/{}",
-                path.trim_start_matches('/')
-            ));
+            req.output_path = Some(format!("azureml://datastores/{name}/paths/{}", path.trim_start_matches('/')));
         }
     }
     let mut o = BTreeMap::new();
@@ -285,11 +234,7 @@ fn azure_body(raw: &Value) -> ApiResult<Invoke> {
     if let Some(x) = props.get("minibatchsize").and_then(scalar) {
         o.insert("mini_batch_size".to_string(), x);
     }
-    if let Some(x) = props
-        .get("compute")
-        .and_then(|c| c.get("instancecount"))
-        .and_then(scalar)
-    {
+    if let Some(x) = props.get("compute").and_then(|c| c.get("instancecount")).and_then(scalar) {
         o.insert("instance_count".to_string(), x);
     }
     if let Some(r) = props.get("retrysettings") {
@@ -314,17 +259,27 @@ fn azure_body(raw: &Value) -> ApiResult<Invoke> {
 /// Renders a job for the API; `detail` adds the failed mini-batches with their first file.
 async fn render(app: &AppRef, row: JobRow, detail: bool) -> ApiResult<Job> {
     let name = row.name.clone();
-    let (counts, failed) = app
+    let (counts, failed, attempts) = app
         .store
         .call(move |c| {
-            let failed = if detail {
-                store::batches_in_state(c, &name, "failed")?
-            } else {
-                Vec::new()
-            };
-            Ok((store::batch_state_counts(c, &name)?, failed))
+            let failed = if detail { store::batches_in_state(c, &name, "failed")? } else { Vec::new() };
+            let attempts = if detail { store::attempts_of(c, &name)? } else { Vec::new() };
+            Ok((store::batch_state_counts(c, &name)?, failed, attempts))
         })
         .await?;
+    let attempts = attempts
+        .into_iter()
+        .take(1000)
+        .map(|a| AttemptInfo {
+            mini_batch: a.idx,
+            attempt: a.attempt,
+            node: a.node,
+            process: a.process,
+            outcome: a.outcome,
+            reason: a.reason,
+            isolation: a.isolation.and_then(|i| serde_json::from_str(&i).ok()),
+        })
+        .collect();
     let count = |s: &str| counts.iter().find(|(k, _)| k == s).map_or(0, |(_, n)| *n);
     let mut failed_batches = Vec::new();
     for b in failed {
@@ -366,6 +321,7 @@ async fn render(app: &AppRef, row: JobRow, detail: bool) -> ApiResult<Job> {
         error: row.error,
         failed_batches,
         idempotency_key: row.idempotency_key,
+        attempts,
     })
 }
 
@@ -388,22 +344,12 @@ pub struct ListQuery {
     limit: Option<u32>,
 }
 
-pub async fn list(
-    State(app): State<AppRef>,
-    user: User,
-    Query(q): Query<ListQuery>,
-) -> JsonResult<JobList> {
-    let endpoint = q
-        .endpoint
-        .map(|e| e.to_ascii_lowercase())
-        .or(user.0.endpoint.clone());
+pub async fn list(State(app): State<AppRef>, user: User, Query(q): Query<ListQuery>) -> JsonResult<JobList> {
+    let endpoint = q.endpoint.map(|e| e.to_ascii_lowercase()).or(user.0.endpoint.clone());
     user.require(Role::Reader, endpoint.as_deref())?;
     let deployment = q.deployment.map(|d| d.to_ascii_lowercase());
     let limit = q.limit.unwrap_or(100).min(1000);
-    let rows = app
-        .store
-        .call(move |c| store::job_list(c, endpoint.as_deref(), deployment.as_deref(), limit))
-        .await?;
+    let rows = app.store.call(move |c| store::job_list(c, endpoint.as_deref(), deployment.as_deref(), limit)).await?;
     let mut jobs = Vec::with_capacity(rows.len());
     for row in rows {
         jobs.push(render(&app, row, false).await?);
@@ -417,22 +363,10 @@ pub async fn list_endpoint_jobs(
     Path(endpoint): Path<String>,
     Query(q): Query<ListQuery>,
 ) -> JsonResult<JobList> {
-    list(
-        State(app),
-        user,
-        Query(ListQuery {
-            endpoint: Some(endpoint),
-            ..q
-        }),
-    )
-    .await
+    list(State(app), user, Query(ListQuery { endpoint: Some(endpoint), ..q })).await
 }
 
-pub async fn show(
-    State(app): State<AppRef>,
-    user: User,
-    Path(name): Path<String>,
-) -> JsonResult<Job> {
+pub async fn show(State(app): State<AppRef>, user: User, Path(name): Path<String>) -> JsonResult<Job> {
     let row = job_row(&app, &user, &name).await?;
     Ok(Json(render(&app, row, true).await?))
 }
@@ -445,11 +379,7 @@ pub async fn show_endpoint_job(
     show(State(app), user, Path(name)).await
 }
 
-pub async fn cancel(
-    State(app): State<AppRef>,
-    user: User,
-    Path(name): Path<String>,
-) -> JsonResult<Job> {
+pub async fn cancel(State(app): State<AppRef>, user: User, Path(name): Path<String>) -> JsonResult<Job> {
     let row = job_row(&app, &user, &name).await?;
     user.require(Role::Invoker, Some(&row.endpoint))?;
     let key = name.clone();
@@ -464,11 +394,7 @@ pub async fn cancel(
 }
 
 /// Where a named output of a job lives: `score` in its datastore, `logs` in Cove's own store.
-async fn output_root(
-    app: &AppRef,
-    row: &JobRow,
-    output: &str,
-) -> ApiResult<(std::sync::Arc<dyn ObjectStore>, String)> {
+async fn output_root(app: &AppRef, row: &JobRow, output: &str) -> ApiResult<(std::sync::Arc<dyn ObjectStore>, String)> {
     match output {
         "score" => {
             if !row.status.is_terminal() {
@@ -478,21 +404,10 @@ async fn output_root(
                 )));
             }
             let p = parse_uri(&row.record.output_uri).map_err(ApiError::invalid)?;
-            Ok((
-                app.datastores
-                    .get(&p.datastore)
-                    .map_err(ApiError::invalid)?,
-                p.path,
-            ))
+            Ok((app.datastores.get(&p.datastore).map_err(ApiError::invalid)?, p.path))
         }
-        "logs" => Ok((
-            app.internal.clone(),
-            logs::logs_prefix(&row.name).to_string(),
-        )),
-        other => Err(ApiError::not_found(format!(
-            "job `{}` has no output `{other}` (outputs: score, logs)",
-            row.name
-        ))),
+        "logs" => Ok((app.internal.clone(), logs::logs_prefix(&row.name).to_string())),
+        other => Err(ApiError::not_found(format!("job `{}` has no output `{other}` (outputs: score, logs)", row.name))),
     }
 }
 
@@ -530,12 +445,9 @@ pub async fn get_output(
 ) -> ApiResult<Body> {
     let row = job_row(&app, &user, &name).await?;
     let (store, root) = output_root(&app, &row, &output).await?;
-    let rel =
-        crate::datastore::normalise(&path).map_err(|e| ApiError::invalid(format!("path: {e}")))?;
+    let rel = crate::datastore::normalise(&path).map_err(|e| ApiError::invalid(format!("path: {e}")))?;
     let location = object_store::path::Path::from(format!("{root}/{rel}"));
-    let got = store
-        .get(&location)
-        .await
-        .map_err(|_| ApiError::not_found(format!("`{rel}` is not in output `{output}`")))?;
+    let got =
+        store.get(&location).await.map_err(|_| ApiError::not_found(format!("`{rel}` is not in output `{output}`")))?;
     Ok(Body::from_stream(got.into_stream()))
 }

@@ -22,29 +22,18 @@ const UPLOAD_LIMIT: usize = 512 * 1024 * 1024;
 
 pub fn router(app: AppRef) -> Router {
     let uploads = Router::new()
-        .route(
-            "/api/v1/datastores/{datastore}/files/{*path}",
-            put(resources::upload),
-        )
+        .route("/api/v1/datastores/{datastore}/files/{*path}", put(resources::upload))
         .route("/worker/v1/leases/{lease}/part", put(worker::put_part))
-        .route(
-            "/worker/v1/leases/{lease}/outputs/{*name}",
-            put(worker::put_output),
-        )
+        .route("/worker/v1/leases/{lease}/outputs/{*name}", put(worker::put_output))
         .route("/worker/v1/jobs/{job}/logs/{*path}", put(worker::put_log))
         .layer(DefaultBodyLimit::max(UPLOAD_LIMIT));
     Router::new()
         .route("/api/v1/openapi.json", get(openapi))
         .route("/api/v1/workspace", get(resources::workspace))
-        .route(
-            "/api/v1/endpoints",
-            post(resources::create_endpoint).get(resources::list_endpoints),
-        )
+        .route("/api/v1/endpoints", post(resources::create_endpoint).get(resources::list_endpoints))
         .route(
             "/api/v1/endpoints/{endpoint}",
-            get(resources::show_endpoint)
-                .patch(resources::update_endpoint)
-                .delete(resources::delete_endpoint),
+            get(resources::show_endpoint).patch(resources::update_endpoint).delete(resources::delete_endpoint),
         )
         .route(
             "/api/v1/endpoints/{endpoint}/deployments",
@@ -54,51 +43,21 @@ pub fn router(app: AppRef) -> Router {
             "/api/v1/endpoints/{endpoint}/deployments/{deployment}",
             get(resources::show_deployment).delete(resources::delete_deployment),
         )
-        .route(
-            "/api/v1/models",
-            post(resources::create_model).get(resources::list_models),
-        )
-        .route(
-            "/api/v1/models/{name}/versions/{version}",
-            get(resources::show_model),
-        )
-        .route(
-            "/endpoints/{endpoint}/jobs",
-            post(jobs::invoke).get(jobs::list_endpoint_jobs),
-        )
-        .route(
-            "/endpoints/{endpoint}/jobs/{job}",
-            get(jobs::show_endpoint_job),
-        )
+        .route("/api/v1/models", post(resources::create_model).get(resources::list_models))
+        .route("/api/v1/models/{name}/versions/{version}", get(resources::show_model))
+        .route("/endpoints/{endpoint}/jobs", post(jobs::invoke).get(jobs::list_endpoint_jobs))
+        .route("/endpoints/{endpoint}/jobs/{job}", get(jobs::show_endpoint_job))
         .route("/api/v1/jobs", get(jobs::list))
         .route("/api/v1/jobs/{job}", get(jobs::show))
         .route("/api/v1/jobs/{job}/cancel", post(jobs::cancel))
-        .route(
-            "/api/v1/jobs/{job}/outputs/{output}",
-            get(jobs::list_output),
-        )
-        .route(
-            "/api/v1/jobs/{job}/outputs/{output}/{*path}",
-            get(jobs::get_output),
-        )
+        .route("/api/v1/jobs/{job}/outputs/{output}", get(jobs::list_output))
+        .route("/api/v1/jobs/{job}/outputs/{output}/{*path}", get(jobs::get_output))
         .route("/worker/v1/lease", post(worker::lease))
-        .route(
-            "/worker/v1/leases/{lease}/heartbeat",
-            post(worker::heartbeat),
-        )
+        .route("/worker/v1/leases/{lease}/heartbeat", post(worker::heartbeat))
         .route("/worker/v1/leases/{lease}/complete", post(worker::complete))
-        .route(
-            "/worker/v1/leases/{lease}/files/{index}",
-            get(worker::get_file),
-        )
-        .route(
-            "/worker/v1/leases/{lease}/assets/{kind}",
-            get(worker::list_asset),
-        )
-        .route(
-            "/worker/v1/leases/{lease}/assets/{kind}/{*path}",
-            get(worker::get_asset),
-        )
+        .route("/worker/v1/leases/{lease}/files/{index}", get(worker::get_file))
+        .route("/worker/v1/leases/{lease}/assets/{kind}", get(worker::list_asset))
+        .route("/worker/v1/leases/{lease}/assets/{kind}/{*path}", get(worker::get_asset))
         .layer(DefaultBodyLimit::max(JSON_BODY_LIMIT))
         .merge(uploads)
         .fallback(|| async { ApiError::not_found("no such route") })
@@ -106,10 +65,7 @@ pub fn router(app: AppRef) -> Router {
 }
 
 async fn openapi() -> ([(axum::http::HeaderName, &'static str); 1], &'static str) {
-    (
-        [(axum::http::header::CONTENT_TYPE, "application/json")],
-        include_str!("openapi.json"),
-    )
+    ([(axum::http::header::CONTENT_TYPE, "application/json")], include_str!("openapi.json"))
 }
 
 /// A caller holding a valid user token.
@@ -119,29 +75,14 @@ pub struct User(pub Principal);
 pub struct Worker(pub Principal);
 
 async fn principal(parts: &Parts, app: &AppRef) -> ApiResult<Principal> {
-    let header = parts
-        .headers
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok());
-    let Some(secret) = header
-        .and_then(|h| h.strip_prefix("Bearer "))
-        .map(str::trim)
-    else {
-        return Err(ApiError::new(
-            ErrorCode::Unauthenticated,
-            "missing bearer token (Authorization: Bearer <token>)",
-        ));
+    let header = parts.headers.get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    let Some(secret) = header.and_then(|h| h.strip_prefix("Bearer ")).map(str::trim) else {
+        return Err(ApiError::new(ErrorCode::Unauthenticated, "missing bearer token (Authorization: Bearer <token>)"));
     };
     let secret = secret.to_string();
-    app.store
-        .call(move |c| auth::resolve(c, &secret))
-        .await?
-        .ok_or_else(|| {
-            ApiError::new(
-                ErrorCode::Unauthenticated,
-                "the token is not valid (unknown, revoked or expired)",
-            )
-        })
+    app.store.call(move |c| auth::resolve(c, &secret)).await?.ok_or_else(|| {
+        ApiError::new(ErrorCode::Unauthenticated, "the token is not valid (unknown, revoked or expired)")
+    })
 }
 
 impl FromRequestParts<AppRef> for User {
@@ -149,10 +90,7 @@ impl FromRequestParts<AppRef> for User {
     async fn from_request_parts(parts: &mut Parts, app: &AppRef) -> ApiResult<Self> {
         let p = principal(parts, app).await?;
         if p.kind != TokenKind::User {
-            return Err(ApiError::new(
-                ErrorCode::PermissionDenied,
-                "worker credentials cannot call the user API",
-            ));
+            return Err(ApiError::new(ErrorCode::PermissionDenied, "worker credentials cannot call the user API"));
         }
         Ok(User(p))
     }
@@ -163,10 +101,7 @@ impl FromRequestParts<AppRef> for Worker {
     async fn from_request_parts(parts: &mut Parts, app: &AppRef) -> ApiResult<Self> {
         let p = principal(parts, app).await?;
         if p.kind != TokenKind::Worker {
-            return Err(ApiError::new(
-                ErrorCode::PermissionDenied,
-                "only worker credentials can call the worker API",
-            ));
+            return Err(ApiError::new(ErrorCode::PermissionDenied, "only worker credentials can call the worker API"));
         }
         Ok(Worker(p))
     }
@@ -178,11 +113,7 @@ impl User {
         if self.0.role < role {
             return Err(ApiError::new(
                 ErrorCode::PermissionDenied,
-                format!(
-                    "a {} token cannot do this; it needs the {} role",
-                    self.0.role.as_str(),
-                    role.as_str()
-                ),
+                format!("a {} token cannot do this; it needs the {} role", self.0.role.as_str(), role.as_str()),
             ));
         }
         if let (Some(scope), Some(ep)) = (&self.0.endpoint, endpoint) {
@@ -205,8 +136,7 @@ impl User {
 
 /// Parses a JSON body with a clear error naming the problem.
 pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> ApiResult<T> {
-    serde_json::from_slice(body)
-        .map_err(|e| ApiError::invalid(format!("invalid request body: {e}")))
+    serde_json::from_slice(body).map_err(|e| ApiError::invalid(format!("invalid request body: {e}")))
 }
 
 pub type JsonResult<T> = ApiResult<Json<T>>;
@@ -227,8 +157,7 @@ mod tests {
         routes.sort();
         routes.dedup();
         let doc: serde_json::Value = serde_json::from_str(include_str!("openapi.json")).unwrap();
-        let mut documented: Vec<String> =
-            doc["paths"].as_object().unwrap().keys().cloned().collect();
+        let mut documented: Vec<String> = doc["paths"].as_object().unwrap().keys().cloned().collect();
         documented.sort();
         assert_eq!(routes, documented);
     }

@@ -9,9 +9,9 @@ use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::Json;
+use cove_api::worker::SandboxMode;
 use cove_api::{
-    CreateDeployment, CreateModel, Deployment, Endpoint, Model, ModelVersionRef, UpdateEndpoint,
-    Workspace,
+    CreateDeployment, CreateModel, Deployment, Endpoint, Model, ModelVersionRef, UpdateEndpoint, Workspace,
 };
 use cove_spec::{EndpointSpec, ModelRef, ModelType, ModelVersion};
 use futures::TryStreamExt;
@@ -24,20 +24,13 @@ fn now() -> String {
 
 pub async fn workspace(State(app): State<AppRef>, user: User) -> JsonResult<Workspace> {
     user.require(Role::Reader, None)?;
-    let (datastores, computes) = app
-        .store
-        .call(|c| Ok((store::datastore_list(c)?, store::compute_list(c)?)))
-        .await?;
+    let (datastores, computes) = app.store.call(|c| Ok((store::datastore_list(c)?, store::compute_list(c)?))).await?;
     Ok(Json(Workspace {
-        name: app
-            .config
-            .dir
-            .file_name()
-            .map(|n| n.to_string_lossy().to_string())
-            .unwrap_or_default(),
+        name: app.config.dir.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default(),
         api_url: app.url.clone(),
         default_datastore: app.datastores.default_name.clone(),
         default_python: app.config.python.clone(),
+        sandbox: app.config.sandbox.as_str().to_string(),
         datastores,
         computes,
     }))
@@ -51,10 +44,7 @@ pub async fn create_endpoint(
     user.require(Role::Contributor, None)?;
     let spec: EndpointSpec = parse_json(&body)?;
     let name = cove_spec::validate_resource_name("name", &spec.name).map_err(ApiError::invalid)?;
-    let spec = EndpointSpec {
-        name: name.clone(),
-        ..spec
-    };
+    let spec = EndpointSpec { name: name.clone(), ..spec };
     let ep = Endpoint {
         scoring_uri: format!("{}/endpoints/{name}/jobs", app.url),
         openapi_uri: format!("{}/api/v1/openapi.json", app.url),
@@ -64,14 +54,8 @@ pub async fn create_endpoint(
         spec,
     };
     let stored = ep.clone();
-    if !app
-        .store
-        .call(move |c| store::endpoint_insert(c, &stored))
-        .await?
-    {
-        return Err(ApiError::conflict(format!(
-            "endpoint `{name}` already exists"
-        )));
+    if !app.store.call(move |c| store::endpoint_insert(c, &stored)).await? {
+        return Err(ApiError::conflict(format!("endpoint `{name}` already exists")));
     }
     Ok((StatusCode::CREATED, Json(ep)))
 }
@@ -93,11 +77,7 @@ pub async fn endpoint(app: &AppRef, name: &str) -> ApiResult<Endpoint> {
         .ok_or_else(|| ApiError::not_found(format!("endpoint `{name}` does not exist")))
 }
 
-pub async fn show_endpoint(
-    State(app): State<AppRef>,
-    user: User,
-    Path(name): Path<String>,
-) -> JsonResult<Endpoint> {
+pub async fn show_endpoint(State(app): State<AppRef>, user: User, Path(name): Path<String>) -> JsonResult<Endpoint> {
     let name = name.to_ascii_lowercase();
     user.require(Role::Reader, Some(&name))?;
     Ok(Json(endpoint(&app, &name).await?))
@@ -136,9 +116,7 @@ pub async fn update_endpoint(
         }
     }
     let stored = ep.clone();
-    app.store
-        .call(move |c| store::endpoint_put(c, &stored))
-        .await?;
+    app.store.call(move |c| store::endpoint_put(c, &stored)).await?;
     Ok(Json(ep))
 }
 
@@ -150,14 +128,8 @@ pub async fn delete_endpoint(
     let name = name.to_ascii_lowercase();
     user.require(Role::Contributor, Some(&name))?;
     let key = name.clone();
-    if !app
-        .store
-        .call(move |c| store::endpoint_delete(c, &key))
-        .await?
-    {
-        return Err(ApiError::not_found(format!(
-            "endpoint `{name}` does not exist"
-        )));
+    if !app.store.call(move |c| store::endpoint_delete(c, &key)).await? {
+        return Err(ApiError::not_found(format!("endpoint `{name}` does not exist")));
     }
     Ok(Json(serde_json::json!({ "deleted": name })))
 }
@@ -171,6 +143,7 @@ pub async fn create_deployment(
     let endpoint_name = endpoint_name.to_ascii_lowercase();
     user.require(Role::Contributor, Some(&endpoint_name))?;
     let req: CreateDeployment = parse_json(&body)?;
+    sandbox_ready(&app)?;
     let spec = req.spec;
     let mut ep = endpoint(&app, &endpoint_name).await?;
     if let Some(named) = &spec.endpoint_name {
@@ -184,45 +157,29 @@ pub async fn create_deployment(
     // An inline model is registered in the same transaction as the deployment, so a deployment that
     // fails validation leaves no model version behind.
     let (model, new_model) = match &spec.model {
-        ModelRef::Registered {
-            name: model_name,
-            version,
-        } => {
+        ModelRef::Registered { name: model_name, version } => {
             let v = match version {
                 ModelVersion::Latest => None,
                 ModelVersion::Number(n) => Some(*n),
             };
             let key = model_name.clone();
-            let model = app
-                .store
-                .call(move |c| store::model_get(c, &key, v))
-                .await?
-                .ok_or_else(|| {
-                    ApiError::invalid(format!(
-                        "model: `{model_name}` {} does not exist",
-                        v.map_or("(any version)".to_string(), |n| format!("version {n}"))
-                    ))
-                })?;
+            let model = app.store.call(move |c| store::model_get(c, &key, v)).await?.ok_or_else(|| {
+                ApiError::invalid(format!(
+                    "model: `{model_name}` {} does not exist",
+                    v.map_or("(any version)".to_string(), |n| format!("version {n}"))
+                ))
+            })?;
             (model, false)
         }
-        ModelRef::Inline {
-            name: model_name,
-            path: _,
-            model_type,
-            description,
-            ..
-        } => {
+        ModelRef::Inline { name: model_name, path: _, model_type, description, .. } => {
             let upload = req.model_upload.as_deref().ok_or_else(|| {
-                ApiError::invalid("model: an inline model's files must be uploaded first (model_upload), as the CLI does")
+                ApiError::invalid(
+                    "model: an inline model's files must be uploaded first (model_upload), as the CLI does",
+                )
             })?;
-            let model_name = model_name
-                .clone()
-                .unwrap_or_else(|| format!("{endpoint_name}-{name}-model"));
-            let model_name = cove_spec::validate_resource_name("model.name", &model_name)
-                .map_err(ApiError::invalid)?;
-            let path = model_path(&app, upload)
-                .await
-                .map_err(|e| ApiError::invalid(format!("model.path: {e}")))?;
+            let model_name = model_name.clone().unwrap_or_else(|| format!("{endpoint_name}-{name}-model"));
+            let model_name = cove_spec::validate_resource_name("model.name", &model_name).map_err(ApiError::invalid)?;
+            let path = model_path(&app, upload).await.map_err(|e| ApiError::invalid(format!("model.path: {e}")))?;
             let model = Model {
                 name: model_name,
                 version: 0,
@@ -285,21 +242,18 @@ pub async fn create_deployment(
             missing.join(", ")
         )));
     }
-    let is_default =
-        req.set_default || ep.spec.default_deployment.as_deref() == Some(name.as_str());
+    let is_default = req.set_default || ep.spec.default_deployment.as_deref() == Some(name.as_str());
     let dep = Deployment {
         name: name.clone(),
         endpoint_name: endpoint_name.clone(),
         description: spec.description.clone(),
         tags: spec.tags.clone(),
-        model: ModelVersionRef {
-            name: model.name.clone(),
-            version: model.version,
-        },
+        model: ModelVersionRef { name: model.name.clone(), version: model.version },
         code_uri,
         scoring_script,
         python: app.config.python.clone(),
         compute: spec.compute.clone(),
+        sandbox: sandbox_label(&app),
         settings: spec.settings.clone(),
         provisioning_state: "Succeeded".into(),
         is_default,
@@ -316,10 +270,7 @@ pub async fn create_deployment(
             let tx = c.transaction()?;
             if new_model {
                 let registered = store::model_create(&tx, model)?;
-                dep.model = ModelVersionRef {
-                    name: registered.name,
-                    version: registered.version,
-                };
+                dep.model = ModelVersionRef { name: registered.name, version: registered.version };
             }
             store::deployment_put(&tx, &dep)?;
             if set_default {
@@ -332,6 +283,31 @@ pub async fn create_deployment(
     Ok((StatusCode::CREATED, Json(dep)))
 }
 
+/// Refuses to deploy or run scoring code when the sandbox is required and this host cannot build it.
+pub fn sandbox_ready(app: &AppRef) -> ApiResult<()> {
+    if app.config.sandbox == SandboxMode::None {
+        return Ok(());
+    }
+    cove_worker::sandbox::available().map_err(|reason| {
+        ApiError::new(
+            super::ErrorCode::Unavailable,
+            format!(
+                "the scoring sandbox is not available on this host ({reason}); install bubblewrap and allow \
+                 unprivileged user namespaces, or start the workspace with `cove up --sandbox none` to run scoring code \
+                 without one"
+            ),
+        )
+    })
+}
+
+/// How a deployment's scoring code runs, as users read it.
+pub fn sandbox_label(app: &AppRef) -> String {
+    match app.config.sandbox {
+        SandboxMode::Namespaces => "namespaces".to_string(),
+        SandboxMode::None => "none (warning: the workspace runs scoring code without a sandbox)".to_string(),
+    }
+}
+
 pub async fn list_deployments(
     State(app): State<AppRef>,
     user: User,
@@ -340,12 +316,10 @@ pub async fn list_deployments(
     let endpoint_name = endpoint_name.to_ascii_lowercase();
     user.require(Role::Reader, Some(&endpoint_name))?;
     let ep = endpoint(&app, &endpoint_name).await?;
-    let mut deps = app
-        .store
-        .call(move |c| store::deployment_list(c, &endpoint_name))
-        .await?;
+    let mut deps = app.store.call(move |c| store::deployment_list(c, &endpoint_name)).await?;
     for d in &mut deps {
         d.is_default = ep.spec.default_deployment.as_deref() == Some(d.name.as_str());
+        d.sandbox = sandbox_label(&app);
     }
     Ok(Json(deps))
 }
@@ -353,16 +327,11 @@ pub async fn list_deployments(
 pub async fn deployment(app: &AppRef, endpoint_name: &str, name: &str) -> ApiResult<Deployment> {
     let ep = endpoint(app, endpoint_name).await?;
     let (e, n) = (endpoint_name.to_string(), name.to_ascii_lowercase());
-    let mut dep = app
-        .store
-        .call(move |c| store::deployment_get(c, &e, &n))
-        .await?
-        .ok_or_else(|| {
-            ApiError::not_found(format!(
-                "deployment `{name}` does not exist in endpoint `{endpoint_name}`"
-            ))
-        })?;
+    let mut dep = app.store.call(move |c| store::deployment_get(c, &e, &n)).await?.ok_or_else(|| {
+        ApiError::not_found(format!("deployment `{name}` does not exist in endpoint `{endpoint_name}`"))
+    })?;
     dep.is_default = ep.spec.default_deployment.as_deref() == Some(dep.name.as_str());
+    dep.sandbox = sandbox_label(app);
     Ok(dep)
 }
 
@@ -391,35 +360,18 @@ pub async fn delete_deployment(
         )));
     }
     let name = dep.name.clone();
-    app.store
-        .call(move |c| store::deployment_delete(c, &e, &name))
-        .await?;
+    app.store.call(move |c| store::deployment_delete(c, &e, &name)).await?;
     Ok(Json(serde_json::json!({ "deleted": dep.name })))
 }
 
-pub async fn create_model(
-    State(app): State<AppRef>,
-    user: User,
-    body: Bytes,
-) -> ApiResult<(StatusCode, Json<Model>)> {
+pub async fn create_model(State(app): State<AppRef>, user: User, body: Bytes) -> ApiResult<(StatusCode, Json<Model>)> {
     user.require(Role::Contributor, None)?;
     let req: CreateModel = parse_json(&body)?;
     let name = cove_spec::validate_resource_name("name", &req.name).map_err(ApiError::invalid)?;
-    let path = model_path(&app, &req.path)
-        .await
-        .map_err(|e| ApiError::invalid(format!("path: {e}")))?;
-    let model = Model {
-        name,
-        version: 0,
-        path,
-        model_type: req.model_type,
-        description: req.description,
-        created_at: now(),
-    };
-    let model = app
-        .store
-        .call(move |c| store::model_create(c, model))
-        .await?;
+    let path = model_path(&app, &req.path).await.map_err(|e| ApiError::invalid(format!("path: {e}")))?;
+    let model =
+        Model { name, version: 0, path, model_type: req.model_type, description: req.description, created_at: now() };
+    let model = app.store.call(move |c| store::model_create(c, model)).await?;
     Ok((StatusCode::CREATED, Json(model)))
 }
 
@@ -428,13 +380,7 @@ async fn model_path(app: &AppRef, uri: &str) -> Result<String, String> {
     let path = parse_uri(uri)?;
     let store = app.datastores.get(&path.datastore)?;
     let exists = store.head(&path.object_path()).await.is_ok()
-        || store
-            .list(Some(&path.object_path()))
-            .try_next()
-            .await
-            .ok()
-            .flatten()
-            .is_some();
+        || store.list(Some(&path.object_path())).try_next().await.ok().flatten().is_some();
     if path.path.is_empty() || !exists {
         return Err(format!("`{uri}` holds no model file or folder"));
     }
@@ -446,17 +392,9 @@ pub struct ModelQuery {
     name: Option<String>,
 }
 
-pub async fn list_models(
-    State(app): State<AppRef>,
-    user: User,
-    Query(q): Query<ModelQuery>,
-) -> JsonResult<Vec<Model>> {
+pub async fn list_models(State(app): State<AppRef>, user: User, Query(q): Query<ModelQuery>) -> JsonResult<Vec<Model>> {
     user.require(Role::Reader, None)?;
-    Ok(Json(
-        app.store
-            .call(move |c| store::model_list(c, q.name.as_deref()))
-            .await?,
-    ))
+    Ok(Json(app.store.call(move |c| store::model_list(c, q.name.as_deref())).await?))
 }
 
 pub async fn show_model(
@@ -468,18 +406,18 @@ pub async fn show_model(
     let v = if version == "latest" {
         None
     } else {
-        Some(version.parse::<u32>().map_err(|_| {
-            ApiError::invalid(format!("version: `{version}` is not a number or `latest`"))
-        })?)
+        Some(
+            version
+                .parse::<u32>()
+                .map_err(|_| ApiError::invalid(format!("version: `{version}` is not a number or `latest`")))?,
+        )
     };
     let key = name.to_ascii_lowercase();
     app.store
         .call(move |c| store::model_get(c, &key, v))
         .await?
         .map(Json)
-        .ok_or_else(|| {
-            ApiError::not_found(format!("model `{name}` version {version} does not exist"))
-        })
+        .ok_or_else(|| ApiError::not_found(format!("model `{name}` version {version} does not exist")))
 }
 
 /// Uploads one file into a datastore. Existing files are never overwritten. Invokers may upload only
@@ -495,25 +433,18 @@ pub async fn upload(
         return Err(ApiError::invalid("path: a file name is required"));
     }
     if path.starts_with("LocalUpload/") {
-        user.require(Role::Invoker, None)
-            .or_else(|_| user.require(Role::Invoker, user.0.endpoint.as_deref()))?;
+        user.require(Role::Invoker, None).or_else(|_| user.require(Role::Invoker, user.0.endpoint.as_deref()))?;
     } else {
         user.require(Role::Contributor, None)?;
     }
-    let store = app
-        .datastores
-        .get(&datastore)
-        .map_err(ApiError::not_found)?;
+    let store = app.datastores.get(&datastore).map_err(ApiError::not_found)?;
     let location = object_store::path::Path::from(path.as_str());
-    let opts = object_store::PutOptions {
-        mode: object_store::PutMode::Create,
-        ..Default::default()
-    };
+    let opts = object_store::PutOptions { mode: object_store::PutMode::Create, ..Default::default() };
     match store.put_opts(&location, body.into(), opts).await {
         Ok(_) => Ok(StatusCode::CREATED),
-        Err(object_store::Error::AlreadyExists { .. }) => Err(ApiError::conflict(format!(
-            "`{path}` already exists in datastore `{datastore}`"
-        ))),
+        Err(object_store::Error::AlreadyExists { .. }) => {
+            Err(ApiError::conflict(format!("`{path}` already exists in datastore `{datastore}`")))
+        }
         Err(e) => Err(ApiError::internal("store the uploaded file", e)),
     }
 }

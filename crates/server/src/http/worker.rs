@@ -11,9 +11,7 @@ use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
-use cove_api::worker::{
-    AssetListing, Completion, CompletionAck, Lease, LeaseRequest, LeaseResponse, ReportedOutcome,
-};
+use cove_api::worker::{AssetListing, Completion, CompletionAck, Lease, LeaseRequest, LeaseResponse, ReportedOutcome};
 use cove_api::FileEntry;
 use cove_model::AttemptOutcome;
 use futures::TryStreamExt;
@@ -23,11 +21,7 @@ use std::time::Duration;
 /// The longest a lease request waits for work before answering "nothing".
 const MAX_WAIT: Duration = Duration::from_secs(20);
 
-pub async fn lease(
-    State(app): State<AppRef>,
-    Worker(w): Worker,
-    body: Bytes,
-) -> JsonResult<LeaseResponse> {
+pub async fn lease(State(app): State<AppRef>, Worker(w): Worker, body: Bytes) -> JsonResult<LeaseResponse> {
     let req: LeaseRequest = parse_json(&body)?;
     let deadline = tokio::time::Instant::now() + Duration::from_millis(req.wait_ms).min(MAX_WAIT);
     loop {
@@ -35,24 +29,10 @@ pub async fn lease(
         let notified = app.work_available.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
-        let (job, compute, node, process) = (
-            req.job.clone(),
-            w.compute.clone(),
-            req.node.clone(),
-            req.process,
-        );
+        let (job, compute, node, process) = (req.job.clone(), w.compute.clone(), req.node.clone(), req.process);
         let answer = app
             .store
-            .call(move |c| {
-                store::lease_next(
-                    c,
-                    job.as_deref(),
-                    compute.as_deref(),
-                    &node,
-                    process,
-                    LEASE_GRACE_MS,
-                )
-            })
+            .call(move |c| store::lease_next(c, job.as_deref(), compute.as_deref(), &node, process, LEASE_GRACE_MS))
             .await?;
         match answer {
             LeaseAnswer::Granted(g) => {
@@ -60,32 +40,22 @@ pub async fn lease(
                 let files = batch_files(&app, &g.job, g.manifest_offset, g.manifest_len)
                     .await
                     .map_err(|e| ApiError::internal("read the manifest", format!("{e:#}")))?;
-                let files = files
-                    .iter()
-                    .map(|f| f.rsplit('/').next().unwrap_or(f).to_string())
-                    .collect();
+                let files = files.iter().map(|f| f.rsplit('/').next().unwrap_or(f).to_string()).collect();
                 let lease = Lease {
                     lease_id: g.lease_id,
                     job: g.job,
                     batch_index: g.idx,
                     attempt: g.attempt,
-                    expires_in_ms: g.record.settings.retry_settings.timeout_secs * 1000
-                        + LEASE_GRACE_MS as u64,
+                    expires_in_ms: g.record.settings.retry_settings.timeout_secs * 1000 + LEASE_GRACE_MS as u64,
                     files,
                     run: g.record.run,
                 };
-                return Ok(Json(LeaseResponse {
-                    lease: Some(lease),
-                    job_done: false,
-                }));
+                return Ok(Json(LeaseResponse { lease: Some(lease), job_done: false }));
             }
             LeaseAnswer::Nothing { job_done } => {
                 let shutting_down = *app.shutdown.borrow();
                 if job_done || tokio::time::Instant::now() >= deadline || shutting_down {
-                    return Ok(Json(LeaseResponse {
-                        lease: None,
-                        job_done,
-                    }));
+                    return Ok(Json(LeaseResponse { lease: None, job_done }));
                 }
                 let _ = tokio::time::timeout_at(deadline, notified).await;
             }
@@ -95,14 +65,9 @@ pub async fn lease(
 
 async fn current(app: &AppRef, lease: &str) -> ApiResult<LeaseInfo> {
     let id = lease.to_string();
-    app.store
-        .call(move |c| store::lease_current(c, &id))
-        .await?
-        .ok_or_else(|| {
-            ApiError::conflict(format!(
-                "lease `{lease}` is not current (expired, completed, or its job ended)"
-            ))
-        })
+    app.store.call(move |c| store::lease_current(c, &id)).await?.ok_or_else(|| {
+        ApiError::conflict(format!("lease `{lease}` is not current (expired, completed, or its job ended)"))
+    })
 }
 
 pub async fn heartbeat(
@@ -111,14 +76,8 @@ pub async fn heartbeat(
     Path(lease): Path<String>,
 ) -> JsonResult<serde_json::Value> {
     let id = lease.clone();
-    if !app
-        .store
-        .call(move |c| store::lease_heartbeat(c, &id, LEASE_GRACE_MS))
-        .await?
-    {
-        return Err(ApiError::conflict(format!(
-            "lease `{lease}` is not current"
-        )));
+    if !app.store.call(move |c| store::lease_heartbeat(c, &id, LEASE_GRACE_MS)).await? {
+        return Err(ApiError::conflict(format!("lease `{lease}` is not current")));
     }
     Ok(Json(serde_json::json!({ "lease": lease })))
 }
@@ -132,23 +91,13 @@ pub async fn get_file(
     let files = batch_files(&app, &info.job, info.manifest_offset, info.manifest_len)
         .await
         .map_err(|e| ApiError::internal("read the manifest", format!("{e:#}")))?;
-    let file = files
-        .get(index)
-        .ok_or_else(|| ApiError::not_found(format!("the mini-batch has no file {index}")))?;
+    let file = files.get(index).ok_or_else(|| ApiError::not_found(format!("the mini-batch has no file {index}")))?;
     let input = parse_uri(&info.record.input.uri).map_err(ApiError::invalid)?;
-    let store = app
-        .datastores
-        .get(&input.datastore)
-        .map_err(ApiError::invalid)?;
+    let store = app.datastores.get(&input.datastore).map_err(ApiError::invalid)?;
     let got = store
         .get(&object_store::path::Path::from(file.as_str()))
         .await
-        .map_err(|e| {
-            ApiError::new(
-                super::ErrorCode::Unavailable,
-                format!("cannot read input file `{file}`: {e}"),
-            )
-        })?;
+        .map_err(|e| ApiError::new(super::ErrorCode::Unavailable, format!("cannot read input file `{file}`: {e}")))?;
     Ok(Body::from_stream(got.into_stream()))
 }
 
@@ -157,22 +106,12 @@ pub async fn get_file(
 fn asset_root(info: &LeaseInfo, kind: &str) -> ApiResult<(DataPath, String)> {
     let uri = match kind {
         "model" => &info.record.model_uri,
-        "code" => info
-            .record
-            .code_uri
-            .as_ref()
-            .ok_or_else(|| ApiError::not_found("the deployment has no code"))?,
-        other => {
-            return Err(ApiError::not_found(format!(
-                "no asset kind `{other}` (model, code)"
-            )))
-        }
+        "code" => info.record.code_uri.as_ref().ok_or_else(|| ApiError::not_found("the deployment has no code"))?,
+        other => return Err(ApiError::not_found(format!("no asset kind `{other}` (model, code)"))),
     };
     let path = parse_uri(uri).map_err(ApiError::invalid)?;
     let base = if kind == "model" {
-        path.path
-            .rsplit_once('/')
-            .map_or(String::new(), |(p, _)| p.to_string())
+        path.path.rsplit_once('/').map_or(String::new(), |(p, _)| p.to_string())
     } else {
         path.path.clone()
     };
@@ -186,31 +125,17 @@ pub async fn list_asset(
 ) -> JsonResult<AssetListing> {
     let info = current(&app, &lease).await?;
     let (root, base) = asset_root(&info, &kind)?;
-    let store = app
-        .datastores
-        .get(&root.datastore)
-        .map_err(ApiError::invalid)?;
-    let relative = |p: &str| {
-        p.strip_prefix(base.as_str())
-            .unwrap_or(p)
-            .trim_start_matches('/')
-            .to_string()
-    };
+    let store = app.datastores.get(&root.datastore).map_err(ApiError::invalid)?;
+    let relative = |p: &str| p.strip_prefix(base.as_str()).unwrap_or(p).trim_start_matches('/').to_string();
     let mut files: Vec<FileEntry> = store
         .list(Some(&root.object_path()))
-        .map_ok(|m| FileEntry {
-            path: relative(m.location.as_ref()),
-            size: m.size,
-        })
+        .map_ok(|m| FileEntry { path: relative(m.location.as_ref()), size: m.size })
         .try_collect()
         .await
         .map_err(|e| ApiError::internal("list the asset", e))?;
     if files.is_empty() {
         if let Ok(meta) = store.head(&root.object_path()).await {
-            files.push(FileEntry {
-                path: relative(meta.location.as_ref()),
-                size: meta.size,
-            });
+            files.push(FileEntry { path: relative(meta.location.as_ref()), size: meta.size });
         }
     }
     files.sort_by(|a, b| a.path.cmp(&b.path));
@@ -225,20 +150,11 @@ pub async fn get_asset(
     let info = current(&app, &lease).await?;
     let (root, base) = asset_root(&info, &kind)?;
     let rel = normalise(&path).map_err(ApiError::invalid)?;
-    let location = if base.is_empty() {
-        rel.clone()
-    } else {
-        format!("{base}/{rel}")
-    };
+    let location = if base.is_empty() { rel.clone() } else { format!("{base}/{rel}") };
     if !(location == root.path || location.starts_with(&format!("{}/", root.path))) {
-        return Err(ApiError::not_found(format!(
-            "`{rel}` is not part of the {kind}"
-        )));
+        return Err(ApiError::not_found(format!("`{rel}` is not part of the {kind}")));
     }
-    let store = app
-        .datastores
-        .get(&root.datastore)
-        .map_err(ApiError::invalid)?;
+    let store = app.datastores.get(&root.datastore).map_err(ApiError::invalid)?;
     let got = store
         .get(&object_store::path::Path::from(location))
         .await
@@ -257,16 +173,9 @@ pub async fn put_part(
     app.internal
         .put(&object_store::path::Path::from(key), body.into())
         .await
-        .map_err(|e| {
-            ApiError::new(
-                super::ErrorCode::Unavailable,
-                format!("cannot store the part: {e}"),
-            )
-        })?;
+        .map_err(|e| ApiError::new(super::ErrorCode::Unavailable, format!("cannot store the part: {e}")))?;
     let id = lease.clone();
-    app.store
-        .call(move |c| store::attempt_mark_part(c, &id))
-        .await?;
+    app.store.call(move |c| store::attempt_mark_part(c, &id)).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -278,30 +187,16 @@ pub async fn put_output(
     body: Bytes,
 ) -> ApiResult<StatusCode> {
     let info = current(&app, &lease).await?;
-    let dest = parse_uri(&info.record.output_uri)
-        .map_err(ApiError::invalid)?
-        .join(&name)
-        .map_err(ApiError::invalid)?;
-    if info.record.output_file_name.as_deref()
-        == Some(dest.path.rsplit('/').next().unwrap_or_default())
-    {
+    let dest = parse_uri(&info.record.output_uri).map_err(ApiError::invalid)?.join(&name).map_err(ApiError::invalid)?;
+    if info.record.output_file_name.as_deref() == Some(dest.path.rsplit('/').next().unwrap_or_default()) {
         return Err(ApiError::conflict(format!(
             "`{name}` is the job's output file name; the scorer cannot write it directly"
         )));
     }
-    let store = app
-        .datastores
-        .get(&dest.datastore)
-        .map_err(ApiError::invalid)?;
-    store
-        .put(&dest.object_path(), body.into())
-        .await
-        .map_err(|e| {
-            ApiError::new(
-                super::ErrorCode::Unavailable,
-                format!("cannot write `{name}` to the output: {e}"),
-            )
-        })?;
+    let store = app.datastores.get(&dest.datastore).map_err(ApiError::invalid)?;
+    store.put(&dest.object_path(), body.into()).await.map_err(|e| {
+        ApiError::new(super::ErrorCode::Unavailable, format!("cannot write `{name}` to the output: {e}"))
+    })?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -314,28 +209,16 @@ pub async fn put_log(
 ) -> ApiResult<StatusCode> {
     let rel = normalise(&path).map_err(ApiError::invalid)?;
     if !(rel.starts_with("user/") || rel.starts_with("sys/node/")) || rel == "user/error.txt" {
-        return Err(ApiError::invalid(format!(
-            "log path `{rel}` is not a worker's to write"
-        )));
+        return Err(ApiError::invalid(format!("log path `{rel}` is not a worker's to write")));
     }
     let key = job.clone();
-    if app
-        .store
-        .call(move |c| store::job_get(c, &key))
-        .await?
-        .is_none()
-    {
+    if app.store.call(move |c| store::job_get(c, &key)).await?.is_none() {
         return Err(ApiError::not_found(format!("job `{job}` does not exist")));
     }
     app.internal
         .put(&logs::log_key(&job, &rel), body.into())
         .await
-        .map_err(|e| {
-            ApiError::new(
-                super::ErrorCode::Unavailable,
-                format!("cannot store the log: {e}"),
-            )
-        })?;
+        .map_err(|e| ApiError::new(super::ErrorCode::Unavailable, format!("cannot store the log: {e}")))?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -346,33 +229,21 @@ pub async fn complete(
     body: Bytes,
 ) -> JsonResult<CompletionAck> {
     let report: Completion = parse_json(&body)?;
-    let reason = || {
-        report
-            .reason
-            .clone()
-            .unwrap_or_else(|| "no reason given".to_string())
-    };
+    let reason = || report.reason.clone().unwrap_or_else(|| "no reason given".to_string());
     let outcome = match report.outcome {
-        ReportedOutcome::Succeeded => AttemptOutcome::Succeeded {
-            items_ok: report.items_ok,
-            items_failed: report.items_failed,
-        },
+        ReportedOutcome::Succeeded => {
+            AttemptOutcome::Succeeded { items_ok: report.items_ok, items_failed: report.items_failed }
+        }
         ReportedOutcome::Failed => AttemptOutcome::Failed { reason: reason() },
         ReportedOutcome::TimedOut => AttemptOutcome::TimedOut,
         ReportedOutcome::InitFailed => AttemptOutcome::InitFailed { reason: reason() },
     };
     let id = lease.clone();
     let pid = report.pid;
-    let result = app
-        .store
-        .call(move |c| store::lease_complete(c, &id, &outcome, Some(pid)))
-        .await?;
+    let result = app.store.call(move |c| store::lease_complete(c, &id, &outcome, Some(pid))).await?;
     app.work_available.notify_waiters();
     if let (Some(status), Some(job)) = (result.job_status, &result.job) {
         jobs::on_status(&app, job, status);
     }
-    Ok(Json(CompletionAck {
-        committed: result.committed,
-        job_active: result.job_active,
-    }))
+    Ok(Json(CompletionAck { committed: result.committed, job_active: result.job_active }))
 }

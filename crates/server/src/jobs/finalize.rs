@@ -31,13 +31,7 @@ pub(crate) async fn finalize(app: &AppRef, name: &str) -> anyhow::Result<()> {
                 let n = name.to_string();
                 app.store
                     .call(move |c| {
-                        store::job_transition(
-                            c,
-                            &n,
-                            &[JobStatus::Finalizing],
-                            JobStatus::Failed,
-                            Some(&reason),
-                        )
+                        store::job_transition(c, &n, &[JobStatus::Finalizing], JobStatus::Failed, Some(&reason))
                     })
                     .await?;
                 super::ended(app.clone(), name.to_string());
@@ -49,9 +43,7 @@ pub(crate) async fn finalize(app: &AppRef, name: &str) -> anyhow::Result<()> {
     let n = name.to_string();
     let completed = app
         .store
-        .call(move |c| {
-            store::job_transition(c, &n, &[JobStatus::Finalizing], JobStatus::Completed, None)
-        })
+        .call(move |c| store::job_transition(c, &n, &[JobStatus::Finalizing], JobStatus::Completed, None))
         .await?;
     if !completed {
         // A cancel arrived while assembling: what was published must not stand as the job's output.
@@ -68,15 +60,7 @@ pub(crate) async fn finalize(app: &AppRef, name: &str) -> anyhow::Result<()> {
 async fn cancel_now(app: &AppRef, name: &str) -> anyhow::Result<()> {
     let n = name.to_string();
     app.store
-        .call(move |c| {
-            store::job_transition(
-                c,
-                &n,
-                &[JobStatus::CancelRequested],
-                JobStatus::Canceled,
-                None,
-            )
-        })
+        .call(move |c| store::job_transition(c, &n, &[JobStatus::CancelRequested], JobStatus::Canceled, None))
         .await?;
     super::ended(app.clone(), name.to_string());
     Ok(())
@@ -86,30 +70,13 @@ type Published = Option<(std::sync::Arc<dyn ObjectStore>, object_store::path::Pa
 
 /// Streams the committed parts into the output file; returns where it was published, or `None` when
 /// the job stopped finalizing meanwhile (nothing is published then).
-async fn assemble(
-    app: &AppRef,
-    name: &str,
-    output_uri: &str,
-    file_name: &str,
-) -> anyhow::Result<Published> {
-    let dest = parse_uri(output_uri)
-        .map_err(anyhow::Error::msg)?
-        .join(file_name)
-        .map_err(anyhow::Error::msg)?;
-    let store = app
-        .datastores
-        .get(&dest.datastore)
-        .map_err(anyhow::Error::msg)?;
+async fn assemble(app: &AppRef, name: &str, output_uri: &str, file_name: &str) -> anyhow::Result<Published> {
+    let dest = parse_uri(output_uri).map_err(anyhow::Error::msg)?.join(file_name).map_err(anyhow::Error::msg)?;
+    let store = app.datastores.get(&dest.datastore).map_err(anyhow::Error::msg)?;
     let n = name.to_string();
-    let parts = app
-        .store
-        .call(move |c| store::committed_parts(c, &n))
-        .await?;
+    let parts = app.store.call(move |c| store::committed_parts(c, &n)).await?;
     let path = dest.object_path();
-    let upload = store
-        .put_multipart(&path)
-        .await
-        .with_context(|| format!("failed to start writing {}", dest.uri()))?;
+    let upload = store.put_multipart(&path).await.with_context(|| format!("failed to start writing {}", dest.uri()))?;
     let mut writer = WriteMultipart::new(upload);
     for (idx, part) in parts {
         let bytes = app
@@ -123,18 +90,11 @@ async fn assemble(
         writer.write(&bytes);
     }
     let n = name.to_string();
-    let still = app
-        .store
-        .call(move |c| store::job_get(c, &n))
-        .await?
-        .map(|j| j.status);
+    let still = app.store.call(move |c| store::job_get(c, &n)).await?.map(|j| j.status);
     if still != Some(JobStatus::Finalizing) {
         writer.abort().await?;
         return Ok(None);
     }
-    writer
-        .finish()
-        .await
-        .with_context(|| format!("failed to publish {}", dest.uri()))?;
+    writer.finish().await.with_context(|| format!("failed to publish {}", dest.uri()))?;
     Ok(Some((store, path)))
 }

@@ -58,8 +58,7 @@ async fn advance_now(app: &AppRef, name: &str) -> anyhow::Result<()> {
 fn launch(app: &AppRef, job: &JobRow) {
     if job.compute == crate::LOCAL_COMPUTE {
         let s = &job.record.settings;
-        app.compute
-            .launch(&job.name, s.instance_count, s.max_concurrency_per_instance);
+        app.compute.launch(&job.name, s.instance_count, s.max_concurrency_per_instance);
     }
 }
 
@@ -93,11 +92,7 @@ pub fn ended(app: AppRef, job: String) {
 pub async fn fail_lost(app: &AppRef, job: String, reason: String) {
     let name = job.clone();
     let from = [JobStatus::Queued, JobStatus::Running];
-    match app
-        .store
-        .call(move |c| store::job_transition(c, &name, &from, JobStatus::Failed, Some(&reason)))
-        .await
-    {
+    match app.store.call(move |c| store::job_transition(c, &name, &from, JobStatus::Failed, Some(&reason))).await {
         Ok(true) => ended(app.clone(), job),
         Ok(false) => {}
         Err(error) => tracing::error!(%job, %error, "failed to fail a job that lost its workers"),
@@ -115,9 +110,7 @@ pub async fn reap_expired_leases(app: AppRef) {
                     let id = lease.clone();
                     let result = app
                         .store
-                        .call(move |c| {
-                            store::lease_complete(c, &id, &AttemptOutcome::LeaseExpired, None)
-                        })
+                        .call(move |c| store::lease_complete(c, &id, &AttemptOutcome::LeaseExpired, None))
                         .await;
                     match result {
                         Ok(r) => {
@@ -133,12 +126,7 @@ pub async fn reap_expired_leases(app: AppRef) {
             }
             Err(error) => tracing::error!(error = %error, "failed to look for expired leases"),
         }
-        let next = app
-            .store
-            .call(|c| store::next_lease_deadline(c))
-            .await
-            .ok()
-            .flatten();
+        let next = app.store.call(|c| store::next_lease_deadline(c)).await.ok().flatten();
         let wait = next.map_or(Duration::from_secs(5), |t| {
             Duration::from_millis((t - store::now_ms() + 5).clamp(5, 5_000) as u64)
         });

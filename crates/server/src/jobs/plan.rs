@@ -25,10 +25,7 @@ pub async fn list_inputs(
     let input = parse_uri(input_uri)?;
     match input_type {
         InputType::UriFile => {
-            store
-                .head(&input.object_path())
-                .await
-                .map_err(|_| format!("input file `{input_uri}` does not exist"))?;
+            store.head(&input.object_path()).await.map_err(|_| format!("input file `{input_uri}` does not exist"))?;
             Ok(vec![input.path])
         }
         InputType::UriFolder => {
@@ -37,11 +34,7 @@ pub async fn list_inputs(
                 .list_with_delimiter(prefix.as_ref())
                 .await
                 .map_err(|e| format!("failed to list input folder `{input_uri}`: {e}"))?;
-            let mut files: Vec<String> = listing
-                .objects
-                .into_iter()
-                .map(|o| o.location.to_string())
-                .collect();
+            let mut files: Vec<String> = listing.objects.into_iter().map(|o| o.location.to_string()).collect();
             files.sort_unstable();
             if files.is_empty() {
                 return Err(format!("input folder `{input_uri}` holds no files"));
@@ -57,13 +50,7 @@ pub async fn plan(app: &AppRef, job: &JobRow) -> anyhow::Result<bool> {
     let moved = app
         .store
         .call(move |c| {
-            store::job_transition(
-                c,
-                &name,
-                &[JobStatus::NotStarted, JobStatus::Preparing],
-                JobStatus::Preparing,
-                None,
-            )
+            store::job_transition(c, &name, &[JobStatus::NotStarted, JobStatus::Preparing], JobStatus::Preparing, None)
         })
         .await?;
     if !moved {
@@ -81,13 +68,7 @@ pub async fn plan(app: &AppRef, job: &JobRow) -> anyhow::Result<bool> {
             let name = job.name.clone();
             app.store
                 .call(move |c| {
-                    store::job_transition(
-                        c,
-                        &name,
-                        &[JobStatus::Preparing],
-                        JobStatus::Failed,
-                        Some(&reason),
-                    )
+                    store::job_transition(c, &name, &[JobStatus::Preparing], JobStatus::Failed, Some(&reason))
                 })
                 .await?;
             super::ended(app.clone(), job.name.clone());
@@ -114,30 +95,15 @@ pub async fn plan(app: &AppRef, job: &JobRow) -> anyhow::Result<bool> {
             }
         })
         .collect();
-    app.internal
-        .put(&manifest_key(&job.name), manifest.into())
-        .await
-        .context("failed to store the job's manifest")?;
+    app.internal.put(&manifest_key(&job.name), manifest.into()).await.context("failed to store the job's manifest")?;
     let name = job.name.clone();
-    Ok(app
-        .store
-        .call(move |c| store::job_plan(c, &name, total, &batches))
-        .await?)
+    Ok(app.store.call(move |c| store::job_plan(c, &name, total, &batches)).await?)
 }
 
 /// Reads a mini-batch's file paths from the manifest.
-pub async fn batch_files(
-    app: &AppRef,
-    job: &str,
-    offset: u64,
-    len: u64,
-) -> anyhow::Result<Vec<String>> {
+pub async fn batch_files(app: &AppRef, job: &str, offset: u64, len: u64) -> anyhow::Result<Vec<String>> {
     let range = offset..offset + len;
-    let bytes = app
-        .internal
-        .get_range(&manifest_key(job), range)
-        .await
-        .context("failed to read the job's manifest")?;
+    let bytes = app.internal.get_range(&manifest_key(job), range).await.context("failed to read the job's manifest")?;
     let text = String::from_utf8(bytes.to_vec()).context("the manifest is not UTF-8")?;
     Ok(text.lines().map(str::to_string).collect())
 }

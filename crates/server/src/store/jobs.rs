@@ -10,8 +10,7 @@ use super::{now_ms, StoreResult};
 use cove_api::worker::RunSpec;
 use cove_api::JobInput;
 use cove_model::{
-    after_attempt, job_verdict, AttemptOutcome, BatchNext, JobCounters, JobPolicy, JobStatus,
-    JobVerdict,
+    after_attempt, job_verdict, AttemptOutcome, BatchNext, JobCounters, JobPolicy, JobStatus, JobVerdict,
 };
 use cove_spec::DeploymentSettings;
 use rusqlite::{params, Connection, OptionalExtension, Row, TransactionBehavior};
@@ -32,12 +31,8 @@ pub struct JobRecord {
 
 impl JobRecord {
     pub fn policy(&self) -> JobPolicy {
-        let processes = u64::from(self.settings.instance_count)
-            * u64::from(self.settings.max_concurrency_per_instance);
-        JobPolicy {
-            error_threshold: self.settings.error_threshold,
-            init_failure_limit: 3 * processes.max(1),
-        }
+        let processes = u64::from(self.settings.instance_count) * u64::from(self.settings.max_concurrency_per_instance);
+        JobPolicy { error_threshold: self.settings.error_threshold, init_failure_limit: 3 * processes.max(1) }
     }
 }
 
@@ -75,8 +70,7 @@ fn job_from_row(r: &Row<'_>) -> rusqlite::Result<JobRow> {
         endpoint: r.get(2)?,
         deployment: r.get(3)?,
         compute: r.get(4)?,
-        status: JobStatus::parse(&status)
-            .ok_or_else(|| bad(5, format!("unknown job status {status}").into()))?,
+        status: JobStatus::parse(&status).ok_or_else(|| bad(5, format!("unknown job status {status}").into()))?,
         record: serde_json::from_str(&record).map_err(|e| bad(6, e.into()))?,
         idempotency_key: r.get(7)?,
         created_ms: r.get(8)?,
@@ -115,26 +109,16 @@ pub enum JobInsert {
 pub fn job_insert(conn: &mut Connection, job: NewJob) -> StoreResult<JobInsert> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     if let Some(key) = &job.idempotency_key {
-        let sql =
-            format!("SELECT {JOB_COLUMNS} FROM jobs WHERE endpoint = ?1 AND idempotency_key = ?2");
-        if let Some(existing) = tx
-            .query_row(&sql, params![job.endpoint, key], job_from_row)
-            .optional()?
-        {
+        let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE endpoint = ?1 AND idempotency_key = ?2");
+        if let Some(existing) = tx.query_row(&sql, params![job.endpoint, key], job_from_row).optional()? {
             return Ok(JobInsert::Existing(existing));
         }
     }
-    let taken: bool = tx.query_row(
-        "SELECT EXISTS (SELECT 1 FROM jobs WHERE name = ?1)",
-        [&job.name],
-        |r| r.get(0),
-    )?;
+    let taken: bool = tx.query_row("SELECT EXISTS (SELECT 1 FROM jobs WHERE name = ?1)", [&job.name], |r| r.get(0))?;
     if taken {
         return Ok(JobInsert::NameTaken);
     }
-    let seq: i64 = tx.query_row("SELECT COALESCE(MAX(seq), 0) + 1 FROM jobs", [], |r| {
-        r.get(0)
-    })?;
+    let seq: i64 = tx.query_row("SELECT COALESCE(MAX(seq), 0) + 1 FROM jobs", [], |r| r.get(0))?;
     tx.execute(
         "INSERT INTO jobs (name, seq, endpoint, deployment, compute, status, record, idempotency_key, created_ms)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
@@ -181,9 +165,8 @@ pub fn job_list(
 
 /// Jobs that a control plane must pick up again after a restart.
 pub fn jobs_unfinished(conn: &Connection) -> StoreResult<Vec<JobRow>> {
-    let sql = format!(
-        "SELECT {JOB_COLUMNS} FROM jobs WHERE status NOT IN ('Completed', 'Failed', 'Canceled') ORDER BY seq"
-    );
+    let sql =
+        format!("SELECT {JOB_COLUMNS} FROM jobs WHERE status NOT IN ('Completed', 'Failed', 'Canceled') ORDER BY seq");
     let mut stmt = conn.prepare(&sql)?;
     let rows = stmt.query_map([], job_from_row)?;
     Ok(rows.collect::<Result<_, _>>()?)
@@ -197,11 +180,8 @@ pub fn job_transition(
     to: JobStatus,
     error: Option<&str>,
 ) -> StoreResult<bool> {
-    let current: Option<String> = conn
-        .query_row("SELECT status FROM jobs WHERE name = ?1", [name], |r| {
-            r.get(0)
-        })
-        .optional()?;
+    let current: Option<String> =
+        conn.query_row("SELECT status FROM jobs WHERE name = ?1", [name], |r| r.get(0)).optional()?;
     let Some(current) = current.and_then(|s| JobStatus::parse(&s)) else {
         return Ok(false);
     };
@@ -225,18 +205,10 @@ pub struct PlannedBatch {
 }
 
 /// Records a job's plan and queues it. Re-planning (after a crash while Preparing) replaces the old plan.
-pub fn job_plan(
-    conn: &mut Connection,
-    name: &str,
-    files_total: u64,
-    batches: &[PlannedBatch],
-) -> StoreResult<bool> {
+pub fn job_plan(conn: &mut Connection, name: &str, files_total: u64, batches: &[PlannedBatch]) -> StoreResult<bool> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let status: Option<String> = tx
-        .query_row("SELECT status FROM jobs WHERE name = ?1", [name], |r| {
-            r.get(0)
-        })
-        .optional()?;
+    let status: Option<String> =
+        tx.query_row("SELECT status FROM jobs WHERE name = ?1", [name], |r| r.get(0)).optional()?;
     if status.as_deref() != Some(JobStatus::Preparing.as_str()) {
         return Ok(false);
     }
@@ -246,13 +218,7 @@ pub fn job_plan(
             "INSERT INTO batches (job, idx, state, manifest_offset, manifest_len, files) VALUES (?1, ?2, 'pending', ?3, ?4, ?5)",
         )?;
         for (idx, b) in batches.iter().enumerate() {
-            stmt.execute(params![
-                name,
-                idx as i64,
-                b.manifest_offset as i64,
-                b.manifest_len as i64,
-                b.files as i64
-            ])?;
+            stmt.execute(params![name, idx as i64, b.manifest_offset as i64, b.manifest_len as i64, b.files as i64])?;
         }
     }
     tx.execute(
@@ -306,31 +272,19 @@ pub fn lease_next(
     let Some((job_name, idx)) = candidate else {
         let job_done = match job {
             Some(name) => {
-                let status: Option<String> = tx
-                    .query_row("SELECT status FROM jobs WHERE name = ?1", [name], |r| {
-                        r.get(0)
-                    })
-                    .optional()?;
+                let status: Option<String> =
+                    tx.query_row("SELECT status FROM jobs WHERE name = ?1", [name], |r| r.get(0)).optional()?;
                 match status.and_then(|s| JobStatus::parse(&s)) {
                     None => true,
-                    Some(s)
-                        if !s.accepts_leases()
-                            && s != JobStatus::NotStarted
-                            && s != JobStatus::Preparing =>
-                    {
-                        true
-                    }
+                    Some(s) if !s.accepts_leases() && s != JobStatus::NotStarted && s != JobStatus::Preparing => true,
                     Some(_) => {
                         let open: i64 = tx.query_row(
                             "SELECT COUNT(*) FROM batches WHERE job = ?1 AND state IN ('pending', 'leased')",
                             [name],
                             |r| r.get(0),
                         )?;
-                        let planned: i64 = tx.query_row(
-                            "SELECT batches_total FROM jobs WHERE name = ?1",
-                            [name],
-                            |r| r.get(0),
-                        )?;
+                        let planned: i64 =
+                            tx.query_row("SELECT batches_total FROM jobs WHERE name = ?1", [name], |r| r.get(0))?;
                         planned > 0 && open == 0
                     }
                 }
@@ -414,8 +368,7 @@ pub fn lease_heartbeat(conn: &Connection, lease_id: &str, grace_ms: i64) -> Stor
     let Some(info) = lease_current(conn, lease_id)? else {
         return Ok(false);
     };
-    let deadline =
-        now_ms() + info.record.settings.retry_settings.timeout_secs as i64 * 1000 + grace_ms;
+    let deadline = now_ms() + info.record.settings.retry_settings.timeout_secs as i64 * 1000 + grace_ms;
     conn.execute(
         "UPDATE batches SET lease_deadline_ms = ?2 WHERE lease_id = ?1 AND state = 'leased'",
         params![lease_id, deadline],
@@ -424,10 +377,7 @@ pub fn lease_heartbeat(conn: &Connection, lease_id: &str, grace_ms: i64) -> Stor
 }
 
 pub fn attempt_mark_part(conn: &Connection, lease_id: &str) -> StoreResult<()> {
-    conn.execute(
-        "UPDATE attempts SET part_uploaded = 1 WHERE lease_id = ?1",
-        [lease_id],
-    )?;
+    conn.execute("UPDATE attempts SET part_uploaded = 1 WHERE lease_id = ?1", [lease_id])?;
     Ok(())
 }
 
@@ -454,8 +404,25 @@ pub fn lease_complete(
     outcome: &AttemptOutcome,
     pid: Option<u32>,
 ) -> StoreResult<CompleteResult> {
+    lease_complete_with(conn, lease_id, outcome, pid, None)
+}
+
+/// [`lease_complete`], also recording what the attempt ran under.
+pub fn lease_complete_with(
+    conn: &mut Connection,
+    lease_id: &str,
+    outcome: &AttemptOutcome,
+    pid: Option<u32>,
+    isolation: Option<&str>,
+) -> StoreResult<CompleteResult> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let now = now_ms();
+    if let Some(iso) = isolation {
+        tx.execute(
+            "UPDATE attempts SET isolation = ?2 WHERE lease_id = ?1 AND outcome IS NULL",
+            params![lease_id, iso],
+        )?;
+    }
     let attempt: Option<(String, i64, u32, Option<String>, bool)> = tx
         .query_row(
             "SELECT job, idx, attempt, outcome, part_uploaded FROM attempts WHERE lease_id = ?1",
@@ -464,12 +431,7 @@ pub fn lease_complete(
         )
         .optional()?;
     let Some((job, idx, attempt_no, previous, part_uploaded)) = attempt else {
-        return Ok(CompleteResult {
-            committed: false,
-            job_active: false,
-            job_status: None,
-            job: None,
-        });
+        return Ok(CompleteResult { committed: false, job_active: false, job_status: None, job: None });
     };
     let row = job_get_tx(&tx, &job)?.expect("attempts reference existing jobs");
     let job_active = row.status.accepts_leases();
@@ -487,20 +449,13 @@ pub fn lease_complete(
             )?;
             tx.commit()?;
         }
-        return Ok(CompleteResult {
-            committed: false,
-            job_active,
-            job_status: None,
-            job: Some(job),
-        });
+        return Ok(CompleteResult { committed: false, job_active, job_status: None, job: Some(job) });
     }
     // A success without its part cannot be committed: treat it as the failure it is.
     let needs_part = row.record.output_file_name.is_some();
     let outcome = match outcome {
         AttemptOutcome::Succeeded { .. } if needs_part && !part_uploaded => {
-            AttemptOutcome::Failed {
-                reason: "the worker reported success but uploaded no output part".into(),
-            }
+            AttemptOutcome::Failed { reason: "the worker reported success but uploaded no output part".into() }
         }
         other => other.clone(),
     };
@@ -511,17 +466,10 @@ pub fn lease_complete(
          WHERE lease_id = ?1",
         params![lease_id, now, outcome_name, reason, pid, items_ok as i64, items_failed as i64],
     )?;
-    let files: i64 = tx.query_row(
-        "SELECT files FROM batches WHERE job = ?1 AND idx = ?2",
-        params![job, idx],
-        |r| r.get(0),
-    )?;
+    let files: i64 =
+        tx.query_row("SELECT files FROM batches WHERE job = ?1 AND idx = ?2", params![job, idx], |r| r.get(0))?;
     let mut committed = false;
-    match after_attempt(
-        attempt_no,
-        row.record.settings.retry_settings.max_retries,
-        outcome,
-    ) {
+    match after_attempt(attempt_no, row.record.settings.retry_settings.max_retries, outcome) {
         BatchNext::Commit => {
             let part = needs_part.then(|| part_key(&job, idx as u64, lease_id));
             tx.execute(
@@ -585,10 +533,7 @@ fn apply_verdict(conn: &Connection, job: &str) -> StoreResult<Option<JobStatus>>
     match job_verdict(&row.counters, &row.record.policy()) {
         JobVerdict::Continue => Ok(None),
         JobVerdict::Finalize => {
-            conn.execute(
-                "UPDATE jobs SET status = 'Finalizing' WHERE name = ?1",
-                [job],
-            )?;
+            conn.execute("UPDATE jobs SET status = 'Finalizing' WHERE name = ?1", [job])?;
             Ok(Some(JobStatus::Finalizing))
         }
         JobVerdict::Fail { reason } => {
@@ -607,10 +552,7 @@ fn apply_verdict(conn: &Connection, job: &str) -> StoreResult<Option<JobStatus>>
 
 fn describe(outcome: &AttemptOutcome) -> (&'static str, Option<String>, u64, u64) {
     match outcome {
-        AttemptOutcome::Succeeded {
-            items_ok,
-            items_failed,
-        } => ("succeeded", None, *items_ok, *items_failed),
+        AttemptOutcome::Succeeded { items_ok, items_failed } => ("succeeded", None, *items_ok, *items_failed),
         AttemptOutcome::Failed { reason } => ("failed", Some(reason.clone()), 0, 0),
         AttemptOutcome::TimedOut => ("timed_out", Some("run() timed out".into()), 0, 0),
         AttemptOutcome::LeaseExpired => ("lease_expired", Some("lease expired".into()), 0, 0),
@@ -620,20 +562,14 @@ fn describe(outcome: &AttemptOutcome) -> (&'static str, Option<String>, u64, u64
 
 /// Leases whose deadline has passed.
 pub fn leases_expired(conn: &Connection, now: i64) -> StoreResult<Vec<String>> {
-    let mut stmt = conn.prepare(
-        "SELECT lease_id FROM batches WHERE state = 'leased' AND lease_deadline_ms < ?1",
-    )?;
+    let mut stmt = conn.prepare("SELECT lease_id FROM batches WHERE state = 'leased' AND lease_deadline_ms < ?1")?;
     let rows = stmt.query_map([now], |r| r.get(0))?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
 /// The earliest lease deadline, so the reaper sleeps exactly until it.
 pub fn next_lease_deadline(conn: &Connection) -> StoreResult<Option<i64>> {
-    Ok(conn.query_row(
-        "SELECT MIN(lease_deadline_ms) FROM batches WHERE state = 'leased'",
-        [],
-        |r| r.get(0),
-    )?)
+    Ok(conn.query_row("SELECT MIN(lease_deadline_ms) FROM batches WHERE state = 'leased'", [], |r| r.get(0))?)
 }
 
 /// Cancels a job. A finalizing job is only asked to stop, so that the finalizer never publishes it.
@@ -644,11 +580,7 @@ pub fn job_cancel(conn: &Connection, name: &str) -> StoreResult<Option<JobStatus
     if row.status.is_terminal() {
         return Ok(Some(row.status));
     }
-    let to = if row.status == JobStatus::Finalizing {
-        JobStatus::CancelRequested
-    } else {
-        JobStatus::Canceled
-    };
+    let to = if row.status == JobStatus::Finalizing { JobStatus::CancelRequested } else { JobStatus::Canceled };
     let finished = to.is_terminal().then(now_ms);
     conn.execute(
         "UPDATE jobs SET status = ?2, error = 'canceled by user', finished_ms = ?3 WHERE name = ?1",
@@ -698,8 +630,7 @@ pub fn batches_in_state(conn: &Connection, job: &str, state: &str) -> StoreResul
 
 /// Counts a job's mini-batches by state.
 pub fn batch_state_counts(conn: &Connection, job: &str) -> StoreResult<Vec<(String, u64)>> {
-    let mut stmt =
-        conn.prepare("SELECT state, COUNT(*) FROM batches WHERE job = ?1 GROUP BY state")?;
+    let mut stmt = conn.prepare("SELECT state, COUNT(*) FROM batches WHERE job = ?1 GROUP BY state")?;
     let rows = stmt.query_map([job], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
@@ -717,11 +648,12 @@ pub struct AttemptRow {
     pub reason: Option<String>,
     pub items_ok: u64,
     pub items_failed: u64,
+    pub isolation: Option<String>,
 }
 
 pub fn attempts_of(conn: &Connection, job: &str) -> StoreResult<Vec<AttemptRow>> {
     let mut stmt = conn.prepare(
-        "SELECT idx, attempt, node, process, pid, started_ms, finished_ms, outcome, reason, items_ok, items_failed
+        "SELECT idx, attempt, node, process, pid, started_ms, finished_ms, outcome, reason, items_ok, items_failed, isolation
          FROM attempts WHERE job = ?1 ORDER BY idx, attempt, started_ms",
     )?;
     let rows = stmt.query_map([job], |r| {
@@ -737,6 +669,7 @@ pub fn attempts_of(conn: &Connection, job: &str) -> StoreResult<Vec<AttemptRow>>
             reason: r.get(8)?,
             items_ok: r.get::<_, i64>(9)? as u64,
             items_failed: r.get::<_, i64>(10)? as u64,
+            isolation: r.get(11)?,
         })
     })?;
     Ok(rows.collect::<Result<_, _>>()?)
@@ -759,10 +692,7 @@ mod tests {
         let mut settings = DeploymentSettings::default();
         settings.retry_settings.max_retries = max_retries;
         JobRecord {
-            input: JobInput {
-                uri: "cove://ws/in".into(),
-                input_type: InputType::UriFolder,
-            },
+            input: JobInput { uri: "cove://ws/in".into(), input_type: InputType::UriFolder },
             output_uri: "cove://ws/out".into(),
             output_file_name: Some("predictions.csv".into()),
             run: RunSpec {
@@ -774,6 +704,8 @@ mod tests {
                 logging_level: LoggingLevel::Info,
                 output_action: OutputAction::AppendRow,
                 timeout_secs: 30,
+                limits: Default::default(),
+                sandbox: Default::default(),
             },
             settings,
             model_uri: "cove://ws/model".into(),
@@ -792,21 +724,9 @@ mod tests {
             idempotency_key: None,
         };
         assert!(matches!(job_insert(c, job).unwrap(), JobInsert::Created(_)));
-        assert!(job_transition(
-            c,
-            name,
-            &[JobStatus::NotStarted],
-            JobStatus::Preparing,
-            None
-        )
-        .unwrap());
-        let plan: Vec<PlannedBatch> = (0..batches)
-            .map(|i| PlannedBatch {
-                manifest_offset: i * 2,
-                manifest_len: 2,
-                files: 1,
-            })
-            .collect();
+        assert!(job_transition(c, name, &[JobStatus::NotStarted], JobStatus::Preparing, None).unwrap());
+        let plan: Vec<PlannedBatch> =
+            (0..batches).map(|i| PlannedBatch { manifest_offset: i * 2, manifest_len: 2, files: 1 }).collect();
         assert!(job_plan(c, name, batches, &plan).unwrap());
     }
 
@@ -819,16 +739,7 @@ mod tests {
 
     fn succeed(c: &mut Connection, lease: &str) -> CompleteResult {
         attempt_mark_part(c, lease).unwrap();
-        lease_complete(
-            c,
-            lease,
-            &AttemptOutcome::Succeeded {
-                items_ok: 1,
-                items_failed: 0,
-            },
-            Some(1),
-        )
-        .unwrap()
+        lease_complete(c, lease, &AttemptOutcome::Succeeded { items_ok: 1, items_failed: 0 }, Some(1)).unwrap()
     }
 
     #[test]
@@ -842,18 +753,12 @@ mod tests {
             lease_next(&mut c, Some("j"), None, "n", 0, 0).unwrap(),
             LeaseAnswer::Nothing { job_done: false }
         ));
-        assert_eq!(
-            job_get(&c, "j").unwrap().unwrap().status,
-            JobStatus::Running
-        );
+        assert_eq!(job_get(&c, "j").unwrap().unwrap().status, JobStatus::Running);
         assert!(succeed(&mut c, &b.lease_id).committed);
         let last = succeed(&mut c, &a.lease_id);
         assert_eq!(last.job_status, Some(JobStatus::Finalizing));
         let parts = committed_parts(&c, "j").unwrap();
-        assert_eq!(
-            parts.iter().map(|(i, _)| *i).collect::<Vec<_>>(),
-            vec![0, 1]
-        );
+        assert_eq!(parts.iter().map(|(i, _)| *i).collect::<Vec<_>>(), vec![0, 1]);
         assert!(matches!(
             lease_next(&mut c, Some("j"), None, "n", 0, 0).unwrap(),
             LeaseAnswer::Nothing { job_done: true }
@@ -865,8 +770,7 @@ mod tests {
         let mut c = conn();
         planned_job(&mut c, "j", 1, 3);
         let first = lease(&mut c, "j");
-        let expired =
-            lease_complete(&mut c, &first.lease_id, &AttemptOutcome::LeaseExpired, None).unwrap();
+        let expired = lease_complete(&mut c, &first.lease_id, &AttemptOutcome::LeaseExpired, None).unwrap();
         assert!(!expired.committed);
         let second = lease(&mut c, "j");
         assert_eq!(second.attempt, 2);
@@ -876,10 +780,7 @@ mod tests {
         // A duplicate report of the committed lease changes nothing.
         assert!(!succeed(&mut c, &second.lease_id).committed);
         let row = job_get(&c, "j").unwrap().unwrap();
-        assert_eq!(
-            (row.counters.batches_succeeded, row.counters.items_ok),
-            (1, 1)
-        );
+        assert_eq!((row.counters.batches_succeeded, row.counters.items_ok), (1, 1));
         let parts = committed_parts(&c, "j").unwrap();
         assert_eq!(parts, vec![(0, part_key("j", 0, &second.lease_id))]);
     }
@@ -889,16 +790,8 @@ mod tests {
         let mut c = conn();
         planned_job(&mut c, "j", 1, 2);
         let a = lease(&mut c, "j");
-        let r = lease_complete(
-            &mut c,
-            &a.lease_id,
-            &AttemptOutcome::Succeeded {
-                items_ok: 1,
-                items_failed: 0,
-            },
-            None,
-        )
-        .unwrap();
+        let r = lease_complete(&mut c, &a.lease_id, &AttemptOutcome::Succeeded { items_ok: 1, items_failed: 0 }, None)
+            .unwrap();
         assert!(!r.committed);
         assert_eq!(lease(&mut c, "j").attempt, 2);
     }
@@ -908,19 +801,11 @@ mod tests {
         let mut c = conn();
         planned_job(&mut c, "j", 2, 2);
         let a = lease(&mut c, "j");
-        let init = AttemptOutcome::InitFailed {
-            reason: "boom".into(),
-        };
+        let init = AttemptOutcome::InitFailed { reason: "boom".into() };
         lease_complete(&mut c, &a.lease_id, &init, None).unwrap();
         let again = lease(&mut c, "j");
-        assert_eq!(
-            (again.idx, again.attempt),
-            (0, 1),
-            "an init failure does not spend the attempt"
-        );
-        let fail = AttemptOutcome::Failed {
-            reason: "bad row".into(),
-        };
+        assert_eq!((again.idx, again.attempt), (0, 1), "an init failure does not spend the attempt");
+        let fail = AttemptOutcome::Failed { reason: "bad row".into() };
         lease_complete(&mut c, &again.lease_id, &fail, None).unwrap();
         let retry = lease(&mut c, "j");
         assert_eq!((retry.idx, retry.attempt), (0, 2));
@@ -929,11 +814,7 @@ mod tests {
         assert_eq!(failed.len(), 1);
         assert_eq!(failed[0].error.as_deref(), Some("bad row (attempt 2 of 2)"));
         let b = lease(&mut c, "j");
-        assert_eq!(
-            succeed(&mut c, &b.lease_id).job_status,
-            Some(JobStatus::Finalizing),
-            "-1 ignores the failed items"
-        );
+        assert_eq!(succeed(&mut c, &b.lease_id).job_status, Some(JobStatus::Finalizing), "-1 ignores the failed items");
     }
 
     #[test]
@@ -962,10 +843,7 @@ mod tests {
             record: record(3),
             idempotency_key: Some("k".into()),
         };
-        assert!(matches!(
-            job_insert(&mut c, job("a")).unwrap(),
-            JobInsert::Created(_)
-        ));
+        assert!(matches!(job_insert(&mut c, job("a")).unwrap(), JobInsert::Created(_)));
         match job_insert(&mut c, job("b")).unwrap() {
             JobInsert::Existing(row) => assert_eq!(row.name, "a"),
             _ => panic!("expected the existing job"),
@@ -978,19 +856,10 @@ mod tests {
         let mut c = conn();
         planned_job(&mut c, "first", 1, 3);
         planned_job(&mut c, "second", 1, 3);
-        let LeaseAnswer::Granted(g) = lease_next(&mut c, None, Some("local"), "n", 0, 0).unwrap()
-        else {
-            panic!()
-        };
+        let LeaseAnswer::Granted(g) = lease_next(&mut c, None, Some("local"), "n", 0, 0).unwrap() else { panic!() };
         assert_eq!(g.job, "first");
-        let LeaseAnswer::Granted(g) = lease_next(&mut c, None, Some("local"), "n", 0, 0).unwrap()
-        else {
-            panic!()
-        };
+        let LeaseAnswer::Granted(g) = lease_next(&mut c, None, Some("local"), "n", 0, 0).unwrap() else { panic!() };
         assert_eq!(g.job, "second");
-        assert!(matches!(
-            lease_next(&mut c, None, Some("slurm"), "n", 0, 0).unwrap(),
-            LeaseAnswer::Nothing { .. }
-        ));
+        assert!(matches!(lease_next(&mut c, None, Some("slurm"), "n", 0, 0).unwrap(), LeaseAnswer::Nothing { .. }));
     }
 }

@@ -89,12 +89,13 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX attempts_by_job ON attempts (job, idx, attempt);
     "#,
+    // 2: what each attempt ran under (sandbox, file view, limits, refused network attempts), as JSON.
+    "ALTER TABLE attempts ADD COLUMN isolation TEXT;",
 ];
 
 /// Brings the schema up to date, one transaction per migration.
 pub fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
-    let current: usize =
-        conn.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))? as usize;
+    let current: usize = conn.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))? as usize;
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(current) {
         let tx = conn.transaction()?;
         tx.execute_batch(sql)?;
@@ -111,9 +112,7 @@ mod tests {
         let mut conn = rusqlite::Connection::open_in_memory().unwrap();
         super::migrate(&mut conn).unwrap();
         super::migrate(&mut conn).unwrap();
-        let v: i64 = conn
-            .query_row("PRAGMA user_version", [], |r| r.get(0))
-            .unwrap();
+        let v: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
         assert_eq!(v as usize, super::MIGRATIONS.len());
     }
 }

@@ -21,7 +21,17 @@ pub fn token_insert(conn: &Connection, hash: &str, row: &TokenRow) -> StoreResul
     conn.execute(
         "INSERT INTO tokens (id, hash, kind, role, endpoint, compute, created_ms, expires_ms, revoked)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-        params![row.id, hash, row.kind, row.role, row.endpoint, row.compute, row.created_ms, row.expires_ms, row.revoked],
+        params![
+            row.id,
+            hash,
+            row.kind,
+            row.role,
+            row.endpoint,
+            row.compute,
+            row.created_ms,
+            row.expires_ms,
+            row.revoked
+        ],
     )?;
     Ok(())
 }
@@ -57,13 +67,7 @@ pub fn datastore_upsert(conn: &Connection, ds: &Datastore) -> StoreResult<()> {
 
 pub fn datastore_list(conn: &Connection) -> StoreResult<Vec<Datastore>> {
     let mut stmt = conn.prepare("SELECT name, kind, root FROM datastores ORDER BY name")?;
-    let rows = stmt.query_map([], |r| {
-        Ok(Datastore {
-            name: r.get(0)?,
-            kind: r.get(1)?,
-            root: r.get(2)?,
-        })
-    })?;
+    let rows = stmt.query_map([], |r| Ok(Datastore { name: r.get(0)?, kind: r.get(1)?, root: r.get(2)? }))?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
@@ -78,24 +82,15 @@ pub fn compute_upsert(conn: &Connection, c: &Compute) -> StoreResult<()> {
 
 pub fn compute_list(conn: &Connection) -> StoreResult<Vec<Compute>> {
     let mut stmt = conn.prepare("SELECT name, kind, max_instances FROM computes ORDER BY name")?;
-    let rows = stmt.query_map([], |r| {
-        Ok(Compute {
-            name: r.get(0)?,
-            kind: r.get(1)?,
-            max_instances: r.get(2)?,
-        })
-    })?;
+    let rows = stmt.query_map([], |r| Ok(Compute { name: r.get(0)?, kind: r.get(1)?, max_instances: r.get(2)? }))?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
 /// Registers the next version of a model and returns it. Callers needing atomicity with other writes
 /// pass a transaction; the single connection makes the read-then-insert safe either way.
 pub fn model_create(conn: &Connection, mut model: Model) -> StoreResult<Model> {
-    let last: Option<u32> = conn.query_row(
-        "SELECT MAX(version) FROM models WHERE name = ?1",
-        [&model.name],
-        |r| r.get(0),
-    )?;
+    let last: Option<u32> =
+        conn.query_row("SELECT MAX(version) FROM models WHERE name = ?1", [&model.name], |r| r.get(0))?;
     model.version = last.unwrap_or(0) + 1;
     conn.execute(
         "INSERT INTO models (name, version, record) VALUES (?1, ?2, ?3)",
@@ -105,34 +100,20 @@ pub fn model_create(conn: &Connection, mut model: Model) -> StoreResult<Model> {
 }
 
 /// Finds a model version; `None` as the version means the latest.
-pub fn model_get(
-    conn: &Connection,
-    name: &str,
-    version: Option<u32>,
-) -> StoreResult<Option<Model>> {
+pub fn model_get(conn: &Connection, name: &str, version: Option<u32>) -> StoreResult<Option<Model>> {
     let record: Option<String> = match version {
         Some(v) => conn
-            .query_row(
-                "SELECT record FROM models WHERE name = ?1 AND version = ?2",
-                params![name, v],
-                |r| r.get(0),
-            )
+            .query_row("SELECT record FROM models WHERE name = ?1 AND version = ?2", params![name, v], |r| r.get(0))
             .optional()?,
         None => conn
-            .query_row(
-                "SELECT record FROM models WHERE name = ?1 ORDER BY version DESC LIMIT 1",
-                [name],
-                |r| r.get(0),
-            )
+            .query_row("SELECT record FROM models WHERE name = ?1 ORDER BY version DESC LIMIT 1", [name], |r| r.get(0))
             .optional()?,
     };
     Ok(record.map(|r| serde_json::from_str(&r)).transpose()?)
 }
 
 pub fn model_list(conn: &Connection, name: Option<&str>) -> StoreResult<Vec<Model>> {
-    let mut stmt = conn.prepare(
-        "SELECT record FROM models WHERE ?1 IS NULL OR name = ?1 ORDER BY name, version",
-    )?;
+    let mut stmt = conn.prepare("SELECT record FROM models WHERE ?1 IS NULL OR name = ?1 ORDER BY name, version")?;
     let rows = stmt.query_map([name], |r| r.get::<_, String>(0))?;
     let mut out = Vec::new();
     for row in rows {
@@ -159,13 +140,8 @@ pub fn endpoint_put(conn: &Connection, ep: &Endpoint) -> StoreResult<()> {
 }
 
 pub fn endpoint_get(conn: &Connection, name: &str) -> StoreResult<Option<Endpoint>> {
-    let record: Option<String> = conn
-        .query_row(
-            "SELECT record FROM endpoints WHERE name = ?1",
-            [name],
-            |r| r.get(0),
-        )
-        .optional()?;
+    let record: Option<String> =
+        conn.query_row("SELECT record FROM endpoints WHERE name = ?1", [name], |r| r.get(0)).optional()?;
     let Some(record) = record else {
         return Ok(None);
     };
@@ -197,8 +173,7 @@ pub fn endpoint_delete(conn: &mut Connection, name: &str) -> StoreResult<bool> {
 }
 
 fn deployment_names(conn: &Connection, endpoint: &str) -> StoreResult<Vec<String>> {
-    let mut stmt =
-        conn.prepare("SELECT name FROM deployments WHERE endpoint = ?1 ORDER BY name")?;
+    let mut stmt = conn.prepare("SELECT name FROM deployments WHERE endpoint = ?1 ORDER BY name")?;
     let rows = stmt.query_map([endpoint], |r| r.get(0))?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
@@ -208,34 +183,20 @@ pub fn deployment_put(conn: &Connection, dep: &Deployment) -> StoreResult<()> {
     conn.execute(
         "INSERT INTO deployments (endpoint, name, record, created_ms) VALUES (?1, ?2, ?3, ?4)
          ON CONFLICT (endpoint, name) DO UPDATE SET record = excluded.record",
-        params![
-            dep.endpoint_name,
-            dep.name,
-            serde_json::to_string(dep)?,
-            now_ms()
-        ],
+        params![dep.endpoint_name, dep.name, serde_json::to_string(dep)?, now_ms()],
     )?;
     Ok(())
 }
 
-pub fn deployment_get(
-    conn: &Connection,
-    endpoint: &str,
-    name: &str,
-) -> StoreResult<Option<Deployment>> {
+pub fn deployment_get(conn: &Connection, endpoint: &str, name: &str) -> StoreResult<Option<Deployment>> {
     let record: Option<String> = conn
-        .query_row(
-            "SELECT record FROM deployments WHERE endpoint = ?1 AND name = ?2",
-            [endpoint, name],
-            |r| r.get(0),
-        )
+        .query_row("SELECT record FROM deployments WHERE endpoint = ?1 AND name = ?2", [endpoint, name], |r| r.get(0))
         .optional()?;
     Ok(record.map(|r| serde_json::from_str(&r)).transpose()?)
 }
 
 pub fn deployment_list(conn: &Connection, endpoint: &str) -> StoreResult<Vec<Deployment>> {
-    let mut stmt =
-        conn.prepare("SELECT record FROM deployments WHERE endpoint = ?1 ORDER BY name")?;
+    let mut stmt = conn.prepare("SELECT record FROM deployments WHERE endpoint = ?1 ORDER BY name")?;
     let rows = stmt.query_map([endpoint], |r| r.get::<_, String>(0))?;
     let mut out = Vec::new();
     for row in rows {
@@ -245,8 +206,5 @@ pub fn deployment_list(conn: &Connection, endpoint: &str) -> StoreResult<Vec<Dep
 }
 
 pub fn deployment_delete(conn: &Connection, endpoint: &str, name: &str) -> StoreResult<bool> {
-    Ok(conn.execute(
-        "DELETE FROM deployments WHERE endpoint = ?1 AND name = ?2",
-        [endpoint, name],
-    )? == 1)
+    Ok(conn.execute("DELETE FROM deployments WHERE endpoint = ?1 AND name = ?2", [endpoint, name])? == 1)
 }

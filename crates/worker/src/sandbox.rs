@@ -1,0 +1,155 @@
+//! The scoring sandbox: every scorer process runs under bubblewrap in its own user, network, PID, IPC,
+//! UTS and mount namespaces. Its network namespace has only a loopback interface (not the host's), so
+//! it can reach nothing: no host service, no private network, no name server. Its file view holds the
+//! system's read-only runtime, the interpreter, the model, the code and its staged inputs, and writable
+//! only its output folder, its part folder, its stdout log folder and a private `/tmp`; the workspace's
+//! state, tokens and other jobs' files are simply absent.
+//!
+//! Why bubblewrap rather than calling unshare(2) ourselves: building a file view means bind mounts and a
+//! pivot_root between fork and exec, where a multi-threaded Rust process may not allocate; bubblewrap is
+//! a small, audited, unprivileged tool that does exactly that, and it costs a few milliseconds per start.
+
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, OnceLock};
+
+pub const BWRAP: &str = "bwrap";
+
+/// The namespaces every sandboxed scorer gets.
+pub const NAMESPACES: &str = "user, network (loopback only), pid, ipc, uts, mount";
+
+/// What the scorer may see of the filesystem, besides the system runtime and the interpreter.
+#[derive(Debug, Clone, Default)]
+pub struct FileView {
+    pub read_only: Vec<PathBuf>,
+    pub writable: Vec<PathBuf>,
+}
+
+/// What one attempt ran under, reported with the attempt.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IsolationRecord {
+    /// `namespaces` or `none`.
+    pub sandbox: String,
+    pub namespaces: String,
+    pub read_only: Vec<String>,
+    pub writable: Vec<String>,
+    pub memory_mb: u64,
+    pub cpu_seconds: u64,
+    pub egress: Vec<String>,
+    /// Network attempts the scorer made that the sandbox observed (all refused: there is no network).
+    pub refused_network: Vec<String>,
+}
+
+/// Checks once per process that bubblewrap can build a sandbox on this host.
+pub fn available() -> Result<(), String> {
+    static PROBE: OnceLock<Result<(), String>> = OnceLock::new();
+    PROBE
+        .get_or_init(|| {
+            let out = std::process::Command::new(BWRAP)
+                .args(["--unshare-all", "--die-with-parent", "--ro-bind", "/", "/", "true"])
+                .output()
+                .map_err(|e| format!("bubblewrap (`{BWRAP}`) cannot be run: {e}"))?;
+            if out.status.success() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "bubblewrap cannot create namespaces here: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ))
+            }
+        })
+        .clone()
+}
+
+/// The interpreter's real executable and the folders it loads from, learned by asking it once.
+#[derive(Debug, Clone)]
+pub struct Interpreter {
+    pub executable: PathBuf,
+    pub roots: Vec<PathBuf>,
+}
+
+pub fn interpreter(python: &str) -> Result<Interpreter, String> {
+    static CACHE: Mutex<Vec<(String, Interpreter)>> = Mutex::new(Vec::new());
+    if let Some((_, i)) = CACHE.lock().unwrap_or_else(|p| p.into_inner()).iter().find(|(p, _)| p == python) {
+        return Ok(i.clone());
+    }
+    let code = "import sys, json; print(json.dumps([sys.executable, sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix] + sys.path))";
+    let out = std::process::Command::new(python)
+        .args(["-c", code])
+        .output()
+        .map_err(|e| format!("the interpreter `{python}` cannot be started: {e}"))?;
+    if !out.status.success() {
+        return Err(format!("the interpreter `{python}` failed: {}", String::from_utf8_lossy(&out.stderr).trim()));
+    }
+    let paths: Vec<String> =
+        serde_json::from_slice(&out.stdout).map_err(|e| format!("unexpected answer from `{python}`: {e}"))?;
+    let executable = PathBuf::from(&paths[0]);
+    let mut roots: Vec<PathBuf> = paths[1..]
+        .iter()
+        .chain(std::iter::once(&paths[0]))
+        .filter(|p| !p.is_empty())
+        .filter_map(|p| std::fs::canonicalize(p).ok())
+        .map(|p| if p.is_file() { p.parent().map(Path::to_path_buf).unwrap_or(p) } else { p })
+        .filter(|p| p.is_dir() && !p.starts_with("/usr"))
+        .collect();
+    roots.sort();
+    roots.dedup();
+    // Keep only outermost folders: a bind of the prefix covers its site-packages.
+    let outer: Vec<PathBuf> =
+        roots.iter().filter(|p| !roots.iter().any(|q| q != *p && p.starts_with(q))).cloned().collect();
+    let found = Interpreter { executable, roots: outer };
+    CACHE.lock().unwrap_or_else(|p| p.into_inner()).push((python.to_string(), found.clone()));
+    Ok(found)
+}
+
+/// Returns bubblewrap's arguments for a sandbox with `view`, up to and including `--`.
+pub fn bwrap_args(interp: &Interpreter, view: &FileView) -> Vec<String> {
+    let mut a: Vec<String> = [
+        "--unshare-user",
+        "--unshare-net",
+        "--unshare-pid",
+        "--unshare-ipc",
+        "--unshare-uts",
+        "--unshare-cgroup-try",
+        "--die-with-parent",
+        "--new-session",
+        "--hostname",
+        "cove-sandbox",
+        "--ro-bind",
+        "/usr",
+        "/usr",
+        "--proc",
+        "/proc",
+        "--dev",
+        "/dev",
+        "--tmpfs",
+        "/tmp",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    // Merged-/usr systems keep /bin, /lib... as symlinks into /usr; others as folders.
+    for top in ["/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"] {
+        match std::fs::read_link(top) {
+            Ok(target) => a.extend(["--symlink".into(), target.display().to_string(), top.into()]),
+            Err(_) if Path::new(top).is_dir() => a.extend(["--ro-bind".into(), top.into(), top.into()]),
+            Err(_) => {}
+        }
+    }
+    for etc in
+        ["/etc/ld.so.cache", "/etc/localtime", "/etc/passwd", "/etc/group", "/etc/nsswitch.conf", "/etc/mime.types"]
+    {
+        a.extend(["--ro-bind-try".into(), etc.into(), etc.into()]);
+    }
+    for root in &interp.roots {
+        a.extend(["--ro-bind".into(), root.display().to_string(), root.display().to_string()]);
+    }
+    for p in &view.read_only {
+        a.extend(["--ro-bind".into(), p.display().to_string(), p.display().to_string()]);
+    }
+    for p in &view.writable {
+        a.extend(["--bind".into(), p.display().to_string(), p.display().to_string()]);
+    }
+    a.extend(["--chdir".into(), "/tmp".into(), "--".into()]);
+    a
+}
