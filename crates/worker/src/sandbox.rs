@@ -150,6 +150,7 @@ pub fn bwrap_args(interp: &Interpreter, view: &FileView) -> Vec<String> {
     for p in &view.writable {
         a.extend(["--bind".into(), p.display().to_string(), p.display().to_string()]);
     }
-    a.extend(["--chdir".into(), "/tmp".into(), "--".into()]);
+    // Everything not bound writable above is read-only, the sandbox's own root included.
+    a.extend(["--remount-ro".into(), "/".into(), "--chdir".into(), "/tmp".into(), "--".into()]);
     a
 }

@@ -293,7 +293,8 @@ fn restrict(command: &mut tokio::process::Command, limits: Limits) {
         command.pre_exec(move || {
             nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
             setrlimit(Resource::RLIMIT_AS, memory, memory)?;
-            setrlimit(Resource::RLIMIT_CPU, cpu, cpu)?;
+            // SIGXCPU at the soft limit names the cause; the hard limit a second later is the backstop.
+            setrlimit(Resource::RLIMIT_CPU, cpu, cpu.saturating_add(1))?;
             Ok(())
         });
     }

@@ -210,7 +210,12 @@ impl Slot {
             RunResult::Raised(traceback, observed) => {
                 self.note_observed(observed);
                 self.append_error_log(&lease.job, &format!("run() on mini-batch {}", lease.batch_index), &traceback);
-                (ReportedOutcome::Failed, 0, 0, Some(last_line(&traceback)))
+                let mut reason = last_line(&traceback);
+                if reason.starts_with("MemoryError") {
+                    reason =
+                        format!("{reason} (the scorer reached its memory limit of {} MB)", lease.run.limits.memory_mb);
+                }
+                (ReportedOutcome::Failed, 0, 0, Some(reason))
             }
             RunResult::TimedOut => {
                 self.last_isolation = self.isolation();

@@ -4,5 +4,6 @@
 mod invoke;
 mod quickstart;
 mod resources;
+mod sandbox;
 mod scoring;
 mod support;

@@ -12,6 +12,8 @@ pub struct Workspace {
     pub dir: tempfile::TempDir,
     pub url: String,
     server: Child,
+    /// The network namespace the control plane (and so its workers) runs in, when not the test's own.
+    netns: Option<String>,
 }
 
 pub struct Run {
@@ -41,11 +43,40 @@ impl Run {
 impl Workspace {
     /// Starts `cove up` on 127.0.0.1:0 and waits until it says where it listens.
     pub fn start() -> Workspace {
-        let dir = tempfile::tempdir().unwrap();
-        let mut server = Command::new(COVE)
+        Self::start_in(None, &[], &[])
+    }
+
+    /// Starts `cove up` with extra arguments and environment variables.
+    pub fn start_with(args: &[&str], env: &[(&str, &str)]) -> Workspace {
+        Self::start_in(None, args, env)
+    }
+
+    /// Starts `cove up` inside a network namespace the test built; the CLI then runs there too.
+    pub fn start_in_netns(netns: &str) -> Workspace {
+        Self::start_in(Some(netns.to_string()), &[], &[])
+    }
+
+    fn command(netns: &Option<String>) -> Command {
+        match netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, COVE]);
+                c
+            }
+            None => Command::new(COVE),
+        }
+    }
+
+    fn start_in(netns: Option<String>, args: &[&str], env: &[(&str, &str)]) -> Workspace {
+        // Under the target folder rather than /tmp, as a real workspace would be: the sandbox gives
+        // scorers a private /tmp, which would hide what a scorer can or cannot reach of the workspace.
+        let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+        let mut server = Self::command(&netns)
             .args(["up", "--dir"])
             .arg(dir.path().join("ws"))
             .args(["--listen", "127.0.0.1:0"])
+            .args(args)
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -59,7 +90,7 @@ impl Workspace {
         };
         // Keep draining stdout so the server never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
-        Workspace { dir, url, server }
+        Workspace { dir, url, server, netns }
     }
 
     pub fn path(&self) -> PathBuf {
@@ -72,7 +103,7 @@ impl Workspace {
 
     /// Runs `cove --workspace <ws> ARGS` and captures everything.
     pub fn cove(&self, args: &[&str]) -> Run {
-        let out = Command::new(COVE)
+        let out = Self::command(&self.netns)
             .arg("--workspace")
             .arg(self.path())
             .args(args)
@@ -128,8 +159,13 @@ impl Workspace {
     pub fn wait_job(&self, job: &str) -> serde_json::Value {
         let start = Instant::now();
         loop {
-            let (status, body) = self.http("GET", &format!("/api/v1/jobs/{job}"), None, &[]);
-            assert_eq!(status, 200, "{body}");
+            let body = if self.netns.is_some() {
+                self.cove(&["--json", "job", "show", job]).ok().json()
+            } else {
+                let (status, body) = self.http("GET", &format!("/api/v1/jobs/{job}"), None, &[]);
+                assert_eq!(status, 200, "{body}");
+                body
+            };
             if ["Completed", "Failed", "Canceled"].contains(&body["status"].as_str().unwrap()) {
                 return body;
             }

@@ -240,7 +240,9 @@ pub async fn complete(
     };
     let id = lease.clone();
     let pid = report.pid;
-    let result = app.store.call(move |c| store::lease_complete(c, &id, &outcome, Some(pid))).await?;
+    let isolation = report.isolation.as_ref().map(|v| v.to_string());
+    let result =
+        app.store.call(move |c| store::lease_complete_with(c, &id, &outcome, Some(pid), isolation.as_deref())).await?;
     app.work_available.notify_waiters();
     if let (Some(status), Some(job)) = (result.job_status, &result.job) {
         jobs::on_status(&app, job, status);

