@@ -60,9 +60,7 @@ pub struct Scorer {
 #[derive(Debug, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 enum Answer {
-    Ready {
-        pid: u32,
-    },
+    Ready {},
     InitFailed {
         error: String,
     },
