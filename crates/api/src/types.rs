@@ -219,6 +219,56 @@ pub struct JobList {
     pub jobs: Vec<Job>,
 }
 
+/// One entry of the append-only audit log.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AuditEntry {
+    pub time: String,
+    /// The token id and role (`a1b2c3d4 (owner)`), or `-` when no valid token was presented.
+    pub principal: String,
+    pub source: String,
+    pub action: String,
+    pub resource: String,
+    /// `ok`, or `refused: <why>` / `failed: <why>` with the HTTP status.
+    pub outcome: String,
+    pub detail: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CreateToken {
+    pub role: String,
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// Seconds until the token expires; none means never.
+    #[serde(default)]
+    pub expires_in_secs: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Token {
+    pub id: String,
+    pub kind: String,
+    pub role: String,
+    pub endpoint: Option<String>,
+    pub compute: Option<String>,
+    pub created_at: String,
+    pub expires_at: Option<String>,
+    pub revoked: bool,
+    /// The secret, shown once when the token is created; never stored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+}
+
+/// One line of `cove workspace diagnose`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Check {
+    pub name: String,
+    /// `ok`, `warn` or `fail`.
+    pub status: String,
+    pub detail: String,
+    /// How to fix a failing check.
+    pub fix: Option<String>,
+}
+
 /// One file of a stored folder, for downloads.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FileEntry {

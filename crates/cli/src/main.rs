@@ -2,6 +2,7 @@
 //! the client for everything else. It is glue: it parses, calls `cove_server`, `cove_worker` or
 //! `cove_api::Client`, and renders. It holds no scheduling logic.
 
+mod admin;
 mod connect;
 mod jobs;
 mod quickstart;
@@ -43,9 +44,13 @@ enum Command {
         /// The workspace directory (created if needed).
         #[arg(long)]
         dir: PathBuf,
-        /// The address to listen on (loopback by default; port 0 picks a free port).
-        #[arg(long, default_value = "127.0.0.1:8470")]
-        listen: SocketAddr,
+        /// The address to listen on (127.0.0.1:8470 by default; port 0 picks a free port). A private
+        /// workspace listens only on its API private endpoints.
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+        /// The network configuration: private networks, peerings, private endpoints, computes.
+        #[arg(long)]
+        config: Option<PathBuf>,
         /// The default Python interpreter for deployments.
         #[arg(long, default_value = "python3")]
         python: String,
@@ -103,11 +108,66 @@ enum Command {
         #[command(subcommand)]
         command: JobCommand,
     },
+    /// Bearer tokens with roles and scopes.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+    /// Compute clusters.
+    Compute {
+        #[command(subcommand)]
+        command: ComputeCommand,
+    },
+    /// The append-only audit log.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
 }
 
 #[derive(Subcommand)]
 enum WorkspaceCommand {
     Show,
+    /// Check the workspace's isolation: one line per check, with the fix; exits 1 when any check fails.
+    Diagnose,
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Create a token; its secret is shown once.
+    Create {
+        #[arg(long)]
+        role: String,
+        /// Scope the token to one endpoint.
+        #[arg(long)]
+        endpoint_name: Option<String>,
+        /// For example 30m, 12h, 7d.
+        #[arg(long)]
+        expires_in: Option<String>,
+    },
+    List,
+    Revoke {
+        id: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum ComputeCommand {
+    List,
+    /// Mint a worker credential for a compute cluster (accepted only from its network).
+    Token {
+        name: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// List audit entries, oldest first.
+    List {
+        /// RFC 3339 time, e.g. 2026-01-31T12:00:00Z.
+        #[arg(long)]
+        since: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -324,9 +384,16 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
     let out = Output { json: cli.json };
     let target = cli.target;
     match cli.command {
-        Command::Up { dir, listen, python, sandbox } => {
+        Command::Up { dir, listen, config, python, sandbox } => {
             let worker_exe = std::env::current_exe()?;
-            let config = cove_server::ServerConfig { dir: dir.clone(), listen, python, worker_exe, sandbox };
+            let config = cove_server::ServerConfig {
+                dir: dir.clone(),
+                listen,
+                network_config: config,
+                python,
+                worker_exe,
+                sandbox,
+            };
             let running = cove_server::start(config).await?;
             println!("Cove workspace {} is up", dir.display());
             println!("API and scoring URIs: {}", running.url);
@@ -351,6 +418,30 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Command::Quickstart { dir } => quickstart::run(dir, out).await,
         Command::Workspace { command: WorkspaceCommand::Show } => {
             resources::workspace_show(&target.client()?, out).await?;
+            Ok(exit_code::OK)
+        }
+        Command::Workspace { command: WorkspaceCommand::Diagnose } => admin::diagnose(&target.client()?, out).await,
+        Command::Token { command } => {
+            let client = target.client()?;
+            match command {
+                TokenCommand::Create { role, endpoint_name, expires_in } => {
+                    admin::token_create(&client, role, endpoint_name, expires_in, out).await?
+                }
+                TokenCommand::List => admin::token_list(&client, out).await?,
+                TokenCommand::Revoke { id } => admin::token_revoke(&client, &id).await?,
+            }
+            Ok(exit_code::OK)
+        }
+        Command::Compute { command } => {
+            let client = target.client()?;
+            match command {
+                ComputeCommand::List => admin::compute_list(&client, out).await?,
+                ComputeCommand::Token { name } => admin::compute_token(&client, &name, out).await?,
+            }
+            Ok(exit_code::OK)
+        }
+        Command::Audit { command: AuditCommand::List { since } } => {
+            admin::audit_list(&target.client()?, since.as_deref(), out).await?;
             Ok(exit_code::OK)
         }
         Command::Endpoint { command } => {

@@ -39,7 +39,8 @@ pub async fn run(dir: Option<PathBuf>, out: Output) -> anyhow::Result<i32> {
     eprintln!("Starting a workspace in {}", workspace.display());
     let running = cove_server::start(cove_server::ServerConfig {
         dir: workspace.clone(),
-        listen: "127.0.0.1:0".parse().expect("a valid address"),
+        listen: Some("127.0.0.1:0".parse().expect("a valid address")),
+        network_config: None,
         python: "python3".into(),
         worker_exe: std::env::current_exe()?,
         sandbox: cove_api::worker::SandboxMode::Namespaces,

@@ -7,10 +7,12 @@
 mod auth;
 mod compute;
 mod datastore;
+mod diagnose;
 mod envcheck;
 mod http;
 mod jobs;
 mod logs;
+pub mod netpolicy;
 pub mod store;
 
 use anyhow::Context;
@@ -27,8 +29,11 @@ pub use datastore::{normalise, parse_uri, DataPath};
 pub struct ServerConfig {
     /// The workspace directory: state, datastores, tokens.
     pub dir: PathBuf,
-    /// The address to listen on; port 0 picks a free one.
-    pub listen: SocketAddr,
+    /// The address to listen on (port 0 picks a free one); with a network configuration, the API's
+    /// private endpoints are the listeners and this must be one of them or absent.
+    pub listen: Option<SocketAddr>,
+    /// The workspace's network configuration file; none means private to this host's loopback.
+    pub network_config: Option<PathBuf>,
     /// The workspace's default Python interpreter.
     pub python: String,
     /// The `cove` executable the local compute backend runs as `cove worker`.
@@ -66,6 +71,8 @@ pub mod layout {
 
 pub const DEFAULT_DATASTORE: &str = "workspaceblobstore";
 pub const LOCAL_COMPUTE: &str = "local";
+/// Where a workspace without a network configuration listens.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8470";
 
 /// Shared state of a running control plane.
 pub(crate) struct App {
@@ -80,6 +87,9 @@ pub(crate) struct App {
     pub leases_changed: Notify,
     pub compute: compute::LocalCompute,
     pub url: String,
+    pub policy: netpolicy::NetworkPolicy,
+    /// The addresses the API actually listens on.
+    pub listeners: Vec<SocketAddr>,
     pub shutdown: watch::Receiver<bool>,
 }
 
@@ -131,10 +141,46 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
     let internal = datastore::local_store(&layout::internal_objects(&dir))?;
     let worker_token = ensure_worker_token(&store, &dir, LOCAL_COMPUTE)?;
 
-    let listener =
-        TcpListener::bind(config.listen).await.with_context(|| format!("failed to listen on {}", config.listen))?;
-    let addr = listener.local_addr()?;
+    let policy = match &config.network_config {
+        Some(file) => {
+            let text = std::fs::read_to_string(file).with_context(|| format!("failed to read {}", file.display()))?;
+            netpolicy::NetworkPolicy::parse(&file.display().to_string(), &text).map_err(anyhow::Error::msg)?
+        }
+        None => netpolicy::NetworkPolicy::loopback(config.listen.unwrap_or(DEFAULT_LISTEN.parse().expect("valid")))
+            .map_err(anyhow::Error::msg)?,
+    };
+    let mut addresses: Vec<SocketAddr> = policy.api_endpoints().iter().map(|p| p.address).collect();
+    if let Some(listen) = config.listen {
+        if !addresses.contains(&listen) {
+            if !policy.public_network_access {
+                anyhow::bail!(
+                    "--listen {listen}: a private workspace listens only on its API private endpoints ({})",
+                    addresses.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", ")
+                );
+            }
+            addresses.push(listen);
+        }
+    }
+    let mut tcp = Vec::new();
+    for a in &addresses {
+        tcp.push(TcpListener::bind(a).await.with_context(|| format!("failed to listen on {a}"))?);
+    }
+    let listeners: Vec<SocketAddr> = tcp.iter().map(|l| l.local_addr()).collect::<Result<_, _>>()?;
+    let addr = listeners[0];
     let url = format!("http://{addr}");
+    store.call_now(|c| {
+        for comp in &policy.computes {
+            store::compute_upsert(
+                c,
+                &cove_api::Compute {
+                    name: comp.name.clone(),
+                    kind: comp.kind.clone(),
+                    max_instances: comp.max_instances,
+                },
+            )?;
+        }
+        Ok(())
+    })?;
     std::fs::write(layout::url_file(&dir), &url)?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (compute, mut lost_jobs) = compute::LocalCompute::new(
@@ -153,6 +199,8 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
         compute,
         url: url.clone(),
         shutdown: shutdown_rx.clone(),
+        policy,
+        listeners: listeners.clone(),
     });
     let lost_app = app.clone();
     tokio::spawn(async move {
@@ -163,14 +211,24 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
     jobs::resume_all(&app).await?;
     tokio::spawn(jobs::reap_expired_leases(app.clone()));
     let router = http::router(app.clone());
-    let mut stop = shutdown_rx;
+    let mut servers = tokio::task::JoinSet::new();
+    for inner in tcp {
+        use axum::serve::ListenerExt;
+        let guarded = http::guard::GuardedListener { inner, app: app.clone() }.tap_io(|_| ());
+        let mut stop = shutdown_rx.clone();
+        let service = router.clone().into_make_service_with_connect_info::<SocketAddr>();
+        servers.spawn(async move {
+            axum::serve(guarded, service)
+                .with_graceful_shutdown(async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                })
+                .await
+        });
+    }
     let served = tokio::spawn(async move {
-        axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
-            .with_graceful_shutdown(async move {
-                let _ = stop.wait_for(|s| *s).await;
-            })
-            .await
-            .context("server failed")?;
+        while let Some(done) = servers.join_next().await {
+            done.context("server task panicked")?.context("server failed")?;
+        }
         app.compute.stop_all().await;
         Ok(())
     });
@@ -193,10 +251,6 @@ fn init_workspace(store: &store::Store, dir: &Path) -> anyhow::Result<Option<Str
                     kind: "local".into(),
                     root: root.display().to_string(),
                 },
-            )?;
-            store::compute_upsert(
-                &tx,
-                &cove_api::Compute { name: LOCAL_COMPUTE.into(), kind: "local".into(), max_instances: 8 },
             )?;
             let (_, secret) = auth::mint(&tx, auth::TokenKind::User, auth::Role::Owner, None, None, None)?;
             store::meta_set(&tx, "created", &store::now_ms().to_string())?;

@@ -1,7 +1,9 @@
 //! The HTTP surface: the user API under `/api/v1`, the scoring URIs under `/endpoints`, and the worker
 //! protocol under `/worker/v1`. Handlers parse, authorise, call the store or the job lifecycle, and render.
 
+mod admin;
 mod error;
+pub mod guard;
 mod jobs;
 mod resources;
 mod worker;
@@ -30,6 +32,12 @@ pub fn router(app: AppRef) -> Router {
     Router::new()
         .route("/api/v1/openapi.json", get(openapi))
         .route("/api/v1/workspace", get(resources::workspace))
+        .route("/api/v1/workspace/diagnose", get(admin::diagnose))
+        .route("/api/v1/tokens", post(admin::create_token).get(admin::list_tokens))
+        .route("/api/v1/tokens/{id}", axum::routing::delete(admin::revoke_token))
+        .route("/api/v1/computes", get(admin::list_computes))
+        .route("/api/v1/computes/{name}/token", post(admin::compute_token))
+        .route("/api/v1/audit", get(admin::list_audit))
         .route("/api/v1/endpoints", post(resources::create_endpoint).get(resources::list_endpoints))
         .route(
             "/api/v1/endpoints/{endpoint}",
@@ -61,6 +69,7 @@ pub fn router(app: AppRef) -> Router {
         .layer(DefaultBodyLimit::max(JSON_BODY_LIMIT))
         .merge(uploads)
         .fallback(|| async { ApiError::not_found("no such route") })
+        .layer(axum::middleware::from_fn_with_state(app.clone(), guard::guard))
         .with_state(app)
 }
 
@@ -102,6 +111,10 @@ impl FromRequestParts<AppRef> for Worker {
         let p = principal(parts, app).await?;
         if p.kind != TokenKind::Worker {
             return Err(ApiError::new(ErrorCode::PermissionDenied, "only worker credentials can call the worker API"));
+        }
+        let source = parts.extensions.get::<guard::Source>().map(|s| s.0);
+        if let (Some(compute), Some(ip)) = (&p.compute, source) {
+            app.policy.admits_worker(compute, ip).map_err(|why| ApiError::new(ErrorCode::PermissionDenied, why))?;
         }
         Ok(Worker(p))
     }

@@ -56,7 +56,7 @@ async fn advance_now(app: &AppRef, name: &str) -> anyhow::Result<()> {
 }
 
 fn launch(app: &AppRef, job: &JobRow) {
-    if job.compute == crate::LOCAL_COMPUTE {
+    if app.policy.computes.iter().any(|c| c.name == job.compute && c.kind == "local") {
         let s = &job.record.settings;
         app.compute.launch(&job.name, s.instance_count, s.max_concurrency_per_instance);
     }

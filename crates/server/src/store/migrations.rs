@@ -91,6 +91,22 @@ const MIGRATIONS: &[&str] = &[
     "#,
     // 2: what each attempt ran under (sandbox, file view, limits, refused network attempts), as JSON.
     "ALTER TABLE attempts ADD COLUMN isolation TEXT;",
+    // 3: the append-only audit log. Triggers refuse any change to a written entry.
+    r#"
+    CREATE TABLE audit (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        ts_ms INTEGER NOT NULL,
+        principal TEXT NOT NULL,
+        source TEXT NOT NULL,
+        action TEXT NOT NULL,
+        resource TEXT NOT NULL,
+        outcome TEXT NOT NULL,
+        detail TEXT
+    );
+    CREATE INDEX audit_by_time ON audit (ts_ms);
+    CREATE TRIGGER audit_is_append_only_update BEFORE UPDATE ON audit BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+    CREATE TRIGGER audit_is_append_only_delete BEFORE DELETE ON audit BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+    "#,
 ];
 
 /// Brings the schema up to date, one transaction per migration.

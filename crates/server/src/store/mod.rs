@@ -4,10 +4,12 @@
 //! makes each store function atomic with respect to the others. Async callers go through
 //! [`Store::call`], which runs the closure on the blocking pool so no query ever stalls the runtime.
 
+mod audit;
 mod jobs;
 mod migrations;
 mod resources;
 
+pub use audit::*;
 pub use jobs::*;
 pub use resources::*;
 

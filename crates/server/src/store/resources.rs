@@ -208,3 +208,15 @@ pub fn deployment_list(conn: &Connection, endpoint: &str) -> StoreResult<Vec<Dep
 pub fn deployment_delete(conn: &Connection, endpoint: &str, name: &str) -> StoreResult<bool> {
     Ok(conn.execute("DELETE FROM deployments WHERE endpoint = ?1 AND name = ?2", [endpoint, name])? == 1)
 }
+
+pub fn token_list(conn: &Connection) -> StoreResult<Vec<TokenRow>> {
+    let sql = format!("SELECT {TOKEN_COLUMNS} FROM tokens ORDER BY created_ms, id");
+    let mut stmt = conn.prepare(&sql)?;
+    let rows = stmt.query_map([], token_from_row)?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Revokes a token; returns false when no such token exists.
+pub fn token_revoke(conn: &Connection, id: &str) -> StoreResult<bool> {
+    Ok(conn.execute("UPDATE tokens SET revoked = 1 WHERE id = ?1", [id])? == 1)
+}

@@ -1,0 +1,144 @@
+//! `cove token|compute|audit ...` and `cove workspace diagnose`.
+
+use crate::render::table;
+use crate::{print_json, Output};
+use anyhow::{bail, Context};
+use cove_api::{encode, AuditEntry, Check, Client, Compute, CreateToken, Token};
+
+/// Parses `30s`, `15m`, `12h`, `7d` into seconds.
+pub fn parse_duration(s: &str) -> anyhow::Result<u64> {
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num.parse().with_context(|| format!("--expires-in `{s}`: expected a number and a unit, like 12h"))?;
+    let secs = match unit {
+        "s" | "" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86_400,
+        other => bail!("--expires-in `{s}`: unknown unit `{other}` (s, m, h, d)"),
+    };
+    if secs == 0 {
+        bail!("--expires-in `{s}`: must be longer than zero");
+    }
+    Ok(secs)
+}
+
+pub async fn token_create(
+    client: &Client,
+    role: String,
+    endpoint: Option<String>,
+    expires_in: Option<String>,
+    out: Output,
+) -> anyhow::Result<()> {
+    let expires_in_secs = expires_in.as_deref().map(parse_duration).transpose()?;
+    let token: Token = client.post("/api/v1/tokens", &CreateToken { role, endpoint, expires_in_secs }).await?;
+    if out.json {
+        return print_json(&token);
+    }
+    println!("{}", token.secret.as_deref().unwrap_or(""));
+    eprintln!(
+        "Created token {} ({}{}{}); the secret above is shown once",
+        token.id,
+        token.role,
+        token.endpoint.as_deref().map(|e| format!(", endpoint {e}")).unwrap_or_default(),
+        token.expires_at.as_deref().map(|t| format!(", expires {t}")).unwrap_or_default()
+    );
+    Ok(())
+}
+
+pub async fn token_list(client: &Client, out: Output) -> anyhow::Result<()> {
+    let tokens: Vec<Token> = client.get("/api/v1/tokens").await?;
+    if out.json {
+        return print_json(&tokens);
+    }
+    let rows: Vec<Vec<String>> = tokens
+        .iter()
+        .map(|t| {
+            vec![
+                t.id.clone(),
+                t.kind.clone(),
+                t.role.clone(),
+                t.endpoint.clone().or(t.compute.clone()).unwrap_or_else(|| "*".into()),
+                t.expires_at.clone().unwrap_or_else(|| "never".into()),
+                if t.revoked { "revoked".into() } else { "active".into() },
+            ]
+        })
+        .collect();
+    print!("{}", table(&["ID", "KIND", "ROLE", "SCOPE", "EXPIRES", "STATE"], &rows));
+    Ok(())
+}
+
+pub async fn token_revoke(client: &Client, id: &str) -> anyhow::Result<()> {
+    client.delete(&format!("/api/v1/tokens/{}", encode(id))).await?;
+    println!("Revoked token {id}");
+    Ok(())
+}
+
+pub async fn compute_list(client: &Client, out: Output) -> anyhow::Result<()> {
+    let computes: Vec<Compute> = client.get("/api/v1/computes").await?;
+    if out.json {
+        return print_json(&computes);
+    }
+    let rows: Vec<Vec<String>> =
+        computes.iter().map(|c| vec![c.name.clone(), c.kind.clone(), c.max_instances.to_string()]).collect();
+    print!("{}", table(&["NAME", "KIND", "MAX INSTANCES"], &rows));
+    Ok(())
+}
+
+pub async fn compute_token(client: &Client, name: &str, out: Output) -> anyhow::Result<()> {
+    let token: Token = client.post(&format!("/api/v1/computes/{}/token", encode(name)), &serde_json::json!({})).await?;
+    if out.json {
+        return print_json(&token);
+    }
+    println!("{}", token.secret.as_deref().unwrap_or(""));
+    eprintln!("Created worker credential {} for compute {name}; give it to `cove worker --worker-token`", token.id);
+    Ok(())
+}
+
+pub async fn audit_list(client: &Client, since: Option<&str>, out: Output) -> anyhow::Result<()> {
+    let path = match since {
+        Some(s) => format!("/api/v1/audit?since={}", encode(s)),
+        None => "/api/v1/audit".into(),
+    };
+    let entries: Vec<AuditEntry> = client.get(&path).await?;
+    if out.json {
+        return print_json(&entries);
+    }
+    let rows: Vec<Vec<String>> = entries
+        .iter()
+        .map(|e| vec![e.time.clone(), e.principal.clone(), e.source.clone(), e.action.clone(), e.outcome.clone()])
+        .collect();
+    print!("{}", table(&["TIME", "PRINCIPAL", "SOURCE", "ACTION", "OUTCOME"], &rows));
+    Ok(())
+}
+
+pub async fn diagnose(client: &Client, out: Output) -> anyhow::Result<i32> {
+    let checks: Vec<Check> = client.get("/api/v1/workspace/diagnose").await?;
+    if out.json {
+        print_json(&checks)?;
+    } else {
+        for c in &checks {
+            println!("{:<4} {}: {}", c.status.to_uppercase(), c.name, c.detail);
+            if let (Some(fix), true) = (&c.fix, c.status != "ok") {
+                println!("     fix: {fix}");
+            }
+        }
+    }
+    Ok(if checks.iter().any(|c| c.status == "fail") {
+        cove_api::exit_code::JOB_FAILED
+    } else {
+        cove_api::exit_code::OK
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn durations_have_units() {
+        assert_eq!(super::parse_duration("90s").unwrap(), 90);
+        assert_eq!(super::parse_duration("15m").unwrap(), 900);
+        assert_eq!(super::parse_duration("2d").unwrap(), 172_800);
+        assert!(super::parse_duration("0h").is_err());
+        assert!(super::parse_duration("h").is_err());
+        assert!(super::parse_duration("3w").unwrap_err().to_string().contains("unknown unit"));
+    }
+}

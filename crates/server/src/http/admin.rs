@@ -1,0 +1,140 @@
+//! Handlers for the workspace's security surface: tokens, compute credentials, the audit log, and
+//! `diagnose`. All of them need the owner role, except reading the audit log (reader and up).
+
+use super::{parse_json, ApiError, ApiResult, JsonResult, User};
+use crate::auth::{self, Role, TokenKind};
+use crate::store::{self, TokenRow};
+use crate::{logs, AppRef};
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::Json;
+use cove_api::{AuditEntry, Check, Compute, CreateToken, Token};
+use serde::Deserialize;
+
+fn render(row: TokenRow, secret: Option<String>) -> Token {
+    Token {
+        id: row.id,
+        kind: row.kind,
+        role: row.role,
+        endpoint: row.endpoint,
+        compute: row.compute,
+        created_at: logs::timestamp(row.created_ms),
+        expires_at: row.expires_ms.map(logs::timestamp),
+        revoked: row.revoked,
+        secret,
+    }
+}
+
+pub async fn create_token(State(app): State<AppRef>, user: User, body: Bytes) -> ApiResult<(StatusCode, Json<Token>)> {
+    user.require(Role::Owner, None)?;
+    let req: CreateToken = parse_json(&body)?;
+    let role = match Role::parse(&req.role) {
+        Some(Role::Worker) | None => {
+            return Err(ApiError::invalid(format!("role: `{}` is not owner, contributor, invoker or reader", req.role)))
+        }
+        Some(r) => r,
+    };
+    let endpoint = req.endpoint.map(|e| e.to_ascii_lowercase());
+    if let Some(e) = &endpoint {
+        super::resources::endpoint(&app, e).await?;
+    }
+    let expires = match req.expires_in_secs {
+        Some(0) => return Err(ApiError::invalid("expires_in: must be longer than zero")),
+        Some(s) => Some(store::now_ms() + (s.min(10 * 365 * 86_400) as i64) * 1000),
+        None => None,
+    };
+    let (id, secret) = app.store.call(move |c| auth::mint(c, TokenKind::User, role, endpoint, None, expires)).await?;
+    let key = id.clone();
+    let row = app
+        .store
+        .call(move |c| Ok(store::token_list(c)?.into_iter().find(|t| t.id == key)))
+        .await?
+        .expect("just minted");
+    Ok((StatusCode::CREATED, Json(render(row, Some(secret)))))
+}
+
+pub async fn list_tokens(State(app): State<AppRef>, user: User) -> JsonResult<Vec<Token>> {
+    user.require(Role::Owner, None)?;
+    let rows = app.store.call(|c| store::token_list(c)).await?;
+    Ok(Json(rows.into_iter().map(|r| render(r, None)).collect()))
+}
+
+pub async fn revoke_token(
+    State(app): State<AppRef>,
+    user: User,
+    Path(id): Path<String>,
+) -> JsonResult<serde_json::Value> {
+    user.require(Role::Owner, None)?;
+    let key = id.clone();
+    if !app.store.call(move |c| store::token_revoke(c, &key)).await? {
+        return Err(ApiError::not_found(format!("token `{id}` does not exist")));
+    }
+    Ok(Json(serde_json::json!({ "revoked": id })))
+}
+
+pub async fn list_computes(State(app): State<AppRef>, user: User) -> JsonResult<Vec<Compute>> {
+    user.require(Role::Reader, None)?;
+    Ok(Json(app.store.call(|c| store::compute_list(c)).await?))
+}
+
+/// Mints a worker credential for a compute cluster: accepted only from that cluster's network, and
+/// worthless on the user API.
+pub async fn compute_token(
+    State(app): State<AppRef>,
+    user: User,
+    Path(name): Path<String>,
+) -> ApiResult<(StatusCode, Json<Token>)> {
+    user.require(Role::Owner, None)?;
+    let computes = app.store.call(|c| store::compute_list(c)).await?;
+    if !computes.iter().any(|c| c.name == name) {
+        return Err(ApiError::not_found(format!("compute `{name}` does not exist")));
+    }
+    let compute = name.clone();
+    let (id, secret) =
+        app.store.call(move |c| auth::mint(c, TokenKind::Worker, Role::Worker, None, Some(compute), None)).await?;
+    let row = app
+        .store
+        .call(move |c| Ok(store::token_list(c)?.into_iter().find(|t| t.id == id)))
+        .await?
+        .expect("just minted");
+    Ok((StatusCode::CREATED, Json(render(row, Some(secret)))))
+}
+
+#[derive(Deserialize)]
+pub struct AuditQuery {
+    /// Milliseconds since the epoch, or an RFC 3339 time.
+    since: Option<String>,
+    limit: Option<u32>,
+}
+
+pub async fn list_audit(
+    State(app): State<AppRef>,
+    user: User,
+    Query(q): Query<AuditQuery>,
+) -> JsonResult<Vec<AuditEntry>> {
+    user.require(Role::Reader, None)?;
+    if user.0.endpoint.is_some() {
+        return Err(ApiError::new(
+            super::ErrorCode::PermissionDenied,
+            "an endpoint-scoped token cannot read the audit log",
+        ));
+    }
+    let since = match q.since.as_deref() {
+        None => 0,
+        Some(s) => s
+            .parse::<i64>()
+            .or_else(|_| chrono::DateTime::parse_from_rfc3339(s).map(|t| t.timestamp_millis()))
+            .map_err(|_| {
+                ApiError::invalid(format!("since: `{s}` is not a time (RFC 3339, e.g. 2026-01-31T12:00:00Z)"))
+            })?,
+    };
+    let limit = q.limit.unwrap_or(1000).min(10_000);
+    let rows = app.store.call(move |c| store::audit_since(c, since, limit)).await?;
+    Ok(Json(rows.into_iter().map(|(ts, e)| AuditEntry { time: logs::timestamp(ts), ..e }).collect()))
+}
+
+pub async fn diagnose(State(app): State<AppRef>, user: User) -> JsonResult<Vec<Check>> {
+    user.require(Role::Reader, None)?;
+    Ok(Json(crate::diagnose::run(&app).await?))
+}
