@@ -47,6 +47,9 @@ pub struct Endpoint {
     pub provisioning_state: String,
     pub created_at: String,
     pub deployments: Vec<String>,
+    /// Who can reach the scoring URI: private whenever the workspace is.
+    #[serde(default)]
+    pub network_access: String,
 }
 
 /// `PATCH /api/v1/endpoints/{name}`: the updatable fields, as `--set key=value` pairs.

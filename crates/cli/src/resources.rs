@@ -65,6 +65,7 @@ pub async fn endpoint_show(client: &Client, name: &str, out: Output) -> anyhow::
         if ep.deployments.is_empty() { "-".to_string() } else { ep.deployments.join(", ") }
     );
     println!("Scoring URI:        {}", ep.scoring_uri);
+    println!("Network access:     {}", ep.network_access);
     println!("Provisioning state: {}", ep.provisioning_state);
     Ok(())
 }

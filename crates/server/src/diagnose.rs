@@ -48,19 +48,20 @@ pub async fn run(app: &AppRef) -> Result<Vec<Check>, store::StoreError> {
     }
 
     // Every private endpoint that deployments need answers, and every compute network can use it.
-    for pe in policy.api_endpoints() {
-        let answered = tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(pe.address)).await;
+    // Listeners were bound in the order of the API endpoints, so each has its actual address.
+    for (pe, address) in policy.api_endpoints().into_iter().zip(app.listeners.iter().copied()) {
+        let answered = tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(address)).await;
         match answered {
             Ok(Ok(_)) => out.push(check(
                 &format!("private endpoint {}", pe.name),
                 "ok",
-                format!("{} answers on network {}", pe.address, pe.network),
+                format!("{address} answers on network {}", pe.network),
                 None,
             )),
             _ => out.push(check(
                 &format!("private endpoint {}", pe.name),
                 "fail",
-                format!("{} does not answer", pe.address),
+                format!("{address} does not answer"),
                 Some(format!("check that {} is configured on this host", pe.address.ip())),
             )),
         }

@@ -10,17 +10,28 @@ use crate::names::validate_resource_name;
 use crate::yaml::{Doc, Fields};
 
 /// A validated batch endpoint.
+/// As JSON (the API's body), only `name` is required.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct EndpointSpec {
     /// Lowercased, since names are case-insensitive.
     pub name: String,
+    #[serde(default)]
     pub description: Option<String>,
+    #[serde(default)]
     pub tags: BTreeMap<String, String>,
+    #[serde(default)]
     pub properties: BTreeMap<String, String>,
     /// One of `aad_token` (the default), `key`, `aml_token`, lowercased.
+    #[serde(default = "default_auth_mode")]
     pub auth_mode: String,
     /// From `defaults.deployment_name`, lowercased.
+    #[serde(default)]
     pub default_deployment: Option<String>,
+}
+
+fn default_auth_mode() -> String {
+    "aad_token".to_string()
 }
 
 const AUTH_MODES: [&str; 3] = ["aad_token", "key", "aml_token"];

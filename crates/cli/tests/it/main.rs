@@ -1,6 +1,7 @@
 //! Integration tests: each starts a real control plane (`cove up`) on an ephemeral loopback port and
 //! drives it through the `cove` CLI and its HTTP API.
 
+mod access;
 mod invoke;
 mod quickstart;
 mod resources;

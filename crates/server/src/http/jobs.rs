@@ -332,8 +332,7 @@ async fn job_row(app: &AppRef, user: &User, name: &str) -> ApiResult<JobRow> {
         .call(move |c| store::job_get(c, &key))
         .await?
         .ok_or_else(|| ApiError::not_found(format!("job `{name}` does not exist")))?;
-    user.require(Role::Reader, Some(&row.endpoint))
-        .map_err(|_| ApiError::not_found(format!("job `{name}` does not exist")))?;
+    user.require(Role::Reader, Some(&row.endpoint))?;
     Ok(row)
 }
 

@@ -51,8 +51,10 @@ pub async fn create_endpoint(
         provisioning_state: "Succeeded".into(),
         created_at: now(),
         deployments: Vec::new(),
+        network_access: String::new(),
         spec,
     };
+    let ep = with_access(&app, ep);
     let stored = ep.clone();
     if !app.store.call(move |c| store::endpoint_insert(c, &stored)).await? {
         return Err(ApiError::conflict(format!("endpoint `{name}` already exists")));
@@ -62,7 +64,8 @@ pub async fn create_endpoint(
 
 pub async fn list_endpoints(State(app): State<AppRef>, user: User) -> JsonResult<Vec<Endpoint>> {
     user.require(Role::Reader, None)?;
-    let mut eps = app.store.call(|c| store::endpoint_list(c)).await?;
+    let mut eps: Vec<Endpoint> =
+        app.store.call(|c| store::endpoint_list(c)).await?.into_iter().map(|e| with_access(&app, e)).collect();
     if let Some(scope) = &user.0.endpoint {
         eps.retain(|e| &e.spec.name == scope);
     }
@@ -74,7 +77,20 @@ pub async fn endpoint(app: &AppRef, name: &str) -> ApiResult<Endpoint> {
     app.store
         .call(move |c| store::endpoint_get(c, &key))
         .await?
+        .map(|ep| with_access(app, ep))
         .ok_or_else(|| ApiError::not_found(format!("endpoint `{name}` does not exist")))
+}
+
+/// States who can reach an endpoint: batch endpoints follow the workspace, with no setting of their own.
+fn with_access(app: &AppRef, mut ep: Endpoint) -> Endpoint {
+    let p = &app.policy;
+    ep.network_access = if p.public_network_access {
+        "public (the workspace enables public network access)".to_string()
+    } else {
+        format!("private: reachable only from networks {}", p.allowed_networks().join(", "))
+    };
+    ep.scoring_uri = format!("{}/endpoints/{}/jobs", app.url, ep.spec.name);
+    ep
 }
 
 pub async fn show_endpoint(State(app): State<AppRef>, user: User, Path(name): Path<String>) -> JsonResult<Endpoint> {

@@ -1,0 +1,230 @@
+//! Private by default, on loopback: tokens, roles and scopes, network refusals (listener and trusted
+//! proxies), worker credentials, the audit entry every refusal leaves, and `diagnose`.
+
+use crate::support::{Project, Workspace, LIST_SCRIPT};
+use serde_json::json;
+
+fn token(ws: &Workspace, role: &str, extra: &[&str]) -> String {
+    let mut args = vec!["token", "create", "--role", role];
+    args.extend_from_slice(extra);
+    let run = ws.cove(&args);
+    run.ok().stdout.trim().to_string()
+}
+
+fn audit(ws: &Workspace) -> Vec<serde_json::Value> {
+    ws.cove(&["--json", "audit", "list"]).ok().json().as_array().unwrap().clone()
+}
+
+fn audited(ws: &Workspace, action: &str, outcome: &str) -> bool {
+    audit(ws)
+        .iter()
+        .any(|e| e["action"].as_str().unwrap().starts_with(action) && e["outcome"].as_str().unwrap().contains(outcome))
+}
+
+#[test]
+fn roles_and_scopes_refuse_what_they_do_not_allow_and_every_refusal_is_audited() {
+    let ws = Workspace::start();
+    let a = Project::new(ws.dir.path(), "aaa", LIST_SCRIPT, "");
+    let b = Project::new(ws.dir.path(), "bbb", LIST_SCRIPT, "");
+    a.deploy(&ws);
+    b.deploy(&ws);
+    let job_b =
+        ws.cove(&["--json", "endpoint", "invoke", "bbb", "--input", &b.inputs(1).display().to_string()]).ok().json();
+    let job_b = job_b["name"].as_str().unwrap().to_string();
+    let input = ws.wait_job(&job_b)["input"]["uri"].as_str().unwrap().to_string();
+    let body = json!({"input": {"uri": input, "type": "uri_folder"}});
+
+    let reader = token(&ws, "reader", &[]);
+    let invoker_a = token(&ws, "invoker", &["--endpoint-name", "aaa", "--expires-in", "1h"]);
+    let contributor = token(&ws, "contributor", &[]);
+
+    // 401: no token, a wrong token, a revoked token.
+    assert_eq!(ws.http_as("", "GET", "/api/v1/endpoints", None, &[]).0, 401);
+    assert_eq!(ws.http_as("cove_nope", "GET", "/api/v1/endpoints", None, &[]).0, 401);
+    let doomed = token(&ws, "reader", &[]);
+    let id = ws.cove(&["--json", "token", "list"]).ok().json().as_array().unwrap().last().unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    ws.cove(&["token", "revoke", &id]).ok();
+    assert_eq!(ws.http_as(&doomed, "GET", "/api/v1/endpoints", None, &[]).0, 401);
+
+    // 403 by role.
+    let (s, e) = ws.http_as(&reader, "POST", "/endpoints/aaa/jobs", Some(body.clone()), &[]);
+    assert_eq!(s, 403, "{e}");
+    assert!(e["message"].as_str().unwrap().contains("needs the invoker role"));
+    assert_eq!(ws.http_as(&reader, "POST", "/api/v1/endpoints", Some(json!({"name": "ccc"})), &[]).0, 403);
+    assert_eq!(ws.http_as(&contributor, "POST", "/api/v1/tokens", Some(json!({"role": "owner"})), &[]).0, 403);
+    assert_eq!(ws.http_as(&contributor, "POST", "/api/v1/endpoints", Some(json!({"name": "ccc"})), &[]).0, 201);
+    // 403 by scope: the invoker of aaa can neither invoke bbb nor read bbb's jobs.
+    assert_eq!(ws.http_as(&invoker_a, "POST", "/endpoints/bbb/jobs", Some(body.clone()), &[]).0, 403);
+    assert_eq!(ws.http_as(&invoker_a, "GET", &format!("/api/v1/jobs/{job_b}"), None, &[]).0, 403);
+    let (s, listed) = ws.http_as(&invoker_a, "GET", "/api/v1/jobs", None, &[]);
+    assert_eq!(s, 200);
+    assert!(listed["jobs"].as_array().unwrap().is_empty(), "an endpoint-scoped token lists only its endpoint's jobs");
+    let (s, job) = ws.http_as(&invoker_a, "POST", "/endpoints/aaa/jobs", Some(body.clone()), &[]);
+    assert_eq!(s, 201, "{job}");
+    // A worker credential is worthless on the user API.
+    let worker = std::fs::read_to_string(ws.path().join("state/worker-local.token")).unwrap();
+    assert_eq!(ws.http_as(worker.trim(), "GET", "/api/v1/endpoints", None, &[]).0, 403);
+    // And a user token cannot lease work.
+    assert_eq!(ws.http("POST", "/worker/v1/lease", Some(json!({"node": "n", "process": 0, "wait_ms": 0})), &[]).0, 403);
+
+    assert!(audited(&ws, "GET /api/v1/endpoints", "refused (401)"));
+    assert!(audited(&ws, "POST /endpoints/aaa/jobs", "refused (403): a reader token cannot do this"));
+    assert!(audited(&ws, "POST /endpoints/bbb/jobs", "refused (403): the token is scoped to endpoint `aaa`"));
+    assert!(audited(&ws, "POST /api/v1/tokens", "refused (403)"));
+    assert!(audited(&ws, "POST /worker/v1/lease", "refused (403)"));
+    assert!(audited(&ws, "POST /endpoints/aaa/jobs", "ok (201)"));
+    let entry = audit(&ws).into_iter().find(|e| e["outcome"].as_str().unwrap().contains("scoped to endpoint")).unwrap();
+    assert_eq!(entry["source"], "127.0.0.1");
+    assert!(entry["principal"].as_str().unwrap().ends_with("(invoker)"), "{entry}");
+    // Only hashes are stored: no secret appears in the state database.
+    let db = std::fs::read(ws.path().join("state/cove.db")).unwrap();
+    for secret in [&reader, &invoker_a, &contributor] {
+        assert!(!db.windows(secret.len()).any(|w| w == secret.as_bytes()), "a token secret is stored");
+    }
+}
+
+const NETWORK: &str = "
+public_network_access: disabled
+networks:
+  - name: workspace
+    address_space: [127.0.0.1/32]
+  - name: proxies
+    address_space: [127.0.0.3/32]
+  - name: compute
+    address_space: [127.0.0.4/32]
+  - name: lab
+    address_space: [127.0.0.5/32]
+peerings:
+  - [workspace, proxies]
+  - [workspace, compute]
+private_endpoints:
+  - name: api
+    service: api
+    address: 127.0.0.1:0
+    network: workspace
+trusted_proxies: [127.0.0.3/32]
+computes:
+  - name: cluster
+    network: compute
+";
+
+fn from(
+    ws: &Workspace,
+    source: &str,
+    method: &str,
+    path: &str,
+    token: &str,
+    headers: &[(&str, &str)],
+) -> Result<u16, String> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let client =
+            reqwest::Client::builder().local_address(source.parse::<std::net::IpAddr>().unwrap()).build().unwrap();
+        let mut req = client.request(method.parse().unwrap(), format!("{}{path}", ws.url)).bearer_auth(token);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        if method == "POST" {
+            req = req.json(&json!({"node": "n", "process": 0, "wait_ms": 0}));
+        }
+        req.send().await.map(|r| r.status().as_u16()).map_err(|e| e.to_string())
+    })
+}
+
+#[test]
+fn connections_from_outside_the_private_networks_are_refused_and_audited() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("network.yml");
+    std::fs::write(&config, NETWORK).unwrap();
+    let ws = Workspace::start_with(&["--config", &config.display().to_string()], &[]);
+    let owner = ws.token();
+    // The workspace's own network and a peered network are served.
+    assert_eq!(from(&ws, "127.0.0.1", "GET", "/api/v1/endpoints", &owner, &[]), Ok(200));
+    // An undeclared source, and a declared network that is not peered, are refused at connect.
+    assert!(from(&ws, "127.0.0.9", "GET", "/api/v1/endpoints", &owner, &[]).is_err());
+    assert!(from(&ws, "127.0.0.5", "GET", "/api/v1/endpoints", &owner, &[]).is_err());
+    // A trusted proxy is believed about its client; anyone else's X-Forwarded-For is ignored.
+    assert_eq!(
+        from(&ws, "127.0.0.3", "GET", "/api/v1/endpoints", &owner, &[("x-forwarded-for", "127.0.0.1")]),
+        Ok(200)
+    );
+    assert_eq!(
+        from(&ws, "127.0.0.3", "GET", "/api/v1/endpoints", &owner, &[("x-forwarded-for", "127.0.0.9")]),
+        Ok(403)
+    );
+    assert_eq!(
+        from(&ws, "127.0.0.1", "GET", "/api/v1/endpoints", &owner, &[("x-forwarded-for", "127.0.0.9")]),
+        Ok(200)
+    );
+    // A cluster's worker credential works only from the cluster's network.
+    let worker = ws.cove(&["compute", "token", "cluster"]).ok().stdout.trim().to_string();
+    assert_eq!(from(&ws, "127.0.0.4", "POST", "/worker/v1/lease", &worker, &[]), Ok(200));
+    assert_eq!(from(&ws, "127.0.0.1", "POST", "/worker/v1/lease", &worker, &[]), Ok(403));
+
+    let entries = audit(&ws);
+    let refused = |source: &str, what: &str| {
+        entries.iter().any(|e| e["source"] == source && e["outcome"].as_str().unwrap().contains(what))
+    };
+    assert!(
+        refused("127.0.0.9", "refused: source 127.0.0.9 is outside the workspace's private networks"),
+        "{entries:#?}"
+    );
+    assert!(refused("127.0.0.5", "which is not peered"), "{entries:#?}");
+    assert!(
+        refused("127.0.0.9", "refused: source 127.0.0.9 is outside"),
+        "the proxied client is audited under its own address"
+    );
+    assert!(refused("127.0.0.1", "accepted only from network `compute`"), "{entries:#?}");
+    let shown = ws.cove(&[
+        "endpoint",
+        "create",
+        "-f",
+        &Project::new(ws.dir.path(), "privy", LIST_SCRIPT, "").file("endpoint.yml"),
+    ]);
+    shown.ok();
+    let ep = ws.cove(&["endpoint", "show", "privy"]);
+    assert!(
+        ep.ok()
+            .stdout
+            .contains("Network access:     private: reachable only from networks compute, proxies, workspace"),
+        "{}",
+        ep.stdout
+    );
+    // diagnose: the cluster's network is peered, the listener is private; the owner token never expires.
+    let diag = ws.cove(&["workspace", "diagnose"]);
+    diag.ok();
+    assert!(diag.stdout.contains("OK   no public listener"), "{}", diag.stdout);
+    assert!(diag.stdout.contains("OK   compute cluster reaches the API"), "{}", diag.stdout);
+    assert!(diag.stdout.contains("WARN token expiry"), "{}", diag.stdout);
+}
+
+#[test]
+fn diagnose_fails_with_the_fix_when_a_compute_network_cannot_reach_the_api() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("network.yml");
+    std::fs::write(&config, NETWORK.replace("  - [workspace, compute]\n", "")).unwrap();
+    let ws = Workspace::start_with(&["--config", &config.display().to_string()], &[]);
+    let diag = ws.cove(&["workspace", "diagnose"]);
+    assert_eq!(diag.code, 1, "{}", diag.stdout);
+    assert!(diag.stdout.contains("FAIL compute cluster reaches the API: network compute is neither the workspace's network nor peered with it"), "{}", diag.stdout);
+    assert!(
+        diag.stdout.contains("fix: add a peering between compute and the API endpoint's network"),
+        "{}",
+        diag.stdout
+    );
+    let bad = dir.path().join("bad.yml");
+    std::fs::write(&bad, NETWORK.replace("address: 127.0.0.1:0", "address: 127.0.0.7:0")).unwrap();
+    let out = std::process::Command::new(crate::support::COVE)
+        .args(["up", "--dir"])
+        .arg(dir.path().join("ws2"))
+        .arg("--config")
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr)
+        .contains("field `private_endpoints.api.address`: 127.0.0.7 is not in network `workspace`"));
+}
