@@ -3,8 +3,10 @@
 
 mod access;
 mod invoke;
+mod isolation;
 mod quickstart;
 mod resources;
 mod sandbox;
 mod scoring;
 mod support;
+mod testbed;

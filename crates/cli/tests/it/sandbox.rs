@@ -4,103 +4,11 @@
 //! contain every attack, no listener may receive a byte, and the job's record must show the attempts.
 
 use crate::support::{self, Project, Workspace};
+use crate::testbed::Testbed;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 
-/// Two namespace hosts joined by a veth pair whose ends both live in test namespaces, so nothing is
-/// attached to the machine's own network: `ws` (198.18.9.1) runs Cove, `target` (198.18.9.2) listens.
-struct Testbed {
-    ws: String,
-    target: String,
-    listeners: Vec<Child>,
-}
-
-const WS_ADDR: &str = "198.18.9.1";
 const TARGET_ADDR: &str = "198.18.9.2";
-
-fn ip(args: &[&str]) {
-    let out = Command::new("ip").args(args).output().unwrap();
-    assert!(out.status.success(), "ip {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-}
-
-impl Testbed {
-    fn build() -> Testbed {
-        let id = std::process::id();
-        let bed = Testbed { ws: format!("cove-ws-{id}"), target: format!("cove-tg-{id}"), listeners: Vec::new() };
-        for ns in [&bed.ws, &bed.target] {
-            let _ = Command::new("ip").args(["netns", "del", ns]).output();
-            ip(&["netns", "add", ns]);
-            ip(&["-n", ns, "link", "set", "lo", "up"]);
-            // Name lookups inside the testbed stay inside it.
-            let etc = Path::new("/etc/netns").join(ns);
-            std::fs::create_dir_all(&etc).unwrap();
-            std::fs::write(etc.join("resolv.conf"), "nameserver 127.0.0.1\n").unwrap();
-            std::fs::write(etc.join("hosts"), "127.0.0.1 localhost\n").unwrap();
-        }
-        ip(&["link", "add", "eth0", "netns", &bed.ws, "type", "veth", "peer", "name", "eth0", "netns", &bed.target]);
-        ip(&["-n", &bed.ws, "addr", "add", &format!("{WS_ADDR}/24"), "dev", "eth0"]);
-        ip(&["-n", &bed.target, "addr", "add", &format!("{TARGET_ADDR}/24"), "dev", "eth0"]);
-        ip(&["-n", &bed.ws, "link", "set", "eth0", "up"]);
-        ip(&["-n", &bed.target, "link", "set", "eth0", "up"]);
-        bed
-    }
-
-    /// Runs a TCP and UDP listener on `addr:port` in `ns` that logs every connection, byte and datagram.
-    fn listen(&mut self, ns: &str, addr: &str, port: u16, log: &Path) {
-        let code = r#"
-import socket, sys, threading
-addr, port, log = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-def note(line):
-    with open(log, "a") as f:
-        f.write(line + "\n")
-tcp = socket.socket(); tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); tcp.bind((addr, port)); tcp.listen(16)
-udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); udp.bind((addr, port))
-def serve_udp():
-    while True:
-        data, peer = udp.recvfrom(65536)
-        note(f"datagram {len(data)} from {peer}")
-threading.Thread(target=serve_udp, daemon=True).start()
-note("ready")
-while True:
-    conn, peer = tcp.accept()
-    note(f"connection from {peer}")
-    data = conn.recv(65536)
-    note(f"bytes {len(data)}")
-    conn.close()
-"#;
-        let child = Command::new("ip")
-            .args(["netns", "exec", ns, "/usr/bin/python3", "-c", code, addr, &port.to_string()])
-            .arg(log)
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
-        self.listeners.push(child);
-        let start = std::time::Instant::now();
-        while !std::fs::read_to_string(log).unwrap_or_default().contains("ready") {
-            assert!(start.elapsed().as_secs() < 20, "listener on {addr}:{port} did not start");
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Testbed {
-    fn drop(&mut self) {
-        for l in &mut self.listeners {
-            let _ = l.kill();
-            let _ = l.wait();
-        }
-        for ns in [&self.ws, &self.target] {
-            // Only processes this test started live in its namespaces.
-            if let Ok(out) = Command::new("ip").args(["netns", "pids", ns]).output() {
-                for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
-                    let _ = Command::new("kill").args(["-KILL", pid]).status();
-                }
-            }
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
-            let _ = std::fs::remove_dir_all(Path::new("/etc/netns").join(ns));
-        }
-    }
-}
 
 const HOSTILE_SCRIPT: &str = r#"
 import os, socket, subprocess, sys
@@ -162,14 +70,13 @@ def run(mini_batch):
 
 #[test]
 fn hostile_scoring_scripts_are_refused_or_contained() {
-    let mut bed = Testbed::build();
+    let mut bed = Testbed::build("sb", &[("ws", "198.18.8.2/24"), ("target", "198.18.9.2/24")]);
     let logs = tempfile::tempdir().unwrap();
     let (loopback_log, target_log) = (logs.path().join("loopback.log"), logs.path().join("target.log"));
     let port = 19_431;
-    let ws_ns = bed.ws.clone();
-    let target_ns = bed.target.clone();
-    bed.listen(&ws_ns, "127.0.0.1", port, &loopback_log);
-    bed.listen(&target_ns, TARGET_ADDR, port, &target_log);
+    let ws_ns = bed.ns("ws");
+    bed.listen("ws", "127.0.0.1", port, &loopback_log);
+    bed.listen("target", TARGET_ADDR, port, &target_log);
 
     // Control: the worker's own network reaches the target host, so only the sandbox stands between.
     let probe = format!("import socket; s = socket.create_connection(('{TARGET_ADDR}', {port}), timeout=3); s.sendall(b'probe'); s.close()");
