@@ -27,8 +27,27 @@ pub struct Workspace {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Datastore {
     pub name: String,
+    /// `local` (a folder on the control plane's host) or `s3` (an S3-compatible store).
     pub kind: String,
+    /// The folder, or `s3://<bucket>`.
     pub root: String,
+    /// Where an `s3` store is reached; in a private workspace, one of its private endpoints.
+    #[serde(default)]
+    pub endpoint: Option<String>,
+}
+
+/// `POST /api/v1/datastores`: registers an S3-compatible datastore. The secret is kept in a file only
+/// the workspace's owner can read, and never returned.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateDatastore {
+    pub name: String,
+    pub endpoint: String,
+    pub bucket: String,
+    #[serde(default)]
+    pub region: Option<String>,
+    pub access_key_id: String,
+    pub secret_access_key: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

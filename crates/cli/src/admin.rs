@@ -3,7 +3,7 @@
 use crate::render::table;
 use crate::{print_json, Output};
 use anyhow::{bail, Context};
-use cove_api::{encode, AuditEntry, Check, Client, Compute, CreateToken, Token};
+use cove_api::{encode, AuditEntry, Check, Client, Compute, CreateDatastore, CreateToken, Datastore, Token};
 
 /// Parses `30s`, `15m`, `12h`, `7d` into seconds.
 pub fn parse_duration(s: &str) -> anyhow::Result<u64> {
@@ -141,4 +141,36 @@ mod tests {
         assert!(super::parse_duration("h").is_err());
         assert!(super::parse_duration("3w").unwrap_err().to_string().contains("unknown unit"));
     }
+}
+
+/// Reads a secret from a file that only its owner can read; a world- or group-readable file is refused.
+pub fn read_secret_file(path: &std::path::Path) -> anyhow::Result<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(path).with_context(|| format!("failed to read {}", path.display()))?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        bail!("{} is readable by others; make it readable only by its owner (chmod 600)", path.display());
+    }
+    Ok(std::fs::read_to_string(path)?.trim().to_string())
+}
+
+pub async fn datastore_create(client: &Client, req: &CreateDatastore, out: Output) -> anyhow::Result<()> {
+    let ds: Datastore = client.post("/api/v1/datastores", req).await?;
+    if out.json {
+        return print_json(&ds);
+    }
+    println!("Created datastore {} ({} at {})", ds.name, ds.root, ds.endpoint.as_deref().unwrap_or(""));
+    Ok(())
+}
+
+pub async fn datastore_list(client: &Client, out: Output) -> anyhow::Result<()> {
+    let list: Vec<Datastore> = client.get("/api/v1/datastores").await?;
+    if out.json {
+        return print_json(&list);
+    }
+    let rows: Vec<Vec<String>> = list
+        .iter()
+        .map(|d| vec![d.name.clone(), d.kind.clone(), d.root.clone(), d.endpoint.clone().unwrap_or_else(|| "-".into())])
+        .collect();
+    print!("{}", table(&["NAME", "KIND", "ROOT", "ENDPOINT"], &rows));
+    Ok(())
 }

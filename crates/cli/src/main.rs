@@ -113,6 +113,11 @@ enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// Datastores: where inputs are read and outputs written.
+    Datastore {
+        #[command(subcommand)]
+        command: DatastoreCommand,
+    },
     /// Compute clusters.
     Compute {
         #[command(subcommand)]
@@ -149,6 +154,28 @@ enum TokenCommand {
     Revoke {
         id: String,
     },
+}
+
+#[derive(Subcommand)]
+enum DatastoreCommand {
+    /// Register an S3-compatible datastore (in a private workspace, only through its private endpoint).
+    Create {
+        #[arg(long)]
+        name: String,
+        /// The store's URL, e.g. http://198.18.3.10:9000.
+        #[arg(long)]
+        endpoint: String,
+        #[arg(long)]
+        bucket: String,
+        #[arg(long)]
+        region: Option<String>,
+        #[arg(long)]
+        access_key_id: String,
+        /// A file holding the secret access key, readable only by its owner.
+        #[arg(long)]
+        secret_access_key_file: PathBuf,
+    },
+    List,
 }
 
 #[derive(Subcommand)]
@@ -429,6 +456,19 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
                 }
                 TokenCommand::List => admin::token_list(&client, out).await?,
                 TokenCommand::Revoke { id } => admin::token_revoke(&client, &id).await?,
+            }
+            Ok(exit_code::OK)
+        }
+        Command::Datastore { command } => {
+            let client = target.client()?;
+            match command {
+                DatastoreCommand::Create { name, endpoint, bucket, region, access_key_id, secret_access_key_file } => {
+                    let secret_access_key = admin::read_secret_file(&secret_access_key_file)?;
+                    let req =
+                        cove_api::CreateDatastore { name, endpoint, bucket, region, access_key_id, secret_access_key };
+                    admin::datastore_create(&client, &req, out).await?
+                }
+                DatastoreCommand::List => admin::datastore_list(&client, out).await?,
             }
             Ok(exit_code::OK)
         }

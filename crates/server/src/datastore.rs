@@ -85,32 +85,73 @@ pub fn normalise(path: &str) -> Result<String, String> {
     Ok(parts.join("/"))
 }
 
-/// The workspace's datastores, by name.
-#[derive(Clone)]
+/// The workspace's datastores, by name. Datastores are added while the control plane runs.
 pub struct Datastores {
-    stores: BTreeMap<String, Arc<dyn ObjectStore>>,
+    stores: std::sync::RwLock<BTreeMap<String, Arc<dyn ObjectStore>>>,
     pub default_name: String,
+}
+
+/// Credentials of an S3-compatible datastore, kept in a 0600 file beside the state store.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct S3Secret {
+    pub access_key_id: String,
+    pub secret_access_key: String,
+    pub region: String,
 }
 
 impl Datastores {
     pub fn new(default_name: &str) -> Self {
-        Self { stores: BTreeMap::new(), default_name: default_name.to_string() }
+        Self { stores: std::sync::RwLock::new(BTreeMap::new()), default_name: default_name.to_string() }
+    }
+
+    pub fn insert(&self, name: &str, store: Arc<dyn ObjectStore>) {
+        self.stores.write().unwrap_or_else(|p| p.into_inner()).insert(name.to_string(), store);
     }
 
     /// Adds a datastore backed by a local folder (created if needed).
-    pub fn add_local(&mut self, name: &str, root: &std::path::Path) -> std::io::Result<()> {
+    pub fn add_local(&self, name: &str, root: &std::path::Path) -> std::io::Result<()> {
         std::fs::create_dir_all(root)?;
         let fs = LocalFileSystem::new_with_prefix(root).map_err(std::io::Error::other)?;
-        self.stores.insert(name.to_string(), Arc::new(fs));
+        self.insert(name, Arc::new(fs));
         Ok(())
     }
 
+    /// Adds an S3-compatible datastore reached at `endpoint`.
+    pub fn add_s3(
+        &self,
+        name: &str,
+        endpoint: &str,
+        bucket: &str,
+        secret: &S3Secret,
+    ) -> Result<Arc<dyn ObjectStore>, String> {
+        let store = build_s3(endpoint, bucket, secret)?;
+        self.insert(name, store.clone());
+        Ok(store)
+    }
+
     pub fn get(&self, name: &str) -> Result<Arc<dyn ObjectStore>, String> {
-        self.stores.get(name).cloned().ok_or_else(|| {
-            let known: Vec<&str> = self.stores.keys().map(String::as_str).collect();
+        let stores = self.stores.read().unwrap_or_else(|p| p.into_inner());
+        stores.get(name).cloned().ok_or_else(|| {
+            let known: Vec<&str> = stores.keys().map(String::as_str).collect();
             format!("datastore `{name}` does not exist (known: {})", known.join(", "))
         })
     }
+}
+
+/// Builds a client for an S3-compatible store (path-style requests, plain HTTP allowed for endpoints
+/// inside the private network).
+pub fn build_s3(endpoint: &str, bucket: &str, secret: &S3Secret) -> Result<Arc<dyn ObjectStore>, String> {
+    let store = object_store::aws::AmazonS3Builder::new()
+        .with_endpoint(endpoint)
+        .with_bucket_name(bucket)
+        .with_region(&secret.region)
+        .with_access_key_id(&secret.access_key_id)
+        .with_secret_access_key(&secret.secret_access_key)
+        .with_allow_http(true)
+        .with_virtual_hosted_style_request(false)
+        .build()
+        .map_err(|e| e.to_string())?;
+    Ok(Arc::new(store))
 }
 
 /// Opens a local folder as an object store, creating it.

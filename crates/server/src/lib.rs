@@ -57,6 +57,9 @@ pub mod layout {
     pub fn owner_token(dir: &Path) -> PathBuf {
         dir.join("owner.token")
     }
+    pub fn datastore_secret(dir: &Path, name: &str) -> PathBuf {
+        dir.join("state").join(format!("datastore-{name}.secret"))
+    }
     pub fn worker_token(dir: &Path, compute: &str) -> PathBuf {
         dir.join("state").join(format!("worker-{compute}.token"))
     }
@@ -132,11 +135,21 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
     if let Some(token) = owner_token {
         write_secret(&layout::owner_token(&dir), &token)?;
     }
-    let mut datastores = datastore::Datastores::new(DEFAULT_DATASTORE);
+    let datastores = datastore::Datastores::new(DEFAULT_DATASTORE);
     for ds in store.call_now(|c| store::datastore_list(c))? {
-        datastores
-            .add_local(&ds.name, Path::new(&ds.root))
-            .with_context(|| format!("failed to open datastore {}", ds.name))?;
+        match (ds.kind.as_str(), &ds.endpoint) {
+            ("s3", Some(endpoint)) => {
+                let secret: datastore::S3Secret = serde_json::from_str(
+                    &std::fs::read_to_string(layout::datastore_secret(&dir, &ds.name))
+                        .with_context(|| format!("failed to read the credentials of datastore {}", ds.name))?,
+                )?;
+                let bucket = ds.root.trim_start_matches("s3://");
+                datastores.add_s3(&ds.name, endpoint, bucket, &secret).map_err(anyhow::Error::msg)?;
+            }
+            _ => datastores
+                .add_local(&ds.name, Path::new(&ds.root))
+                .with_context(|| format!("failed to open datastore {}", ds.name))?,
+        }
     }
     let internal = datastore::local_store(&layout::internal_objects(&dir))?;
     let worker_token = ensure_worker_token(&store, &dir, LOCAL_COMPUTE)?;
@@ -250,6 +263,7 @@ fn init_workspace(store: &store::Store, dir: &Path) -> anyhow::Result<Option<Str
                     name: DEFAULT_DATASTORE.into(),
                     kind: "local".into(),
                     root: root.display().to_string(),
+                    endpoint: None,
                 },
             )?;
             let (_, secret) = auth::mint(&tx, auth::TokenKind::User, auth::Role::Owner, None, None, None)?;
@@ -276,7 +290,7 @@ fn ensure_worker_token(store: &store::Store, dir: &Path, compute: &str) -> anyho
     Ok(secret)
 }
 
-fn write_secret(path: &Path, secret: &str) -> anyhow::Result<()> {
+pub(crate) fn write_secret(path: &Path, secret: &str) -> anyhow::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let mut f = std::fs::OpenOptions::new()

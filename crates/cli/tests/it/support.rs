@@ -155,6 +155,21 @@ impl Workspace {
         })
     }
 
+    /// Sends raw bytes with the owner token; returns (status, body text).
+    pub fn http_bytes(&self, method: &str, path: &str, body: String) -> (u16, String) {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let resp = reqwest::Client::new()
+                .request(method.parse().unwrap(), format!("{}{path}", self.url))
+                .bearer_auth(self.token())
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            (resp.status().as_u16(), resp.text().await.unwrap())
+        })
+    }
+
     /// Waits until the job ends; returns its final JSON.
     pub fn wait_job(&self, job: &str) -> serde_json::Value {
         let start = Instant::now();

@@ -36,6 +36,7 @@ pub fn router(app: AppRef) -> Router {
         .route("/api/v1/tokens", post(admin::create_token).get(admin::list_tokens))
         .route("/api/v1/tokens/{id}", axum::routing::delete(admin::revoke_token))
         .route("/api/v1/computes", get(admin::list_computes))
+        .route("/api/v1/datastores", post(resources::create_datastore).get(resources::list_datastores))
         .route("/api/v1/computes/{name}/token", post(admin::compute_token))
         .route("/api/v1/audit", get(admin::list_audit))
         .route("/api/v1/endpoints", post(resources::create_endpoint).get(resources::list_endpoints))

@@ -464,3 +464,90 @@ pub async fn upload(
         Err(e) => Err(ApiError::internal("store the uploaded file", e)),
     }
 }
+
+pub async fn list_datastores(State(app): State<AppRef>, user: User) -> JsonResult<Vec<cove_api::Datastore>> {
+    user.require(Role::Reader, None)?;
+    Ok(Json(app.store.call(|c| store::datastore_list(c)).await?))
+}
+
+/// Registers an S3-compatible datastore. In a private workspace its endpoint must be the datastore's
+/// configured private endpoint; the store must answer before it is registered.
+pub async fn create_datastore(
+    State(app): State<AppRef>,
+    user: User,
+    body: Bytes,
+) -> ApiResult<(StatusCode, Json<cove_api::Datastore>)> {
+    user.require(Role::Contributor, None)?;
+    let req: cove_api::CreateDatastore = parse_json(&body)?;
+    let name = req.name.clone();
+    let valid = (1..=64).contains(&name.len())
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if !valid {
+        return Err(ApiError::invalid(format!(
+            "name: `{name}` must be 1 to 64 lowercase letters, digits or `_`, starting with a letter"
+        )));
+    }
+    if app.datastores.get(&name).is_ok() {
+        return Err(ApiError::conflict(format!("datastore `{name}` already exists")));
+    }
+    let (scheme, rest) = req
+        .endpoint
+        .split_once("://")
+        .ok_or_else(|| ApiError::invalid(format!("endpoint: `{}` is not a URL (http://host:port)", req.endpoint)))?;
+    if scheme != "http" && scheme != "https" {
+        return Err(ApiError::invalid(format!("endpoint: scheme `{scheme}` is not http or https")));
+    }
+    let authority = rest.split('/').next().unwrap_or_default();
+    if !app.policy.public_network_access {
+        let service = format!("datastore:{name}");
+        let address: Option<std::net::SocketAddr> = authority.parse().ok();
+        let endpoint = app.policy.private_endpoints.iter().find(|p| p.service == service);
+        match (address, endpoint) {
+            (Some(a), Some(pe)) if a == pe.address => {}
+            (_, Some(pe)) => {
+                return Err(ApiError::invalid(format!(
+                    "endpoint: `{}` is not datastore `{name}`'s private endpoint {} ({}); a private workspace reaches datastores only through their private endpoints",
+                    req.endpoint, pe.name, pe.address
+                )))
+            }
+            (_, None) => {
+                return Err(ApiError::invalid(format!(
+                    "endpoint: `{}` is not a configured private endpoint; a private workspace reaches datastores only through private endpoints (declare one with service: {service} in the workspace config)",
+                    req.endpoint
+                )))
+            }
+        }
+    }
+    let secret = crate::datastore::S3Secret {
+        access_key_id: req.access_key_id.clone(),
+        secret_access_key: req.secret_access_key.clone(),
+        region: req.region.clone().unwrap_or_else(|| "us-east-1".into()),
+    };
+    let client = crate::datastore::build_s3(&req.endpoint, &req.bucket, &secret)
+        .map_err(|e| ApiError::invalid(format!("endpoint: {e}")))?;
+    let probe = tokio::time::timeout(std::time::Duration::from_secs(10), client.list_with_delimiter(None)).await;
+    match probe {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => {
+            return Err(ApiError::invalid(format!(
+                "endpoint: bucket `{}` at {} cannot be listed: {e}",
+                req.bucket, req.endpoint
+            )))
+        }
+        Err(_) => return Err(ApiError::invalid(format!("endpoint: {} did not answer within 10 s", req.endpoint))),
+    }
+    let path = crate::layout::datastore_secret(&app.config.dir, &name);
+    crate::write_secret(&path, &serde_json::to_string(&secret).expect("strings serialise"))
+        .map_err(|e| ApiError::internal("store the datastore's credentials", format!("{e:#}")))?;
+    let ds = cove_api::Datastore {
+        name: name.clone(),
+        kind: "s3".into(),
+        root: format!("s3://{}", req.bucket),
+        endpoint: Some(req.endpoint.clone()),
+    };
+    let stored = ds.clone();
+    app.store.call(move |c| store::datastore_upsert(c, &stored)).await?;
+    app.datastores.insert(&name, client);
+    Ok((StatusCode::CREATED, Json(ds)))
+}

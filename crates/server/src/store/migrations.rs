@@ -107,6 +107,8 @@ const MIGRATIONS: &[&str] = &[
     CREATE TRIGGER audit_is_append_only_update BEFORE UPDATE ON audit BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
     CREATE TRIGGER audit_is_append_only_delete BEFORE DELETE ON audit BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
     "#,
+    // 4: datastores reached over the network name their endpoint.
+    "ALTER TABLE datastores ADD COLUMN endpoint TEXT;",
 ];
 
 /// Brings the schema up to date, one transaction per migration.

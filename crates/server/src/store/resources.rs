@@ -58,16 +58,17 @@ pub fn token_by_hash(conn: &Connection, hash: &str) -> StoreResult<Option<TokenR
 
 pub fn datastore_upsert(conn: &Connection, ds: &Datastore) -> StoreResult<()> {
     conn.execute(
-        "INSERT INTO datastores (name, kind, root) VALUES (?1, ?2, ?3)
-         ON CONFLICT (name) DO UPDATE SET kind = excluded.kind, root = excluded.root",
-        params![ds.name, ds.kind, ds.root],
+        "INSERT INTO datastores (name, kind, root, endpoint) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (name) DO UPDATE SET kind = excluded.kind, root = excluded.root, endpoint = excluded.endpoint",
+        params![ds.name, ds.kind, ds.root, ds.endpoint],
     )?;
     Ok(())
 }
 
 pub fn datastore_list(conn: &Connection) -> StoreResult<Vec<Datastore>> {
-    let mut stmt = conn.prepare("SELECT name, kind, root FROM datastores ORDER BY name")?;
-    let rows = stmt.query_map([], |r| Ok(Datastore { name: r.get(0)?, kind: r.get(1)?, root: r.get(2)? }))?;
+    let mut stmt = conn.prepare("SELECT name, kind, root, endpoint FROM datastores ORDER BY name")?;
+    let rows = stmt
+        .query_map([], |r| Ok(Datastore { name: r.get(0)?, kind: r.get(1)?, root: r.get(2)?, endpoint: r.get(3)? }))?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
 

@@ -1,0 +1,142 @@
+//! Datastores behind private endpoints: an S3-compatible store (moto's server, on loopback) is reached
+//! only through its configured private endpoint, and jobs read from and write to it.
+
+use crate::support::{Project, Workspace, LIST_SCRIPT};
+use std::process::{Child, Command, Stdio};
+
+struct S3Server {
+    child: Child,
+    port: u16,
+}
+
+impl S3Server {
+    fn start() -> S3Server {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let child = Command::new("python3")
+            .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("moto's S3 server is installed (scripts/setup)");
+        let start = std::time::Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(start.elapsed().as_secs() < 30, "the S3 server did not start");
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        S3Server { child, port }
+    }
+
+    fn create_bucket(&self, bucket: &str) {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let status = rt.block_on(async {
+            reqwest::Client::new()
+                .put(format!("http://127.0.0.1:{}/{bucket}", self.port))
+                .send()
+                .await
+                .unwrap()
+                .status()
+        });
+        assert!(status.is_success(), "{status}");
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn datastores_are_reached_only_through_their_private_endpoints() {
+    let s3 = S3Server::start();
+    s3.create_bucket("lake-bucket");
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("network.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "networks:\n  - name: workspace\n    address_space: [127.0.0.0/8]\nprivate_endpoints:\n  - name: api\n    service: api\n    address: 127.0.0.1:0\n    network: workspace\n  - name: lake-pe\n    service: 'datastore:lake'\n    address: 127.0.0.1:{}\n    network: workspace\n",
+            s3.port
+        ),
+    )
+    .unwrap();
+    let ws = Workspace::start_with(&["--config", &config.display().to_string()], &[]);
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, "test-secret\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let secret_arg = secret.display().to_string();
+    let create = |name: &str, endpoint: &str| {
+        ws.cove(&[
+            "datastore",
+            "create",
+            "--name",
+            name,
+            "--endpoint",
+            endpoint,
+            "--bucket",
+            "lake-bucket",
+            "--access-key-id",
+            "test",
+            "--secret-access-key-file",
+            &secret_arg,
+        ])
+    };
+    let good = format!("http://127.0.0.1:{}", s3.port);
+    create("lake", &good).fails_with(2, "is readable by others");
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+    create("other", &good).fails_with(2, "is not a configured private endpoint");
+    create("lake", &format!("http://127.0.0.2:{}", s3.port))
+        .fails_with(2, "is not datastore `lake`'s private endpoint lake-pe");
+    create("lake", &good).ok();
+    let list = ws.cove(&["--json", "datastore", "list"]).ok().json();
+    assert_eq!(list.as_array().unwrap().len(), 2);
+    assert!(!list.to_string().contains("test-secret"), "the secret is never returned");
+
+    for i in 0..3 {
+        let (s, body) =
+            ws.http_bytes("PUT", &format!("/api/v1/datastores/lake/files/in/file-{i:03}.txt"), format!("{i}\n"));
+        assert_eq!(s, 201, "{body}");
+    }
+    let p = Project::new(ws.dir.path(), "lakeside", LIST_SCRIPT, "mini_batch_size: 2");
+    p.deploy(&ws);
+    let run = ws.cove(&[
+        "--json",
+        "endpoint",
+        "invoke",
+        "lakeside",
+        "--input",
+        "azureml://datastores/lake/paths/in",
+        "--output-path",
+        "azureml://datastores/lake/paths/out",
+    ]);
+    let job = ws.wait_job(run.ok().json()["name"].as_str().unwrap());
+    assert_eq!(job["status"], "Completed", "{job:#}");
+    let dl = dir.path().join("dl");
+    ws.cove(&["job", "download", job["name"].as_str().unwrap(), "--download-path", &dl.display().to_string()]).ok();
+    let predictions = std::fs::read_to_string(dl.join("named-outputs/score/predictions.csv")).unwrap();
+    assert_eq!(predictions, "file-000.txt 0\nfile-001.txt 2\nfile-002.txt 4\n");
+    let diag = ws.cove(&["workspace", "diagnose"]);
+    assert!(diag.stdout.contains("OK   datastore lake: reached through its private endpoint"), "{}", diag.stdout);
+    drop(ws);
+
+    let plain = Workspace::start();
+    let secret_arg = secret.display().to_string();
+    plain
+        .cove(&[
+            "datastore",
+            "create",
+            "--name",
+            "lake",
+            "--endpoint",
+            &good,
+            "--bucket",
+            "lake-bucket",
+            "--access-key-id",
+            "test",
+            "--secret-access-key-file",
+            &secret_arg,
+        ])
+        .fails_with(2, "is not a configured private endpoint");
+}
