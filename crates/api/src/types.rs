@@ -112,6 +112,9 @@ pub struct Deployment {
     /// How its scoring code runs: `namespaces`, or `none` (a warning) by the workspace's explicit choice.
     #[serde(default)]
     pub sandbox: String,
+    /// Private endpoints its scoring code may reach from the sandbox.
+    #[serde(default)]
+    pub egress: Vec<String>,
     pub settings: DeploymentSettings,
     pub provisioning_state: String,
     pub is_default: bool,

@@ -56,6 +56,16 @@ pub struct RunSpec {
     pub limits: Limits,
     #[serde(default)]
     pub sandbox: SandboxMode,
+    /// The only addresses scoring code may reach, each through the worker.
+    #[serde(default)]
+    pub egress: Vec<EgressTarget>,
+}
+
+/// A private endpoint a deployment allows its scoring code to reach.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct EgressTarget {
+    pub name: String,
+    pub address: std::net::SocketAddr,
 }
 
 /// Whether scorer processes run in the sandbox. `None` is an explicit workspace choice, reported as a

@@ -28,6 +28,9 @@ pub struct DeploymentSpec {
     /// The bare compute name, with any `azureml:` prefix or ARM id path removed.
     pub compute: String,
     pub settings: DeploymentSettings,
+    /// Cove's extension: private endpoints (by name) that scoring code may reach from its sandbox.
+    #[serde(default)]
+    pub egress: Vec<String>,
 }
 
 /// Where the scoring script lives.
@@ -39,7 +42,7 @@ pub struct CodeConfiguration {
     pub scoring_script: String,
 }
 
-const ROOT_KEYS: [&str; 13] = [
+const ROOT_KEYS: [&str; 14] = [
     "$schema",
     "name",
     "endpoint_name",
@@ -53,6 +56,7 @@ const ROOT_KEYS: [&str; 13] = [
     "compute",
     "resources",
     "settings",
+    "egress",
 ];
 
 /// `resources:` keys; only `instance_count` matters to Cove, the rest describe Azure VM shapes and are ignored.
@@ -99,7 +103,23 @@ pub fn parse_deployment(file: &str, text: &str) -> Result<DeploymentSpec, SpecEr
         environment,
         compute,
         settings: settings::from_yaml(&root, block.as_ref(), resources.as_ref())?,
+        egress: egress_from_yaml(&root)?,
     })
+}
+
+/// `egress:` is a list of private endpoint names.
+fn egress_from_yaml(root: &Fields<'_>) -> Result<Vec<String>, SpecError> {
+    let Some(value) = root.get("egress") else { return Ok(Vec::new()) };
+    let Some(items) = value.as_sequence() else {
+        return Err(root.type_error("egress", "a list of private endpoint names", value));
+    };
+    items
+        .iter()
+        .map(|item| match item.as_str() {
+            Some(name) if !name.trim().is_empty() => Ok(name.trim().to_string()),
+            _ => Err(root.type_error("egress", "a list of private endpoint names", item)),
+        })
+        .collect()
 }
 
 fn check_type(root: &Fields<'_>) -> Result<(), SpecError> {
@@ -244,6 +264,7 @@ settings:
             }),
             compute: "batch-cluster".into(),
             settings: DeploymentSettings { max_concurrency_per_instance: 2, ..DeploymentSettings::default() },
+            egress: Vec::new(),
         };
         assert_eq!(spec, expected);
     }

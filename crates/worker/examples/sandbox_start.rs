@@ -33,7 +33,7 @@ fn main() {
         std::fs::create_dir_all(d).expect("scratch folders");
     }
     let view = FileView { read_only: dirs[..3].to_vec(), writable: dirs[3..].to_vec() };
-    let args = bwrap_args(&interp, &view);
+    let args = bwrap_args(&interp, &view, false);
     let (mut direct, mut sandboxed) = (Vec::new(), Vec::new());
     for _ in 0..3 {
         time(Command::new(&interp.executable).args(["-c", "pass"]));

@@ -19,6 +19,7 @@ def main():
     parser.add_argument("--cove-code-dir", required=True)
     parser.add_argument("--cove-script", required=True)
     parser.add_argument("--cove-stdout-log", required=True)
+    parser.add_argument("--cove-egress", action="append", default=[])
     args, script_argv = parser.parse_known_args()
 
     answers = os.fdopen(os.dup(1), "w", buffering=1)
@@ -28,11 +29,19 @@ def main():
     sys.stdout = open(1, "w", buffering=1, closefd=False)
 
     observed = []
+    allowed = set()
+    for spec in args.cove_egress:
+        name, host, port, sock = spec.split(",", 3)
+        open_egress(host, int(port), sock)
+        allowed.add((host, int(port)))
 
     def audit(event, args):
         # The sandbox has no network, so every attempt fails; recording them makes the refusal visible.
+        # Allowed egress targets and the forwarders' own local sockets are not refusals.
         if event in ("socket.connect", "socket.sendto", "socket.sendmsg"):
-            observed.append(f"{event} {args[1]!r}"[:200])
+            address = args[1] if len(args) > 1 else None
+            if isinstance(address, tuple) and tuple(address[:2]) not in allowed:
+                observed.append(f"{event} {address!r}"[:200])
         elif event in ("socket.getaddrinfo", "socket.gethostbyname", "socket.gethostbyaddr"):
             observed.append(f"{event} {args[0]!r}"[:200])
 
@@ -81,6 +90,54 @@ def main():
             continue
         answer(type="done", items=items, observed=observed[:50])
     return 0
+
+
+def open_egress(host, port, sock_path):
+    """Makes an allowed private endpoint reachable at its own address inside the sandbox.
+
+    The address is given to the sandbox's loopback, and a forwarder joins each connection to it to the
+    worker's socket for that endpoint; the worker connects to the real endpoint and to nothing else.
+    """
+    import socket
+    import subprocess
+    import threading
+
+    ip = "/usr/sbin/ip" if os.path.exists("/usr/sbin/ip") else "/sbin/ip"
+    if not host.startswith("127."):
+        subprocess.run([ip, "addr", "add", f"{host}/32", "dev", "lo"], capture_output=True)
+    server = socket.socket()
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    server.bind((host, port))
+    server.listen(64)
+
+    def pump(src, dst):
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            try:
+                dst.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+
+    def serve():
+        while True:
+            client, _ = server.accept()
+            upstream = socket.socket(socket.AF_UNIX)
+            try:
+                upstream.connect(sock_path)
+            except OSError:
+                client.close()
+                continue
+            threading.Thread(target=pump, args=(client, upstream), daemon=True).start()
+            threading.Thread(target=pump, args=(upstream, client), daemon=True).start()
+
+    threading.Thread(target=serve, daemon=True).start()
 
 
 def write_result(result, path):

@@ -102,8 +102,10 @@ pub fn interpreter(python: &str) -> Result<Interpreter, String> {
     Ok(found)
 }
 
-/// Returns bubblewrap's arguments for a sandbox with `view`, up to and including `--`.
-pub fn bwrap_args(interp: &Interpreter, view: &FileView) -> Vec<String> {
+/// Returns bubblewrap's arguments for a sandbox with `view`, up to and including `--`. With
+/// `net_admin`, the scorer may configure its own (empty) network namespace, which is how the driver
+/// gives allowed egress addresses to its loopback; it still has no interface that leads anywhere.
+pub fn bwrap_args(interp: &Interpreter, view: &FileView, net_admin: bool) -> Vec<String> {
     let mut a: Vec<String> = [
         "--unshare-user",
         "--unshare-net",
@@ -149,6 +151,9 @@ pub fn bwrap_args(interp: &Interpreter, view: &FileView) -> Vec<String> {
     }
     for p in &view.writable {
         a.extend(["--bind".into(), p.display().to_string(), p.display().to_string()]);
+    }
+    if net_admin {
+        a.extend(["--cap-add".into(), "CAP_NET_ADMIN".into()]);
     }
     // Everything not bound writable above is read-only, the sandbox's own root included.
     a.extend(["--remount-ro".into(), "/".into(), "--chdir".into(), "/tmp".into(), "--".into()]);

@@ -5,7 +5,7 @@
 
 use crate::sandbox::{self, FileView, IsolationRecord};
 use anyhow::{bail, Context};
-use cove_api::worker::SandboxMode;
+use cove_api::worker::{EgressTarget, SandboxMode};
 use cove_spec::Limits;
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
@@ -35,6 +35,16 @@ pub struct ScorerSpec<'a> {
     pub env: &'a std::collections::BTreeMap<String, String>,
     pub sandbox: SandboxMode,
     pub limits: Limits,
+    /// Private endpoints the scoring code may reach, each through a forwarder of this worker.
+    pub egress: &'a [EgressTarget],
+}
+
+/// A short folder for the egress sockets of one scorer: socket paths must fit in 108 bytes, which a
+/// worker's work folder need not.
+fn egress_dir() -> PathBuf {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    std::env::temp_dir().join(format!("cove-egress-{}-{n}", std::process::id()))
 }
 
 /// Host variables a scorer keeps inside the sandbox: locale, time zone and numeric-library tuning.
@@ -55,6 +65,37 @@ pub struct Scorer {
     answers: Lines<BufReader<ChildStdout>>,
     pub pid: u32,
     pub isolation: IsolationRecord,
+    /// The egress forwarders serving this scorer, and their socket folder; they end with it.
+    forwarders: Vec<tokio::task::JoinHandle<()>>,
+    sockets: Option<PathBuf>,
+}
+
+impl Drop for Scorer {
+    fn drop(&mut self) {
+        for f in &self.forwarders {
+            f.abort();
+        }
+        if let Some(dir) = &self.sockets {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+/// Serves one allowed egress target: every connection the sandbox makes to the socket is joined to a
+/// new TCP connection to the target, and to nothing else.
+fn forward(socket: &Path, target: std::net::SocketAddr) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let _ = std::fs::remove_file(socket);
+    let listener =
+        tokio::net::UnixListener::bind(socket).with_context(|| format!("failed to listen on {}", socket.display()))?;
+    Ok(tokio::spawn(async move {
+        while let Ok((mut inside, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                if let Ok(mut outside) = tokio::net::TcpStream::connect(target).await {
+                    let _ = tokio::io::copy_bidirectional(&mut inside, &mut outside).await;
+                }
+            });
+        }
+    }))
 }
 
 #[derive(Debug, Deserialize)]
@@ -120,10 +161,32 @@ impl Scorer {
             cpu_seconds: spec.limits.cpu_seconds,
             ..IsolationRecord::default()
         };
+        let mut forwarders = Vec::new();
+        let mut sockets = None;
+        let mut egress_args: Vec<String> = Vec::new();
         let mut command = match spec.sandbox {
             SandboxMode::Namespaces => {
                 sandbox::available().map_err(anyhow::Error::msg)?;
                 let interp = sandbox::interpreter(spec.python).map_err(anyhow::Error::msg)?;
+                let mut writable_extra = Vec::new();
+                if !spec.egress.is_empty() {
+                    let dir = egress_dir();
+                    std::fs::create_dir_all(&dir)?;
+                    writable_extra.push(dir.clone());
+                    sockets = Some(dir.clone());
+                    for target in spec.egress {
+                        let socket = dir.join(format!("{}.sock", plain_name(&target.name)?));
+                        forwarders.push(forward(&socket, target.address)?);
+                        egress_args.push(format!(
+                            "{},{},{},{}",
+                            target.name,
+                            target.address.ip(),
+                            target.address.port(),
+                            socket.display()
+                        ));
+                        isolation.egress.push(format!("{} {}", target.name, target.address));
+                    }
+                }
                 let view = FileView {
                     read_only: vec![
                         spec.driver.to_path_buf(),
@@ -135,7 +198,10 @@ impl Scorer {
                         spec.output_dir.to_path_buf(),
                         spec.parts_dir.to_path_buf(),
                         spec.stdout_log.parent().expect("logs sit in folders").to_path_buf(),
-                    ],
+                    ]
+                    .into_iter()
+                    .chain(writable_extra)
+                    .collect(),
                 };
                 isolation.namespaces = sandbox::NAMESPACES.to_string();
                 isolation.read_only = ["/usr (system runtime)".to_string()]
@@ -148,7 +214,7 @@ impl Scorer {
                     .chain(view.writable.iter().map(|p| p.display().to_string()))
                     .collect();
                 let mut c = tokio::process::Command::new(sandbox::BWRAP);
-                c.args(sandbox::bwrap_args(&interp, &view)).arg(&interp.executable);
+                c.args(sandbox::bwrap_args(&interp, &view, !spec.egress.is_empty())).arg(&interp.executable);
                 c.env_clear().env("PATH", "/usr/local/bin:/usr/bin:/bin").env("HOME", "/tmp");
                 for var in PASSED_THROUGH {
                     if let Some(v) = std::env::var_os(var) {
@@ -172,6 +238,7 @@ impl Scorer {
             .arg(spec.script)
             .arg("--cove-stdout-log")
             .arg(spec.stdout_log)
+            .args(egress_args.iter().flat_map(|e| ["--cove-egress", e.as_str()]))
             .arg("--logging_level")
             .arg(spec.logging_level)
             .envs(spec.env)
@@ -190,7 +257,7 @@ impl Scorer {
         crate::register_group(pid);
         let stdin = child.stdin.take().expect("stdin is piped");
         let answers = BufReader::new(child.stdout.take().expect("stdout is piped")).lines();
-        Ok(Scorer { child, stdin, answers, pid, isolation })
+        Ok(Scorer { child, stdin, answers, pid, isolation, forwarders, sockets })
     }
 
     async fn wait_ready(mut self) -> Result<Scorer, StartError> {

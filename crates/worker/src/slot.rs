@@ -270,6 +270,7 @@ impl Slot {
             env: &run.environment_variables,
             sandbox: run.sandbox,
             limits: run.limits,
+            egress: &run.egress,
         };
         match Scorer::start(&spec).await {
             Ok(s) => Ok(Ok(s)),

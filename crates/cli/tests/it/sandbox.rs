@@ -119,8 +119,21 @@ fn hostile_scoring_scripts_are_refused_or_contained() {
     let name = run.ok().json()["name"].as_str().unwrap().to_string();
     let job = ws.wait_job(&name);
     assert_eq!(job["status"], "Completed", "{job:#}");
+    // Writing into the workspace is refused, or, when the workspace lives under /tmp, lands in the
+    // sandbox's private /tmp and vanishes with it: either way the host file must not exist (below).
+    let lines: Vec<String> = ws
+        .output_lines(&job)
+        .into_iter()
+        .map(|l| {
+            if l == "write-outside workspace: succeeded" {
+                "write-outside workspace: blocked (OSError)".to_string()
+            } else {
+                l
+            }
+        })
+        .collect();
     assert_eq!(
-        ws.output_lines(&job),
+        lines,
         vec![
             "benign benign-a",
             // The sandbox's own loopback is up but empty: nothing listens there.
@@ -253,4 +266,110 @@ fn a_host_that_cannot_sandbox_refuses_to_deploy_unless_the_workspace_opts_out() 
     let job = ws.wait_job(run.ok().json()["name"].as_str().unwrap());
     assert_eq!(job["status"], "Completed", "{job:#}");
     assert_eq!(job["attempts"][0]["isolation"]["sandbox"], "none");
+}
+
+const EGRESS_SCRIPT: &str = r#"
+import os, socket, subprocess
+
+def init():
+    pass
+
+def attempt(name, action):
+    try:
+        return f"{name}: {action()}"
+    except Exception as e:
+        return f"{name}: blocked ({type(e).__name__})"
+
+def tcp(addr, port):
+    s = socket.create_connection((addr, port), timeout=3)
+    s.sendall(b"features please")
+    s.close()
+    return "sent"
+
+def widen():
+    # Root inside its own namespaces: it can reconfigure its empty network, which leads nowhere.
+    subprocess.run(["/usr/sbin/ip", "route", "add", "default", "dev", "lo"], capture_output=True)
+    return tcp(os.environ["TARGET_ADDR"], int(os.environ["OTHER_PORT"]))
+
+def run(mini_batch):
+    e = os.environ
+    out = []
+    for path in mini_batch:
+        kind = open(path).read().strip()
+        if kind == "allowed":
+            out.append(attempt(kind, lambda: tcp(e["TARGET_ADDR"], int(e["ALLOWED_PORT"]))))
+        elif kind == "other-port":
+            out.append(attempt(kind, lambda: tcp(e["TARGET_ADDR"], int(e["OTHER_PORT"]))))
+        elif kind == "host-loopback":
+            out.append(attempt(kind, lambda: tcp("127.0.0.1", int(e["OTHER_PORT"]))))
+        elif kind == "as-root":
+            out.append(f"uid {os.getuid()}")
+            out.append(attempt(kind, widen))
+    return out
+"#;
+
+#[test]
+fn egress_reaches_only_the_private_endpoints_a_deployment_lists() {
+    let mut bed = Testbed::build("eg", &[("ws", "198.18.8.2/24"), ("target", "198.18.9.2/24")]);
+    let logs = tempfile::tempdir().unwrap();
+    let (allowed_log, other_log, loop_log) =
+        (logs.path().join("allowed.log"), logs.path().join("other.log"), logs.path().join("loop.log"));
+    let (allowed, other) = (19_441u16, 19_442u16);
+    bed.listen("target", TARGET_ADDR, allowed, &allowed_log);
+    bed.listen("target", TARGET_ADDR, other, &other_log);
+    bed.listen("ws", "127.0.0.1", other, &loop_log);
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("network.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "networks:\n  - name: loopback\n    address_space: [127.0.0.0/8]\n  - name: features\n    address_space: [198.18.9.0/24]\n\
+             private_endpoints:\n  - name: api\n    service: api\n    address: 127.0.0.1:0\n    network: loopback\n\
+             \x20 - name: feature-store\n    service: egress\n    address: {TARGET_ADDR}:{allowed}\n    network: features\n"
+        ),
+    )
+    .unwrap();
+    let ws = Workspace::start_in_netns_with(&bed.ns("ws"), &["--config", &config.display().to_string()]);
+    let settings = format!(
+        "mini_batch_size: 1\nenvironment_variables:\n    TARGET_ADDR: {TARGET_ADDR}\n    ALLOWED_PORT: '{allowed}'\n    OTHER_PORT: '{other}'"
+    );
+    let p = Project::new(ws.dir.path(), "egress", EGRESS_SCRIPT, &settings);
+    let deployment = p.dir.join("deployment.yml");
+    let yaml = std::fs::read_to_string(&deployment).unwrap();
+    std::fs::write(&deployment, format!("{yaml}egress:\n  - no-such-endpoint\n")).unwrap();
+    ws.cove(&["endpoint", "create", "-f", &p.file("endpoint.yml")]).ok();
+    ws.cove(&["deployment", "create", "-f", &p.file("deployment.yml")]).fails_with(
+        2,
+        "egress: `no-such-endpoint` is not a private endpoint with service: egress (configured: feature-store)",
+    );
+    std::fs::write(&deployment, format!("{yaml}egress:\n  - feature-store\n")).unwrap();
+    ws.cove(&["deployment", "create", "-f", &p.file("deployment.yml"), "--set-default"]).ok();
+    let data = p.dir.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    for (i, kind) in ["allowed", "other-port", "host-loopback", "as-root"].iter().enumerate() {
+        std::fs::write(data.join(format!("{i}-{kind}.txt")), kind).unwrap();
+    }
+    let run = ws.cove(&["--json", "endpoint", "invoke", "egress", "--input", &data.display().to_string()]);
+    let job = ws.wait_job(run.ok().json()["name"].as_str().unwrap());
+    assert_eq!(job["status"], "Completed", "{job:#}");
+    let lines = ws.output_lines(&job);
+    assert_eq!(lines[0], "allowed: sent");
+    assert!(lines[1].starts_with("other-port: blocked"), "{lines:?}");
+    assert!(lines[2].starts_with("host-loopback: blocked"), "{lines:?}");
+    assert_eq!(lines[3], "uid 0", "the scoring code is root inside its namespace");
+    assert!(lines[4].starts_with("as-root: blocked"), "{lines:?}");
+    assert!(std::fs::read_to_string(&allowed_log).unwrap().contains("bytes 15"), "the allowed endpoint got the bytes");
+    assert_eq!(std::fs::read_to_string(&other_log).unwrap(), "ready\n");
+    assert_eq!(std::fs::read_to_string(&loop_log).unwrap(), "ready\n");
+    let attempts = job["attempts"].as_array().unwrap();
+    assert!(attempts
+        .iter()
+        .all(|a| a["isolation"]["egress"] == serde_json::json!([format!("feature-store {TARGET_ADDR}:{allowed}")])));
+    let refused: Vec<String> = attempts
+        .iter()
+        .flat_map(|a| a["isolation"]["refused_network"].as_array().cloned().unwrap_or_default())
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect();
+    assert!(refused.contains(&format!("socket.connect ('{TARGET_ADDR}', {other})")), "{refused:?}");
+    assert!(!refused.iter().any(|r| r.contains(&allowed.to_string())), "allowed egress is not a refusal: {refused:?}");
 }

@@ -56,6 +56,11 @@ impl Workspace {
         Self::start_in(Some(netns.to_string()), &[], &[])
     }
 
+    /// [`Workspace::start_in_netns`] with extra arguments for `cove up`.
+    pub fn start_in_netns_with(netns: &str, args: &[&str]) -> Workspace {
+        Self::start_in(Some(netns.to_string()), args, &[])
+    }
+
     fn command(netns: &Option<String>) -> Command {
         match netns {
             Some(ns) => {

@@ -11,7 +11,7 @@ use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
-use cove_api::worker::RunSpec;
+use cove_api::worker::{EgressTarget, RunSpec};
 use cove_api::{AttemptInfo, FailedBatch, FileEntry, InputType, Invoke, Job, JobInput, JobList, Progress};
 use futures::TryStreamExt;
 use object_store::ObjectStore;
@@ -123,6 +123,12 @@ pub async fn invoke(
             timeout_secs: settings.retry_settings.timeout_secs,
             limits: settings.limits,
             sandbox: app.config.sandbox,
+            egress: dep
+                .egress
+                .iter()
+                .filter_map(|name| app.policy.private_endpoints.iter().find(|p| &p.name == name))
+                .map(|p| EgressTarget { name: p.name.clone(), address: p.address })
+                .collect(),
         },
         settings,
         model_uri: model.path.clone(),

@@ -258,6 +258,22 @@ pub async fn create_deployment(
             missing.join(", ")
         )));
     }
+    for target in &spec.egress {
+        let found = app.policy.private_endpoints.iter().any(|p| &p.name == target && p.service == "egress");
+        if !found {
+            let names: Vec<&str> = app
+                .policy
+                .private_endpoints
+                .iter()
+                .filter(|p| p.service == "egress")
+                .map(|p| p.name.as_str())
+                .collect();
+            return Err(ApiError::invalid(format!(
+                "egress: `{target}` is not a private endpoint with service: egress (configured: {})",
+                if names.is_empty() { "none".to_string() } else { names.join(", ") }
+            )));
+        }
+    }
     let is_default = req.set_default || ep.spec.default_deployment.as_deref() == Some(name.as_str());
     let dep = Deployment {
         name: name.clone(),
@@ -270,6 +286,7 @@ pub async fn create_deployment(
         python: app.config.python.clone(),
         compute: spec.compute.clone(),
         sandbox: sandbox_label(&app),
+        egress: spec.egress.clone(),
         settings: spec.settings.clone(),
         provisioning_state: "Succeeded".into(),
         is_default,

@@ -706,6 +706,7 @@ mod tests {
                 timeout_secs: 30,
                 limits: Default::default(),
                 sandbox: Default::default(),
+                egress: Vec::new(),
             },
             settings,
             model_uri: "cove://ws/model".into(),
