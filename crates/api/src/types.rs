@@ -53,9 +53,54 @@ pub struct CreateDatastore {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Compute {
     pub name: String,
+    /// `local`, `external` (workers dial in) or `slurm`.
     pub kind: String,
     pub max_instances: u32,
+    #[serde(default)]
+    pub slurm: Option<SlurmSpec>,
 }
+
+/// `cove compute create -f compute.yml` with `type: slurm`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ComputeSpec {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub partition: String,
+    #[serde(default = "one")]
+    pub max_nodes: u32,
+    #[serde(default = "one")]
+    pub cpus_per_task: u32,
+    #[serde(default = "default_mem")]
+    pub mem_per_task_mb: u64,
+    /// Slurm's `--time`, e.g. `01:00:00`.
+    #[serde(default = "default_time")]
+    pub time_limit: String,
+    #[serde(default)]
+    pub account: Option<String>,
+    #[serde(default)]
+    pub qos: Option<String>,
+    /// The private network the cluster's nodes are on; the API endpoint's network by default.
+    #[serde(default)]
+    pub network: Option<String>,
+    /// The `slurm.conf` its clients use, when not the control plane's own (`SLURM_CONF`).
+    #[serde(default)]
+    pub slurm_conf: Option<String>,
+}
+
+fn one() -> u32 {
+    1
+}
+fn default_mem() -> u64 {
+    1024
+}
+fn default_time() -> String {
+    "01:00:00".to_string()
+}
+
+/// A Slurm compute cluster as stored.
+pub type SlurmSpec = ComputeSpec;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Endpoint {
@@ -216,6 +261,9 @@ pub struct Job {
     /// The mini-batches that were given up, with their last reason.
     pub failed_batches: Vec<FailedBatch>,
     pub idempotency_key: Option<String>,
+    /// What the compute backend says about the job's workers (e.g. the Slurm job and its tasks' states).
+    #[serde(default)]
+    pub compute_state: Option<String>,
     /// Every attempt with what it ran under (only in `cove job show`, at most the first 1,000).
     #[serde(default)]
     pub attempts: Vec<AttemptInfo>,

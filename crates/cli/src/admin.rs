@@ -84,6 +84,18 @@ pub async fn compute_list(client: &Client, out: Output) -> anyhow::Result<()> {
     Ok(())
 }
 
+pub async fn compute_create(client: &Client, file: &std::path::Path, out: Output) -> anyhow::Result<()> {
+    let text = crate::resources::read_yaml(file)?;
+    let spec: cove_api::ComputeSpec =
+        serde_yaml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+    let compute: Compute = client.post("/api/v1/computes", &spec).await?;
+    if out.json {
+        return print_json(&compute);
+    }
+    println!("Created compute {} ({}, up to {} nodes)", compute.name, compute.kind, compute.max_instances);
+    Ok(())
+}
+
 pub async fn compute_token(client: &Client, name: &str, out: Output) -> anyhow::Result<()> {
     let token: Token = client.post(&format!("/api/v1/computes/{}/token", encode(name)), &serde_json::json!({})).await?;
     if out.json {

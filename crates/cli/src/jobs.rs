@@ -170,6 +170,9 @@ fn describe(j: &Job) -> String {
         ),
     );
     line("Items:", format!("{} files, {} succeeded, {} failed", p.files_total, p.items_ok, p.items_failed));
+    if let Some(state) = &j.compute_state {
+        line("Compute:", format!("{} ({state})", j.compute));
+    }
     line("Created:", j.created_at.clone());
     if let Some(f) = &j.finished_at {
         line("Finished:", f.clone());

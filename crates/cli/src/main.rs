@@ -180,6 +180,11 @@ enum DatastoreCommand {
 
 #[derive(Subcommand)]
 enum ComputeCommand {
+    /// Register a compute cluster from its YAML (`type: slurm`).
+    Create {
+        #[arg(short, long)]
+        file: PathBuf,
+    },
     List,
     /// Mint a worker credential for a compute cluster (accepted only from its network).
     Token {
@@ -476,6 +481,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             let client = target.client()?;
             match command {
                 ComputeCommand::List => admin::compute_list(&client, out).await?,
+                ComputeCommand::Create { file } => admin::compute_create(&client, &file, out).await?,
                 ComputeCommand::Token { name } => admin::compute_token(&client, &name, out).await?,
             }
             Ok(exit_code::OK)

@@ -91,6 +91,8 @@ pub(crate) struct App {
     pub compute: compute::LocalCompute,
     pub url: String,
     pub policy: netpolicy::NetworkPolicy,
+    /// Jobs whose cluster-scheduler submission a tracker follows (so each has one tracker).
+    pub followed: std::sync::Mutex<std::collections::HashSet<String>>,
     /// The addresses the API actually listens on.
     pub listeners: Vec<SocketAddr>,
     pub shutdown: watch::Receiver<bool>,
@@ -189,6 +191,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
                     name: comp.name.clone(),
                     kind: comp.kind.clone(),
                     max_instances: comp.max_instances,
+                    slurm: None,
                 },
             )?;
         }
@@ -213,6 +216,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
         url: url.clone(),
         shutdown: shutdown_rx.clone(),
         policy,
+        followed: std::sync::Mutex::new(std::collections::HashSet::new()),
         listeners: listeners.clone(),
     });
     let lost_app = app.clone();
@@ -276,7 +280,7 @@ fn init_workspace(store: &store::Store, dir: &Path) -> anyhow::Result<Option<Str
 
 /// Returns the compute cluster's worker credential, minting it on first use. Only its hash is in the
 /// state store; the secret sits in a 0600 file that the compute backend hands to the workers it starts.
-fn ensure_worker_token(store: &store::Store, dir: &Path, compute: &str) -> anyhow::Result<String> {
+pub(crate) fn ensure_worker_token(store: &store::Store, dir: &Path, compute: &str) -> anyhow::Result<String> {
     let path = layout::worker_token(dir, compute);
     if let Ok(secret) = std::fs::read_to_string(&path) {
         let secret = secret.trim().to_string();

@@ -250,15 +250,19 @@ impl NetworkPolicy {
 
     /// Whether a worker of `compute` may connect from `ip`.
     pub fn admits_worker(&self, compute: &str, ip: IpAddr) -> Result<(), String> {
-        let Some(c) = self.computes.iter().find(|c| c.name == compute) else {
-            return Ok(());
-        };
-        let net = self.networks.iter().find(|n| n.name == c.network);
+        match self.computes.iter().find(|c| c.name == compute) {
+            Some(c) => self.admits_from(compute, &c.network, ip),
+            None => Ok(()),
+        }
+    }
+
+    /// Whether a worker of `compute`, whose nodes are on `network`, may connect from `ip`.
+    pub fn admits_from(&self, compute: &str, network: &str, ip: IpAddr) -> Result<(), String> {
+        let net = self.networks.iter().find(|n| n.name == network);
         match net {
             Some(n) if n.address_space.iter().any(|r| r.contains(&ip)) => Ok(()),
             _ => Err(format!(
-                "worker credentials of compute `{compute}` are accepted only from network `{}`, not from {ip}",
-                c.network
+                "worker credentials of compute `{compute}` are accepted only from network `{network}`, not from {ip}"
             )),
         }
     }

@@ -9,5 +9,6 @@ mod quickstart;
 mod resources;
 mod sandbox;
 mod scoring;
+mod slurm;
 mod support;
 mod testbed;

@@ -1,7 +1,7 @@
 //! The scoring-script contract: init() once per process, run(mini_batch) per mini-batch, the append_row
 //! output format, retries, thresholds, timeouts and crashed scorer processes.
 
-use crate::support::{self, Project, Workspace, LIST_SCRIPT};
+use crate::support::{self, Backend, Project, Workspace, LIST_SCRIPT};
 
 fn invoke(ws: &Workspace, endpoint: &str, input: &std::path::Path, extra: &[&str]) -> serde_json::Value {
     let mut args = vec!["--json", "endpoint", "invoke", endpoint, "--input"];
@@ -16,8 +16,14 @@ fn invoke(ws: &Workspace, endpoint: &str, input: &std::path::Path, extra: &[&str
 
 #[test]
 fn a_list_returning_script_yields_one_line_per_element_in_mini_batch_order() {
-    let ws = Workspace::start();
-    let p = Project::new(ws.dir.path(), "lists", LIST_SCRIPT, "mini_batch_size: 3\nmax_concurrency_per_instance: 2");
+    list_returning_script_on(Backend::Local);
+}
+
+/// The behaviour tests below run on every backend: here, and in `slurm.rs` on Slurm.
+pub fn list_returning_script_on(backend: Backend) {
+    let ws = backend.workspace();
+    let p = Project::new(ws.dir.path(), "lists", LIST_SCRIPT, "mini_batch_size: 3\nmax_concurrency_per_instance: 2")
+        .on(backend);
     p.deploy(&ws);
     let job = invoke(&ws, "lists", &p.inputs(7), &[]);
     assert_eq!(job["status"], "Completed", "{job:#}");
@@ -30,7 +36,7 @@ fn a_list_returning_script_yields_one_line_per_element_in_mini_batch_order() {
     let report = ws.log(name, "sys/job_report/processed_mini-batches.csv");
     assert_eq!(report.lines().filter(|l| l.contains(",succeeded,")).count(), 3, "{report}");
     assert!(ws.log(name, "job_result.txt").contains("Status: Completed"));
-    assert!(ws.log(name, "user/stdout/local-0/process000.stdout.txt").len() < 10_000);
+    assert!(ws.log(name, &format!("sys/node/{}/process000.txt", backend.first_node())).contains("outcome=Succeeded"));
 }
 
 const FRAME_SCRIPT: &str = r#"
@@ -108,9 +114,14 @@ def run(mini_batch):
 
 #[test]
 fn a_failing_mini_batch_is_retried_then_reported_in_the_status() {
-    let ws = Workspace::start();
+    failing_mini_batch_on(Backend::Local);
+}
+
+pub fn failing_mini_batch_on(backend: Backend) {
+    let ws = backend.workspace();
     let p =
-        Project::new(ws.dir.path(), "flaky", FLAKY_SCRIPT, "mini_batch_size: 1\nretry_settings:\n    max_retries: 2");
+        Project::new(ws.dir.path(), "flaky", FLAKY_SCRIPT, "mini_batch_size: 1\nretry_settings:\n    max_retries: 2")
+            .on(backend);
     p.deploy(&ws);
     let job = invoke(&ws, "flaky", &p.inputs(3), &[]);
     // error_threshold -1 ignores failed items: the job completes without the failed mini-batch.
@@ -126,7 +137,7 @@ fn a_failing_mini_batch_is_retried_then_reported_in_the_status() {
     let name = job["name"].as_str().unwrap();
     let report = ws.log(name, "sys/job_report/processed_mini-batches.csv");
     assert_eq!(report.lines().filter(|l| l.starts_with("1,")).count(), 2, "two attempts of mini-batch 1:\n{report}");
-    assert!(ws.log(name, "user/error/local-0/process000.txt").contains("Traceback"));
+    assert!(ws.log(name, &format!("user/error/{}/process000.txt", backend.first_node())).contains("Traceback"));
 
     // With a threshold of 0 the same failure fails the job, and nothing is published.
     let strict = invoke(&ws, "flaky", &p.dir.join("data"), &["--set", "error_threshold=0"]);
@@ -205,9 +216,12 @@ def run(mini_batch):
 "#;
 
 /// Waits until a scorer of `job` prints `marker`; returns the host PIDs of that scorer's processes.
-fn scorer_that_printed(ws: &Workspace, job: &str, marker: &str) -> Vec<u32> {
-    let logs =
-        ws.path().join("compute/local").join(job).join("local-0/jobs").join(job).join("logs/user/stdout/local-0");
+fn scorer_that_printed(ws: &Workspace, job: &str, marker: &str, backend: Backend) -> Vec<u32> {
+    let worker_dir = match backend {
+        Backend::Local => ws.path().join("compute/local").join(job).join("local-0"),
+        Backend::Slurm => ws.path().join("compute/hpc").join(job).join("task-0"),
+    };
+    let logs = worker_dir.join("jobs").join(job).join("logs/user/stdout").join(backend.first_node());
     let start = std::time::Instant::now();
     loop {
         for entry in std::fs::read_dir(&logs).into_iter().flatten().flatten() {
@@ -231,13 +245,18 @@ fn scorer_that_printed(ws: &Workspace, job: &str, marker: &str) -> Vec<u32> {
 
 #[test]
 fn killing_a_scorer_mid_mini_batch_still_scores_every_file_exactly_once() {
-    let ws = Workspace::start();
+    killed_scorer_on(Backend::Local);
+}
+
+pub fn killed_scorer_on(backend: Backend) {
+    let ws = backend.workspace();
     let p =
-        Project::new(ws.dir.path(), "killme", KILLABLE_SCRIPT, "mini_batch_size: 2\nmax_concurrency_per_instance: 2");
+        Project::new(ws.dir.path(), "killme", KILLABLE_SCRIPT, "mini_batch_size: 2\nmax_concurrency_per_instance: 2")
+            .on(backend);
     p.deploy(&ws);
     let run = ws.cove(&["--json", "endpoint", "invoke", "killme", "--input", &p.inputs(10).display().to_string()]);
     let name = run.ok().json()["name"].as_str().unwrap().to_string();
-    for pid in scorer_that_printed(&ws, &name, "KILL-ME") {
+    for pid in scorer_that_printed(&ws, &name, "KILL-ME", backend) {
         support::kill(pid, "KILL");
     }
     let job = ws.wait_job(&name);
@@ -293,7 +312,7 @@ fn a_lost_worker_s_lease_expires_and_its_mini_batch_is_scored_by_another() {
     p.deploy(&ws);
     let run = ws.cove(&["--json", "endpoint", "invoke", "lostworker", "--input", &p.inputs(3).display().to_string()]);
     let name = run.ok().json()["name"].as_str().unwrap().to_string();
-    let scorers = scorer_that_printed(&ws, &name, "LOSE-ME");
+    let scorers = scorer_that_printed(&ws, &name, "LOSE-ME", Backend::Local);
     let workers = support::pids_with_args(&["worker", "--job", &name]);
     assert_eq!(workers.len(), 1, "one worker runs the job");
     support::kill(workers[0], "KILL");

@@ -229,6 +229,46 @@ fn nix_kill(pid: u32) -> std::io::Result<()> {
     Command::new("kill").arg("-TERM").arg(pid.to_string()).status().map(|_| ())
 }
 
+/// Where a test's jobs run: the embedded local cluster, or the real Slurm cluster on this host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Local,
+    Slurm,
+}
+
+pub const SLURM_CONF: &str = "/tmp/slurm-ci/slurm.conf";
+
+impl Backend {
+    /// Starts a workspace; for Slurm, also registers the `hpc` compute cluster.
+    pub fn workspace(self) -> Workspace {
+        match self {
+            Backend::Local => Workspace::start(),
+            Backend::Slurm => {
+                let ws = Workspace::start_with(&[], &[("SLURM_CONF", SLURM_CONF)]);
+                let file = ws.dir.path().join("compute.yml");
+                std::fs::write(&file, "name: hpc\ntype: slurm\npartition: debug\nmax_nodes: 2\nmem_per_task_mb: 512\ntime_limit: '00:10:00'\n").unwrap();
+                ws.cove(&["compute", "create", "-f", &file.display().to_string()]).ok();
+                ws
+            }
+        }
+    }
+
+    pub fn compute(self) -> &'static str {
+        match self {
+            Backend::Local => "local",
+            Backend::Slurm => "hpc",
+        }
+    }
+
+    /// The node name of a backend's first worker, as it appears in log paths.
+    pub fn first_node(self) -> &'static str {
+        match self {
+            Backend::Local => "local-0",
+            Backend::Slurm => "slurm-0",
+        }
+    }
+}
+
 /// A scoring project on disk: endpoint and deployment YAML, code, model, and input files.
 pub struct Project {
     pub dir: PathBuf,
@@ -271,6 +311,16 @@ impl Project {
 
     pub fn file(&self, name: &str) -> String {
         self.dir.join(name).display().to_string()
+    }
+
+    /// Points the deployment at another compute cluster.
+    pub fn on(self, backend: Backend) -> Project {
+        let path = self.dir.join("deployment.yml");
+        let yaml = std::fs::read_to_string(&path)
+            .unwrap()
+            .replace("compute: azureml:local", &format!("compute: azureml:{}", backend.compute()));
+        std::fs::write(path, yaml).unwrap();
+        self
     }
 
     /// Creates the endpoint and its default deployment in the workspace.

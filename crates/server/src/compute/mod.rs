@@ -5,5 +5,6 @@
 //! `local` runs them as child processes of the control plane; a cluster scheduler would submit them.
 
 mod local;
+pub mod slurm;
 
 pub use local::LocalCompute;

@@ -73,6 +73,45 @@ pub async fn revoke_token(
     Ok(Json(serde_json::json!({ "revoked": id })))
 }
 
+/// `cove compute create`: registers a Slurm compute cluster after checking that its controller
+/// answers, its partition exists and accepts its limits; mints its worker credential.
+pub async fn create_compute(
+    State(app): State<AppRef>,
+    user: User,
+    body: Bytes,
+) -> ApiResult<(StatusCode, Json<Compute>)> {
+    user.require(Role::Contributor, None)?;
+    let mut spec: cove_api::ComputeSpec = parse_json(&body)?;
+    let name = cove_spec::validate_resource_name("name", &spec.name).map_err(ApiError::invalid)?;
+    spec.name = name.clone();
+    if spec.kind != "slurm" {
+        return Err(ApiError::invalid(format!("type: `{}` is not supported here (slurm)", spec.kind)));
+    }
+    let key = name.clone();
+    if app.store.call(move |c| store::compute_get(c, &key)).await?.is_some() {
+        return Err(ApiError::conflict(format!("compute `{name}` already exists")));
+    }
+    if spec.max_nodes == 0 || spec.cpus_per_task == 0 || spec.mem_per_task_mb == 0 {
+        return Err(ApiError::invalid("max_nodes, cpus_per_task and mem_per_task_mb must be at least 1"));
+    }
+    let network = match spec.network.clone() {
+        Some(n) => n,
+        None => app.policy.api_endpoints().first().map(|p| p.network.clone()).unwrap_or_default(),
+    };
+    if !app.policy.networks.iter().any(|n| n.name == network) {
+        return Err(ApiError::invalid(format!("network: `{network}` is not a network of this workspace")));
+    }
+    spec.network = Some(network);
+    crate::compute::slurm::validate(&spec).await.map_err(|e| ApiError::invalid(format!("compute `{name}`: {e}")))?;
+    let compute =
+        Compute { name: name.clone(), kind: "slurm".into(), max_instances: spec.max_nodes, slurm: Some(spec) };
+    let stored = compute.clone();
+    app.store.call(move |c| store::compute_upsert(c, &stored)).await?;
+    crate::ensure_worker_token(&app.store, &app.config.dir, &name)
+        .map_err(|e| ApiError::internal("mint the compute's worker credential", format!("{e:#}")))?;
+    Ok((StatusCode::CREATED, Json(compute)))
+}
+
 pub async fn list_computes(State(app): State<AppRef>, user: User) -> JsonResult<Vec<Compute>> {
     user.require(Role::Reader, None)?;
     Ok(Json(app.store.call(|c| store::compute_list(c)).await?))

@@ -59,6 +59,15 @@ pub async fn invoke(
     for (k, v) in &req.overrides {
         settings.apply_override(k, v).map_err(|e| ApiError::invalid(format!("override `{k}`: {e}")))?;
     }
+    let compute_key = dep.compute.clone();
+    if let Some(c) = app.store.call(move |c| store::compute_get(c, &compute_key)).await? {
+        if settings.instance_count > c.max_instances {
+            return Err(ApiError::invalid(format!(
+                "instance_count: {} is more than compute `{}` allows ({})",
+                settings.instance_count, c.name, c.max_instances
+            )));
+        }
+    }
     let input =
         req.input.clone().ok_or_else(|| ApiError::invalid("input: required (a datastore URI of a folder or file)"))?;
     let input_path = parse_uri(&input.uri).map_err(|e| ApiError::invalid(format!("input: {e}")))?;
@@ -327,6 +336,7 @@ async fn render(app: &AppRef, row: JobRow, detail: bool) -> ApiResult<Job> {
         error: row.error,
         failed_batches,
         idempotency_key: row.idempotency_key,
+        compute_state: row.compute_state,
         attempts,
     })
 }

@@ -35,7 +35,7 @@ pub fn router(app: AppRef) -> Router {
         .route("/api/v1/workspace/diagnose", get(admin::diagnose))
         .route("/api/v1/tokens", post(admin::create_token).get(admin::list_tokens))
         .route("/api/v1/tokens/{id}", axum::routing::delete(admin::revoke_token))
-        .route("/api/v1/computes", get(admin::list_computes))
+        .route("/api/v1/computes", get(admin::list_computes).post(admin::create_compute))
         .route("/api/v1/datastores", post(resources::create_datastore).get(resources::list_datastores))
         .route("/api/v1/computes/{name}/token", post(admin::compute_token))
         .route("/api/v1/audit", get(admin::list_audit))
@@ -115,7 +115,19 @@ impl FromRequestParts<AppRef> for Worker {
         }
         let source = parts.extensions.get::<guard::Source>().map(|s| s.0);
         if let (Some(compute), Some(ip)) = (&p.compute, source) {
-            app.policy.admits_worker(compute, ip).map_err(|why| ApiError::new(ErrorCode::PermissionDenied, why))?;
+            let network = match app.policy.computes.iter().find(|c| &c.name == compute) {
+                Some(c) => Some(c.network.clone()),
+                None => {
+                    let name = compute.clone();
+                    let found = app.store.call(move |c| crate::store::compute_get(c, &name)).await?;
+                    found.and_then(|c| c.slurm).and_then(|s| s.network)
+                }
+            };
+            if let Some(network) = network {
+                app.policy
+                    .admits_from(compute, &network, ip)
+                    .map_err(|why| ApiError::new(ErrorCode::PermissionDenied, why))?;
+            }
         }
         Ok(Worker(p))
     }

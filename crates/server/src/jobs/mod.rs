@@ -59,7 +59,18 @@ fn launch(app: &AppRef, job: &JobRow) {
     if app.policy.computes.iter().any(|c| c.name == job.compute && c.kind == "local") {
         let s = &job.record.settings;
         app.compute.launch(&job.name, s.instance_count, s.max_concurrency_per_instance);
+        return;
     }
+    let (app, name, compute) = (app.clone(), job.name.clone(), job.compute.clone());
+    tokio::spawn(async move {
+        let Ok(Some(c)) = app.store.call(move |conn| store::compute_get(conn, &compute)).await else { return };
+        let Some(spec) = c.slurm else { return };
+        let first = app.followed.lock().unwrap_or_else(|p| p.into_inner()).insert(name.clone());
+        if first {
+            crate::compute::slurm::follow(app.clone(), name.clone(), spec).await;
+            app.followed.lock().unwrap_or_else(|p| p.into_inner()).remove(&name);
+        }
+    });
 }
 
 pub async fn get(app: &AppRef, name: &str) -> anyhow::Result<Option<JobRow>> {

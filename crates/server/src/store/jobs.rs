@@ -52,11 +52,15 @@ pub struct JobRow {
     pub error: Option<String>,
     pub files_total: u64,
     pub counters: JobCounters,
+    /// The compute backend's handle on the job's workers (a Slurm job id).
+    pub compute_ref: Option<String>,
+    pub compute_state: Option<String>,
+    pub compute_submissions: u32,
 }
 
 const JOB_COLUMNS: &str = "name, seq, endpoint, deployment, compute, status, record, idempotency_key, created_ms, \
     started_ms, finished_ms, error, files_total, batches_total, batches_succeeded, batches_failed, items_ok, \
-    items_failed, init_failures";
+    items_failed, init_failures, compute_ref, compute_state, compute_submissions";
 
 fn job_from_row(r: &Row<'_>) -> rusqlite::Result<JobRow> {
     let status: String = r.get(5)?;
@@ -86,6 +90,9 @@ fn job_from_row(r: &Row<'_>) -> rusqlite::Result<JobRow> {
             items_failed: r.get(17)?,
             init_failures: r.get(18)?,
         },
+        compute_ref: r.get(19)?,
+        compute_state: r.get(20)?,
+        compute_submissions: r.get(21)?,
     })
 }
 
@@ -672,6 +679,30 @@ pub fn attempts_of(conn: &Connection, job: &str) -> StoreResult<Vec<AttemptRow>>
             isolation: r.get(11)?,
         })
     })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Records that the compute backend submitted the job's workers as `reference`.
+pub fn job_set_compute_ref(conn: &Connection, name: &str, reference: &str) -> StoreResult<()> {
+    conn.execute(
+        "UPDATE jobs SET compute_ref = ?2, compute_submissions = compute_submissions + 1 WHERE name = ?1",
+        params![name, reference],
+    )?;
+    Ok(())
+}
+
+pub fn job_set_compute_state(conn: &Connection, name: &str, state: &str) -> StoreResult<()> {
+    conn.execute("UPDATE jobs SET compute_state = ?2 WHERE name = ?1", params![name, state])?;
+    Ok(())
+}
+
+/// The current leases of a job held by workers on `node` (to expire when the node is lost).
+pub fn leases_on_node(conn: &Connection, job: &str, node: &str) -> StoreResult<Vec<String>> {
+    let mut stmt = conn.prepare(
+        "SELECT b.lease_id FROM batches b JOIN attempts a ON a.lease_id = b.lease_id
+         WHERE b.job = ?1 AND b.state = 'leased' AND a.node = ?2",
+    )?;
+    let rows = stmt.query_map(params![job, node], |r| r.get(0))?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
 

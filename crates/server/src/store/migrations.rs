@@ -109,6 +109,13 @@ const MIGRATIONS: &[&str] = &[
     "#,
     // 4: datastores reached over the network name their endpoint.
     "ALTER TABLE datastores ADD COLUMN endpoint TEXT;",
+    // 5: compute clusters with a backend definition, and what a job's compute backend holds for it.
+    r#"
+    ALTER TABLE computes ADD COLUMN spec TEXT;
+    ALTER TABLE jobs ADD COLUMN compute_ref TEXT;
+    ALTER TABLE jobs ADD COLUMN compute_state TEXT;
+    ALTER TABLE jobs ADD COLUMN compute_submissions INTEGER NOT NULL DEFAULT 0;
+    "#,
 ];
 
 /// Brings the schema up to date, one transaction per migration.

@@ -73,18 +73,29 @@ pub fn datastore_list(conn: &Connection) -> StoreResult<Vec<Datastore>> {
 }
 
 pub fn compute_upsert(conn: &Connection, c: &Compute) -> StoreResult<()> {
+    let spec = c.slurm.as_ref().map(serde_json::to_string).transpose()?;
     conn.execute(
-        "INSERT INTO computes (name, kind, max_instances) VALUES (?1, ?2, ?3)
-         ON CONFLICT (name) DO UPDATE SET kind = excluded.kind, max_instances = excluded.max_instances",
-        params![c.name, c.kind, c.max_instances],
+        "INSERT INTO computes (name, kind, max_instances, spec) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (name) DO UPDATE SET kind = excluded.kind, max_instances = excluded.max_instances, spec = excluded.spec",
+        params![c.name, c.kind, c.max_instances, spec],
     )?;
     Ok(())
 }
 
 pub fn compute_list(conn: &Connection) -> StoreResult<Vec<Compute>> {
-    let mut stmt = conn.prepare("SELECT name, kind, max_instances FROM computes ORDER BY name")?;
-    let rows = stmt.query_map([], |r| Ok(Compute { name: r.get(0)?, kind: r.get(1)?, max_instances: r.get(2)? }))?;
-    Ok(rows.collect::<Result<_, _>>()?)
+    let mut stmt = conn.prepare("SELECT name, kind, max_instances, spec FROM computes ORDER BY name")?;
+    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get::<_, Option<String>>(3)?)))?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (name, kind, max_instances, spec) = row?;
+        let slurm = spec.map(|s| serde_json::from_str(&s)).transpose()?;
+        out.push(Compute { name, kind, max_instances, slurm });
+    }
+    Ok(out)
+}
+
+pub fn compute_get(conn: &Connection, name: &str) -> StoreResult<Option<Compute>> {
+    Ok(compute_list(conn)?.into_iter().find(|c| c.name == name))
 }
 
 /// Registers the next version of a model and returns it. Callers needing atomicity with other writes

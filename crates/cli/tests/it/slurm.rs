@@ -1,0 +1,168 @@
+//! The Slurm backend against the real one-node Slurm cluster on this host (`scripts/slurm-up`): the
+//! behaviour tests of the local cluster, configuration errors, two instances, cancellation, and a node
+//! taken down in the middle of a job. Every test name holds "slurm": they run one at a time.
+
+use crate::scoring;
+use crate::support::{Backend, Project, Workspace, LIST_SCRIPT, SLURM_CONF};
+use std::process::Command;
+
+fn scontrol(args: &[&str]) -> String {
+    let out = Command::new("scontrol").args(args).env("SLURM_CONF", SLURM_CONF).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr)
+}
+
+fn node() -> String {
+    String::from_utf8(Command::new("hostname").arg("-s").output().unwrap().stdout).unwrap().trim().to_string()
+}
+
+fn wait_for(what: &str, secs: u64, mut done: impl FnMut() -> bool) {
+    let start = std::time::Instant::now();
+    while !done() {
+        assert!(start.elapsed().as_secs() < secs, "timed out waiting for {what}");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn slurm_list_returning_script() {
+    scoring::list_returning_script_on(Backend::Slurm);
+}
+
+#[test]
+fn slurm_failing_mini_batch() {
+    scoring::failing_mini_batch_on(Backend::Slurm);
+}
+
+#[test]
+fn slurm_killed_scorer() {
+    scoring::killed_scorer_on(Backend::Slurm);
+}
+
+#[test]
+fn slurm_configuration_errors_name_the_cause() {
+    let ws = Workspace::start_with(&[], &[("SLURM_CONF", SLURM_CONF)]);
+    let write = |name: &str, text: &str| {
+        let path = ws.dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path.display().to_string()
+    };
+    let missing = write("missing.yml", "name: hpc\ntype: slurm\npartition: gpu\n");
+    ws.cove(&["compute", "create", "-f", &missing]).fails_with(2, "partition `gpu` does not exist (partitions: debug)");
+    let greedy = write("greedy.yml", "name: hpc\ntype: slurm\npartition: debug\nmem_per_task_mb: 100000000\n");
+    ws.cove(&["compute", "create", "-f", &greedy]).fails_with(2, "partition `debug` refuses these limits");
+    let conf = std::fs::read_to_string(SLURM_CONF).unwrap().replace("SlurmctldPort=6817", "SlurmctldPort=6899");
+    let dead = ws.dir.path().join("dead.conf");
+    std::fs::write(&dead, conf).unwrap();
+    let unreachable = write(
+        "unreachable.yml",
+        &format!("name: hpc\ntype: slurm\npartition: debug\nslurm_conf: {}\n", dead.display()),
+    );
+    ws.cove(&["compute", "create", "-f", &unreachable]).fails_with(2, "cannot reach slurmctld");
+    let typo = write("typo.yml", "name: hpc\ntype: slurm\npartiton: debug\n");
+    ws.cove(&["compute", "create", "-f", &typo]).fails_with(2, "unknown field `partiton`");
+    assert_eq!(ws.cove(&["--json", "compute", "list"]).ok().json().as_array().unwrap().len(), 1, "only `local` exists");
+}
+
+#[test]
+fn slurm_runs_a_job_on_two_instances_and_scales_to_zero() {
+    let ws = Backend::Slurm.workspace();
+    let settings = "mini_batch_size: 1\nmax_concurrency_per_instance: 1\nresources:\n  instance_count: 2";
+    let p = Project::new(ws.dir.path(), "twin", LIST_SCRIPT, "").on(Backend::Slurm);
+    let yaml = std::fs::read_to_string(p.dir.join("deployment.yml")).unwrap();
+    let yaml = yaml.replace("settings:\n  mini_batch_size: 2\n", "settings:\n  mini_batch_size: 1\n");
+    std::fs::write(p.dir.join("deployment.yml"), format!("{yaml}resources:\n  instance_count: 2\n")).unwrap();
+    let _ = settings;
+    p.deploy(&ws);
+    let run = ws.cove(&["--json", "endpoint", "invoke", "twin", "--input", &p.inputs(6).display().to_string()]);
+    let job = ws.wait_job(run.ok().json()["name"].as_str().unwrap());
+    assert_eq!(job["status"], "Completed", "{job:#}");
+    let expected: Vec<String> = (0..6).map(|i| format!("file-{i:03}.txt {}", i * 2)).collect();
+    assert_eq!(ws.output_lines(&job), expected);
+    let state = job["compute_state"].as_str().unwrap().to_string();
+    assert!(state.starts_with("slurm job "), "{state}");
+    let id = state.trim_start_matches("slurm job ").split(':').next().unwrap().to_string();
+    // Both array tasks ran and ended: nothing stays on the cluster after the job.
+    wait_for("the array job to end", 30, || {
+        let text = scontrol(&["-o", "show", "job", &id]);
+        text.matches("JobState=COMPLETED").count() == 2
+    });
+    let nodes: std::collections::BTreeSet<String> =
+        job["attempts"].as_array().unwrap().iter().map(|a| a["node"].as_str().unwrap().to_string()).collect();
+    assert!(nodes.iter().all(|n| n == "slurm-0" || n == "slurm-1"), "{nodes:?}");
+    // More instances than the cluster allows is refused when invoking.
+    ws.cove(&[
+        "endpoint",
+        "invoke",
+        "twin",
+        "--input",
+        &p.dir.join("data").display().to_string(),
+        "--instance-count",
+        "3",
+    ])
+    .fails_with(2, "instance_count: 3 is more than compute `hpc` allows (2)");
+}
+
+#[test]
+fn slurm_cancelling_the_job_cancels_the_slurm_job() {
+    let ws = Backend::Slurm.workspace();
+    let slow =
+        "import time\n\ndef init():\n    pass\n\ndef run(mini_batch):\n    time.sleep(300)\n    return mini_batch\n";
+    let p = Project::new(ws.dir.path(), "slowhpc", slow, "retry_settings:\n    timeout: 600").on(Backend::Slurm);
+    p.deploy(&ws);
+    let run = ws.cove(&["--json", "endpoint", "invoke", "slowhpc", "--input", &p.inputs(1).display().to_string()]);
+    let name = run.ok().json()["name"].as_str().unwrap().to_string();
+    let mut id = String::new();
+    wait_for("the Slurm task to run", 60, || {
+        let job = ws.cove(&["--json", "job", "show", &name]).ok().json();
+        let state = job["compute_state"].as_str().unwrap_or("").to_string();
+        id = state.trim_start_matches("slurm job ").split(':').next().unwrap_or("").to_string();
+        state.contains("RUNNING") && job["progress"]["batches_running"] == 1
+    });
+    ws.cove(&["job", "cancel", &name]).ok();
+    wait_for("Slurm to cancel the array job", 30, || {
+        scontrol(&["-o", "show", "job", &id]).contains("JobState=CANCELLED")
+    });
+    let job = ws.wait_job(&name);
+    assert_eq!(job["status"], "Canceled");
+    wait_for("the job to show the Slurm task cancelled", 30, || {
+        let job = ws.cove(&["--json", "job", "show", &name]).ok().json();
+        job["compute_state"].as_str().unwrap_or("").contains("CANCELLED")
+    });
+}
+
+#[test]
+fn slurm_node_down_mid_job_loses_its_tasks_and_the_job_still_scores_every_file_once() {
+    let ws = Backend::Slurm.workspace();
+    let script = "import os, time\n\ndef init():\n    pass\n\ndef run(mini_batch):\n    time.sleep(0.5)\n    return [os.path.basename(p) for p in mini_batch]\n";
+    let p = Project::new(
+        ws.dir.path(),
+        "downhpc",
+        script,
+        "mini_batch_size: 1\nretry_settings:\n    max_retries: 5\n    timeout: 20",
+    )
+    .on(Backend::Slurm);
+    p.deploy(&ws);
+    let run = ws.cove(&["--json", "endpoint", "invoke", "downhpc", "--input", &p.inputs(8).display().to_string()]);
+    let name = run.ok().json()["name"].as_str().unwrap().to_string();
+    wait_for("two mini-batches", 60, || {
+        ws.cove(&["--json", "job", "show", &name]).ok().json()["progress"]["batches_succeeded"].as_u64().unwrap() >= 2
+    });
+    let node = node();
+    let out = scontrol(&["update", &format!("NodeName={node}"), "State=DOWN", "Reason=cove-test"]);
+    assert!(!out.contains("error"), "{out}");
+    let job = ws.wait_job(&name);
+    // Give the node back to later tests whatever happened.
+    let _ = scontrol(&["update", &format!("NodeName={node}"), "State=RESUME"]);
+    assert_eq!(job["status"], "Completed", "{job:#}");
+    let expected: Vec<String> = (0..8).map(|i| format!("file-{i:03}.txt")).collect();
+    assert_eq!(ws.output_lines(&job), expected, "every file exactly once");
+    let attempts = job["attempts"].as_array().unwrap();
+    assert!(
+        attempts.iter().any(|a| a["outcome"] == "lease_expired"),
+        "the lost task's lease was given back: {attempts:#?}"
+    );
+    wait_for("the node to be idle again", 60, || {
+        let out = Command::new("sinfo").args(["-h", "-o", "%T"]).env("SLURM_CONF", SLURM_CONF).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).trim() == "idle"
+    });
+}

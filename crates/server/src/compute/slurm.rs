@@ -1,0 +1,328 @@
+//! The `slurm` compute backend: a job's workers run as one Slurm array job with `instance_count`
+//! tasks, each a `cove worker` bound to the job. Slurm is driven through its own commands (`sinfo`,
+//! `sbatch`, `scontrol`, `scancel`), so Cove works with any Slurm the host's clients can reach.
+//!
+//! Nothing runs on the cluster between jobs. A tracker follows each submitted array job: it records
+//! what Slurm says (pending reasons, nodes, exits), expires the leases of tasks Slurm lost, submits
+//! again when every task ended while work remains, and fails the job honestly when that does not help.
+
+use crate::store;
+use crate::AppRef;
+use cove_api::ComputeSpec;
+use cove_model::AttemptOutcome;
+use std::path::Path;
+use std::time::Duration;
+use tokio::process::Command;
+
+/// Submissions of one job before it is failed for lack of capacity.
+const MAX_SUBMISSIONS: u32 = 3;
+
+fn command(spec: &ComputeSpec, program: &str) -> Command {
+    let mut c = Command::new(program);
+    if let Some(conf) = &spec.slurm_conf {
+        c.env("SLURM_CONF", conf);
+    }
+    c.kill_on_drop(true);
+    c
+}
+
+async fn run(mut c: Command, what: &str) -> Result<String, String> {
+    let out = tokio::time::timeout(Duration::from_secs(30), c.output())
+        .await
+        .map_err(|_| format!("`{what}` did not answer within 30 s"))?
+        .map_err(|e| format!("`{what}` cannot be run (are Slurm's client commands installed?): {e}"))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    } else {
+        let err = String::from_utf8_lossy(&out.stderr);
+        Err(err.trim().lines().last().unwrap_or("failed").to_string())
+    }
+}
+
+/// The resource arguments every submission (and the validation) uses.
+fn resources(spec: &ComputeSpec) -> Vec<String> {
+    let mut a = vec![
+        "-p".to_string(),
+        spec.partition.clone(),
+        "--nodes=1".into(),
+        "--ntasks=1".into(),
+        format!("--cpus-per-task={}", spec.cpus_per_task),
+        format!("--mem={}M", spec.mem_per_task_mb),
+        format!("--time={}", spec.time_limit),
+    ];
+    if let Some(account) = &spec.account {
+        a.push(format!("--account={account}"));
+    }
+    if let Some(qos) = &spec.qos {
+        a.push(format!("--qos={qos}"));
+    }
+    a
+}
+
+/// Checks that the controller answers, the partition exists, and it accepts the limits.
+pub async fn validate(spec: &ComputeSpec) -> Result<(), String> {
+    let mut c = command(spec, "sinfo");
+    c.args(["-h", "-o", "%R"]);
+    let partitions = run(c, "sinfo").await.map_err(|e| format!("cannot reach slurmctld: {e}"))?;
+    let names: Vec<&str> = partitions.lines().map(str::trim).collect();
+    if !names.contains(&spec.partition.as_str()) {
+        return Err(format!("partition `{}` does not exist (partitions: {})", spec.partition, names.join(", ")));
+    }
+    let mut c = command(spec, "sbatch");
+    c.arg("--test-only").args(resources(spec)).args(["--wrap", "true"]);
+    run(c, "sbatch --test-only")
+        .await
+        .map_err(|e| format!("partition `{}` refuses these limits: {e}", spec.partition))?;
+    Ok(())
+}
+
+pub struct Submission<'a> {
+    pub job: &'a str,
+    pub instances: u32,
+    pub concurrency: u32,
+    pub exe: &'a Path,
+    pub url: &'a str,
+    pub token: &'a str,
+    pub dir: &'a Path,
+}
+
+/// Submits the job's workers as an array job; returns the Slurm job id.
+pub async fn submit(spec: &ComputeSpec, s: &Submission<'_>) -> Result<String, String> {
+    std::fs::create_dir_all(s.dir).map_err(|e| format!("cannot create {}: {e}", s.dir.display()))?;
+    let script = format!(
+        "exec '{}' worker --job '{}' --node slurm-$SLURM_ARRAY_TASK_ID --concurrency {} --work-dir '{}'/task-$SLURM_ARRAY_TASK_ID",
+        s.exe.display(),
+        s.job,
+        s.concurrency,
+        s.dir.display()
+    );
+    let mut c = command(spec, "sbatch");
+    c.arg("--parsable")
+        .arg(format!("--job-name=cove-{}", s.job))
+        .arg(format!("--array=0-{}", s.instances.saturating_sub(1)))
+        .args(resources(spec))
+        // A lost task is Cove's to handle (its leases expire and others take them), not Slurm's to requeue.
+        .arg("--no-requeue")
+        .arg(format!("--output={}/slurm-%A_%a.out", s.dir.display()))
+        .arg(format!("--chdir={}", s.dir.display()))
+        .args(["--wrap", &script])
+        .env("COVE_URL", s.url)
+        .env("COVE_WORKER_TOKEN", s.token)
+        .env_remove("COVE_TOKEN");
+    let out = run(c, "sbatch").await.map_err(|e| format!("sbatch refused the job: {e}"))?;
+    Ok(out.split(';').next().unwrap_or(&out).trim().to_string())
+}
+
+pub async fn cancel(spec: &ComputeSpec, id: &str) {
+    let mut c = command(spec, "scancel");
+    c.arg(id);
+    let _ = run(c, "scancel").await;
+}
+
+/// One array task as Slurm reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Task {
+    pub index: String,
+    pub state: String,
+    pub reason: String,
+    pub nodes: String,
+}
+
+impl Task {
+    pub fn is_live(&self) -> bool {
+        matches!(
+            self.state.as_str(),
+            "PENDING" | "RUNNING" | "CONFIGURING" | "COMPLETING" | "RESIZING" | "SUSPENDED" | "REQUEUED"
+        )
+    }
+    pub fn was_lost(&self) -> bool {
+        matches!(
+            self.state.as_str(),
+            "NODE_FAIL" | "FAILED" | "BOOT_FAIL" | "TIMEOUT" | "OUT_OF_MEMORY" | "PREEMPTED" | "DEADLINE"
+        )
+    }
+}
+
+/// Parses `scontrol -o show job ID`: one line per array task, `key=value` fields.
+pub fn parse_tasks(text: &str) -> Vec<Task> {
+    text.lines()
+        .filter(|l| l.contains("JobState="))
+        .map(|line| {
+            let field = |key: &str| {
+                line.split_whitespace().find_map(|kv| kv.strip_prefix(&format!("{key}="))).unwrap_or("").to_string()
+            };
+            Task {
+                index: field("ArrayTaskId"),
+                state: field("JobState"),
+                reason: field("Reason"),
+                nodes: field("NodeList"),
+            }
+        })
+        .collect()
+}
+
+async fn tasks(spec: &ComputeSpec, id: &str) -> Result<Vec<Task>, String> {
+    let mut c = command(spec, "scontrol");
+    c.args(["-o", "show", "job", id]);
+    match run(c, "scontrol").await {
+        Ok(text) => Ok(parse_tasks(&text)),
+        // A job Slurm no longer knows (purged) has no live task.
+        Err(e) if e.contains("Invalid job id") => Ok(Vec::new()),
+        Err(e) => Err(e),
+    }
+}
+
+fn describe(id: &str, tasks: &[Task]) -> String {
+    let parts: Vec<String> = tasks
+        .iter()
+        .map(|t| {
+            let mut s = format!("task {} {}", t.index, t.state);
+            if t.state == "PENDING" && !t.reason.is_empty() && t.reason != "None" {
+                s.push_str(&format!(" ({})", t.reason));
+            }
+            if !t.nodes.is_empty() && t.nodes != "(null)" {
+                s.push_str(&format!(" on {}", t.nodes));
+            }
+            s
+        })
+        .collect();
+    format!("slurm job {id}: {}", if parts.is_empty() { "gone".to_string() } else { parts.join("; ") })
+}
+
+/// Submits (unless already submitted) and follows a job's array job until the Cove job ends.
+pub async fn follow(app: AppRef, job: String, spec: ComputeSpec) {
+    let mut lost_handled: Vec<String> = Vec::new();
+    loop {
+        let Ok(Some(row)) = crate::jobs::get(&app, &job).await else { return };
+        if row.status.is_terminal() || row.status == cove_model::JobStatus::CancelRequested {
+            if let Some(id) = &row.compute_ref {
+                cancel(&spec, id).await;
+                // Record how the tasks ended, once Slurm has finished ending them.
+                for _ in 0..30 {
+                    let Ok(t) = tasks(&spec, id).await else { break };
+                    let state = describe(id, &t);
+                    let name = job.clone();
+                    let _ = app.store.call(move |c| store::job_set_compute_state(c, &name, &state)).await;
+                    if !t.iter().any(Task::is_live) {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+            return;
+        }
+        let id = match &row.compute_ref {
+            Some(id) => id.clone(),
+            None => match submit_for(&app, &row, &spec).await {
+                Ok(id) => id,
+                Err(reason) => {
+                    crate::jobs::fail_lost(
+                        &app,
+                        job.clone(),
+                        format!("the Slurm compute could not start workers: {reason}"),
+                    )
+                    .await;
+                    return;
+                }
+            },
+        };
+        match tasks(&spec, &id).await {
+            Ok(t) => {
+                let state = describe(&id, &t);
+                if row.compute_state.as_deref() != Some(state.as_str()) {
+                    let name = job.clone();
+                    let _ = app.store.call(move |c| store::job_set_compute_state(c, &name, &state)).await;
+                }
+                for task in t.iter().filter(|t| t.was_lost()) {
+                    let key = format!("{id}_{}", task.index);
+                    if !lost_handled.contains(&key) {
+                        lost_handled.push(key);
+                        expire_node(&app, &job, &format!("slurm-{}", task.index)).await;
+                    }
+                }
+                let accepting = row.status.accepts_leases();
+                if accepting && !t.iter().any(Task::is_live) {
+                    if row.compute_submissions >= MAX_SUBMISSIONS {
+                        let states: Vec<String> = t.iter().map(|t| format!("task {} {}", t.index, t.state)).collect();
+                        crate::jobs::fail_lost(
+                            &app,
+                            job.clone(),
+                            format!(
+                                "no Slurm capacity remains: every worker task ended ({}) and {} submissions did not finish the job",
+                                states.join(", "),
+                                row.compute_submissions
+                            ),
+                        )
+                        .await;
+                        return;
+                    }
+                    if let Err(reason) = submit_for(&app, &row, &spec).await {
+                        crate::jobs::fail_lost(
+                            &app,
+                            job.clone(),
+                            format!("the Slurm compute could not start workers again: {reason}"),
+                        )
+                        .await;
+                        return;
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(%job, error = %e, "cannot read the Slurm job's state"),
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+async fn submit_for(app: &AppRef, row: &store::JobRow, spec: &ComputeSpec) -> Result<String, String> {
+    let token = std::fs::read_to_string(crate::layout::worker_token(&app.config.dir, &row.compute))
+        .map_err(|e| format!("the compute's worker credential is missing: {e}"))?;
+    let dir = crate::layout::compute_dir(&app.config.dir, &row.compute).join(&row.name);
+    let s = &row.record.settings;
+    let submission = Submission {
+        job: &row.name,
+        instances: s.instance_count,
+        concurrency: s.max_concurrency_per_instance,
+        exe: &app.config.worker_exe,
+        url: &app.url,
+        token: token.trim(),
+        dir: &dir,
+    };
+    let id = submit(spec, &submission).await?;
+    let (name, reference) = (row.name.clone(), id.clone());
+    app.store.call(move |c| store::job_set_compute_ref(c, &name, &reference)).await.map_err(|e| e.to_string())?;
+    Ok(id)
+}
+
+/// Expires the leases a lost node held, so other workers take their mini-batches now.
+async fn expire_node(app: &AppRef, job: &str, node: &str) {
+    let (j, n) = (job.to_string(), node.to_string());
+    let Ok(leases) = app.store.call(move |c| store::leases_on_node(c, &j, &n)).await else { return };
+    for lease in leases {
+        tracing::warn!(%job, %node, %lease, "the node was lost; its lease is given back");
+        let id = lease.clone();
+        if let Ok(r) = app.store.call(move |c| store::lease_complete(c, &id, &AttemptOutcome::LeaseExpired, None)).await
+        {
+            app.work_available.notify_waiters();
+            if let (Some(status), Some(job)) = (r.job_status, r.job) {
+                crate::jobs::on_status(app, &job, status);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn scontrol_lines_become_tasks() {
+        let text = "JobId=13 ArrayJobId=12 ArrayTaskId=1 JobName=cove-x JobState=PENDING Reason=Resources Dependency=(null) NodeList=(null)\n\
+                    JobId=12 ArrayJobId=12 ArrayTaskId=0 JobName=cove-x JobState=RUNNING Reason=None NodeList=vm\n";
+        let tasks = super::parse_tasks(text);
+        assert_eq!(tasks.len(), 2);
+        assert_eq!(
+            (tasks[0].index.as_str(), tasks[0].state.as_str(), tasks[0].reason.as_str()),
+            ("1", "PENDING", "Resources")
+        );
+        assert_eq!(super::describe("12", &tasks), "slurm job 12: task 1 PENDING (Resources); task 0 RUNNING on vm");
+        assert!(tasks.iter().all(super::Task::is_live));
+    }
+}
