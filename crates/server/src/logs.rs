@@ -37,7 +37,10 @@ user/stderr/<node>/<processNNN>.stderr.txt  what the scoring script wrote to std
 ";
 
 /// Writes the job-level log files of a job that reached a terminal state.
-pub async fn write_job_logs(app: &AppRef, job: &str) -> anyhow::Result<()> {
+///
+/// `ending_as` writes them for a status the job is about to take, so that they exist before anyone can
+/// see that status.
+pub async fn write_job_logs(app: &AppRef, job: &str, ending_as: Option<cove_model::JobStatus>) -> anyhow::Result<()> {
     let name = job.to_string();
     let (row, attempts, failed) = app
         .store
@@ -46,7 +49,10 @@ pub async fn write_job_logs(app: &AppRef, job: &str) -> anyhow::Result<()> {
             Ok((row, store::attempts_of(c, &name)?, store::batches_in_state(c, &name, "failed")?))
         })
         .await?;
-    let Some(row) = row else { return Ok(()) };
+    let Some(mut row) = row else { return Ok(()) };
+    if let Some(status) = ending_as {
+        row.status = status;
+    }
     let c = row.counters;
     let finished = row.finished_ms.unwrap_or_else(store::now_ms);
     let mut result = String::new();

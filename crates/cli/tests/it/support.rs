@@ -212,9 +212,15 @@ impl Workspace {
             .collect()
     }
 
+    /// Reads one of a job's log files, waiting briefly for it: logs of a failed or canceled job are
+    /// written just after the job ends.
     pub fn log(&self, job: &str, rel: &str) -> String {
-        std::fs::read_to_string(self.path().join("state/objects/jobs").join(job).join("logs").join(rel))
-            .unwrap_or_default()
+        let path = self.path().join("state/objects/jobs").join(job).join("logs").join(rel);
+        let start = Instant::now();
+        while !path.exists() && start.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        std::fs::read_to_string(path).unwrap_or_default()
     }
 }
 

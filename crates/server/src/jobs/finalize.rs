@@ -40,6 +40,10 @@ pub(crate) async fn finalize(app: &AppRef, name: &str) -> anyhow::Result<()> {
         },
         None => None,
     };
+    // The logs exist before the job is seen Completed (and are rewritten should a cancel win instead).
+    if let Err(error) = crate::logs::write_job_logs(app, name, Some(JobStatus::Completed)).await {
+        tracing::error!(job = %name, error = format!("{error:#}"), "failed to write job logs");
+    }
     let n = name.to_string();
     let completed = app
         .store

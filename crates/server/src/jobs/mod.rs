@@ -91,7 +91,7 @@ pub fn on_status(app: &AppRef, job: &str, status: JobStatus) {
 pub fn ended(app: AppRef, job: String) {
     tokio::spawn(async move {
         app.compute.stop(&job).await;
-        if let Err(error) = crate::logs::write_job_logs(&app, &job).await {
+        if let Err(error) = crate::logs::write_job_logs(&app, &job, None).await {
             tracing::error!(%job, error = format!("{error:#}"), "failed to write job logs");
         }
         // Workers waiting on this job learn that it ended.
