@@ -436,7 +436,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Command::Worker { worker_token, job, node, concurrency, work_dir } => {
             let control_plane =
                 target.url.clone().ok_or_else(|| anyhow::anyhow!("cove worker needs --url (or COVE_URL)"))?;
-            cove_worker::run(cove_worker::WorkerConfig {
+            let ended = cove_worker::run(cove_worker::WorkerConfig {
                 url: control_plane,
                 token: worker_token,
                 job,
@@ -445,7 +445,11 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
                 work_dir,
             })
             .await?;
-            Ok(exit_code::OK)
+            // A stopped worker exits as a process ended by SIGTERM would, so schedulers see it was stopped.
+            Ok(match ended {
+                cove_worker::Ended::Finished => exit_code::OK,
+                cove_worker::Ended::Stopped => 128 + 15,
+            })
         }
         Command::Quickstart { dir } => quickstart::run(dir, out).await,
         Command::Workspace { command: WorkspaceCommand::Show } => {

@@ -53,9 +53,18 @@ fn kill_all_scorers() {
     }
 }
 
+/// How a worker ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// Its job has no more work.
+    Finished,
+    /// SIGTERM or SIGINT stopped it (a scheduler or the control plane did).
+    Stopped,
+}
+
 /// Runs the worker until its job has no more work (or forever, when not bound to a job), or until
 /// SIGTERM/SIGINT, which ends its scorer processes too.
-pub async fn run(config: WorkerConfig) -> anyhow::Result<()> {
+pub async fn run(config: WorkerConfig) -> anyhow::Result<Ended> {
     std::fs::create_dir_all(&config.work_dir)
         .with_context(|| format!("failed to create {}", config.work_dir.display()))?;
     let driver = config.work_dir.join("cove_driver.py");
@@ -70,13 +79,13 @@ pub async fn run(config: WorkerConfig) -> anyhow::Result<()> {
     let result = loop {
         tokio::select! {
             done = slots.join_next() => match done {
-                None => break Ok(()),
+                None => break Ok(Ended::Finished),
                 Some(Ok(Ok(()))) => continue,
                 Some(Ok(Err(e))) => break Err(e),
                 Some(Err(e)) => break Err(anyhow::Error::new(e).context("a worker slot panicked")),
             },
-            _ = term.recv() => break Ok(()),
-            _ = tokio::signal::ctrl_c() => break Ok(()),
+            _ = term.recv() => break Ok(Ended::Stopped),
+            _ = tokio::signal::ctrl_c() => break Ok(Ended::Stopped),
         }
     };
     slots.abort_all();

@@ -106,7 +106,7 @@ fn slurm_runs_a_job_on_two_instances_and_scales_to_zero() {
 fn slurm_cancelling_the_job_cancels_the_slurm_job() {
     let ws = Backend::Slurm.workspace();
     let slow =
-        "import time\n\ndef init():\n    pass\n\ndef run(mini_batch):\n    time.sleep(300)\n    return mini_batch\n";
+        "import time\n\ndef init():\n    pass\n\ndef run(mini_batch):\n    print('scoring', flush=True)\n    time.sleep(300)\n    return mini_batch\n";
     let p = Project::new(ws.dir.path(), "slowhpc", slow, "retry_settings:\n    timeout: 600").on(Backend::Slurm);
     p.deploy(&ws);
     let run = ws.cove(&["--json", "endpoint", "invoke", "slowhpc", "--input", &p.inputs(1).display().to_string()]);
@@ -118,15 +118,34 @@ fn slurm_cancelling_the_job_cancels_the_slurm_job() {
         id = state.trim_start_matches("slurm job ").split(':').next().unwrap_or("").to_string();
         state.contains("RUNNING") && job["progress"]["batches_running"] == 1
     });
-    ws.cove(&["job", "cancel", &name]).ok();
-    wait_for("Slurm to cancel the array job", 30, || {
-        scontrol(&["-o", "show", "job", &id]).contains("JobState=CANCELLED")
+    // Cancel while the scorer is inside run(), so the worker cannot notice the cancel by itself.
+    let log = ws
+        .path()
+        .join("compute/hpc")
+        .join(&name)
+        .join("task-0/jobs")
+        .join(&name)
+        .join("logs/user/stdout/slurm-0/process000.stdout.txt");
+    wait_for("the scorer to be inside run()", 60, || {
+        std::fs::read_to_string(&log).unwrap_or_default().contains("scoring")
     });
+    ws.cove(&["job", "cancel", &name]).ok();
+    // Slurm ends the task (CANCELLED, or FAILED when the stopped worker exits first) within seconds,
+    // not after the scorer's 300 s of sleep.
+    let mut last = String::new();
+    let start = std::time::Instant::now();
+    while !(last.contains("JobState=CANCELLED") || last.contains("JobState=FAILED")) {
+        assert!(start.elapsed().as_secs() < 30, "Slurm did not end array job {id}: {last}");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        last = scontrol(&["-o", "show", "job", &id]);
+    }
+    assert!(!last.contains("JobState=COMPLETED"), "a cancelled job's worker did not finish normally: {last}");
     let job = ws.wait_job(&name);
     assert_eq!(job["status"], "Canceled");
     wait_for("the job to show the Slurm task cancelled", 30, || {
         let job = ws.cove(&["--json", "job", "show", &name]).ok().json();
-        job["compute_state"].as_str().unwrap_or("").contains("CANCELLED")
+        let state = job["compute_state"].as_str().unwrap_or("").to_string();
+        state.contains("CANCELLED") || state.contains("FAILED")
     });
 }
 
