@@ -326,3 +326,23 @@ pub async fn download(
     }
     Ok(written)
 }
+
+pub async fn rerun(client: &Client, name: &str, failed_only: bool, follow: bool, out: Output) -> anyhow::Result<Job> {
+    let job: Job = client
+        .post(&format!("/api/v1/jobs/{}/rerun", encode(name)), &serde_json::json!({ "failed_only": failed_only }))
+        .await?;
+    if follow {
+        return stream(client, &job.name, out).await;
+    }
+    if out.json {
+        print_json(&job)?;
+    } else {
+        println!("{}", job.name);
+        eprintln!(
+            "Started job {} over {} of job {name}",
+            job.name,
+            if failed_only { "the failed files" } else { "the inputs" }
+        );
+    }
+    Ok(job)
+}

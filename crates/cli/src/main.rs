@@ -346,6 +346,15 @@ enum JobCommand {
     Cancel {
         name: String,
     },
+    /// Start a new job over the same inputs; with --failed-only, over the files that failed.
+    Rerun {
+        name: String,
+        #[arg(long)]
+        failed_only: bool,
+        /// Follow the new job until it ends.
+        #[arg(long)]
+        stream: bool,
+    },
     /// Download an output: `score` into PATH/named-outputs/score, `logs` into PATH/artifacts/logs.
     Download {
         name: String,
@@ -581,6 +590,12 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
                     return Ok(job_exit(&job));
                 }
                 JobCommand::Cancel { name } => jobs::cancel(&client, &name, out).await?,
+                JobCommand::Rerun { name, failed_only, stream } => {
+                    let job = jobs::rerun(&client, &name, failed_only, stream, out).await?;
+                    if stream {
+                        return Ok(job_exit(&job));
+                    }
+                }
                 JobCommand::Download { name, output_name, all, download_path } => {
                     let outputs: Vec<&str> = if all { vec!["score", "logs"] } else { vec![output_name.as_str()] };
                     jobs::download(&client, &name, &outputs, &download_path, out).await?;

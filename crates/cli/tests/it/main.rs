@@ -4,6 +4,7 @@
 mod access;
 mod crash;
 mod datastores;
+mod faults;
 mod invoke;
 mod isolation;
 mod quickstart;

@@ -142,6 +142,7 @@ pub async fn invoke(
         settings,
         model_uri: model.path.clone(),
         code_uri: dep.code_uri.clone(),
+        files: None,
     };
     let new = NewJob {
         name: job_name.clone(),
@@ -465,4 +466,61 @@ pub async fn get_output(
     let got =
         store.get(&location).await.map_err(|_| ApiError::not_found(format!("`{rel}` is not in output `{output}`")))?;
     Ok(Body::from_stream(got.into_stream()))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RerunRequest {
+    #[serde(default)]
+    failed_only: bool,
+}
+
+/// Starts a new job over the same inputs with the same settings; with `failed_only`, over the files of
+/// the mini-batches that failed. The new job writes to its own default output location.
+pub async fn rerun(
+    State(app): State<AppRef>,
+    user: User,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> ApiResult<(StatusCode, Json<Job>)> {
+    let row = job_row(&app, &user, &name).await?;
+    user.require(Role::Invoker, Some(&row.endpoint))?;
+    let req: RerunRequest = if body.is_empty() { RerunRequest::default() } else { parse_json(&body)? };
+    if !row.status.is_terminal() {
+        return Err(ApiError::conflict(format!("job `{name}` is {}; rerun it once it has ended", row.status)));
+    }
+    let mut record = row.record.clone();
+    if req.failed_only {
+        let key = name.clone();
+        let failed = app.store.call(move |c| store::batches_in_state(c, &key, "failed")).await?;
+        let mut files = Vec::new();
+        for b in failed {
+            files.extend(
+                batch_files(&app, &name, b.manifest_offset, b.manifest_len)
+                    .await
+                    .map_err(|e| ApiError::internal("read the manifest", format!("{e:#}")))?,
+            );
+        }
+        if files.is_empty() {
+            return Err(ApiError::invalid(format!("job `{name}` has no failed mini-batch to rerun")));
+        }
+        record.files = Some(files);
+    }
+    let job_name = format!("batchjob-{}", uuid::Uuid::new_v4());
+    record.output_uri = format!("azureml://datastores/{}/paths/azureml/{job_name}/score", app.datastores.default_name);
+    let new = NewJob {
+        name: job_name.clone(),
+        endpoint: row.endpoint.clone(),
+        deployment: row.deployment.clone(),
+        compute: row.compute.clone(),
+        record,
+        idempotency_key: None,
+    };
+    match app.store.call(move |c| store::job_insert(c, new)).await? {
+        JobInsert::Created(row) => {
+            crate::jobs::advance(app.clone(), row.name.clone());
+            Ok((StatusCode::CREATED, Json(render(&app, row, false).await?)))
+        }
+        _ => Err(ApiError::conflict(format!("job `{job_name}` already exists"))),
+    }
 }

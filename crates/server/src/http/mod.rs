@@ -59,6 +59,7 @@ pub fn router(app: AppRef) -> Router {
         .route("/api/v1/jobs", get(jobs::list))
         .route("/api/v1/jobs/{job}", get(jobs::show))
         .route("/api/v1/jobs/{job}/cancel", post(jobs::cancel))
+        .route("/api/v1/jobs/{job}/rerun", post(jobs::rerun))
         .route("/api/v1/jobs/{job}/outputs/{output}", get(jobs::list_output))
         .route("/api/v1/jobs/{job}/outputs/{output}/{*path}", get(jobs::get_output))
         .route("/worker/v1/lease", post(worker::lease))

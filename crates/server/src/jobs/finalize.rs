@@ -82,19 +82,28 @@ async fn assemble(app: &AppRef, name: &str, output_uri: &str, file_name: &str) -
     let path = dest.object_path();
     let upload = store.put_multipart(&path).await.with_context(|| format!("failed to start writing {}", dest.uri()))?;
     let mut writer = WriteMultipart::new(upload);
-    for (idx, part) in parts {
-        let bytes = app
-            .internal
-            .get(&object_store::path::Path::from(part))
-            .await
-            .with_context(|| format!("failed to read the committed part of mini-batch {idx}"))?
-            .bytes()
-            .await?;
-        writer.wait_for_capacity(8).await?;
-        writer.write(&bytes);
+    let streamed: anyhow::Result<()> = async {
+        for (idx, part) in parts {
+            let bytes = app
+                .internal
+                .get(&object_store::path::Path::from(part))
+                .await
+                .with_context(|| format!("failed to read the committed part of mini-batch {idx}"))?
+                .bytes()
+                .await?;
+            writer.wait_for_capacity(8).await.with_context(|| format!("failed to write {}", dest.uri()))?;
+            writer.write(&bytes);
+        }
+        Ok(())
     }
+    .await;
     let n = name.to_string();
     let still = app.store.call(move |c| store::job_get(c, &n)).await?.map(|j| j.status);
+    if let Err(error) = streamed {
+        // Nothing half-written stays behind: the upload is abandoned, and with it its staging data.
+        let _ = writer.abort().await;
+        return Err(error);
+    }
     if still != Some(JobStatus::Finalizing) {
         writer.abort().await?;
         return Ok(None);

@@ -58,9 +58,10 @@ pub async fn plan(app: &AppRef, job: &JobRow) -> anyhow::Result<bool> {
     }
     let input = &job.record.input;
     let ds = parse_uri(&input.uri).map_err(anyhow::Error::msg)?;
-    let files = match app.datastores.get(&ds.datastore) {
-        Ok(store) => list_inputs(store.as_ref(), &input.uri, input.input_type).await,
-        Err(e) => Err(e),
+    let files = match (&job.record.files, app.datastores.get(&ds.datastore)) {
+        (Some(files), Ok(_)) => Ok(files.clone()),
+        (None, Ok(store)) => list_inputs(store.as_ref(), &input.uri, input.input_type).await,
+        (_, Err(e)) => Err(e),
     };
     let files = match files {
         Ok(files) => files,

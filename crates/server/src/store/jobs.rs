@@ -27,6 +27,10 @@ pub struct JobRecord {
     pub run: RunSpec,
     pub model_uri: String,
     pub code_uri: Option<String>,
+    /// The exact files to score (datastore-relative, in the input's datastore), for a rerun of failed
+    /// items; `None` scores the whole input.
+    #[serde(default)]
+    pub files: Option<Vec<String>>,
 }
 
 impl JobRecord {
@@ -742,6 +746,7 @@ mod tests {
             settings,
             model_uri: "cove://ws/model".into(),
             code_uri: None,
+            files: None,
         }
     }
 

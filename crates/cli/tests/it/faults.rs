@@ -1,0 +1,120 @@
+//! Storage faults and reruns: a full output datastore fails the job honestly with nothing partial
+//! published, and `cove job rerun --failed-only` scores only what failed.
+
+use crate::support::{Project, Workspace};
+use std::process::Command;
+
+/// A tiny tmpfs mounted over a folder of the workspace's datastore, unmounted when dropped.
+struct TinyDisk(std::path::PathBuf);
+
+impl TinyDisk {
+    fn mount(at: &std::path::Path, size: &str) -> TinyDisk {
+        std::fs::create_dir_all(at).unwrap();
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "cove-test"])
+            .arg(at)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "mounting a tmpfs needs root");
+        TinyDisk(at.to_path_buf())
+    }
+}
+
+impl Drop for TinyDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+const BIG_SCRIPT: &str = r#"
+import os
+
+def init():
+    pass
+
+def run(mini_batch):
+    return [os.path.basename(p) + " " + "x" * 1000 for p in mini_batch for _ in range(20)]
+"#;
+
+#[test]
+fn a_full_output_datastore_fails_the_job_with_the_reason_and_publishes_nothing() {
+    let ws = Workspace::start();
+    let p = Project::new(ws.dir.path(), "fullness", BIG_SCRIPT, "mini_batch_size: 2");
+    p.deploy(&ws);
+    let full = ws.path().join("datastores/workspaceblobstore/full");
+    let _disk = TinyDisk::mount(&full, "64k");
+    let run = ws.cove(&[
+        "--json",
+        "endpoint",
+        "invoke",
+        "fullness",
+        "--input",
+        &p.inputs(10).display().to_string(),
+        "--output-path",
+        "azureml://datastores/workspaceblobstore/paths/full/out",
+    ]);
+    let job = ws.wait_job(run.ok().json()["name"].as_str().unwrap());
+    assert_eq!(job["status"], "Failed", "{job:#}");
+    let error = job["error"].as_str().unwrap();
+    assert!(error.starts_with("failed to write the output") && error.contains("No space left on device"), "{error}");
+    let left: Vec<String> = walk(&full);
+    assert!(left.is_empty(), "nothing partial stays in the output location: {left:?}");
+}
+
+fn walk(dir: &std::path::Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if e.file_type().unwrap().is_dir() {
+            out.extend(walk(&e.path()));
+        } else {
+            out.push(e.path().display().to_string());
+        }
+    }
+    out
+}
+
+const PICKY_SCRIPT: &str = r#"
+import os
+
+def init():
+    pass
+
+def run(mini_batch):
+    out = []
+    for p in mini_batch:
+        text = open(p).read().strip()
+        if text == "bad":
+            raise ValueError(f"{os.path.basename(p)} is bad")
+        out.append(f"{os.path.basename(p)} {text}")
+    return out
+"#;
+
+#[test]
+fn rerun_failed_only_scores_just_the_failed_items() {
+    let ws = Workspace::start();
+    let p =
+        Project::new(ws.dir.path(), "picky", PICKY_SCRIPT, "mini_batch_size: 1\nretry_settings:\n    max_retries: 1");
+    p.deploy(&ws);
+    let data = p.inputs(4);
+    std::fs::write(data.join("file-002.txt"), "bad\n").unwrap();
+    let run = ws.cove(&["--json", "endpoint", "invoke", "picky", "--input", &data.display().to_string()]);
+    let first = ws.wait_job(run.ok().json()["name"].as_str().unwrap());
+    assert_eq!(first["status"], "Completed");
+    assert_eq!(ws.output_lines(&first), vec!["file-000.txt 0", "file-001.txt 1", "file-003.txt 3"]);
+    // The bad file is mended where the job read it, then only it is scored again.
+    let input =
+        first["input"]["uri"].as_str().unwrap().strip_prefix("azureml://datastores/workspaceblobstore/paths/").unwrap();
+    std::fs::write(ws.path().join("datastores/workspaceblobstore").join(input).join("file-002.txt"), "2\n").unwrap();
+    let rerun = ws.cove(&["--json", "job", "rerun", first["name"].as_str().unwrap(), "--failed-only"]);
+    let second = ws.wait_job(rerun.ok().json()["name"].as_str().unwrap());
+    assert_eq!(second["status"], "Completed", "{second:#}");
+    assert_eq!(second["progress"]["files_total"], 1);
+    assert_eq!(ws.output_lines(&second), vec!["file-002.txt 2"]);
+    // A whole rerun scores every input again, into its own output.
+    let all = ws.cove(&["--json", "job", "rerun", first["name"].as_str().unwrap()]);
+    let third = ws.wait_job(all.ok().json()["name"].as_str().unwrap());
+    assert_eq!(ws.output_lines(&third).len(), 4);
+    ws.cove(&["job", "rerun", second["name"].as_str().unwrap(), "--failed-only"])
+        .fails_with(2, "has no failed mini-batch to rerun");
+}
