@@ -5,6 +5,7 @@ mod access;
 mod crash;
 mod datastores;
 mod faults;
+mod fuzz;
 mod invoke;
 mod isolation;
 mod quickstart;
