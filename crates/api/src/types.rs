@@ -275,6 +275,8 @@ pub struct AttemptInfo {
     pub attempt: u32,
     pub node: String,
     pub process: u32,
+    #[serde(default)]
+    pub started_at: String,
     pub outcome: Option<String>,
     pub reason: Option<String>,
     /// Sandbox, namespaces, file view, limits, allowed egress, and refused network attempts.

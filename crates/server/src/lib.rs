@@ -204,6 +204,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
         url.clone(),
         worker_token,
         layout::compute_dir(&dir, LOCAL_COMPUTE),
+        policy.computes.iter().find(|c| c.kind == "local").map_or(8, |c| c.max_instances),
     );
     let app = Arc::new(App {
         config,

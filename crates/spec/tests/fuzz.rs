@@ -7,10 +7,31 @@ use cove_spec::{parse_deployment, parse_endpoint};
 use proptest::prelude::*;
 
 const KEYS: &[&str] = &[
-    "name", "endpoint_name", "type", "description", "model", "compute", "mini_batch_size", "instance_count",
-    "max_concurrency_per_instance", "output_action", "output_file_name", "error_threshold", "logging_level",
-    "retry_settings", "environment_variables", "settings", "resources", "code_configuration", "environment",
-    "egress", "limits", "tags", "defaults", "auth_mode", "descriptoin",
+    "name",
+    "endpoint_name",
+    "type",
+    "description",
+    "model",
+    "compute",
+    "mini_batch_size",
+    "instance_count",
+    "max_concurrency_per_instance",
+    "output_action",
+    "output_file_name",
+    "error_threshold",
+    "logging_level",
+    "retry_settings",
+    "environment_variables",
+    "settings",
+    "resources",
+    "code_configuration",
+    "environment",
+    "egress",
+    "limits",
+    "tags",
+    "defaults",
+    "auth_mode",
+    "descriptoin",
 ];
 
 fn scalar() -> impl Strategy<Value = String> {

@@ -8,6 +8,7 @@ mod faults;
 mod fuzz;
 mod invoke;
 mod isolation;
+mod load;
 mod quickstart;
 mod resources;
 mod sandbox;

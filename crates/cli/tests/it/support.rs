@@ -195,7 +195,7 @@ impl Workspace {
     }
 
     pub fn job_count(&self) -> usize {
-        let (_, body) = self.http("GET", "/api/v1/jobs", None, &[]);
+        let (_, body) = self.http("GET", "/api/v1/jobs?limit=1000", None, &[]);
         body["jobs"].as_array().unwrap().len()
     }
 

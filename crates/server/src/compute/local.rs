@@ -2,25 +2,41 @@
 
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 use std::process::Stdio;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;
 
 /// How many times a crashed worker of one instance is started again before the instance gives up.
 const MAX_RESTARTS: u32 = 3;
 
+/// The `local` cluster. Its capacity is `max_instances` workers at a time; jobs beyond it wait in
+/// submission order (the job stays Queued) and start as running jobs' workers finish.
+#[derive(Clone)]
 pub struct LocalCompute {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
     exe: PathBuf,
     url: String,
     token: String,
     dir: PathBuf,
-    /// Per job: a stop signal, and the monitor tasks of its instances.
-    jobs: Mutex<HashMap<String, (watch::Sender<bool>, Vec<tokio::task::JoinHandle<()>>)>>,
+    capacity: u32,
+    state: Mutex<State>,
     /// Jobs whose every instance gave up, with why; the control plane fails them.
     lost: tokio::sync::mpsc::UnboundedSender<(String, String)>,
+}
+
+#[derive(Default)]
+struct State {
+    /// Per running job: its stop signal, its instance count, and the task that waits for its workers.
+    running: HashMap<String, (watch::Sender<bool>, u32, Option<tokio::task::JoinHandle<()>>)>,
+    /// Jobs waiting for capacity, oldest first: (job, instances, concurrency).
+    waiting: VecDeque<(String, u32, u32)>,
+    used: u32,
 }
 
 impl LocalCompute {
@@ -30,61 +46,105 @@ impl LocalCompute {
         url: String,
         token: String,
         dir: PathBuf,
+        capacity: u32,
     ) -> (Self, tokio::sync::mpsc::UnboundedReceiver<(String, String)>) {
         let (lost, lost_rx) = tokio::sync::mpsc::unbounded_channel();
-        (Self { exe, url, token, dir, jobs: Mutex::new(HashMap::new()), lost }, lost_rx)
+        let inner =
+            Inner { exe, url, token, dir, capacity: capacity.max(1), state: Mutex::new(State::default()), lost };
+        (Self { inner: Arc::new(inner) }, lost_rx)
     }
 
-    /// Starts `instances` workers for a job, each running `concurrency` scorer processes. Starting a
-    /// job that already has workers here does nothing.
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.inner.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Starts `instances` workers for a job, each running `concurrency` scorer processes, or queues the
+    /// job until there is room. Launching a job that is already running or waiting does nothing.
     pub fn launch(&self, job: &str, instances: u32, concurrency: u32) {
-        let mut jobs = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
-        if jobs.contains_key(job) {
+        let mut state = self.state();
+        if state.running.contains_key(job) || state.waiting.iter().any(|(j, _, _)| j == job) {
             return;
         }
-        let (stop_tx, stop_rx) = watch::channel(false);
+        state.waiting.push_back((job.to_string(), instances, concurrency));
+        self.start_waiting(&mut state);
+    }
+
+    /// Starts waiting jobs, oldest first, while they fit.
+    fn start_waiting(&self, state: &mut State) {
+        while let Some((_, instances, _)) = state.waiting.front() {
+            let fits = state.used + instances <= self.inner.capacity || state.used == 0;
+            if !fits {
+                return;
+            }
+            let (job, instances, concurrency) = state.waiting.pop_front().expect("peeked");
+            state.used += instances;
+            let (stop_tx, stop_rx) = watch::channel(false);
+            let this = self.clone();
+            let name = job.clone();
+            let waiter = tokio::spawn(async move { this.run_instances(name, instances, concurrency, stop_rx).await });
+            state.running.insert(job, (stop_tx, instances, Some(waiter)));
+        }
+    }
+
+    async fn run_instances(self, job: String, instances: u32, concurrency: u32, stop: watch::Receiver<bool>) {
         let (gave_up_tx, mut gave_up_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
-        let monitors = (0..instances)
+        let monitors: Vec<_> = (0..instances)
             .map(|k| {
                 let spec = WorkerSpec {
-                    exe: self.exe.clone(),
-                    url: self.url.clone(),
-                    token: self.token.clone(),
-                    job: job.to_string(),
+                    exe: self.inner.exe.clone(),
+                    url: self.inner.url.clone(),
+                    token: self.inner.token.clone(),
+                    job: job.clone(),
                     node: format!("local-{k}"),
                     concurrency,
-                    work_dir: self.dir.join(job).join(format!("local-{k}")),
+                    work_dir: self.inner.dir.join(&job).join(format!("local-{k}")),
                 };
-                tokio::spawn(keep_alive(spec, stop_rx.clone(), gave_up_tx.clone()))
+                tokio::spawn(keep_alive(spec, stop.clone(), gave_up_tx.clone()))
             })
             .collect();
         drop(gave_up_tx);
-        let (lost, job_name) = (self.lost.clone(), job.to_string());
-        tokio::spawn(async move {
-            let mut reasons = Vec::new();
-            while let Some(reason) = gave_up_rx.recv().await {
-                reasons.push(reason);
-            }
-            if reasons.len() == instances as usize && instances > 0 {
-                let _ = lost.send((job_name, reasons.swap_remove(0)));
-            }
-        });
-        jobs.insert(job.to_string(), (stop_tx, monitors));
+        for m in monitors {
+            let _ = m.await;
+        }
+        let mut reasons = Vec::new();
+        while let Ok(reason) = gave_up_rx.try_recv() {
+            reasons.push(reason);
+        }
+        if reasons.len() == instances as usize && instances > 0 {
+            let _ = self.inner.lost.send((job.clone(), reasons.swap_remove(0)));
+        }
+        let mut state = self.state();
+        if let Some((_, n, _)) = state.running.remove(&job) {
+            state.used -= n;
+        }
+        self.start_waiting(&mut state);
     }
 
-    /// Stops a job's workers (SIGTERM, then SIGKILL after a grace period) and waits until they are gone.
+    /// Stops a job's workers (SIGTERM, then SIGKILL after a grace period), or takes it off the queue,
+    /// and waits until its workers are gone.
     pub async fn stop(&self, job: &str) {
-        let entry = self.jobs.lock().unwrap_or_else(|p| p.into_inner()).remove(job);
-        if let Some((stop, monitors)) = entry {
-            let _ = stop.send(true);
-            for m in monitors {
-                let _ = m.await;
+        let waiter = {
+            let mut state = self.state();
+            state.waiting.retain(|(j, _, _)| j != job);
+            match state.running.get_mut(job) {
+                Some((stop, _, waiter)) => {
+                    let _ = stop.send(true);
+                    waiter.take()
+                }
+                None => None,
             }
+        };
+        if let Some(w) = waiter {
+            let _ = w.await;
         }
     }
 
     pub async fn stop_all(&self) {
-        let names: Vec<String> = self.jobs.lock().unwrap_or_else(|p| p.into_inner()).keys().cloned().collect();
+        let names: Vec<String> = {
+            let mut state = self.state();
+            state.waiting.clear();
+            state.running.keys().cloned().collect()
+        };
         for name in names {
             self.stop(&name).await;
         }

@@ -13,7 +13,6 @@ pub enum ErrorCode {
     PermissionDenied,
     NotFound,
     Conflict,
-    PayloadTooLarge,
     Unavailable,
     Internal,
 }
@@ -26,7 +25,6 @@ impl ErrorCode {
             Self::PermissionDenied => "permission_denied",
             Self::NotFound => "not_found",
             Self::Conflict => "conflict",
-            Self::PayloadTooLarge => "payload_too_large",
             Self::Unavailable => "unavailable",
             Self::Internal => "internal",
         }
@@ -39,7 +37,6 @@ impl ErrorCode {
             Self::PermissionDenied => StatusCode::FORBIDDEN,
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::Conflict => StatusCode::CONFLICT,
-            Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }

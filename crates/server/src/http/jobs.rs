@@ -291,6 +291,7 @@ async fn render(app: &AppRef, row: JobRow, detail: bool) -> ApiResult<Job> {
             attempt: a.attempt,
             node: a.node,
             process: a.process,
+            started_at: logs::timestamp(a.started_ms),
             outcome: a.outcome,
             reason: a.reason,
             isolation: a.isolation.and_then(|i| serde_json::from_str(&i).ok()),
