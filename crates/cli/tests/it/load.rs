@@ -132,3 +132,51 @@ fn started_order(ws: &Workspace, names: &[String]) -> Vec<String> {
         })
         .collect()
 }
+
+#[test]
+fn load_a_job_canceled_while_queued_for_capacity_never_runs_and_publishes_nothing() {
+    let ws = Workspace::start();
+    let slow = "import time\n\ndef init():\n    pass\n\ndef run(mini_batch):\n    time.sleep(30)\n    return mini_batch\n";
+    let p = Project::new(ws.dir.path(), "busy", slow, "retry_settings:\n    timeout: 60");
+    p.deploy(&ws);
+    let data = p.inputs(1).display().to_string();
+    // Eight jobs fill the local cluster; the ninth waits for capacity.
+    let mut names = Vec::new();
+    for _ in 0..9 {
+        let run = ws.cove(&["--json", "endpoint", "invoke", "busy", "--input", &data]);
+        names.push(run.ok().json()["name"].as_str().unwrap().to_string());
+    }
+    let last = names.last().unwrap().clone();
+    let start = Instant::now();
+    loop {
+        let (_, job) = ws.http("GET", &format!("/api/v1/jobs/{last}"), None, &[]);
+        if job["status"] == "Queued" {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "{job:#}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let (_, job) = ws.http("GET", &format!("/api/v1/jobs/{last}"), None, &[]);
+    assert_eq!(job["status"], "Queued", "the ninth job waits while eight run: {job:#}");
+    ws.cove(&["job", "cancel", &last]).ok();
+    let job = ws.wait_job(&last);
+    assert_eq!(job["status"], "Canceled");
+    assert!(job["attempts"].as_array().unwrap().is_empty(), "it never ran");
+    assert!(!ws.path().join("datastores/workspaceblobstore/azureml").join(&last).exists(), "nothing is published");
+    for name in &names[..8] {
+        ws.cove(&["job", "cancel", name]).ok();
+    }
+    for name in &names[..8] {
+        assert_eq!(ws.wait_job(name)["status"], "Canceled");
+        assert!(!ws.path().join("datastores/workspaceblobstore/azureml").join(name).exists(), "a canceled job publishes nothing");
+    }
+    let start = Instant::now();
+    while !crate::support::pids_with_args(&["worker"]).iter().all(|pid| {
+        let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        !names.iter().any(|n| String::from_utf8_lossy(&cmd).contains(n.as_str()))
+    }) {
+        assert!(start.elapsed() < Duration::from_secs(20), "workers of canceled jobs linger");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
