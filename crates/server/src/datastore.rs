@@ -149,6 +149,18 @@ pub fn build_s3(endpoint: &str, bucket: &str, secret: &S3Secret) -> Result<Arc<d
         .with_secret_access_key(&secret.secret_access_key)
         .with_allow_http(true)
         .with_virtual_hosted_style_request(false)
+        // A private store that stops answering should fail the step in seconds, not minutes.
+        .with_client_options(
+            object_store::ClientOptions::new()
+                .with_allow_http(true)
+                .with_connect_timeout(std::time::Duration::from_secs(5))
+                .with_timeout(std::time::Duration::from_secs(15)),
+        )
+        .with_retry(object_store::RetryConfig {
+            max_retries: 3,
+            retry_timeout: std::time::Duration::from_secs(60),
+            ..Default::default()
+        })
         .build()
         .map_err(|e| e.to_string())?;
     Ok(Arc::new(store))

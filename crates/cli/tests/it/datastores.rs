@@ -140,3 +140,81 @@ fn datastores_are_reached_only_through_their_private_endpoints() {
         ])
         .fails_with(2, "is not a configured private endpoint");
 }
+
+#[test]
+fn a_job_canceled_while_finalizing_publishes_nothing() {
+    let s3 = S3Server::start();
+    s3.create_bucket("lake-bucket");
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("network.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "networks:\n  - name: workspace\n    address_space: [127.0.0.0/8]\nprivate_endpoints:\n  - name: api\n    service: api\n    address: 127.0.0.1:0\n    network: workspace\n  - name: lake-pe\n    service: 'datastore:lake'\n    address: 127.0.0.1:{}\n    network: workspace\n",
+            s3.port
+        ),
+    )
+    .unwrap();
+    let ws = Workspace::start_with(&["--config", &config.display().to_string()], &[]);
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, "test-secret\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let endpoint = format!("http://127.0.0.1:{}", s3.port);
+    ws.cove(&[
+        "datastore",
+        "create",
+        "--name",
+        "lake",
+        "--endpoint",
+        &endpoint,
+        "--bucket",
+        "lake-bucket",
+        "--access-key-id",
+        "test",
+        "--secret-access-key-file",
+        &secret.display().to_string(),
+    ])
+    .ok();
+    let p = Project::new(ws.dir.path(), "stalled", LIST_SCRIPT, "mini_batch_size: 2");
+    p.deploy(&ws);
+    // The store stops answering, so publishing the output stalls once every mini-batch is committed.
+    crate::support::kill(s3.child.id(), "STOP");
+    let run = ws.cove(&[
+        "--json",
+        "endpoint",
+        "invoke",
+        "stalled",
+        "--input",
+        &p.inputs(4).display().to_string(),
+        "--output-path",
+        "azureml://datastores/lake/paths/stalled",
+    ]);
+    let name = run.ok().json()["name"].as_str().unwrap().to_string();
+    let start = std::time::Instant::now();
+    loop {
+        let (_, job) = ws.http("GET", &format!("/api/v1/jobs/{name}"), None, &[]);
+        if job["status"] == "Finalizing" {
+            break;
+        }
+        assert!(start.elapsed().as_secs() < 60, "{job:#}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let canceled = ws.cove(&["--json", "job", "cancel", &name]).ok().json();
+    assert_eq!(canceled["status"], "CancelRequested");
+    crate::support::kill(s3.child.id(), "CONT");
+    let job = ws.wait_job(&name);
+    assert_eq!(job["status"], "Canceled", "{job:#}");
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let listing = rt.block_on(async {
+        reqwest::Client::new()
+            .get(format!("http://127.0.0.1:{}/lake-bucket?list-type=2", s3.port))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    });
+    assert!(!listing.contains("stalled/predictions.csv"), "a canceled job publishes nothing:\n{listing}");
+}

@@ -118,3 +118,52 @@ fn rerun_failed_only_scores_just_the_failed_items() {
     ws.cove(&["job", "rerun", second["name"].as_str().unwrap(), "--failed-only"])
         .fails_with(2, "has no failed mini-batch to rerun");
 }
+
+const SLOW_FIRST: &str = r#"
+import os, time
+
+def init():
+    pass
+
+def run(mini_batch):
+    if any(os.path.basename(p) == "file-000.txt" for p in mini_batch):
+        print("first", flush=True)
+        time.sleep(3)
+    return [os.path.basename(p) for p in mini_batch]
+"#;
+
+#[test]
+fn an_input_file_that_cannot_be_read_fails_its_items_with_the_reason() {
+    let ws = Workspace::start();
+    let p =
+        Project::new(ws.dir.path(), "vanish", SLOW_FIRST, "mini_batch_size: 1\nretry_settings:\n    max_retries: 2");
+    p.deploy(&ws);
+    let run = ws.cove(&["--json", "endpoint", "invoke", "vanish", "--input", &p.inputs(3).display().to_string()]);
+    let name = run.ok().json()["name"].as_str().unwrap().to_string();
+    let input = run.json()["input"]["uri"]
+        .as_str()
+        .unwrap()
+        .strip_prefix("azureml://datastores/workspaceblobstore/paths/")
+        .unwrap()
+        .to_string();
+    // While the first mini-batch runs, the last input file disappears from the datastore.
+    let log = ws
+        .path()
+        .join("compute/local")
+        .join(&name)
+        .join("local-0/jobs")
+        .join(&name)
+        .join("logs/user/stdout/local-0/process000.stdout.txt");
+    let start = std::time::Instant::now();
+    while !std::fs::read_to_string(&log).unwrap_or_default().contains("first") {
+        assert!(start.elapsed().as_secs() < 60, "the first mini-batch never ran");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    std::fs::remove_file(ws.path().join("datastores/workspaceblobstore").join(&input).join("file-002.txt")).unwrap();
+    let job = ws.wait_job(&name);
+    assert_eq!(job["status"], "Completed", "{job:#}");
+    assert_eq!(ws.output_lines(&job), vec!["file-000.txt", "file-001.txt"]);
+    assert_eq!(job["progress"]["items_failed"], 1);
+    let reason = job["failed_batches"][0]["reason"].as_str().unwrap();
+    assert!(reason.contains("cannot read input file") && reason.contains("file-002.txt"), "{reason}");
+}

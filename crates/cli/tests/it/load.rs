@@ -136,7 +136,8 @@ fn started_order(ws: &Workspace, names: &[String]) -> Vec<String> {
 #[test]
 fn load_a_job_canceled_while_queued_for_capacity_never_runs_and_publishes_nothing() {
     let ws = Workspace::start();
-    let slow = "import time\n\ndef init():\n    pass\n\ndef run(mini_batch):\n    time.sleep(30)\n    return mini_batch\n";
+    let slow =
+        "import time\n\ndef init():\n    pass\n\ndef run(mini_batch):\n    time.sleep(30)\n    return mini_batch\n";
     let p = Project::new(ws.dir.path(), "busy", slow, "retry_settings:\n    timeout: 60");
     p.deploy(&ws);
     let data = p.inputs(1).display().to_string();
@@ -169,7 +170,10 @@ fn load_a_job_canceled_while_queued_for_capacity_never_runs_and_publishes_nothin
     }
     for name in &names[..8] {
         assert_eq!(ws.wait_job(name)["status"], "Canceled");
-        assert!(!ws.path().join("datastores/workspaceblobstore/azureml").join(name).exists(), "a canceled job publishes nothing");
+        assert!(
+            !ws.path().join("datastores/workspaceblobstore/azureml").join(name).exists(),
+            "a canceled job publishes nothing"
+        );
     }
     let start = Instant::now();
     while !crate::support::pids_with_args(&["worker"]).iter().all(|pid| {
