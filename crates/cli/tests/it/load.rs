@@ -184,3 +184,29 @@ fn load_a_job_canceled_while_queued_for_capacity_never_runs_and_publishes_nothin
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+#[test]
+fn load_a_job_canceled_as_soon_as_it_is_submitted_ends_canceled_with_nothing_published() {
+    let ws = Workspace::start();
+    let p = Project::new(ws.dir.path(), "early", NOOP, "mini_batch_size: 1");
+    p.deploy(&ws);
+    // A big input written straight into the datastore, so planning takes a moment.
+    let folder = ws.path().join("datastores/workspaceblobstore/big");
+    std::fs::create_dir_all(&folder).unwrap();
+    for i in 0..3000 {
+        std::fs::write(folder.join(format!("f{i:05}.txt")), "x").unwrap();
+    }
+    let body = serde_json::json!({"input": {"uri": "azureml://datastores/workspaceblobstore/paths/big", "type": "uri_folder"}});
+    let (status, job) = ws.http("POST", "/endpoints/early/jobs", Some(body), &[]);
+    assert_eq!(status, 201, "{job}");
+    let name = job["name"].as_str().unwrap().to_string();
+    let (status, canceled) = ws.http("POST", &format!("/api/v1/jobs/{name}/cancel"), Some(serde_json::json!({})), &[]);
+    assert_eq!(status, 200, "{canceled}");
+    let job = ws.wait_job(&name);
+    assert_eq!(job["status"], "Canceled", "{job:#}");
+    std::thread::sleep(Duration::from_secs(1));
+    let (_, again) = ws.http("GET", &format!("/api/v1/jobs/{name}"), None, &[]);
+    assert_eq!(again["status"], "Canceled", "a canceled job stays canceled (planning does not revive it)");
+    assert!(again["progress"]["batches_succeeded"].as_u64().unwrap() < 3000, "it did not run to the end");
+    assert!(!ws.path().join("datastores/workspaceblobstore/azureml").join(&name).exists(), "nothing is published");
+}

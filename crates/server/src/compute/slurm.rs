@@ -126,6 +126,8 @@ pub struct Task {
     pub state: String,
     pub reason: String,
     pub nodes: String,
+    /// `code:signal`, as Slurm reports a task's exit.
+    pub exit: String,
 }
 
 impl Task {
@@ -156,6 +158,7 @@ pub fn parse_tasks(text: &str) -> Vec<Task> {
                 state: field("JobState"),
                 reason: field("Reason"),
                 nodes: field("NodeList"),
+                exit: field("ExitCode"),
             }
         })
         .collect()
@@ -182,6 +185,9 @@ fn describe(id: &str, tasks: &[Task]) -> String {
             }
             if !t.nodes.is_empty() && t.nodes != "(null)" {
                 s.push_str(&format!(" on {}", t.nodes));
+            }
+            if !t.is_live() && !t.exit.is_empty() {
+                s.push_str(&format!(", exit {}", t.exit));
             }
             s
         })
@@ -324,5 +330,9 @@ mod tests {
         );
         assert_eq!(super::describe("12", &tasks), "slurm job 12: task 1 PENDING (Resources); task 0 RUNNING on vm");
         assert!(tasks.iter().all(super::Task::is_live));
+        let lost =
+            super::parse_tasks("JobId=14 ArrayTaskId=2 JobState=NODE_FAIL Reason=NodeDown NodeList=vm ExitCode=0:15\n");
+        assert!(lost[0].was_lost() && !lost[0].is_live());
+        assert_eq!(super::describe("14", &lost), "slurm job 14: task 2 NODE_FAIL on vm, exit 0:15");
     }
 }

@@ -525,3 +525,67 @@ pub async fn rerun(
         _ => Err(ApiError::conflict(format!("job `{job_name}` already exists"))),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Arbitrary JSON, biased towards the keys the invocation bodies use.
+    fn json() -> impl Strategy<Value = Value> {
+        let key = prop_oneof![
+            Just("properties".to_string()),
+            Just("InputData".to_string()),
+            Just("OutputData".to_string()),
+            Just("JobInputType".to_string()),
+            Just("Uri".to_string()),
+            Just("miniBatchSize".to_string()),
+            Just("retrySettings".to_string()),
+            Just("input".to_string()),
+            Just("overrides".to_string()),
+            "[a-zA-Z_]{1,12}",
+        ];
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(|n| Value::from(n)),
+            any::<f64>().prop_map(|f| serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)),
+            "\\PC{0,40}".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(5, 64, 8, move |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                prop::collection::btree_map(key.clone(), inner, 0..6)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 3000, failure_persistence: None, ..ProptestConfig::default() })]
+
+        /// Every request body type and the Azure ML body reader refuse hostile JSON with an error,
+        /// never a panic.
+        #[test]
+        fn request_bodies_never_panic(value in json()) {
+            let bytes = serde_json::to_vec(&value).unwrap();
+            let _ = azure_body(&value);
+            let _ = parse_json::<Invoke>(&bytes);
+            let _ = parse_json::<cove_api::CreateDeployment>(&bytes);
+            let _ = parse_json::<cove_api::CreateModel>(&bytes);
+            let _ = parse_json::<cove_api::CreateToken>(&bytes);
+            let _ = parse_json::<cove_api::CreateDatastore>(&bytes);
+            let _ = parse_json::<cove_api::ComputeSpec>(&bytes);
+            let _ = parse_json::<cove_api::worker::Completion>(&bytes);
+            let _ = parse_json::<cove_api::worker::LeaseRequest>(&bytes);
+            let _ = parse_json::<cove_spec::EndpointSpec>(&bytes);
+            if let Ok(mut settings) = serde_json::from_value::<BTreeMap<String, String>>(value.clone()) {
+                let mut s = cove_spec::DeploymentSettings::default();
+                for (k, v) in std::mem::take(&mut settings) {
+                    let _ = s.apply_override(&k, &v);
+                }
+                prop_assert!(s.mini_batch_size >= 1 && s.retry_settings.max_retries >= 1);
+            }
+        }
+    }
+}
