@@ -167,3 +167,37 @@ fn an_input_file_that_cannot_be_read_fails_its_items_with_the_reason() {
     let reason = job["failed_batches"][0]["reason"].as_str().unwrap();
     assert!(reason.contains("cannot read input file") && reason.contains("file-002.txt"), "{reason}");
 }
+
+#[test]
+fn hostile_input_file_names_are_refused_or_failed_with_the_reason() {
+    let ws = Workspace::start();
+    let script = "import os\n\ndef init():\n    pass\n\ndef run(mini_batch):\n    return [repr(os.path.basename(p)) for p in mini_batch]\n";
+    let p = Project::new(ws.dir.path(), "names", script, "mini_batch_size: 1\nretry_settings:\n    max_retries: 1");
+    p.deploy(&ws);
+    let store = ws.path().join("datastores/workspaceblobstore");
+    // A name with a control character cannot be addressed in a datastore: the invocation names it.
+    std::fs::create_dir_all(store.join("newline")).unwrap();
+    std::fs::write(store.join("newline/odd\nname.txt"), "x").unwrap();
+    ws.cove(&["endpoint", "invoke", "names", "--input", "azureml://datastores/workspaceblobstore/paths/newline"])
+        .fails_with(2, "cannot be listed")
+        .fails_with(2, "odd");
+    assert_eq!(ws.job_count(), 0);
+    // A name no scorer can be handed as a plain file fails its mini-batch with the reason.
+    std::fs::create_dir_all(store.join("odd-names")).unwrap();
+    for name in ["normal.txt", "back\\slash.txt", "with space.txt"] {
+        std::fs::write(store.join("odd-names").join(name), "x").unwrap();
+    }
+    let run = ws.cove(&[
+        "--json",
+        "endpoint",
+        "invoke",
+        "names",
+        "--input",
+        "azureml://datastores/workspaceblobstore/paths/odd-names",
+    ]);
+    let job = ws.wait_job(run.ok().json()["name"].as_str().unwrap());
+    assert_eq!(job["status"], "Completed", "{job:#}");
+    assert_eq!(ws.output_lines(&job), vec!["'normal.txt'", "'with space.txt'"]);
+    let reason = job["failed_batches"][0]["reason"].as_str().unwrap();
+    assert!(reason.contains("cannot read input file `odd-names/back\\slash.txt`"), "{reason}");
+}

@@ -168,9 +168,11 @@ async fn check_input_exists(store: &dyn ObjectStore, input: &JobInput) -> ApiRes
         InputType::UriFile => store.head(&path.object_path()).await.is_ok(),
         InputType::UriFolder => {
             let prefix = (!path.path.is_empty()).then(|| path.object_path());
-            // One listing page tells whether the folder holds any file; planning lists it in full.
-            let listing = store.list_with_delimiter(prefix.as_ref()).await;
-            listing.is_ok_and(|l| !l.objects.is_empty())
+            // One listing tells whether the folder holds any file; planning lists it again.
+            match store.list_with_delimiter(prefix.as_ref()).await {
+                Ok(l) => !l.objects.is_empty(),
+                Err(e) => return Err(ApiError::invalid(format!("input: `{}` cannot be listed: {e}", input.uri))),
+            }
         }
     };
     if !found {

@@ -82,7 +82,7 @@ pub async fn plan(app: &AppRef, job: &JobRow) -> anyhow::Result<bool> {
     let mut offsets = Vec::with_capacity(files.len() + 1);
     for f in &files {
         offsets.push(manifest.len() as u64);
-        manifest.push_str(f);
+        manifest.push_str(&encode_line(f));
         manifest.push('\n');
     }
     offsets.push(manifest.len() as u64);
@@ -106,5 +106,72 @@ pub async fn batch_files(app: &AppRef, job: &str, offset: u64, len: u64) -> anyh
     let range = offset..offset + len;
     let bytes = app.internal.get_range(&manifest_key(job), range).await.context("failed to read the job's manifest")?;
     let text = String::from_utf8(bytes.to_vec()).context("the manifest is not UTF-8")?;
-    Ok(text.lines().map(str::to_string).collect())
+    Ok(text.split_terminator('\n').map(decode_line).collect())
+}
+
+/// Encodes a path as one manifest line: input folders may hold names with newlines or backslashes,
+/// which must neither split a line nor be mistaken for an escape.
+pub fn encode_line(path: &str) -> String {
+    let mut out = String::with_capacity(path.len());
+    for c in path.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Decodes a manifest line written by [`encode_line`].
+pub fn decode_line(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('n') => out.push('\n'),
+            Some('r') => out.push('\r'),
+            Some(other) => out.push(other),
+            None => out.push('\\'),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{decode_line, encode_line};
+    use cove_model::{batch_count, batch_range};
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2000, failure_persistence: None, ..ProptestConfig::default() })]
+
+        /// Whatever names an input folder holds, each mini-batch reads back exactly its own names.
+        #[test]
+        fn manifests_read_back_every_name_of_every_mini_batch(
+            names in prop::collection::vec("\\PC{0,12}|[a\\\\\n\r ]{0,6}", 0..40),
+            size in 1u32..7,
+        ) {
+            let mut manifest = String::new();
+            let mut offsets = Vec::new();
+            for n in &names {
+                offsets.push(manifest.len());
+                manifest.push_str(&encode_line(n));
+                manifest.push('\n');
+            }
+            offsets.push(manifest.len());
+            for i in 0..batch_count(names.len() as u64, size) {
+                let r = batch_range(i, size, names.len() as u64);
+                let slice = &manifest[offsets[r.start as usize]..offsets[r.end as usize]];
+                let read: Vec<String> = slice.split_terminator('\n').map(decode_line).collect();
+                prop_assert_eq!(&read[..], &names[r.start as usize..r.end as usize]);
+            }
+        }
+    }
 }
