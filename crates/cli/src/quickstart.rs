@@ -94,12 +94,9 @@ pub async fn run(dir: Option<PathBuf>, out: Output) -> anyhow::Result<i32> {
                 println!("  {line}");
             }
         }
-        println!(
-            "Workspace kept in {} (inspect it with: cove --workspace {} job show {})",
-            workspace.display(),
-            workspace.display(),
-            job.name
-        );
+        println!("Workspace kept in {}; to look around, serve it again and ask:", workspace.display());
+        println!("  cove up --dir {} &", workspace.display());
+        println!("  cove --workspace {} job show {}", workspace.display(), job.name);
     }
     Ok(if job.status == cove_model::JobStatus::Completed { exit_code::OK } else { exit_code::JOB_FAILED })
 }

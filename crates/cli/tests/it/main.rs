@@ -16,3 +16,4 @@ mod scoring;
 mod slurm;
 mod support;
 mod testbed;
+mod tidy;
