@@ -185,3 +185,27 @@ fn slurm_node_down_mid_job_loses_its_tasks_and_the_job_still_scores_every_file_o
         String::from_utf8_lossy(&out.stdout).trim() == "idle"
     });
 }
+
+#[test]
+fn slurm_a_controller_gone_when_a_job_starts_fails_the_job_with_the_cause() {
+    let ws = Workspace::start_with(&[], &[("SLURM_CONF", SLURM_CONF)]);
+    // The compute's own copy of slurm.conf: valid when the compute is created, broken before the job.
+    let conf = ws.dir.path().join("hpc-slurm.conf");
+    std::fs::copy(SLURM_CONF, &conf).unwrap();
+    let file = ws.dir.path().join("compute.yml");
+    std::fs::write(
+        &file,
+        format!("name: hpc\ntype: slurm\npartition: debug\nmem_per_task_mb: 512\nslurm_conf: {}\n", conf.display()),
+    )
+    .unwrap();
+    ws.cove(&["compute", "create", "-f", &file.display().to_string()]).ok();
+    let p = Project::new(ws.dir.path(), "gone", LIST_SCRIPT, "").on(Backend::Slurm);
+    p.deploy(&ws);
+    let text = std::fs::read_to_string(&conf).unwrap().replace("SlurmctldPort=6817", "SlurmctldPort=6899");
+    std::fs::write(&conf, text).unwrap();
+    let run = ws.cove(&["--json", "endpoint", "invoke", "gone", "--input", &p.inputs(2).display().to_string()]);
+    let job = ws.wait_job(run.ok().json()["name"].as_str().unwrap());
+    assert_eq!(job["status"], "Failed", "{job:#}");
+    let error = job["error"].as_str().unwrap();
+    assert!(error.starts_with("the Slurm compute could not start workers: sbatch refused the job"), "{error}");
+}
