@@ -11,17 +11,41 @@ use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+#[derive(Debug, Clone, clap::Args)]
 pub struct InvokeArgs {
+    /// The endpoint.
+    #[arg(value_name = "NAME")]
     pub endpoint: String,
+    /// A local file or folder (uploaded first) or a datastore URI.
+    #[arg(long)]
     pub input: String,
+    #[arg(long, value_parser = parse_input_type)]
     pub input_type: Option<InputType>,
+    #[arg(short = 'd', long)]
     pub deployment_name: Option<String>,
+    /// Where the `score` output goes (a datastore URI).
+    #[arg(long)]
     pub output_path: Option<String>,
+    #[arg(short = 'm', long)]
     pub mini_batch_size: Option<u32>,
+    #[arg(short = 'c', long)]
     pub instance_count: Option<u32>,
+    #[arg(long)]
     pub job_name: Option<String>,
+    /// Per-job overrides: mini_batch_size, max_retries, timeout, error_threshold, output_file_name, ...
+    #[arg(long = "set", value_name = "KEY=VALUE")]
     pub sets: Vec<String>,
+    /// Follow the job until it ends; exit non-zero unless it completes.
+    #[arg(long)]
     pub stream: bool,
+}
+
+fn parse_input_type(s: &str) -> Result<InputType, String> {
+    match s {
+        "uri_folder" => Ok(InputType::UriFolder),
+        "uri_file" => Ok(InputType::UriFile),
+        other => Err(format!("`{other}` is not an input type (uri_folder, uri_file)")),
+    }
 }
 
 /// Whether `--input` names a datastore (or other) URI rather than a local path.

@@ -229,29 +229,8 @@ enum EndpointCommand {
     },
     /// Start a batch job.
     Invoke {
-        name: String,
-        /// A local file or folder (uploaded first) or a datastore URI.
-        #[arg(long)]
-        input: String,
-        #[arg(long, value_parser = parse_input_type)]
-        input_type: Option<cove_api::InputType>,
-        #[arg(short = 'd', long)]
-        deployment_name: Option<String>,
-        /// Where the `score` output goes (a datastore URI).
-        #[arg(long)]
-        output_path: Option<String>,
-        #[arg(short = 'm', long)]
-        mini_batch_size: Option<u32>,
-        #[arg(short = 'c', long)]
-        instance_count: Option<u32>,
-        #[arg(long)]
-        job_name: Option<String>,
-        /// Per-job overrides: mini_batch_size, max_retries, timeout, error_threshold, output_file_name, ...
-        #[arg(long = "set", value_name = "KEY=VALUE")]
-        sets: Vec<String>,
-        /// Follow the job until it ends; exit non-zero unless it completes.
-        #[arg(long)]
-        stream: bool,
+        #[command(flatten)]
+        args: jobs::InvokeArgs,
     },
 }
 
@@ -260,14 +239,6 @@ fn parse_sandbox(s: &str) -> Result<cove_api::worker::SandboxMode, String> {
         "namespaces" => Ok(cove_api::worker::SandboxMode::Namespaces),
         "none" => Ok(cove_api::worker::SandboxMode::None),
         other => Err(format!("`{other}` is not a sandbox mode (namespaces, none)")),
-    }
-}
-
-fn parse_input_type(s: &str) -> Result<cove_api::InputType, String> {
-    match s {
-        "uri_folder" => Ok(cove_api::InputType::UriFolder),
-        "uri_file" => Ok(cove_api::InputType::UriFile),
-        other => Err(format!("`{other}` is not an input type (uri_folder, uri_file)")),
     }
 }
 
@@ -513,30 +484,8 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
                     resources::endpoint_update(&client, &name, &sets, out).await?
                 }
                 EndpointCommand::Delete { name, yes: _ } => resources::endpoint_delete(&client, &name).await?,
-                EndpointCommand::Invoke {
-                    name,
-                    input,
-                    input_type,
-                    deployment_name,
-                    output_path,
-                    mini_batch_size,
-                    instance_count,
-                    job_name,
-                    sets,
-                    stream,
-                } => {
-                    let args = jobs::InvokeArgs {
-                        endpoint: name,
-                        input,
-                        input_type,
-                        deployment_name,
-                        output_path,
-                        mini_batch_size,
-                        instance_count,
-                        job_name,
-                        sets,
-                        stream,
-                    };
+                EndpointCommand::Invoke { args } => {
+                    let stream = args.stream;
                     let job = jobs::invoke(&client, args, out).await?;
                     if stream {
                         return Ok(job_exit(&job));

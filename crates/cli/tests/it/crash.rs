@@ -71,12 +71,7 @@ impl ControlPlane {
     }
 
     fn cove(&self, args: &[&str]) -> Run {
-        let out = Command::new(COVE).arg("--workspace").arg(&self.dir).args(args).env("CI", "1").output().unwrap();
-        Run {
-            code: out.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&out.stdout).to_string(),
-            stderr: String::from_utf8_lossy(&out.stderr).to_string(),
-        }
+        Command::new(COVE).arg("--workspace").arg(&self.dir).args(args).env("CI", "1").output().unwrap().into()
     }
 }
 

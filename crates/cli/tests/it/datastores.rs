@@ -53,14 +53,7 @@ fn datastores_are_reached_only_through_their_private_endpoints() {
     s3.create_bucket("lake-bucket");
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("network.yml");
-    std::fs::write(
-        &config,
-        format!(
-            "networks:\n  - name: workspace\n    address_space: [127.0.0.0/8]\nprivate_endpoints:\n  - name: api\n    service: api\n    address: 127.0.0.1:0\n    network: workspace\n  - name: lake-pe\n    service: 'datastore:lake'\n    address: 127.0.0.1:{}\n    network: workspace\n",
-            s3.port
-        ),
-    )
-    .unwrap();
+    std::fs::write(&config, lake_config(s3.port)).unwrap();
     let ws = Workspace::start_with(&["--config", &config.display().to_string()], &[]);
     let secret = dir.path().join("secret");
     std::fs::write(&secret, "test-secret\n").unwrap();
@@ -141,20 +134,12 @@ fn datastores_are_reached_only_through_their_private_endpoints() {
         .fails_with(2, "is not a configured private endpoint");
 }
 
-#[test]
-fn a_job_canceled_while_finalizing_publishes_nothing() {
-    let s3 = S3Server::start();
-    s3.create_bucket("lake-bucket");
+/// A workspace whose network configuration gives datastore `lake` a private endpoint at the S3
+/// server, with the datastore registered; the temporary folder holds its configuration and secret.
+fn lake_workspace(s3: &S3Server) -> (Workspace, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("network.yml");
-    std::fs::write(
-        &config,
-        format!(
-            "networks:\n  - name: workspace\n    address_space: [127.0.0.0/8]\nprivate_endpoints:\n  - name: api\n    service: api\n    address: 127.0.0.1:0\n    network: workspace\n  - name: lake-pe\n    service: 'datastore:lake'\n    address: 127.0.0.1:{}\n    network: workspace\n",
-            s3.port
-        ),
-    )
-    .unwrap();
+    std::fs::write(&config, lake_config(s3.port)).unwrap();
     let ws = Workspace::start_with(&["--config", &config.display().to_string()], &[]);
     let secret = dir.path().join("secret");
     std::fs::write(&secret, "test-secret\n").unwrap();
@@ -176,6 +161,20 @@ fn a_job_canceled_while_finalizing_publishes_nothing() {
         &secret.display().to_string(),
     ])
     .ok();
+    (ws, dir)
+}
+
+fn lake_config(port: u16) -> String {
+    format!(
+        "networks:\n  - name: workspace\n    address_space: [127.0.0.0/8]\nprivate_endpoints:\n  - name: api\n    service: api\n    address: 127.0.0.1:0\n    network: workspace\n  - name: lake-pe\n    service: 'datastore:lake'\n    address: 127.0.0.1:{port}\n    network: workspace\n"
+    )
+}
+
+#[test]
+fn a_job_canceled_while_finalizing_publishes_nothing() {
+    let s3 = S3Server::start();
+    s3.create_bucket("lake-bucket");
+    let (ws, _dir) = lake_workspace(&s3);
     let p = Project::new(ws.dir.path(), "stalled", LIST_SCRIPT, "mini_batch_size: 2");
     p.deploy(&ws);
     // The store stops answering, so publishing the output stalls once every mini-batch is committed.

@@ -37,20 +37,15 @@ computes:
 
 /// Runs the CLI on `host` against the workspace's private endpoint with `token`.
 fn cove_on(bed: &Testbed, host: &str, token: &str, args: &[&str]) -> Run {
-    let out = bed
-        .command(host, COVE)
+    bed.command(host, COVE)
         .args(args)
         .env("COVE_URL", format!("http://{API}"))
         .env("COVE_TOKEN", token)
         .env_remove("COVE_WORKSPACE")
         .env("CI", "1")
         .output()
-        .unwrap();
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).to_string(),
-        stderr: String::from_utf8_lossy(&out.stderr).to_string(),
-    }
+        .unwrap()
+        .into()
 }
 
 /// Posts to the invocation URL from `host` with a raw HTTP client; returns the status or the error.

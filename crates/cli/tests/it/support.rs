@@ -22,6 +22,16 @@ pub struct Run {
     pub stderr: String,
 }
 
+impl From<std::process::Output> for Run {
+    fn from(out: std::process::Output) -> Run {
+        Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).to_string(),
+            stderr: String::from_utf8_lossy(&out.stderr).to_string(),
+        }
+    }
+}
+
 impl Run {
     #[track_caller]
     pub fn ok(&self) -> &Self {
@@ -108,7 +118,7 @@ impl Workspace {
 
     /// Runs `cove --workspace <ws> ARGS` and captures everything.
     pub fn cove(&self, args: &[&str]) -> Run {
-        let out = Self::command(&self.netns)
+        Self::command(&self.netns)
             .arg("--workspace")
             .arg(self.path())
             .args(args)
@@ -116,12 +126,8 @@ impl Workspace {
             .env_remove("COVE_TOKEN")
             .env("CI", "1")
             .output()
-            .unwrap();
-        Run {
-            code: out.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&out.stdout).to_string(),
-            stderr: String::from_utf8_lossy(&out.stderr).to_string(),
-        }
+            .unwrap()
+            .into()
     }
 
     /// Sends one HTTP request with the owner token; returns (status, JSON body).

@@ -8,7 +8,6 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
 pub struct Testbed {
-    prefix: String,
     /// Host name → (namespace, address).
     hosts: Vec<(String, String, String)>,
     router: String,
@@ -40,8 +39,7 @@ impl Testbed {
         let router = format!("{prefix}-rtr");
         netns_add(&router);
         Command::new("ip").args(["netns", "exec", &router, "sysctl", "-qw", "net.ipv4.ip_forward=1"]).status().unwrap();
-        let mut bed =
-            Testbed { prefix: prefix.clone(), hosts: Vec::new(), router: router.clone(), children: Vec::new() };
+        let mut bed = Testbed { hosts: Vec::new(), router: router.clone(), children: Vec::new() };
         for (i, (name, cidr)) in hosts.iter().enumerate() {
             let ns = format!("{prefix}-{name}");
             netns_add(&ns);
@@ -62,10 +60,6 @@ impl Testbed {
 
     pub fn ns(&self, host: &str) -> String {
         self.hosts.iter().find(|(n, _, _)| n == host).unwrap_or_else(|| panic!("no host {host}")).1.clone()
-    }
-
-    pub fn addr(&self, host: &str) -> String {
-        self.hosts.iter().find(|(n, _, _)| n == host).unwrap().2.clone()
     }
 
     /// A command that runs on `host`.
@@ -134,6 +128,5 @@ impl Drop for Testbed {
             let _ = Command::new("ip").args(["netns", "del", &ns]).status();
             let _ = std::fs::remove_dir_all(Path::new("/etc/netns").join(&ns));
         }
-        let _ = &self.prefix;
     }
 }
