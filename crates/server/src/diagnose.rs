@@ -95,6 +95,24 @@ pub async fn run(app: &AppRef) -> Result<Vec<Check>, store::StoreError> {
                 Some(format!("add a peering between {} and the API endpoint's network", net.network)),
             ));
         }
+        // The proof that the endpoint answers from the compute's own network is a worker that reached it.
+        let contact = app.worker_contact.lock().unwrap_or_else(|e| e.into_inner()).get(&c.name).copied();
+        let name = format!("compute {} workers answered", c.name);
+        match contact {
+            Some((ip, at)) => out.push(check(
+                &name,
+                "ok",
+                format!("a worker reached the API from {ip} at {}", crate::logs::timestamp(at)),
+                None,
+            )),
+            None if c.kind == "local" => {}
+            None => out.push(check(
+                &name,
+                "warn",
+                "no worker of this compute has reached the API since the control plane started".into(),
+                Some(format!("start a worker on network {} (cove worker --url ... --worker-token ...)", net.network)),
+            )),
+        }
     }
 
     // The scoring sandbox works on this host.

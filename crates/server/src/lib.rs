@@ -91,6 +91,8 @@ pub(crate) struct App {
     pub compute: compute::LocalCompute,
     pub url: String,
     pub policy: netpolicy::NetworkPolicy,
+    /// Per compute cluster, the address and time of the last worker call that was admitted.
+    pub worker_contact: std::sync::Mutex<std::collections::HashMap<String, (std::net::IpAddr, i64)>>,
     /// Jobs whose cluster-scheduler submission a tracker follows (so each has one tracker).
     pub followed: std::sync::Mutex<std::collections::HashSet<String>>,
     /// The addresses the API actually listens on.
@@ -218,6 +220,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
         shutdown: shutdown_rx.clone(),
         policy,
         followed: std::sync::Mutex::new(std::collections::HashSet::new()),
+        worker_contact: std::sync::Mutex::new(std::collections::HashMap::new()),
         listeners: listeners.clone(),
     });
     let lost_app = app.clone();

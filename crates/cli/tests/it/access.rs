@@ -199,6 +199,11 @@ fn connections_from_outside_the_private_networks_are_refused_and_audited() {
     assert!(diag.stdout.contains("OK   no public listener"), "{}", diag.stdout);
     assert!(diag.stdout.contains("OK   compute cluster reaches the API"), "{}", diag.stdout);
     assert!(diag.stdout.contains("WARN token expiry"), "{}", diag.stdout);
+    assert!(
+        diag.stdout.contains("OK   compute cluster workers answered: a worker reached the API from 127.0.0.4"),
+        "{}",
+        diag.stdout
+    );
 }
 
 #[test]

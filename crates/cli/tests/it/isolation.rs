@@ -202,6 +202,11 @@ fn a_private_workspace_serves_its_networks_and_refuses_everyone_else() {
         "{}",
         diag.stdout
     );
+    assert!(
+        diag.stdout.contains("OK   compute cluster workers answered: a worker reached the API from 198.18.4.10"),
+        "{}",
+        diag.stdout
+    );
 
     let mut text = String::from("source                          service                                 result\n");
     for (s, svc, r) in &table {

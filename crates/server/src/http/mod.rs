@@ -130,6 +130,11 @@ impl FromRequestParts<AppRef> for Worker {
                     .map_err(|why| ApiError::new(ErrorCode::PermissionDenied, why))?;
             }
         }
+        if let (Some(compute), Some(ip)) = (&p.compute, source) {
+            // Evidence for `diagnose` that the compute's network really reaches the API.
+            let seen = (ip, crate::store::now_ms());
+            app.worker_contact.lock().unwrap_or_else(|e| e.into_inner()).insert(compute.clone(), seen);
+        }
         Ok(Worker(p))
     }
 }
