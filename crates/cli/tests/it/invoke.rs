@@ -84,8 +84,6 @@ fn the_scoring_uri_routes_by_header_honours_idempotency_keys_and_takes_the_azure
     assert_eq!(ws.job_count(), 2);
 
     // The output location must be unique: invoking into an existing output is refused.
-    let out = format!("{}/../../azureml/{}/score", input_uri, done["name"].as_str().unwrap());
-    let _ = out;
     let existing = done["output_uri"].as_str().unwrap();
     let (status, body) = ws.http(
         "POST",

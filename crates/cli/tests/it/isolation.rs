@@ -5,7 +5,7 @@
 
 use crate::support::{Project, Run, COVE, LIST_SCRIPT};
 use crate::testbed::Testbed;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 const API: &str = "198.18.1.10:8470";
 
@@ -214,5 +214,4 @@ fn a_private_workspace_serves_its_networks_and_refuses_everyone_else() {
     }
     println!("Reachability proved:\n{text}");
     let _ = std::fs::write(std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("reachability.txt"), &text);
-    let _ = Command::new("true").status();
 }

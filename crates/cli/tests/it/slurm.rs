@@ -66,12 +66,10 @@ fn slurm_configuration_errors_name_the_cause() {
 #[test]
 fn slurm_runs_a_job_on_two_instances_and_scales_to_zero() {
     let ws = Backend::Slurm.workspace();
-    let settings = "mini_batch_size: 1\nmax_concurrency_per_instance: 1\nresources:\n  instance_count: 2";
     let p = Project::new(ws.dir.path(), "twin", LIST_SCRIPT, "").on(Backend::Slurm);
     let yaml = std::fs::read_to_string(p.dir.join("deployment.yml")).unwrap();
     let yaml = yaml.replace("settings:\n  mini_batch_size: 2\n", "settings:\n  mini_batch_size: 1\n");
     std::fs::write(p.dir.join("deployment.yml"), format!("{yaml}resources:\n  instance_count: 2\n")).unwrap();
-    let _ = settings;
     p.deploy(&ws);
     let run = ws.cove(&["--json", "endpoint", "invoke", "twin", "--input", &p.inputs(6).display().to_string()]);
     let job = ws.wait_job(run.ok().json()["name"].as_str().unwrap());

@@ -466,7 +466,8 @@ pub async fn upload(
         return Err(ApiError::invalid("path: a file name is required"));
     }
     if path.starts_with("LocalUpload/") {
-        user.require(Role::Invoker, None).or_else(|_| user.require(Role::Invoker, user.0.endpoint.as_deref()))?;
+        // An endpoint-scoped invoker uploads its own inputs too.
+        user.require(Role::Invoker, user.0.endpoint.as_deref())?;
     } else {
         user.require(Role::Contributor, None)?;
     }
