@@ -1,0 +1,53 @@
+//! No-code ONNX scoring: a deployment of an ONNX model with no scoring script runs here, in the worker
+//! process, with no Python.
+//!
+//! A mini-batch's files are read with the Arrow readers (CSV, or Parquet by extension), their rows are
+//! fed to the model in one call per mini-batch (tract, pure Rust), and the predictions are written as
+//! one line per input row: `row,prediction[,probability…],file`. A file that cannot be read is a failed
+//! item with its reason; the others in the mini-batch are still scored.
+
+mod columns;
+mod model;
+mod output;
+mod read;
+pub mod synth;
+
+pub use columns::FeatureColumns;
+pub use model::{InputSpec, OnnxModel, OutputRoles};
+
+/// The outcome of scoring one mini-batch.
+#[derive(Debug, Default)]
+pub struct Scored {
+    /// The prediction lines of every readable file, in file order.
+    pub output: Vec<u8>,
+    /// Per input file, in order: the rows scored, or why the file failed.
+    pub files: Vec<Result<u64, String>>,
+}
+
+impl Scored {
+    pub fn succeeded(&self) -> u64 {
+        self.files.iter().filter(|f| f.is_ok()).count() as u64
+    }
+
+    pub fn failed(&self) -> impl Iterator<Item = &str> {
+        self.files.iter().filter_map(|f| f.as_ref().err().map(String::as_str))
+    }
+}
+
+/// The model file inside a registered model: the path itself when it is a `.onnx` file, otherwise the
+/// one `.onnx` file directly inside the folder.
+///
+/// # Errors
+/// A message naming the problem when there is no `.onnx` file or more than one.
+pub fn find_model_file<'a>(files: impl IntoIterator<Item = &'a str>) -> Result<&'a str, String> {
+    let found: Vec<&str> = files.into_iter().filter(|f| is_onnx(f)).collect();
+    match found.as_slice() {
+        [one] => Ok(one),
+        [] => Err("the model holds no .onnx file".into()),
+        many => Err(format!("the model holds {} .onnx files ({}); keep exactly one", many.len(), many.join(", "))),
+    }
+}
+
+fn is_onnx(name: &str) -> bool {
+    !name.contains('/') && name.to_ascii_lowercase().ends_with(".onnx")
+}

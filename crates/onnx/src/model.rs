@@ -1,0 +1,219 @@
+//! Loading an ONNX model with tract, checking that it can score tables, and running it.
+
+use crate::output::{write_file_rows, Prediction};
+use crate::read::{read, Table, Values};
+use crate::Scored;
+use bytes::Bytes;
+use std::sync::Arc;
+use tract_onnx::prelude::*;
+use tract_onnx::tract_hir::infer::Factoid;
+
+/// A model input as Cove feeds it: one row per input row, `width` values per row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InputSpec {
+    pub name: String,
+    /// Values per row: 1 for a `[rows]` input, `k` for a `[rows, k]` input.
+    pub width: usize,
+    /// The input takes float64 (otherwise float32).
+    pub float64: bool,
+}
+
+/// Which model outputs become the prediction and the class probabilities.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutputRoles {
+    /// An output with one value per row (a label or a score).
+    pub prediction: Option<usize>,
+    /// A float output with one value per class; its argmax is the prediction when there is no label.
+    pub probabilities: Option<(usize, usize)>,
+}
+
+/// A loaded model, ready to score; cheap to share between slots (`Arc` inside).
+#[derive(Clone)]
+pub struct OnnxModel {
+    plan: Arc<TypedRunnableModel>,
+    inputs: Vec<InputSpec>,
+    /// Whether each input is `[rows]` rather than `[rows, width]`.
+    flat: Vec<bool>,
+    outputs: Vec<String>,
+    roles: OutputRoles,
+}
+
+impl std::fmt::Debug for OnnxModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.describe())
+    }
+}
+
+impl OnnxModel {
+    /// Loads and checks a model from the bytes of its `.onnx` file.
+    ///
+    /// # Errors
+    /// Why the model cannot be used to score tables, naming the input or output at fault.
+    pub fn load(bytes: &[u8]) -> Result<Self, String> {
+        let mut model = tract_onnx::onnx()
+            .model_for_read(&mut &bytes[..])
+            .map_err(|e| format!("not a loadable ONNX model: {}", chain(&e)))?;
+        // The row count is always symbolic, whatever the file declares, so one call scores any number
+        // of rows.
+        let rows = model.symbols.sym("cove_rows");
+        let mut inputs = Vec::new();
+        let mut flat = Vec::new();
+        for i in 0..model.input_outlets().map_err(|e| e.to_string())?.len() {
+            let outlet = model.input_outlets().map_err(|e| e.to_string())?[i];
+            let name = model.node(outlet.node).name.clone();
+            let fact = model.input_fact(i).map_err(|e| e.to_string())?.clone();
+            let dt = fact.datum_type.concretize().unwrap_or(DatumType::F32);
+            if dt != DatumType::F32 && dt != DatumType::F64 {
+                return Err(format!("input `{name}` takes {dt:?}; a no-code deployment feeds float32 or float64"));
+            }
+            let rank = fact.shape.rank().concretize();
+            let width = match rank {
+                Some(1) => 1,
+                Some(2) => fact
+                    .shape
+                    .dim(1)
+                    .and_then(|d| d.concretize())
+                    .and_then(|d| d.to_i64().ok())
+                    .map(|d| d as usize)
+                    .ok_or_else(|| format!("input `{name}` has no fixed number of columns"))?,
+                Some(r) => {
+                    return Err(format!("input `{name}` has rank {r}; a no-code deployment feeds [rows] or [rows, columns]"))
+                }
+                None => return Err(format!("input `{name}` has no declared shape")),
+            };
+            let shape: TVec<TDim> = if rank == Some(1) { tvec![rows.to_dim()] } else { tvec![rows.to_dim(), width.into()] };
+            model.set_input_fact(i, InferenceFact::dt_shape(dt, shape)).map_err(|e| e.to_string())?;
+            inputs.push(InputSpec { name, width, float64: dt == DatumType::F64 });
+            flat.push(rank == Some(1));
+        }
+        if inputs.is_empty() {
+            return Err("the model has no inputs".into());
+        }
+        let n_outputs = model.output_outlets().map_err(|e| e.to_string())?.len();
+        for o in 0..n_outputs {
+            // Declared output shapes may pin the row count; let tract infer them from the inputs.
+            model.set_output_fact(o, InferenceFact::default()).map_err(|e| e.to_string())?;
+        }
+        let typed = model.into_optimized().map_err(|e| format!("tract cannot optimize the model: {}", chain(&e)))?;
+        let mut outputs = Vec::new();
+        let mut roles = OutputRoles { prediction: None, probabilities: None };
+        for (o, outlet) in typed.output_outlets().map_err(|e| e.to_string())?.iter().enumerate() {
+            let name = typed.outlet_label(*outlet).unwrap_or(&typed.node(outlet.node).name).to_string();
+            let fact = typed.outlet_fact(*outlet).map_err(|e| e.to_string())?;
+            let width = match fact.shape.rank() {
+                1 => Some(1),
+                2 => fact.shape[1].to_i64().ok().map(|d| d as usize),
+                _ => None,
+            };
+            match width {
+                Some(1) if roles.prediction.is_none() => roles.prediction = Some(o),
+                Some(w) if w > 1 && fact.datum_type.is_float() && roles.probabilities.is_none() => {
+                    roles.probabilities = Some((o, w))
+                }
+                _ => {}
+            }
+            outputs.push(name);
+        }
+        if roles.prediction.is_none() && roles.probabilities.is_none() {
+            return Err(format!(
+                "none of the outputs ({}) gives one value per row or one float per class",
+                outputs.join(", ")
+            ));
+        }
+        let plan = typed.into_runnable().map_err(|e| format!("tract cannot plan the model: {}", chain(&e)))?;
+        Ok(Self { plan, inputs, flat, outputs, roles })
+    }
+
+    pub fn inputs(&self) -> &[InputSpec] {
+        &self.inputs
+    }
+
+    pub fn roles(&self) -> &OutputRoles {
+        &self.roles
+    }
+
+    /// One line for logs and deployment views: `features[32] -> label, probabilities[3]`.
+    pub fn describe(&self) -> String {
+        let ins: Vec<String> = self.inputs.iter().map(|i| format!("{}[{}]", i.name, i.width)).collect();
+        let mut outs = Vec::new();
+        if let Some(p) = self.roles.prediction {
+            outs.push(format!("prediction={}", self.outputs[p]));
+        }
+        if let Some((p, w)) = self.roles.probabilities {
+            outs.push(format!("probabilities={}[{w}]", self.outputs[p]));
+        }
+        format!("{} -> {}", ins.join(", "), outs.join(", "))
+    }
+
+    /// Scores the files of one mini-batch (name, contents): the rows of every readable file go to the
+    /// model in one call; if that call fails, each file is run alone so the failure lands on its file.
+    pub fn score(&self, files: &[(String, Bytes)]) -> Scored {
+        let tables: Vec<Result<Table, String>> =
+            files.iter().map(|(name, data)| read(name, data, &self.inputs)).collect();
+        let mut scored = Scored::default();
+        let readable: Vec<&Table> = tables.iter().filter_map(|t| t.as_ref().ok()).collect();
+        let all = self.concat(&readable);
+        match self.run(&all) {
+            Ok(prediction) => {
+                let mut start = 0;
+                for ((name, _), table) in files.iter().zip(&tables) {
+                    match table {
+                        Ok(t) => {
+                            write_file_rows(&mut scored.output, base_name(name), &prediction, start, t.rows);
+                            start += t.rows;
+                            scored.files.push(Ok(t.rows as u64));
+                        }
+                        Err(reason) => scored.files.push(Err(reason.clone())),
+                    }
+                }
+            }
+            Err(_) => {
+                for ((name, _), table) in files.iter().zip(tables) {
+                    let result = table.and_then(|t| {
+                        let prediction = self.run(&t).map_err(|e| format!("the model failed on this file: {e}"))?;
+                        write_file_rows(&mut scored.output, base_name(name), &prediction, 0, t.rows);
+                        Ok(t.rows as u64)
+                    });
+                    scored.files.push(result);
+                }
+            }
+        }
+        scored
+    }
+
+    fn concat(&self, tables: &[&Table]) -> Table {
+        let mut all = Table { rows: 0, inputs: self.inputs.iter().map(Values::for_input).collect() };
+        for t in tables {
+            all.rows += t.rows;
+            for (into, from) in all.inputs.iter_mut().zip(&t.inputs) {
+                into.append(from);
+            }
+        }
+        all
+    }
+
+    fn run(&self, table: &Table) -> Result<Prediction, String> {
+        if table.rows == 0 {
+            return Ok(Prediction::empty());
+        }
+        let mut tensors: TVec<TValue> = tvec![];
+        for ((values, spec), flat) in table.inputs.iter().zip(&self.inputs).zip(&self.flat) {
+            let shape: Vec<usize> = if *flat { vec![table.rows] } else { vec![table.rows, spec.width] };
+            let tensor = match values {
+                Values::F32(v) => Tensor::from_shape(&shape, v),
+                Values::F64(v) => Tensor::from_shape(&shape, v),
+            };
+            tensors.push(tensor.map_err(|e| e.to_string())?.into());
+        }
+        let outputs = self.plan.run(tensors).map_err(|e| chain(&e))?;
+        Prediction::from_outputs(&outputs, &self.roles, table.rows)
+    }
+}
+
+fn base_name(path: &str) -> &str {
+    path.rsplit('/').next().unwrap_or(path)
+}
+
+fn chain(e: &anyhow::Error) -> String {
+    e.chain().map(|c| c.to_string()).collect::<Vec<_>>().join(": ")
+}
