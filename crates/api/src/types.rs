@@ -152,6 +152,10 @@ pub struct Deployment {
     pub model: ModelVersionRef,
     pub code_uri: Option<String>,
     pub scoring_script: Option<String>,
+    /// A no-code ONNX deployment's model file, relative to the model's folder: scored natively by the
+    /// worker, with no scoring script and no Python.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub onnx_model: Option<String>,
     pub python: String,
     pub compute: String,
     /// How its scoring code runs: `namespaces`, or `none` (a warning) by the workspace's explicit choice.

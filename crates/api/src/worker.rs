@@ -45,6 +45,10 @@ pub struct RunSpec {
     /// Identifies the model/code snapshot, so workers cache assets across leases.
     pub snapshot: String,
     pub scoring_script: Option<String>,
+    /// A no-code ONNX deployment's model file, relative to `AZUREML_MODEL_DIR`: the worker scores it
+    /// itself (no scorer process, no Python).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub onnx_model: Option<String>,
     /// The registered model folder or file name, kept as a sub-directory of `AZUREML_MODEL_DIR`.
     pub model_dir_name: String,
     pub python: String,
@@ -126,4 +130,70 @@ pub struct CompletionAck {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AssetListing {
     pub files: Vec<crate::FileEntry>,
+}
+
+/// A lease's input files in one response (`GET /worker/v1/leases/{lease}/files`), so a mini-batch of
+/// many small files costs one round trip. Per file, in lease order: a tag byte (0: its contents follow;
+/// 1: why it could not be read follows, as UTF-8), a little-endian `u64` length, and that many bytes.
+pub mod bundle {
+    use bytes::{Buf, Bytes};
+
+    pub fn push(out: &mut Vec<u8>, item: Result<&[u8], &str>) {
+        let (tag, body) = match item {
+            Ok(b) => (0u8, b),
+            Err(reason) => (1u8, reason.as_bytes()),
+        };
+        out.push(tag);
+        out.extend_from_slice(&(body.len() as u64).to_le_bytes());
+        out.extend_from_slice(body);
+    }
+
+    /// Splits a bundle without copying the file contents.
+    ///
+    /// # Errors
+    /// When the bytes are not a well-formed bundle (truncated, or an unknown tag).
+    pub fn split(mut data: Bytes) -> Result<Vec<Result<Bytes, String>>, String> {
+        let mut items = Vec::new();
+        while data.has_remaining() {
+            if data.remaining() < 9 {
+                return Err("truncated file bundle".into());
+            }
+            let tag = data.get_u8();
+            let len = usize::try_from(data.get_u64_le()).map_err(|_| "oversized entry in file bundle")?;
+            if data.remaining() < len {
+                return Err("truncated file bundle".into());
+            }
+            let body = data.split_to(len);
+            items.push(match tag {
+                0 => Ok(body),
+                1 => Err(String::from_utf8_lossy(&body).into_owned()),
+                t => return Err(format!("unknown tag {t} in file bundle")),
+            });
+        }
+        Ok(items)
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn bundles_round_trip_and_truncation_is_refused() {
+            let mut out = Vec::new();
+            push(&mut out, Ok(b"a,b\n1,2\n"));
+            push(&mut out, Err("cannot read"));
+            push(&mut out, Ok(b""));
+            let items = split(Bytes::from(out.clone())).unwrap();
+            assert_eq!(
+                items,
+                vec![Ok(Bytes::from_static(b"a,b\n1,2\n")), Err("cannot read".to_string()), Ok(Bytes::new())]
+            );
+            for cut in 1..out.len() - 1 {
+                if cut == 17 || cut == 37 {
+                    continue; // whole entries
+                }
+                assert!(split(Bytes::from(out[..cut].to_vec())).is_err(), "cut at {cut}");
+            }
+        }
+    }
 }

@@ -77,11 +77,14 @@ impl OnnxModel {
                     .map(|d| d as usize)
                     .ok_or_else(|| format!("input `{name}` has no fixed number of columns"))?,
                 Some(r) => {
-                    return Err(format!("input `{name}` has rank {r}; a no-code deployment feeds [rows] or [rows, columns]"))
+                    return Err(format!(
+                        "input `{name}` has rank {r}; a no-code deployment feeds [rows] or [rows, columns]"
+                    ))
                 }
                 None => return Err(format!("input `{name}` has no declared shape")),
             };
-            let shape: TVec<TDim> = if rank == Some(1) { tvec![rows.to_dim()] } else { tvec![rows.to_dim(), width.into()] };
+            let shape: TVec<TDim> =
+                if rank == Some(1) { tvec![rows.to_dim()] } else { tvec![rows.to_dim(), width.into()] };
             model.set_input_fact(i, InferenceFact::dt_shape(dt, shape)).map_err(|e| e.to_string())?;
             inputs.push(InputSpec { name, width, float64: dt == DatumType::F64 });
             flat.push(rank == Some(1));

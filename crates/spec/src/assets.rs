@@ -41,6 +41,8 @@ pub enum ModelType {
     CustomModel,
     MlflowModel,
     TritonModel,
+    /// A `.onnx` file, or a folder holding one: deploys with no scoring script (a Cove extension).
+    OnnxModel,
 }
 
 /// The software environment the scoring script runs in.
@@ -64,6 +66,7 @@ impl fmt::Display for ModelType {
             ModelType::CustomModel => "custom_model",
             ModelType::MlflowModel => "mlflow_model",
             ModelType::TritonModel => "triton_model",
+            ModelType::OnnxModel => "onnx_model",
         })
     }
 }
@@ -71,13 +74,16 @@ impl fmt::Display for ModelType {
 impl FromStr for ModelType {
     type Err = String;
 
-    /// Parses `custom_model`, `mlflow_model` or `triton_model`, ignoring case.
+    /// Parses `custom_model`, `mlflow_model`, `triton_model` or `onnx_model`, ignoring case.
     fn from_str(text: &str) -> Result<Self, String> {
         match text.trim().to_ascii_lowercase().as_str() {
             "custom_model" => Ok(ModelType::CustomModel),
             "mlflow_model" => Ok(ModelType::MlflowModel),
             "triton_model" => Ok(ModelType::TritonModel),
-            _ => Err(format!("expected one of `custom_model`, `mlflow_model`, `triton_model`, got `{text}`")),
+            "onnx_model" => Ok(ModelType::OnnxModel),
+            _ => Err(format!(
+                "expected one of `custom_model`, `mlflow_model`, `triton_model`, `onnx_model`, got `{text}`"
+            )),
         }
     }
 }
@@ -286,13 +292,13 @@ mod tests {
 
     #[test]
     fn model_type_round_trips() {
-        for t in [ModelType::CustomModel, ModelType::MlflowModel, ModelType::TritonModel] {
+        for t in [ModelType::CustomModel, ModelType::MlflowModel, ModelType::TritonModel, ModelType::OnnxModel] {
             assert_eq!(t.to_string().parse::<ModelType>(), Ok(t));
         }
         assert_eq!("MLflow_Model".parse::<ModelType>(), Ok(ModelType::MlflowModel));
         assert_eq!(
             "onnx".parse::<ModelType>().unwrap_err(),
-            "expected one of `custom_model`, `mlflow_model`, `triton_model`, got `onnx`"
+            "expected one of `custom_model`, `mlflow_model`, `triton_model`, `onnx_model`, got `onnx`"
         );
     }
 }

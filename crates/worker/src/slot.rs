@@ -3,12 +3,15 @@
 use crate::scorer::{plain_name, RunResult, Scorer, ScorerSpec, StartError};
 use crate::WorkerConfig;
 use anyhow::Context;
+use bytes::Bytes;
 use cove_api::worker::{
     AssetListing, Completion, CompletionAck, Lease, LeaseRequest, LeaseResponse, ReportedOutcome, RunSpec,
 };
 use cove_api::{encode, Client, ClientError};
+use cove_onnx::OnnxModel;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// How long a worker keeps trying to reach a control plane that does not answer (a restart, say).
@@ -26,6 +29,8 @@ pub struct Slot {
     observed: Vec<String>,
     /// The isolation record of the scorer that ran the current attempt (kept when it dies).
     last_isolation: Option<serde_json::Value>,
+    /// A no-code deployment's loaded model and the job it was loaded for.
+    native: Option<(String, Arc<OnnxModel>)>,
 }
 
 /// The per-process log files of one job, relative to the job's `logs/` folder.
@@ -47,6 +52,7 @@ impl Slot {
             init_failures: 0,
             observed: Vec::new(),
             last_isolation: None,
+            native: None,
         }
     }
 
@@ -165,6 +171,10 @@ impl Slot {
         let model_dir = job_dir.join("assets").join("model");
         let code_dir = job_dir.join("assets").join("code");
         self.fetch_asset(lease, "model", &model_dir).await?;
+        if let Some(file) = &lease.run.onnx_model {
+            let model_file = model_dir.join(cove_rel_path(file)?);
+            return self.attempt_no_code(lease, &model_file).await;
+        }
         if lease.run.scoring_script.is_some() {
             self.fetch_asset(lease, "code", &code_dir).await?;
         }
@@ -238,6 +248,80 @@ impl Slot {
             }
         };
         Ok(outcome)
+    }
+
+    /// A no-code ONNX attempt: the worker reads the files and runs the model itself, off the async
+    /// threads; a file it cannot read or score is a failed item, logged with its reason.
+    async fn attempt_no_code(
+        &mut self,
+        lease: &Lease,
+        model_file: &Path,
+    ) -> anyhow::Result<(ReportedOutcome, u64, u64, Option<String>)> {
+        let model = match &self.native {
+            Some((job, model)) if job == &lease.job => model.clone(),
+            _ => {
+                let bytes = std::fs::read(model_file)
+                    .with_context(|| format!("failed to read the model {}", model_file.display()))?;
+                match tokio::task::spawn_blocking(move || OnnxModel::load(&bytes)).await? {
+                    Ok(model) => {
+                        let model = Arc::new(model);
+                        self.native = Some((lease.job.clone(), model.clone()));
+                        model
+                    }
+                    Err(reason) => {
+                        self.append_error_log(&lease.job, "loading the ONNX model", &reason);
+                        return Ok((ReportedOutcome::InitFailed, 0, 0, Some(reason)));
+                    }
+                }
+            }
+        };
+        let contents = self.fetch_inputs(lease).await?;
+        let mut files = Vec::with_capacity(contents.len());
+        let mut unreadable = Vec::new();
+        for (name, content) in lease.files.iter().zip(contents) {
+            match content {
+                Ok(bytes) => files.push((name.clone(), bytes)),
+                Err(reason) => unreadable.push((name.clone(), reason)),
+            }
+        }
+        let scored = tokio::task::spawn_blocking(move || {
+            let scored = model.score(&files);
+            (scored, files)
+        });
+        let (scored, files) = scored.await?;
+        let mut failures = unreadable;
+        for ((name, _), result) in files.iter().zip(&scored.files) {
+            if let Err(reason) = result {
+                failures.push((name.clone(), reason.clone()));
+            }
+        }
+        for (name, reason) in &failures {
+            self.append_error_log(&lease.job, &format!("scoring `{name}` in mini-batch {}", lease.batch_index), reason);
+        }
+        let succeeded = scored.succeeded();
+        if lease.run.output_action == cove_spec::OutputAction::AppendRow {
+            let path = format!("/worker/v1/leases/{}/part", lease.lease_id);
+            let part = Bytes::from(scored.output);
+            retrying(|| self.client.put_bytes(&path, part.clone())).await?;
+        }
+        let reason = failures.first().map(|(name, reason)| {
+            let more = if failures.len() > 1 { format!(" (and {} more)", failures.len() - 1) } else { String::new() };
+            format!("`{name}`: {reason}{more}")
+        });
+        Ok((ReportedOutcome::Succeeded, succeeded, failures.len() as u64, reason))
+    }
+
+    /// The lease's files, in one round trip: each file's bytes, or why it could not be read.
+    async fn fetch_inputs(&self, lease: &Lease) -> anyhow::Result<Vec<Result<Bytes, String>>> {
+        let bundle = self.client.get_bytes(&format!("/worker/v1/leases/{}/files", lease.lease_id)).await?;
+        let items = cove_api::worker::bundle::split(bundle).map_err(anyhow::Error::msg)?;
+        anyhow::ensure!(
+            items.len() == lease.files.len(),
+            "the control plane sent {} files for {}",
+            items.len(),
+            lease.files.len()
+        );
+        Ok(items)
     }
 
     async fn start_scorer(
@@ -316,8 +400,8 @@ impl Slot {
         let dir = job_dir.join("inputs").join(&lease.lease_id);
         std::fs::create_dir_all(&dir)?;
         let mut paths = Vec::with_capacity(lease.files.len());
-        for (i, name) in lease.files.iter().enumerate() {
-            let bytes = self.client.get_bytes(&format!("/worker/v1/leases/{}/files/{i}", lease.lease_id)).await?;
+        for (name, bytes) in lease.files.iter().zip(self.fetch_inputs(lease).await?) {
+            let bytes = bytes.map_err(anyhow::Error::msg)?;
             let path = dir.join(plain_name(name)?);
             std::fs::write(&path, &bytes)?;
             paths.push(path);

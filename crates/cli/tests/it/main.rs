@@ -9,6 +9,7 @@ mod fuzz;
 mod invoke;
 mod isolation;
 mod load;
+mod onnx;
 mod quickstart;
 mod resources;
 mod sandbox;

@@ -124,6 +124,7 @@ pub async fn invoke(
         run: RunSpec {
             snapshot: format!("{}-{}", dep.name, dep.created_at),
             scoring_script: dep.scoring_script.clone(),
+            onnx_model: dep.onnx_model.clone(),
             model_dir_name,
             python: dep.python.clone(),
             environment_variables: settings.environment_variables.clone(),

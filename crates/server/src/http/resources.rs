@@ -216,6 +216,7 @@ pub async fn create_deployment(
             known.join(", ")
         )));
     }
+    let mut onnx_model = None;
     let (code_uri, scoring_script) = match &spec.code {
         Some(code) => {
             let dir = parse_uri(&code.code).map_err(|e| ApiError::invalid(format!("code_configuration.code: {e}")))?;
@@ -244,13 +245,27 @@ pub async fn create_deployment(
                 "code_configuration: deploying an mlflow_model with no scoring script is not supported yet; add code_configuration",
             ))
         }
-        None => return Err(ApiError::invalid("code_configuration: required for a custom_model (give code and scoring_script)")),
+        None if model.model_type == ModelType::OnnxModel => {
+            onnx_model = Some(onnx_model_file(&app, &model.path).await.map_err(ApiError::invalid)?);
+            (None, None)
+        }
+        None => {
+            return Err(ApiError::invalid(
+                "code_configuration: required for a custom_model (give code and scoring_script); \
+                 an ONNX model registered with type: onnx_model needs none",
+            ))
+        }
     };
     let packages = envcheck::listed_packages(req.conda_file.as_deref(), req.pip_file.as_deref())
         .map_err(|e| ApiError::invalid(format!("environment: {e}")))?;
-    let missing = envcheck::missing_packages(&app.config.python, &packages)
-        .await
-        .map_err(|e| ApiError::invalid(format!("environment: {e}")))?;
+    // A no-code deployment runs no Python, so it needs no interpreter unless it lists packages.
+    let missing = if onnx_model.is_some() && packages.is_empty() {
+        Vec::new()
+    } else {
+        envcheck::missing_packages(&app.config.python, &packages)
+            .await
+            .map_err(|e| ApiError::invalid(format!("environment: {e}")))?
+    };
     if !missing.is_empty() {
         return Err(ApiError::invalid(format!(
             "environment: the interpreter `{}` cannot import these listed packages: {}",
@@ -285,7 +300,8 @@ pub async fn create_deployment(
         scoring_script,
         python: app.config.python.clone(),
         compute: spec.compute.clone(),
-        sandbox: sandbox_label(&app),
+        sandbox: sandbox_label(&app, onnx_model.is_some()),
+        onnx_model,
         egress: spec.egress.clone(),
         settings: spec.settings.clone(),
         provisioning_state: "Succeeded".into(),
@@ -334,7 +350,50 @@ pub fn sandbox_ready(app: &AppRef) -> ApiResult<()> {
 }
 
 /// How a deployment's scoring code runs, as users read it.
-pub fn sandbox_label(app: &AppRef) -> String {
+/// A no-code deployment runs no user code, so it needs no sandbox: the worker itself reads the files
+/// and runs the model.
+const NO_CODE_SANDBOX: &str = "not needed (no-code ONNX: no user code runs)";
+
+/// Finds and checks a no-code deployment's ONNX file: the model itself when it is a `.onnx` file,
+/// otherwise the one `.onnx` file directly in its folder. The model is loaded here, so a model the
+/// worker could not run is refused at deployment, with tract's reason.
+async fn onnx_model_file(app: &AppRef, model_uri: &str) -> Result<String, String> {
+    let root = parse_uri(model_uri)?;
+    let store = app.datastores.get(&root.datastore)?;
+    let folder_name = root.path.rsplit('/').next().unwrap_or(&root.path).to_string();
+    let (file, location) = if store.head(&root.object_path()).await.is_ok() {
+        (folder_name.clone(), root.object_path())
+    } else {
+        let listing = store
+            .list_with_delimiter(Some(&root.object_path()))
+            .await
+            .map_err(|e| format!("model: cannot list `{model_uri}`: {e}"))?;
+        let names: Vec<String> =
+            listing.objects.iter().filter_map(|o| o.location.filename().map(str::to_string)).collect();
+        let name = cove_onnx::find_model_file(names.iter().map(String::as_str)).map_err(|e| format!("model: {e}"))?;
+        (format!("{folder_name}/{name}"), object_store::path::Path::from(format!("{}/{name}", root.path)))
+    };
+    cove_onnx::find_model_file([file.rsplit('/').next().unwrap_or(&file)])
+        .map_err(|_| format!("model: `{file}` is not an .onnx file"))?;
+    let bytes = store
+        .get(&location)
+        .await
+        .map_err(|e| format!("model: cannot read `{file}`: {e}"))?
+        .bytes()
+        .await
+        .map_err(|e| format!("model: cannot read `{file}`: {e}"))?;
+    tokio::task::spawn_blocking(move || cove_onnx::OnnxModel::load(&bytes))
+        .await
+        .map_err(|e| format!("model: loading `{file}` failed: {e}"))?
+        .map_err(|e| format!("model: `{file}`: {e}"))?;
+    Ok(file)
+}
+
+/// How a deployment's scoring code runs, as deployment views show it.
+pub fn sandbox_label(app: &AppRef, no_code: bool) -> String {
+    if no_code {
+        return NO_CODE_SANDBOX.to_string();
+    }
     match app.config.sandbox {
         SandboxMode::Namespaces => "namespaces".to_string(),
         SandboxMode::None => "none (warning: the workspace runs scoring code without a sandbox)".to_string(),
@@ -352,7 +411,7 @@ pub async fn list_deployments(
     let mut deps = app.store.call(move |c| store::deployment_list(c, &endpoint_name)).await?;
     for d in &mut deps {
         d.is_default = ep.spec.default_deployment.as_deref() == Some(d.name.as_str());
-        d.sandbox = sandbox_label(&app);
+        d.sandbox = sandbox_label(&app, d.onnx_model.is_some());
     }
     Ok(Json(deps))
 }
@@ -364,7 +423,7 @@ pub async fn deployment(app: &AppRef, endpoint_name: &str, name: &str) -> ApiRes
         ApiError::not_found(format!("deployment `{name}` does not exist in endpoint `{endpoint_name}`"))
     })?;
     dep.is_default = ep.spec.default_deployment.as_deref() == Some(dep.name.as_str());
-    dep.sandbox = sandbox_label(app);
+    dep.sandbox = sandbox_label(app, dep.onnx_model.is_some());
     Ok(dep)
 }
 

@@ -82,6 +82,34 @@ pub async fn heartbeat(
     Ok(Json(serde_json::json!({ "lease": lease })))
 }
 
+/// All of a lease's files in one bundle (see `cove_api::worker::bundle`); a file that cannot be read
+/// travels as its reason, so the worker fails that item and scores the others.
+pub async fn get_files(State(app): State<AppRef>, _w: Worker, Path(lease): Path<String>) -> ApiResult<Body> {
+    let info = current(&app, &lease).await?;
+    let files = batch_files(&app, &info.job, info.manifest_offset, info.manifest_len)
+        .await
+        .map_err(|e| ApiError::internal("read the manifest", format!("{e:#}")))?;
+    let input = parse_uri(&info.record.input.uri).map_err(ApiError::invalid)?;
+    let store = app.datastores.get(&input.datastore).map_err(ApiError::invalid)?;
+    let reads = files.into_iter().map(|file| {
+        let store = store.clone();
+        async move {
+            let got = store.get(&object_store::path::Path::from(file.as_str())).await;
+            match got {
+                Ok(r) => r.bytes().await.map_err(|e| format!("cannot read input file `{file}`: {e}")),
+                Err(e) => Err(format!("cannot read input file `{file}`: {e}")),
+            }
+        }
+    });
+    use futures::StreamExt;
+    let contents: Vec<Result<Bytes, String>> = futures::stream::iter(reads).buffered(8).collect().await;
+    let mut out = Vec::with_capacity(contents.iter().map(|c| c.as_ref().map_or(64, |b| b.len()) + 9).sum());
+    for item in &contents {
+        cove_api::worker::bundle::push(&mut out, item.as_ref().map(|b| &b[..]).map_err(String::as_str));
+    }
+    Ok(Body::from(out))
+}
+
 pub async fn get_file(
     State(app): State<AppRef>,
     _w: Worker,

@@ -733,6 +733,7 @@ mod tests {
             run: RunSpec {
                 snapshot: "s".into(),
                 scoring_script: Some("score.py".into()),
+                onnx_model: None,
                 model_dir_name: "model".into(),
                 python: "python3".into(),
                 environment_variables: Default::default(),
