@@ -1,11 +1,10 @@
-"""Generates the quickstart's model and sample data, deterministically (fixed seed).
+"""Generates the quickstart's sample data, deterministically (fixed seed): ten CSV files of synthetic
+patient measurements. Run from this folder: python3 generate.py
 
-The model is a small logistic-regression classifier stored as JSON; the data is ten CSV files of
-synthetic patient measurements. Run from this folder: python3 generate.py
+The model, model/heart-risk.onnx, is written by `cargo run -p cove-onnx --example quickstart_model`
+(from the repository root), with the same means and scales.
 """
 import csv
-import json
-import math
 import os
 import random
 
@@ -16,19 +15,6 @@ SCALES = [9.0, 17.0, 51.0, 23.0]
 
 def main():
     rng = random.Random(20261126)
-    weights = [0.9, 0.6, 0.5, -1.1]
-    model = {
-        "kind": "logistic_regression",
-        "features": FEATURES,
-        "means": MEANS,
-        "scales": SCALES,
-        "weights": weights,
-        "bias": -0.2,
-    }
-    os.makedirs("model", exist_ok=True)
-    with open(os.path.join("model", "model.json"), "w") as f:
-        json.dump(model, f, indent=1)
-        f.write("\n")
     os.makedirs("data", exist_ok=True)
     patient = 0
     for part in range(10):

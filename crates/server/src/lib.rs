@@ -23,6 +23,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Notify};
 
 pub use datastore::{normalise, parse_uri, DataPath};
+pub use jobs::finalize::copy_parts;
 
 /// How to start a control plane.
 #[derive(Debug, Clone)]

@@ -1,7 +1,7 @@
 //! The job's log tree, laid out as the reference system lays it out (`logs/job_result.txt`,
 //! `logs/sys/job_report/processed_mini-batches.csv`, `logs/user/...`), so its users find things where
-//! they look. Workers upload the per-process files under `logs/user/` and `logs/sys/node/`; the control
-//! plane writes the job-level files here when the job ends.
+//! they look. Workers upload the per-process files under `logs/user/` when they change; the control
+//! plane writes the job-level files and `logs/sys/node/` (from the attempt records) when the job ends.
 
 use crate::store::{self, AttemptRow};
 use crate::AppRef;
@@ -115,6 +115,9 @@ pub async fn write_job_logs(app: &AppRef, job: &str, ending_as: Option<cove_mode
     put(app, job, &format!("job_progress_overview.{hour}.txt"), overview).await?;
 
     put(app, job, "sys/job_report/processed_mini-batches.csv", report_csv(&attempts)).await?;
+    for (path, text) in node_logs(&attempts) {
+        put(app, job, &path, text).await?;
+    }
 
     let mut user_errors = String::new();
     for a in attempts.iter().filter(|a| a.outcome.as_deref().is_some_and(|o| o != "succeeded")) {
@@ -132,6 +135,38 @@ pub async fn write_job_logs(app: &AppRef, job: &str, ending_as: Option<cove_mode
     put(app, job, "user/error.txt", user_errors).await?;
     put(app, job, "readme.txt", README.to_string()).await?;
     Ok(())
+}
+
+/// `sys/node/<node>/<processNNN>.txt`: each worker process's attempts in the order they started. They
+/// are written from the attempt records, so workers need not upload a file that grows with every
+/// mini-batch.
+fn node_logs(attempts: &[AttemptRow]) -> std::collections::BTreeMap<String, String> {
+    let mut by_process: std::collections::BTreeMap<String, Vec<&AttemptRow>> = Default::default();
+    for a in attempts {
+        by_process.entry(format!("sys/node/{}/process{:03}.txt", a.node, a.process)).or_default().push(a);
+    }
+    by_process
+        .into_iter()
+        .map(|(path, mut rows)| {
+            rows.sort_by_key(|a| (a.started_ms, a.idx, a.attempt));
+            let mut text = String::new();
+            for a in rows {
+                let _ = writeln!(
+                    text,
+                    "{} pid={} mini_batch={} attempt={} outcome={} items_succeeded={} items_failed={} elapsed_ms={}",
+                    timestamp(a.started_ms),
+                    a.pid.map(|p| p.to_string()).unwrap_or_default(),
+                    a.idx,
+                    a.attempt,
+                    a.outcome.as_deref().unwrap_or("running"),
+                    a.items_ok,
+                    a.items_failed,
+                    a.finished_ms.map(|f| (f - a.started_ms).to_string()).unwrap_or_default()
+                );
+            }
+            (path, text)
+        })
+        .collect()
 }
 
 /// One CSV line per attempt; fields with commas or quotes are quoted.

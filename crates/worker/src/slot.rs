@@ -31,6 +31,8 @@ pub struct Slot {
     last_isolation: Option<serde_json::Value>,
     /// A no-code deployment's loaded model and the job it was loaded for.
     native: Option<(String, Arc<OnnxModel>)>,
+    /// The size of each log file when it was last uploaded, so unchanged logs are not sent again.
+    uploaded: std::collections::HashMap<PathBuf, u64>,
 }
 
 /// The per-process log files of one job, relative to the job's `logs/` folder.
@@ -38,7 +40,6 @@ struct LogPaths {
     stdout: String,
     stderr: String,
     error: String,
-    sys: String,
 }
 
 impl Slot {
@@ -53,6 +54,7 @@ impl Slot {
             observed: Vec::new(),
             last_isolation: None,
             native: None,
+            uploaded: Default::default(),
         }
     }
 
@@ -62,7 +64,6 @@ impl Slot {
             stdout: format!("user/stdout/{node}/{p}.stdout.txt"),
             stderr: format!("user/stderr/{node}/{p}.stderr.txt"),
             error: format!("user/error/{node}/{p}.txt"),
-            sys: format!("sys/node/{node}/{p}.txt"),
         }
     }
 
@@ -130,7 +131,6 @@ impl Slot {
             Err(e) => (ReportedOutcome::Failed, 0, 0, Some(format!("the worker failed to run the mini-batch: {e:#}"))),
         };
         let pid = self.scorer.as_ref().map_or(0, |(_, s)| s.pid);
-        self.write_sys_log(&lease, outcome, items_ok, items_failed, started.elapsed());
         self.upload_logs(&lease.job).await;
         let isolation = self.isolation().or(self.last_isolation.take());
         let report = Completion {
@@ -435,33 +435,29 @@ impl Slot {
         }
     }
 
-    fn write_sys_log(&self, lease: &Lease, outcome: ReportedOutcome, ok: u64, failed: u64, elapsed: Duration) {
-        let path = self.job_dir(&lease.job).join("logs").join(self.logs().sys);
-        let _ = std::fs::create_dir_all(path.parent().expect("has a parent"));
-        if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
-            let pid = self.scorer.as_ref().map_or(0, |(_, s)| s.pid);
-            let _ = writeln!(
-                f,
-                "{} pid={pid} mini_batch={} attempt={} outcome={outcome:?} items_succeeded={ok} items_failed={failed} elapsed_ms={}",
-                now(),
-                lease.batch_index,
-                lease.attempt,
-                elapsed.as_millis()
-            );
-        }
-    }
-
-    /// Uploads this slot's log files of a job (whole files: they are small, and replacing is idempotent).
-    async fn upload_logs(&self, job: &str) {
+    /// Uploads this slot's log files of a job that changed since their last upload (whole files:
+    /// replacing is idempotent), before the attempt is reported, so they are in place when it ends.
+    async fn upload_logs(&mut self, job: &str) {
         let logs = self.logs();
         let local = self.job_dir(job).join("logs");
-        for rel in [&logs.stdout, &logs.stderr, &logs.error, &logs.sys] {
-            let Ok(bytes) = std::fs::read(local.join(rel)) else {
+        for rel in [&logs.stdout, &logs.stderr, &logs.error] {
+            let file = local.join(rel);
+            let Ok(len) = std::fs::metadata(&file).map(|m| m.len()) else {
                 continue;
             };
+            if self.uploaded.get(&file) == Some(&len) {
+                continue;
+            }
+            let Ok(bytes) = std::fs::read(&file) else {
+                continue;
+            };
+            let size = bytes.len() as u64;
             let path = format!("/worker/v1/jobs/{}/logs/{}", encode(job), encode_path(rel));
-            if let Err(error) = self.client.put_bytes(&path, bytes.into()).await {
-                tracing::warn!(%error, "failed to upload a log file");
+            match self.client.put_bytes(&path, bytes.into()).await {
+                Ok(()) => {
+                    self.uploaded.insert(file, size);
+                }
+                Err(error) => tracing::warn!(%error, "failed to upload a log file"),
             }
         }
     }

@@ -13,5 +13,13 @@ fn quickstart_scores_the_bundled_data() {
     let line = stdout.lines().find(|l| l.starts_with("Predictions on disk: ")).expect("says where the predictions are");
     let predictions = std::fs::read_to_string(line.trim_start_matches("Predictions on disk: ")).unwrap();
     assert_eq!(predictions.lines().count(), 200, "10 files of 20 patients");
-    assert!(predictions.starts_with("patients-000.csv,p0001,"));
+    let first: Vec<&str> = predictions.lines().next().unwrap().split(',').collect();
+    assert_eq!((first[0], first[4]), ("0", "patients-000.csv"), "{predictions}");
+    // The first patient (51.7, 131.7, 236.0, 140.7) through the model's logistic regression.
+    let z: f32 = 0.9 * (51.7 - 54.0) / 9.0 + 0.6 * (131.7 - 131.0) / 17.0 + 0.5 * (236.0 - 246.0) / 51.0
+        - 1.1 * (140.7 - 149.0) / 23.0
+        - 0.2;
+    let p1: f32 = first[3].parse().unwrap();
+    assert!((p1 - 1.0 / (1.0 + (-z).exp())).abs() < 1e-5, "{first:?}, expected p1 for z={z}");
+    assert_eq!(first[1], if p1 >= 0.5 { "1" } else { "0" });
 }

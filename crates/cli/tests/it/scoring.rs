@@ -36,7 +36,7 @@ pub fn list_returning_script_on(backend: Backend) {
     let report = ws.log(name, "sys/job_report/processed_mini-batches.csv");
     assert_eq!(report.lines().filter(|l| l.contains(",succeeded,")).count(), 3, "{report}");
     assert!(ws.log(name, "job_result.txt").contains("Status: Completed"));
-    assert!(ws.log(name, &format!("sys/node/{}/process000.txt", backend.first_node())).contains("outcome=Succeeded"));
+    assert!(ws.log(name, &format!("sys/node/{}/process000.txt", backend.first_node())).contains("outcome=succeeded"));
 }
 
 const FRAME_SCRIPT: &str = r#"

@@ -70,6 +70,27 @@ async fn cancel_now(app: &AppRef, name: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Streams parts (mini-batch index, object path in `source`), in the order given, into `writer`.
+/// Writes go on in the background (at most 8 chunks in flight) while the next part is read, so memory
+/// stays bounded however large the output.
+pub async fn copy_parts(
+    source: &dyn ObjectStore,
+    parts: Vec<(u64, String)>,
+    writer: &mut WriteMultipart,
+) -> anyhow::Result<()> {
+    for (idx, part) in parts {
+        let bytes = source
+            .get(&object_store::path::Path::from(part))
+            .await
+            .with_context(|| format!("failed to read the committed part of mini-batch {idx}"))?
+            .bytes()
+            .await?;
+        writer.wait_for_capacity(8).await?;
+        writer.write(&bytes);
+    }
+    Ok(())
+}
+
 type Published = Option<(std::sync::Arc<dyn ObjectStore>, object_store::path::Path)>;
 
 /// Streams the committed parts into the output file; returns where it was published, or `None` when
@@ -82,21 +103,9 @@ async fn assemble(app: &AppRef, name: &str, output_uri: &str, file_name: &str) -
     let path = dest.object_path();
     let upload = store.put_multipart(&path).await.with_context(|| format!("failed to start writing {}", dest.uri()))?;
     let mut writer = WriteMultipart::new(upload);
-    let streamed: anyhow::Result<()> = async {
-        for (idx, part) in parts {
-            let bytes = app
-                .internal
-                .get(&object_store::path::Path::from(part))
-                .await
-                .with_context(|| format!("failed to read the committed part of mini-batch {idx}"))?
-                .bytes()
-                .await?;
-            writer.wait_for_capacity(8).await.with_context(|| format!("failed to write {}", dest.uri()))?;
-            writer.write(&bytes);
-        }
-        Ok(())
-    }
-    .await;
+    let streamed = copy_parts(app.internal.as_ref(), parts, &mut writer)
+        .await
+        .with_context(|| format!("failed to write {}", dest.uri()));
     let n = name.to_string();
     let still = app.store.call(move |c| store::job_get(c, &n)).await?.map(|j| j.status);
     if let Err(error) = streamed {

@@ -5,7 +5,7 @@
 //! planning replaces a half-written plan, assembly rewrites the same bytes, and publishing is one
 //! atomic object write followed by one status transition.
 
-mod finalize;
+pub mod finalize;
 pub(crate) mod plan;
 
 pub(crate) use finalize::finalize;
