@@ -1,46 +1,265 @@
 """Cove's contenders in the comparative benchmark suite (see run.py).
 
-Each function runs one measured Cove job and returns its measurements; run.py calls
-them interleaved with the baselines, round after round. `work` is an empty scratch
-folder for that one run (run.py empties it before and removes it after).
+One control plane (`cove up`, release build) serves every round, as a workspace's control plane
+serves every job: its start-up is not part of a job's time. Each contender invokes a job with the
+`cove` CLI, as a user would, and waits for it by polling the job over the API; a job's wall time runs
+from just before the invocation to the moment it is seen Completed, so it includes planning, worker
+start, scoring, and assembling and publishing the output.
 
-A function that raises NotImplementedError is reported as "not run", and the targets
-that depend on it as "not measured", so the rest of the suite works without it.
+The benchmark data is made visible to the workspace's default datastore by a symbolic link, so no
+bytes are copied or uploaded. The scale scenario runs on a control plane of its own, so its peak
+memory is that job's alone.
 """
+
+import json
+import os
+import subprocess
+import time
+import urllib.request
+from datetime import datetime
+
+SUITE_DIR = os.path.dirname(os.path.abspath(__file__))
+
+_state = {}
+
+
+class ControlPlane:
+    """A `cove up` child process on an ephemeral loopback port."""
+
+    def __init__(self, cove: str, workspace: str):
+        self.cove, self.workspace = cove, workspace
+        os.makedirs(workspace, exist_ok=True)
+        url_file = os.path.join(workspace, "state", "url")
+        if os.path.exists(url_file):
+            os.remove(url_file)
+        self.log = open(os.path.join(os.path.dirname(workspace), os.path.basename(workspace) + ".log"), "wb")
+        self.proc = subprocess.Popen(
+            [cove, "up", "--dir", workspace, "--listen", "127.0.0.1:0"], stdout=self.log, stderr=subprocess.STDOUT
+        )
+        deadline = time.time() + 30
+        while not os.path.exists(url_file):
+            if self.proc.poll() is not None or time.time() > deadline:
+                raise RuntimeError(f"cove up did not start; see {self.log.name}")
+            time.sleep(0.05)
+        with open(url_file) as f:
+            self.url = f.read().strip()
+        with open(os.path.join(workspace, "owner.token")) as f:
+            self.token = f.read().strip()
+
+    def cli(self, *args: str) -> dict:
+        out = subprocess.run(
+            [self.cove, "--workspace", self.workspace, "--json", *args], capture_output=True, text=True
+        )
+        if out.returncode != 0:
+            raise RuntimeError(f"cove {' '.join(args)} failed: {out.stderr.strip()}")
+        return json.loads(out.stdout) if out.stdout.strip() else {}
+
+    def get(self, path: str) -> dict:
+        req = urllib.request.Request(self.url + path, headers={"Authorization": f"Bearer {self.token}"})
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return json.loads(resp.read())
+
+    def link_data(self, name: str, target: str) -> str:
+        """Links `target` into the default datastore; returns its datastore URI."""
+        store = os.path.join(self.workspace, "datastores", "workspaceblobstore", "bench")
+        os.makedirs(store, exist_ok=True)
+        link = os.path.join(store, name)
+        if os.path.islink(link):
+            os.remove(link)
+        os.symlink(os.path.abspath(target), link)
+        return f"azureml://datastores/workspaceblobstore/paths/bench/{name}"
+
+    def cpu_seconds(self) -> float:
+        """User plus system CPU time of the control plane process itself (not its workers)."""
+        with open(f"/proc/{self.proc.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def peak_rss_mb(self) -> float:
+        with open(f"/proc/{self.proc.pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+        raise RuntimeError("no VmHWM in /proc status")
+
+    def run_job(self, endpoint: str, input_uri: str, *overrides: str) -> tuple:
+        """Invokes a job and waits for it; returns (wall seconds, the finished job)."""
+        extra = [a for o in overrides for a in ("--set", o)]
+        start = time.perf_counter()
+        job = self.cli("endpoint", "invoke", endpoint, "--input", input_uri, *extra)
+        while job["status"] not in ("Completed", "Failed", "Canceled"):
+            time.sleep(0.01)
+            job = self.get(f"/api/v1/jobs/{job['name']}?attempts=false")
+        wall = time.perf_counter() - start
+        if job["status"] != "Completed":
+            raise RuntimeError(f"job {job['name']} {job['status']}: {job.get('error')}")
+        return wall, job
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+
+
+def _write(path: str, text: str):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        f.write(text)
+
+
+def _deploy(cp: ControlPlane, project: str, endpoint: str, deployment_body: str):
+    _write(os.path.join(project, "endpoint.yml"), f"name: {endpoint}\n")
+    _write(os.path.join(project, "deployment.yml"), deployment_body)
+    cp.cli("endpoint", "create", "-f", os.path.join(project, "endpoint.yml"))
+    cp.cli("deployment", "create", "-f", os.path.join(project, "deployment.yml"), "--set-default")
+
+
+NOOP_SCRIPT = '''\
+def init():
+    pass
+
+
+def run(mini_batch):
+    return mini_batch
+'''
+
+
+def _deploy_all(cp: ControlPlane, project: str, model: str):
+    cores = os.cpu_count() or 1
+    os.makedirs(os.path.join(project, "model"), exist_ok=True)
+    with open(model, "rb") as src, open(os.path.join(project, "model", "classifier.onnx"), "wb") as dst:
+        dst.write(src.read())
+    # The no-code ONNX deployment: one worker process per core, default mini-batch size (10 files).
+    _deploy(
+        cp,
+        os.path.join(project, "onnx"),
+        "tabular",
+        "name: onnx\nendpoint_name: tabular\ntype: model\n"
+        f"model:\n  name: bench-mlp\n  path: {os.path.join(project, 'model')}\n  type: onnx_model\n"
+        f"compute: azureml:local\nsettings:\n  max_concurrency_per_instance: {cores}\n",
+    )
+    # A scoring script that does nothing: what is left is Cove's cost per mini-batch.
+    _write(os.path.join(project, "noop", "code", "score.py"), NOOP_SCRIPT)
+    _write(os.path.join(project, "noop", "model", "empty.txt"), "")
+    _deploy(
+        cp,
+        os.path.join(project, "noop"),
+        "noop",
+        "name: noop\nendpoint_name: noop\ntype: model\nmodel:\n  name: bench-noop\n  path: model\n"
+        "code_configuration:\n  code: code\n  scoring_script: score.py\n"
+        f"compute: azureml:local\nsettings:\n  max_concurrency_per_instance: {cores}\n  output_action: summary_only\n",
+    )
+
+
+def _cove_binary(repo_root: str) -> str:
+    subprocess.run(["cargo", "build", "--quiet", "--release", "-p", "cove-cli"], cwd=repo_root, check=True)
+    return os.path.join(repo_root, "target", "release", "cove")
 
 
 def setup(repo_root: str, work: str) -> None:
-    """Called once before all rounds: build or start what every Cove run shares."""
+    """Builds the release binary and starts the control plane every round uses."""
+    cove = _cove_binary(repo_root)
+    _state.update(repo_root=repo_root, work=work, cove=cove, deployed=False)
+    _state["cp"] = ControlPlane(cove, os.path.join(work, "workspace"))
+
+
+def _ready(model: str) -> ControlPlane:
+    cp = _state["cp"]
+    if not _state["deployed"]:
+        _deploy_all(cp, os.path.join(_state["work"], "project"), model)
+        _state["deployed"] = True
+    return cp
 
 
 def teardown() -> None:
-    """Called once after all rounds, even when a round failed."""
+    cp = _state.pop("cp", None)
+    if cp:
+        cp.stop()
+
+
+def _scored(data_dir: str, model: str, name: str) -> dict:
+    cp = _ready(model)
+    wall, job = cp.run_job("tabular", cp.link_data(name, data_dir))
+    p = job["progress"]
+    if p["items_failed"]:
+        raise RuntimeError(f"{p['items_failed']} files failed: {job.get('failed_batches')}")
+    return {"wall_s": wall, "job": job["name"], "files": p["files_total"], "mini_batches": p["batches_total"]}
 
 
 def tabular(data_dir: str, model: str, work: str) -> dict:
-    """Scores DATA/tabular (CSV files) with `model`; returns {"wall_s": ...}."""
-    raise NotImplementedError("cove contender")
+    return _scored(data_dir, model, "tabular")
 
 
 def tiny(data_dir: str, model: str, work: str) -> dict:
-    """Scores DATA/tiny (one-row CSV files) with `model`; returns {"wall_s": ...}."""
-    raise NotImplementedError("cove contender")
+    return _scored(data_dir, model, "tiny")
+
+
+def _ms(stamp: str) -> float:
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp() * 1000
 
 
 def overhead(data_dir: str, work: str) -> dict:
-    """Control-plane cost of a job over `data_dir`.
-
-    Returns {"wall_s", "mini_batches_per_s", "invoke_to_first_batch_ms",
-    "control_plane_cpu_ms_per_batch"}.
-    """
-    raise NotImplementedError("cove contender")
+    """A no-op script over every file, one file per mini-batch: Cove's own cost per mini-batch."""
+    cp = _state["cp"]
+    if not _state["deployed"]:
+        raise RuntimeError("the overhead scenario runs after tabular or tiny (it needs the deployments)")
+    before = cp.cpu_seconds()
+    wall, job = cp.run_job("noop", cp.link_data("overhead", data_dir), "mini_batch_size=1")
+    cpu = cp.cpu_seconds() - before
+    batches = job["progress"]["batches_total"]
+    full = cp.get(f"/api/v1/jobs/{job['name']}")
+    started = [_ms(a["started_at"]) for a in full.get("attempts", []) if a.get("started_at")]
+    first = (min(started) - _ms(job["created_at"])) if started else None
+    return {
+        "wall_s": wall,
+        "mini_batches": batches,
+        "mini_batches_per_s": batches / wall,
+        "invoke_to_first_batch_ms": first,
+        "control_plane_cpu_ms_per_batch": cpu * 1000 / batches,
+    }
 
 
 def scale(data_dir: str, work: str) -> dict:
-    """A job over DATA/million (empty files); returns {"wall_s", "control_plane_peak_rss_mb"}."""
-    raise NotImplementedError("cove contender")
+    """A job over a million empty files on a fresh control plane: its peak memory is this job's."""
+    cp = ControlPlane(_state["cove"], os.path.join(work, "workspace"))
+    try:
+        project = os.path.join(work, "project")
+        _write(os.path.join(project, "code", "score.py"), NOOP_SCRIPT)
+        _write(os.path.join(project, "model", "empty.txt"), "")
+        cores = os.cpu_count() or 1
+        _deploy(
+            cp,
+            project,
+            "million",
+            "name: noop\nendpoint_name: million\ntype: model\nmodel:\n  name: bench-noop\n  path: model\n"
+            "code_configuration:\n  code: code\n  scoring_script: score.py\n"
+            f"compute: azureml:local\nsettings:\n  max_concurrency_per_instance: {cores}\n"
+            "  mini_batch_size: 1000\n  output_action: summary_only\n",
+        )
+        wall, job = cp.run_job("million", cp.link_data("million", data_dir))
+        return {
+            "wall_s": wall,
+            "files": job["progress"]["files_total"],
+            "mini_batches": job["progress"]["batches_total"],
+            "control_plane_peak_rss_mb": cp.peak_rss_mb(),
+        }
+    finally:
+        cp.stop()
 
 
 def output(work: str) -> dict:
-    """Output assembly speed; returns {"wall_s", "rows", "mb_per_s"}."""
-    raise NotImplementedError("cove contender")
+    """Assembling a large append_row output from its parts, against copying the same bytes."""
+    repo = _state["repo_root"]
+    out = subprocess.run(
+        ["cargo", "run", "--quiet", "--release", "-p", "cove-server", "--example", "output_assembly", "--", work],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])

@@ -30,7 +30,7 @@ def score_files(model: str, files: list, part: str) -> int:
     with open(part, "w") as out:
         for path in files:
             df = pd.read_csv(path)
-            x = df.iloc[:, 1:].to_numpy(dtype=np.float32)
+            x = df.to_numpy(dtype=np.float32)[:, 1:]  # every column but `id`
             probs, label = sess.run(["probabilities", "label"], {"features": x})
             name = os.path.basename(path)
             out.writelines(

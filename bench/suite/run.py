@@ -1,6 +1,6 @@
 """Comparative benchmark suite: Cove against the baselines a user would otherwise pick.
 
-    python3 bench/suite/run.py [--rounds N] [--quick] [--million]
+    python3 bench/suite/run.py [--rounds N] [--quick] [--million] [--contenders LIST]
 
 Runs on the system python with the standard library only. It makes the baselines'
 venv (target/bench-venv) and the data (target/bench-data/{full,quick}), then runs
@@ -181,7 +181,7 @@ def fresh(path: str) -> str:
     return path
 
 
-def run_rounds(plan: dict, rounds: int, python: str, data_root: str) -> dict:
+def run_rounds(plan: dict, rounds: int, python: str, data_root: str, only: set = None) -> dict:
     """Runs all contenders interleaved; returns per scenario and contender its status and runs."""
     state = {
         s: {
@@ -191,13 +191,18 @@ def run_rounds(plan: dict, rounds: int, python: str, data_root: str) -> dict:
         for s, sc in plan.items()
     }
     for s, sc in plan.items():
-        if sc.get("needs"):
-            for c in sc["contenders"]:
+        for c in sc["contenders"]:
+            if only and c not in only:
+                state[s][c].update(status="not run", detail="not selected (--contenders)")
+            elif sc.get("needs"):
                 state[s][c].update(status="not run", detail=sc["needs"])
 
+    # Cove's setup (which may build Cove) runs only when a Cove contender is to run.
+    cove_runs = any(COVE in state[s] and state[s][COVE]["status"] == "ok" for s in plan)
     cove_setup_error = None
     try:
-        cove_contender.setup(REPO_ROOT, fresh(os.path.join(WORK_ROOT, "cove")))
+        if cove_runs:
+            cove_contender.setup(REPO_ROOT, fresh(os.path.join(WORK_ROOT, "cove")))
     except NotImplementedError as e:
         cove_setup_error = ("not run", f"setup: {e}")
     except Exception as e:  # noqa: BLE001 - reported, the baselines still run
@@ -235,7 +240,8 @@ def run_rounds(plan: dict, rounds: int, python: str, data_root: str) -> dict:
                         shutil.rmtree(work, ignore_errors=True)
     finally:
         try:
-            cove_contender.teardown()
+            if cove_runs:
+                cove_contender.teardown()
         except Exception:  # noqa: BLE001
             traceback.print_exc()
     return state
@@ -297,12 +303,14 @@ def targets(summary: dict) -> list:
             lambda v: v <= 1.0, lambda v: f"{v:.2f}x the plain loop's wall")
         add(f"{s}: Cove >= {factor}x faster than Ray Data", get(s, COVE, "speedup_vs_ray"),
             lambda v, f=factor: v >= f, lambda v: f"{v:.1f}x faster")
-    add("invoke -> first mini-batch < 100 ms (median)", get("overhead", COVE, "median_invoke_to_first_batch_ms"),
+    add("invoke -> first mini-batch < 100 ms (median)",
+        get("overhead", COVE, "median_invoke_to_first_batch_ms"),
         lambda v: v < 100, lambda v: f"{v:.1f} ms")
     add("control plane < 1 ms CPU per mini-batch (median)",
         get("overhead", COVE, "median_control_plane_cpu_ms_per_batch"),
         lambda v: v < 1.0, lambda v: f"{v:.3f} ms")
-    add("1,000,000-file job: control plane peak < 200 MB (max)", get("scale", COVE, "max_control_plane_peak_rss_mb"),
+    add("1,000,000-file job: control plane peak < 200 MB (max)",
+        get("scale", COVE, "max_control_plane_peak_rss_mb"),
         lambda v: v < 200, lambda v: f"{v:.0f} MB")
     return rows
 
@@ -332,7 +340,9 @@ def machine(python: str) -> dict:
                 mem_gib = round(int(line.split()[1]) / 2**20, 1)
     probe = (
         "import importlib.metadata as m, json, platform; "
-        f"print(json.dumps({{'python': platform.python_version(), **{{p: m.version(p) for p in {VENV_PACKAGES!r}}}}}))"
+        f"v = {{p: m.version(p) for p in {VENV_PACKAGES!r}}}; "
+        "v['python'] = platform.python_version(); "
+        "print(json.dumps(v))"
     )
     try:
         venv_info = json.loads(sh([python, "-c", probe]))
@@ -381,6 +391,8 @@ def markdown(cfg: dict, mach: dict, plan: dict, state: dict, summary: dict, tgts
     )
     if cfg["mode"] == "quick":
         L += ["", "**Quick smoke run on reduced data: not a measurement to compare with the targets.**"]
+    if cfg["contenders"] != "all":
+        L += ["", f"Contenders run: {', '.join(cfg['contenders'])} only."]
     L += ["", "Rerun: `python3 bench/suite/run.py` (add `--million` for the scale scenario).", ""]
 
     L += ["## Machine", "", "| | |", "| --- | --- |"]
@@ -461,8 +473,16 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, help="rounds (default 3, or 1 with --quick)")
     ap.add_argument("--quick", action="store_true", help="smoke test: reduced data, 1 round")
     ap.add_argument("--million", action="store_true", help="also run the 1,000,000-file scale scenario")
+    ap.add_argument(
+        "--contenders",
+        help=f"comma-separated subset of {PLAIN},{RAY},{COVE} to run (default: all); "
+        "the others are reported as not run",
+    )
     args = ap.parse_args()
 
+    only = set(args.contenders.split(",")) if args.contenders else None
+    if only and not only <= {PLAIN, RAY, COVE}:
+        ap.error(f"--contenders: unknown {', '.join(sorted(only - {PLAIN, RAY, COVE}))}")
     mode = "quick" if args.quick else "full"
     rounds = args.rounds or (1 if args.quick else 3)
     sizes = SIZES[mode]
@@ -473,10 +493,16 @@ def main() -> int:
     mach = machine(python)
     plan = scenarios(sizes, args.million)
 
-    state = run_rounds(plan, rounds, python, data_root)
+    state = run_rounds(plan, rounds, python, data_root, only)
     summary = summarize(plan, state)
     tgts = targets(summary)
-    cfg = {"mode": mode, "rounds": rounds, "sizes": sizes, "million": args.million}
+    cfg = {
+        "mode": mode,
+        "rounds": rounds,
+        "sizes": sizes,
+        "million": args.million,
+        "contenders": sorted(only) if only else "all",
+    }
 
     os.makedirs(RESULTS_DIR, exist_ok=True)
     md = markdown(cfg, mach, plan, state, summary, tgts)

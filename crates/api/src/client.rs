@@ -60,6 +60,7 @@ impl Client {
     pub fn new(base: &str, token: &str) -> Self {
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
+            .tcp_nodelay(true)
             .no_proxy()
             .build()
             .expect("a client with no TLS and no proxy always builds");

@@ -96,9 +96,12 @@ fn read_csv(data: &Bytes, inputs: &[InputSpec]) -> Result<Table, String> {
             Field::new(name, dt, true)
         })
         .collect();
+    // The reader allocates a whole batch up front; a row takes at least one byte per column, so a
+    // small file gets a batch no larger than it can fill.
+    let batch_rows = (data.len() / header.len() + 1).min(BATCH_ROWS);
     let reader = arrow_csv::ReaderBuilder::new(Arc::new(Schema::new(fields)))
         .with_header(true)
-        .with_batch_size(BATCH_ROWS)
+        .with_batch_size(batch_rows)
         .with_projection(projection.clone())
         .build(Cursor::new(&data[..]))
         .map_err(|e| e.to_string())?;

@@ -46,7 +46,7 @@ pub async fn write_job_logs(app: &AppRef, job: &str, ending_as: Option<cove_mode
         .store
         .call(move |c| {
             let row = store::job_get(c, &name)?;
-            Ok((row, store::attempts_of(c, &name)?, store::batches_in_state(c, &name, "failed")?))
+            Ok((row, store::attempts_of(c, &name, None)?, store::batches_in_state(c, &name, "failed")?))
         })
         .await?;
     let Some(mut row) = row else { return Ok(()) };

@@ -98,7 +98,7 @@ pub async fn invoke(
             })
             .await?;
         if let Some(job) = existing {
-            return Ok((StatusCode::OK, Json(render(&app, job, false).await?)));
+            return Ok((StatusCode::OK, Json(render(&app, job, false, false).await?)));
         }
     }
     check_input_exists(input_store.as_ref(), &input).await?;
@@ -156,9 +156,9 @@ pub async fn invoke(
     match app.store.call(move |c| store::job_insert(c, new)).await? {
         JobInsert::Created(row) => {
             crate::jobs::advance(app.clone(), row.name.clone());
-            Ok((StatusCode::CREATED, Json(render(&app, row, false).await?)))
+            Ok((StatusCode::CREATED, Json(render(&app, row, false, false).await?)))
         }
-        JobInsert::Existing(row) => Ok((StatusCode::OK, Json(render(&app, row, false).await?))),
+        JobInsert::Existing(row) => Ok((StatusCode::OK, Json(render(&app, row, false, false).await?))),
         JobInsert::NameTaken => Err(ApiError::conflict(format!("job_name: a job named `{job_name}` already exists"))),
     }
 }
@@ -275,20 +275,24 @@ fn azure_body(raw: &Value) -> ApiResult<Invoke> {
     Ok(req)
 }
 
-/// Renders a job for the API; `detail` adds the failed mini-batches with their first file.
-async fn render(app: &AppRef, row: JobRow, detail: bool) -> ApiResult<Job> {
+/// How many attempts `cove job show` lists.
+const SHOWN_ATTEMPTS: u32 = 1000;
+
+/// Renders a job for the API; `detail` adds the failed mini-batches with their first file, and
+/// `with_attempts` the first attempts with what they ran under.
+async fn render(app: &AppRef, row: JobRow, detail: bool, with_attempts: bool) -> ApiResult<Job> {
     let name = row.name.clone();
     let (counts, failed, attempts) = app
         .store
         .call(move |c| {
             let failed = if detail { store::batches_in_state(c, &name, "failed")? } else { Vec::new() };
-            let attempts = if detail { store::attempts_of(c, &name)? } else { Vec::new() };
+            let attempts =
+                if detail && with_attempts { store::attempts_of(c, &name, Some(SHOWN_ATTEMPTS))? } else { Vec::new() };
             Ok((store::batch_state_counts(c, &name)?, failed, attempts))
         })
         .await?;
     let attempts = attempts
         .into_iter()
-        .take(1000)
         .map(|a| AttemptInfo {
             mini_batch: a.idx,
             attempt: a.attempt,
@@ -372,7 +376,7 @@ pub async fn list(State(app): State<AppRef>, user: User, Query(q): Query<ListQue
     let rows = app.store.call(move |c| store::job_list(c, endpoint.as_deref(), deployment.as_deref(), limit)).await?;
     let mut jobs = Vec::with_capacity(rows.len());
     for row in rows {
-        jobs.push(render(&app, row, false).await?);
+        jobs.push(render(&app, row, false, false).await?);
     }
     Ok(Json(JobList { jobs }))
 }
@@ -386,17 +390,34 @@ pub async fn list_endpoint_jobs(
     list(State(app), user, Query(ListQuery { endpoint: Some(endpoint), ..q })).await
 }
 
-pub async fn show(State(app): State<AppRef>, user: User, Path(name): Path<String>) -> JsonResult<Job> {
+#[derive(Deserialize)]
+pub struct ShowQuery {
+    /// `false` leaves out the attempts: a cheap view for polling a job's status.
+    #[serde(default = "yes")]
+    attempts: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+pub async fn show(
+    State(app): State<AppRef>,
+    user: User,
+    Path(name): Path<String>,
+    Query(q): Query<ShowQuery>,
+) -> JsonResult<Job> {
     let row = job_row(&app, &user, &name).await?;
-    Ok(Json(render(&app, row, true).await?))
+    Ok(Json(render(&app, row, true, q.attempts).await?))
 }
 
 pub async fn show_endpoint_job(
     State(app): State<AppRef>,
     user: User,
     Path((_, name)): Path<(String, String)>,
+    query: Query<ShowQuery>,
 ) -> JsonResult<Job> {
-    show(State(app), user, Path(name)).await
+    show(State(app), user, Path(name), query).await
 }
 
 pub async fn cancel(State(app): State<AppRef>, user: User, Path(name): Path<String>) -> JsonResult<Job> {
@@ -410,7 +431,7 @@ pub async fn cancel(State(app): State<AppRef>, user: User, Path(name): Path<Stri
         }
     }
     let row = job_row(&app, &user, &name).await?;
-    Ok(Json(render(&app, row, true).await?))
+    Ok(Json(render(&app, row, true, true).await?))
 }
 
 /// Where a named output of a job lives: `score` in its datastore, `logs` in Cove's own store.
@@ -523,7 +544,7 @@ pub async fn rerun(
     match app.store.call(move |c| store::job_insert(c, new)).await? {
         JobInsert::Created(row) => {
             crate::jobs::advance(app.clone(), row.name.clone());
-            Ok((StatusCode::CREATED, Json(render(&app, row, false).await?)))
+            Ok((StatusCode::CREATED, Json(render(&app, row, false, false).await?)))
         }
         _ => Err(ApiError::conflict(format!("job `{job_name}` already exists"))),
     }

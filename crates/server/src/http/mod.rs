@@ -87,12 +87,32 @@ pub struct User(pub Principal);
 pub struct Worker(pub Principal);
 
 async fn principal(parts: &Parts, app: &AppRef) -> ApiResult<Principal> {
+    Ok(principal_and_network(parts, app).await?.0)
+}
+
+/// The caller's principal and, for a worker of a cluster registered through the API, that cluster's
+/// network: one trip to the store, as every worker request makes it.
+async fn principal_and_network(parts: &Parts, app: &AppRef) -> ApiResult<(Principal, Option<String>)> {
     let header = parts.headers.get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
     let Some(secret) = header.and_then(|h| h.strip_prefix("Bearer ")).map(str::trim) else {
         return Err(ApiError::new(ErrorCode::Unauthenticated, "missing bearer token (Authorization: Bearer <token>)"));
     };
     let secret = secret.to_string();
-    app.store.call(move |c| auth::resolve(c, &secret)).await?.ok_or_else(|| {
+    let configured: Vec<String> = app.policy.computes.iter().map(|c| c.name.clone()).collect();
+    let found = app
+        .store
+        .call(move |c| {
+            let Some(p) = auth::resolve(c, &secret)? else { return Ok(None) };
+            let network = match &p.compute {
+                Some(name) if p.kind == TokenKind::Worker && !configured.contains(name) => {
+                    crate::store::compute_get(c, name)?.and_then(|c| c.slurm).and_then(|s| s.network)
+                }
+                _ => None,
+            };
+            Ok(Some((p, network)))
+        })
+        .await?;
+    found.ok_or_else(|| {
         ApiError::new(ErrorCode::Unauthenticated, "the token is not valid (unknown, revoked or expired)")
     })
 }
@@ -111,7 +131,7 @@ impl FromRequestParts<AppRef> for User {
 impl FromRequestParts<AppRef> for Worker {
     type Rejection = ApiError;
     async fn from_request_parts(parts: &mut Parts, app: &AppRef) -> ApiResult<Self> {
-        let p = principal(parts, app).await?;
+        let (p, registered_network) = principal_and_network(parts, app).await?;
         if p.kind != TokenKind::Worker {
             return Err(ApiError::new(ErrorCode::PermissionDenied, "only worker credentials can call the worker API"));
         }
@@ -119,11 +139,7 @@ impl FromRequestParts<AppRef> for Worker {
         if let (Some(compute), Some(ip)) = (&p.compute, source) {
             let network = match app.policy.computes.iter().find(|c| &c.name == compute) {
                 Some(c) => Some(c.network.clone()),
-                None => {
-                    let name = compute.clone();
-                    let found = app.store.call(move |c| crate::store::compute_get(c, &name)).await?;
-                    found.and_then(|c| c.slurm).and_then(|s| s.network)
-                }
+                None => registered_network,
             };
             if let Some(network) = network {
                 app.policy

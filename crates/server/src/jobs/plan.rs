@@ -7,6 +7,7 @@ use crate::AppRef;
 use anyhow::Context;
 use cove_api::InputType;
 use cove_model::{batch_count, batch_range, JobStatus};
+use futures::StreamExt;
 use object_store::ObjectStore;
 
 pub fn manifest_key(job: &str) -> object_store::path::Path {
@@ -29,12 +30,18 @@ pub async fn list_inputs(
             Ok(vec![input.path])
         }
         InputType::UriFolder => {
+            // Streamed, keeping only each top-level file's path: a listing's full metadata for a
+            // million files would cost far more memory than their names.
             let prefix = (!input.path.is_empty()).then(|| input.object_path());
-            let listing = store
-                .list_with_delimiter(prefix.as_ref())
-                .await
-                .map_err(|e| format!("failed to list input folder `{input_uri}`: {e}"))?;
-            let mut files: Vec<String> = listing.objects.into_iter().map(|o| o.location.to_string()).collect();
+            let depth = prefix.as_ref().map_or(0, |p| p.parts().count()) + 1;
+            let mut listing = store.list(prefix.as_ref());
+            let mut files: Vec<String> = Vec::new();
+            while let Some(meta) = listing.next().await {
+                let meta = meta.map_err(|e| format!("failed to list input folder `{input_uri}`: {e}"))?;
+                if meta.location.parts().count() == depth {
+                    files.push(meta.location.to_string());
+                }
+            }
             files.sort_unstable();
             if files.is_empty() {
                 return Err(format!("input folder `{input_uri}` holds no files"));
@@ -80,9 +87,10 @@ pub async fn plan(app: &AppRef, job: &JobRow) -> anyhow::Result<bool> {
     let total = files.len() as u64;
     let mut manifest = String::new();
     let mut offsets = Vec::with_capacity(files.len() + 1);
-    for f in &files {
+    // Each name is freed as soon as it is in the manifest, so the two never both hold every name.
+    for f in files {
         offsets.push(manifest.len() as u64);
-        manifest.push_str(&encode_line(f));
+        manifest.push_str(&encode_line(&f));
         manifest.push('\n');
     }
     offsets.push(manifest.len() as u64);

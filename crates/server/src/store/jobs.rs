@@ -6,7 +6,7 @@
 //! - a mini-batch is committed once: `succeeded` with `committed_part` set, never changed afterwards;
 //! - the job's counters change in the same transaction as the mini-batch they count.
 
-use super::{now_ms, StoreResult};
+use super::{now_ms, Cached, StoreResult};
 use cove_api::worker::RunSpec;
 use cove_api::JobInput;
 use cove_model::{
@@ -121,16 +121,16 @@ pub fn job_insert(conn: &mut Connection, job: NewJob) -> StoreResult<JobInsert> 
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     if let Some(key) = &job.idempotency_key {
         let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE endpoint = ?1 AND idempotency_key = ?2");
-        if let Some(existing) = tx.query_row(&sql, params![job.endpoint, key], job_from_row).optional()? {
+        if let Some(existing) = tx.row(&sql, params![job.endpoint, key], job_from_row).optional()? {
             return Ok(JobInsert::Existing(existing));
         }
     }
-    let taken: bool = tx.query_row("SELECT EXISTS (SELECT 1 FROM jobs WHERE name = ?1)", [&job.name], |r| r.get(0))?;
+    let taken: bool = tx.row("SELECT EXISTS (SELECT 1 FROM jobs WHERE name = ?1)", [&job.name], |r| r.get(0))?;
     if taken {
         return Ok(JobInsert::NameTaken);
     }
-    let seq: i64 = tx.query_row("SELECT COALESCE(MAX(seq), 0) + 1 FROM jobs", [], |r| r.get(0))?;
-    tx.execute(
+    let seq: i64 = tx.row("SELECT COALESCE(MAX(seq), 0) + 1 FROM jobs", [], |r| r.get(0))?;
+    tx.exec(
         "INSERT INTO jobs (name, seq, endpoint, deployment, compute, status, record, idempotency_key, created_ms)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
         params![
@@ -152,7 +152,7 @@ pub fn job_insert(conn: &mut Connection, job: NewJob) -> StoreResult<JobInsert> 
 
 fn job_get_tx(conn: &Connection, name: &str) -> StoreResult<Option<JobRow>> {
     let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE name = ?1");
-    Ok(conn.query_row(&sql, [name], job_from_row).optional()?)
+    Ok(conn.row(&sql, [name], job_from_row).optional()?)
 }
 
 pub fn job_get(conn: &Connection, name: &str) -> StoreResult<Option<JobRow>> {
@@ -169,7 +169,7 @@ pub fn job_list(
         "SELECT {JOB_COLUMNS} FROM jobs WHERE (?1 IS NULL OR endpoint = ?1) AND (?2 IS NULL OR deployment = ?2)
          ORDER BY seq DESC LIMIT ?3"
     );
-    let mut stmt = conn.prepare(&sql)?;
+    let mut stmt = conn.prepare_cached(&sql)?;
     let rows = stmt.query_map(params![endpoint, deployment, limit], job_from_row)?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
@@ -178,7 +178,7 @@ pub fn job_list(
 pub fn jobs_unfinished(conn: &Connection) -> StoreResult<Vec<JobRow>> {
     let sql =
         format!("SELECT {JOB_COLUMNS} FROM jobs WHERE status NOT IN ('Completed', 'Failed', 'Canceled') ORDER BY seq");
-    let mut stmt = conn.prepare(&sql)?;
+    let mut stmt = conn.prepare_cached(&sql)?;
     let rows = stmt.query_map([], job_from_row)?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
@@ -192,7 +192,7 @@ pub fn job_transition(
     error: Option<&str>,
 ) -> StoreResult<bool> {
     let current: Option<String> =
-        conn.query_row("SELECT status FROM jobs WHERE name = ?1", [name], |r| r.get(0)).optional()?;
+        conn.row("SELECT status FROM jobs WHERE name = ?1", [name], |r| r.get(0)).optional()?;
     let Some(current) = current.and_then(|s| JobStatus::parse(&s)) else {
         return Ok(false);
     };
@@ -200,7 +200,7 @@ pub fn job_transition(
         return Ok(false);
     }
     let finished = to.is_terminal().then(now_ms);
-    conn.execute(
+    conn.exec(
         "UPDATE jobs SET status = ?2, error = COALESCE(?3, error), finished_ms = COALESCE(?4, finished_ms) WHERE name = ?1",
         params![name, to.as_str(), error, finished],
     )?;
@@ -218,21 +218,20 @@ pub struct PlannedBatch {
 /// Records a job's plan and queues it. Re-planning (after a crash while Preparing) replaces the old plan.
 pub fn job_plan(conn: &mut Connection, name: &str, files_total: u64, batches: &[PlannedBatch]) -> StoreResult<bool> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let status: Option<String> =
-        tx.query_row("SELECT status FROM jobs WHERE name = ?1", [name], |r| r.get(0)).optional()?;
+    let status: Option<String> = tx.row("SELECT status FROM jobs WHERE name = ?1", [name], |r| r.get(0)).optional()?;
     if status.as_deref() != Some(JobStatus::Preparing.as_str()) {
         return Ok(false);
     }
-    tx.execute("DELETE FROM batches WHERE job = ?1", [name])?;
+    tx.exec("DELETE FROM batches WHERE job = ?1", [name])?;
     {
-        let mut stmt = tx.prepare(
+        let mut stmt = tx.prepare_cached(
             "INSERT INTO batches (job, idx, state, manifest_offset, manifest_len, files) VALUES (?1, ?2, 'pending', ?3, ?4, ?5)",
         )?;
         for (idx, b) in batches.iter().enumerate() {
             stmt.execute(params![name, idx as i64, b.manifest_offset as i64, b.manifest_len as i64, b.files as i64])?;
         }
     }
-    tx.execute(
+    tx.exec(
         "UPDATE jobs SET files_total = ?2, batches_total = ?3, status = 'Queued' WHERE name = ?1",
         params![name, files_total as i64, batches.len() as i64],
     )?;
@@ -271,31 +270,44 @@ pub fn lease_next(
     grace_ms: i64,
 ) -> StoreResult<LeaseAnswer> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let candidate: Option<(String, i64)> = tx
-        .query_row(
-            "SELECT b.job, b.idx FROM jobs j JOIN batches b ON b.job = j.name AND b.state = 'pending'
+    // The job first (few run at once), then its lowest pending mini-batch straight off the
+    // (job, state, idx) index: a single join ordered by (seq, idx) would sort every pending
+    // mini-batch on every lease.
+    let candidate_job: Option<String> = tx
+        .row(
+            "SELECT j.name FROM jobs j
              WHERE j.status IN ('Queued', 'Running') AND (?1 IS NULL OR j.name = ?1) AND (?2 IS NULL OR j.compute = ?2)
-             ORDER BY j.seq, b.idx LIMIT 1",
+               AND EXISTS (SELECT 1 FROM batches b WHERE b.job = j.name AND b.state = 'pending')
+             ORDER BY j.seq LIMIT 1",
             params![job, compute],
-            |r| Ok((r.get(0)?, r.get(1)?)),
+            |r| r.get(0),
         )
         .optional()?;
+    let candidate: Option<(String, i64)> = match candidate_job {
+        Some(name) => tx
+            .row("SELECT idx FROM batches WHERE job = ?1 AND state = 'pending' ORDER BY idx LIMIT 1", [&name], |r| {
+                r.get(0)
+            })
+            .optional()?
+            .map(|idx| (name, idx)),
+        None => None,
+    };
     let Some((job_name, idx)) = candidate else {
         let job_done = match job {
             Some(name) => {
                 let status: Option<String> =
-                    tx.query_row("SELECT status FROM jobs WHERE name = ?1", [name], |r| r.get(0)).optional()?;
+                    tx.row("SELECT status FROM jobs WHERE name = ?1", [name], |r| r.get(0)).optional()?;
                 match status.and_then(|s| JobStatus::parse(&s)) {
                     None => true,
                     Some(s) if !s.accepts_leases() && s != JobStatus::NotStarted && s != JobStatus::Preparing => true,
                     Some(_) => {
-                        let open: i64 = tx.query_row(
+                        let open: i64 = tx.row(
                             "SELECT COUNT(*) FROM batches WHERE job = ?1 AND state IN ('pending', 'leased')",
                             [name],
                             |r| r.get(0),
                         )?;
                         let planned: i64 =
-                            tx.query_row("SELECT batches_total FROM jobs WHERE name = ?1", [name], |r| r.get(0))?;
+                            tx.row("SELECT batches_total FROM jobs WHERE name = ?1", [name], |r| r.get(0))?;
                         planned > 0 && open == 0
                     }
                 }
@@ -305,7 +317,7 @@ pub fn lease_next(
         return Ok(LeaseAnswer::Nothing { job_done });
     };
     let row = job_get_tx(&tx, &job_name)?.expect("the job was just selected");
-    let (attempts, offset, len): (u32, i64, i64) = tx.query_row(
+    let (attempts, offset, len): (u32, i64, i64) = tx.row(
         "SELECT attempts, manifest_offset, manifest_len FROM batches WHERE job = ?1 AND idx = ?2",
         params![job_name, idx],
         |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
@@ -314,15 +326,15 @@ pub fn lease_next(
     let lease_id = uuid::Uuid::new_v4().simple().to_string();
     let now = now_ms();
     let deadline = now + row.record.settings.retry_settings.timeout_secs as i64 * 1000 + grace_ms;
-    tx.execute(
+    tx.exec(
         "UPDATE batches SET state = 'leased', attempts = ?3, lease_id = ?4, lease_deadline_ms = ?5 WHERE job = ?1 AND idx = ?2",
         params![job_name, idx, attempt, lease_id, deadline],
     )?;
-    tx.execute(
+    tx.exec(
         "INSERT INTO attempts (lease_id, job, idx, attempt, node, process, started_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
         params![lease_id, job_name, idx, attempt, node, process, now],
     )?;
-    tx.execute(
+    tx.exec(
         "UPDATE jobs SET status = 'Running', started_ms = COALESCE(started_ms, ?2) WHERE name = ?1 AND status = 'Queued'",
         params![job_name, now],
     )?;
@@ -352,7 +364,7 @@ pub struct LeaseInfo {
 /// Returns the lease if it is still the mini-batch's current one and its job still runs.
 pub fn lease_current(conn: &Connection, lease_id: &str) -> StoreResult<Option<LeaseInfo>> {
     let found: Option<(String, i64, u32, i64, i64)> = conn
-        .query_row(
+        .row(
             "SELECT b.job, b.idx, b.attempts, b.manifest_offset, b.manifest_len FROM batches b
              JOIN jobs j ON j.name = b.job
              WHERE b.lease_id = ?1 AND b.state = 'leased' AND j.status IN ('Queued', 'Running')",
@@ -380,7 +392,7 @@ pub fn lease_heartbeat(conn: &Connection, lease_id: &str, grace_ms: i64) -> Stor
         return Ok(false);
     };
     let deadline = now_ms() + info.record.settings.retry_settings.timeout_secs as i64 * 1000 + grace_ms;
-    conn.execute(
+    conn.exec(
         "UPDATE batches SET lease_deadline_ms = ?2 WHERE lease_id = ?1 AND state = 'leased'",
         params![lease_id, deadline],
     )?;
@@ -388,7 +400,7 @@ pub fn lease_heartbeat(conn: &Connection, lease_id: &str, grace_ms: i64) -> Stor
 }
 
 pub fn attempt_mark_part(conn: &Connection, lease_id: &str) -> StoreResult<()> {
-    conn.execute("UPDATE attempts SET part_uploaded = 1 WHERE lease_id = ?1", [lease_id])?;
+    conn.exec("UPDATE attempts SET part_uploaded = 1 WHERE lease_id = ?1", [lease_id])?;
     Ok(())
 }
 
@@ -429,24 +441,19 @@ pub fn lease_complete_with(
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let now = now_ms();
     if let Some(iso) = isolation {
-        tx.execute(
-            "UPDATE attempts SET isolation = ?2 WHERE lease_id = ?1 AND outcome IS NULL",
-            params![lease_id, iso],
-        )?;
+        tx.exec("UPDATE attempts SET isolation = ?2 WHERE lease_id = ?1 AND outcome IS NULL", params![lease_id, iso])?;
     }
     let attempt: Option<(String, i64, u32, Option<String>, bool)> = tx
-        .query_row(
-            "SELECT job, idx, attempt, outcome, part_uploaded FROM attempts WHERE lease_id = ?1",
-            [lease_id],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
-        )
+        .row("SELECT job, idx, attempt, outcome, part_uploaded FROM attempts WHERE lease_id = ?1", [lease_id], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+        })
         .optional()?;
     let Some((job, idx, attempt_no, previous, part_uploaded)) = attempt else {
         return Ok(CompleteResult { committed: false, job_active: false, job_status: None, job: None });
     };
     let row = job_get_tx(&tx, &job)?.expect("attempts reference existing jobs");
     let job_active = row.status.accepts_leases();
-    let current: bool = tx.query_row(
+    let current: bool = tx.row(
         "SELECT EXISTS (SELECT 1 FROM batches WHERE job = ?1 AND idx = ?2 AND state = 'leased' AND lease_id = ?3)",
         params![job, idx, lease_id],
         |r| r.get(0),
@@ -454,7 +461,7 @@ pub fn lease_complete_with(
     let (outcome_name, reason, _, _) = describe(outcome);
     if previous.is_some() || !current || !job_active {
         if previous.is_none() {
-            tx.execute(
+            tx.exec(
                 "UPDATE attempts SET finished_ms = ?2, outcome = ?3, reason = ?4, pid = ?5 WHERE lease_id = ?1",
                 params![lease_id, now, format!("discarded:{outcome_name}"), reason, pid],
             )?;
@@ -472,23 +479,23 @@ pub fn lease_complete_with(
     };
     let outcome = &outcome;
     let (outcome_name, reason, items_ok, items_failed) = describe(outcome);
-    tx.execute(
+    tx.exec(
         "UPDATE attempts SET finished_ms = ?2, outcome = ?3, reason = ?4, pid = ?5, items_ok = ?6, items_failed = ?7
          WHERE lease_id = ?1",
         params![lease_id, now, outcome_name, reason, pid, items_ok as i64, items_failed as i64],
     )?;
     let files: i64 =
-        tx.query_row("SELECT files FROM batches WHERE job = ?1 AND idx = ?2", params![job, idx], |r| r.get(0))?;
+        tx.row("SELECT files FROM batches WHERE job = ?1 AND idx = ?2", params![job, idx], |r| r.get(0))?;
     let mut committed = false;
     match after_attempt(attempt_no, row.record.settings.retry_settings.max_retries, outcome) {
         BatchNext::Commit => {
             let part = needs_part.then(|| part_key(&job, idx as u64, lease_id));
-            tx.execute(
+            tx.exec(
                 "UPDATE batches SET state = 'succeeded', lease_id = NULL, lease_deadline_ms = NULL, committed_part = ?3,
                  items_ok = ?4, items_failed = ?5, error = NULL WHERE job = ?1 AND idx = ?2",
                 params![job, idx, part, items_ok as i64, items_failed as i64],
             )?;
-            tx.execute(
+            tx.exec(
                 "UPDATE jobs SET batches_succeeded = batches_succeeded + 1, items_ok = items_ok + ?2,
                  items_failed = items_failed + ?3 WHERE name = ?1",
                 params![job, items_ok as i64, items_failed as i64],
@@ -496,30 +503,30 @@ pub fn lease_complete_with(
             committed = true;
         }
         BatchNext::Retry => {
-            tx.execute(
+            tx.exec(
                 "UPDATE batches SET state = 'pending', lease_id = NULL, lease_deadline_ms = NULL, error = ?3
                  WHERE job = ?1 AND idx = ?2",
                 params![job, idx, reason],
             )?;
         }
         BatchNext::Release => {
-            tx.execute(
+            tx.exec(
                 "UPDATE batches SET state = 'pending', lease_id = NULL, lease_deadline_ms = NULL, attempts = attempts - 1
                  WHERE job = ?1 AND idx = ?2",
                 params![job, idx],
             )?;
-            tx.execute(
+            tx.exec(
                 "UPDATE jobs SET init_failures = init_failures + 1, error = ?2 WHERE name = ?1",
                 params![job, reason],
             )?;
         }
         BatchNext::GiveUp { reason } => {
-            tx.execute(
+            tx.exec(
                 "UPDATE batches SET state = 'failed', lease_id = NULL, lease_deadline_ms = NULL, items_failed = ?3, error = ?4
                  WHERE job = ?1 AND idx = ?2",
                 params![job, idx, files, reason],
             )?;
-            tx.execute(
+            tx.exec(
                 "UPDATE jobs SET batches_failed = batches_failed + 1, items_failed = items_failed + ?2 WHERE name = ?1",
                 params![job, files],
             )?;
@@ -544,7 +551,7 @@ fn apply_verdict(conn: &Connection, job: &str) -> StoreResult<Option<JobStatus>>
     match job_verdict(&row.counters, &row.record.policy()) {
         JobVerdict::Continue => Ok(None),
         JobVerdict::Finalize => {
-            conn.execute("UPDATE jobs SET status = 'Finalizing' WHERE name = ?1", [job])?;
+            conn.exec("UPDATE jobs SET status = 'Finalizing' WHERE name = ?1", [job])?;
             Ok(Some(JobStatus::Finalizing))
         }
         JobVerdict::Fail { reason } => {
@@ -552,7 +559,7 @@ fn apply_verdict(conn: &Connection, job: &str) -> StoreResult<Option<JobStatus>>
                 (Some(last), true) => format!("{reason}; the last failure: {last}"),
                 _ => reason,
             };
-            conn.execute(
+            conn.exec(
                 "UPDATE jobs SET status = 'Failed', error = ?2, finished_ms = ?3 WHERE name = ?1",
                 params![job, reason, now_ms()],
             )?;
@@ -573,14 +580,15 @@ fn describe(outcome: &AttemptOutcome) -> (&'static str, Option<String>, u64, u64
 
 /// Leases whose deadline has passed.
 pub fn leases_expired(conn: &Connection, now: i64) -> StoreResult<Vec<String>> {
-    let mut stmt = conn.prepare("SELECT lease_id FROM batches WHERE state = 'leased' AND lease_deadline_ms < ?1")?;
+    let mut stmt =
+        conn.prepare_cached("SELECT lease_id FROM batches WHERE state = 'leased' AND lease_deadline_ms < ?1")?;
     let rows = stmt.query_map([now], |r| r.get(0))?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
 /// The earliest lease deadline, so the reaper sleeps exactly until it.
 pub fn next_lease_deadline(conn: &Connection) -> StoreResult<Option<i64>> {
-    Ok(conn.query_row("SELECT MIN(lease_deadline_ms) FROM batches WHERE state = 'leased'", [], |r| r.get(0))?)
+    Ok(conn.row("SELECT MIN(lease_deadline_ms) FROM batches WHERE state = 'leased'", [], |r| r.get(0))?)
 }
 
 /// Cancels a job. A finalizing job is only asked to stop, so that the finalizer never publishes it.
@@ -593,7 +601,7 @@ pub fn job_cancel(conn: &Connection, name: &str) -> StoreResult<Option<JobStatus
     }
     let to = if row.status == JobStatus::Finalizing { JobStatus::CancelRequested } else { JobStatus::Canceled };
     let finished = to.is_terminal().then(now_ms);
-    conn.execute(
+    conn.exec(
         "UPDATE jobs SET status = ?2, error = 'canceled by user', finished_ms = ?3 WHERE name = ?1",
         params![name, to.as_str(), finished],
     )?;
@@ -602,7 +610,7 @@ pub fn job_cancel(conn: &Connection, name: &str) -> StoreResult<Option<JobStatus
 
 /// The committed part of every succeeded mini-batch, in mini-batch order.
 pub fn committed_parts(conn: &Connection, job: &str) -> StoreResult<Vec<(u64, String)>> {
-    let mut stmt = conn.prepare(
+    let mut stmt = conn.prepare_cached(
         "SELECT idx, committed_part FROM batches WHERE job = ?1 AND state = 'succeeded' AND committed_part IS NOT NULL ORDER BY idx",
     )?;
     let rows = stmt.query_map([job], |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?)))?;
@@ -621,7 +629,7 @@ pub struct BatchRow {
 }
 
 pub fn batches_in_state(conn: &Connection, job: &str, state: &str) -> StoreResult<Vec<BatchRow>> {
-    let mut stmt = conn.prepare(
+    let mut stmt = conn.prepare_cached(
         "SELECT idx, state, attempts, manifest_offset, manifest_len, files, error FROM batches
          WHERE job = ?1 AND state = ?2 ORDER BY idx",
     )?;
@@ -639,11 +647,23 @@ pub fn batches_in_state(conn: &Connection, job: &str, state: &str) -> StoreResul
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
-/// Counts a job's mini-batches by state.
+/// Counts a job's mini-batches by state. Only the leased ones are counted (few, off the index); the
+/// others follow from the job's counters, which change in the same transactions as the states, so
+/// polling a job costs the same whatever its size.
 pub fn batch_state_counts(conn: &Connection, job: &str) -> StoreResult<Vec<(String, u64)>> {
-    let mut stmt = conn.prepare("SELECT state, COUNT(*) FROM batches WHERE job = ?1 GROUP BY state")?;
-    let rows = stmt.query_map([job], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))?;
-    Ok(rows.collect::<Result<_, _>>()?)
+    let leased: i64 =
+        conn.row("SELECT COUNT(*) FROM batches WHERE job = ?1 AND state = 'leased'", [job], |r| r.get(0))?;
+    let (total, succeeded, failed): (i64, i64, i64) = conn
+        .row("SELECT batches_total, batches_succeeded, batches_failed FROM jobs WHERE name = ?1", [job], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })
+        .optional()?
+        .unwrap_or_default();
+    let pending = (total - succeeded - failed - leased).max(0);
+    Ok([("pending", pending), ("leased", leased), ("succeeded", succeeded), ("failed", failed)]
+        .into_iter()
+        .map(|(s, n)| (s.to_string(), n as u64))
+        .collect())
 }
 
 #[derive(Debug, Clone)]
@@ -662,12 +682,14 @@ pub struct AttemptRow {
     pub isolation: Option<String>,
 }
 
-pub fn attempts_of(conn: &Connection, job: &str) -> StoreResult<Vec<AttemptRow>> {
-    let mut stmt = conn.prepare(
+/// A job's attempts in mini-batch order, at most `limit` of them (all with `None`).
+pub fn attempts_of(conn: &Connection, job: &str, limit: Option<u32>) -> StoreResult<Vec<AttemptRow>> {
+    let mut stmt = conn.prepare_cached(
         "SELECT idx, attempt, node, process, pid, started_ms, finished_ms, outcome, reason, items_ok, items_failed, isolation
-         FROM attempts WHERE job = ?1 ORDER BY idx, attempt, started_ms",
+         FROM attempts WHERE job = ?1 ORDER BY idx, attempt, started_ms LIMIT ?2",
     )?;
-    let rows = stmt.query_map([job], |r| {
+    let limit = limit.map_or(-1, i64::from);
+    let rows = stmt.query_map(params![job, limit], |r| {
         Ok(AttemptRow {
             idx: r.get::<_, i64>(0)? as u64,
             attempt: r.get(1)?,
@@ -688,7 +710,7 @@ pub fn attempts_of(conn: &Connection, job: &str) -> StoreResult<Vec<AttemptRow>>
 
 /// Records that the compute backend submitted the job's workers as `reference`.
 pub fn job_set_compute_ref(conn: &Connection, name: &str, reference: &str) -> StoreResult<()> {
-    conn.execute(
+    conn.exec(
         "UPDATE jobs SET compute_ref = ?2, compute_submissions = compute_submissions + 1 WHERE name = ?1",
         params![name, reference],
     )?;
@@ -696,13 +718,13 @@ pub fn job_set_compute_ref(conn: &Connection, name: &str, reference: &str) -> St
 }
 
 pub fn job_set_compute_state(conn: &Connection, name: &str, state: &str) -> StoreResult<()> {
-    conn.execute("UPDATE jobs SET compute_state = ?2 WHERE name = ?1", params![name, state])?;
+    conn.exec("UPDATE jobs SET compute_state = ?2 WHERE name = ?1", params![name, state])?;
     Ok(())
 }
 
 /// The current leases of a job held by workers on `node` (to expire when the node is lost).
 pub fn leases_on_node(conn: &Connection, job: &str, node: &str) -> StoreResult<Vec<String>> {
-    let mut stmt = conn.prepare(
+    let mut stmt = conn.prepare_cached(
         "SELECT b.lease_id FROM batches b JOIN attempts a ON a.lease_id = b.lease_id
          WHERE b.job = ?1 AND b.state = 'leased' AND a.node = ?2",
     )?;

@@ -1,7 +1,7 @@
 //! Rows for the workspace's resources: tokens, datastores, computes, models, endpoints, deployments.
 //! Resource bodies are stored as JSON documents of their API type; keys and foreign names are columns.
 
-use super::{now_ms, StoreResult};
+use super::{now_ms, Cached, StoreResult};
 use cove_api::{Compute, Datastore, Deployment, Endpoint, Model};
 use rusqlite::{params, Connection, OptionalExtension};
 
@@ -18,7 +18,7 @@ pub struct TokenRow {
 }
 
 pub fn token_insert(conn: &Connection, hash: &str, row: &TokenRow) -> StoreResult<()> {
-    conn.execute(
+    conn.exec(
         "INSERT INTO tokens (id, hash, kind, role, endpoint, compute, created_ms, expires_ms, revoked)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
         params![
@@ -53,11 +53,11 @@ const TOKEN_COLUMNS: &str = "id, kind, role, endpoint, compute, created_ms, expi
 
 pub fn token_by_hash(conn: &Connection, hash: &str) -> StoreResult<Option<TokenRow>> {
     let sql = format!("SELECT {TOKEN_COLUMNS} FROM tokens WHERE hash = ?1");
-    Ok(conn.query_row(&sql, [hash], token_from_row).optional()?)
+    Ok(conn.row(&sql, [hash], token_from_row).optional()?)
 }
 
 pub fn datastore_upsert(conn: &Connection, ds: &Datastore) -> StoreResult<()> {
-    conn.execute(
+    conn.exec(
         "INSERT INTO datastores (name, kind, root, endpoint) VALUES (?1, ?2, ?3, ?4)
          ON CONFLICT (name) DO UPDATE SET kind = excluded.kind, root = excluded.root, endpoint = excluded.endpoint",
         params![ds.name, ds.kind, ds.root, ds.endpoint],
@@ -66,7 +66,7 @@ pub fn datastore_upsert(conn: &Connection, ds: &Datastore) -> StoreResult<()> {
 }
 
 pub fn datastore_list(conn: &Connection) -> StoreResult<Vec<Datastore>> {
-    let mut stmt = conn.prepare("SELECT name, kind, root, endpoint FROM datastores ORDER BY name")?;
+    let mut stmt = conn.prepare_cached("SELECT name, kind, root, endpoint FROM datastores ORDER BY name")?;
     let rows = stmt
         .query_map([], |r| Ok(Datastore { name: r.get(0)?, kind: r.get(1)?, root: r.get(2)?, endpoint: r.get(3)? }))?;
     Ok(rows.collect::<Result<_, _>>()?)
@@ -74,7 +74,7 @@ pub fn datastore_list(conn: &Connection) -> StoreResult<Vec<Datastore>> {
 
 pub fn compute_upsert(conn: &Connection, c: &Compute) -> StoreResult<()> {
     let spec = c.slurm.as_ref().map(serde_json::to_string).transpose()?;
-    conn.execute(
+    conn.exec(
         "INSERT INTO computes (name, kind, max_instances, spec) VALUES (?1, ?2, ?3, ?4)
          ON CONFLICT (name) DO UPDATE SET kind = excluded.kind, max_instances = excluded.max_instances, spec = excluded.spec",
         params![c.name, c.kind, c.max_instances, spec],
@@ -83,7 +83,7 @@ pub fn compute_upsert(conn: &Connection, c: &Compute) -> StoreResult<()> {
 }
 
 pub fn compute_list(conn: &Connection) -> StoreResult<Vec<Compute>> {
-    let mut stmt = conn.prepare("SELECT name, kind, max_instances, spec FROM computes ORDER BY name")?;
+    let mut stmt = conn.prepare_cached("SELECT name, kind, max_instances, spec FROM computes ORDER BY name")?;
     let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get::<_, Option<String>>(3)?)))?;
     let mut out = Vec::new();
     for row in rows {
@@ -101,10 +101,9 @@ pub fn compute_get(conn: &Connection, name: &str) -> StoreResult<Option<Compute>
 /// Registers the next version of a model and returns it. Callers needing atomicity with other writes
 /// pass a transaction; the single connection makes the read-then-insert safe either way.
 pub fn model_create(conn: &Connection, mut model: Model) -> StoreResult<Model> {
-    let last: Option<u32> =
-        conn.query_row("SELECT MAX(version) FROM models WHERE name = ?1", [&model.name], |r| r.get(0))?;
+    let last: Option<u32> = conn.row("SELECT MAX(version) FROM models WHERE name = ?1", [&model.name], |r| r.get(0))?;
     model.version = last.unwrap_or(0) + 1;
-    conn.execute(
+    conn.exec(
         "INSERT INTO models (name, version, record) VALUES (?1, ?2, ?3)",
         params![model.name, model.version, serde_json::to_string(&model)?],
     )?;
@@ -125,7 +124,8 @@ pub fn model_get(conn: &Connection, name: &str, version: Option<u32>) -> StoreRe
 }
 
 pub fn model_list(conn: &Connection, name: Option<&str>) -> StoreResult<Vec<Model>> {
-    let mut stmt = conn.prepare("SELECT record FROM models WHERE ?1 IS NULL OR name = ?1 ORDER BY name, version")?;
+    let mut stmt =
+        conn.prepare_cached("SELECT record FROM models WHERE ?1 IS NULL OR name = ?1 ORDER BY name, version")?;
     let rows = stmt.query_map([name], |r| r.get::<_, String>(0))?;
     let mut out = Vec::new();
     for row in rows {
@@ -136,7 +136,7 @@ pub fn model_list(conn: &Connection, name: Option<&str>) -> StoreResult<Vec<Mode
 
 /// Inserts an endpoint; returns false when the name is taken.
 pub fn endpoint_insert(conn: &Connection, ep: &Endpoint) -> StoreResult<bool> {
-    let n = conn.execute(
+    let n = conn.exec(
         "INSERT INTO endpoints (name, record, created_ms) VALUES (?1, ?2, ?3) ON CONFLICT (name) DO NOTHING",
         params![ep.spec.name, serde_json::to_string(ep)?, now_ms()],
     )?;
@@ -144,16 +144,13 @@ pub fn endpoint_insert(conn: &Connection, ep: &Endpoint) -> StoreResult<bool> {
 }
 
 pub fn endpoint_put(conn: &Connection, ep: &Endpoint) -> StoreResult<()> {
-    conn.execute(
-        "UPDATE endpoints SET record = ?2 WHERE name = ?1",
-        params![ep.spec.name, serde_json::to_string(ep)?],
-    )?;
+    conn.exec("UPDATE endpoints SET record = ?2 WHERE name = ?1", params![ep.spec.name, serde_json::to_string(ep)?])?;
     Ok(())
 }
 
 pub fn endpoint_get(conn: &Connection, name: &str) -> StoreResult<Option<Endpoint>> {
     let record: Option<String> =
-        conn.query_row("SELECT record FROM endpoints WHERE name = ?1", [name], |r| r.get(0)).optional()?;
+        conn.row("SELECT record FROM endpoints WHERE name = ?1", [name], |r| r.get(0)).optional()?;
     let Some(record) = record else {
         return Ok(None);
     };
@@ -164,7 +161,7 @@ pub fn endpoint_get(conn: &Connection, name: &str) -> StoreResult<Option<Endpoin
 
 pub fn endpoint_list(conn: &Connection) -> StoreResult<Vec<Endpoint>> {
     let names: Vec<String> = {
-        let mut stmt = conn.prepare("SELECT name FROM endpoints ORDER BY name")?;
+        let mut stmt = conn.prepare_cached("SELECT name FROM endpoints ORDER BY name")?;
         let rows = stmt.query_map([], |r| r.get(0))?;
         rows.collect::<Result<_, _>>()?
     };
@@ -178,21 +175,21 @@ pub fn endpoint_list(conn: &Connection) -> StoreResult<Vec<Endpoint>> {
 /// Deletes an endpoint and its deployments (never its jobs); returns false when it did not exist.
 pub fn endpoint_delete(conn: &mut Connection, name: &str) -> StoreResult<bool> {
     let tx = conn.transaction()?;
-    tx.execute("DELETE FROM deployments WHERE endpoint = ?1", [name])?;
-    let n = tx.execute("DELETE FROM endpoints WHERE name = ?1", [name])?;
+    tx.exec("DELETE FROM deployments WHERE endpoint = ?1", [name])?;
+    let n = tx.exec("DELETE FROM endpoints WHERE name = ?1", [name])?;
     tx.commit()?;
     Ok(n == 1)
 }
 
 fn deployment_names(conn: &Connection, endpoint: &str) -> StoreResult<Vec<String>> {
-    let mut stmt = conn.prepare("SELECT name FROM deployments WHERE endpoint = ?1 ORDER BY name")?;
+    let mut stmt = conn.prepare_cached("SELECT name FROM deployments WHERE endpoint = ?1 ORDER BY name")?;
     let rows = stmt.query_map([endpoint], |r| r.get(0))?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
 /// Inserts or replaces a deployment (create is idempotent per name, like `az ml batch-deployment create`).
 pub fn deployment_put(conn: &Connection, dep: &Deployment) -> StoreResult<()> {
-    conn.execute(
+    conn.exec(
         "INSERT INTO deployments (endpoint, name, record, created_ms) VALUES (?1, ?2, ?3, ?4)
          ON CONFLICT (endpoint, name) DO UPDATE SET record = excluded.record",
         params![dep.endpoint_name, dep.name, serde_json::to_string(dep)?, now_ms()],
@@ -208,7 +205,7 @@ pub fn deployment_get(conn: &Connection, endpoint: &str, name: &str) -> StoreRes
 }
 
 pub fn deployment_list(conn: &Connection, endpoint: &str) -> StoreResult<Vec<Deployment>> {
-    let mut stmt = conn.prepare("SELECT record FROM deployments WHERE endpoint = ?1 ORDER BY name")?;
+    let mut stmt = conn.prepare_cached("SELECT record FROM deployments WHERE endpoint = ?1 ORDER BY name")?;
     let rows = stmt.query_map([endpoint], |r| r.get::<_, String>(0))?;
     let mut out = Vec::new();
     for row in rows {
@@ -218,17 +215,17 @@ pub fn deployment_list(conn: &Connection, endpoint: &str) -> StoreResult<Vec<Dep
 }
 
 pub fn deployment_delete(conn: &Connection, endpoint: &str, name: &str) -> StoreResult<bool> {
-    Ok(conn.execute("DELETE FROM deployments WHERE endpoint = ?1 AND name = ?2", [endpoint, name])? == 1)
+    Ok(conn.exec("DELETE FROM deployments WHERE endpoint = ?1 AND name = ?2", [endpoint, name])? == 1)
 }
 
 pub fn token_list(conn: &Connection) -> StoreResult<Vec<TokenRow>> {
     let sql = format!("SELECT {TOKEN_COLUMNS} FROM tokens ORDER BY created_ms, id");
-    let mut stmt = conn.prepare(&sql)?;
+    let mut stmt = conn.prepare_cached(&sql)?;
     let rows = stmt.query_map([], token_from_row)?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
 /// Revokes a token; returns false when no such token exists.
 pub fn token_revoke(conn: &Connection, id: &str) -> StoreResult<bool> {
-    Ok(conn.execute("UPDATE tokens SET revoked = 1 WHERE id = ?1", [id])? == 1)
+    Ok(conn.exec("UPDATE tokens SET revoked = 1 WHERE id = ?1", [id])? == 1)
 }
