@@ -382,7 +382,12 @@ def markdown(cfg: dict, mach: dict, plan: dict, state: dict, summary: dict, tgts
         "Cove against the baselines a user would otherwise pick, on the same machine and data: "
         "a plain Python loop with onnxruntime (one process per core, one single-threaded "
         "session each) and Ray Data (read_csv -> map_batches with one onnxruntime actor per "
-        "core -> write_csv). Baseline times are whole processes, start-up included."
+        "core -> write_csv). Baseline times are whole processes, start-up included. Cove's "
+        "run from `cove endpoint invoke` (a CLI process) to the job seen Completed with its output "
+        "published, on a control plane already running, as a workspace's is: planning, starting the "
+        "workers, loading the model, scoring and assembling the output are all inside. Cove scores "
+        "the tabular and tiny files with a no-code ONNX deployment (tract, one worker slot per core); "
+        "the overhead and scale jobs run a do-nothing Python scoring script in the sandbox."
     )
     L.append("")
     L.append(
@@ -393,7 +398,13 @@ def markdown(cfg: dict, mach: dict, plan: dict, state: dict, summary: dict, tgts
         L += ["", "**Quick smoke run on reduced data: not a measurement to compare with the targets.**"]
     if cfg["contenders"] != "all":
         L += ["", f"Contenders run: {', '.join(cfg['contenders'])} only."]
-    L += ["", "Rerun: `python3 bench/suite/run.py` (add `--million` for the scale scenario).", ""]
+    L += [
+        "",
+        "Rerun: `scripts/bench` (everything), or `python3 bench/suite/run.py` (add `--million` for the "
+        "scale scenario). Where time goes: `python3 bench/suite/profile.py SCENARIO` (perf, see "
+        "`bench/results/profile-*.txt`).",
+        "",
+    ]
 
     L += ["## Machine", "", "| | |", "| --- | --- |"]
     pk = mach["packages"]
