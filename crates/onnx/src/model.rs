@@ -1,7 +1,7 @@
 //! Loading an ONNX model with tract, checking that it can score tables, and running it.
 
 use crate::output::{write_file_rows, Prediction};
-use crate::read::{read, Table, Values};
+use crate::read::{read_into, Table, Values};
 use crate::Scored;
 use bytes::Bytes;
 use std::sync::Arc;
@@ -36,6 +36,9 @@ pub struct OnnxModel {
     flat: Vec<bool>,
     outputs: Vec<String>,
     roles: OutputRoles,
+    /// Feature tables kept between mini-batches: reusing their buffers spares the page faults and
+    /// zeroing of fresh multi-megabyte allocations on every mini-batch.
+    scratch: Arc<std::sync::Mutex<Vec<Table>>>,
 }
 
 impl std::fmt::Debug for OnnxModel {
@@ -124,7 +127,7 @@ impl OnnxModel {
             ));
         }
         let plan = typed.into_runnable().map_err(|e| format!("tract cannot plan the model: {}", chain(&e)))?;
-        Ok(Self { plan, inputs, flat, outputs, roles })
+        Ok(Self { plan, inputs, flat, outputs, roles, scratch: Default::default() })
     }
 
     pub fn inputs(&self) -> &[InputSpec] {
@@ -151,48 +154,50 @@ impl OnnxModel {
     /// Scores the files of one mini-batch (name, contents): the rows of every readable file go to the
     /// model in one call; if that call fails, each file is run alone so the failure lands on its file.
     pub fn score(&self, files: &[(String, Bytes)]) -> Scored {
-        let tables: Vec<Result<Table, String>> =
-            files.iter().map(|(name, data)| read(name, data, &self.inputs)).collect();
+        let mut all = self.scratch.lock().ok().and_then(|mut s| s.pop()).unwrap_or_else(|| Table::empty(&self.inputs));
+        all.clear();
+        // Per file: its first row in `all` and its row count, or why it cannot be read.
+        let spans: Vec<Result<(usize, usize), String>> = files
+            .iter()
+            .map(|(name, data)| {
+                let start = all.rows;
+                read_into(name, data, &self.inputs, &mut all).map(|rows| (start, rows))
+            })
+            .collect();
         let mut scored = Scored::default();
-        let readable: Vec<&Table> = tables.iter().filter_map(|t| t.as_ref().ok()).collect();
-        let all = self.concat(&readable);
         match self.run(&all) {
             Ok(prediction) => {
-                let mut start = 0;
-                for ((name, _), table) in files.iter().zip(&tables) {
-                    match table {
-                        Ok(t) => {
-                            write_file_rows(&mut scored.output, base_name(name), &prediction, start, t.rows);
-                            start += t.rows;
-                            scored.files.push(Ok(t.rows as u64));
-                        }
-                        Err(reason) => scored.files.push(Err(reason.clone())),
-                    }
+                for ((name, _), span) in files.iter().zip(spans) {
+                    scored.files.push(span.map(|(start, rows)| {
+                        write_file_rows(&mut scored.output, base_name(name), &prediction, start, rows);
+                        rows as u64
+                    }));
                 }
             }
             Err(_) => {
-                for ((name, _), table) in files.iter().zip(tables) {
-                    let result = table.and_then(|t| {
-                        let prediction = self.run(&t).map_err(|e| format!("the model failed on this file: {e}"))?;
-                        write_file_rows(&mut scored.output, base_name(name), &prediction, 0, t.rows);
-                        Ok(t.rows as u64)
+                for ((name, _), span) in files.iter().zip(spans) {
+                    let result = span.and_then(|(start, rows)| {
+                        let one = Table {
+                            rows,
+                            inputs: all
+                                .inputs
+                                .iter()
+                                .zip(&self.inputs)
+                                .map(|(v, spec)| v.slice(start, rows, spec.width))
+                                .collect(),
+                        };
+                        let prediction = self.run(&one).map_err(|e| format!("the model failed on this file: {e}"))?;
+                        write_file_rows(&mut scored.output, base_name(name), &prediction, 0, rows);
+                        Ok(rows as u64)
                     });
                     scored.files.push(result);
                 }
             }
         }
-        scored
-    }
-
-    fn concat(&self, tables: &[&Table]) -> Table {
-        let mut all = Table { rows: 0, inputs: self.inputs.iter().map(Values::for_input).collect() };
-        for t in tables {
-            all.rows += t.rows;
-            for (into, from) in all.inputs.iter_mut().zip(&t.inputs) {
-                into.append(from);
-            }
+        if let Ok(mut pool) = self.scratch.lock() {
+            pool.push(all);
         }
-        all
+        scored
     }
 
     fn run(&self, table: &Table) -> Result<Prediction, String> {

@@ -31,11 +31,40 @@ impl Values {
         }
     }
 
-    pub fn append(&mut self, other: &Values) {
-        match (self, other) {
-            (Self::F32(a), Self::F32(b)) => a.extend_from_slice(b),
-            (Self::F64(a), Self::F64(b)) => a.extend_from_slice(b),
-            _ => unreachable!("an input's values always have the input's type"),
+    fn len(&self) -> usize {
+        match self {
+            Self::F32(v) => v.len(),
+            Self::F64(v) => v.len(),
+        }
+    }
+
+    fn truncate(&mut self, len: usize) {
+        match self {
+            Self::F32(v) => v.truncate(len),
+            Self::F64(v) => v.truncate(len),
+        }
+    }
+
+    /// Rows `start..start + rows` of values `width` wide.
+    pub fn slice(&self, start: usize, rows: usize, width: usize) -> Self {
+        let range = start * width..(start + rows) * width;
+        match self {
+            Self::F32(v) => Self::F32(v[range].to_vec()),
+            Self::F64(v) => Self::F64(v[range].to_vec()),
+        }
+    }
+}
+
+impl Table {
+    pub fn empty(inputs: &[InputSpec]) -> Self {
+        Self { rows: 0, inputs: inputs.iter().map(Values::for_input).collect() }
+    }
+
+    /// Empties the table, keeping its buffers' capacity for the next mini-batch.
+    pub fn clear(&mut self) {
+        self.rows = 0;
+        for v in &mut self.inputs {
+            v.truncate(0);
         }
     }
 }
@@ -62,18 +91,28 @@ fn kind(name: &str) -> Result<Kind, String> {
     }
 }
 
-/// Reads `data`, the contents of the file `name`, into the feature values of `inputs`.
+/// Appends the rows of `data`, the contents of the file `name`, to `table` (one mini-batch's rows
+/// share one table, so they are copied once); returns how many rows it added.
 ///
 /// # Errors
-/// Why the file cannot be scored, for the failed item's reason.
-pub fn read(name: &str, data: &Bytes, inputs: &[InputSpec]) -> Result<Table, String> {
-    match kind(name)? {
-        Kind::Csv => read_csv(data, inputs),
-        Kind::Parquet => read_parquet(data, inputs),
+/// Why the file cannot be scored, for the failed item's reason; `table` is then as it was.
+pub fn read_into(name: &str, data: &Bytes, inputs: &[InputSpec], table: &mut Table) -> Result<usize, String> {
+    let (rows, lens): (usize, Vec<usize>) = (table.rows, table.inputs.iter().map(Values::len).collect());
+    let read = match kind(name) {
+        Ok(Kind::Csv) => read_csv(data, inputs, table),
+        Ok(Kind::Parquet) => read_parquet(data, inputs, table),
+        Err(e) => Err(e),
+    };
+    if read.is_err() {
+        table.rows = rows;
+        for (v, len) in table.inputs.iter_mut().zip(lens) {
+            v.truncate(len);
+        }
     }
+    read.map(|()| table.rows - rows)
 }
 
-fn read_csv(data: &Bytes, inputs: &[InputSpec]) -> Result<Table, String> {
+fn read_csv(data: &Bytes, inputs: &[InputSpec], table: &mut Table) -> Result<(), String> {
     let format = arrow_csv::reader::Format::default().with_header(true);
     let (schema, _) =
         format.infer_schema(Cursor::new(&data[..]), Some(0)).map_err(|e| format!("cannot read the header: {e}"))?;
@@ -106,10 +145,10 @@ fn read_csv(data: &Bytes, inputs: &[InputSpec]) -> Result<Table, String> {
         .build(Cursor::new(&data[..]))
         .map_err(|e| e.to_string())?;
     let batches = reader.map(|b| b.map_err(|e| short(&e.to_string())));
-    collect(batches, &header, &columns, &projection, inputs)
+    collect(batches, &header, &columns, &projection, inputs, table)
 }
 
-fn read_parquet(data: &Bytes, inputs: &[InputSpec]) -> Result<Table, String> {
+fn read_parquet(data: &Bytes, inputs: &[InputSpec], table: &mut Table) -> Result<(), String> {
     use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
     use parquet::arrow::ProjectionMask;
     let builder = ParquetRecordBatchReaderBuilder::try_new(data.clone())
@@ -121,7 +160,7 @@ fn read_parquet(data: &Bytes, inputs: &[InputSpec]) -> Result<Table, String> {
     let reader =
         builder.with_projection(mask).with_batch_size(BATCH_ROWS).build().map_err(|e| short(&e.to_string()))?;
     let batches = reader.map(|b| b.map_err(|e| short(&e.to_string())));
-    collect(batches, &header, &columns, &projection, inputs)
+    collect(batches, &header, &columns, &projection, inputs, table)
 }
 
 /// Column indices in file order: both readers return projected columns in that order.
@@ -138,44 +177,53 @@ fn collect(
     columns: &FeatureColumns,
     projection: &[usize],
     inputs: &[InputSpec],
-) -> Result<Table, String> {
-    let mut table = Table { rows: 0, inputs: inputs.iter().map(Values::for_input).collect() };
+    table: &mut Table,
+) -> Result<(), String> {
+    let mut file_rows = 0;
     for batch in batches {
         let batch = batch?;
         let n = batch.num_rows();
         for (input, cols) in columns.per_input.iter().enumerate() {
-            let width = cols.len();
-            let base = table.rows * width;
-            for (j, &col) in cols.iter().enumerate() {
+            let dt = if inputs[input].float64 { DataType::Float64 } else { DataType::Float32 };
+            let mut arrays = Vec::with_capacity(cols.len());
+            for &col in cols {
                 let at = projection.binary_search(&col).expect("every feature column is projected");
-                let array = batch.column(at);
-                let cast = |dt: &DataType| {
-                    arrow_cast::cast(array, dt)
-                        .map_err(|e| format!("column `{}` is not numeric: {}", header[col], short(&e.to_string())))
-                };
-                let array = cast(if inputs[input].float64 { &DataType::Float64 } else { &DataType::Float32 })?;
+                let array = arrow_cast::cast(batch.column(at), &dt)
+                    .map_err(|e| format!("column `{}` is not numeric: {}", header[col], short(&e.to_string())))?;
                 if let Some(r) = (0..n).find(|&r| array.is_null(r)) {
-                    return Err(format!("row {}: column `{}` is empty or not a number", table.rows + r, header[col]));
+                    return Err(format!("row {}: column `{}` is empty or not a number", file_rows + r, header[col]));
                 }
-                match &mut table.inputs[input] {
-                    Values::F32(buf) => {
-                        buf.resize(base + n * width, 0.0);
-                        for (r, v) in array.as_primitive::<Float32Type>().values().iter().enumerate() {
-                            buf[base + r * width + j] = *v;
-                        }
-                    }
-                    Values::F64(buf) => {
-                        buf.resize(base + n * width, 0.0);
-                        for (r, v) in array.as_primitive::<Float64Type>().values().iter().enumerate() {
-                            buf[base + r * width + j] = *v;
-                        }
-                    }
+                arrays.push(array);
+            }
+            // Row-major, appended in place: no zero-fill, no per-file copy.
+            match &mut table.inputs[input] {
+                Values::F32(buf) => {
+                    let cols: Vec<&[f32]> =
+                        arrays.iter().map(|a| &a.as_primitive::<Float32Type>().values()[..]).collect();
+                    interleave(buf, &cols, n);
+                }
+                Values::F64(buf) => {
+                    let cols: Vec<&[f64]> =
+                        arrays.iter().map(|a| &a.as_primitive::<Float64Type>().values()[..]).collect();
+                    interleave(buf, &cols, n);
                 }
             }
         }
+        file_rows += n;
         table.rows += n;
     }
-    Ok(table)
+    Ok(())
+}
+
+fn interleave<T: Copy>(buf: &mut Vec<T>, cols: &[&[T]], rows: usize) {
+    if let [only] = cols {
+        buf.extend_from_slice(&only[..rows]);
+        return;
+    }
+    buf.reserve(rows * cols.len());
+    for r in 0..rows {
+        buf.extend(cols.iter().map(|c| c[r]));
+    }
 }
 
 /// Keeps a reader's error to its first line, and short: some echo a whole row.
