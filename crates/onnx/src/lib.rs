@@ -40,7 +40,7 @@ impl Scored {
 /// # Errors
 /// A message naming the problem when there is no `.onnx` file or more than one.
 pub fn find_model_file<'a>(files: impl IntoIterator<Item = &'a str>) -> Result<&'a str, String> {
-    let found: Vec<&str> = files.into_iter().filter(|f| is_onnx(f)).collect();
+    let found: Vec<&str> = files.into_iter().filter(|f| is_onnx_file(f)).collect();
     match found.as_slice() {
         [one] => Ok(one),
         [] => Err("the model holds no .onnx file".into()),
@@ -48,6 +48,7 @@ pub fn find_model_file<'a>(files: impl IntoIterator<Item = &'a str>) -> Result<&
     }
 }
 
-fn is_onnx(name: &str) -> bool {
+/// Whether `name`, a file directly in a model folder, is an ONNX model file.
+pub fn is_onnx_file(name: &str) -> bool {
     !name.contains('/') && name.to_ascii_lowercase().ends_with(".onnx")
 }

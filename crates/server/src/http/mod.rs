@@ -66,7 +66,6 @@ pub fn router(app: AppRef) -> Router {
         .route("/worker/v1/leases/{lease}/heartbeat", post(worker::heartbeat))
         .route("/worker/v1/leases/{lease}/complete", post(worker::complete))
         .route("/worker/v1/leases/{lease}/files", get(worker::get_files))
-        .route("/worker/v1/leases/{lease}/files/{index}", get(worker::get_file))
         .route("/worker/v1/leases/{lease}/assets/{kind}", get(worker::list_asset))
         .route("/worker/v1/leases/{lease}/assets/{kind}/{*path}", get(worker::get_asset))
         .layer(DefaultBodyLimit::max(JSON_BODY_LIMIT))
@@ -98,13 +97,15 @@ async fn principal_and_network(parts: &Parts, app: &AppRef) -> ApiResult<(Princi
         return Err(ApiError::new(ErrorCode::Unauthenticated, "missing bearer token (Authorization: Bearer <token>)"));
     };
     let secret = secret.to_string();
-    let configured: Vec<String> = app.policy.computes.iter().map(|c| c.name.clone()).collect();
+    let shared = app.clone();
     let found = app
         .store
         .call(move |c| {
             let Some(p) = auth::resolve(c, &secret)? else { return Ok(None) };
             let network = match &p.compute {
-                Some(name) if p.kind == TokenKind::Worker && !configured.contains(name) => {
+                Some(name)
+                    if p.kind == TokenKind::Worker && !shared.policy.computes.iter().any(|c| &c.name == name) =>
+                {
                     crate::store::compute_get(c, name)?.and_then(|c| c.slurm).and_then(|s| s.network)
                 }
                 _ => None,

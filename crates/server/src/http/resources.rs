@@ -373,8 +373,9 @@ async fn onnx_model_file(app: &AppRef, model_uri: &str) -> Result<String, String
         let name = cove_onnx::find_model_file(names.iter().map(String::as_str)).map_err(|e| format!("model: {e}"))?;
         (format!("{folder_name}/{name}"), object_store::path::Path::from(format!("{}/{name}", root.path)))
     };
-    cove_onnx::find_model_file([file.rsplit('/').next().unwrap_or(&file)])
-        .map_err(|_| format!("model: `{file}` is not an .onnx file"))?;
+    if !cove_onnx::is_onnx_file(file.rsplit('/').next().unwrap_or(&file)) {
+        return Err(format!("model: `{file}` is not an .onnx file"));
+    }
     let bytes = store
         .get(&location)
         .await

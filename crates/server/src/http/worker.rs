@@ -110,25 +110,6 @@ pub async fn get_files(State(app): State<AppRef>, _w: Worker, Path(lease): Path<
     Ok(Body::from(out))
 }
 
-pub async fn get_file(
-    State(app): State<AppRef>,
-    _w: Worker,
-    Path((lease, index)): Path<(String, usize)>,
-) -> ApiResult<Body> {
-    let info = current(&app, &lease).await?;
-    let files = batch_files(&app, &info.job, info.manifest_offset, info.manifest_len)
-        .await
-        .map_err(|e| ApiError::internal("read the manifest", format!("{e:#}")))?;
-    let file = files.get(index).ok_or_else(|| ApiError::not_found(format!("the mini-batch has no file {index}")))?;
-    let input = parse_uri(&info.record.input.uri).map_err(ApiError::invalid)?;
-    let store = app.datastores.get(&input.datastore).map_err(ApiError::invalid)?;
-    let got = store
-        .get(&object_store::path::Path::from(file.as_str()))
-        .await
-        .map_err(|e| ApiError::new(super::ErrorCode::Unavailable, format!("cannot read input file `{file}`: {e}")))?;
-    Ok(Body::from_stream(got.into_stream()))
-}
-
 /// The asset's root, and the prefix its listing is relative to. A model keeps its own folder (or file)
 /// name, as the reference mounts it under `AZUREML_MODEL_DIR`; code is listed from inside its folder.
 fn asset_root(info: &LeaseInfo, kind: &str) -> ApiResult<(DataPath, String)> {
