@@ -17,6 +17,22 @@ pub struct LeaseRequest {
     /// Lease only from this job (workers launched for one job), or from any job on the compute.
     pub job: Option<String>,
     pub wait_ms: u64,
+    /// What the worker's host can do. A worker that does not say is taken to be unable to sandbox.
+    #[serde(default)]
+    pub host: HostCapabilities,
+}
+
+/// What a worker's host can do, checked on that host (not on the control plane's).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct HostCapabilities {
+    /// Whether the host can build the scoring sandbox.
+    pub sandbox: bool,
+    /// Why it cannot, when it cannot.
+    #[serde(default)]
+    pub sandbox_problem: Option<String>,
+    /// The worker's Cove version.
+    #[serde(default)]
+    pub version: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -340,6 +340,11 @@ enum JobCommand {
 }
 
 fn main() {
+    // The model-checking child: before anything else, so it runs with no runtime and no threads.
+    let args: Vec<String> = std::env::args().collect();
+    if args.len() == 3 && args[1] == cove_server::modelcheck::CHILD_ARG {
+        std::process::exit(cove_server::modelcheck::child_main(&args[2]));
+    }
     let cli = Cli::parse();
     init_tracing();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("a Tokio runtime starts");

@@ -57,15 +57,40 @@ impl Classifier {
         g.node.push(node("ArgMax", &["probabilities"], "label", vec![int_attr("axis", 1), int_attr("keepdims", 0)]));
         g.output.push(value_info("label", INT64, &[None]));
         g.output.push(value_info("probabilities", FLOAT, &[None, Some(classes)]));
-        let model = pb::ModelProto {
-            ir_version: 8,
-            producer_name: "cove".into(),
-            opset_import: vec![pb::OperatorSetIdProto { domain: String::new(), version: 13 }],
-            graph: Some(g),
-            ..Default::default()
-        };
-        model.encode_to_vec()
+        encode(g)
     }
+}
+
+/// A tiny model (a few hundred bytes) whose loading allocates `elements` floats: a `ConstantOfShape`
+/// of a constant shape, which any loader folds into a constant, summed into a per-row score. The
+/// attack suite's hostile model; a loader must meet it inside limits.
+pub fn memory_bomb(elements: i64) -> Vec<u8> {
+    let mut g = pb::GraphProto { name: "bomb".into(), ..Default::default() };
+    g.input.push(value_info("features", FLOAT, &[None, Some(1)]));
+    g.initializer.push(pb::TensorProto {
+        name: "shape".into(),
+        dims: vec![1],
+        data_type: INT64,
+        int64_data: vec![elements],
+        ..Default::default()
+    });
+    g.node.push(node("ConstantOfShape", &["shape"], "big", vec![]));
+    g.node.push(node("ReduceSum", &["big"], "sum", vec![int_attr("keepdims", 1)]));
+    g.node.push(node("Add", &["features", "sum"], "score", vec![]));
+    g.output.push(value_info("score", FLOAT, &[None, Some(1)]));
+    encode(g)
+}
+
+/// A graph as an opset-13 model's `.onnx` bytes.
+fn encode(graph: pb::GraphProto) -> Vec<u8> {
+    let model = pb::ModelProto {
+        ir_version: 8,
+        producer_name: "cove".into(),
+        opset_import: vec![pb::OperatorSetIdProto { domain: String::new(), version: 13 }],
+        graph: Some(graph),
+        ..Default::default()
+    };
+    model.encode_to_vec()
 }
 
 /// A deterministic pseudo-random classifier (xorshift from `seed`), for tests and benchmarks.

@@ -5,11 +5,15 @@
 use std::process::Stdio;
 use tokio::io::AsyncWriteExt;
 
+/// The largest pip requirements file accepted.
+const PIP_FILE_LIMIT: usize = 1 << 20;
+
 /// Names a conda or pip file lists, without versions. Python itself, pip's own tooling and the
 /// reference system's `azureml-*` packages (Cove does not need them) are left out.
 pub fn listed_packages(conda: Option<&str>, pip: Option<&str>) -> Result<Vec<String>, String> {
     let mut names = Vec::new();
     if let Some(conda) = conda {
+        cove_spec::check_untrusted_yaml(conda).map_err(|e| format!("the conda file is refused: {e}"))?;
         let doc: serde_json::Value = serde_yaml::from_str::<serde_yaml::Value>(conda)
             .map_err(|e| format!("the conda file is not valid YAML: {e}"))
             .and_then(|v| serde_json::to_value(v).map_err(|e| e.to_string()))?;
@@ -28,6 +32,9 @@ pub fn listed_packages(conda: Option<&str>, pip: Option<&str>) -> Result<Vec<Str
         }
     }
     if let Some(pip) = pip {
+        if pip.len() > PIP_FILE_LIMIT {
+            return Err(format!("the pip file is {} bytes, over the 1 MiB limit", pip.len()));
+        }
         names.extend(pip.lines().map(|l| l.split('#').next().unwrap_or("").trim().to_string()));
     }
     let mut out: Vec<String> = names

@@ -12,6 +12,7 @@ mod envcheck;
 mod http;
 mod jobs;
 mod logs;
+pub mod modelcheck;
 pub mod netpolicy;
 pub mod store;
 
@@ -133,8 +134,16 @@ impl Running {
 /// datastore, the `local` compute cluster and the owner token (mode 0600).
 pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
     let dir = config.dir.clone();
+    // The workspace is its owner's alone on this host too: everything this process and the workers it
+    // starts create is readable only by the owner, and the folder itself admits nobody else (which
+    // also closes a workspace created before this rule).
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     std::fs::create_dir_all(dir.join("state"))
         .with_context(|| format!("failed to create workspace directory {}", dir.display()))?;
+    for private in [dir.clone(), dir.join("state")] {
+        std::fs::set_permissions(&private, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            .with_context(|| format!("failed to make {} private", private.display()))?;
+    }
     let store = store::Store::open(&layout::state_db(&dir)).context("failed to open the state store")?;
     let owner_token = init_workspace(&store, &dir)?;
     if let Some(token) = owner_token {

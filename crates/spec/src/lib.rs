@@ -16,4 +16,16 @@ pub use deployment::{parse_deployment, CodeConfiguration, DeploymentSpec};
 pub use endpoint::{parse_endpoint, EndpointSpec};
 pub use errors::SpecError;
 pub use names::validate_resource_name;
-pub use settings::{DeploymentSettings, Limits, LoggingLevel, OutputAction, RetrySettings};
+pub use settings::{is_loader_variable, DeploymentSettings, Limits, LoggingLevel, OutputAction, RetrySettings};
+
+/// Refuses hostile YAML that is not a Cove spec (a conda file, say) before it is parsed: oversized
+/// text, deep nesting, and anchors or aliases, the same guard every spec goes through.
+///
+/// # Errors
+/// A message naming the line, when known, and the reason.
+pub fn check_untrusted_yaml(text: &str) -> Result<(), String> {
+    guard::check(text).map_err(|(line, why)| match line {
+        Some(line) => format!("line {line}: {why}"),
+        None => why,
+    })
+}

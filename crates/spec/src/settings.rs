@@ -31,6 +31,11 @@ pub struct DeploymentSettings {
     /// Cove's extension: what one scorer process may use.
     #[serde(default)]
     pub limits: Limits,
+    /// Cove's extension: the environment variables a caller may set per job
+    /// (`environment_variables.NAME=value`); the reference allows none. Never a name that changes the
+    /// interpreter or the loader (see [`is_loader_variable`]).
+    #[serde(default)]
+    pub job_environment_variables: Vec<String>,
 }
 
 /// Per-scorer-process resource limits (a Cove extension under `settings.limits`; the reference has none).
@@ -78,7 +83,7 @@ const DEFAULT_OUTPUT_FILE: &str = "predictions.csv";
 const SUMMARY_ONLY_HAS_NO_FILE: &str = "cannot be set when output_action is summary_only";
 
 /// Settings keys of the `settings:` block, which the legacy flat form puts at the root instead.
-pub(crate) const SETTINGS_KEYS: [&str; 10] = [
+pub(crate) const SETTINGS_KEYS: [&str; 11] = [
     "instance_count",
     "max_concurrency_per_instance",
     "mini_batch_size",
@@ -89,13 +94,14 @@ pub(crate) const SETTINGS_KEYS: [&str; 10] = [
     "logging_level",
     "environment_variables",
     "limits",
+    "job_environment_variables",
 ];
 
-/// Keys `apply_override` accepts, as users should write them.
-const OVERRIDE_KEYS: [&str; 9] = [
+/// Keys `apply_override` accepts, as users should write them: what the reference lets a caller
+/// change per job, and the environment variables the deployment lists as per-job.
+const OVERRIDE_KEYS: [&str; 8] = [
     "mini_batch_size",
     "instance_count",
-    "max_concurrency_per_instance",
     "max_retries",
     "timeout",
     "error_threshold",
@@ -105,15 +111,13 @@ const OVERRIDE_KEYS: [&str; 9] = [
 ];
 
 /// Every spelling `apply_override` accepts, used to suggest the nearest one.
-const OVERRIDE_SPELLINGS: [&str; 22] = [
+const OVERRIDE_SPELLINGS: [&str; 20] = [
     "mini_batch_size",
     "settings.mini_batch_size",
     "instance_count",
     "settings.instance_count",
     "compute.instance_count",
     "resources.instance_count",
-    "max_concurrency_per_instance",
-    "settings.max_concurrency_per_instance",
     "max_retries",
     "retry_settings.max_retries",
     "settings.retry_settings.max_retries",
@@ -143,21 +147,38 @@ impl Default for DeploymentSettings {
             logging_level: LoggingLevel::Info,
             environment_variables: BTreeMap::new(),
             limits: Limits::default(),
+            job_environment_variables: Vec::new(),
         }
     }
 }
 
 impl DeploymentSettings {
-    /// Applies one per-job override such as `mini_batch_size=20` or `environment_variables.SEED=1`.
+    /// Applies one per-job override such as `mini_batch_size=20`, or `environment_variables.SEED=1`
+    /// when the deployment lists `SEED` under `job_environment_variables`.
     ///
     /// # Errors
     ///
-    /// Returns a message when the key is unknown (naming the nearest and the accepted keys) or the value breaks
-    /// the same rule the YAML field has.
+    /// Returns a message when the key is unknown (naming the nearest and the accepted keys), the value breaks
+    /// the same rule the YAML field has, or the environment variable is not the caller's to set.
     pub fn apply_override(&mut self, key: &str, value: &str) -> Result<(), String> {
         let env_name = key.strip_prefix("settings.").unwrap_or(key).strip_prefix("environment_variables.");
         if let Some(name) = env_name {
             check_env_name(name)?;
+            if is_loader_variable(name) {
+                return Err(format!(
+                    "`{name}` changes how the interpreter or the loader starts; it can never be set per job"
+                ));
+            }
+            if !self.job_environment_variables.iter().any(|n| n == name) {
+                return Err(format!(
+                    "`{name}` cannot be set per job: the deployment's settings.job_environment_variables does not list it ({})",
+                    if self.job_environment_variables.is_empty() {
+                        "it lists none".to_string()
+                    } else {
+                        format!("it lists {}", self.job_environment_variables.join(", "))
+                    }
+                ));
+            }
             self.environment_variables.insert(name.to_string(), value.to_string());
             return Ok(());
         }
@@ -165,9 +186,6 @@ impl DeploymentSettings {
             "mini_batch_size" | "settings.mini_batch_size" => self.mini_batch_size = count(int_text(value)?)?,
             "instance_count" | "settings.instance_count" | "compute.instance_count" | "resources.instance_count" => {
                 self.instance_count = count(int_text(value)?)?;
-            }
-            "max_concurrency_per_instance" | "settings.max_concurrency_per_instance" => {
-                self.max_concurrency_per_instance = count(int_text(value)?)?;
             }
             "max_retries" | "retry_settings.max_retries" | "settings.retry_settings.max_retries" => {
                 self.retry_settings.max_retries = count(int_text(value)?)?;
@@ -274,6 +292,23 @@ pub(crate) fn from_yaml(
             check_env_name(name).map_err(|m| f.error(&format!("environment_variables.{name}"), m))?;
         }
         out.environment_variables = vars;
+    }
+    if let Some(f) = owner("job_environment_variables", places)? {
+        let key = "job_environment_variables";
+        let value = f.get(key).expect("owner has the key");
+        let items =
+            value.as_sequence().ok_or_else(|| f.type_error(key, "a list of environment variable names", value))?;
+        for item in items {
+            let name = item.as_str().ok_or_else(|| f.type_error(key, "a list of environment variable names", item))?;
+            check_env_name(name).map_err(|m| f.error(key, m))?;
+            if is_loader_variable(name) {
+                return Err(f.error(
+                    key,
+                    format!("`{name}` changes how the interpreter or the loader starts; it cannot be set per job"),
+                ));
+            }
+            out.job_environment_variables.push(name.to_string());
+        }
     }
     if let Some(f) = owner("limits", places)? {
         let limits = f.required("limits", f.mapping("limits")?)?;
@@ -390,6 +425,37 @@ fn check_output_file_name(name: &str) -> Result<String, String> {
     Ok(name.to_string())
 }
 
+/// Whether a variable changes how the interpreter, the dynamic loader or a shell starts, or is one the
+/// scorer's runtime sets itself: an invoker who could set one would run code of their choosing inside
+/// someone else's deployment (`PYTHONWARNINGS`, `BROWSER` and `BASH_ENV` all can).
+pub fn is_loader_variable(name: &str) -> bool {
+    const PREFIXES: [&str; 8] = ["PYTHON", "LD_", "DYLD_", "GCONV", "MALLOC_", "AZUREML_", "COVE_", "PERL"];
+    const NAMES: [&str; 20] = [
+        "BASH_ENV",
+        "ENV",
+        "BROWSER",
+        "PATH",
+        "HOME",
+        "IFS",
+        "SHELL",
+        "SHELLOPTS",
+        "BASHOPTS",
+        "PS4",
+        "PROMPT_COMMAND",
+        "EDITOR",
+        "VISUAL",
+        "PAGER",
+        "GLIBC_TUNABLES",
+        "NODE_OPTIONS",
+        "RUBYOPT",
+        "TMPDIR",
+        "HOSTALIASES",
+        "NLSPATH",
+    ];
+    let upper = name.to_ascii_uppercase();
+    PREFIXES.iter().any(|p| upper.starts_with(p)) || NAMES.contains(&upper.as_str())
+}
+
 fn check_env_name(name: &str) -> Result<(), String> {
     let mut chars = name.chars();
     let valid = chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
@@ -408,7 +474,8 @@ mod tests {
     use super::*;
 
     fn applied(key: &str, value: &str) -> DeploymentSettings {
-        let mut settings = DeploymentSettings::default();
+        let mut settings =
+            DeploymentSettings { job_environment_variables: vec!["SEED".into()], ..DeploymentSettings::default() };
         settings.apply_override(key, value).unwrap();
         settings
     }
@@ -424,9 +491,6 @@ mod tests {
         }
         for key in ["instance_count", "settings.instance_count", "compute.instance_count", "resources.instance_count"] {
             assert_eq!(applied(key, "3").instance_count, 3);
-        }
-        for key in ["max_concurrency_per_instance", "settings.max_concurrency_per_instance"] {
-            assert_eq!(applied(key, "4").max_concurrency_per_instance, 4);
         }
         for key in ["max_retries", "retry_settings.max_retries", "settings.retry_settings.max_retries"] {
             assert_eq!(applied(key, "5").retry_settings.max_retries, 5);
@@ -455,7 +519,7 @@ mod tests {
         assert_eq!(refused("mini_batch_size", "0"), "must be at least 1, got 0");
         assert_eq!(refused("instance_count", "many"), "expected a whole number, got `many`");
         assert_eq!(refused("max_retries", "-1"), "must be at least 1, got -1");
-        assert_eq!(refused("max_concurrency_per_instance", "4294967296"), "must be at most 4294967295, got 4294967296");
+        assert_eq!(refused("instance_count", "4294967296"), "must be at most 4294967295, got 4294967296");
         assert_eq!(refused("timeout", "0"), "must be at least 1 second, got 0");
         assert_eq!(
             refused("timeout", "soon"),
@@ -481,7 +545,7 @@ mod tests {
 
     #[test]
     fn unknown_override_keys_list_the_accepted_ones() {
-        let accepted = "mini_batch_size, instance_count, max_concurrency_per_instance, max_retries, timeout, \
+        let accepted = "mini_batch_size, instance_count, max_retries, timeout, \
                         error_threshold, output_file_name, logging_level, environment_variables.NAME";
         assert_eq!(
             refused("mini_bach_size", "3"),
@@ -493,6 +557,25 @@ mod tests {
         );
         assert_eq!(refused("colour", "red"), format!("unknown setting `colour`; accepted keys: {accepted}"));
         assert!(refused("output_action", "summary_only").starts_with("unknown setting `output_action`"));
+    }
+
+    /// An invoker changes only what the reference lets a caller change per job: no environment
+    /// variable the deployment does not list, never one that starts code, and no concurrency.
+    #[test]
+    fn per_job_overrides_are_what_a_caller_may_change() {
+        assert_eq!(
+            refused("environment_variables.OTHER", "1"),
+            "`OTHER` cannot be set per job: the deployment's settings.job_environment_variables does not list it (it lists none)"
+        );
+        for name in
+            ["PYTHONWARNINGS", "PYTHONPATH", "BROWSER", "BASH_ENV", "LD_PRELOAD", "ENV", "PATH", "pythonstartup"]
+        {
+            let mut settings =
+                DeploymentSettings { job_environment_variables: vec![name.into()], ..DeploymentSettings::default() };
+            let err = settings.apply_override(&format!("environment_variables.{name}"), "x").unwrap_err();
+            assert!(err.contains("can never be set per job"), "{name}: {err}");
+        }
+        assert!(refused("max_concurrency_per_instance", "4").starts_with("unknown setting"));
     }
 
     #[test]

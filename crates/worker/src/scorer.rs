@@ -144,11 +144,12 @@ impl Scorer {
     }
 
     async fn spawn(spec: &ScorerSpec<'_>) -> anyhow::Result<Scorer> {
+        // A scorer of this job may have left a link where its log was: never open through it.
         let open = |p: &Path| -> anyhow::Result<std::fs::File> {
             if let Some(parent) = p.parent() {
                 std::fs::create_dir_all(parent)?;
             }
-            Ok(std::fs::OpenOptions::new().create(true).append(true).open(p)?)
+            crate::leftovers::open_append(p).with_context(|| format!("failed to open the log {}", p.display()))
         };
         for dir in [spec.output_dir, spec.parts_dir, spec.inputs_dir, spec.work_dir] {
             std::fs::create_dir_all(dir)?;
@@ -215,22 +216,29 @@ impl Scorer {
                     .collect();
                 let mut c = tokio::process::Command::new(sandbox::BWRAP);
                 c.args(sandbox::bwrap_args(&interp, &view, !spec.egress.is_empty())).arg(&interp.executable);
-                c.env_clear().env("PATH", "/usr/local/bin:/usr/bin:/bin").env("HOME", "/tmp");
-                for var in PASSED_THROUGH {
-                    if let Some(v) = std::env::var_os(var) {
-                        c.env(var, v);
-                    }
-                }
+                c.env_clear().env("HOME", "/tmp");
                 c
             }
             SandboxMode::None => {
-                let mut c = tokio::process::Command::new(spec.python);
-                c.current_dir(spec.work_dir).env_remove("COVE_WORKER_TOKEN").env_remove("COVE_TOKEN");
+                // The real executable, not a launcher that would need the worker's environment.
+                let interp = sandbox::interpreter(spec.python).map_err(anyhow::Error::msg)?;
+                let mut c = tokio::process::Command::new(&interp.executable);
+                c.current_dir(spec.work_dir).env_clear().env("HOME", spec.work_dir);
                 c
             }
         };
+        // Exactly the variables the reference defines and the deployment's own, plus locale and
+        // numeric-library tuning from the host; nothing else of the worker's environment (its
+        // credential least of all). `-I` keeps the interpreter from reading `PYTHON*` variables and
+        // the user's site folder, `-B` from writing bytecode next to the code, `-u` from buffering.
+        command.env("PATH", "/usr/local/bin:/usr/bin:/bin");
+        for var in PASSED_THROUGH {
+            if let Some(v) = std::env::var_os(var) {
+                command.env(var, v);
+            }
+        }
         command
-            .arg("-u")
+            .args(["-I", "-B", "-u"])
             .arg(spec.driver)
             .arg("--cove-code-dir")
             .arg(spec.code_dir)
@@ -244,7 +252,6 @@ impl Scorer {
             .envs(spec.env)
             .env("AZUREML_MODEL_DIR", spec.model_dir)
             .env("AZUREML_BI_OUTPUT_PATH", spec.output_dir)
-            .env("PYTHONDONTWRITEBYTECODE", "1")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(stderr)

@@ -1,11 +1,13 @@
 //! One worker slot: a loop that leases a mini-batch, scores it in the slot's scorer process, and reports.
 
+use crate::leftovers;
 use crate::scorer::{plain_name, RunResult, Scorer, ScorerSpec, StartError};
 use crate::WorkerConfig;
 use anyhow::Context;
 use bytes::Bytes;
 use cove_api::worker::{
-    AssetListing, Completion, CompletionAck, Lease, LeaseRequest, LeaseResponse, ReportedOutcome, RunSpec,
+    AssetListing, Completion, CompletionAck, HostCapabilities, Lease, LeaseRequest, LeaseResponse, ReportedOutcome,
+    RunSpec,
 };
 use cove_api::{encode, Client, ClientError};
 use cove_onnx::OnnxModel;
@@ -16,6 +18,10 @@ use std::time::{Duration, Instant};
 
 /// How long a worker keeps trying to reach a control plane that does not answer (a restart, say).
 const UNREACHABLE_PATIENCE: Duration = Duration::from_secs(120);
+/// The largest result part or output file a scorer may leave; the control plane takes no larger upload.
+const FILE_LIMIT: u64 = 512 * 1024 * 1024;
+/// How much of a log the worker uploads: a longer log keeps its last bytes.
+const LOG_LIMIT: u64 = 64 * 1024 * 1024;
 
 pub struct Slot {
     client: Client,
@@ -97,11 +103,17 @@ impl Slot {
     }
 
     async fn lease_loop(&mut self) -> anyhow::Result<()> {
+        let sandbox = crate::sandbox::available();
         let req = LeaseRequest {
             node: self.config.node.clone(),
             process: self.process,
             job: self.config.job.clone(),
             wait_ms: 15_000,
+            host: HostCapabilities {
+                sandbox: sandbox.is_ok(),
+                sandbox_problem: sandbox.err(),
+                version: env!("CARGO_PKG_VERSION").to_string(),
+            },
         };
         loop {
             let resp: LeaseResponse = retrying(|| self.client.post("/worker/v1/lease", &req)).await?;
@@ -131,7 +143,7 @@ impl Slot {
             Err(e) => (ReportedOutcome::Failed, 0, 0, Some(format!("the worker failed to run the mini-batch: {e:#}"))),
         };
         let pid = self.scorer.as_ref().map_or(0, |(_, s)| s.pid);
-        self.upload_logs(&lease.job).await;
+        self.upload_logs(&lease).await;
         let isolation = self.isolation().or(self.last_isolation.take());
         let report = Completion {
             outcome,
@@ -197,6 +209,8 @@ impl Slot {
                 }
             }
         }
+        // What an earlier `run()` left behind (a failed one's files, say) is not this attempt's output.
+        clear_folder(&output_dir).context("failed to clear the scorer's output folder")?;
         let inputs = self.stage_inputs(lease, &job_dir).await?;
         let part = self.parts_dir(&lease.job).join(format!("{}.part", lease.lease_id));
         let want_part = lease.run.output_action == cove_spec::OutputAction::AppendRow;
@@ -207,15 +221,14 @@ impl Slot {
         let outcome = match result {
             RunResult::Done { items, observed } => {
                 self.note_observed(observed);
-                if want_part {
-                    let bytes = std::fs::read(&part)
-                        .with_context(|| format!("failed to read the scorer's output part {}", part.display()))?;
-                    let _ = std::fs::remove_file(&part);
-                    let path = format!("/worker/v1/leases/{}/part", lease.lease_id);
-                    retrying(|| self.client.put_bytes(&path, bytes.clone().into())).await?;
+                match self.send_results(lease, want_part.then_some(part.as_path()), &output_dir).await? {
+                    Ok(()) => (ReportedOutcome::Succeeded, items, files.saturating_sub(items), None),
+                    Err(refusal) => {
+                        let what = format!("run() on mini-batch {}", lease.batch_index);
+                        self.append_error_log(&lease.job, &what, &refusal);
+                        (ReportedOutcome::Failed, 0, 0, Some(refusal))
+                    }
                 }
-                self.upload_outputs(lease, &output_dir).await?;
-                (ReportedOutcome::Succeeded, items, files.saturating_sub(items), None)
             }
             RunResult::Raised(traceback, observed) => {
                 self.note_observed(observed);
@@ -409,50 +422,82 @@ impl Slot {
         Ok(paths)
     }
 
-    /// Sends the files the script wrote to `AZUREML_BI_OUTPUT_PATH` to the job's output folder.
-    async fn upload_outputs(&self, lease: &Lease, dir: &Path) -> anyhow::Result<()> {
-        let Ok(entries) = std::fs::read_dir(dir) else {
-            return Ok(());
-        };
-        for entry in entries.flatten() {
-            if !entry.file_type().is_ok_and(|t| t.is_file()) {
-                continue;
+    /// Sends what `run()` left behind: the result part, then the files the script wrote to
+    /// `AZUREML_BI_OUTPUT_PATH`, which the control plane stages with this attempt and publishes only if
+    /// the attempt is committed and the job completes. Everything is read as hostile input
+    /// (`leftovers`); a file that is not a plain regular file within the limit fails the attempt,
+    /// naming it, and nothing of it is sent.
+    async fn send_results(
+        &self,
+        lease: &Lease,
+        part: Option<&Path>,
+        output_dir: &Path,
+    ) -> anyhow::Result<Result<(), String>> {
+        let mut outputs = Vec::new();
+        if let Ok(entries) = std::fs::read_dir(output_dir) {
+            for entry in entries {
+                let entry = entry.context("failed to list the scorer's output folder")?;
+                let name = entry.file_name().to_string_lossy().to_string();
+                match leftovers::read(&entry.path(), FILE_LIMIT) {
+                    Ok(bytes) => outputs.push((entry.path(), name, bytes)),
+                    Err(why) => {
+                        return Ok(Err(format!(
+                            "the output file `{name}` that run() left in AZUREML_BI_OUTPUT_PATH was refused: {why}"
+                        )))
+                    }
+                }
             }
-            let name = entry.file_name().to_string_lossy().to_string();
-            let bytes = std::fs::read(entry.path())?;
-            let path = format!("/worker/v1/leases/{}/outputs/{}", lease.lease_id, encode(&name));
-            retrying(|| self.client.put_bytes(&path, bytes.clone().into())).await?;
-            std::fs::remove_file(entry.path())?;
         }
-        Ok(())
+        if let Some(part) = part {
+            let bytes = match leftovers::read(part, FILE_LIMIT) {
+                Ok(bytes) => bytes,
+                Err(why) => return Ok(Err(format!("the scorer's result part was refused: {why}"))),
+            };
+            let _ = std::fs::remove_file(part);
+            let path = format!("/worker/v1/leases/{}/part", lease.lease_id);
+            let bytes = Bytes::from(bytes);
+            retrying(|| self.client.put_bytes(&path, bytes.clone())).await?;
+        }
+        for (file, name, bytes) in outputs {
+            let path = format!("/worker/v1/leases/{}/outputs/{}", lease.lease_id, encode(&name));
+            let bytes = Bytes::from(bytes);
+            retrying(|| self.client.put_bytes(&path, bytes.clone())).await?;
+            std::fs::remove_file(file)?;
+        }
+        Ok(Ok(()))
     }
 
     fn append_error_log(&self, job: &str, what: &str, text: &str) {
         let path = self.job_dir(job).join("logs").join(self.logs().error);
         let _ = std::fs::create_dir_all(path.parent().expect("has a parent"));
-        if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
+        if let Ok(mut f) = leftovers::open_append(&path) {
             let _ = writeln!(f, "{} {what} failed:\n{}\n", now(), text.trim_end());
         }
     }
 
     /// Uploads this slot's log files of a job that changed since their last upload (whole files:
-    /// replacing is idempotent), before the attempt is reported, so they are in place when it ends.
-    async fn upload_logs(&mut self, job: &str) {
+    /// replacing is idempotent), through the current lease, before the attempt is reported, so they are
+    /// in place when it ends. The stdout log sits in a folder the sandbox can write, so it is read as
+    /// hostile input: a link or a FIFO in its place is not read, and only its last bytes are sent.
+    async fn upload_logs(&mut self, lease: &Lease) {
         let logs = self.logs();
-        let local = self.job_dir(job).join("logs");
+        let local = self.job_dir(&lease.job).join("logs");
         for rel in [&logs.stdout, &logs.stderr, &logs.error] {
             let file = local.join(rel);
-            let Ok(len) = std::fs::metadata(&file).map(|m| m.len()) else {
+            let Some(len) = leftovers::plain_size(&file) else {
                 continue;
             };
             if self.uploaded.get(&file) == Some(&len) {
                 continue;
             }
-            let Ok(bytes) = std::fs::read(&file) else {
-                continue;
+            let (bytes, size) = match leftovers::read_log(&file, LOG_LIMIT) {
+                Ok(read) => read,
+                Err(why) => {
+                    tracing::warn!(file = %file.display(), %why, "a log file was not uploaded");
+                    continue;
+                }
             };
-            let size = bytes.len() as u64;
-            let path = format!("/worker/v1/jobs/{}/logs/{}", encode(job), encode_path(rel));
+            let path = format!("/worker/v1/leases/{}/logs/{}", lease.lease_id, encode_path(rel));
             match self.client.put_bytes(&path, bytes.into()).await {
                 Ok(()) => {
                     self.uploaded.insert(file, size);
@@ -461,6 +506,20 @@ impl Slot {
             }
         }
     }
+}
+
+/// Empties a folder the sandbox can write, without following any link left in it.
+fn clear_folder(dir: &Path) -> std::io::Result<()> {
+    let Ok(entries) = std::fs::read_dir(dir) else { return Ok(()) };
+    for entry in entries {
+        let entry = entry?;
+        if entry.file_type()?.is_dir() {
+            std::fs::remove_dir_all(entry.path())?;
+        } else {
+            std::fs::remove_file(entry.path())?;
+        }
+    }
+    Ok(())
 }
 
 fn now() -> String {

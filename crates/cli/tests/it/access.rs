@@ -62,7 +62,15 @@ fn roles_and_scopes_refuse_what_they_do_not_allow_and_every_refusal_is_audited()
     let (s, listed) = ws.http_as(&invoker_a, "GET", "/api/v1/jobs", None, &[]);
     assert_eq!(s, 200);
     assert!(listed["jobs"].as_array().unwrap().is_empty(), "an endpoint-scoped token lists only its endpoint's jobs");
-    let (s, job) = ws.http_as(&invoker_a, "POST", "/endpoints/aaa/jobs", Some(body.clone()), &[]);
+    // Nor read bbb's uploaded inputs through its own endpoint; data that nobody holds it may read.
+    let (s, e) = ws.http_as(&invoker_a, "POST", "/endpoints/aaa/jobs", Some(body.clone()), &[]);
+    assert_eq!(s, 403, "{e}");
+    assert!(e["message"].as_str().unwrap().contains("which a token scoped to endpoint `aaa` does not own"), "{e}");
+    let put = ws.http_bytes("PUT", "/api/v1/datastores/workspaceblobstore/files/shared/in/x.txt", "1\n".into());
+    assert_eq!(put.0, 201, "{put:?}");
+    let shared =
+        json!({"input": {"uri": "azureml://datastores/workspaceblobstore/paths/shared/in", "type": "uri_folder"}});
+    let (s, job) = ws.http_as(&invoker_a, "POST", "/endpoints/aaa/jobs", Some(shared), &[]);
     assert_eq!(s, 201, "{job}");
     // A worker credential is worthless on the user API.
     let worker = std::fs::read_to_string(ws.path().join("state/worker-local.token")).unwrap();

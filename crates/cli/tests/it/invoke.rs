@@ -92,7 +92,10 @@ fn the_scoring_uri_routes_by_header_honours_idempotency_keys_and_takes_the_azure
         &[("azureml-model-deployment", "blue")],
     );
     assert_eq!(status, 409, "{body}");
-    assert!(body["message"].as_str().unwrap().contains("already exists"));
+    assert!(
+        body["message"].as_str().unwrap().contains("already holds files; an output location must be new"),
+        "{body}"
+    );
 }
 
 #[test]

@@ -2,6 +2,7 @@
 //! drives it through the `cove` CLI and its HTTP API.
 
 mod access;
+mod attacks;
 mod crash;
 mod datastores;
 mod faults;

@@ -56,6 +56,15 @@ impl Workspace {
         Self::start_in(None, &[], &[])
     }
 
+    /// Starts `cove up` in a folder under /tmp that every user of the host can reach (mode 0755), so
+    /// that only the workspace's own modes stand between it and other users.
+    pub fn start_reachable() -> Workspace {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        Self::start_at(dir, None, &[], &[])
+    }
+
     /// Starts `cove up` with extra arguments and environment variables.
     pub fn start_with(args: &[&str], env: &[(&str, &str)]) -> Workspace {
         Self::start_in(None, args, env)
@@ -86,6 +95,10 @@ impl Workspace {
         // Under the target folder rather than /tmp, as a real workspace would be: the sandbox gives
         // scorers a private /tmp, which would hide what a scorer can or cannot reach of the workspace.
         let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+        Self::start_at(dir, netns, args, env)
+    }
+
+    fn start_at(dir: tempfile::TempDir, netns: Option<String>, args: &[&str], env: &[(&str, &str)]) -> Workspace {
         let mut server = Self::command(&netns)
             .args(["up", "--dir"])
             .arg(dir.path().join("ws"))
@@ -110,6 +123,11 @@ impl Workspace {
 
     pub fn path(&self) -> PathBuf {
         self.dir.path().join("ws")
+    }
+
+    /// The control plane's process id (of `cove up`, or of `ip netns exec` around it).
+    pub fn server_pid(&self) -> u32 {
+        self.server.id()
     }
 
     pub fn token(&self) -> String {

@@ -13,6 +13,7 @@ pub enum ErrorCode {
     PermissionDenied,
     NotFound,
     Conflict,
+    TooLarge,
     Unavailable,
     Internal,
 }
@@ -25,6 +26,7 @@ impl ErrorCode {
             Self::PermissionDenied => "permission_denied",
             Self::NotFound => "not_found",
             Self::Conflict => "conflict",
+            Self::TooLarge => "too_large",
             Self::Unavailable => "unavailable",
             Self::Internal => "internal",
         }
@@ -37,6 +39,7 @@ impl ErrorCode {
             Self::PermissionDenied => StatusCode::FORBIDDEN,
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::Conflict => StatusCode::CONFLICT,
+            Self::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }

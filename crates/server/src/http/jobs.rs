@@ -3,9 +3,9 @@
 use super::resources::{deployment, endpoint};
 use super::{parse_json, ApiError, ApiResult, JsonResult, User};
 use crate::auth::Role;
-use crate::datastore::parse_uri;
+use crate::datastore::{parse_uri, DataPath};
 use crate::jobs::plan::batch_files;
-use crate::store::{self, JobInsert, JobRecord, JobRow, NewJob};
+use crate::store::{self, JobInsert, JobRecord, JobRow, Location, LocationKind, NewJob};
 use crate::{logs, AppRef};
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query, State};
@@ -45,7 +45,6 @@ pub async fn invoke(
             return Err(ApiError::invalid("idempotency key: must be 1 to 128 characters"));
         }
     }
-    super::resources::sandbox_ready(&app)?;
     let ep = endpoint(&app, &endpoint_name).await?;
     let dep_name = req.deployment_name.clone().or(ep.spec.default_deployment.clone()).ok_or_else(|| {
         ApiError::invalid(format!(
@@ -78,11 +77,12 @@ pub async fn invoke(
         None => format!("batchjob-{}", uuid::Uuid::new_v4()),
     };
     let output = match &req.output_path {
-        Some(p) => parse_uri(p).map_err(|e| ApiError::invalid(format!("output_path: {e}")))?,
-        None => {
-            parse_uri(&format!("azureml://datastores/{}/paths/azureml/{job_name}/score", app.datastores.default_name))
-                .expect("the default output URI is well formed")
+        Some(p) => {
+            let output = parse_uri(p).map_err(|e| ApiError::invalid(format!("output_path: {e}")))?;
+            super::ownership::check_output_scope(&user, &output)?;
+            output
         }
+        None => default_output(&app, &job_name),
     };
     let output_store =
         app.datastores.get(&output.datastore).map_err(|e| ApiError::invalid(format!("output_path: {e}")))?;
@@ -101,16 +101,12 @@ pub async fn invoke(
             return Ok((StatusCode::OK, Json(render(&app, job, false, false).await?)));
         }
     }
+    super::ownership::check_read(&app, &user, "input", &input_path, true).await?;
     check_input_exists(input_store.as_ref(), &input).await?;
     if let Some(file) = &settings.output_file_name {
-        let dest = output.join(file).map_err(|e| ApiError::invalid(format!("output_file_name: {e}")))?;
-        if output_store.head(&dest.object_path()).await.is_ok() {
-            return Err(ApiError::conflict(format!(
-                "output_path: `{}` already exists; an output location must be unique",
-                dest.uri()
-            )));
-        }
+        output.join(file).map_err(|e| ApiError::invalid(format!("output_file_name: {e}")))?;
     }
+    check_output_is_new(output_store.as_ref(), &output).await?;
     let model_key = dep.model.clone();
     let model =
         app.store.call(move |c| store::model_get(c, &model_key.name, Some(model_key.version))).await?.ok_or_else(
@@ -147,11 +143,12 @@ pub async fn invoke(
     };
     let new = NewJob {
         name: job_name.clone(),
-        endpoint: endpoint_name,
         deployment: dep.name.clone(),
         compute: dep.compute.clone(),
         record,
         idempotency_key,
+        output: output_location(&output, &job_name, &endpoint_name),
+        endpoint: endpoint_name,
     };
     match app.store.call(move |c| store::job_insert(c, new)).await? {
         JobInsert::Created(row) => {
@@ -160,7 +157,41 @@ pub async fn invoke(
         }
         JobInsert::Existing(row) => Ok((StatusCode::OK, Json(render(&app, row, false, false).await?))),
         JobInsert::NameTaken => Err(ApiError::conflict(format!("job_name: a job named `{job_name}` already exists"))),
+        JobInsert::OutputTaken(held) => Err(output_taken(&held)),
     }
+}
+
+fn default_output(app: &AppRef, job_name: &str) -> DataPath {
+    parse_uri(&format!("azureml://datastores/{}/paths/azureml/{job_name}/score", app.datastores.default_name))
+        .expect("the default output URI is well formed")
+}
+
+/// The output location a job reserves when it is created.
+fn output_location(output: &DataPath, job: &str, endpoint: &str) -> Location {
+    Location {
+        datastore: output.datastore.clone(),
+        path: output.path.clone(),
+        kind: LocationKind::Output,
+        owner: job.to_string(),
+        endpoint: Some(endpoint.to_string()),
+    }
+}
+
+fn output_taken(held: &Location) -> ApiError {
+    ApiError::conflict(format!("output_path: {}; an output location belongs to one job", held.describe()))
+}
+
+/// An output location is new: nothing is there yet, neither a file nor a folder holding files.
+async fn check_output_is_new(store: &dyn ObjectStore, output: &DataPath) -> ApiResult<()> {
+    let taken = store.head(&output.object_path()).await.is_ok()
+        || store.list(Some(&output.object_path())).try_next().await.ok().flatten().is_some();
+    if taken {
+        return Err(ApiError::conflict(format!(
+            "output_path: `{}` already holds files; an output location must be new",
+            output.uri()
+        )));
+    }
+    Ok(())
 }
 
 async fn check_input_exists(store: &dyn ObjectStore, input: &JobInput) -> ApiResult<()> {
@@ -434,8 +465,20 @@ pub async fn cancel(State(app): State<AppRef>, user: User, Path(name): Path<Stri
     Ok(Json(render(&app, row, true, true).await?))
 }
 
-/// Where a named output of a job lives: `score` in its datastore, `logs` in Cove's own store.
-async fn output_root(app: &AppRef, row: &JobRow, output: &str) -> ApiResult<(std::sync::Arc<dyn ObjectStore>, String)> {
+/// Where a job's named output lives: `score` in its datastore, `logs` in Cove's own store.
+enum OutputRoot {
+    /// The job's output location and exactly what the job published there (nothing unless it completed).
+    Score {
+        store: std::sync::Arc<dyn ObjectStore>,
+        root: String,
+        published: Vec<(String, u64)>,
+    },
+    Logs {
+        root: String,
+    },
+}
+
+async fn output_root(app: &AppRef, row: &JobRow, output: &str) -> ApiResult<OutputRoot> {
     match output {
         "score" => {
             if !row.status.is_terminal() {
@@ -445,22 +488,33 @@ async fn output_root(app: &AppRef, row: &JobRow, output: &str) -> ApiResult<(std
                 )));
             }
             let p = parse_uri(&row.record.output_uri).map_err(ApiError::invalid)?;
-            Ok((app.datastores.get(&p.datastore).map_err(ApiError::invalid)?, p.path))
+            let name = row.name.clone();
+            let published = app.store.call(move |c| store::published_of(c, &name)).await?;
+            let store = app.datastores.get(&p.datastore).map_err(ApiError::invalid)?;
+            Ok(OutputRoot::Score { store, root: p.path, published })
         }
-        "logs" => Ok((app.internal.clone(), logs::logs_prefix(&row.name).to_string())),
+        "logs" => Ok(OutputRoot::Logs { root: logs::logs_prefix(&row.name).to_string() }),
         other => Err(ApiError::not_found(format!("job `{}` has no output `{other}` (outputs: score, logs)", row.name))),
     }
 }
 
+/// Lists a job's output: for `score`, exactly the files the job published (a failed or canceled job
+/// published nothing), never anything else that lies under its location.
 pub async fn list_output(
     State(app): State<AppRef>,
     user: User,
     Path((name, output)): Path<(String, String)>,
 ) -> JsonResult<Vec<FileEntry>> {
     let row = job_row(&app, &user, &name).await?;
-    let (store, root) = output_root(&app, &row, &output).await?;
+    let root = match output_root(&app, &row, &output).await? {
+        OutputRoot::Score { published, .. } => {
+            return Ok(Json(published.into_iter().map(|(path, size)| FileEntry { path, size }).collect()))
+        }
+        OutputRoot::Logs { root } => root,
+    };
     let prefix = object_store::path::Path::from(root.as_str());
-    let mut entries: Vec<FileEntry> = store
+    let mut entries: Vec<FileEntry> = app
+        .internal
         .list(Some(&prefix))
         .map_ok(|m| FileEntry {
             path: m
@@ -485,11 +539,18 @@ pub async fn get_output(
     Path((name, output, path)): Path<(String, String, String)>,
 ) -> ApiResult<Body> {
     let row = job_row(&app, &user, &name).await?;
-    let (store, root) = output_root(&app, &row, &output).await?;
     let rel = crate::datastore::normalise(&path).map_err(|e| ApiError::invalid(format!("path: {e}")))?;
-    let location = object_store::path::Path::from(format!("{root}/{rel}"));
-    let got =
-        store.get(&location).await.map_err(|_| ApiError::not_found(format!("`{rel}` is not in output `{output}`")))?;
+    let missing = || ApiError::not_found(format!("`{rel}` is not in output `{output}`"));
+    let (store, location) = match output_root(&app, &row, &output).await? {
+        OutputRoot::Score { store, root, published } => {
+            if !published.iter().any(|(p, _)| *p == rel) {
+                return Err(missing());
+            }
+            (store, object_store::path::Path::from(format!("{root}/{rel}")))
+        }
+        OutputRoot::Logs { root } => (app.internal.clone(), object_store::path::Path::from(format!("{root}/{rel}"))),
+    };
+    let got = store.get(&location).await.map_err(|_| missing())?;
     Ok(Body::from_stream(got.into_stream()))
 }
 
@@ -532,7 +593,8 @@ pub async fn rerun(
         record.files = Some(files);
     }
     let job_name = format!("batchjob-{}", uuid::Uuid::new_v4());
-    record.output_uri = format!("azureml://datastores/{}/paths/azureml/{job_name}/score", app.datastores.default_name);
+    let output = default_output(&app, &job_name);
+    record.output_uri = output.uri();
     let new = NewJob {
         name: job_name.clone(),
         endpoint: row.endpoint.clone(),
@@ -540,12 +602,14 @@ pub async fn rerun(
         compute: row.compute.clone(),
         record,
         idempotency_key: None,
+        output: output_location(&output, &job_name, &row.endpoint),
     };
     match app.store.call(move |c| store::job_insert(c, new)).await? {
         JobInsert::Created(row) => {
             crate::jobs::advance(app.clone(), row.name.clone());
             Ok((StatusCode::CREATED, Json(render(&app, row, false, false).await?)))
         }
+        JobInsert::OutputTaken(held) => Err(output_taken(&held)),
         _ => Err(ApiError::conflict(format!("job `{job_name}` already exists"))),
     }
 }

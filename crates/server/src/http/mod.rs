@@ -5,7 +5,9 @@ mod admin;
 mod error;
 pub mod guard;
 mod jobs;
+mod ownership;
 mod resources;
+mod upload;
 mod worker;
 
 pub use error::{ApiError, ApiResult, ErrorCode};
@@ -20,15 +22,15 @@ use axum::{Json, Router};
 /// JSON bodies larger than this get 413.
 const JSON_BODY_LIMIT: usize = 1024 * 1024;
 /// Uploaded files (datastore uploads, parts, logs) larger than this get 413.
-const UPLOAD_LIMIT: usize = 512 * 1024 * 1024;
+pub(crate) const UPLOAD_LIMIT: u64 = 512 * 1024 * 1024;
 
 pub fn router(app: AppRef) -> Router {
     let uploads = Router::new()
         .route("/api/v1/datastores/{datastore}/files/{*path}", put(resources::upload))
         .route("/worker/v1/leases/{lease}/part", put(worker::put_part))
         .route("/worker/v1/leases/{lease}/outputs/{*name}", put(worker::put_output))
-        .route("/worker/v1/jobs/{job}/logs/{*path}", put(worker::put_log))
-        .layer(DefaultBodyLimit::max(UPLOAD_LIMIT));
+        .route("/worker/v1/leases/{lease}/logs/{*path}", put(worker::put_log))
+        .layer(DefaultBodyLimit::max(UPLOAD_LIMIT as usize));
     Router::new()
         .route("/api/v1/openapi.json", get(openapi))
         .route("/api/v1/workspace", get(resources::workspace))

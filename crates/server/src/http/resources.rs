@@ -5,7 +5,7 @@ use crate::auth::Role;
 use crate::datastore::{normalise, parse_uri};
 use crate::store;
 use crate::{envcheck, AppRef};
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::Json;
@@ -159,7 +159,6 @@ pub async fn create_deployment(
     let endpoint_name = endpoint_name.to_ascii_lowercase();
     user.require(Role::Contributor, Some(&endpoint_name))?;
     let req: CreateDeployment = parse_json(&body)?;
-    sandbox_ready(&app)?;
     let spec = req.spec;
     let mut ep = endpoint(&app, &endpoint_name).await?;
     if let Some(named) = &spec.endpoint_name {
@@ -196,6 +195,8 @@ pub async fn create_deployment(
             let model_name = model_name.clone().unwrap_or_else(|| format!("{endpoint_name}-{name}-model"));
             let model_name = cove_spec::validate_resource_name("model.name", &model_name).map_err(ApiError::invalid)?;
             let path = model_path(&app, upload).await.map_err(|e| ApiError::invalid(format!("model.path: {e}")))?;
+            let at = parse_uri(&path).map_err(ApiError::invalid)?;
+            super::ownership::check_read(&app, &user, "model.path", &at, false).await?;
             let model = Model {
                 name: model_name,
                 version: 0,
@@ -220,6 +221,7 @@ pub async fn create_deployment(
     let (code_uri, scoring_script) = match &spec.code {
         Some(code) => {
             let dir = parse_uri(&code.code).map_err(|e| ApiError::invalid(format!("code_configuration.code: {e}")))?;
+            super::ownership::check_read(&app, &user, "code_configuration.code", &dir, false).await?;
             let script = dir
                 .join(&code.scoring_script)
                 .map_err(|e| ApiError::invalid(format!("code_configuration.scoring_script: {e}")))?;
@@ -313,6 +315,7 @@ pub async fn create_deployment(
     }
     let mut dep = dep;
     let set_default = req.set_default;
+    let model_uri = model.path.clone();
     let dep = app
         .store
         .call(move |c| {
@@ -329,24 +332,16 @@ pub async fn create_deployment(
             Ok(dep)
         })
         .await?;
-    Ok((StatusCode::CREATED, Json(dep)))
-}
-
-/// Refuses to deploy or run scoring code when the sandbox is required and this host cannot build it.
-pub fn sandbox_ready(app: &AppRef) -> ApiResult<()> {
-    if app.config.sandbox == SandboxMode::None {
-        return Ok(());
+    // From now on the model's and the code's files never change: no upload or job may write there.
+    let model_at = parse_uri(&model_uri).map_err(ApiError::invalid)?;
+    let owner = format!("model `{}` version {}", dep.model.name, dep.model.version);
+    super::ownership::claim_asset(&app, &model_at, owner).await?;
+    if let Some(code) = &dep.code_uri {
+        let code_at = parse_uri(code).map_err(ApiError::invalid)?;
+        let owner = format!("the code of deployment `{}/{}`", dep.endpoint_name, dep.name);
+        super::ownership::claim_asset(&app, &code_at, owner).await?;
     }
-    cove_worker::sandbox::available().map_err(|reason| {
-        ApiError::new(
-            super::ErrorCode::Unavailable,
-            format!(
-                "the scoring sandbox is not available on this host ({reason}); install bubblewrap and allow \
-                 unprivileged user namespaces, or start the workspace with `cove up --sandbox none` to run scoring code \
-                 without one"
-            ),
-        )
-    })
+    Ok((StatusCode::CREATED, Json(dep)))
 }
 
 /// How a deployment's scoring code runs, as users read it.
@@ -383,10 +378,7 @@ async fn onnx_model_file(app: &AppRef, model_uri: &str) -> Result<String, String
         .bytes()
         .await
         .map_err(|e| format!("model: cannot read `{file}`: {e}"))?;
-    tokio::task::spawn_blocking(move || cove_onnx::OnnxModel::load(&bytes))
-        .await
-        .map_err(|e| format!("model: loading `{file}` failed: {e}"))?
-        .map_err(|e| format!("model: `{file}`: {e}"))?;
+    crate::modelcheck::check_onnx(&app.config.worker_exe, bytes).await.map_err(|e| format!("model: `{file}`: {e}"))?;
     Ok(file)
 }
 
@@ -462,9 +454,12 @@ pub async fn create_model(State(app): State<AppRef>, user: User, body: Bytes) ->
     let req: CreateModel = parse_json(&body)?;
     let name = cove_spec::validate_resource_name("name", &req.name).map_err(ApiError::invalid)?;
     let path = model_path(&app, &req.path).await.map_err(|e| ApiError::invalid(format!("path: {e}")))?;
+    let at = parse_uri(&path).map_err(ApiError::invalid)?;
+    super::ownership::check_read(&app, &user, "path", &at, false).await?;
     let model =
         Model { name, version: 0, path, model_type: req.model_type, description: req.description, created_at: now() };
     let model = app.store.call(move |c| store::model_create(c, model)).await?;
+    super::ownership::claim_asset(&app, &at, format!("model `{}` version {}", model.name, model.version)).await?;
     Ok((StatusCode::CREATED, Json(model)))
 }
 
@@ -519,28 +514,26 @@ pub async fn upload(
     State(app): State<AppRef>,
     user: User,
     Path((datastore, path)): Path<(String, String)>,
-    body: Bytes,
+    body: Body,
 ) -> ApiResult<StatusCode> {
     let path = normalise(&path).map_err(|e| ApiError::invalid(format!("path: {e}")))?;
     if path.is_empty() {
         return Err(ApiError::invalid("path: a file name is required"));
     }
-    if path.starts_with("LocalUpload/") {
+    if super::ownership::upload_folder(&path).is_some() {
         // An endpoint-scoped invoker uploads its own inputs too.
         user.require(Role::Invoker, user.0.endpoint.as_deref())?;
     } else {
         user.require(Role::Contributor, None)?;
     }
     let store = app.datastores.get(&datastore).map_err(ApiError::not_found)?;
+    super::ownership::claim_upload(&app, &user, &datastore, &path).await?;
     let location = object_store::path::Path::from(path.as_str());
-    let opts = object_store::PutOptions { mode: object_store::PutMode::Create, ..Default::default() };
-    match store.put_opts(&location, body.into(), opts).await {
-        Ok(_) => Ok(StatusCode::CREATED),
-        Err(object_store::Error::AlreadyExists { .. }) => {
-            Err(ApiError::conflict(format!("`{path}` already exists in datastore `{datastore}`")))
-        }
-        Err(e) => Err(ApiError::internal("store the uploaded file", e)),
+    if store.head(&location).await.is_ok() {
+        return Err(ApiError::conflict(format!("`{path}` already exists in datastore `{datastore}`")));
     }
+    super::upload::stream_to(store.as_ref(), &location, body, super::UPLOAD_LIMIT).await?;
+    Ok(StatusCode::CREATED)
 }
 
 pub async fn list_datastores(State(app): State<AppRef>, user: User) -> JsonResult<Vec<cove_api::Datastore>> {

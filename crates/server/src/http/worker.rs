@@ -1,14 +1,15 @@
 //! The worker protocol's handlers. Every file a worker reads or writes is reached through a lease that
 //! is still current, so a worker can touch only the mini-batch it holds, and only while it holds it.
 
-use super::{parse_json, ApiError, ApiResult, JsonResult, Worker};
+use super::{guard, parse_json, ApiError, ApiResult, ErrorCode, JsonResult, Worker};
+use crate::auth::Principal;
 use crate::datastore::{normalise, parse_uri, DataPath};
 use crate::jobs::plan::batch_files;
 use crate::jobs::{self, LEASE_GRACE_MS};
 use crate::store::{self, LeaseAnswer, LeaseInfo};
 use crate::{logs, AppRef};
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, State};
+use axum::extract::{Extension, Path, State};
 use axum::http::StatusCode;
 use axum::Json;
 use cove_api::worker::{AssetListing, Completion, CompletionAck, Lease, LeaseRequest, LeaseResponse, ReportedOutcome};
@@ -23,6 +24,13 @@ const MAX_WAIT: Duration = Duration::from_secs(20);
 
 pub async fn lease(State(app): State<AppRef>, Worker(w): Worker, body: Bytes) -> JsonResult<LeaseResponse> {
     let req: LeaseRequest = parse_json(&body)?;
+    if !req.host.sandbox {
+        if let Some(job) = &req.job {
+            if fail_unsandboxable(&app, &w, &req, job).await? {
+                return Ok(Json(LeaseResponse { lease: None, job_done: true }));
+            }
+        }
+    }
     let deadline = tokio::time::Instant::now() + Duration::from_millis(req.wait_ms).min(MAX_WAIT);
     loop {
         // Register interest before looking, so a notification between the look and the wait is not lost.
@@ -30,9 +38,12 @@ pub async fn lease(State(app): State<AppRef>, Worker(w): Worker, body: Bytes) ->
         tokio::pin!(notified);
         notified.as_mut().enable();
         let (job, compute, node, process) = (req.job.clone(), w.compute.clone(), req.node.clone(), req.process);
+        let can_sandbox = req.host.sandbox;
         let answer = app
             .store
-            .call(move |c| store::lease_next(c, job.as_deref(), compute.as_deref(), &node, process, LEASE_GRACE_MS))
+            .call(move |c| {
+                store::lease_next(c, job.as_deref(), compute.as_deref(), &node, process, LEASE_GRACE_MS, can_sandbox)
+            })
             .await?;
         match answer {
             LeaseAnswer::Granted(g) => {
@@ -63,29 +74,89 @@ pub async fn lease(State(app): State<AppRef>, Worker(w): Worker, body: Bytes) ->
     }
 }
 
-async fn current(app: &AppRef, lease: &str) -> ApiResult<LeaseInfo> {
+/// The lease, if it is current and its job runs on the caller's own compute cluster: a worker
+/// credential of one compute can do nothing with another compute's leases.
+/// Scoring code runs only on hosts that can sandbox it (unless the workspace opted out): a worker
+/// launched for a job that needs the sandbox, on a host that cannot build it, fails that job with the
+/// host's reason. Returns whether it did.
+async fn fail_unsandboxable(app: &AppRef, w: &Principal, req: &LeaseRequest, job: &str) -> ApiResult<bool> {
+    let key = job.to_string();
+    let Some(row) = app.store.call(move |c| store::job_get(c, &key)).await? else {
+        return Ok(false);
+    };
+    let run = &row.record.run;
+    let needs_sandbox = run.onnx_model.is_none() && run.sandbox == cove_api::worker::SandboxMode::Namespaces;
+    if !needs_sandbox || w.compute.as_deref() != Some(row.compute.as_str()) {
+        return Ok(false);
+    }
+    let reason = format!(
+        "the scorer host of worker `{}` cannot build the scoring sandbox ({}); install bubblewrap there and allow \
+         unprivileged user namespaces, or start the workspace with `cove up --sandbox none` to run scoring code without one",
+        req.node,
+        req.host.sandbox_problem.as_deref().unwrap_or("it did not say why")
+    );
+    use cove_model::JobStatus::*;
+    let key = job.to_string();
+    let failed = app
+        .store
+        .call(move |c| store::job_transition(c, &key, &[NotStarted, Preparing, Queued, Running], Failed, Some(&reason)))
+        .await?;
+    if failed {
+        jobs::ended(app.clone(), job.to_string());
+    }
+    Ok(true)
+}
+
+async fn current(app: &AppRef, lease: &str, w: &Principal) -> ApiResult<LeaseInfo> {
     let id = lease.to_string();
-    app.store.call(move |c| store::lease_current(c, &id)).await?.ok_or_else(|| {
+    let info = app.store.call(move |c| store::lease_current(c, &id)).await?.ok_or_else(|| {
         ApiError::conflict(format!("lease `{lease}` is not current (expired, completed, or its job ended)"))
-    })
+    })?;
+    same_compute(lease, &info.compute, w)?;
+    Ok(info)
+}
+
+fn same_compute(lease: &str, compute: &str, w: &Principal) -> ApiResult<()> {
+    if w.compute.as_deref() == Some(compute) {
+        return Ok(());
+    }
+    Err(foreign_lease(lease, compute, w))
+}
+
+fn foreign_lease(lease: &str, compute: &str, w: &Principal) -> ApiError {
+    ApiError::new(
+        ErrorCode::PermissionDenied,
+        format!(
+            "lease `{lease}` belongs to a job on compute `{compute}`; this credential is compute `{}`'s",
+            w.compute.as_deref().unwrap_or("-")
+        ),
+    )
+}
+
+/// Writes who uploaded what a job may publish: the compute, its credential, the lease.
+async fn audit_upload(app: &AppRef, w: &Principal, source: guard::Source, what: String, info: &LeaseInfo, lease: &str) {
+    let principal = format!("{} (worker of {})", w.token_id, w.compute.as_deref().unwrap_or("-"));
+    let resource = format!("job {} mini-batch {}", info.job, info.idx);
+    guard::audit(app, principal, source.0, what, resource, "ok".into(), Some(format!("lease {lease}"))).await;
 }
 
 pub async fn heartbeat(
     State(app): State<AppRef>,
-    _w: Worker,
+    Worker(w): Worker,
     Path(lease): Path<String>,
 ) -> JsonResult<serde_json::Value> {
     let id = lease.clone();
-    if !app.store.call(move |c| store::lease_heartbeat(c, &id, LEASE_GRACE_MS)).await? {
-        return Err(ApiError::conflict(format!("lease `{lease}` is not current")));
+    let compute = w.compute.clone().unwrap_or_default();
+    if !app.store.call(move |c| store::lease_heartbeat(c, &id, &compute, LEASE_GRACE_MS)).await? {
+        return Err(ApiError::conflict(format!("lease `{lease}` is not a current lease of this compute")));
     }
     Ok(Json(serde_json::json!({ "lease": lease })))
 }
 
 /// All of a lease's files in one bundle (see `cove_api::worker::bundle`); a file that cannot be read
 /// travels as its reason, so the worker fails that item and scores the others.
-pub async fn get_files(State(app): State<AppRef>, _w: Worker, Path(lease): Path<String>) -> ApiResult<Body> {
-    let info = current(&app, &lease).await?;
+pub async fn get_files(State(app): State<AppRef>, Worker(w): Worker, Path(lease): Path<String>) -> ApiResult<Body> {
+    let info = current(&app, &lease, &w).await?;
     let files = batch_files(&app, &info.job, info.manifest_offset, info.manifest_len)
         .await
         .map_err(|e| ApiError::internal("read the manifest", format!("{e:#}")))?;
@@ -129,10 +200,10 @@ fn asset_root(info: &LeaseInfo, kind: &str) -> ApiResult<(DataPath, String)> {
 
 pub async fn list_asset(
     State(app): State<AppRef>,
-    _w: Worker,
+    Worker(w): Worker,
     Path((lease, kind)): Path<(String, String)>,
 ) -> JsonResult<AssetListing> {
-    let info = current(&app, &lease).await?;
+    let info = current(&app, &lease, &w).await?;
     let (root, base) = asset_root(&info, &kind)?;
     let store = app.datastores.get(&root.datastore).map_err(ApiError::invalid)?;
     let relative = |p: &str| p.strip_prefix(base.as_str()).unwrap_or(p).trim_start_matches('/').to_string();
@@ -153,10 +224,10 @@ pub async fn list_asset(
 
 pub async fn get_asset(
     State(app): State<AppRef>,
-    _w: Worker,
+    Worker(w): Worker,
     Path((lease, kind, path)): Path<(String, String, String)>,
 ) -> ApiResult<Body> {
-    let info = current(&app, &lease).await?;
+    let info = current(&app, &lease, &w).await?;
     let (root, base) = asset_root(&info, &kind)?;
     let rel = normalise(&path).map_err(ApiError::invalid)?;
     let location = if base.is_empty() { rel.clone() } else { format!("{base}/{rel}") };
@@ -173,67 +244,74 @@ pub async fn get_asset(
 
 pub async fn put_part(
     State(app): State<AppRef>,
-    _w: Worker,
+    Worker(w): Worker,
+    Extension(source): Extension<guard::Source>,
     Path(lease): Path<String>,
-    body: Bytes,
+    body: Body,
 ) -> ApiResult<StatusCode> {
-    let info = current(&app, &lease).await?;
-    let key = store::part_key(&info.job, info.idx, &lease);
-    app.internal
-        .put(&object_store::path::Path::from(key), body.into())
-        .await
-        .map_err(|e| ApiError::new(super::ErrorCode::Unavailable, format!("cannot store the part: {e}")))?;
+    let info = current(&app, &lease, &w).await?;
+    let key = object_store::path::Path::from(store::part_key(&info.job, info.idx, &lease));
+    let size = super::upload::stream_to(app.internal.as_ref(), &key, body, super::UPLOAD_LIMIT).await?;
     let id = lease.clone();
     app.store.call(move |c| store::attempt_mark_part(c, &id)).await?;
+    audit_upload(&app, &w, source, format!("PUT part ({size} bytes)"), &info, &lease).await;
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// A file the scoring script wrote to `AZUREML_BI_OUTPUT_PATH`: it lands in the job's `score` folder.
+/// A file the scoring script wrote to `AZUREML_BI_OUTPUT_PATH`. It is staged with the attempt in
+/// Cove's own store and published to the job's `score` folder only if this attempt is committed and
+/// the job completes, in the same step as the output file.
 pub async fn put_output(
     State(app): State<AppRef>,
-    _w: Worker,
+    Worker(w): Worker,
+    Extension(source): Extension<guard::Source>,
     Path((lease, name)): Path<(String, String)>,
-    body: Bytes,
+    body: Body,
 ) -> ApiResult<StatusCode> {
-    let info = current(&app, &lease).await?;
-    let dest = parse_uri(&info.record.output_uri).map_err(ApiError::invalid)?.join(&name).map_err(ApiError::invalid)?;
-    if info.record.output_file_name.as_deref() == Some(dest.path.rsplit('/').next().unwrap_or_default()) {
+    let info = current(&app, &lease, &w).await?;
+    let plain = !name.is_empty() && name != "." && name != ".." && !name.contains(['/', '\\', '\0']);
+    if !plain {
+        return Err(ApiError::invalid(format!("`{name}` is not a plain file name")));
+    }
+    if info.record.output_file_name.as_deref() == Some(name.as_str()) {
         return Err(ApiError::conflict(format!(
             "`{name}` is the job's output file name; the scorer cannot write it directly"
         )));
     }
-    let store = app.datastores.get(&dest.datastore).map_err(ApiError::invalid)?;
-    store.put(&dest.object_path(), body.into()).await.map_err(|e| {
-        ApiError::new(super::ErrorCode::Unavailable, format!("cannot write `{name}` to the output: {e}"))
-    })?;
+    let key = format!("{}/{name}", store::staged_outputs_prefix(&info.job, &lease));
+    let size = super::upload::stream_to(
+        app.internal.as_ref(),
+        &object_store::path::Path::from(key),
+        body,
+        super::UPLOAD_LIMIT,
+    )
+    .await?;
+    let id = lease.clone();
+    app.store.call(move |c| store::attempt_add_output(c, &id)).await?;
+    audit_upload(&app, &w, source, format!("PUT output `{name}` ({size} bytes)"), &info, &lease).await;
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// A worker's per-process log file. Only `user/...` and `sys/node/...` paths are the worker's to write.
+/// A worker's per-process log file, through the lease it ran. Only `user/...` and `sys/node/...`
+/// paths are the worker's to write.
 pub async fn put_log(
     State(app): State<AppRef>,
-    _w: Worker,
-    Path((job, path)): Path<(String, String)>,
-    body: Bytes,
+    Worker(w): Worker,
+    Path((lease, path)): Path<(String, String)>,
+    body: Body,
 ) -> ApiResult<StatusCode> {
+    let info = current(&app, &lease, &w).await?;
     let rel = normalise(&path).map_err(ApiError::invalid)?;
     if !(rel.starts_with("user/") || rel.starts_with("sys/node/")) || rel == "user/error.txt" {
         return Err(ApiError::invalid(format!("log path `{rel}` is not a worker's to write")));
     }
-    let key = job.clone();
-    if app.store.call(move |c| store::job_get(c, &key)).await?.is_none() {
-        return Err(ApiError::not_found(format!("job `{job}` does not exist")));
-    }
-    app.internal
-        .put(&logs::log_key(&job, &rel), body.into())
-        .await
-        .map_err(|e| ApiError::new(super::ErrorCode::Unavailable, format!("cannot store the log: {e}")))?;
+    super::upload::stream_to(app.internal.as_ref(), &logs::log_key(&info.job, &rel), body, super::UPLOAD_LIMIT).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 pub async fn complete(
     State(app): State<AppRef>,
-    _w: Worker,
+    Worker(w): Worker,
     Path(lease): Path<String>,
     body: Bytes,
 ) -> JsonResult<CompletionAck> {
@@ -250,8 +328,18 @@ pub async fn complete(
     let id = lease.clone();
     let pid = report.pid;
     let isolation = report.isolation.as_ref().map(|v| v.to_string());
-    let result =
-        app.store.call(move |c| store::lease_complete_with(c, &id, &outcome, Some(pid), isolation.as_deref())).await?;
+    let compute = w.compute.clone().unwrap_or_default();
+    let result = app
+        .store
+        .call(move |c| {
+            match store::lease_compute(c, &id)? {
+                Some(owner) if owner != compute => return Ok(Err(owner)),
+                _ => {}
+            }
+            Ok(Ok(store::lease_complete_with(c, &id, &outcome, Some(pid), isolation.as_deref())?))
+        })
+        .await?
+        .map_err(|owner| foreign_lease(&lease, &owner, &w))?;
     app.work_available.notify_waiters();
     if let (Some(status), Some(job)) = (result.job_status, &result.job) {
         jobs::on_status(&app, job, status);

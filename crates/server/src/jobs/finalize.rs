@@ -1,15 +1,19 @@
-//! Output commit: assemble the committed parts in mini-batch order and publish them atomically.
+//! Output commit: assemble the committed parts in mini-batch order and publish them atomically, with
+//! the files the committed attempts' scripts wrote to `AZUREML_BI_OUTPUT_PATH`.
 //!
-//! The output object is written through a multipart upload that becomes visible only when it
-//! completes (on a local datastore: a staging file renamed into place), and the job turns Completed in
-//! the transaction after it. A crash in between leaves the job Finalizing; running this again rewrites
-//! the same bytes, so the published output never holds a partial or duplicated row.
+//! Every object is written through a multipart upload that becomes visible only when it completes (on
+//! a local datastore: a staging file renamed into place), and the job turns Completed, recording what
+//! it published, in the transaction after them. If anything fails, or a cancel wins, everything just
+//! published is deleted, so a failed or canceled job publishes nothing. A crash in between leaves the
+//! job Finalizing; running this again rewrites the same bytes, so the published output never holds a
+//! partial or duplicated row, nor a file of an attempt that was not committed.
 
 use crate::datastore::parse_uri;
 use crate::store;
 use crate::AppRef;
 use anyhow::Context;
 use cove_model::JobStatus;
+use futures::TryStreamExt;
 use object_store::{ObjectStore, WriteMultipart};
 
 pub(crate) async fn finalize(app: &AppRef, name: &str) -> anyhow::Result<()> {
@@ -23,42 +27,114 @@ pub(crate) async fn finalize(app: &AppRef, name: &str) -> anyhow::Result<()> {
     if job.status != JobStatus::Finalizing {
         return Ok(());
     }
-    let published = match &job.record.output_file_name {
-        Some(file_name) => match assemble(app, name, &job.record.output_uri, file_name).await {
-            Ok(published) => published,
-            Err(error) => {
-                let reason = format!("failed to write the output: {error:#}");
-                let n = name.to_string();
-                app.store
-                    .call(move |c| {
-                        store::job_transition(c, &n, &[JobStatus::Finalizing], JobStatus::Failed, Some(&reason))
-                    })
-                    .await?;
-                super::ended(app.clone(), name.to_string());
-                return Ok(());
-            }
-        },
-        None => None,
-    };
+    let mut published = Published::default();
+    let written =
+        publish(app, name, &job.record.output_uri, job.record.output_file_name.as_deref(), &mut published).await;
+    match written {
+        Ok(true) => {}
+        Ok(false) => {
+            // The job stopped finalizing meanwhile (a cancel): nothing may stand as its output.
+            published.retract().await;
+            return cancel_now(app, name).await;
+        }
+        Err(error) => {
+            published.retract().await;
+            let reason = format!("failed to write the output: {error:#}");
+            let n = name.to_string();
+            app.store
+                .call(move |c| store::job_transition(c, &n, &[JobStatus::Finalizing], JobStatus::Failed, Some(&reason)))
+                .await?;
+            super::ended(app.clone(), name.to_string());
+            return Ok(());
+        }
+    }
     // The logs exist before the job is seen Completed (and are rewritten should a cancel win instead).
     if let Err(error) = crate::logs::write_job_logs(app, name, Some(JobStatus::Completed)).await {
         tracing::error!(job = %name, error = format!("{error:#}"), "failed to write job logs");
     }
     let n = name.to_string();
-    let completed = app
-        .store
-        .call(move |c| store::job_transition(c, &n, &[JobStatus::Finalizing], JobStatus::Completed, None))
-        .await?;
+    let files = published.files.clone();
+    let completed = app.store.call(move |c| store::job_complete(c, &n, &files)).await?;
     if !completed {
         // A cancel arrived while assembling: what was published must not stand as the job's output.
-        if let Some((store, path)) = published {
-            let _ = store.delete(&path).await;
-        }
+        published.retract().await;
         cancel_now(app, name).await?;
         return Ok(());
     }
     super::ended(app.clone(), name.to_string());
     Ok(())
+}
+
+/// What finalizing has published so far, so that it can be taken back.
+#[derive(Default)]
+struct Published {
+    store: Option<std::sync::Arc<dyn ObjectStore>>,
+    root: String,
+    /// Paths relative to the output location, with their sizes.
+    files: Vec<(String, u64)>,
+}
+
+impl Published {
+    async fn retract(&self) {
+        let Some(store) = &self.store else { return };
+        for (rel, _) in &self.files {
+            let _ = store.delete(&object_store::path::Path::from(format!("{}/{rel}", self.root))).await;
+        }
+    }
+}
+
+/// Publishes the committed attempts' script-written files (in mini-batch order; a later mini-batch's
+/// file of the same name wins), then the output file. Returns false when the job stopped finalizing
+/// meanwhile.
+async fn publish(
+    app: &AppRef,
+    name: &str,
+    output_uri: &str,
+    output_file_name: Option<&str>,
+    published: &mut Published,
+) -> anyhow::Result<bool> {
+    let root = parse_uri(output_uri).map_err(anyhow::Error::msg)?;
+    let store = app.datastores.get(&root.datastore).map_err(anyhow::Error::msg)?;
+    published.store = Some(store.clone());
+    published.root = root.path.clone();
+    let n = name.to_string();
+    let staged = app.store.call(move |c| store::committed_outputs(c, &n)).await?;
+    let mut files: std::collections::BTreeMap<String, object_store::path::Path> = Default::default();
+    for (_, lease) in staged {
+        let prefix = object_store::path::Path::from(store::staged_outputs_prefix(name, &lease));
+        let mut listing = app.internal.list(Some(&prefix));
+        while let Some(meta) = listing.try_next().await? {
+            let Some(file) = meta.location.filename().map(str::to_string) else { continue };
+            if Some(file.as_str()) != output_file_name {
+                files.insert(file, meta.location.clone());
+            }
+        }
+    }
+    for (file, source) in files {
+        let dest = root.join(&file).map_err(anyhow::Error::msg)?;
+        let upload = store
+            .put_multipart(&dest.object_path())
+            .await
+            .with_context(|| format!("failed to start writing {}", dest.uri()))?;
+        let mut writer = WriteMultipart::new(upload);
+        let mut size = 0u64;
+        let mut stream = app.internal.get(&source).await?.into_stream();
+        while let Some(chunk) = stream.try_next().await? {
+            size += chunk.len() as u64;
+            writer.wait_for_capacity(8).await?;
+            writer.write(&chunk);
+        }
+        writer.finish().await.with_context(|| format!("failed to publish {}", dest.uri()))?;
+        published.files.push((file, size));
+    }
+    if let Some(file_name) = output_file_name {
+        match assemble(app, name, output_uri, file_name).await? {
+            Some(size) => published.files.push((file_name.to_string(), size)),
+            None => return Ok(false),
+        }
+    }
+    published.files.sort();
+    Ok(true)
 }
 
 async fn cancel_now(app: &AppRef, name: &str) -> anyhow::Result<()> {
@@ -91,11 +167,9 @@ pub async fn copy_parts(
     Ok(())
 }
 
-type Published = Option<(std::sync::Arc<dyn ObjectStore>, object_store::path::Path)>;
-
-/// Streams the committed parts into the output file; returns where it was published, or `None` when
+/// Streams the committed parts into the output file; returns its size once published, or `None` when
 /// the job stopped finalizing meanwhile (nothing is published then).
-async fn assemble(app: &AppRef, name: &str, output_uri: &str, file_name: &str) -> anyhow::Result<Published> {
+async fn assemble(app: &AppRef, name: &str, output_uri: &str, file_name: &str) -> anyhow::Result<Option<u64>> {
     let dest = parse_uri(output_uri).map_err(anyhow::Error::msg)?.join(file_name).map_err(anyhow::Error::msg)?;
     let store = app.datastores.get(&dest.datastore).map_err(anyhow::Error::msg)?;
     let n = name.to_string();
@@ -118,5 +192,6 @@ async fn assemble(app: &AppRef, name: &str, output_uri: &str, file_name: &str) -
         return Ok(None);
     }
     writer.finish().await.with_context(|| format!("failed to publish {}", dest.uri()))?;
-    Ok(Some((store, path)))
+    let size = store.head(&path).await.with_context(|| format!("failed to read back {}", dest.uri()))?.size;
+    Ok(Some(size))
 }

@@ -6,7 +6,7 @@
 //! - a mini-batch is committed once: `succeeded` with `committed_part` set, never changed afterwards;
 //! - the job's counters change in the same transaction as the mini-batch they count.
 
-use super::{now_ms, Cached, StoreResult};
+use super::{location_claim, locations_overlapping, now_ms, Cached, Location, StoreResult};
 use cove_api::worker::RunSpec;
 use cove_api::JobInput;
 use cove_model::{
@@ -107,6 +107,8 @@ pub struct NewJob {
     pub compute: String,
     pub record: JobRecord,
     pub idempotency_key: Option<String>,
+    /// The job's output location, reserved for it in the same transaction.
+    pub output: Location,
 }
 
 pub enum JobInsert {
@@ -115,6 +117,8 @@ pub enum JobInsert {
     Existing(JobRow),
     /// The job name is taken by another job.
     NameTaken,
+    /// The output location is, holds or lies inside a location someone else holds.
+    OutputTaken(Location),
 }
 
 pub fn job_insert(conn: &mut Connection, job: NewJob) -> StoreResult<JobInsert> {
@@ -129,6 +133,10 @@ pub fn job_insert(conn: &mut Connection, job: NewJob) -> StoreResult<JobInsert> 
     if taken {
         return Ok(JobInsert::NameTaken);
     }
+    if let Some(held) = locations_overlapping(&tx, &job.output.datastore, &job.output.path)?.into_iter().next() {
+        return Ok(JobInsert::OutputTaken(held));
+    }
+    location_claim(&tx, &job.output)?;
     let seq: i64 = tx.row("SELECT COALESCE(MAX(seq), 0) + 1 FROM jobs", [], |r| r.get(0))?;
     tx.exec(
         "INSERT INTO jobs (name, seq, endpoint, deployment, compute, status, record, idempotency_key, created_ms)
@@ -268,6 +276,7 @@ pub fn lease_next(
     node: &str,
     process: u32,
     grace_ms: i64,
+    host_can_sandbox: bool,
 ) -> StoreResult<LeaseAnswer> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     // The job first (few run at once), then its lowest pending mini-batch straight off the
@@ -277,9 +286,11 @@ pub fn lease_next(
         .row(
             "SELECT j.name FROM jobs j
              WHERE j.status IN ('Queued', 'Running') AND (?1 IS NULL OR j.name = ?1) AND (?2 IS NULL OR j.compute = ?2)
+               AND (?3 OR json_extract(j.record, '$.run.onnx_model') IS NOT NULL
+                    OR json_extract(j.record, '$.run.sandbox') = 'none')
                AND EXISTS (SELECT 1 FROM batches b WHERE b.job = j.name AND b.state = 'pending')
              ORDER BY j.seq LIMIT 1",
-            params![job, compute],
+            params![job, compute, host_can_sandbox],
             |r| r.get(0),
         )
         .optional()?;
@@ -331,8 +342,9 @@ pub fn lease_next(
         params![job_name, idx, attempt, lease_id, deadline],
     )?;
     tx.exec(
-        "INSERT INTO attempts (lease_id, job, idx, attempt, node, process, started_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-        params![lease_id, job_name, idx, attempt, node, process, now],
+        "INSERT INTO attempts (lease_id, job, idx, attempt, node, process, started_ms, compute)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        params![lease_id, job_name, idx, attempt, node, process, now, compute],
     )?;
     tx.exec(
         "UPDATE jobs SET status = 'Running', started_ms = COALESCE(started_ms, ?2) WHERE name = ?1 AND status = 'Queued'",
@@ -354,6 +366,8 @@ pub fn lease_next(
 #[derive(Debug, Clone)]
 pub struct LeaseInfo {
     pub job: String,
+    /// The compute cluster the job runs on: only its workers may use the lease.
+    pub compute: String,
     pub idx: u64,
     pub attempt: u32,
     pub manifest_offset: u64,
@@ -375,9 +389,11 @@ pub fn lease_current(conn: &Connection, lease_id: &str) -> StoreResult<Option<Le
     let Some((job, idx, attempt, offset, len)) = found else {
         return Ok(None);
     };
-    let record = job_get_tx(conn, &job)?.expect("joined above").record;
+    let row = job_get_tx(conn, &job)?.expect("joined above");
+    let (compute, record) = (row.compute, row.record);
     Ok(Some(LeaseInfo {
         job,
+        compute,
         idx: idx as u64,
         attempt,
         manifest_offset: offset as u64,
@@ -386,11 +402,24 @@ pub fn lease_current(conn: &Connection, lease_id: &str) -> StoreResult<Option<Le
     }))
 }
 
-/// Extends a current lease to `timeout + grace` from now; returns false for a lease that is no longer current.
-pub fn lease_heartbeat(conn: &Connection, lease_id: &str, grace_ms: i64) -> StoreResult<bool> {
+/// The compute cluster of the job a lease (current or not) was granted for.
+pub fn lease_compute(conn: &Connection, lease_id: &str) -> StoreResult<Option<String>> {
+    Ok(conn
+        .row("SELECT j.compute FROM attempts a JOIN jobs j ON j.name = a.job WHERE a.lease_id = ?1", [lease_id], |r| {
+            r.get(0)
+        })
+        .optional()?)
+}
+
+/// Extends a current lease to `timeout + grace` from now; returns false for a lease that is no longer
+/// current or not one of `compute`'s.
+pub fn lease_heartbeat(conn: &Connection, lease_id: &str, compute: &str, grace_ms: i64) -> StoreResult<bool> {
     let Some(info) = lease_current(conn, lease_id)? else {
         return Ok(false);
     };
+    if info.compute != compute {
+        return Ok(false);
+    }
     let deadline = now_ms() + info.record.settings.retry_settings.timeout_secs as i64 * 1000 + grace_ms;
     conn.exec(
         "UPDATE batches SET lease_deadline_ms = ?2 WHERE lease_id = ?1 AND state = 'leased'",
@@ -402,6 +431,41 @@ pub fn lease_heartbeat(conn: &Connection, lease_id: &str, grace_ms: i64) -> Stor
 pub fn attempt_mark_part(conn: &Connection, lease_id: &str) -> StoreResult<()> {
     conn.exec("UPDATE attempts SET part_uploaded = 1 WHERE lease_id = ?1", [lease_id])?;
     Ok(())
+}
+
+/// Counts a file the attempt's script wrote to `AZUREML_BI_OUTPUT_PATH`, staged with the attempt.
+pub fn attempt_add_output(conn: &Connection, lease_id: &str) -> StoreResult<()> {
+    conn.exec("UPDATE attempts SET outputs = outputs + 1 WHERE lease_id = ?1", [lease_id])?;
+    Ok(())
+}
+
+/// Where an attempt's script-written files are staged in Cove's own store until the job completes.
+pub fn staged_outputs_prefix(job: &str, lease_id: &str) -> String {
+    format!("jobs/{job}/outputs/{lease_id}")
+}
+
+/// The committed attempts that staged script-written files: (mini-batch index, lease), in index order.
+pub fn committed_outputs(conn: &Connection, job: &str) -> StoreResult<Vec<(u64, String)>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT idx, lease_id FROM attempts WHERE job = ?1 AND outcome = 'succeeded' AND outputs > 0 ORDER BY idx",
+    )?;
+    let rows = stmt.query_map([job], |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?)))?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Turns a finalizing job Completed and records what it published, in one transaction; returns false
+/// (recording nothing) when the job is no longer finalizing.
+pub fn job_complete(conn: &mut Connection, name: &str, published: &[(String, u64)]) -> StoreResult<bool> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    if !job_transition(&tx, name, &[JobStatus::Finalizing], JobStatus::Completed, None)? {
+        return Ok(false);
+    }
+    tx.exec("DELETE FROM published WHERE job = ?1", [name])?;
+    for (path, size) in published {
+        tx.exec("INSERT INTO published (job, path, size) VALUES (?1, ?2, ?3)", params![name, path, *size as i64])?;
+    }
+    tx.commit()?;
+    Ok(true)
 }
 
 /// The key of the part object an attempt uploads.
@@ -773,6 +837,39 @@ mod tests {
         }
     }
 
+    fn output_at(job: &str) -> Location {
+        Location {
+            datastore: "ds".into(),
+            path: format!("azureml/{job}/score"),
+            kind: super::super::LocationKind::Output,
+            owner: job.into(),
+            endpoint: Some("ep".into()),
+        }
+    }
+
+    /// Two jobs can never be given one output location, nor one inside the other's.
+    #[test]
+    fn an_output_location_belongs_to_one_job() {
+        let mut c = conn();
+        let job = |name: &str, path: &str| NewJob {
+            name: name.into(),
+            endpoint: "ep".into(),
+            deployment: "blue".into(),
+            compute: "local".into(),
+            record: record(3),
+            idempotency_key: None,
+            output: Location { path: path.into(), ..output_at(name) },
+        };
+        assert!(matches!(job_insert(&mut c, job("a", "out/a")).unwrap(), JobInsert::Created(_)));
+        for path in ["out/a", "out/a/inner", "out", ""] {
+            match job_insert(&mut c, job("b", path)).unwrap() {
+                JobInsert::OutputTaken(held) => assert_eq!(held.owner, "a"),
+                _ => panic!("{path}: expected the location to be taken"),
+            }
+        }
+        assert!(matches!(job_insert(&mut c, job("b", "out/ab")).unwrap(), JobInsert::Created(_)));
+    }
+
     /// A job with `batches` planned mini-batches of one file each.
     fn planned_job(c: &mut Connection, name: &str, batches: u64, max_retries: u32) {
         let job = NewJob {
@@ -782,6 +879,7 @@ mod tests {
             compute: "local".into(),
             record: record(max_retries),
             idempotency_key: None,
+            output: output_at(name),
         };
         assert!(matches!(job_insert(c, job).unwrap(), JobInsert::Created(_)));
         assert!(job_transition(c, name, &[JobStatus::NotStarted], JobStatus::Preparing, None).unwrap());
@@ -791,7 +889,7 @@ mod tests {
     }
 
     fn lease(c: &mut Connection, job: &str) -> LeaseGrant {
-        match lease_next(c, Some(job), None, "n", 0, 0).unwrap() {
+        match lease_next(c, Some(job), None, "n", 0, 0, true).unwrap() {
             LeaseAnswer::Granted(g) => g,
             LeaseAnswer::Nothing { .. } => panic!("expected a lease"),
         }
@@ -810,7 +908,7 @@ mod tests {
         let b = lease(&mut c, "j");
         assert_eq!((a.idx, b.idx), (0, 1));
         assert!(matches!(
-            lease_next(&mut c, Some("j"), None, "n", 0, 0).unwrap(),
+            lease_next(&mut c, Some("j"), None, "n", 0, 0, true).unwrap(),
             LeaseAnswer::Nothing { job_done: false }
         ));
         assert_eq!(job_get(&c, "j").unwrap().unwrap().status, JobStatus::Running);
@@ -820,7 +918,7 @@ mod tests {
         let parts = committed_parts(&c, "j").unwrap();
         assert_eq!(parts.iter().map(|(i, _)| *i).collect::<Vec<_>>(), vec![0, 1]);
         assert!(matches!(
-            lease_next(&mut c, Some("j"), None, "n", 0, 0).unwrap(),
+            lease_next(&mut c, Some("j"), None, "n", 0, 0, true).unwrap(),
             LeaseAnswer::Nothing { job_done: true }
         ));
     }
@@ -884,7 +982,7 @@ mod tests {
         let a = lease(&mut c, "j");
         assert_eq!(job_cancel(&c, "j").unwrap(), Some(JobStatus::Canceled));
         assert!(matches!(
-            lease_next(&mut c, Some("j"), None, "n", 0, 0).unwrap(),
+            lease_next(&mut c, Some("j"), None, "n", 0, 0, true).unwrap(),
             LeaseAnswer::Nothing { job_done: true }
         ));
         let r = succeed(&mut c, &a.lease_id);
@@ -902,6 +1000,7 @@ mod tests {
             compute: "local".into(),
             record: record(3),
             idempotency_key: Some("k".into()),
+            output: output_at(name),
         };
         assert!(matches!(job_insert(&mut c, job("a")).unwrap(), JobInsert::Created(_)));
         match job_insert(&mut c, job("b")).unwrap() {
@@ -916,10 +1015,17 @@ mod tests {
         let mut c = conn();
         planned_job(&mut c, "first", 1, 3);
         planned_job(&mut c, "second", 1, 3);
-        let LeaseAnswer::Granted(g) = lease_next(&mut c, None, Some("local"), "n", 0, 0).unwrap() else { panic!() };
+        let LeaseAnswer::Granted(g) = lease_next(&mut c, None, Some("local"), "n", 0, 0, true).unwrap() else {
+            panic!()
+        };
         assert_eq!(g.job, "first");
-        let LeaseAnswer::Granted(g) = lease_next(&mut c, None, Some("local"), "n", 0, 0).unwrap() else { panic!() };
+        let LeaseAnswer::Granted(g) = lease_next(&mut c, None, Some("local"), "n", 0, 0, true).unwrap() else {
+            panic!()
+        };
         assert_eq!(g.job, "second");
-        assert!(matches!(lease_next(&mut c, None, Some("slurm"), "n", 0, 0).unwrap(), LeaseAnswer::Nothing { .. }));
+        assert!(matches!(
+            lease_next(&mut c, None, Some("slurm"), "n", 0, 0, true).unwrap(),
+            LeaseAnswer::Nothing { .. }
+        ));
     }
 }

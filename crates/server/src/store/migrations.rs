@@ -116,6 +116,27 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE jobs ADD COLUMN compute_state TEXT;
     ALTER TABLE jobs ADD COLUMN compute_submissions INTEGER NOT NULL DEFAULT 0;
     "#,
+    // 6: who owns which datastore location (uploads, registered files, job outputs); what each job
+    // published; the outputs an attempt staged and the compute that ran it.
+    r#"
+    CREATE TABLE locations (
+        datastore TEXT NOT NULL,
+        path TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        owner TEXT NOT NULL,
+        endpoint TEXT,
+        created_ms INTEGER NOT NULL,
+        PRIMARY KEY (datastore, path)
+    );
+    CREATE TABLE published (
+        job TEXT NOT NULL,
+        path TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        PRIMARY KEY (job, path)
+    );
+    ALTER TABLE attempts ADD COLUMN outputs INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE attempts ADD COLUMN compute TEXT;
+    "#,
 ];
 
 /// Brings the schema up to date, one transaction per migration.

@@ -6,11 +6,13 @@
 
 mod audit;
 mod jobs;
+mod locations;
 mod migrations;
 mod resources;
 
 pub use audit::*;
 pub use jobs::*;
+pub use locations::*;
 pub use resources::*;
 
 use rusqlite::{Connection, OptionalExtension};
