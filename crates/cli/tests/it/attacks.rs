@@ -235,6 +235,73 @@ fn scoring_code_cannot_make_the_worker_read_for_it() {
     assert_nothing_leaked(&ws, &job);
 }
 
+const LINGERING_SCRIPT: &str = r#"
+import os, subprocess, sys, time
+
+TOKEN = os.environ["TOKEN_PATH"]
+OUT = os.environ["AZUREML_BI_OUTPUT_PATH"]
+CHILD = """
+import os, sys, time
+out, token = sys.argv[1], sys.argv[2]
+while True:
+    link = os.path.join(out, "late-link")
+    if not os.path.lexists(link):
+        os.symlink(token, link)
+    time.sleep(0.02)
+"""
+
+def init():
+    pass
+
+def run(mini_batch):
+    kind = open(mini_batch[0]).read().strip()
+    if kind == "lingering-child":
+        # A child that outlives run() and keeps planting a link where the next attempt's files go.
+        subprocess.Popen([sys.executable, "-c", CHILD, OUT, TOKEN])
+        sys.stderr.write("attack: a child outlives run()\n")
+        sys.stderr.flush()
+    elif kind == "never-answers":
+        time.sleep(3600)
+    else:
+        time.sleep(0.3)
+    return [kind]
+"#;
+
+/// Scoring code that leaves a process behind to tamper with later attempts' results, and scoring code
+/// that never answers: the worker refuses what the child planted, the silent scorer is stopped at its
+/// timeout, and nothing of the workspace's secrets is published.
+#[test]
+fn a_child_that_outlives_run_and_a_scorer_that_never_answers_are_contained() {
+    let ws = Workspace::start();
+    let token_path = ws.path().join("owner.token");
+    let settings = format!(
+        "mini_batch_size: 1\nerror_threshold: -1\nretry_settings:\n    max_retries: 1\n    timeout: 3\n\
+         environment_variables:\n    TOKEN_PATH: {}",
+        token_path.display()
+    );
+    let p = Project::new(ws.dir.path(), "lingering", LINGERING_SCRIPT, &settings);
+    p.deploy(&ws);
+    let data = p.dir.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    for (i, kind) in ["lingering-child", "benign", "never-answers"].iter().enumerate() {
+        std::fs::write(data.join(format!("{i:02}-{kind}.txt")), kind).unwrap();
+    }
+    let run = ws.cove(&["--json", "endpoint", "invoke", "lingering", "--input", &data.display().to_string()]);
+    let job = ws.wait_job(run.ok().json()["name"].as_str().unwrap());
+    let reasons: Vec<String> =
+        job["failed_batches"].as_array().unwrap().iter().map(|b| b["reason"].as_str().unwrap().to_string()).collect();
+    assert!(
+        reasons.iter().any(|r| r.starts_with(
+            "the output file `late-link` that run() left in AZUREML_BI_OUTPUT_PATH was refused: it is a symbolic link"
+        )),
+        "{reasons:?}"
+    );
+    assert!(reasons.iter().any(|r| r.starts_with("run() timed out")), "{reasons:?}");
+    let stderr = ws.log(job["name"].as_str().unwrap(), "user/stderr/local-0/process000.stderr.txt");
+    assert!(stderr.contains("attack: a child outlives run()"), "{stderr}");
+    assert_nothing_leaked(&ws, &job);
+}
+
 const STAGING_SCRIPT: &str = r#"
 import os
 OUT = os.environ["AZUREML_BI_OUTPUT_PATH"]
@@ -448,6 +515,34 @@ fn an_invoker_reaches_nothing_its_scope_does_not_own() {
     );
     let model_files = files_under(&ws.path().join("datastores/workspaceblobstore").join(model_rel));
     assert!(model_files.iter().all(|f| !f.ends_with("evil.txt")), "{model_files:?}");
+
+    // A reader changes nothing: no invocation, no upload, no cancel, no rerun.
+    let (_, reader) = ws.http("POST", "/api/v1/tokens", Some(json!({"role": "reader"})), &[]);
+    let reader = reader["secret"].as_str().unwrap().to_string();
+    let victim_name = victim_job["name"].as_str().unwrap();
+    let by_reader = |method: &str, path: &str, body: Body| call(&ws, "127.0.0.1", &reader, method, path, body);
+    refused(
+        by_reader("POST", "/endpoints/victim/jobs", Body::Json(json!({"input": input(&victim_input)}))),
+        403,
+        "it needs the invoker role",
+    );
+    refused(
+        by_reader("PUT", "/api/v1/datastores/workspaceblobstore/files/LocalUpload/r/x.txt", Body::Bytes(b"x".to_vec())),
+        403,
+        "it needs the invoker role",
+    );
+    refused(
+        by_reader("POST", &format!("/api/v1/jobs/{victim_name}/cancel"), Body::None),
+        403,
+        "it needs the invoker role",
+    );
+    refused(
+        by_reader("POST", &format!("/api/v1/jobs/{victim_name}/rerun"), Body::None),
+        403,
+        "it needs the invoker role",
+    );
+    let (status, listed) = by_reader("GET", &format!("/api/v1/jobs/{victim_name}/outputs/score"), Body::None);
+    assert_eq!((status, listed[0]["path"].clone()), (200, json!("predictions.csv")));
 
     // What mallory may do works, and serves exactly what the job published.
     let out = "azureml://datastores/workspaceblobstore/paths/endpoints/mallory/run-1";
