@@ -362,6 +362,11 @@ fn main() {
     std::process::exit(code);
 }
 
+/// A path made absolute against the current directory (without resolving links).
+fn absolute(path: &std::path::Path) -> anyhow::Result<PathBuf> {
+    std::path::absolute(path).map_err(|e| anyhow::anyhow!("cannot make {} absolute: {e}", path.display()))
+}
+
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| "warn".into());
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
@@ -403,6 +408,15 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
         Command::Up { dir, listen, config, python, sandbox } => {
             let worker_exe = std::env::current_exe()?;
+            // Paths given here end up in other processes that change directory (workers, sandboxes),
+            // so they are made absolute once, now.
+            let dir = absolute(&dir)?;
+            let config = config.as_deref().map(absolute).transpose()?;
+            let python = if python.contains('/') {
+                absolute(std::path::Path::new(&python))?.display().to_string()
+            } else {
+                python
+            };
             let config = cove_server::ServerConfig {
                 dir: dir.clone(),
                 listen,
@@ -419,6 +433,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             Ok(exit_code::OK)
         }
         Command::Worker { worker_token, job, node, concurrency, work_dir } => {
+            let work_dir = absolute(&work_dir)?;
             let control_plane =
                 target.url.clone().ok_or_else(|| anyhow::anyhow!("cove worker needs --url (or COVE_URL)"))?;
             let ended = cove_worker::run(cove_worker::WorkerConfig {
@@ -436,7 +451,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
                 cove_worker::Ended::Stopped => 128 + 15,
             })
         }
-        Command::Quickstart { dir } => quickstart::run(dir, out).await,
+        Command::Quickstart { dir } => quickstart::run(dir.as_deref().map(absolute).transpose()?, out).await,
         Command::Workspace { command: WorkspaceCommand::Show } => {
             resources::workspace_show(&target.client()?, out).await?;
             Ok(exit_code::OK)

@@ -68,6 +68,10 @@ pub mod layout {
     pub fn compute_dir(dir: &Path, compute: &str) -> PathBuf {
         dir.join("compute").join(compute)
     }
+    /// Held locked by the one control plane serving the workspace; says which it is.
+    pub fn lock_file(dir: &Path) -> PathBuf {
+        dir.join("state").join("lock")
+    }
     /// Where `cove up` records the URL it serves, for `--workspace DIR` clients.
     pub fn url_file(dir: &Path) -> PathBuf {
         dir.join("state").join("url")
@@ -110,6 +114,8 @@ pub struct Running {
     pub addr: SocketAddr,
     shutdown: watch::Sender<bool>,
     served: tokio::task::JoinHandle<anyhow::Result<()>>,
+    /// The workspace's lock, held while this control plane runs.
+    _lock: std::fs::File,
 }
 
 impl Running {
@@ -130,6 +136,31 @@ impl Running {
     }
 }
 
+/// Takes the workspace for this control plane: one workspace has one control plane, and a second
+/// `cove up` on it is refused, naming the one that runs. The lock ends with the process.
+fn lock_workspace(dir: &Path) -> anyhow::Result<std::fs::File> {
+    let path = layout::lock_file(dir);
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .with_context(|| format!("failed to open {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let holder = std::fs::read_to_string(&path).unwrap_or_default();
+            let holder = if holder.trim().is_empty() { "starting".to_string() } else { holder.trim().to_string() };
+            anyhow::bail!(
+                "workspace {} is already served by a running control plane ({holder}); stop it first, or use another --dir",
+                dir.display()
+            )
+        }
+        Err(std::fs::TryLockError::Error(e)) => Err(e).with_context(|| format!("failed to lock {}", path.display())),
+    }
+}
+
 /// Opens the workspace and starts serving. The first start creates the state store, the default
 /// datastore, the `local` compute cluster and the owner token (mode 0600).
 pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
@@ -144,6 +175,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
         std::fs::set_permissions(&private, std::os::unix::fs::PermissionsExt::from_mode(0o700))
             .with_context(|| format!("failed to make {} private", private.display()))?;
     }
+    let mut lock = lock_workspace(&dir)?;
     let store = store::Store::open(&layout::state_db(&dir)).context("failed to open the state store")?;
     let owner_token = init_workspace(&store, &dir)?;
     if let Some(token) = owner_token {
@@ -210,6 +242,12 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
         Ok(())
     })?;
     std::fs::write(layout::url_file(&dir), &url)?;
+    {
+        use std::io::{Seek, Write};
+        lock.set_len(0)?;
+        lock.rewind()?;
+        write!(lock, "pid {}, serving {url}", std::process::id())?;
+    }
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (compute, mut lost_jobs) = compute::LocalCompute::new(
         config.worker_exe.clone(),
@@ -263,7 +301,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
         app.compute.stop_all().await;
         Ok(())
     });
-    Ok(Running { url, addr, shutdown: shutdown_tx, served })
+    Ok(Running { url, addr, shutdown: shutdown_tx, served, _lock: lock })
 }
 
 /// Creates the workspace's first resources on its first start; returns the new owner token then.

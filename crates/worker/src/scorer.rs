@@ -68,6 +68,8 @@ pub struct Scorer {
     /// The egress forwarders serving this scorer, and their socket folder; they end with it.
     forwarders: Vec<tokio::task::JoinHandle<()>>,
     sockets: Option<PathBuf>,
+    /// The scorer's stderr log (a file of the worker's, outside the sandbox's view).
+    stderr_log: PathBuf,
 }
 
 impl Drop for Scorer {
@@ -264,7 +266,16 @@ impl Scorer {
         crate::register_group(pid);
         let stdin = child.stdin.take().expect("stdin is piped");
         let answers = BufReader::new(child.stdout.take().expect("stdout is piped")).lines();
-        Ok(Scorer { child, stdin, answers, pid, isolation, forwarders, sockets })
+        Ok(Scorer {
+            child,
+            stdin,
+            answers,
+            pid,
+            isolation,
+            forwarders,
+            sockets,
+            stderr_log: spec.stderr_log.to_path_buf(),
+        })
     }
 
     async fn wait_ready(mut self) -> Result<Scorer, StartError> {
@@ -285,7 +296,9 @@ impl Scorer {
             },
             _ => {
                 let how = self.exit_description().await;
-                Err(StartError::InitFailed(format!("the scorer process {how} during init()")))
+                let tail = stderr_tail(&self.stderr_log);
+                let said = if tail.is_empty() { String::new() } else { format!("; its stderr ends: {tail}") };
+                Err(StartError::InitFailed(format!("the scorer process {how} during init(){said}")))
             }
         }
     }
@@ -340,6 +353,15 @@ impl Scorer {
         let _ = self.child.wait().await;
         crate::unregister_group(self.pid);
     }
+}
+
+/// The last lines of a scorer's stderr log, on one line: why an interpreter that never reached
+/// `init()` stopped (a script it cannot open, a module it cannot import) is there and nowhere else.
+fn stderr_tail(log: &Path) -> String {
+    let Ok((bytes, _)) = crate::leftovers::read_log(log, 64 * 1024) else { return String::new() };
+    let text = String::from_utf8_lossy(&bytes);
+    let lines: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    lines[lines.len().saturating_sub(3)..].join(" | ")
 }
 
 /// Explains the signals the limits raise.

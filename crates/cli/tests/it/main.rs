@@ -6,6 +6,7 @@ mod attacks;
 mod crash;
 mod datastores;
 mod faults;
+mod firstrun;
 mod fuzz;
 mod invoke;
 mod isolation;

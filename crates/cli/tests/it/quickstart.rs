@@ -23,3 +23,22 @@ fn quickstart_scores_the_bundled_data() {
     assert!((p1 - 1.0 / (1.0 + (-z).exp())).abs() < 1e-5, "{first:?}, expected p1 for z={z}");
     assert_eq!(first[1], if p1 >= 0.5 { "1" } else { "0" });
 }
+
+/// The quickstart needs only what a fresh machine has: its no-code deployment runs no user code, so
+/// a host where bubblewrap (and Python) cannot be found runs it all the same.
+#[test]
+fn quickstart_runs_on_a_host_without_bubblewrap_or_python() {
+    assert!(std::process::Command::new("bwrap").arg("--version").output().is_ok(), "bubblewrap is on this host");
+    let bare = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(COVE)
+        .args(["quickstart", "--dir"])
+        .arg(dir.path())
+        .env("CI", "1")
+        .env("PATH", bare.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "stdout:\n{stdout}\nstderr:\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("Completed"), "{stdout}");
+}

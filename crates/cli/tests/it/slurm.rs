@@ -1,9 +1,10 @@
 //! The Slurm backend against the real one-node Slurm cluster on this host (`scripts/slurm-up`): the
 //! behaviour tests of the local cluster, configuration errors, two instances, cancellation, and a node
-//! taken down in the middle of a job. Every test name holds "slurm": they run one at a time.
+//! taken down in the middle of a job. Each test holds the cluster (`support::slurm_cluster`), so they run
+//! one at a time under any test runner.
 
 use crate::scoring;
-use crate::support::{Backend, Project, Workspace, LIST_SCRIPT, SLURM_CONF};
+use crate::support::{self, Backend, Project, Workspace, LIST_SCRIPT, SLURM_CONF};
 use std::process::Command;
 
 fn scontrol(args: &[&str]) -> String {
@@ -40,6 +41,7 @@ fn slurm_killed_scorer() {
 
 #[test]
 fn slurm_configuration_errors_name_the_cause() {
+    let _cluster = support::slurm_cluster();
     let ws = Workspace::start_with(&[], &[("SLURM_CONF", SLURM_CONF)]);
     let write = |name: &str, text: &str| {
         let path = ws.dir.path().join(name);
@@ -186,6 +188,7 @@ fn slurm_node_down_mid_job_loses_its_tasks_and_the_job_still_scores_every_file_o
 
 #[test]
 fn slurm_a_controller_gone_when_a_job_starts_fails_the_job_with_the_cause() {
+    let _cluster = support::slurm_cluster();
     let ws = Workspace::start_with(&[], &[("SLURM_CONF", SLURM_CONF)]);
     // The compute's own copy of slurm.conf: valid when the compute is created, broken before the job.
     let conf = ws.dir.path().join("hpc-slurm.conf");

@@ -14,6 +14,8 @@ pub struct Workspace {
     server: Child,
     /// The network namespace the control plane (and so its workers) runs in, when not the test's own.
     netns: Option<String>,
+    /// The host's Slurm cluster, held while this workspace uses it (see [`slurm_cluster`]).
+    pub cluster: Option<std::fs::File>,
 }
 
 pub struct Run {
@@ -118,7 +120,7 @@ impl Workspace {
         };
         // Keep draining stdout so the server never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
-        Workspace { dir, url, server, netns }
+        Workspace { dir, url, server, netns, cluster: None }
     }
 
     pub fn path(&self) -> PathBuf {
@@ -268,13 +270,28 @@ pub enum Backend {
 
 pub const SLURM_CONF: &str = "/tmp/slurm-ci/slurm.conf";
 
+/// Holds the one-node Slurm cluster of this host for one test: the Slurm tests share it (and one takes
+/// its node down), so they run one at a time whatever runs them (nextest, or plain `cargo test`).
+pub fn slurm_cluster() -> std::fs::File {
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(std::env::temp_dir().join("cove-slurm-tests.lock"))
+        .unwrap();
+    lock.lock().unwrap();
+    lock
+}
+
 impl Backend {
     /// Starts a workspace; for Slurm, also registers the `hpc` compute cluster.
     pub fn workspace(self) -> Workspace {
         match self {
             Backend::Local => Workspace::start(),
             Backend::Slurm => {
-                let ws = Workspace::start_with(&[], &[("SLURM_CONF", SLURM_CONF)]);
+                let cluster = slurm_cluster();
+                let mut ws = Workspace::start_with(&[], &[("SLURM_CONF", SLURM_CONF)]);
+                ws.cluster = Some(cluster);
                 let file = ws.dir.path().join("compute.yml");
                 std::fs::write(&file, "name: hpc\ntype: slurm\npartition: debug\nmax_nodes: 2\nmem_per_task_mb: 512\ntime_limit: '00:10:00'\n").unwrap();
                 ws.cove(&["compute", "create", "-f", &file.display().to_string()]).ok();
