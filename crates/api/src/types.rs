@@ -233,6 +233,9 @@ pub struct Progress {
     pub batches_running: u64,
     pub batches_succeeded: u64,
     pub batches_failed: u64,
+    /// Mini-batches of an ended job that did not run to the end (canceled, or the job failed first).
+    #[serde(default)]
+    pub batches_not_run: u64,
     pub items_ok: u64,
     pub items_failed: u64,
 }
@@ -283,7 +286,7 @@ pub struct AttemptInfo {
     pub started_at: String,
     pub outcome: Option<String>,
     pub reason: Option<String>,
-    /// Sandbox, namespaces, file view, limits, allowed egress, and refused network attempts.
+    /// Sandbox, namespaces, file view, limits, allowed egress, and network attempts.
     pub isolation: Option<serde_json::Value>,
 }
 

@@ -129,7 +129,7 @@ pub struct Completion {
     pub elapsed_ms: u64,
     /// The operating-system pid of the scorer process, for the per-mini-batch report.
     pub pid: u32,
-    /// What the attempt ran under: sandbox, file view, limits, and refused network attempts.
+    /// What the attempt ran under: sandbox, file view, limits, and its network attempts.
     #[serde(default)]
     pub isolation: Option<serde_json::Value>,
 }

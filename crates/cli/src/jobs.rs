@@ -63,8 +63,21 @@ pub async fn invoke(client: &Client, args: InvokeArgs, out: Output) -> anyhow::R
         overrides.insert("instance_count".into(), n.to_string());
     }
     let endpoint = args.endpoint.to_ascii_lowercase();
-    // Fail on a wrong endpoint before uploading anything.
-    let _: cove_api::Endpoint = client.get(&format!("/api/v1/endpoints/{}", encode(&endpoint))).await?;
+    // Everything the control plane would refuse is checked before anything is uploaded, so a wrong
+    // endpoint, deployment or override leaves no orphan upload behind.
+    let ep: cove_api::Endpoint = client.get(&format!("/api/v1/endpoints/{}", encode(&endpoint))).await?;
+    let deployment = args.deployment_name.clone().or(ep.spec.default_deployment.clone()).with_context(|| {
+        format!(
+            "No valid deployments to route to: endpoint `{endpoint}` has no default deployment. Set one \
+             (cove endpoint update {endpoint} --set defaults.deployment_name=NAME) or name one with --deployment-name"
+        )
+    })?;
+    let dep: cove_api::Deployment =
+        client.get(&format!("/api/v1/endpoints/{}/deployments/{}", encode(&endpoint), encode(&deployment))).await?;
+    let mut settings = dep.settings.clone();
+    for (k, v) in &overrides {
+        settings.apply_override(k, v).map_err(|e| anyhow::anyhow!("--set {k}: {e}"))?;
+    }
     let input = if is_uri(&args.input) {
         JobInput { uri: args.input.clone(), input_type: args.input_type.unwrap_or(InputType::UriFolder) }
     } else {
@@ -80,7 +93,16 @@ pub async fn invoke(client: &Client, args: InvokeArgs, out: Output) -> anyhow::R
         if !out.json {
             eprintln!("Uploading {} to datastore {}", path.display(), ws.default_datastore);
         }
-        JobInput { uri: upload::upload(client, &ws.default_datastore, path).await?, input_type: kind }
+        // Cove scores a folder's top-level files, as the reference does: only those are uploaded.
+        let uploaded = upload::upload_input(client, &ws.default_datastore, path).await?;
+        if uploaded.left_out > 0 {
+            eprintln!(
+                "warning: {} file(s) in subfolders of {} are left out: a job scores the top-level files of its input folder",
+                uploaded.left_out,
+                path.display()
+            );
+        }
+        JobInput { uri: uploaded.uri, input_type: kind }
     };
     let body = Invoke {
         input: Some(input),
@@ -186,13 +208,18 @@ fn describe(j: &Job) -> String {
             None => format!("{} (summary_only)", j.output_uri),
         },
     );
-    line(
-        "Mini-batches:",
+    let batches = if j.status.is_terminal() {
+        format!(
+            "{} total, {} succeeded, {} failed, {} not run (the job ended first)",
+            p.batches_total, p.batches_succeeded, p.batches_failed, p.batches_not_run
+        )
+    } else {
         format!(
             "{} total, {} succeeded, {} failed, {} running, {} pending",
             p.batches_total, p.batches_succeeded, p.batches_failed, p.batches_running, p.batches_pending
-        ),
-    );
+        )
+    };
+    line("Mini-batches:", batches);
     line("Items:", format!("{} files, {} succeeded, {} failed", p.files_total, p.items_ok, p.items_failed));
     if let Some(state) = &j.compute_state {
         line("Compute:", format!("{} ({state})", j.compute));
@@ -220,11 +247,16 @@ fn describe(j: &Job) -> String {
         s.push_str(&format!("Isolation:    {c}\n"));
     }
     for a in &j.attempts {
-        let refused = a.isolation.as_ref().and_then(|i| i["refused_network"].as_array()).filter(|r| !r.is_empty());
-        if let Some(r) = refused {
+        let tried = a
+            .isolation
+            .as_ref()
+            .and_then(|i| i.get("network_attempts").or(i.get("refused_network")))
+            .and_then(|r| r.as_array())
+            .filter(|r| !r.is_empty());
+        if let Some(r) = tried {
             let list: Vec<&str> = r.iter().filter_map(|x| x.as_str()).collect();
             s.push_str(&format!(
-                "  mini-batch {} attempt {}: refused network: {}\n",
+                "  mini-batch {} attempt {}: network attempts: {}\n",
                 a.mini_batch,
                 a.attempt,
                 list.join("; ")
@@ -323,6 +355,10 @@ pub async fn download(
     let mut written = Vec::new();
     for output in outputs {
         let files: Vec<FileEntry> = client.get(&format!("/api/v1/jobs/{}/outputs/{output}", encode(name))).await?;
+        if files.is_empty() && outputs.len() == 1 {
+            let job = get(client, name).await?;
+            return Err(NothingToDownload(nothing_in(&job, output)).into());
+        }
         let root = match *output {
             "logs" => dest.join("artifacts").join("logs"),
             other => dest.join("named-outputs").join(other),
@@ -349,6 +385,32 @@ pub async fn download(
         }
     }
     Ok(written)
+}
+
+/// A requested output holds nothing: exits with the not-found code, saying what there is instead.
+#[derive(Debug)]
+pub struct NothingToDownload(String);
+
+impl std::fmt::Display for NothingToDownload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for NothingToDownload {}
+
+fn nothing_in(job: &Job, output: &str) -> String {
+    let why = match (job.status, &job.output_file_name) {
+        (JobStatus::Completed, None) => {
+            "it completed, but its deployment's output_action is summary_only and its script wrote no files".to_string()
+        }
+        (JobStatus::Completed, Some(_)) => "it completed and published nothing".to_string(),
+        (status, _) => format!("it is {status}, and a job that did not complete publishes nothing"),
+    };
+    format!(
+        "job {} has nothing in output `{output}`: {why}; its logs can be downloaded: cove job download {} --output-name logs",
+        job.name, job.name
+    )
 }
 
 pub async fn rerun(client: &Client, name: &str, failed_only: bool, follow: bool, out: Output) -> anyhow::Result<Job> {

@@ -362,6 +362,17 @@ fn main() {
     std::process::exit(code);
 }
 
+/// A client command whose reader went away ends quietly, as `ls | head` does: by SIGPIPE's default
+/// action rather than a write error. Servers keep Rust's default (ignored), where a peer that hangs
+/// up must not end the process.
+#[allow(unsafe_code)]
+fn end_quietly_on_a_closed_pipe() {
+    use nix::sys::signal::{signal, SigHandler, Signal};
+    // SAFETY: restoring a signal's default disposition installs no handler; it runs before any other
+    // thread of ours writes to stdout.
+    let _ = unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) };
+}
+
 /// A path made absolute against the current directory (without resolving links).
 fn absolute(path: &std::path::Path) -> anyhow::Result<PathBuf> {
     std::path::absolute(path).map_err(|e| anyhow::anyhow!("cannot make {} absolute: {e}", path.display()))
@@ -379,6 +390,9 @@ fn is_broken_pipe(err: &anyhow::Error) -> bool {
 
 fn error_code(err: &anyhow::Error) -> i32 {
     for cause in err.chain() {
+        if cause.downcast_ref::<jobs::NothingToDownload>().is_some() {
+            return exit_code::NOT_FOUND;
+        }
         if let Some(c) = cause.downcast_ref::<cove_api::ClientError>() {
             return c.exit_code();
         }
@@ -404,6 +418,9 @@ fn job_exit(job: &cove_api::Job) -> i32 {
 
 async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
     let out = Output { json: cli.json };
+    if !matches!(cli.command, Command::Up { .. } | Command::Worker { .. } | Command::Quickstart { .. }) {
+        end_quietly_on_a_closed_pipe();
+    }
     let target = cli.target;
     match cli.command {
         Command::Up { dir, listen, config, python, sandbox } => {

@@ -4,8 +4,30 @@ use anyhow::{bail, Context};
 use cove_api::{encode, Client};
 use std::path::Path;
 
+/// A job's input, uploaded.
+pub struct UploadedInput {
+    pub uri: String,
+    /// Files in subfolders, which a job does not score and so were not uploaded.
+    pub left_out: usize,
+}
+
+/// Uploads a job's local input: a file, or the top-level files of a folder (all a job scores).
+pub async fn upload_input(client: &Client, datastore: &str, local: &Path) -> anyhow::Result<UploadedInput> {
+    let uri = upload_filtered(client, datastore, local, true).await?;
+    let mut all = Vec::new();
+    if local.is_dir() {
+        collect(local, "", &mut all)?;
+    }
+    let left_out = all.iter().filter(|(_, rel)| rel.contains('/')).count();
+    Ok(UploadedInput { uri, left_out })
+}
+
 /// Uploads a file or folder under `LocalUpload/<uuid>/<name>` of `datastore`; returns its datastore URI.
 pub async fn upload(client: &Client, datastore: &str, local: &Path) -> anyhow::Result<String> {
+    upload_filtered(client, datastore, local, false).await
+}
+
+async fn upload_filtered(client: &Client, datastore: &str, local: &Path, top_level: bool) -> anyhow::Result<String> {
     let meta = std::fs::metadata(local).with_context(|| format!("`{}` does not exist", local.display()))?;
     let name = local
         .canonicalize()?
@@ -16,8 +38,11 @@ pub async fn upload(client: &Client, datastore: &str, local: &Path) -> anyhow::R
     let mut files = Vec::new();
     if meta.is_dir() {
         collect(local, "", &mut files)?;
+        if top_level {
+            files.retain(|(_, rel)| !rel.contains('/'));
+        }
         if files.is_empty() {
-            bail!("folder `{}` holds no files", local.display());
+            bail!("folder `{}` holds no files{}", local.display(), if top_level { " at its top level" } else { "" });
         }
     } else {
         files.push((local.to_path_buf(), String::new()));

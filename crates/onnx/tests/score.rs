@@ -173,3 +173,34 @@ proptest! {
         }
     }
 }
+
+/// Models exported by skl2onnx, scored by Cove, give ONNX Runtime's predictions on the same file
+/// (`tests/reference`, written by `generate.py`): labels exactly, probabilities to the last bits.
+#[test]
+fn models_from_a_mainstream_exporter_score_as_onnx_runtime_does() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/reference");
+    let input = Bytes::from(std::fs::read(dir.join("input.csv")).unwrap());
+    for (model, tolerance) in [("logreg-f32", 1e-6), ("linear-f64", 1e-12)] {
+        let loaded = OnnxModel::load(&std::fs::read(dir.join(format!("{model}.onnx"))).unwrap())
+            .unwrap_or_else(|e| panic!("{model}: {e}"));
+        let scored = loaded.score(&[("input.csv".into(), input.clone())]);
+        assert_eq!(scored.files, vec![Ok(25)], "{model}");
+        let got = lines(&scored.output);
+        let expected = std::fs::read_to_string(dir.join(format!("{model}.expected.csv"))).unwrap();
+        let expected: Vec<Vec<&str>> = expected.lines().skip(1).map(|l| l.split(',').collect()).collect();
+        assert_eq!(got.len(), expected.len(), "{model}");
+        for (row, want) in got.iter().zip(&expected) {
+            assert_eq!(row.len(), 6, "{model}: row,label,p0,p1,p2,file: {row:?}");
+            assert_eq!(
+                (&row[0], &row[1]),
+                (&want[0].to_string(), &want[1].to_string()),
+                "{model}: {row:?} vs {want:?}"
+            );
+            for k in 0..3 {
+                let (a, b): (f64, f64) = (row[2 + k].parse().unwrap(), want[2 + k].parse().unwrap());
+                assert!((a - b).abs() <= tolerance, "{model} row {}: p{k} {a} vs ONNX Runtime's {b}", row[0]);
+            }
+            assert_eq!(row[5], "input.csv");
+        }
+    }
+}

@@ -40,7 +40,7 @@ pub struct Network {
 #[serde(deny_unknown_fields)]
 pub struct PrivateEndpoint {
     pub name: String,
-    /// `api` (the API, studio and invocation URLs), `datastore:<name>`, or `egress` (a service scoring
+    /// `api` (the API and invocation URLs), `datastore:<name>`, or `egress` (a service scoring
     /// code may be allowed to reach).
     pub service: String,
     pub address: SocketAddr,

@@ -36,8 +36,11 @@ pub struct IsolationRecord {
     pub memory_mb: u64,
     pub cpu_seconds: u64,
     pub egress: Vec<String>,
-    /// Network attempts the scorer made that the sandbox observed (all refused: there is no network).
-    pub refused_network: Vec<String>,
+    /// Network calls the scorer's Python made other than to its allowed egress, as its audit hook saw
+    /// them (connects, sends, name lookups), whatever became of them: inside the sandbox none leads
+    /// anywhere, but a datagram to its own loopback, say, is sent without error.
+    #[serde(default, alias = "refused_network")]
+    pub network_attempts: Vec<String>,
 }
 
 /// Checks once per process that bubblewrap can build a sandbox on this host.

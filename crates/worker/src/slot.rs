@@ -90,7 +90,7 @@ impl Slot {
     fn isolation(&self) -> Option<serde_json::Value> {
         let (_, scorer) = self.scorer.as_ref()?;
         let mut record = scorer.isolation.clone();
-        record.refused_network = self.observed.clone();
+        record.network_attempts = self.observed.clone();
         serde_json::to_value(record).ok()
     }
 

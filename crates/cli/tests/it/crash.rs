@@ -3,10 +3,8 @@
 //! in mini-batch order. CI runs a few seeds; `COVE_CRASH_SEEDS=50 cargo nextest run -E 'test(crash)'`
 //! runs more, and `COVE_CRASH_SEED=N` replays one.
 
-use crate::support::{self, pids_with_args, Run, COVE};
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use crate::support::{self, pids_with_args, ControlPlane};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 /// A small deterministic generator (xorshift), so a printed seed replays the same run.
@@ -25,65 +23,6 @@ impl Rng {
 }
 
 /// A control plane that the test may kill and start again on the same directory and port.
-struct ControlPlane {
-    dir: PathBuf,
-    port: u16,
-    child: Option<Child>,
-}
-
-impl ControlPlane {
-    fn start(dir: &Path) -> ControlPlane {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let mut cp = ControlPlane { dir: dir.to_path_buf(), port, child: None };
-        cp.restart();
-        cp
-    }
-
-    fn restart(&mut self) {
-        let start = Instant::now();
-        loop {
-            let mut child = Command::new(COVE)
-                .args(["up", "--dir"])
-                .arg(&self.dir)
-                .args(["--listen", &format!("127.0.0.1:{}", self.port)])
-                .stdout(Stdio::piped())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap();
-            let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-            if lines.any(|l| l.map(|l| l.starts_with("API and scoring URIs")).unwrap_or(false)) {
-                std::thread::spawn(move || for _ in lines {});
-                self.child = Some(child);
-                return;
-            }
-            // The port may still be held by the killed process's last connections.
-            let _ = child.wait();
-            assert!(start.elapsed() < Duration::from_secs(30), "the control plane did not come back");
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-
-    fn kill9(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            support::kill(child.id(), "KILL");
-            let _ = child.wait();
-        }
-    }
-
-    fn cove(&self, args: &[&str]) -> Run {
-        Command::new(COVE).arg("--workspace").arg(&self.dir).args(args).env("CI", "1").output().unwrap().into()
-    }
-}
-
-impl Drop for ControlPlane {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            support::kill(child.id(), "TERM");
-            let _ = child.wait();
-        }
-    }
-}
-
 const SCRIPT: &str = r#"
 import os, time, zlib
 
@@ -237,9 +176,7 @@ fn crash_sigterm_stops_the_control_plane_and_leaves_no_process_behind() {
         assert!(start.elapsed() < Duration::from_secs(60), "the scorers did not start");
         std::thread::sleep(Duration::from_millis(100));
     }
-    let mut child = cp.child.take().unwrap();
-    support::kill(child.id(), "TERM");
-    let status = child.wait().unwrap();
+    let status = cp.stop();
     assert!(status.success(), "SIGTERM is an orderly stop: {status}");
     let start = Instant::now();
     loop {

@@ -16,7 +16,7 @@ fn bad_invocations_get_clear_errors_and_create_no_job() {
     ws.cove(&["endpoint", "invoke", "inv", "--input", &data, "-d", "green"])
         .fails_with(5, "deployment `green` does not exist");
     ws.cove(&["endpoint", "invoke", "nope", "--input", &data]).fails_with(5, "endpoint `nope` does not exist");
-    ws.cove(&["endpoint", "invoke", "inv", "--input", "/no/such/folder"])
+    ws.cove(&["endpoint", "invoke", "inv", "-d", "blue", "--input", "/no/such/folder"])
         .fails_with(2, "--input: `/no/such/folder` does not exist");
     ws.cove(&[
         "endpoint",

@@ -5,6 +5,7 @@ mod access;
 mod attacks;
 mod crash;
 mod datastores;
+mod ended;
 mod faults;
 mod firstrun;
 mod fuzz;

@@ -119,19 +119,15 @@ fn hostile_scoring_scripts_are_refused_or_contained() {
     let name = run.ok().json()["name"].as_str().unwrap().to_string();
     let job = ws.wait_job(&name);
     assert_eq!(job["status"], "Completed", "{job:#}");
-    // Writing into the workspace is refused, or, when the workspace lives under /tmp, lands in the
-    // sandbox's private /tmp and vanishes with it: either way the host file must not exist (below).
-    let lines: Vec<String> = ws
-        .output_lines(&job)
-        .into_iter()
-        .map(|l| {
-            if l == "write-outside workspace: succeeded" {
-                "write-outside workspace: blocked (OSError)".to_string()
-            } else {
-                l
-            }
-        })
-        .collect();
+    // Writing into the workspace is refused (the sandbox's root is read-only), except when the
+    // workspace lives under /tmp: then the write lands in the sandbox's private /tmp and vanishes with
+    // it. Either way the host file must not exist (below).
+    let workspace_write = if ws.path().starts_with("/tmp") {
+        "write-outside workspace: succeeded"
+    } else {
+        "write-outside workspace: blocked (OSError)"
+    };
+    let lines: Vec<String> = ws.output_lines(&job);
     assert_eq!(
         lines,
         vec![
@@ -145,7 +141,7 @@ fn hostile_scoring_scripts_are_refused_or_contained() {
             "read-token: blocked (FileNotFoundError)",
             "write-outside /etc: blocked (OSError)",
             "write-outside /usr: blocked (OSError)",
-            "write-outside workspace: blocked (OSError)",
+            workspace_write,
             "stray-process: started",
             "benign benign-b",
         ]
@@ -158,9 +154,9 @@ fn hostile_scoring_scripts_are_refused_or_contained() {
     );
     // The job's record shows what each attempt ran under and what it tried.
     let attempts = job["attempts"].as_array().unwrap();
-    let refused: Vec<String> = attempts
+    let tried: Vec<String> = attempts
         .iter()
-        .flat_map(|a| a["isolation"]["refused_network"].as_array().cloned().unwrap_or_default())
+        .flat_map(|a| a["isolation"]["network_attempts"].as_array().cloned().unwrap_or_default())
         .map(|v| v.as_str().unwrap().to_string())
         .collect();
     for expected in [
@@ -169,7 +165,7 @@ fn hostile_scoring_scripts_are_refused_or_contained() {
         "socket.getaddrinfo 'example.com'".to_string(),
         format!("socket.sendto ('127.0.0.1', {port})"),
     ] {
-        assert!(refused.contains(&expected), "{expected} missing from {refused:?}");
+        assert!(tried.contains(&expected), "{expected} missing from {tried:?}");
     }
     for a in attempts {
         assert_eq!(a["isolation"]["sandbox"], "namespaces", "{a}");
@@ -178,7 +174,7 @@ fn hostile_scoring_scripts_are_refused_or_contained() {
     let shown = ws.cove(&["job", "show", &name]);
     assert!(
         shown.ok().stdout.contains(&format!(
-            "refused network: socket.getaddrinfo '{TARGET_ADDR}'; socket.connect ('{TARGET_ADDR}', {port})"
+            "network attempts: socket.getaddrinfo '{TARGET_ADDR}'; socket.connect ('{TARGET_ADDR}', {port})"
         )),
         "{}",
         shown.stdout
@@ -357,11 +353,11 @@ fn egress_reaches_only_the_private_endpoints_a_deployment_lists() {
     assert!(attempts
         .iter()
         .all(|a| a["isolation"]["egress"] == serde_json::json!([format!("feature-store {TARGET_ADDR}:{allowed}")])));
-    let refused: Vec<String> = attempts
+    let tried: Vec<String> = attempts
         .iter()
-        .flat_map(|a| a["isolation"]["refused_network"].as_array().cloned().unwrap_or_default())
+        .flat_map(|a| a["isolation"]["network_attempts"].as_array().cloned().unwrap_or_default())
         .map(|v| v.as_str().unwrap().to_string())
         .collect();
-    assert!(refused.contains(&format!("socket.connect ('{TARGET_ADDR}', {other})")), "{refused:?}");
-    assert!(!refused.iter().any(|r| r.contains(&allowed.to_string())), "allowed egress is not a refusal: {refused:?}");
+    assert!(tried.contains(&format!("socket.connect ('{TARGET_ADDR}', {other})")), "{tried:?}");
+    assert!(!tried.iter().any(|r| r.contains(&allowed.to_string())), "allowed egress is not listed: {tried:?}");
 }

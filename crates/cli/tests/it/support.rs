@@ -414,3 +414,79 @@ pub fn kill(pid: u32, signal: &str) {
     let ok = Command::new("kill").arg(format!("-{signal}")).arg(pid.to_string()).status().unwrap().success();
     assert!(ok, "kill -{signal} {pid} failed");
 }
+
+/// A control plane on a fixed port over a workspace folder the test keeps, so it can be killed and
+/// started again on the same workspace; with `log`, its stderr is appended there.
+pub struct ControlPlane {
+    pub dir: PathBuf,
+    pub port: u16,
+    child: Option<Child>,
+    pub log: Option<PathBuf>,
+}
+
+impl ControlPlane {
+    pub fn start(dir: &Path) -> ControlPlane {
+        Self::start_logging(dir, None)
+    }
+
+    pub fn start_logging(dir: &Path, log: Option<PathBuf>) -> ControlPlane {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let mut cp = ControlPlane { dir: dir.to_path_buf(), port, child: None, log };
+        cp.restart();
+        cp
+    }
+
+    pub fn restart(&mut self) {
+        let start = Instant::now();
+        loop {
+            let mut child = Command::new(COVE)
+                .args(["up", "--dir"])
+                .arg(&self.dir)
+                .args(["--listen", &format!("127.0.0.1:{}", self.port)])
+                .stdout(Stdio::piped())
+                .stderr(match &self.log {
+                    Some(log) => Stdio::from(std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap()),
+                    None => Stdio::null(),
+                })
+                .spawn()
+                .unwrap();
+            let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+            if lines.any(|l| l.map(|l| l.starts_with("API and scoring URIs")).unwrap_or(false)) {
+                std::thread::spawn(move || for _ in lines {});
+                self.child = Some(child);
+                return;
+            }
+            // The port may still be held by the killed process's last connections.
+            let _ = child.wait();
+            assert!(start.elapsed() < Duration::from_secs(30), "the control plane did not come back");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Stops it with SIGTERM; returns how it ended.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("the control plane runs");
+        kill(child.id(), "TERM");
+        child.wait().unwrap()
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            kill(child.id(), "KILL");
+            let _ = child.wait();
+        }
+    }
+
+    pub fn cove(&self, args: &[&str]) -> Run {
+        Command::new(COVE).arg("--workspace").arg(&self.dir).args(args).env("CI", "1").output().unwrap().into()
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            kill(child.id(), "TERM");
+            let _ = child.wait();
+        }
+    }
+}

@@ -35,3 +35,29 @@ fn every_crate_is_on_the_map_and_every_file_says_what_it_owns() {
         .collect();
     assert!(undocumented.is_empty(), "files without a //! comment: {undocumented:?}");
 }
+
+/// The README says only what exists: every `cove` command of its tour is one the binary knows, and it
+/// names no web studio while the control plane serves none.
+#[test]
+fn the_readme_tour_names_only_commands_that_exist() {
+    let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
+    let mut checked = 0;
+    for line in readme.lines().map(str::trim).filter(|l| l.starts_with("cove ")) {
+        let words: Vec<&str> = line
+            .split_whitespace()
+            .skip(1)
+            .take_while(|w| {
+                w.starts_with(|c: char| c.is_ascii_lowercase()) && w.chars().all(|c| c.is_ascii_lowercase() || c == '-')
+            })
+            .collect();
+        let out = std::process::Command::new(crate::support::COVE).args(&words).arg("--help").output().unwrap();
+        assert!(out.status.success(), "README line `{line}`: `cove {}` is not a command", words.join(" "));
+        checked += 1;
+    }
+    assert!(checked >= 10, "only {checked} tour lines were found");
+    let ws = crate::support::Workspace::start();
+    let (status, _) = ws.http("GET", "/", None, &[]);
+    if status == 404 {
+        assert!(!readme.to_lowercase().contains("studio"), "the README mentions a studio, which does not exist");
+    }
+}

@@ -58,7 +58,8 @@ PINS = [
     "mpmath==1.3.0",
 ]
 
-# ONNX opsets the models are exported for: tract is tested against ai.onnx opsets 9 to 18.
+# The highest ONNX opsets the export may use (tract is tested against ai.onnx opsets 9 to 18);
+# skl2onnx records the lowest version each domain's nodes need, up to these.
 TARGET_OPSET = {"": 17, "ai.onnx.ml": 3}
 
 TRAIN_SEED = 20240611
@@ -157,6 +158,8 @@ def export(model, tensor_type, path: Path, is_classifier: bool):
         model,
         initial_types=[("features", tensor_type([None, 4]))],
         options=options,
+        # A fixed graph name: skl2onnx otherwise draws a random one, and the file changes each run.
+        name=path.stem,
         target_opset=TARGET_OPSET,
     )
     path.write_bytes(onx.SerializeToString())

@@ -368,6 +368,7 @@ async fn render(app: &AppRef, row: JobRow, detail: bool, with_attempts: bool) ->
             batches_total: c.batches_total,
             batches_pending: count("pending"),
             batches_running: count("leased"),
+            batches_not_run: count("not_run"),
             batches_succeeded: c.batches_succeeded,
             batches_failed: c.batches_failed,
             items_ok: c.items_ok,

@@ -20,6 +20,7 @@ pub const LEASE_GRACE_MS: i64 = 10_000;
 
 /// Picks up every unfinished job after a start.
 pub async fn resume_all(app: &AppRef) -> anyhow::Result<()> {
+    app.store.call(|c| store::release_ended_jobs(c)).await?;
     let jobs = app.store.call(|c| store::jobs_unfinished(c)).await?;
     for job in jobs {
         tracing::info!(job = %job.name, status = %job.status, "resuming job");

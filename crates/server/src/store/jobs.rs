@@ -212,7 +212,39 @@ pub fn job_transition(
         "UPDATE jobs SET status = ?2, error = COALESCE(?3, error), finished_ms = COALESCE(?4, finished_ms) WHERE name = ?1",
         params![name, to.as_str(), error, finished],
     )?;
+    if to.is_terminal() {
+        release_unfinished(conn, name)?;
+    }
     Ok(true)
+}
+
+/// When a job ends, its mini-batches that did not run to the end are `not_run` and their leases are
+/// gone: nothing expires later, and a late report of one of them is recorded and discarded.
+fn release_unfinished(conn: &Connection, job: &str) -> StoreResult<()> {
+    conn.exec(
+        "UPDATE attempts SET outcome = 'discarded:job_ended', finished_ms = ?2
+         WHERE job = ?1 AND outcome IS NULL",
+        params![job, now_ms()],
+    )?;
+    conn.exec(
+        "UPDATE batches SET state = 'not_run', lease_id = NULL, lease_deadline_ms = NULL
+         WHERE job = ?1 AND state IN ('pending', 'leased')",
+        [job],
+    )?;
+    Ok(())
+}
+
+/// Releases what jobs that ended before this rule existed (or in a crash between) still hold.
+pub fn release_ended_jobs(conn: &Connection) -> StoreResult<()> {
+    let mut stmt = conn.prepare(
+        "SELECT DISTINCT b.job FROM batches b JOIN jobs j ON j.name = b.job
+         WHERE b.state IN ('pending', 'leased') AND j.status IN ('Completed', 'Failed', 'Canceled')",
+    )?;
+    let jobs: Vec<String> = stmt.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
+    for job in jobs {
+        release_unfinished(conn, &job)?;
+    }
+    Ok(())
 }
 
 /// One mini-batch of a plan: its slice of the manifest.
@@ -627,6 +659,7 @@ fn apply_verdict(conn: &Connection, job: &str) -> StoreResult<Option<JobStatus>>
                 "UPDATE jobs SET status = 'Failed', error = ?2, finished_ms = ?3 WHERE name = ?1",
                 params![job, reason, now_ms()],
             )?;
+            release_unfinished(conn, job)?;
             Ok(Some(JobStatus::Failed))
         }
     }
@@ -669,6 +702,9 @@ pub fn job_cancel(conn: &Connection, name: &str) -> StoreResult<Option<JobStatus
         "UPDATE jobs SET status = ?2, error = 'canceled by user', finished_ms = ?3 WHERE name = ?1",
         params![name, to.as_str(), finished],
     )?;
+    if to.is_terminal() {
+        release_unfinished(conn, name)?;
+    }
     Ok(Some(to))
 }
 
@@ -717,14 +753,18 @@ pub fn batches_in_state(conn: &Connection, job: &str, state: &str) -> StoreResul
 pub fn batch_state_counts(conn: &Connection, job: &str) -> StoreResult<Vec<(String, u64)>> {
     let leased: i64 =
         conn.row("SELECT COUNT(*) FROM batches WHERE job = ?1 AND state = 'leased'", [job], |r| r.get(0))?;
-    let (total, succeeded, failed): (i64, i64, i64) = conn
-        .row("SELECT batches_total, batches_succeeded, batches_failed FROM jobs WHERE name = ?1", [job], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+    let (total, succeeded, failed, status): (i64, i64, i64, String) = conn
+        .row("SELECT batches_total, batches_succeeded, batches_failed, status FROM jobs WHERE name = ?1", [job], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
         })
         .optional()?
         .unwrap_or_default();
-    let pending = (total - succeeded - failed - leased).max(0);
-    Ok([("pending", pending), ("leased", leased), ("succeeded", succeeded), ("failed", failed)]
+    // An ended job has nothing pending or running: what did not run to the end never will.
+    let ended = JobStatus::parse(&status).is_some_and(JobStatus::is_terminal);
+    let unfinished = (total - succeeded - failed - leased).max(0);
+    let (pending, not_run) = if ended { (0, unfinished + leased) } else { (unfinished, 0) };
+    let leased = if ended { 0 } else { leased };
+    Ok([("pending", pending), ("leased", leased), ("succeeded", succeeded), ("failed", failed), ("not_run", not_run)]
         .into_iter()
         .map(|(s, n)| (s.to_string(), n as u64))
         .collect())

@@ -89,7 +89,7 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX attempts_by_job ON attempts (job, idx, attempt);
     "#,
-    // 2: what each attempt ran under (sandbox, file view, limits, refused network attempts), as JSON.
+    // 2: what each attempt ran under (sandbox, file view, limits, network attempts), as JSON.
     "ALTER TABLE attempts ADD COLUMN isolation TEXT;",
     // 3: the append-only audit log. Triggers refuse any change to a written entry.
     r#"
