@@ -3,6 +3,7 @@
 
 mod client;
 pub mod exit_code;
+pub mod pause;
 mod types;
 pub mod worker;
 

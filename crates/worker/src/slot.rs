@@ -154,6 +154,11 @@ impl Slot {
             pid,
             isolation,
         };
+        if report.outcome == ReportedOutcome::Succeeded {
+            if let Some(pause) = cove_api::pause::pause_at("before-report") {
+                tokio::time::sleep(pause).await;
+            }
+        }
         let path = format!("/worker/v1/leases/{}/complete", lease.lease_id);
         let ack: CompletionAck = retrying(|| self.client.post(&path, &report)).await?;
         let _ = std::fs::remove_dir_all(self.job_dir(&lease.job).join("inputs").join(&lease.lease_id));

@@ -4,7 +4,7 @@
 //! runs more, and `COVE_CRASH_SEED=N` replays one.
 
 use crate::support::{self, pids_with_args, ControlPlane};
-use std::process::Command;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 /// A small deterministic generator (xorshift), so a printed seed replays the same run.
@@ -33,7 +33,7 @@ def run(mini_batch):
     out = []
     for path in mini_batch:
         name = os.path.basename(path)
-        time.sleep(0.05 + (zlib.crc32(name.encode()) % 100) / 1000)
+        time.sleep(0.3 + (zlib.crc32(name.encode()) % 100) / 1000)
         out.append(f"{name} {open(path).read().strip()}")
     return out
 "#;
@@ -63,52 +63,141 @@ fn crash_run(seed: u64) {
     let run = cp.cove(&["--json", "endpoint", "invoke", "crashy", "--input", &data]);
     let job = run.ok().json()["name"].as_str().unwrap().to_string();
 
-    // Three blows at random moments: the control plane, a worker, a scorer, in a seeded order.
+    // Three blows at random moments: the control plane, a worker, a scorer, in a seeded order. Each
+    // blow must land: its target is waited for, and must be gone after it.
     for round in 0..3 {
         std::thread::sleep(rng.millis(100, 1200));
         match rng.next() % 3 {
             0 => {
                 eprintln!("seed {seed} round {round}: kill -9 the control plane");
+                support::kill9_and_confirm(cp.pid());
                 cp.kill9();
                 std::thread::sleep(rng.millis(10, 500));
                 cp.restart();
             }
             1 => {
-                let workers = pids_with_args(&["worker", "--job", &job]);
-                eprintln!("seed {seed} round {round}: kill -9 a worker of {}", workers.len());
-                if let Some(pid) = workers.first() {
-                    let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
-                }
+                let pid = wait_for_one(|| pids_with_args(&["worker", "--job", &job]), "a worker");
+                eprintln!("seed {seed} round {round}: kill -9 worker {pid}");
+                support::kill9_and_confirm(pid);
             }
             _ => {
-                let scorers: Vec<u32> = pids_with_args(&["cove_driver.py", &job])
-                    .into_iter()
-                    .filter(|p| std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() != "bwrap"))
-                    .collect();
-                eprintln!("seed {seed} round {round}: kill -9 a scorer of {}", scorers.len());
-                if let Some(pid) = scorers.first() {
-                    let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
-                }
+                let pid = wait_for_one(|| scorers_of(&job), "a scorer");
+                eprintln!("seed {seed} round {round}: kill -9 scorer {pid}");
+                support::kill9_and_confirm(pid);
             }
         }
     }
+    completes_exactly_once(&cp, &job, 30);
+}
+
+/// The scorer processes of a job: the interpreter running the driver under the job's work folder (not
+/// the bubblewrap process around it).
+fn scorers_of(job: &str) -> Vec<u32> {
+    support::pids_with_args_containing(&["cove_driver.py", job])
+        .into_iter()
+        .filter(|p| std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() != "bwrap"))
+        .collect()
+}
+
+/// Waits until `find` finds a process; returns the first.
+fn wait_for_one(find: impl Fn() -> Vec<u32>, what: &str) -> u32 {
     let start = Instant::now();
-    let final_job = loop {
-        let shown = cp.cove(&["--json", "job", "show", &job]);
+    loop {
+        if let Some(pid) = find().first() {
+            return *pid;
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "{what} never ran, so nothing could be killed");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Runs the crash project's job to its end in `cp` and checks every item is in the output once.
+fn completes_exactly_once(cp: &ControlPlane, job: &str, files: usize) {
+    let start = Instant::now();
+    let done = loop {
+        let shown = cp.cove(&["--json", "job", "show", job]);
         if shown.code == 0 {
             let j = shown.json();
             if ["Completed", "Failed", "Canceled"].contains(&j["status"].as_str().unwrap()) {
                 break j;
             }
         }
-        assert!(start.elapsed() < Duration::from_secs(180), "seed {seed}: the job did not end");
-        std::thread::sleep(Duration::from_millis(200));
+        assert!(start.elapsed() < Duration::from_secs(120), "the job did not end");
+        std::thread::sleep(Duration::from_millis(100));
     };
-    assert_eq!(final_job["status"], "Completed", "seed {seed}: {final_job:#}");
-    let out = dir.path().join("ws/datastores/workspaceblobstore/azureml").join(&job).join("score/predictions.csv");
+    assert_eq!(done["status"], "Completed", "{done:#}");
+    let out = cp.dir.join("datastores/workspaceblobstore/azureml").join(job).join("score/predictions.csv");
     let lines: Vec<String> = std::fs::read_to_string(&out).unwrap().lines().map(str::to_string).collect();
-    let expected: Vec<String> = (0..30).map(|i| format!("file-{i:03}.txt {i}")).collect();
-    assert_eq!(lines, expected, "seed {seed}: every item exactly once, in mini-batch order");
+    let expected: Vec<String> = (0..files).map(|i| format!("file-{i:03}.txt {i}")).collect();
+    assert_eq!(lines, expected, "every item exactly once, in mini-batch order");
+}
+
+/// A control plane paused at `point`, with the crash project deployed and a job of `files` files started.
+fn paused_job(point: &str, dir: &Path, files: usize) -> (ControlPlane, String, std::path::PathBuf) {
+    let markers = dir.join("markers");
+    std::fs::create_dir_all(&markers).unwrap();
+    let cp = ControlPlane::pausing_at(&dir.join("ws"), point, &markers);
+    let project = support::Project::new(
+        dir,
+        "paused",
+        SCRIPT,
+        "mini_batch_size: 2\nmax_concurrency_per_instance: 2\nretry_settings:\n    max_retries: 10\n    timeout: 2",
+    );
+    cp.cove(&["endpoint", "create", "-f", &project.file("endpoint.yml")]).ok();
+    cp.cove(&["deployment", "create", "-f", &project.file("deployment.yml"), "--set-default"]).ok();
+    let data = project.inputs(files).display().to_string();
+    let job = cp.cove(&["--json", "endpoint", "invoke", "paused", "--input", &data]).ok().json()["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    (cp, job, markers)
+}
+
+/// `kill -9` of the control plane while it plans a job (the manifest written, the mini-batches not):
+/// the restart plans it again, and every item is scored once.
+#[test]
+fn crash_kill_9_while_planning() {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let (mut cp, job, markers) = paused_job("planning", dir.path(), 6);
+    let pid = support::paused_at(&markers, "planning");
+    assert_eq!(pid, cp.pid(), "the control plane itself paused while planning");
+    support::kill9_and_confirm(pid);
+    cp.kill9();
+    cp.env.clear();
+    cp.restart();
+    completes_exactly_once(&cp, &job, 6);
+}
+
+/// `kill -9` of a worker between a part's upload and its report: the lease expires, the mini-batch
+/// is scored again, and the orphan part never reaches the output.
+#[test]
+fn crash_kill_9_between_a_part_upload_and_its_report() {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let (cp, job, markers) = paused_job("before-report", dir.path(), 6);
+    let pid = support::paused_at(&markers, "before-report");
+    assert!(pids_with_args(&["worker", "--job", &job]).contains(&pid), "a worker of the job paused before its report");
+    support::kill9_and_confirm(pid);
+    completes_exactly_once(&cp, &job, 6);
+    let shown = cp.cove(&["--json", "job", "show", &job]).ok().json();
+    let expired = shown["attempts"].as_array().unwrap().iter().filter(|a| a["outcome"] == "lease_expired").count();
+    assert!(expired >= 1, "the killed worker's lease expired and its mini-batch ran again: {shown:#}");
+}
+
+/// `kill -9` of the control plane while it finalizes (the output published, the job not yet
+/// Completed): the restart finalizes again, and the output holds every item once.
+#[test]
+fn crash_kill_9_while_finalizing() {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let (mut cp, job, markers) = paused_job("finalizing", dir.path(), 6);
+    let pid = support::paused_at(&markers, "finalizing");
+    assert_eq!(pid, cp.pid(), "the control plane itself paused while finalizing");
+    let shown = cp.cove(&["--json", "job", "show", &job]).ok().json();
+    assert_eq!(shown["status"], "Finalizing", "{shown:#}");
+    support::kill9_and_confirm(pid);
+    cp.kill9();
+    cp.env.clear();
+    cp.restart();
+    completes_exactly_once(&cp, &job, 6);
 }
 
 #[test]

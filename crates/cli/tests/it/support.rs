@@ -395,6 +395,52 @@ def run(mini_batch):
     return out
 "#;
 
+/// Waits for the first pause marker `<point>.<pid>` in `dir`; returns the paused process's pid.
+pub fn paused_at(dir: &Path, point: &str) -> u32 {
+    let start = Instant::now();
+    loop {
+        for entry in std::fs::read_dir(dir).unwrap().flatten() {
+            let name = entry.file_name().to_string_lossy().to_string();
+            if let Some(pid) = name.strip_prefix(&format!("{point}.")) {
+                return pid.parse().unwrap();
+            }
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "no process paused at {point}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Kills a process of the test's own with SIGKILL and waits until it is gone (or a zombie), so a
+/// kill that killed nothing fails the test.
+pub fn kill9_and_confirm(pid: u32) {
+    kill(pid, "KILL");
+    let start = Instant::now();
+    loop {
+        let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let gone = state.is_empty() || state.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z'));
+        if gone {
+            return;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "process {pid} survived kill -9");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// PIDs of the processes (started by the tests' own control planes) with an argument containing each
+/// of `parts`.
+pub fn pids_with_args_containing(parts: &[&str]) -> Vec<u32> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
+        let argv: Vec<String> = cmdline.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).to_string()).collect();
+        if parts.iter().all(|want| argv.iter().any(|a| a.contains(want))) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
 /// PIDs of the processes (started by the tests' own control planes) with an argument ending in each of `args`.
 pub fn pids_with_args(args: &[&str]) -> Vec<u32> {
     let mut out = Vec::new();
@@ -422,6 +468,8 @@ pub struct ControlPlane {
     pub port: u16,
     child: Option<Child>,
     pub log: Option<PathBuf>,
+    /// Environment of the next start (and so of the workers it starts).
+    pub env: Vec<(String, String)>,
 }
 
 impl ControlPlane {
@@ -431,7 +479,7 @@ impl ControlPlane {
 
     pub fn start_logging(dir: &Path, log: Option<PathBuf>) -> ControlPlane {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let mut cp = ControlPlane { dir: dir.to_path_buf(), port, child: None, log };
+        let mut cp = ControlPlane { dir: dir.to_path_buf(), port, child: None, log, env: Vec::new() };
         cp.restart();
         cp
     }
@@ -443,6 +491,7 @@ impl ControlPlane {
                 .args(["up", "--dir"])
                 .arg(&self.dir)
                 .args(["--listen", &format!("127.0.0.1:{}", self.port)])
+                .envs(self.env.iter().map(|(k, v)| (k, v)))
                 .stdout(Stdio::piped())
                 .stderr(match &self.log {
                     Some(log) => Stdio::from(std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap()),
@@ -468,6 +517,24 @@ impl ControlPlane {
         let mut child = self.child.take().expect("the control plane runs");
         kill(child.id(), "TERM");
         child.wait().unwrap()
+    }
+
+    /// The running control plane's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("the control plane runs").id()
+    }
+
+    /// Starts it with a pause at `point` (see `cove_api::pause`), its markers written to `dir`.
+    pub fn pausing_at(dir: &Path, point: &str, markers: &Path) -> ControlPlane {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let env = vec![
+            ("COVE_PAUSE_AT".to_string(), point.to_string()),
+            ("COVE_PAUSE_DIR".to_string(), markers.display().to_string()),
+            ("COVE_PAUSE_MS".to_string(), "8000".to_string()),
+        ];
+        let mut cp = ControlPlane { dir: dir.to_path_buf(), port, child: None, log: None, env };
+        cp.restart();
+        cp
     }
 
     pub fn kill9(&mut self) {

@@ -48,6 +48,9 @@ pub(crate) async fn finalize(app: &AppRef, name: &str) -> anyhow::Result<()> {
             return Ok(());
         }
     }
+    if let Some(pause) = cove_api::pause::pause_at("finalizing") {
+        tokio::time::sleep(pause).await;
+    }
     // The logs exist before the job is seen Completed (and are rewritten should a cancel win instead).
     if let Err(error) = crate::logs::write_job_logs(app, name, Some(JobStatus::Completed)).await {
         tracing::error!(job = %name, error = format!("{error:#}"), "failed to write job logs");

@@ -105,6 +105,9 @@ pub async fn plan(app: &AppRef, job: &JobRow) -> anyhow::Result<bool> {
         })
         .collect();
     app.internal.put(&manifest_key(&job.name), manifest.into()).await.context("failed to store the job's manifest")?;
+    if let Some(pause) = cove_api::pause::pause_at("planning") {
+        tokio::time::sleep(pause).await;
+    }
     let name = job.name.clone();
     Ok(app.store.call(move |c| store::job_plan(c, &name, total, &batches)).await?)
 }
