@@ -87,6 +87,14 @@ pub struct ComputeSpec {
     /// The `slurm.conf` its clients use, when not the control plane's own (`SLURM_CONF`).
     #[serde(default)]
     pub slurm_conf: Option<String>,
+    /// How long, in seconds, a job's workers may wait for nodes that are down, drained or reserved
+    /// before the job fails for lack of capacity (30 minutes by default).
+    #[serde(default = "default_capacity_wait")]
+    pub capacity_wait: u64,
+}
+
+fn default_capacity_wait() -> u64 {
+    1800
 }
 
 fn one() -> u32 {

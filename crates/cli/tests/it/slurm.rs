@@ -149,6 +149,15 @@ fn slurm_cancelling_the_job_cancels_the_slurm_job() {
     });
 }
 
+/// The Slurm job id in a Cove job's compute state (`slurm job 12: ...`).
+fn slurm_job_id(job: &serde_json::Value) -> Option<String> {
+    let state = job["compute_state"].as_str()?;
+    Some(state.strip_prefix("slurm job ")?.split(':').next()?.to_string())
+}
+
+/// Takes the node down while a job's tasks run on it: the lost tasks give their leases back at once
+/// (long before the leases' 30 s would run out), the array job is submitted again, and once the node is
+/// back every file is scored exactly once.
 #[test]
 fn slurm_node_down_mid_job_loses_its_tasks_and_the_job_still_scores_every_file_once() {
     let ws = Backend::Slurm.workspace();
@@ -163,27 +172,59 @@ fn slurm_node_down_mid_job_loses_its_tasks_and_the_job_still_scores_every_file_o
     p.deploy(&ws);
     let run = ws.cove(&["--json", "endpoint", "invoke", "downhpc", "--input", &p.inputs(8).display().to_string()]);
     let name = run.ok().json()["name"].as_str().unwrap().to_string();
-    wait_for("two mini-batches", 60, || {
-        ws.cove(&["--json", "job", "show", &name]).ok().json()["progress"]["batches_succeeded"].as_u64().unwrap() >= 2
-    });
+    let show = || ws.cove(&["--json", "job", "show", &name]).ok().json();
+    wait_for("two mini-batches", 60, || show()["progress"]["batches_succeeded"].as_u64().unwrap() >= 2);
+    let first = slurm_job_id(&show()).expect("the job runs as a Slurm job");
     let node = node();
     let out = scontrol(&["update", &format!("NodeName={node}"), "State=DOWN", "Reason=cove-test"]);
     assert!(!out.contains("error"), "{out}");
-    let job = ws.wait_job(&name);
-    // Give the node back to later tests whatever happened.
+    let down = std::time::Instant::now();
+    // The lease of the mini-batch the lost task held comes back at once: a lease lasts timeout (20 s)
+    // plus 10 s of grace from the task's last heartbeat.
+    wait_for("the lost task's lease to be given back", 15, || {
+        show()["attempts"].as_array().unwrap().iter().any(|a| a["outcome"] == "lease_expired")
+    });
+    assert!(down.elapsed().as_secs() < 15);
+    wait_for("the array job to be submitted again", 30, || slurm_job_id(&show()).is_some_and(|id| id != first));
     let _ = scontrol(&["update", &format!("NodeName={node}"), "State=RESUME"]);
+    let job = ws.wait_job(&name);
     assert_eq!(job["status"], "Completed", "{job:#}");
     let expected: Vec<String> = (0..8).map(|i| format!("file-{i:03}.txt")).collect();
     assert_eq!(ws.output_lines(&job), expected, "every file exactly once");
-    let attempts = job["attempts"].as_array().unwrap();
-    assert!(
-        attempts.iter().any(|a| a["outcome"] == "lease_expired"),
-        "the lost task's lease was given back: {attempts:#?}"
-    );
-    wait_for("the node to be idle again", 60, || {
-        let out = Command::new("sinfo").args(["-h", "-o", "%T"]).env("SLURM_CONF", SLURM_CONF).output().unwrap();
-        String::from_utf8_lossy(&out.stdout).trim() == "idle"
-    });
+    wait_for("the node to be idle again", 60, node_idle);
+}
+
+fn node_idle() -> bool {
+    let out = Command::new("sinfo").args(["-h", "-o", "%T"]).env("SLURM_CONF", SLURM_CONF).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).trim() == "idle"
+}
+
+/// With the node kept down, the job cannot get capacity: every submission fails to run it, and the
+/// job fails saying so.
+#[test]
+fn slurm_a_node_kept_down_fails_the_job_for_lack_of_capacity() {
+    let _cluster = support::slurm_cluster();
+    let ws = Workspace::start_with(&[], &[("SLURM_CONF", SLURM_CONF)]);
+    let file = ws.dir.path().join("compute.yml");
+    std::fs::write(&file, "name: hpc\ntype: slurm\npartition: debug\nmem_per_task_mb: 512\ncapacity_wait: 5\n")
+        .unwrap();
+    ws.cove(&["compute", "create", "-f", &file.display().to_string()]).ok();
+    let p = Project::new(ws.dir.path(), "nocap", LIST_SCRIPT, "mini_batch_size: 1").on(Backend::Slurm);
+    p.deploy(&ws);
+    let node = node();
+    // Drained rather than down: a down node whose slurmd still answers comes back by itself here
+    // (ReturnToService=2), a drained one stays out until resumed.
+    let out = scontrol(&["update", &format!("NodeName={node}"), "State=DRAIN", "Reason=cove-test"]);
+    assert!(!out.contains("error"), "{out}");
+    let run = ws.cove(&["--json", "endpoint", "invoke", "nocap", "--input", &p.inputs(2).display().to_string()]);
+    let name = run.ok().json()["name"].as_str().unwrap().to_string();
+    let job = ws.wait_job(&name);
+    let _ = scontrol(&["update", &format!("NodeName={node}"), "State=RESUME"]);
+    assert_eq!(job["status"], "Failed", "{job:#}");
+    let error = job["error"].as_str().unwrap();
+    assert!(error.starts_with("no Slurm capacity: the workers waited 5 s (capacity_wait) for nodes that are down, drained or reserved: task 0 PENDING"), "{error}");
+    assert_eq!(job["progress"]["items_ok"], 0, "nothing ran: {job:#}");
+    wait_for("the node to be idle again", 60, node_idle);
 }
 
 #[test]

@@ -137,6 +137,15 @@ impl Task {
             "PENDING" | "RUNNING" | "CONFIGURING" | "COMPLETING" | "RESIZING" | "SUSPENDED" | "REQUEUED"
         )
     }
+    /// Pending because the nodes it needs are down, drained or reserved: waiting for capacity that
+    /// may never come, unlike a task waiting its turn.
+    pub fn lacks_nodes(&self) -> bool {
+        self.state == "PENDING"
+            && ["DOWN", "DRAIN", "ReqNodeNotAvail", "Nodes_required", "PartitionDown", "NodeDown"]
+                .iter()
+                .any(|why| self.reason.contains(why))
+    }
+
     pub fn was_lost(&self) -> bool {
         matches!(
             self.state.as_str(),
@@ -198,6 +207,8 @@ fn describe(id: &str, tasks: &[Task]) -> String {
 /// Submits (unless already submitted) and follows a job's array job until the Cove job ends.
 pub async fn follow(app: AppRef, job: String, spec: ComputeSpec) {
     let mut lost_handled: Vec<String> = Vec::new();
+    // Since when every live task has been waiting for nodes that are not there.
+    let mut without_nodes: Option<std::time::Instant> = None;
     loop {
         let Ok(Some(row)) = crate::jobs::get(&app, &job).await else { return };
         if row.status.is_terminal() || row.status == cove_model::JobStatus::CancelRequested {
@@ -247,6 +258,29 @@ pub async fn follow(app: AppRef, job: String, spec: ComputeSpec) {
                     }
                 }
                 let accepting = row.status.accepts_leases();
+                let live: Vec<&Task> = t.iter().filter(|t| t.is_live()).collect();
+                if !live.is_empty() && live.iter().all(|t| t.lacks_nodes()) {
+                    let since = *without_nodes.get_or_insert_with(std::time::Instant::now);
+                    if accepting && since.elapsed().as_secs() >= spec.capacity_wait {
+                        cancel(&spec, &id).await;
+                        let states: Vec<String> =
+                            live.iter().map(|t| format!("task {} {} ({})", t.index, t.state, t.reason)).collect();
+                        crate::jobs::fail_lost(
+                            &app,
+                            job.clone(),
+                            format!(
+                                "no Slurm capacity: the workers waited {} s (capacity_wait) for nodes that are down, \
+                                 drained or reserved: {}",
+                                spec.capacity_wait,
+                                states.join(", ")
+                            ),
+                        )
+                        .await;
+                        return;
+                    }
+                } else {
+                    without_nodes = None;
+                }
                 if accepting && !t.iter().any(Task::is_live) {
                     if row.compute_submissions >= MAX_SUBMISSIONS {
                         let states: Vec<String> = t.iter().map(|t| format!("task {} {}", t.index, t.state)).collect();
