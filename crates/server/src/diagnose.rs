@@ -4,7 +4,6 @@ use crate::store;
 use crate::AppRef;
 use cove_api::worker::SandboxMode;
 use cove_api::Check;
-use std::time::Duration;
 
 fn check(name: &str, status: &str, detail: String, fix: Option<String>) -> Check {
     Check { name: name.into(), status: status.into(), detail, fix }
@@ -32,14 +31,14 @@ pub async fn run(app: &AppRef) -> Result<Vec<Check>, store::StoreError> {
         if public.is_empty() {
             let list: Vec<String> = app.listeners.iter().map(|a| a.to_string()).collect();
             out.push(check(
-                "no public listener",
+                "public network access",
                 "ok",
-                format!("listening only on private endpoints {}", list.join(", ")),
+                format!("disabled: listening only on private endpoints {}", list.join(", ")),
                 None,
             ));
         } else {
             out.push(check(
-                "no public listener",
+                "public network access",
                 "fail",
                 format!("listening on {} outside the private networks", public.join(", ")),
                 Some("declare those addresses as private endpoints, or stop listening on them".into()),
@@ -47,25 +46,8 @@ pub async fn run(app: &AppRef) -> Result<Vec<Check>, store::StoreError> {
         }
     }
 
-    // Every private endpoint that deployments need answers, and every compute network can use it.
-    // Listeners were bound in the order of the API endpoints, so each has its actual address.
-    for (pe, address) in policy.api_endpoints().into_iter().zip(app.listeners.iter().copied()) {
-        let answered = tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(address)).await;
-        match answered {
-            Ok(Ok(_)) => out.push(check(
-                &format!("private endpoint {}", pe.name),
-                "ok",
-                format!("{address} answers on network {}", pe.network),
-                None,
-            )),
-            _ => out.push(check(
-                &format!("private endpoint {}", pe.name),
-                "fail",
-                format!("{address} does not answer"),
-                Some(format!("check that {} is configured on this host", pe.address.ip())),
-            )),
-        }
-    }
+    // Every compute network can use the API's private endpoint. (The control plane cannot probe from
+    // inside another network; the evidence that it really works is a worker that reached it, below.)
     let (computes, endpoints) = app.store.call(|c| Ok((store::compute_list(c)?, store::endpoint_list(c)?))).await?;
     let mut used_computes: Vec<String> = Vec::new();
     for ep in &endpoints {
@@ -115,26 +97,63 @@ pub async fn run(app: &AppRef) -> Result<Vec<Check>, store::StoreError> {
         }
     }
 
-    // The scoring sandbox works on this host.
-    match (app.config.sandbox, cove_worker::sandbox::available()) {
-        (SandboxMode::None, _) => out.push(check(
-            "scoring sandbox",
-            "warn",
-            "disabled by the workspace (--sandbox none): scoring code runs with the worker's network and files".into(),
-            Some("start the workspace without --sandbox none".into()),
-        )),
-        (_, Ok(())) => out.push(check(
-            "scoring sandbox",
-            "ok",
-            "bubblewrap builds user and network namespaces on this host".into(),
-            None,
-        )),
-        (_, Err(e)) => out.push(check(
-            "scoring sandbox",
-            "fail",
-            e,
-            Some("install bubblewrap and allow unprivileged user namespaces".into()),
-        )),
+    // Scoring code can be sandboxed where it runs: as the hosts of each compute's workers said when they
+    // last asked for work, or, for the local compute before any worker ran, this host.
+    for c in &computes {
+        let name = format!("scoring sandbox on compute {}", c.name);
+        if app.config.sandbox == SandboxMode::None {
+            out.push(check(
+                &name,
+                "warn",
+                "disabled by the workspace (--sandbox none): scoring code runs with the worker's network and files"
+                    .into(),
+                Some("start the workspace without --sandbox none".into()),
+            ));
+            continue;
+        }
+        let reported = app.worker_hosts.lock().unwrap_or_else(|e| e.into_inner()).get(&c.name).cloned();
+        let (host, verdict) = match reported {
+            Some((node, caps)) => (format!("the host of worker {node}"), caps.sandbox_problem.map_or(Ok(()), Err)),
+            None if c.kind == "local" => ("this host".to_string(), cove_worker::sandbox::available()),
+            None => continue,
+        };
+        match verdict {
+            Ok(()) => out.push(check(&name, "ok", format!("{host} builds user and network namespaces"), None)),
+            Err(why) => out.push(check(
+                &name,
+                "fail",
+                format!("{host} cannot: {why}; its scoring-code jobs fail"),
+                Some("install bubblewrap there and allow unprivileged user namespaces".into()),
+            )),
+        }
+    }
+
+    // The workspace is its owner's alone on this host.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = &app.config.dir;
+        let open: Vec<String> = [dir.clone(), crate::layout::owner_token(dir), crate::layout::state_db(dir)]
+            .into_iter()
+            .filter_map(|p| {
+                let mode = std::fs::metadata(&p).ok()?.permissions().mode() & 0o777;
+                (mode & 0o077 != 0).then(|| format!("{} is mode {mode:o}", p.display()))
+            })
+            .collect();
+        if open.is_empty() {
+            out.push(check(
+                "workspace private on this host",
+                "ok",
+                format!("{} is its owner's alone", dir.display()),
+                None,
+            ));
+        } else {
+            out.push(check(
+                "workspace private on this host",
+                "fail",
+                format!("other users of this host can reach it: {}", open.join(", ")),
+                Some(format!("chmod 700 {} (cove up does this when it starts)", dir.display())),
+            ));
+        }
     }
 
     // Tokens that never expire.

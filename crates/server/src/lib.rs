@@ -99,6 +99,8 @@ pub(crate) struct App {
     pub policy: netpolicy::NetworkPolicy,
     /// Per compute cluster, the address and time of the last worker call that was admitted.
     pub worker_contact: std::sync::Mutex<std::collections::HashMap<String, (std::net::IpAddr, i64)>>,
+    /// Per compute cluster, what the host of its last worker to ask for work said it can do.
+    pub worker_hosts: std::sync::Mutex<std::collections::HashMap<String, (String, cove_api::worker::HostCapabilities)>>,
     /// Jobs whose cluster-scheduler submission a tracker follows (so each has one tracker).
     pub followed: std::sync::Mutex<std::collections::HashSet<String>>,
     /// The addresses the API actually listens on.
@@ -269,6 +271,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
         policy,
         followed: std::sync::Mutex::new(std::collections::HashSet::new()),
         worker_contact: std::sync::Mutex::new(std::collections::HashMap::new()),
+        worker_hosts: std::sync::Mutex::new(std::collections::HashMap::new()),
         listeners: listeners.clone(),
     });
     let lost_app = app.clone();

@@ -204,7 +204,7 @@ fn connections_from_outside_the_private_networks_are_refused_and_audited() {
     // diagnose: the cluster's network is peered, the listener is private; the owner token never expires.
     let diag = ws.cove(&["workspace", "diagnose"]);
     diag.ok();
-    assert!(diag.stdout.contains("OK   no public listener"), "{}", diag.stdout);
+    assert!(diag.stdout.contains("OK   public network access: disabled"), "{}", diag.stdout);
     assert!(diag.stdout.contains("OK   compute cluster reaches the API"), "{}", diag.stdout);
     assert!(diag.stdout.contains("WARN token expiry"), "{}", diag.stdout);
     assert!(
@@ -228,6 +228,14 @@ fn diagnose_fails_with_the_fix_when_a_compute_network_cannot_reach_the_api() {
         "{}",
         diag.stdout
     );
+    // No worker of the cluster ever reached the API: diagnose cannot vouch for its network.
+    assert!(
+        diag.stdout.contains("WARN compute cluster workers answered: no worker of this compute has reached the API since the control plane started\n     fix: start a worker on network compute"),
+        "{}",
+        diag.stdout
+    );
+    assert!(diag.stdout.contains("WARN token expiry: tokens that never expire: "), "{}", diag.stdout);
+    assert!(diag.stdout.contains("fix: create tokens with --expires-in and revoke these"), "{}", diag.stdout);
     let bad = dir.path().join("bad.yml");
     std::fs::write(&bad, NETWORK.replace("address: 127.0.0.1:0", "address: 127.0.0.7:0")).unwrap();
     let out = std::process::Command::new(crate::support::COVE)

@@ -112,6 +112,16 @@ fn datastores_are_reached_only_through_their_private_endpoints() {
     assert_eq!(predictions, "file-000.txt 0\nfile-001.txt 2\nfile-002.txt 4\n");
     let diag = ws.cove(&["workspace", "diagnose"]);
     assert!(diag.stdout.contains("OK   datastore lake: reached through its private endpoint"), "{}", diag.stdout);
+    // The private endpoint taken out of the configuration: diagnose fails the datastore, with the fix.
+    let without = dir.path().join("without-pe.yml");
+    let text = lake_config(s3.port);
+    std::fs::write(&without, &text[..text.find("  - name: lake-pe").unwrap()]).unwrap();
+    let mut ws = ws;
+    ws.restart_with(&["--config", &without.display().to_string()]);
+    let diag = ws.cove(&["workspace", "diagnose"]);
+    assert_eq!(diag.code, 1, "{}", diag.stdout);
+    let expected = "FAIL datastore lake: s3://lake-bucket is reached outside a private endpoint\n     fix: declare a private endpoint with service: datastore:lake";
+    assert!(diag.stdout.contains(expected), "{}", diag.stdout);
     drop(ws);
 
     let plain = Workspace::start();

@@ -198,7 +198,8 @@ fn a_private_workspace_serves_its_networks_and_refuses_everyone_else() {
     assert!(has("198.18.2.10", "accepted only from network `compute`"), "{audit:#}");
     let diag = cove_on(&bed, "jump", &owner, &["workspace", "diagnose"]);
     assert!(
-        diag.stdout.contains("OK   no public listener: listening only on private endpoints 198.18.1.10:8470"),
+        diag.stdout
+            .contains("OK   public network access: disabled: listening only on private endpoints 198.18.1.10:8470"),
         "{}",
         diag.stdout
     );

@@ -5,6 +5,7 @@ mod access;
 mod attacks;
 mod crash;
 mod datastores;
+mod diagnose;
 mod ended;
 mod faults;
 mod firstrun;

@@ -127,6 +127,32 @@ impl Workspace {
         self.dir.path().join("ws")
     }
 
+    /// Stops the control plane and starts it again on the same workspace with other arguments (a new
+    /// network configuration, say); the URL may change.
+    pub fn restart_with(&mut self, args: &[&str]) {
+        assert!(self.netns.is_none(), "restarts are for workspaces on the test's own network");
+        kill(self.server.id(), "TERM");
+        self.server.wait().unwrap();
+        let mut server = Command::new(COVE)
+            .args(["up", "--dir"])
+            .arg(self.path())
+            .args(["--listen", "127.0.0.1:0"])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(server.stdout.take().unwrap()).lines();
+        self.url = loop {
+            let line = lines.next().expect("cove up exited before listening").unwrap();
+            if let Some(url) = line.strip_prefix("API and scoring URIs: ") {
+                break url.to_string();
+            }
+        };
+        std::thread::spawn(move || for _ in lines {});
+        self.server = server;
+    }
+
     /// The control plane's process id (of `cove up`, or of `ip netns exec` around it).
     pub fn server_pid(&self) -> u32 {
         self.server.id()

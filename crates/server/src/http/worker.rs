@@ -24,6 +24,10 @@ const MAX_WAIT: Duration = Duration::from_secs(20);
 
 pub async fn lease(State(app): State<AppRef>, Worker(w): Worker, body: Bytes) -> JsonResult<LeaseResponse> {
     let req: LeaseRequest = parse_json(&body)?;
+    if let Some(compute) = &w.compute {
+        let seen = (req.node.clone(), req.host.clone());
+        app.worker_hosts.lock().unwrap_or_else(|e| e.into_inner()).insert(compute.clone(), seen);
+    }
     if !req.host.sandbox {
         if let Some(job) = &req.job {
             if fail_unsandboxable(&app, &w, &req, job).await? {
