@@ -53,11 +53,48 @@ pub struct CreateDatastore {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Compute {
     pub name: String,
-    /// `local`, `external` (workers dial in) or `slurm`.
+    /// `local`, `external` (workers dial in), `amlcompute` (a named cluster on this host) or `slurm`.
     pub kind: String,
     pub max_instances: u32,
     #[serde(default)]
     pub slurm: Option<SlurmSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aml: Option<AmlComputeSpec>,
+}
+
+/// `cove compute create -f compute.yml` with the reference's `type: amlcompute`: a named cluster of
+/// worker processes on this host, started per job (scale to zero between jobs), at most
+/// `max_instances` at a time. `size`, `tier`, `location` and the scale-down time are recorded and shown.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct AmlComputeSpec {
+    #[serde(rename = "$schema", default, skip_serializing_if = "Option::is_none")]
+    pub schema: Option<String>,
+    pub name: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default)]
+    pub description: Option<String>,
+    /// The reference's VM size (`STANDARD_DS3_v2`); this host's processes run whatever it is.
+    #[serde(default)]
+    pub size: Option<String>,
+    #[serde(default)]
+    pub min_instances: u32,
+    #[serde(default = "one")]
+    pub max_instances: u32,
+    /// Seconds; recorded (Cove's workers end with their job).
+    #[serde(default = "default_idle")]
+    pub idle_time_before_scale_down: u64,
+    #[serde(default)]
+    pub tier: Option<String>,
+    #[serde(default)]
+    pub location: Option<String>,
+    #[serde(default)]
+    pub tags: BTreeMap<String, String>,
+}
+
+fn default_idle() -> u64 {
+    120
 }
 
 /// `cove compute create -f compute.yml` with `type: slurm`.

@@ -86,13 +86,57 @@ pub async fn compute_list(client: &Client, out: Output) -> anyhow::Result<()> {
 
 pub async fn compute_create(client: &Client, file: &std::path::Path, out: Output) -> anyhow::Result<()> {
     let text = crate::resources::read_yaml(file)?;
-    let spec: cove_api::ComputeSpec =
-        serde_yaml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
-    let compute: Compute = client.post("/api/v1/computes", &spec).await?;
+    cove_spec::check_untrusted_yaml(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+    let doc: serde_yaml::Value = serde_yaml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+    let bad = |e: serde_yaml::Error| anyhow::anyhow!("{}: {e}", file.display());
+    let compute: Compute = match doc.get("type").and_then(|t| t.as_str()) {
+        Some("amlcompute") => {
+            let spec: cove_api::AmlComputeSpec = serde_yaml::from_value(doc).map_err(bad)?;
+            client.post("/api/v1/computes", &spec).await?
+        }
+        Some("slurm") => {
+            let spec: cove_api::ComputeSpec = serde_yaml::from_value(doc).map_err(bad)?;
+            client.post("/api/v1/computes", &spec).await?
+        }
+        // The control plane names the types it runs.
+        _ => client.post("/api/v1/computes", &doc).await?,
+    };
     if out.json {
         return print_json(&compute);
     }
     println!("Created compute {} ({}, up to {} nodes)", compute.name, compute.kind, compute.max_instances);
+    Ok(())
+}
+
+pub async fn compute_show(client: &Client, name: &str, out: Output) -> anyhow::Result<()> {
+    let c: Compute = client.get(&format!("/api/v1/computes/{}", encode(name))).await?;
+    if out.json {
+        return print_json(&c);
+    }
+    println!("Name:           {}", c.name);
+    println!("Type:           {}", c.kind);
+    println!("Max instances:  {}", c.max_instances);
+    if let Some(a) = &c.aml {
+        println!("Size:           {} (recorded; workers run on this host)", a.size.as_deref().unwrap_or("-"));
+        println!("Min instances:  {} (workers start per job and end with it)", a.min_instances);
+        println!("Idle scale-down: {} s (recorded)", a.idle_time_before_scale_down);
+        if let Some(d) = &a.description {
+            println!("Description:    {d}");
+        }
+    }
+    if let Some(s) = &c.slurm {
+        println!("Partition:      {}", s.partition);
+    }
+    Ok(())
+}
+
+pub async fn compute_delete(client: &Client, name: &str, out: Output) -> anyhow::Result<()> {
+    let deleted: serde_json::Value =
+        client.json(cove_api::Method::DELETE, &format!("/api/v1/computes/{}", encode(name)), None::<&()>, &[]).await?;
+    if out.json {
+        return print_json(&deleted);
+    }
+    println!("Deleted compute {name}");
     Ok(())
 }
 

@@ -209,10 +209,11 @@ fn describe(j: &Job) -> String {
         },
     );
     let batches = if j.status.is_terminal() {
-        format!(
-            "{} total, {} succeeded, {} failed, {} not run (the job ended first)",
-            p.batches_total, p.batches_succeeded, p.batches_failed, p.batches_not_run
-        )
+        let not_run = match p.batches_not_run {
+            0 => String::new(),
+            n => format!(", {n} not run (the job ended first)"),
+        };
+        format!("{} total, {} succeeded, {} failed{not_run}", p.batches_total, p.batches_succeeded, p.batches_failed)
     } else {
         format!(
             "{} total, {} succeeded, {} failed, {} running, {} pending",

@@ -180,12 +180,23 @@ enum DatastoreCommand {
 
 #[derive(Subcommand)]
 enum ComputeCommand {
-    /// Register a compute cluster from its YAML (`type: slurm`).
+    /// Create (or update) a compute cluster from its YAML: the reference's `type: amlcompute` (workers
+    /// on this host) or `type: slurm`.
     Create {
         #[arg(short, long)]
         file: PathBuf,
     },
     List,
+    /// Show a compute cluster.
+    Show {
+        #[arg(short, long)]
+        name: String,
+    },
+    /// Delete a compute cluster that no deployment and no unfinished job uses.
+    Delete {
+        #[arg(short, long)]
+        name: String,
+    },
     /// Mint a worker credential for a compute cluster (accepted only from its network).
     Token {
         name: String,
@@ -503,6 +514,8 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             match command {
                 ComputeCommand::List => admin::compute_list(&client, out).await?,
                 ComputeCommand::Create { file } => admin::compute_create(&client, &file, out).await?,
+                ComputeCommand::Show { name } => admin::compute_show(&client, &name, out).await?,
+                ComputeCommand::Delete { name } => admin::compute_delete(&client, &name, out).await?,
                 ComputeCommand::Token { name } => admin::compute_token(&client, &name, out).await?,
             }
             Ok(exit_code::OK)

@@ -99,6 +99,8 @@ pub(crate) struct App {
     pub policy: netpolicy::NetworkPolicy,
     /// Per compute cluster, the address and time of the last worker call that was admitted.
     pub worker_contact: std::sync::Mutex<std::collections::HashMap<String, (std::net::IpAddr, i64)>>,
+    /// The named clusters on this host (`type: amlcompute`), started on their first job.
+    pub clusters: std::sync::Mutex<std::collections::HashMap<String, compute::LocalCompute>>,
     /// Per compute cluster, what the host of its last worker to ask for work said it can do.
     pub worker_hosts: std::sync::Mutex<std::collections::HashMap<String, (String, cove_api::worker::HostCapabilities)>>,
     /// Jobs whose cluster-scheduler submission a tracker follows (so each has one tracker).
@@ -238,6 +240,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
                     kind: comp.kind.clone(),
                     max_instances: comp.max_instances,
                     slurm: None,
+                    aml: None,
                 },
             )?;
         }
@@ -256,6 +259,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
         url.clone(),
         worker_token,
         layout::compute_dir(&dir, LOCAL_COMPUTE),
+        LOCAL_COMPUTE,
         policy.computes.iter().find(|c| c.kind == "local").map_or(8, |c| c.max_instances),
     );
     let app = Arc::new(App {
@@ -272,6 +276,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
         followed: std::sync::Mutex::new(std::collections::HashSet::new()),
         worker_contact: std::sync::Mutex::new(std::collections::HashMap::new()),
         worker_hosts: std::sync::Mutex::new(std::collections::HashMap::new()),
+        clusters: std::sync::Mutex::new(std::collections::HashMap::new()),
         listeners: listeners.clone(),
     });
     let lost_app = app.clone();
@@ -302,6 +307,11 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
             done.context("server task panicked")?.context("server failed")?;
         }
         app.compute.stop_all().await;
+        let clusters: Vec<compute::LocalCompute> =
+            app.clusters.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
+        for cluster in clusters {
+            cluster.stop_all().await;
+        }
         Ok(())
     });
     Ok(Running { url, addr, shutdown: shutdown_tx, served, _lock: lock })

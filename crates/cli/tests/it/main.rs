@@ -3,6 +3,7 @@
 
 mod access;
 mod attacks;
+mod azure;
 mod crash;
 mod datastores;
 mod diagnose;

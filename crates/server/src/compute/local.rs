@@ -24,7 +24,9 @@ struct Inner {
     url: String,
     token: String,
     dir: PathBuf,
-    capacity: u32,
+    /// Node names are `<prefix>-<instance>`: `local-0`, or a named cluster's `cpu-cluster-0`.
+    node_prefix: String,
+    capacity: std::sync::atomic::AtomicU32,
     state: Mutex<State>,
     /// Jobs whose every instance gave up, with why; the control plane fails them.
     lost: tokio::sync::mpsc::UnboundedSender<(String, String)>,
@@ -46,12 +48,28 @@ impl LocalCompute {
         url: String,
         token: String,
         dir: PathBuf,
+        node_prefix: &str,
         capacity: u32,
     ) -> (Self, tokio::sync::mpsc::UnboundedReceiver<(String, String)>) {
         let (lost, lost_rx) = tokio::sync::mpsc::unbounded_channel();
-        let inner =
-            Inner { exe, url, token, dir, capacity: capacity.max(1), state: Mutex::new(State::default()), lost };
+        let inner = Inner {
+            exe,
+            url,
+            token,
+            dir,
+            node_prefix: node_prefix.to_string(),
+            capacity: std::sync::atomic::AtomicU32::new(capacity.max(1)),
+            state: Mutex::new(State::default()),
+            lost,
+        };
         (Self { inner: Arc::new(inner) }, lost_rx)
+    }
+
+    /// Changes how many workers may run at once; waiting jobs start if they now fit.
+    pub fn set_capacity(&self, capacity: u32) {
+        self.inner.capacity.store(capacity.max(1), std::sync::atomic::Ordering::Relaxed);
+        let mut state = self.state();
+        self.start_waiting(&mut state);
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -72,7 +90,8 @@ impl LocalCompute {
     /// Starts waiting jobs, oldest first, while they fit.
     fn start_waiting(&self, state: &mut State) {
         while let Some((_, instances, _)) = state.waiting.front() {
-            let fits = state.used + instances <= self.inner.capacity || state.used == 0;
+            let capacity = self.inner.capacity.load(std::sync::atomic::Ordering::Relaxed);
+            let fits = state.used + instances <= capacity || state.used == 0;
             if !fits {
                 return;
             }
@@ -95,9 +114,9 @@ impl LocalCompute {
                     url: self.inner.url.clone(),
                     token: self.inner.token.clone(),
                     job: job.clone(),
-                    node: format!("local-{k}"),
+                    node: format!("{}-{k}", self.inner.node_prefix),
                     concurrency,
-                    work_dir: self.inner.dir.join(&job).join(format!("local-{k}")),
+                    work_dir: self.inner.dir.join(&job).join(format!("{}-{k}", self.inner.node_prefix)),
                 };
                 tokio::spawn(keep_alive(spec, stop.clone(), gave_up_tx.clone()))
             })

@@ -81,6 +81,17 @@ pub async fn create_compute(
     body: Bytes,
 ) -> ApiResult<(StatusCode, Json<Compute>)> {
     user.require(Role::Contributor, None)?;
+    let raw: serde_json::Value = parse_json(&body)?;
+    match raw.get("type").and_then(|t| t.as_str()) {
+        Some("amlcompute") => return create_aml_compute(&app, parse_json(&body)?).await,
+        Some("slurm") => {}
+        Some(other) => {
+            return Err(ApiError::invalid(format!(
+                "type: `{other}` is not a compute type Cove runs (amlcompute: a cluster of workers on this host; slurm)"
+            )))
+        }
+        None => return Err(ApiError::invalid("type: required (amlcompute or slurm)")),
+    }
     let mut spec: cove_api::ComputeSpec = parse_json(&body)?;
     let name = cove_spec::validate_resource_name("name", &spec.name).map_err(ApiError::invalid)?;
     spec.name = name.clone();
@@ -103,13 +114,93 @@ pub async fn create_compute(
     }
     spec.network = Some(network);
     crate::compute::slurm::validate(&spec).await.map_err(|e| ApiError::invalid(format!("compute `{name}`: {e}")))?;
-    let compute =
-        Compute { name: name.clone(), kind: "slurm".into(), max_instances: spec.max_nodes, slurm: Some(spec) };
+    let compute = Compute {
+        name: name.clone(),
+        kind: "slurm".into(),
+        max_instances: spec.max_nodes,
+        slurm: Some(spec),
+        aml: None,
+    };
     let stored = compute.clone();
     app.store.call(move |c| store::compute_upsert(c, &stored)).await?;
     crate::ensure_worker_token(&app.store, &app.config.dir, &name)
         .map_err(|e| ApiError::internal("mint the compute's worker credential", format!("{e:#}")))?;
     Ok((StatusCode::CREATED, Json(compute)))
+}
+
+/// A named cluster of worker processes on this host, with the reference's `amlcompute` YAML.
+async fn create_aml_compute(
+    app: &AppRef,
+    mut spec: cove_api::AmlComputeSpec,
+) -> ApiResult<(StatusCode, Json<Compute>)> {
+    let name = cove_spec::validate_resource_name("name", &spec.name).map_err(ApiError::invalid)?;
+    spec.name = name.clone();
+    if spec.max_instances == 0 {
+        return Err(ApiError::invalid("max_instances: must be at least 1"));
+    }
+    if spec.min_instances > spec.max_instances {
+        return Err(ApiError::invalid(format!(
+            "min_instances: {} is more than max_instances ({})",
+            spec.min_instances, spec.max_instances
+        )));
+    }
+    if app.policy.computes.iter().any(|c| c.name == name) {
+        return Err(ApiError::conflict(format!("compute `{name}` is defined by the workspace configuration")));
+    }
+    let key = name.clone();
+    if let Some(existing) = app.store.call(move |c| store::compute_get(c, &key)).await? {
+        if existing.kind != "amlcompute" {
+            return Err(ApiError::conflict(format!("compute `{name}` already exists as a {} cluster", existing.kind)));
+        }
+    }
+    let compute = Compute {
+        name: name.clone(),
+        kind: "amlcompute".into(),
+        max_instances: spec.max_instances,
+        slurm: None,
+        aml: Some(spec),
+    };
+    let stored = compute.clone();
+    app.store.call(move |c| store::compute_upsert(c, &stored)).await?;
+    crate::ensure_worker_token(&app.store, &app.config.dir, &name)
+        .map_err(|e| ApiError::internal("mint the compute's worker credential", format!("{e:#}")))?;
+    // A changed max_instances applies from now on.
+    if let Some(cluster) = app.clusters.lock().unwrap_or_else(|e| e.into_inner()).get(&name) {
+        cluster.set_capacity(compute.max_instances);
+    }
+    Ok((StatusCode::CREATED, Json(compute)))
+}
+
+pub async fn show_compute(State(app): State<AppRef>, user: User, Path(name): Path<String>) -> JsonResult<Compute> {
+    user.require(Role::Reader, None)?;
+    let key = name.clone();
+    app.store.call(move |c| store::compute_get(c, &key)).await?.map(Json).ok_or_else(|| {
+        ApiError::not_found(format!(
+            "compute `{name}` does not exist (create one with cove compute create -f compute.yml)"
+        ))
+    })
+}
+
+pub async fn delete_compute(
+    State(app): State<AppRef>,
+    user: User,
+    Path(name): Path<String>,
+) -> JsonResult<serde_json::Value> {
+    user.require(Role::Contributor, None)?;
+    if app.policy.computes.iter().any(|c| c.name == name) {
+        return Err(ApiError::conflict(format!(
+            "compute `{name}` is defined by the workspace configuration; remove it there"
+        )));
+    }
+    let key = name.clone();
+    match app.store.call(move |c| store::compute_delete(c, &key)).await? {
+        Ok(true) => {
+            app.clusters.lock().unwrap_or_else(|e| e.into_inner()).remove(&name);
+            Ok(Json(serde_json::json!({ "deleted": name })))
+        }
+        Ok(false) => Err(ApiError::not_found(format!("compute `{name}` does not exist"))),
+        Err(why) => Err(ApiError::conflict(format!("compute `{name}` is in use: {why}"))),
+    }
 }
 
 pub async fn list_computes(State(app): State<AppRef>, user: User) -> JsonResult<Vec<Compute>> {

@@ -212,7 +212,8 @@ pub async fn create_deployment(
     if !computes.iter().any(|c| c.name == spec.compute) {
         let known: Vec<&str> = computes.iter().map(|c| c.name.as_str()).collect();
         return Err(ApiError::invalid(format!(
-            "compute: `{}` does not exist (known: {})",
+            "compute: `{}` does not exist (known: {}); create it first: cove compute create -f compute.yml, \
+             with the reference's `type: amlcompute` YAML (a cluster of workers on this host) or `type: slurm`",
             spec.compute,
             known.join(", ")
         )));

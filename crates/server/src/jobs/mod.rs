@@ -57,14 +57,24 @@ async fn advance_now(app: &AppRef, name: &str) -> anyhow::Result<()> {
 }
 
 fn launch(app: &AppRef, job: &JobRow) {
+    let s = &job.record.settings;
     if app.policy.computes.iter().any(|c| c.name == job.compute && c.kind == "local") {
-        let s = &job.record.settings;
         app.compute.launch(&job.name, s.instance_count, s.max_concurrency_per_instance);
         return;
     }
+    let (instances, concurrency) = (s.instance_count, s.max_concurrency_per_instance);
     let (app, name, compute) = (app.clone(), job.name.clone(), job.compute.clone());
     tokio::spawn(async move {
         let Ok(Some(c)) = app.store.call(move |conn| store::compute_get(conn, &compute)).await else { return };
+        if c.kind == "amlcompute" {
+            match named_cluster(&app, &c) {
+                Ok(cluster) => cluster.launch(&name, instances, concurrency),
+                Err(error) => {
+                    fail_lost(&app, name, format!("compute `{}` could not start workers: {error:#}", c.name)).await
+                }
+            }
+            return;
+        }
         let Some(spec) = c.slurm else { return };
         let first = app.followed.lock().unwrap_or_else(|p| p.into_inner()).insert(name.clone());
         if first {
@@ -72,6 +82,33 @@ fn launch(app: &AppRef, job: &JobRow) {
             app.followed.lock().unwrap_or_else(|p| p.into_inner()).remove(&name);
         }
     });
+}
+
+/// A named cluster on this host (`type: amlcompute`), started on its first job with its own worker
+/// credential, node names and capacity.
+fn named_cluster(app: &AppRef, c: &cove_api::Compute) -> anyhow::Result<crate::compute::LocalCompute> {
+    if let Some(cluster) = app.clusters.lock().unwrap_or_else(|e| e.into_inner()).get(&c.name) {
+        return Ok(cluster.clone());
+    }
+    let token = crate::ensure_worker_token(&app.store, &app.config.dir, &c.name)?;
+    let (cluster, mut lost) = crate::compute::LocalCompute::new(
+        app.config.worker_exe.clone(),
+        app.url.clone(),
+        token,
+        crate::layout::compute_dir(&app.config.dir, &c.name),
+        &c.name,
+        c.max_instances,
+    );
+    let mut clusters = app.clusters.lock().unwrap_or_else(|e| e.into_inner());
+    let cluster = clusters.entry(c.name.clone()).or_insert(cluster).clone();
+    drop(clusters);
+    let lost_app = app.clone();
+    tokio::spawn(async move {
+        while let Some((job, reason)) = lost.recv().await {
+            fail_lost(&lost_app, job, reason).await;
+        }
+    });
+    Ok(cluster)
 }
 
 pub async fn get(app: &AppRef, name: &str) -> anyhow::Result<Option<JobRow>> {
@@ -92,6 +129,11 @@ pub fn on_status(app: &AppRef, job: &str, status: JobStatus) {
 pub fn ended(app: AppRef, job: String) {
     tokio::spawn(async move {
         app.compute.stop(&job).await;
+        let clusters: Vec<crate::compute::LocalCompute> =
+            app.clusters.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
+        for cluster in clusters {
+            cluster.stop(&job).await;
+        }
         if let Err(error) = crate::logs::write_job_logs(&app, &job, None).await {
             tracing::error!(%job, error = format!("{error:#}"), "failed to write job logs");
         }

@@ -73,7 +73,11 @@ pub fn datastore_list(conn: &Connection) -> StoreResult<Vec<Datastore>> {
 }
 
 pub fn compute_upsert(conn: &Connection, c: &Compute) -> StoreResult<()> {
-    let spec = c.slurm.as_ref().map(serde_json::to_string).transpose()?;
+    let spec = match (&c.slurm, &c.aml) {
+        (Some(slurm), _) => Some(serde_json::to_string(slurm)?),
+        (None, Some(aml)) => Some(serde_json::to_string(aml)?),
+        (None, None) => None,
+    };
     conn.exec(
         "INSERT INTO computes (name, kind, max_instances, spec) VALUES (?1, ?2, ?3, ?4)
          ON CONFLICT (name) DO UPDATE SET kind = excluded.kind, max_instances = excluded.max_instances, spec = excluded.spec",
@@ -87,15 +91,45 @@ pub fn compute_list(conn: &Connection) -> StoreResult<Vec<Compute>> {
     let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get::<_, Option<String>>(3)?)))?;
     let mut out = Vec::new();
     for row in rows {
-        let (name, kind, max_instances, spec) = row?;
-        let slurm = spec.map(|s| serde_json::from_str(&s)).transpose()?;
-        out.push(Compute { name, kind, max_instances, slurm });
+        let (name, kind, max_instances, spec): (String, String, u32, Option<String>) = row?;
+        let (slurm, aml) = match (kind.as_str(), spec) {
+            ("amlcompute", Some(s)) => (None, Some(serde_json::from_str(&s)?)),
+            (_, Some(s)) => (Some(serde_json::from_str(&s)?), None),
+            (_, None) => (None, None),
+        };
+        out.push(Compute { name, kind, max_instances, slurm, aml });
     }
     Ok(out)
 }
 
 pub fn compute_get(conn: &Connection, name: &str) -> StoreResult<Option<Compute>> {
     Ok(compute_list(conn)?.into_iter().find(|c| c.name == name))
+}
+
+/// Deletes a compute cluster that no deployment and no unfinished job uses; `Err` names what uses it.
+pub fn compute_delete(conn: &mut Connection, name: &str) -> StoreResult<Result<bool, String>> {
+    let tx = conn.transaction()?;
+    let deployments: Vec<String> = {
+        let mut stmt = tx.prepare(
+            "SELECT endpoint || '/' || name FROM deployments WHERE json_extract(record, '$.compute') = ?1 ORDER BY 1",
+        )?;
+        let rows = stmt.query_map([name], |r| r.get(0))?;
+        rows.collect::<Result<_, _>>()?
+    };
+    if !deployments.is_empty() {
+        return Ok(Err(format!("deployments use it: {}", deployments.join(", "))));
+    }
+    let running: i64 = tx.query_row(
+        "SELECT COUNT(*) FROM jobs WHERE compute = ?1 AND status NOT IN ('Completed', 'Failed', 'Canceled')",
+        [name],
+        |r| r.get(0),
+    )?;
+    if running > 0 {
+        return Ok(Err(format!("{running} unfinished job(s) run on it")));
+    }
+    let deleted = tx.execute("DELETE FROM computes WHERE name = ?1", [name])? > 0;
+    tx.commit()?;
+    Ok(Ok(deleted))
 }
 
 /// Registers the next version of a model and returns it. Callers needing atomicity with other writes
