@@ -241,6 +241,40 @@ pub struct Model {
     pub created_at: String,
 }
 
+/// A data asset: a named, versioned datastore location, as the reference's `az ml data` registers it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DataAsset {
+    pub name: String,
+    pub version: u32,
+    #[serde(rename = "type")]
+    pub kind: InputType,
+    /// The datastore URI of the file or folder.
+    pub path: String,
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub tags: BTreeMap<String, String>,
+    pub created_at: String,
+}
+
+/// `POST /api/v1/data`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateDataAsset {
+    pub name: String,
+    /// A new version number; the next one when left out.
+    #[serde(default)]
+    pub version: Option<u32>,
+    #[serde(rename = "type")]
+    pub kind: InputType,
+    /// A datastore URI (a local path is uploaded by the CLI first).
+    pub path: String,
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub tags: BTreeMap<String, String>,
+}
+
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum InputType {

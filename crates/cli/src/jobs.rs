@@ -14,8 +14,11 @@ use std::time::Duration;
 #[derive(Debug, Clone, clap::Args)]
 pub struct InvokeArgs {
     /// The endpoint.
-    #[arg(value_name = "NAME")]
-    pub endpoint: String,
+    #[arg(value_name = "NAME", required_unless_present = "endpoint_flag", conflicts_with = "endpoint_flag")]
+    pub endpoint: Option<String>,
+    /// The endpoint, as `az ml` takes it.
+    #[arg(short = 'n', long = "name", id = "endpoint_flag", value_name = "NAME")]
+    pub endpoint_flag: Option<String>,
     /// A local file or folder (uploaded first) or a datastore URI.
     #[arg(long)]
     pub input: String,
@@ -62,7 +65,8 @@ pub async fn invoke(client: &Client, args: InvokeArgs, out: Output) -> anyhow::R
     if let Some(n) = args.instance_count {
         overrides.insert("instance_count".into(), n.to_string());
     }
-    let endpoint = args.endpoint.to_ascii_lowercase();
+    let endpoint =
+        args.endpoint.clone().or(args.endpoint_flag.clone()).expect("clap requires one").to_ascii_lowercase();
     // Everything the control plane would refuse is checked before anything is uploaded, so a wrong
     // endpoint, deployment or override leaves no orphan upload behind.
     let ep: cove_api::Endpoint = client.get(&format!("/api/v1/endpoints/{}", encode(&endpoint))).await?;

@@ -4,6 +4,7 @@
 
 mod admin;
 mod connect;
+mod data;
 mod jobs;
 mod quickstart;
 mod render;
@@ -30,6 +31,37 @@ struct Cli {
     json: bool,
     #[command(subcommand)]
     command: Command,
+}
+
+/// A resource's name, given as `az ml` takes it (`-n/--name NAME`) or as a plain argument.
+#[derive(clap::Args)]
+struct NameArg {
+    /// The name.
+    #[arg(value_name = "NAME", required_unless_present = "name_flag", conflicts_with = "name_flag")]
+    positional: Option<String>,
+    /// The name, as `az ml` takes it.
+    #[arg(short = 'n', long = "name", id = "name_flag", value_name = "NAME")]
+    flag: Option<String>,
+}
+
+impl NameArg {
+    fn get(self) -> String {
+        self.positional.or(self.flag).expect("clap requires one of them")
+    }
+}
+
+/// Asks a yes/no question on a terminal; elsewhere (a script, CI) there is nobody to ask, so the
+/// command must say --yes.
+fn confirm(question: &str) -> anyhow::Result<bool> {
+    use std::io::{BufRead, IsTerminal, Write};
+    if !std::io::stdin().is_terminal() {
+        anyhow::bail!("{question} Nobody can answer here: add --yes");
+    }
+    eprint!("{question} [y/N] ");
+    std::io::stderr().flush()?;
+    let mut answer = String::new();
+    std::io::stdin().lock().read_line(&mut answer)?;
+    Ok(matches!(answer.trim(), "y" | "Y" | "yes" | "Yes"))
 }
 
 #[derive(Clone, Copy)]
@@ -102,6 +134,11 @@ enum Command {
     Model {
         #[command(subcommand)]
         command: ModelCommand,
+    },
+    /// Data assets: named, versioned files or folders that jobs take as input.
+    Data {
+        #[command(subcommand)]
+        command: DataCommand,
     },
     /// Batch jobs.
     Job {
@@ -224,7 +261,13 @@ enum EndpointCommand {
     },
     List,
     Show {
-        name: String,
+        #[command(flatten)]
+        name: NameArg,
+    },
+    /// The endpoint's jobs (`cove job list --endpoint-name NAME`).
+    ListJobs {
+        #[command(flatten)]
+        name: NameArg,
     },
     /// Change description, tags or the default deployment (`--set defaults.deployment_name=X`).
     Update {
@@ -232,10 +275,12 @@ enum EndpointCommand {
         #[arg(long = "set", value_name = "KEY=VALUE")]
         sets: Vec<String>,
     },
-    /// Delete an endpoint and its deployments (its jobs are kept).
+    /// Delete an endpoint and its deployments (its jobs are kept); asks first on a terminal.
     Delete {
-        name: String,
-        #[arg(long)]
+        #[command(flatten)]
+        name: NameArg,
+        /// Do not ask.
+        #[arg(short, long)]
         yes: bool,
     },
     /// Start a batch job.
@@ -287,6 +332,37 @@ enum DeploymentCommand {
 }
 
 #[derive(Subcommand)]
+enum DataCommand {
+    /// Register a data asset version from the reference's data YAML (`-f data.yml`), or from flags.
+    Create {
+        #[arg(short, long, conflicts_with_all = ["name", "path"])]
+        file: Option<PathBuf>,
+        #[arg(short, long, required_unless_present = "file")]
+        name: Option<String>,
+        /// A local file or folder (uploaded first) or a datastore URI.
+        #[arg(short, long, required_unless_present = "file")]
+        path: Option<String>,
+        #[arg(short = 't', long = "type", default_value = "uri_folder")]
+        kind: String,
+        #[arg(short, long)]
+        version: Option<u32>,
+        #[arg(short, long)]
+        description: Option<String>,
+    },
+    List {
+        #[arg(short, long)]
+        name: Option<String>,
+    },
+    Show {
+        #[arg(short, long)]
+        name: String,
+        /// A version number or `latest` (the default).
+        #[arg(short, long)]
+        version: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
 enum ModelCommand {
     /// Register a file or folder as the next version of a model.
     Create {
@@ -319,14 +395,17 @@ enum JobCommand {
         deployment_name: Option<String>,
     },
     Show {
-        name: String,
+        #[command(flatten)]
+        name: NameArg,
     },
     /// Follow a job until it ends; exit non-zero unless it completes.
     Stream {
-        name: String,
+        #[command(flatten)]
+        name: NameArg,
     },
     Cancel {
-        name: String,
+        #[command(flatten)]
+        name: NameArg,
     },
     /// Start a new job over the same inputs; with --failed-only, over the files that failed.
     Rerun {
@@ -339,7 +418,8 @@ enum JobCommand {
     },
     /// Download an output: `score` into PATH/named-outputs/score, `logs` into PATH/artifacts/logs.
     Download {
-        name: String,
+        #[command(flatten)]
+        name: NameArg,
         #[arg(long, default_value = "score")]
         output_name: String,
         /// Download every output.
@@ -529,11 +609,19 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             match command {
                 EndpointCommand::Create { file, name } => resources::endpoint_create(&client, &file, name, out).await?,
                 EndpointCommand::List => resources::endpoint_list(&client, out).await?,
-                EndpointCommand::Show { name } => resources::endpoint_show(&client, &name, out).await?,
+                EndpointCommand::Show { name } => resources::endpoint_show(&client, &name.get(), out).await?,
+                EndpointCommand::ListJobs { name } => jobs::list(&client, Some(&name.get()), None, out).await?,
                 EndpointCommand::Update { name, sets } => {
                     resources::endpoint_update(&client, &name, &sets, out).await?
                 }
-                EndpointCommand::Delete { name, yes: _ } => resources::endpoint_delete(&client, &name).await?,
+                EndpointCommand::Delete { name, yes } => {
+                    let name = name.get();
+                    if !yes && !confirm(&format!("Delete endpoint {name} and its deployments (its jobs are kept)?"))? {
+                        eprintln!("Kept endpoint {name}");
+                        return Ok(exit_code::OK);
+                    }
+                    resources::endpoint_delete(&client, &name).await?
+                }
                 EndpointCommand::Invoke { args } => {
                     let stream = args.stream;
                     let job = jobs::invoke(&client, args, out).await?;
@@ -575,6 +663,29 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             }
             Ok(exit_code::OK)
         }
+        Command::Data { command } => {
+            let client = target.client()?;
+            match command {
+                DataCommand::Create { file, name, path, kind, version, description } => {
+                    let req = match file {
+                        Some(file) => data::DataCreate::from_yaml(&file)?,
+                        None => data::DataCreate {
+                            name: name.expect("clap requires it"),
+                            version,
+                            kind,
+                            path: path.expect("clap requires it"),
+                            base: PathBuf::from("."),
+                            description,
+                            tags: Default::default(),
+                        },
+                    };
+                    data::create(&client, req, out).await?
+                }
+                DataCommand::List { name } => data::list(&client, name.as_deref(), out).await?,
+                DataCommand::Show { name, version } => data::show(&client, &name, version.as_deref(), out).await?,
+            }
+            Ok(exit_code::OK)
+        }
         Command::Job { command } => {
             let client = target.client()?;
             match command {
@@ -582,13 +693,13 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
                     jobs::list(&client, endpoint_name.as_deref(), deployment_name.as_deref(), out).await?
                 }
                 JobCommand::Show { name } => {
-                    jobs::show(&client, &name, out).await?;
+                    jobs::show(&client, &name.get(), out).await?;
                 }
                 JobCommand::Stream { name } => {
-                    let job = jobs::stream(&client, &name, out).await?;
+                    let job = jobs::stream(&client, &name.get(), out).await?;
                     return Ok(job_exit(&job));
                 }
-                JobCommand::Cancel { name } => jobs::cancel(&client, &name, out).await?,
+                JobCommand::Cancel { name } => jobs::cancel(&client, &name.get(), out).await?,
                 JobCommand::Rerun { name, failed_only, stream } => {
                     let job = jobs::rerun(&client, &name, failed_only, stream, out).await?;
                     if stream {
@@ -597,7 +708,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
                 }
                 JobCommand::Download { name, output_name, all, download_path } => {
                     let outputs: Vec<&str> = if all { vec!["score", "logs"] } else { vec![output_name.as_str()] };
-                    jobs::download(&client, &name, &outputs, &download_path, out).await?;
+                    jobs::download(&client, &name.get(), &outputs, &download_path, out).await?;
                 }
             }
             Ok(exit_code::OK)

@@ -63,7 +63,8 @@ pub async fn run(dir: Option<PathBuf>, out: Output) -> anyhow::Result<i32> {
         };
         resources::deployment_create(&client, args, out).await?;
         let args = jobs::InvokeArgs {
-            endpoint: "heart-risk".into(),
+            endpoint: Some("heart-risk".into()),
+            endpoint_flag: None,
             input: example.join("data").display().to_string(),
             input_type: None,
             deployment_name: None,

@@ -43,6 +43,13 @@ impl DataPath {
 /// # Errors
 /// A message naming the problem: an unknown scheme, a missing datastore name, or a path that escapes.
 pub fn parse_uri(uri: &str) -> Result<DataPath, String> {
+    // The long form names the subscription, resource group and workspace too: within one workspace
+    // those say nothing, so only its datastore and path are used.
+    let long = uri
+        .strip_prefix("azureml://subscriptions/")
+        .and_then(|rest| rest.find("/datastores/").map(|i| &rest[i + 1..]))
+        .map(|tail| format!("azureml://{tail}"));
+    let uri = long.as_deref().unwrap_or(uri);
     let (datastore, path) = if let Some(rest) = uri.strip_prefix("azureml://datastores/") {
         let (ds, path) =
             rest.split_once("/paths/").or_else(|| rest.strip_suffix("/paths").map(|ds| (ds, ""))).ok_or_else(|| {
@@ -53,7 +60,7 @@ pub fn parse_uri(uri: &str) -> Result<DataPath, String> {
         rest.split_once('/').unwrap_or((rest, ""))
     } else if uri.starts_with("azureml:") {
         return Err(format!(
-            "`{uri}`: data assets are not supported; use a datastore URI (azureml://datastores/<datastore>/paths/<path>) or a local path"
+            "`{uri}` names a data asset, not a datastore location: data assets are job inputs (azureml:NAME@latest or azureml:NAME:VERSION); here use a datastore URI (azureml://datastores/<datastore>/paths/<path>)"
         ));
     } else {
         return Err(format!(
@@ -183,6 +190,9 @@ mod tests {
         assert_eq!(a, b);
         assert_eq!(a.path, "data/in");
         assert_eq!(a.uri(), "azureml://datastores/workspaceblobstore/paths/data/in");
+        let long = "azureml://subscriptions/0000-1111/resourcegroups/my-rg/workspaces/my-ws/datastores/workspaceblobstore/paths/data/in";
+        assert_eq!(parse_uri(long).unwrap(), a, "the long form's ids are ignored, its datastore used");
+        assert!(parse_uri("azureml://subscriptions/x/resourcegroups/y/workspaces/z/datastores/ws/paths/../e").is_err());
     }
 
     #[test]

@@ -97,3 +97,92 @@ fn a_named_amlcompute_cluster_runs_the_reference_deployment_unchanged() {
         "type: `kubernetes` is not a compute type Cove runs (amlcompute: a cluster of workers on this host; slurm)",
     );
 }
+
+/// The reference's data asset YAML: registered with `cove data create -f`, versioned, shown, and taken
+/// as a job's input by name (`azureml:NAME@latest`, `azureml:NAME:VERSION`) by any scope; its files never
+/// change; the long datastore URI form works as an input.
+#[test]
+fn data_assets_are_registered_versioned_and_invoked_by_name() {
+    let ws = Workspace::start();
+    let p = crate::support::Project::new(ws.dir.path(), "heart", LIST_SCRIPT, "");
+    p.deploy(&ws);
+    let data = p.inputs(3);
+    let yml = p.dir.join("data.yml");
+    std::fs::write(
+        &yml,
+        "$schema: https://azuremlschemas.azureedge.net/latest/data.schema.json\nname: heart-data\n\
+         description: Patient data for batch scoring\ntype: uri_folder\npath: data\n",
+    )
+    .unwrap();
+    let yml = yml.display().to_string();
+    let created = ws.cove(&["--json", "data", "create", "-f", &yml]).ok().json();
+    assert_eq!((created["name"].clone(), created["version"].clone()), ("heart-data".into(), 1.into()), "{created}");
+    assert_eq!(ws.cove(&["--json", "data", "create", "-f", &yml]).ok().json()["version"], 2);
+    let listed = ws.cove(&["data", "list"]);
+    assert_eq!(listed.ok().stdout.lines().filter(|l| l.starts_with("heart-data")).count(), 2, "{}", listed.stdout);
+    assert!(ws.cove(&["data", "show", "-n", "heart-data"]).ok().stdout.contains("Version:      2"));
+    let v1 = ws.cove(&["--json", "data", "show", "-n", "heart-data", "-v", "1"]).ok().json();
+    assert_eq!(v1["type"], "uri_folder");
+
+    for input in ["azureml:heart-data@latest", "azureml:heart-data:1", "azureml:heart-data"] {
+        let run = ws.cove(&["--json", "endpoint", "invoke", "heart", "--input", input]);
+        let job = ws.wait_job(run.ok().json()["name"].as_str().unwrap());
+        assert_eq!(job["status"], "Completed", "{input}: {job:#}");
+        assert_eq!(job["progress"]["files_total"], 3, "{input}");
+    }
+    // The long form of a datastore URI: its ids are ignored, its datastore and path used.
+    let rel = v1["path"].as_str().unwrap().strip_prefix("azureml://datastores/workspaceblobstore/paths/").unwrap();
+    let long = format!(
+        "azureml://subscriptions/00000000-0000-0000-0000-000000000000/resourcegroups/rg/workspaces/ws/datastores/workspaceblobstore/paths/{rel}"
+    );
+    let run = ws.cove(&["--json", "endpoint", "invoke", "heart", "--input", &long]);
+    assert_eq!(ws.wait_job(run.ok().json()["name"].as_str().unwrap())["status"], "Completed");
+
+    ws.cove(&["endpoint", "invoke", "heart", "--input", "azureml:nope@latest"]).fails_with(
+        5,
+        "data asset `nope` (any version) does not exist (register it with cove data create -f data.yml)",
+    );
+    ws.cove(&["endpoint", "invoke", "heart", "--input", "azureml:heart-data@stable"])
+        .fails_with(2, "the only label is @latest");
+    ws.cove(&["data", "create", "-n", "bad", "-p", &data.join("file-000.txt").display().to_string()])
+        .fails_with(2, "is a file; use type: uri_file");
+
+    // Registered data never changes, and every scope may read it.
+    let (status, body) =
+        ws.http_bytes("PUT", &format!("/api/v1/datastores/workspaceblobstore/files/{rel}/planted.txt"), "x".into());
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("holds the registered files of data asset `heart-data` version 1"), "{body}");
+    let (_, token) =
+        ws.http("POST", "/api/v1/tokens", Some(serde_json::json!({"role": "invoker", "endpoint": "heart"})), &[]);
+    let scoped = token["secret"].as_str().unwrap();
+    let body = serde_json::json!({"input": {"uri": "azureml:heart-data@latest", "type": "uri_folder"}});
+    let (status, job) = ws.http_as(scoped, "POST", "/endpoints/heart/jobs", Some(body), &[]);
+    assert_eq!(status, 201, "{job}");
+}
+
+/// The command shapes `az ml` users type: `-n/--name` where it takes it, `endpoint list-jobs`, and an
+/// endpoint delete that asks first (and, with nobody to ask, wants --yes).
+#[test]
+fn az_ml_command_shapes_work() {
+    let ws = Workspace::start();
+    let p = crate::support::Project::new(ws.dir.path(), "shapes", LIST_SCRIPT, "");
+    p.deploy(&ws);
+    let data = p.inputs(2).display().to_string();
+    assert!(ws.cove(&["endpoint", "show", "-n", "shapes"]).ok().stdout.contains("shapes"));
+    assert!(ws.cove(&["endpoint", "show", "--name", "shapes"]).ok().stdout.contains("shapes"));
+    let run = ws.cove(&["--json", "endpoint", "invoke", "-n", "shapes", "--input", &data]);
+    let job = run.ok().json()["name"].as_str().unwrap().to_string();
+    assert_eq!(ws.cove(&["job", "stream", "-n", &job]).code, 0);
+    assert!(ws.cove(&["job", "show", "--name", &job]).ok().stdout.contains("Status:       Completed"));
+    let listed = ws.cove(&["endpoint", "list-jobs", "-n", "shapes"]);
+    assert!(listed.ok().stdout.contains(&job), "{}", listed.stdout);
+    let dl = ws.dir.path().join("dl");
+    ws.cove(&["job", "download", "-n", &job, "--download-path", &dl.display().to_string()]).ok();
+    assert!(dl.join("named-outputs/score/predictions.csv").is_file());
+    ws.cove(&["job", "cancel", "-n", &job]).ok();
+    ws.cove(&["endpoint", "show", "shapes", "-n", "other"]).fails_with(2, "cannot be used with");
+    ws.cove(&["endpoint", "delete", "-n", "shapes"]).fails_with(2, "Nobody can answer here: add --yes");
+    ws.cove(&["endpoint", "show", "-n", "shapes"]).ok();
+    ws.cove(&["endpoint", "delete", "-n", "shapes", "--yes"]).ok();
+    ws.cove(&["endpoint", "show", "-n", "shapes"]).fails_with(5, "does not exist");
+}

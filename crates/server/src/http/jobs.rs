@@ -67,8 +67,12 @@ pub async fn invoke(
             )));
         }
     }
-    let input =
+    let mut input =
         req.input.clone().ok_or_else(|| ApiError::invalid("input: required (a datastore URI of a folder or file)"))?;
+    if let Some((name, version)) = data_asset_reference(&input.uri)? {
+        let asset = super::resources::data_asset(&app, name, version).await?;
+        input = JobInput { uri: asset.path, input_type: asset.kind };
+    }
     let input_path = parse_uri(&input.uri).map_err(|e| ApiError::invalid(format!("input: {e}")))?;
     let input_store =
         app.datastores.get(&input_path.datastore).map_err(|e| ApiError::invalid(format!("input: {e}")))?;
@@ -159,6 +163,25 @@ pub async fn invoke(
         JobInsert::NameTaken => Err(ApiError::conflict(format!("job_name: a job named `{job_name}` already exists"))),
         JobInsert::OutputTaken(held) => Err(output_taken(&held)),
     }
+}
+
+/// `azureml:NAME@latest`, `azureml:NAME:VERSION` or `azureml:NAME` (the latest): a data asset, as
+/// the reference names one; `None` for anything else.
+fn data_asset_reference(uri: &str) -> ApiResult<Option<(&str, &str)>> {
+    let Some(rest) = uri.strip_prefix("azureml:").filter(|r| !r.starts_with("//")) else { return Ok(None) };
+    let (name, version) = match rest.split_once('@') {
+        Some((name, "latest")) => (name, "latest"),
+        Some(_) => {
+            return Err(ApiError::invalid(format!(
+                "input: `{uri}`: the only label is @latest (or name a version: azureml:NAME:VERSION)"
+            )))
+        }
+        None => rest.split_once(':').unwrap_or((rest, "latest")),
+    };
+    if name.is_empty() {
+        return Err(ApiError::invalid(format!("input: `{uri}` names no data asset")));
+    }
+    Ok(Some((name, version)))
 }
 
 fn default_output(app: &AppRef, job_name: &str) -> DataPath {

@@ -56,6 +56,8 @@ pub fn router(app: AppRef) -> Router {
             get(resources::show_deployment).delete(resources::delete_deployment),
         )
         .route("/api/v1/models", post(resources::create_model).get(resources::list_models))
+        .route("/api/v1/data", post(resources::create_data).get(resources::list_data))
+        .route("/api/v1/data/{name}/versions/{version}", get(resources::show_data))
         .route("/api/v1/models/{name}/versions/{version}", get(resources::show_model))
         .route("/endpoints/{endpoint}/jobs", post(jobs::invoke).get(jobs::list_endpoint_jobs))
         .route("/endpoints/{endpoint}/jobs/{job}", get(jobs::show_endpoint_job))

@@ -23,12 +23,16 @@ pub async fn check_read(app: &AppRef, user: &User, field: &str, at: &DataPath, i
             format!("{field}: `{}` reaches {}; registered files are never a job's input", at.uri(), l.describe()),
         ));
     }
-    for l in held {
+    // A registered data asset is the workspace's to read, whoever uploaded its files.
+    let within_data = held
+        .iter()
+        .any(|l| l.kind == LocationKind::Data && (at.path == l.path || at.path.starts_with(&format!("{}/", l.path))));
+    for l in held.iter().filter(|_| !within_data) {
         if let Some(scope) = &user.0.endpoint {
             let own = match l.kind {
                 LocationKind::Upload => l.owner == user.0.token_id || l.endpoint.as_deref() == Some(scope),
                 LocationKind::Output => l.endpoint.as_deref() == Some(scope),
-                LocationKind::Asset => true,
+                LocationKind::Asset | LocationKind::Data => true,
             };
             if !own {
                 return Err(ApiError::new(
@@ -51,6 +55,7 @@ fn kind_name(kind: LocationKind) -> &'static str {
         LocationKind::Upload => "another scope's upload",
         LocationKind::Asset => "registered files",
         LocationKind::Output => "another endpoint's job output",
+        LocationKind::Data => "a data asset",
     }
 }
 
@@ -101,13 +106,16 @@ pub async fn claim_upload(app: &AppRef, user: &User, datastore: &str, path: &str
 /// Records that `at` holds registered files (a model version, a deployment's code), which no upload
 /// or job may change from now on.
 pub async fn claim_asset(app: &AppRef, at: &DataPath, owner: String) -> ApiResult<()> {
-    let claim = Location {
-        datastore: at.datastore.clone(),
-        path: at.path.clone(),
-        kind: LocationKind::Asset,
-        owner,
-        endpoint: None,
-    };
+    claim_registered(app, at, owner, LocationKind::Asset).await
+}
+
+/// Records that `at` holds a data asset's files: any scope may read them, nothing may change them.
+pub async fn claim_data(app: &AppRef, at: &DataPath, owner: String) -> ApiResult<()> {
+    claim_registered(app, at, owner, LocationKind::Data).await
+}
+
+async fn claim_registered(app: &AppRef, at: &DataPath, owner: String, kind: LocationKind) -> ApiResult<()> {
+    let claim = Location { datastore: at.datastore.clone(), path: at.path.clone(), kind, owner, endpoint: None };
     app.store.call(move |c| store::location_claim(c, &claim)).await?;
     Ok(())
 }

@@ -476,6 +476,99 @@ async fn model_path(app: &AppRef, uri: &str) -> Result<String, String> {
     Ok(path.uri())
 }
 
+/// Registers a data asset version: an existing datastore file or folder, which no upload or job may
+/// change from then on, and which every scope may use as a job's input.
+pub async fn create_data(
+    State(app): State<AppRef>,
+    user: User,
+    body: Bytes,
+) -> ApiResult<(StatusCode, Json<cove_api::DataAsset>)> {
+    user.require(Role::Contributor, None)?;
+    let req: cove_api::CreateDataAsset = parse_json(&body)?;
+    let name = cove_spec::validate_resource_name("name", &req.name).map_err(ApiError::invalid)?;
+    if req.version == Some(0) {
+        return Err(ApiError::invalid("version: must be at least 1"));
+    }
+    let at = parse_uri(&req.path).map_err(|e| ApiError::invalid(format!("path: {e}")))?;
+    super::ownership::check_read(&app, &user, "path", &at, true).await?;
+    let store = app.datastores.get(&at.datastore).map_err(|e| ApiError::invalid(format!("path: {e}")))?;
+    let is_file = store.head(&at.object_path()).await.is_ok();
+    let is_folder =
+        !at.path.is_empty() && store.list(Some(&at.object_path())).try_next().await.ok().flatten().is_some();
+    match (req.kind, is_file, is_folder) {
+        (cove_api::InputType::UriFile, true, _) | (cove_api::InputType::UriFolder, false, true) => {}
+        (cove_api::InputType::UriFile, false, true) => {
+            return Err(ApiError::invalid(format!("type: `{}` is a folder; use type: uri_folder", at.uri())))
+        }
+        (cove_api::InputType::UriFolder, true, _) => {
+            return Err(ApiError::invalid(format!("type: `{}` is a file; use type: uri_file", at.uri())))
+        }
+        _ => return Err(ApiError::invalid(format!("path: `{}` holds no file or folder", at.uri()))),
+    }
+    let asset = cove_api::DataAsset {
+        name: name.clone(),
+        version: req.version.unwrap_or(0),
+        kind: req.kind,
+        path: at.uri(),
+        description: req.description,
+        tags: req.tags,
+        created_at: now(),
+    };
+    let version = req.version;
+    let created = app.store.call(move |c| store::data_create(c, asset)).await?.ok_or_else(|| {
+        ApiError::conflict(format!(
+            "version: data asset `{name}` version {} exists already (leave version out for the next one)",
+            version.unwrap_or_default()
+        ))
+    })?;
+    let owner = format!("data asset `{}` version {}", created.name, created.version);
+    super::ownership::claim_data(&app, &at, owner).await?;
+    Ok((StatusCode::CREATED, Json(created)))
+}
+
+#[derive(Deserialize)]
+pub struct DataQuery {
+    name: Option<String>,
+}
+
+pub async fn list_data(
+    State(app): State<AppRef>,
+    user: User,
+    Query(q): Query<DataQuery>,
+) -> JsonResult<Vec<cove_api::DataAsset>> {
+    user.require(Role::Reader, None)?;
+    Ok(Json(app.store.call(move |c| store::data_list(c, q.name.as_deref())).await?))
+}
+
+pub async fn show_data(
+    State(app): State<AppRef>,
+    user: User,
+    Path((name, version)): Path<(String, String)>,
+) -> JsonResult<cove_api::DataAsset> {
+    user.require(Role::Reader, None)?;
+    Ok(Json(data_asset(&app, &name, &version).await?))
+}
+
+/// A data asset by name and version (`latest` or a number).
+pub async fn data_asset(app: &AppRef, name: &str, version: &str) -> ApiResult<cove_api::DataAsset> {
+    let v = if version == "latest" {
+        None
+    } else {
+        Some(
+            version
+                .parse::<u32>()
+                .map_err(|_| ApiError::invalid(format!("version: `{version}` is not a number or `latest`")))?,
+        )
+    };
+    let key = name.to_ascii_lowercase();
+    app.store.call(move |c| store::data_get(c, &key, v)).await?.ok_or_else(|| {
+        ApiError::not_found(format!(
+            "data asset `{name}` {} does not exist (register it with cove data create -f data.yml)",
+            v.map_or("(any version)".to_string(), |n| format!("version {n}"))
+        ))
+    })
+}
+
 #[derive(Deserialize)]
 pub struct ModelQuery {
     name: Option<String>,

@@ -12,6 +12,8 @@ pub enum LocationKind {
     Upload,
     Asset,
     Output,
+    /// A registered data asset: readable by every scope, never written again.
+    Data,
 }
 
 impl LocationKind {
@@ -20,6 +22,7 @@ impl LocationKind {
             Self::Upload => "upload",
             Self::Asset => "asset",
             Self::Output => "output",
+            Self::Data => "data",
         }
     }
 
@@ -27,6 +30,7 @@ impl LocationKind {
         match s {
             "upload" => Self::Upload,
             "asset" => Self::Asset,
+            "data" => Self::Data,
             _ => Self::Output,
         }
     }
@@ -50,6 +54,7 @@ impl Location {
             LocationKind::Upload => format!("`{}` is an upload of another token", self.path),
             LocationKind::Asset => format!("`{}` holds the registered files of {}", self.path, self.owner),
             LocationKind::Output => format!("`{}` is the output location of job `{}`", self.path, self.owner),
+            LocationKind::Data => format!("`{}` holds the registered files of {}", self.path, self.owner),
         }
     }
 }

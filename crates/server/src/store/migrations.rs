@@ -137,6 +137,13 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE attempts ADD COLUMN outputs INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE attempts ADD COLUMN compute TEXT;
     "#,
+    // 7: data assets, versioned like models.
+    r#"
+    CREATE TABLE data_assets (
+        name TEXT NOT NULL, version INTEGER NOT NULL, record TEXT NOT NULL,
+        PRIMARY KEY (name, version)
+    );
+    "#,
 ];
 
 /// Brings the schema up to date, one transaction per migration.

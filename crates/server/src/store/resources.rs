@@ -132,6 +132,45 @@ pub fn compute_delete(conn: &mut Connection, name: &str) -> StoreResult<Result<b
     Ok(Ok(deleted))
 }
 
+/// Registers a data asset version (the next one when `asset.version` is 0); `None` when that version
+/// exists already.
+pub fn data_create(conn: &Connection, mut asset: cove_api::DataAsset) -> StoreResult<Option<cove_api::DataAsset>> {
+    if asset.version == 0 {
+        let last: Option<u32> =
+            conn.row("SELECT MAX(version) FROM data_assets WHERE name = ?1", [&asset.name], |r| r.get(0))?;
+        asset.version = last.unwrap_or(0) + 1;
+    }
+    let inserted = conn.exec(
+        "INSERT INTO data_assets (name, version, record) VALUES (?1, ?2, ?3) ON CONFLICT (name, version) DO NOTHING",
+        params![asset.name, asset.version, serde_json::to_string(&asset)?],
+    )?;
+    Ok((inserted == 1).then_some(asset))
+}
+
+/// Finds a data asset version; `None` as the version means the latest.
+pub fn data_get(conn: &Connection, name: &str, version: Option<u32>) -> StoreResult<Option<cove_api::DataAsset>> {
+    let record: Option<String> = match version {
+        Some(v) => conn
+            .row("SELECT record FROM data_assets WHERE name = ?1 AND version = ?2", params![name, v], |r| r.get(0))
+            .optional()?,
+        None => conn
+            .row("SELECT record FROM data_assets WHERE name = ?1 ORDER BY version DESC LIMIT 1", [name], |r| r.get(0))
+            .optional()?,
+    };
+    Ok(record.map(|r| serde_json::from_str(&r)).transpose()?)
+}
+
+pub fn data_list(conn: &Connection, name: Option<&str>) -> StoreResult<Vec<cove_api::DataAsset>> {
+    let mut stmt =
+        conn.prepare_cached("SELECT record FROM data_assets WHERE ?1 IS NULL OR name = ?1 ORDER BY name, version")?;
+    let rows = stmt.query_map([name], |r| r.get::<_, String>(0))?;
+    let mut out = Vec::new();
+    for row in rows {
+        out.push(serde_json::from_str(&row?)?);
+    }
+    Ok(out)
+}
+
 /// Registers the next version of a model and returns it. Callers needing atomicity with other writes
 /// pass a transaction; the single connection makes the read-then-insert safe either way.
 pub fn model_create(conn: &Connection, mut model: Model) -> StoreResult<Model> {
