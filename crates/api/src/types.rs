@@ -229,6 +229,11 @@ pub struct CreateModel {
     pub model_type: ModelType,
     #[serde(default)]
     pub description: Option<String>,
+    /// A new version number; the next one when left out.
+    #[serde(default)]
+    pub version: Option<u32>,
+    #[serde(default)]
+    pub tags: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -239,6 +244,11 @@ pub struct Model {
     pub model_type: ModelType,
     pub description: Option<String>,
     pub created_at: String,
+    #[serde(default)]
+    pub tags: BTreeMap<String, String>,
+    /// Archived versions stay usable by name and version but are never `latest`.
+    #[serde(default)]
+    pub archived: bool,
 }
 
 /// A data asset: a named, versioned datastore location, as the reference's `az ml data` registers it.

@@ -364,16 +364,38 @@ enum DataCommand {
 
 #[derive(Subcommand)]
 enum ModelCommand {
-    /// Register a file or folder as the next version of a model.
+    /// Register a model version from the reference's model YAML (`-f model.yml`), or a file or folder
+    /// from flags (the next version unless --version says which).
     Create {
-        #[arg(long)]
-        name: String,
-        #[arg(long)]
-        path: PathBuf,
+        #[arg(short, long, conflicts_with_all = ["name", "path"])]
+        file: Option<PathBuf>,
+        #[arg(short, long, required_unless_present = "file")]
+        name: Option<String>,
+        /// A local file or folder (uploaded first) or a datastore URI.
+        #[arg(short, long, required_unless_present = "file")]
+        path: Option<String>,
         #[arg(long = "type", default_value = "custom_model")]
         model_type: ModelType,
+        #[arg(short, long)]
+        version: Option<u32>,
         #[arg(long)]
         description: Option<String>,
+    },
+    /// Archive a model version: usable by number, never `latest` (--restore undoes it).
+    Archive {
+        #[arg(short, long)]
+        name: String,
+        #[arg(short, long)]
+        version: u32,
+        #[arg(long)]
+        restore: bool,
+    },
+    /// Delete a model version that no deployment uses.
+    Delete {
+        #[arg(short, long)]
+        name: String,
+        #[arg(short, long)]
+        version: u32,
     },
     List {
         #[arg(long)]
@@ -655,9 +677,24 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Command::Model { command } => {
             let client = target.client()?;
             match command {
-                ModelCommand::Create { name, path, model_type, description } => {
-                    resources::model_create(&client, &name, &path, model_type, description, out).await?
+                ModelCommand::Create { file, name, path, model_type, version, description } => {
+                    let req = match file {
+                        Some(file) => resources::ModelCreate::from_yaml(&file)?,
+                        None => resources::ModelCreate {
+                            name: name.expect("clap requires it"),
+                            version,
+                            path: path.expect("clap requires it"),
+                            model_type,
+                            description,
+                            tags: Default::default(),
+                        },
+                    };
+                    resources::model_create(&client, req, out).await?
                 }
+                ModelCommand::Archive { name, version, restore } => {
+                    resources::model_archive(&client, &name, version, !restore, out).await?
+                }
+                ModelCommand::Delete { name, version } => resources::model_delete(&client, &name, version, out).await?,
                 ModelCommand::List { name } => resources::model_list(&client, name.as_deref(), out).await?,
                 ModelCommand::Show { name, version } => resources::model_show(&client, &name, version, out).await?,
             }

@@ -240,22 +240,121 @@ pub async fn deployment_delete(client: &Client, endpoint: &str, name: &str) -> a
     Ok(())
 }
 
-pub async fn model_create(
-    client: &Client,
-    name: &str,
-    path: &Path,
+/// What `cove model create` was given, from the reference's model YAML or from flags.
+pub struct ModelCreate {
+    pub name: String,
+    pub version: Option<u32>,
+    /// A local file or folder (uploaded first) or a datastore URI.
+    pub path: String,
+    pub model_type: ModelType,
+    pub description: Option<String>,
+    pub tags: BTreeMap<String, String>,
+}
+
+/// The reference's model YAML.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ModelYaml {
+    #[serde(rename = "$schema", default)]
+    _schema: Option<String>,
+    name: String,
+    #[serde(default)]
+    version: Option<serde_yaml::Value>,
+    path: String,
+    #[serde(rename = "type", default = "custom_model")]
     model_type: ModelType,
+    #[serde(default)]
     description: Option<String>,
-    out: Output,
-) -> anyhow::Result<()> {
-    let name = cove_spec::validate_resource_name("--name", name).map_err(anyhow::Error::msg)?;
-    let ws: Workspace = client.get("/api/v1/workspace").await?;
-    let uri = upload::upload(client, &ws.default_datastore, path).await?;
-    let model: Model = client.post("/api/v1/models", &CreateModel { name, path: uri, model_type, description }).await?;
+    #[serde(default)]
+    tags: BTreeMap<String, String>,
+    /// Accepted as the reference writes them; Cove keeps neither.
+    #[serde(default, rename = "properties")]
+    _properties: BTreeMap<String, String>,
+    #[serde(default, rename = "stage")]
+    _stage: Option<String>,
+}
+
+fn custom_model() -> ModelType {
+    ModelType::CustomModel
+}
+
+impl ModelCreate {
+    /// Reads the reference's model YAML; a local `path` is relative to the file.
+    pub fn from_yaml(file: &Path) -> anyhow::Result<ModelCreate> {
+        let text = read_yaml(file)?;
+        cove_spec::check_untrusted_yaml(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+        let y: ModelYaml = serde_yaml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+        let version = match &y.version {
+            None => None,
+            Some(v) => Some(
+                v.as_u64()
+                    .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+                    .and_then(|n| u32::try_from(n).ok())
+                    .filter(|n| *n > 0)
+                    .with_context(|| format!("{}: field `version`: expected a whole number from 1", file.display()))?,
+            ),
+        };
+        let path =
+            if y.path.contains("://") { y.path } else { local_path(file, "path", &y.path)?.display().to_string() };
+        Ok(ModelCreate {
+            name: y.name,
+            version,
+            path,
+            model_type: y.model_type,
+            description: y.description,
+            tags: y.tags,
+        })
+    }
+}
+
+pub async fn model_create(client: &Client, req: ModelCreate, out: Output) -> anyhow::Result<()> {
+    let name = cove_spec::validate_resource_name("--name", &req.name).map_err(anyhow::Error::msg)?;
+    let uri = if req.path.contains("://") {
+        req.path.clone()
+    } else {
+        let ws: Workspace = client.get("/api/v1/workspace").await?;
+        upload::upload(client, &ws.default_datastore, Path::new(&req.path)).await?
+    };
+    let body = CreateModel {
+        name,
+        path: uri,
+        model_type: req.model_type,
+        description: req.description,
+        version: req.version,
+        tags: req.tags,
+    };
+    let model: Model = client.post("/api/v1/models", &body).await?;
     if out.json {
         return print_json(&model);
     }
     println!("Registered model {} version {}", model.name, model.version);
+    Ok(())
+}
+
+pub async fn model_archive(
+    client: &Client,
+    name: &str,
+    version: u32,
+    archived: bool,
+    out: Output,
+) -> anyhow::Result<()> {
+    let path = format!("/api/v1/models/{}/versions/{version}/archive", encode(name));
+    let model: Model = client.post(&path, &serde_json::json!({ "archived": archived })).await?;
+    if out.json {
+        return print_json(&model);
+    }
+    let what = if archived { "Archived" } else { "Restored" };
+    println!("{what} model {} version {}", model.name, model.version);
+    Ok(())
+}
+
+pub async fn model_delete(client: &Client, name: &str, version: u32, out: Output) -> anyhow::Result<()> {
+    let path = format!("/api/v1/models/{}/versions/{version}", encode(name));
+    let deleted: serde_json::Value = client.json(cove_api::Method::DELETE, &path, None::<&()>, &[]).await?;
+    if out.json {
+        return print_json(&deleted);
+    }
+    println!("Deleted model {name} version {version}");
     Ok(())
 }
 

@@ -186,3 +186,52 @@ fn az_ml_command_shapes_work() {
     ws.cove(&["endpoint", "delete", "-n", "shapes", "--yes"]).ok();
     ws.cove(&["endpoint", "show", "-n", "shapes"]).fails_with(5, "does not exist");
 }
+
+/// The reference's model YAML: registered with `cove model create -f`, at the version it names or the
+/// next; archived versions are never `latest`; a version a deployment uses cannot be deleted; a model
+/// type Cove cannot run is refused when it is registered.
+#[test]
+fn models_are_registered_from_yaml_versioned_archived_and_deleted() {
+    let ws = Workspace::start();
+    let root = ws.dir.path().join("models");
+    std::fs::create_dir_all(root.join("model")).unwrap();
+    std::fs::write(root.join("model/weights.txt"), "2\n").unwrap();
+    let yml = root.join("model.yml");
+    std::fs::write(
+        &yml,
+        "$schema: https://azuremlschemas.azureedge.net/latest/model.schema.json\nname: heart-classifier\nversion: 3\n\
+         path: model\ntype: custom_model\ndescription: A classifier of heart risk\ntags:\n  framework: sklearn\n",
+    )
+    .unwrap();
+    let yml = yml.display().to_string();
+    let created = ws.cove(&["--json", "model", "create", "-f", &yml]).ok().json();
+    assert_eq!((created["version"].clone(), created["tags"]["framework"].clone()), (3.into(), "sklearn".into()));
+    let again = ws.cove(&["model", "create", "-f", &yml]);
+    assert_eq!(again.code, 2, "{}", again.stderr);
+    assert!(again.stderr.contains("version: model `heart-classifier` version 3 exists already"), "{}", again.stderr);
+    let model_dir = root.join("model").display().to_string();
+    let next = ws.cove(&["--json", "model", "create", "-n", "heart-classifier", "-p", &model_dir]).ok().json();
+    assert_eq!(next["version"], 4, "the next version after the highest");
+    ws.cove(&["model", "archive", "-n", "heart-classifier", "-v", "4"]).ok();
+    let latest = ws.cove(&["--json", "model", "show", "heart-classifier"]).ok().json();
+    assert_eq!(latest["version"], 3, "an archived version is never latest: {latest}");
+    ws.cove(&["model", "archive", "-n", "heart-classifier", "-v", "4", "--restore"]).ok();
+    assert_eq!(ws.cove(&["--json", "model", "show", "heart-classifier"]).ok().json()["version"], 4);
+
+    // A deployment of version 3 keeps it from being deleted.
+    let p = crate::support::Project::new(ws.dir.path(), "hearts", LIST_SCRIPT, "");
+    let dep = std::fs::read_to_string(p.dir.join("deployment.yml"))
+        .unwrap()
+        .replace("model:\n  name: hearts-model\n  path: model\n", "model: azureml:heart-classifier:3\n");
+    std::fs::write(p.dir.join("deployment.yml"), dep).unwrap();
+    p.deploy(&ws);
+    ws.cove(&["model", "delete", "-n", "heart-classifier", "-v", "3"])
+        .fails_with(2, "model `heart-classifier` version 3 is used by deployments hearts/blue");
+    ws.cove(&["model", "delete", "-n", "heart-classifier", "-v", "4"]).ok();
+    ws.cove(&["model", "show", "heart-classifier", "--version", "4"]).fails_with(5, "does not exist");
+
+    let triton = root.join("triton.yml");
+    std::fs::write(&triton, "name: ensemble\npath: model\ntype: triton_model\n").unwrap();
+    ws.cove(&["model", "create", "-f", &triton.display().to_string()])
+        .fails_with(2, "type: triton_model needs a Triton Inference Server, which Cove does not run");
+}

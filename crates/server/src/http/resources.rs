@@ -197,6 +197,7 @@ pub async fn create_deployment(
             let path = model_path(&app, upload).await.map_err(|e| ApiError::invalid(format!("model.path: {e}")))?;
             let at = parse_uri(&path).map_err(ApiError::invalid)?;
             super::ownership::check_read(&app, &user, "model.path", &at, false).await?;
+            refuse_unrunnable(*model_type, "model.type")?;
             let model = Model {
                 name: model_name,
                 version: 0,
@@ -204,6 +205,8 @@ pub async fn create_deployment(
                 model_type: *model_type,
                 description: description.clone(),
                 created_at: now(),
+                tags: Default::default(),
+                archived: false,
             };
             (model, true)
         }
@@ -457,11 +460,85 @@ pub async fn create_model(State(app): State<AppRef>, user: User, body: Bytes) ->
     let path = model_path(&app, &req.path).await.map_err(|e| ApiError::invalid(format!("path: {e}")))?;
     let at = parse_uri(&path).map_err(ApiError::invalid)?;
     super::ownership::check_read(&app, &user, "path", &at, false).await?;
-    let model =
-        Model { name, version: 0, path, model_type: req.model_type, description: req.description, created_at: now() };
-    let model = app.store.call(move |c| store::model_create(c, model)).await?;
+    refuse_unrunnable(req.model_type, "type")?;
+    if req.version == Some(0) {
+        return Err(ApiError::invalid("version: must be at least 1"));
+    }
+    let model = Model {
+        name: name.clone(),
+        version: req.version.unwrap_or(0),
+        path,
+        model_type: req.model_type,
+        description: req.description,
+        created_at: now(),
+        tags: req.tags,
+        archived: false,
+    };
+    let model = match req.version {
+        None => app.store.call(move |c| store::model_create(c, model)).await?,
+        Some(v) => app.store.call(move |c| store::model_create_at(c, model)).await?.ok_or_else(|| {
+            ApiError::conflict(format!(
+                "version: model `{name}` version {v} exists already (leave version out for the next one)"
+            ))
+        })?,
+    };
     super::ownership::claim_asset(&app, &at, format!("model `{}` version {}", model.name, model.version)).await?;
     Ok((StatusCode::CREATED, Json(model)))
+}
+
+/// Refuses, when it is registered, a model type Cove cannot run.
+fn refuse_unrunnable(model_type: ModelType, field: &str) -> ApiResult<()> {
+    if model_type == ModelType::TritonModel {
+        return Err(ApiError::invalid(format!(
+            "{field}: triton_model needs a Triton Inference Server, which Cove does not run; register the model as \
+             custom_model (with a scoring script) or onnx_model (no script needed)"
+        )));
+    }
+    Ok(())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArchiveModel {
+    archived: bool,
+}
+
+/// Archives (or restores) a model version: it stays usable by number but is never `latest`.
+pub async fn archive_model(
+    State(app): State<AppRef>,
+    user: User,
+    Path((name, version)): Path<(String, u32)>,
+    body: Bytes,
+) -> JsonResult<Model> {
+    user.require(Role::Contributor, None)?;
+    let req: ArchiveModel = parse_json(&body)?;
+    let key = name.to_ascii_lowercase();
+    let found = app.store.call(move |c| store::model_set_archived(c, &key, version, req.archived)).await?;
+    if !found {
+        return Err(ApiError::not_found(format!("model `{name}` version {version} does not exist")));
+    }
+    let key = name.to_ascii_lowercase();
+    let model = app.store.call(move |c| store::model_get(c, &key, Some(version))).await?;
+    model.map(Json).ok_or_else(|| ApiError::not_found(format!("model `{name}` version {version} does not exist")))
+}
+
+/// Deletes a model version that no deployment uses. Its files stay registered (and unchangeable).
+pub async fn delete_model(
+    State(app): State<AppRef>,
+    user: User,
+    Path((name, version)): Path<(String, String)>,
+) -> JsonResult<serde_json::Value> {
+    user.require(Role::Contributor, None)?;
+    let version: u32 =
+        version.parse().map_err(|_| ApiError::invalid(format!("version: `{version}` is not a version number")))?;
+    let key = name.to_ascii_lowercase();
+    match app.store.call(move |c| store::model_delete(c, &key, version)).await? {
+        Ok(true) => Ok(Json(serde_json::json!({ "deleted": name, "version": version }))),
+        Ok(false) => Err(ApiError::not_found(format!("model `{name}` version {version} does not exist"))),
+        Err(users) => Err(ApiError::conflict(format!(
+            "model `{name}` version {version} is used by deployments {users}; delete or update them first"
+        ))),
+    }
 }
 
 /// Checks that a model's files exist at a datastore URI; returns the normalised URI.

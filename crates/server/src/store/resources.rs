@@ -183,6 +183,39 @@ pub fn model_create(conn: &Connection, mut model: Model) -> StoreResult<Model> {
     Ok(model)
 }
 
+/// Registers a model at the version it names; `None` when that version exists already.
+pub fn model_create_at(conn: &Connection, model: Model) -> StoreResult<Option<Model>> {
+    let inserted = conn.exec(
+        "INSERT INTO models (name, version, record) VALUES (?1, ?2, ?3) ON CONFLICT (name, version) DO NOTHING",
+        params![model.name, model.version, serde_json::to_string(&model)?],
+    )?;
+    Ok((inserted == 1).then_some(model))
+}
+
+/// Archives a model version (or restores it); `false` when it does not exist.
+pub fn model_set_archived(conn: &Connection, name: &str, version: u32, archived: bool) -> StoreResult<bool> {
+    let Some(mut model) = model_get(conn, name, Some(version))? else { return Ok(false) };
+    model.archived = archived;
+    conn.exec(
+        "UPDATE models SET record = ?3 WHERE name = ?1 AND version = ?2",
+        params![name, version, serde_json::to_string(&model)?],
+    )?;
+    Ok(true)
+}
+
+/// Deletes a model version no deployment uses; `Err` names the deployments that do.
+pub fn model_delete(conn: &Connection, name: &str, version: u32) -> StoreResult<Result<bool, String>> {
+    let mut stmt = conn.prepare(
+        "SELECT endpoint || '/' || name FROM deployments
+         WHERE json_extract(record, '$.model.name') = ?1 AND json_extract(record, '$.model.version') = ?2 ORDER BY 1",
+    )?;
+    let users: Vec<String> = stmt.query_map(params![name, version], |r| r.get(0))?.collect::<Result<_, _>>()?;
+    if !users.is_empty() {
+        return Ok(Err(users.join(", ")));
+    }
+    Ok(Ok(conn.exec("DELETE FROM models WHERE name = ?1 AND version = ?2", params![name, version])? > 0))
+}
+
 /// Finds a model version; `None` as the version means the latest.
 pub fn model_get(conn: &Connection, name: &str, version: Option<u32>) -> StoreResult<Option<Model>> {
     let record: Option<String> = match version {
@@ -190,7 +223,12 @@ pub fn model_get(conn: &Connection, name: &str, version: Option<u32>) -> StoreRe
             .query_row("SELECT record FROM models WHERE name = ?1 AND version = ?2", params![name, v], |r| r.get(0))
             .optional()?,
         None => conn
-            .query_row("SELECT record FROM models WHERE name = ?1 ORDER BY version DESC LIMIT 1", [name], |r| r.get(0))
+            .query_row(
+                "SELECT record FROM models WHERE name = ?1 AND NOT COALESCE(json_extract(record, '$.archived'), 0)
+                 ORDER BY version DESC LIMIT 1",
+                [name],
+                |r| r.get(0),
+            )
             .optional()?,
     };
     Ok(record.map(|r| serde_json::from_str(&r)).transpose()?)
