@@ -385,11 +385,6 @@ impl Job {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct JobList {
-    pub jobs: Vec<Job>,
-}
-
 /// One entry of the append-only audit log.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct AuditEntry {

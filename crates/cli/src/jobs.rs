@@ -4,7 +4,7 @@ use crate::render::{display_mode, plural, table, DisplayMode};
 use crate::resources::parse_sets;
 use crate::{print_json, upload, Output};
 use anyhow::{bail, Context};
-use cove_api::{encode, Client, ClientError, FileEntry, InputType, Invoke, Job, JobInput, JobList, Method, Workspace};
+use cove_api::{encode, Client, ClientError, FileEntry, InputType, Invoke, Job, JobInput, Method, Workspace};
 use cove_model::JobStatus;
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
@@ -156,12 +156,11 @@ pub async fn list(
     if let Some(d) = deployment {
         query.push(format!("deployment={}", encode(d)));
     }
-    let list: JobList = client.get(&format!("/api/v1/jobs?{}", query.join("&"))).await?;
+    let list: Vec<Job> = client.get(&format!("/api/v1/jobs?{}", query.join("&"))).await?;
     if out.json {
         return print_json(&list);
     }
     let rows: Vec<Vec<String>> = list
-        .jobs
         .iter()
         .map(|j| {
             let p = &j.progress;

@@ -22,11 +22,12 @@ pub async fn endpoint_create(client: &Client, file: &Path, name: Option<String>,
     if let Some(name) = name {
         spec.name = cove_spec::validate_resource_name("--name", &name).map_err(anyhow::Error::msg)?;
     }
+    let existed = client.get::<Endpoint>(&format!("/api/v1/endpoints/{}", encode(&spec.name))).await.is_ok();
     let ep: Endpoint = client.post("/api/v1/endpoints", &spec).await?;
     if out.json {
         return print_json(&ep);
     }
-    println!("Created endpoint {}", ep.spec.name);
+    println!("{} endpoint {}", if existed { "Updated" } else { "Created" }, ep.spec.name);
     println!("Scoring URI: {}", ep.scoring_uri);
     Ok(())
 }

@@ -61,7 +61,7 @@ fn roles_and_scopes_refuse_what_they_do_not_allow_and_every_refusal_is_audited()
     assert_eq!(ws.http_as(&invoker_a, "GET", &format!("/api/v1/jobs/{job_b}"), None, &[]).0, 403);
     let (s, listed) = ws.http_as(&invoker_a, "GET", "/api/v1/jobs", None, &[]);
     assert_eq!(s, 200);
-    assert!(listed["jobs"].as_array().unwrap().is_empty(), "an endpoint-scoped token lists only its endpoint's jobs");
+    assert!(listed.as_array().unwrap().is_empty(), "an endpoint-scoped token lists only its endpoint's jobs");
     // Nor read bbb's uploaded inputs through its own endpoint; data that nobody holds it may read.
     let (s, e) = ws.http_as(&invoker_a, "POST", "/endpoints/aaa/jobs", Some(body.clone()), &[]);
     assert_eq!(s, 403, "{e}");

@@ -143,7 +143,7 @@ fn a_private_workspace_serves_its_networks_and_refuses_everyone_else() {
     record("jump (198.18.2.10, peered)", "invocation URL", "allowed");
     record("compute (198.18.4.10)", "worker protocol", "allowed");
     let jobs = cove_on(&bed, "jump", &owner, &["--json", "job", "list"]).ok().json();
-    let job = jobs["jobs"][0]["name"].as_str().unwrap().to_string();
+    let job = jobs[0]["name"].as_str().unwrap().to_string();
     let download = dir.path().join("download");
     cove_on(&bed, "jump", &owner, &["job", "download", &job, "--download-path", &download.display().to_string()]).ok();
     let predictions = std::fs::read_to_string(download.join("named-outputs/score/predictions.csv")).unwrap();

@@ -10,7 +10,11 @@ fn endpoints_are_created_listed_shown_updated_and_deleted() {
     let created = ws.cove(&["endpoint", "create", "-f", &p.file("endpoint.yml")]);
     created.ok();
     assert!(created.stdout.contains("Scoring URI: http://127.0.0.1:"), "{}", created.stdout);
-    ws.cove(&["endpoint", "create", "-f", &p.file("endpoint.yml")]).fails_with(2, "endpoint `crud` already exists");
+    // Create is create-or-update, as the reference's is.
+    std::fs::write(p.dir.join("endpoint.yml"), "name: crud\ndescription: updated\n").unwrap();
+    let again = ws.cove(&["endpoint", "create", "-f", &p.file("endpoint.yml")]);
+    assert!(again.ok().stdout.contains("Updated endpoint crud"), "{}", again.stdout);
+    assert_eq!(ws.cove(&["--json", "endpoint", "show", "crud"]).ok().json()["description"], "updated");
     ws.cove(&["deployment", "create", "-f", &p.file("deployment.yml")]).ok();
     let list = ws.cove(&["endpoint", "list"]);
     assert!(list.ok().stdout.lines().nth(1).unwrap().starts_with("crud "), "{}", list.stdout);

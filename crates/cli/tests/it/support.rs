@@ -248,7 +248,7 @@ impl Workspace {
 
     pub fn job_count(&self) -> usize {
         let (_, body) = self.http("GET", "/api/v1/jobs?limit=1000", None, &[]);
-        body["jobs"].as_array().unwrap().len()
+        body.as_array().unwrap().len()
     }
 
     /// Reads a job's `score` output file from the workspace's datastore on disk.

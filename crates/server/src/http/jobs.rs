@@ -12,7 +12,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use cove_api::worker::{EgressTarget, RunSpec};
-use cove_api::{AttemptInfo, FailedBatch, FileEntry, InputType, Invoke, Job, JobInput, JobList, Progress};
+use cove_api::{AttemptInfo, FailedBatch, FileEntry, InputType, Invoke, Job, JobInput, Progress};
 use futures::TryStreamExt;
 use object_store::ObjectStore;
 use serde::Deserialize;
@@ -423,7 +423,8 @@ pub struct ListQuery {
     limit: Option<u32>,
 }
 
-pub async fn list(State(app): State<AppRef>, user: User, Query(q): Query<ListQuery>) -> JsonResult<JobList> {
+/// Jobs, newest first, as a bare array like every other list of the API.
+pub async fn list(State(app): State<AppRef>, user: User, Query(q): Query<ListQuery>) -> JsonResult<Vec<Job>> {
     let endpoint = q.endpoint.map(|e| e.to_ascii_lowercase()).or(user.0.endpoint.clone());
     user.require(Role::Reader, endpoint.as_deref())?;
     let deployment = q.deployment.map(|d| d.to_ascii_lowercase());
@@ -433,7 +434,7 @@ pub async fn list(State(app): State<AppRef>, user: User, Query(q): Query<ListQue
     for row in rows {
         jobs.push(render(&app, row, false, false).await?);
     }
-    Ok(Json(JobList { jobs }))
+    Ok(Json(jobs))
 }
 
 pub async fn list_endpoint_jobs(
@@ -441,7 +442,7 @@ pub async fn list_endpoint_jobs(
     user: User,
     Path(endpoint): Path<String>,
     Query(q): Query<ListQuery>,
-) -> JsonResult<JobList> {
+) -> JsonResult<Vec<Job>> {
     list(State(app), user, Query(ListQuery { endpoint: Some(endpoint), ..q })).await
 }
 

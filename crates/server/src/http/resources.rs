@@ -56,10 +56,25 @@ pub async fn create_endpoint(
     };
     let ep = with_access(&app, ep);
     let stored = ep.clone();
-    if !app.store.call(move |c| store::endpoint_insert(c, &stored)).await? {
-        return Err(ApiError::conflict(format!("endpoint `{name}` already exists")));
+    if app.store.call(move |c| store::endpoint_insert(c, &stored)).await? {
+        return Ok((StatusCode::CREATED, Json(ep)));
     }
-    Ok((StatusCode::CREATED, Json(ep)))
+    // Create is create-or-update, as the reference's is: the YAML's description, tags, properties and
+    // auth mode replace the endpoint's; a YAML without a default deployment keeps the current one.
+    user.require(Role::Contributor, Some(&name))?;
+    let mut current = endpoint(&app, &name).await?;
+    let default = ep.spec.default_deployment.clone().or(current.spec.default_deployment.clone());
+    if let Some(d) = &default {
+        if !current.deployments.contains(d) {
+            return Err(ApiError::invalid(format!(
+                "defaults.deployment_name: deployment `{d}` does not exist in endpoint `{name}`"
+            )));
+        }
+    }
+    current.spec = EndpointSpec { default_deployment: default, ..ep.spec };
+    let stored = current.clone();
+    app.store.call(move |c| store::endpoint_put(c, &stored)).await?;
+    Ok((StatusCode::OK, Json(with_access(&app, current))))
 }
 
 pub async fn list_endpoints(State(app): State<AppRef>, user: User) -> JsonResult<Vec<Endpoint>> {
