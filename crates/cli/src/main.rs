@@ -313,6 +313,18 @@ enum DeploymentCommand {
         #[arg(long)]
         skip_script_validation: bool,
     },
+    /// Update a deployment: from its YAML (`-f`, as create does), or in place (`--set KEY=VALUE`:
+    /// settings such as `mini_batch_size` or `environment_variables.NAME`, `description`, `tags.KEY`).
+    Update {
+        #[arg(short, long, conflicts_with = "sets")]
+        file: Option<PathBuf>,
+        #[arg(short, long, required_unless_present = "file")]
+        name: Option<String>,
+        #[arg(short, long, required_unless_present = "file")]
+        endpoint_name: Option<String>,
+        #[arg(long = "set", value_name = "KEY=VALUE", required_unless_present = "file")]
+        sets: Vec<String>,
+    },
     List {
         #[arg(short, long)]
         endpoint_name: String,
@@ -661,6 +673,20 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
                     let args =
                         resources::DeploymentCreate { file, endpoint_name, name, set_default, skip_script_validation };
                     resources::deployment_create(&client, args, out).await?
+                }
+                DeploymentCommand::Update { file: Some(file), endpoint_name, name, .. } => {
+                    let args = resources::DeploymentCreate {
+                        file,
+                        endpoint_name,
+                        name,
+                        set_default: false,
+                        skip_script_validation: false,
+                    };
+                    resources::deployment_create(&client, args, out).await?
+                }
+                DeploymentCommand::Update { file: None, name, endpoint_name, sets } => {
+                    let (name, endpoint) = (name.expect("clap requires it"), endpoint_name.expect("clap requires it"));
+                    resources::deployment_update(&client, &endpoint, &name, &sets, out).await?
                 }
                 DeploymentCommand::List { endpoint_name } => {
                     resources::deployment_list(&client, &endpoint_name, out).await?

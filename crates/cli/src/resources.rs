@@ -107,6 +107,25 @@ pub struct DeploymentCreate {
     pub skip_script_validation: bool,
 }
 
+/// Changes a deployment in place: `--set KEY=VALUE` for its settings, description or tags.
+pub async fn deployment_update(
+    client: &Client,
+    endpoint: &str,
+    name: &str,
+    sets: &[String],
+    out: Output,
+) -> anyhow::Result<()> {
+    let set = parse_sets(sets)?;
+    let path = format!("/api/v1/endpoints/{}/deployments/{}", encode(endpoint), encode(name));
+    let dep: Deployment =
+        client.json(cove_api::Method::PATCH, &path, Some(&serde_json::json!({ "set": set })), &[]).await?;
+    if out.json {
+        return print_json(&dep);
+    }
+    println!("Updated deployment {} in endpoint {}", dep.name, dep.endpoint_name);
+    Ok(())
+}
+
 /// Resolves a path written in the YAML against the YAML file's folder, and checks that it exists.
 fn local_path(yaml: &Path, field: &str, written: &str) -> anyhow::Result<PathBuf> {
     let base = yaml.parent().unwrap_or(Path::new("."));

@@ -217,6 +217,42 @@ impl DeploymentSettings {
     }
 }
 
+impl DeploymentSettings {
+    /// Changes one setting of a deployment itself (`cove deployment update --set`): what a per-job
+    /// override may change, and also `max_concurrency_per_instance`, any `environment_variables.NAME`
+    /// (the deployment's own, set by its contributor) and `job_environment_variables`.
+    ///
+    /// # Errors
+    ///
+    /// A message naming the problem, as for [`DeploymentSettings::apply_override`].
+    pub fn apply_deployment_setting(&mut self, key: &str, value: &str) -> Result<(), String> {
+        let bare = key.strip_prefix("settings.").unwrap_or(key);
+        if let Some(name) = bare.strip_prefix("environment_variables.") {
+            check_env_name(name)?;
+            self.environment_variables.insert(name.to_string(), value.to_string());
+            return Ok(());
+        }
+        match bare {
+            "max_concurrency_per_instance" => self.max_concurrency_per_instance = count(int_text(value)?)?,
+            "job_environment_variables" => {
+                let mut names = Vec::new();
+                for name in value.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+                    check_env_name(name)?;
+                    if is_loader_variable(name) {
+                        return Err(format!(
+                            "`{name}` changes how the interpreter or the loader starts; it cannot be set per job"
+                        ));
+                    }
+                    names.push(name.to_string());
+                }
+                self.job_environment_variables = names;
+            }
+            _ => return self.apply_override(key, value),
+        }
+        Ok(())
+    }
+}
+
 impl fmt::Display for OutputAction {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {

@@ -235,3 +235,49 @@ fn models_are_registered_from_yaml_versioned_archived_and_deleted() {
     ws.cove(&["model", "create", "-f", &triton.display().to_string()])
         .fails_with(2, "type: triton_model needs a Triton Inference Server, which Cove does not run");
 }
+
+/// `deployment create` again with the same inline model registers no new model version; a changed
+/// model does; `deployment update` takes `-f` or `--set`.
+#[test]
+fn deployments_are_created_again_and_updated_as_the_reference_does() {
+    let ws = Workspace::start();
+    let p = crate::support::Project::new(ws.dir.path(), "again", LIST_SCRIPT, "");
+    p.deploy(&ws);
+    let versions =
+        || ws.cove(&["--json", "model", "list", "--name", "again-model"]).ok().json().as_array().unwrap().len();
+    assert_eq!(versions(), 1);
+    let again = ws.cove(&["deployment", "create", "-f", &p.file("deployment.yml")]);
+    assert!(again.ok().stdout.contains("Model: again-model:1"), "{}", again.stdout);
+    assert_eq!(versions(), 1, "the same model files register no new version");
+    std::fs::write(p.dir.join("model/weights.txt"), "3\n").unwrap();
+    let changed = ws.cove(&["deployment", "update", "-f", &p.file("deployment.yml")]);
+    assert!(changed.ok().stdout.contains("Model: again-model:2"), "{}", changed.stdout);
+    assert_eq!(versions(), 2);
+
+    ws.cove(&[
+        "deployment",
+        "update",
+        "-n",
+        "blue",
+        "-e",
+        "again",
+        "--set",
+        "mini_batch_size=7",
+        "--set",
+        "environment_variables.GREETING=hi",
+        "--set",
+        "description=tuned",
+    ])
+    .ok();
+    let shown = ws.cove(&["--json", "deployment", "show", "blue", "-e", "again"]).ok().json();
+    assert_eq!(shown["settings"]["mini_batch_size"], 7, "{shown:#}");
+    assert_eq!(shown["settings"]["environment_variables"]["GREETING"], "hi");
+    assert_eq!(shown["description"], "tuned");
+    ws.cove(&["deployment", "update", "-n", "blue", "-e", "again", "--set", "settings.colour=red"])
+        .fails_with(2, "set `settings.colour`: unknown setting");
+    let run = ws.cove(&["--json", "endpoint", "invoke", "again", "--input", &p.inputs(7).display().to_string()]);
+    let job = ws.wait_job(run.ok().json()["name"].as_str().unwrap());
+    assert_eq!(job["progress"]["batches_total"], 1, "the updated mini_batch_size applies: {job:#}");
+    assert_eq!(ws.output_lines(&job)[0], "file-000.txt 0", "the changed model (weight 3) scores: 0 * 3");
+    assert_eq!(ws.output_lines(&job)[1], "file-001.txt 3");
+}

@@ -53,7 +53,7 @@ pub fn router(app: AppRef) -> Router {
         )
         .route(
             "/api/v1/endpoints/{endpoint}/deployments/{deployment}",
-            get(resources::show_deployment).delete(resources::delete_deployment),
+            get(resources::show_deployment).patch(resources::update_deployment).delete(resources::delete_deployment),
         )
         .route("/api/v1/models", post(resources::create_model).get(resources::list_models))
         .route("/api/v1/data", post(resources::create_data).get(resources::list_data))

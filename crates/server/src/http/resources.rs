@@ -17,6 +17,7 @@ use cove_spec::{EndpointSpec, ModelRef, ModelType, ModelVersion};
 use futures::TryStreamExt;
 use object_store::ObjectStore;
 use serde::Deserialize;
+use std::collections::BTreeMap;
 
 fn now() -> String {
     crate::logs::timestamp(store::now_ms())
@@ -213,17 +214,36 @@ pub async fn create_deployment(
             let at = parse_uri(&path).map_err(ApiError::invalid)?;
             super::ownership::check_read(&app, &user, "model.path", &at, false).await?;
             refuse_unrunnable(*model_type, "model.type")?;
-            let model = Model {
-                name: model_name,
-                version: 0,
-                path,
-                model_type: *model_type,
-                description: description.clone(),
-                created_at: now(),
-                tags: Default::default(),
-                archived: false,
+            // Deploying again with the same model files registers no new version: the latest one is
+            // used, and the fresh upload of the same bytes is dropped.
+            let key = model_name.clone();
+            let latest = app.store.call(move |c| store::model_get(c, &key, None)).await?;
+            let unchanged = match &latest {
+                Some(m) if m.model_type == *model_type => {
+                    let (a, b) = (files_digest(&app, &m.path).await, files_digest(&app, &path).await);
+                    a.is_some() && a == b
+                }
+                _ => false,
             };
-            (model, true)
+            match latest {
+                Some(latest) if unchanged => {
+                    drop_upload(&app, &at).await;
+                    (latest, false)
+                }
+                _ => {
+                    let model = Model {
+                        name: model_name,
+                        version: 0,
+                        path,
+                        model_type: *model_type,
+                        description: description.clone(),
+                        created_at: now(),
+                        tags: Default::default(),
+                        archived: false,
+                    };
+                    (model, true)
+                }
+            }
         }
     };
     let computes = app.store.call(|c| store::compute_list(c)).await?;
@@ -439,6 +459,47 @@ pub async fn deployment(app: &AppRef, endpoint_name: &str, name: &str) -> ApiRes
     Ok(dep)
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateDeployment {
+    #[serde(default)]
+    set: BTreeMap<String, String>,
+}
+
+/// Changes a deployment's settings, description or tags in place (`cove deployment update --set`).
+pub async fn update_deployment(
+    State(app): State<AppRef>,
+    user: User,
+    Path((e, d)): Path<(String, String)>,
+    body: Bytes,
+) -> JsonResult<Deployment> {
+    let e = e.to_ascii_lowercase();
+    user.require(Role::Contributor, Some(&e))?;
+    let req: UpdateDeployment = parse_json(&body)?;
+    let mut dep = deployment(&app, &e, &d).await?;
+    for (k, v) in &req.set {
+        if k == "description" {
+            dep.description = Some(v.clone());
+        } else if let Some(tag) = k.strip_prefix("tags.") {
+            dep.tags.insert(tag.to_string(), v.clone());
+        } else {
+            dep.settings.apply_deployment_setting(k, v).map_err(|m| ApiError::invalid(format!("set `{k}`: {m}")))?;
+        }
+    }
+    let compute = dep.compute.clone();
+    if let Some(c) = app.store.call(move |conn| store::compute_get(conn, &compute)).await? {
+        if dep.settings.instance_count > c.max_instances {
+            return Err(ApiError::invalid(format!(
+                "set `instance_count`: {} is more than compute `{}` allows ({})",
+                dep.settings.instance_count, c.name, c.max_instances
+            )));
+        }
+    }
+    let stored = dep.clone();
+    app.store.call(move |c| store::deployment_put(c, &stored)).await?;
+    Ok(Json(dep))
+}
+
 pub async fn show_deployment(
     State(app): State<AppRef>,
     user: User,
@@ -499,6 +560,42 @@ pub async fn create_model(State(app): State<AppRef>, user: User, body: Bytes) ->
     };
     super::ownership::claim_asset(&app, &at, format!("model `{}` version {}", model.name, model.version)).await?;
     Ok((StatusCode::CREATED, Json(model)))
+}
+
+/// Every file of a model (a file, or a folder's files) by path relative to it, with its size and
+/// SHA-256; `None` when it cannot be read.
+async fn files_digest(app: &AppRef, uri: &str) -> Option<Vec<(String, u64, Vec<u8>)>> {
+    use sha2::Digest;
+    let root = parse_uri(uri).ok()?;
+    let store = app.datastores.get(&root.datastore).ok()?;
+    let mut files: Vec<object_store::ObjectMeta> = match store.head(&root.object_path()).await {
+        Ok(meta) => vec![meta],
+        Err(_) => store.list(Some(&root.object_path())).try_collect().await.ok()?,
+    };
+    files.sort_by(|a, b| a.location.cmp(&b.location));
+    let mut out = Vec::with_capacity(files.len());
+    for meta in files {
+        let rel = meta.location.as_ref().strip_prefix(root.path.as_str()).unwrap_or("").to_string();
+        let mut hash = sha2::Sha256::new();
+        let mut stream = store.get(&meta.location).await.ok()?.into_stream();
+        while let Some(chunk) = stream.try_next().await.ok()? {
+            hash.update(&chunk);
+        }
+        out.push((rel, meta.size, hash.finalize().to_vec()));
+    }
+    Some(out)
+}
+
+/// Deletes an upload that turned out not to be needed: its files are registered already.
+async fn drop_upload(app: &AppRef, at: &crate::datastore::DataPath) {
+    let Ok(store) = app.datastores.get(&at.datastore) else { return };
+    let listed: Vec<object_store::ObjectMeta> = match store.head(&at.object_path()).await {
+        Ok(meta) => vec![meta],
+        Err(_) => store.list(Some(&at.object_path())).try_collect().await.unwrap_or_default(),
+    };
+    for meta in listed {
+        let _ = store.delete(&meta.location).await;
+    }
 }
 
 /// Refuses, when it is registered, a model type Cove cannot run.
