@@ -19,9 +19,13 @@ pub struct InvokeArgs {
     /// The endpoint, as `az ml` takes it.
     #[arg(short = 'n', long = "name", id = "endpoint_flag", value_name = "NAME")]
     pub endpoint_flag: Option<String>,
-    /// A local file or folder (uploaded first) or a datastore URI.
-    #[arg(long)]
-    pub input: String,
+    /// A local file or folder (uploaded first), a datastore URI, or a data asset (azureml:NAME@latest).
+    #[arg(long, required_unless_present = "file", conflicts_with = "file")]
+    pub input: Option<String>,
+    /// The reference's invocation YAML: `inputs:` (one, for a model deployment) and `outputs:`
+    /// (`score`), each with `type` and `path`.
+    #[arg(short = 'f', long)]
+    pub file: Option<std::path::PathBuf>,
     #[arg(long, value_parser = parse_input_type)]
     pub input_type: Option<InputType>,
     #[arg(short = 'd', long)]
@@ -57,7 +61,78 @@ fn is_uri(s: &str) -> bool {
 }
 
 /// Invokes an endpoint; returns the job, streamed to its end when asked.
-pub async fn invoke(client: &Client, args: InvokeArgs, out: Output) -> anyhow::Result<Job> {
+/// The reference's `--file inputs.yml` for a batch endpoint.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InvocationYaml {
+    #[serde(rename = "$schema", default)]
+    _schema: Option<String>,
+    #[serde(default)]
+    inputs: BTreeMap<String, NamedData>,
+    #[serde(default)]
+    outputs: BTreeMap<String, NamedData>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NamedData {
+    #[serde(rename = "type", default)]
+    kind: Option<String>,
+    path: String,
+    /// `ro_mount`, `download`...: how the reference hands files over; Cove stages them its own way.
+    #[serde(default, rename = "mode")]
+    _mode: Option<String>,
+}
+
+/// Reads `--file`: its one input (a local path is relative to the file) and its `score` output.
+fn read_invocation(file: &Path, args: &mut InvokeArgs) -> anyhow::Result<()> {
+    let text = crate::resources::read_yaml(file)?;
+    cove_spec::check_untrusted_yaml(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+    let y: InvocationYaml = serde_yaml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+    let mut inputs = y.inputs.into_iter();
+    let (name, input) = match (inputs.next(), inputs.next()) {
+        (Some(one), None) => one,
+        (None, _) => {
+            bail!("{}: field `inputs`: a model deployment takes exactly one input; none is given", file.display())
+        }
+        (Some((a, _)), Some((b, _))) => bail!(
+            "{}: field `inputs`: a model deployment takes exactly one input, got `{a}`, `{b}`, ...",
+            file.display()
+        ),
+    };
+    args.input_type = match input.kind.as_deref() {
+        None | Some("uri_folder") => Some(InputType::UriFolder),
+        Some("uri_file") => Some(InputType::UriFile),
+        Some(other) => bail!(
+            "{}: field `inputs.{name}.type`: `{other}` is not an input of a model deployment (uri_folder, uri_file)",
+            file.display()
+        ),
+    };
+    args.input = Some(if is_uri(&input.path) {
+        input.path
+    } else {
+        file.parent().unwrap_or(Path::new(".")).join(&input.path).display().to_string()
+    });
+    for (name, output) in y.outputs {
+        if name != "score" {
+            bail!("{}: field `outputs.{name}`: a model deployment has one output, `score`", file.display());
+        }
+        if !output.path.contains("://") {
+            bail!(
+                "{}: field `outputs.score.path`: expected a datastore URI (azureml://datastores/DS/paths/P)",
+                file.display()
+            );
+        }
+        args.output_path = Some(output.path);
+    }
+    Ok(())
+}
+
+pub async fn invoke(client: &Client, mut args: InvokeArgs, out: Output) -> anyhow::Result<Job> {
+    if let Some(file) = args.file.clone() {
+        read_invocation(&file, &mut args)?;
+    }
+    let input_arg = args.input.clone().expect("clap requires --input or --file");
     let mut overrides: BTreeMap<String, String> = parse_sets(&args.sets)?;
     if let Some(n) = args.mini_batch_size {
         overrides.insert("mini_batch_size".into(), n.to_string());
@@ -82,10 +157,10 @@ pub async fn invoke(client: &Client, args: InvokeArgs, out: Output) -> anyhow::R
     for (k, v) in &overrides {
         settings.apply_override(k, v).map_err(|e| anyhow::anyhow!("--set {k}: {e}"))?;
     }
-    let input = if is_uri(&args.input) {
-        JobInput { uri: args.input.clone(), input_type: args.input_type.unwrap_or(InputType::UriFolder) }
+    let input = if is_uri(&input_arg) {
+        JobInput { uri: input_arg.clone(), input_type: args.input_type.unwrap_or(InputType::UriFolder) }
     } else {
-        let path = Path::new(&args.input);
+        let path = Path::new(&input_arg);
         let meta = std::fs::metadata(path).with_context(|| format!("--input: `{}` does not exist", path.display()))?;
         let kind = if meta.is_dir() { InputType::UriFolder } else { InputType::UriFile };
         if let Some(t) = args.input_type {

@@ -65,7 +65,8 @@ pub async fn run(dir: Option<PathBuf>, out: Output) -> anyhow::Result<i32> {
         let args = jobs::InvokeArgs {
             endpoint: Some("heart-risk".into()),
             endpoint_flag: None,
-            input: example.join("data").display().to_string(),
+            input: Some(example.join("data").display().to_string()),
+            file: None,
             input_type: None,
             deployment_name: None,
             output_path: None,

@@ -281,3 +281,37 @@ fn deployments_are_created_again_and_updated_as_the_reference_does() {
     assert_eq!(ws.output_lines(&job)[0], "file-000.txt 0", "the changed model (weight 3) scores: 0 * 3");
     assert_eq!(ws.output_lines(&job)[1], "file-001.txt 3");
 }
+
+/// `cove endpoint invoke --file inputs.yml`: the reference's named inputs and outputs.
+#[test]
+fn invocation_files_name_the_input_and_the_score_output() {
+    let ws = Workspace::start();
+    let p = crate::support::Project::new(ws.dir.path(), "named", LIST_SCRIPT, "");
+    p.deploy(&ws);
+    p.inputs(3);
+    let write = |name: &str, text: &str| {
+        let path = p.dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        path.display().to_string()
+    };
+    let good = write(
+        "inputs.yml",
+        "inputs:\n  heart_dataset:\n    type: uri_folder\n    path: data\noutputs:\n  score:\n    type: uri_folder\n    \
+         path: azureml://datastores/workspaceblobstore/paths/batch/named-out\n",
+    );
+    let run = ws.cove(&["--json", "endpoint", "invoke", "-n", "named", "--file", &good]);
+    let job = ws.wait_job(run.ok().json()["name"].as_str().unwrap());
+    assert_eq!(job["status"], "Completed", "{job:#}");
+    assert_eq!(job["output_uri"], "azureml://datastores/workspaceblobstore/paths/batch/named-out");
+    assert!(ws.path().join("datastores/workspaceblobstore/batch/named-out/predictions.csv").is_file());
+
+    let two = write("two.yml", "inputs:\n  a:\n    path: data\n  b:\n    path: data\n");
+    ws.cove(&["endpoint", "invoke", "-n", "named", "--file", &two])
+        .fails_with(2, "field `inputs`: a model deployment takes exactly one input, got `a`, `b`");
+    let other = write("other.yml", "inputs:\n  a:\n    path: data\noutputs:\n  extra:\n    path: azureml://datastores/workspaceblobstore/paths/x\n");
+    ws.cove(&["endpoint", "invoke", "-n", "named", "--file", &other])
+        .fails_with(2, "field `outputs.extra`: a model deployment has one output, `score`");
+    let table = write("table.yml", "inputs:\n  a:\n    type: mltable\n    path: data\n");
+    ws.cove(&["endpoint", "invoke", "-n", "named", "--file", &table])
+        .fails_with(2, "`mltable` is not an input of a model deployment (uri_folder, uri_file)");
+}
