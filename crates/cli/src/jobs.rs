@@ -20,12 +20,18 @@ pub struct InvokeArgs {
     #[arg(short = 'n', long = "name", id = "endpoint_flag", value_name = "NAME")]
     pub endpoint_flag: Option<String>,
     /// A local file or folder (uploaded first), a datastore URI, or a data asset (azureml:NAME@latest).
-    #[arg(long, required_unless_present = "file", conflicts_with = "file")]
+    #[arg(long, required_unless_present_any = ["file", "inputs"], conflicts_with = "file")]
     pub input: Option<String>,
     /// The reference's invocation YAML: `inputs:` (one, for a model deployment) and `outputs:`
     /// (`score`), each with `type` and `path`.
-    #[arg(short = 'f', long)]
+    #[arg(short = 'f', long, conflicts_with = "inputs")]
     pub file: Option<std::path::PathBuf>,
+    /// The inputs as JSON, as the reference's CLI takes them: `{"NAME": {"type": "uri_folder", "path": "..."}}`.
+    #[arg(long, conflicts_with = "input")]
+    pub inputs: Option<String>,
+    /// The outputs as JSON: `{"score": {"type": "uri_folder", "path": "azureml://datastores/DS/paths/P"}}`.
+    #[arg(long)]
+    pub outputs: Option<String>,
     #[arg(long, value_parser = parse_input_type)]
     pub input_type: Option<InputType>,
     #[arg(short = 'd', long)]
@@ -89,7 +95,36 @@ fn read_invocation(file: &Path, args: &mut InvokeArgs) -> anyhow::Result<()> {
     let text = crate::resources::read_yaml(file)?;
     cove_spec::check_untrusted_yaml(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
     let y: InvocationYaml = serde_yaml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
-    let mut inputs = y.inputs.into_iter();
+    let base = file.parent().unwrap_or(Path::new(".")).to_path_buf();
+    apply_named(&file.display().to_string(), y.inputs, y.outputs, &base, args)
+}
+
+/// Reads `--inputs` and `--outputs`, JSON in the shape of the invocation YAML's sections.
+fn read_named_json(args: &mut InvokeArgs) -> anyhow::Result<()> {
+    let parse = |flag: &str, text: &Option<String>| -> anyhow::Result<BTreeMap<String, NamedData>> {
+        match text {
+            None => Ok(BTreeMap::new()),
+            Some(t) => serde_json::from_str(t).map_err(|e| anyhow::anyhow!("{flag}: {e}")),
+        }
+    };
+    let inputs = parse("--inputs", &args.inputs)?;
+    let outputs = parse("--outputs", &args.outputs)?;
+    if inputs.is_empty() && args.input.is_some() {
+        // --input with --outputs: only the outputs come from JSON.
+        return apply_outputs("--outputs", outputs, args);
+    }
+    apply_named("--inputs", inputs, outputs, Path::new("."), args)
+}
+
+fn apply_named(
+    source: &str,
+    inputs: BTreeMap<String, NamedData>,
+    outputs: BTreeMap<String, NamedData>,
+    base: &Path,
+    args: &mut InvokeArgs,
+) -> anyhow::Result<()> {
+    let file = Path::new(source);
+    let mut inputs = inputs.into_iter();
     let (name, input) = match (inputs.next(), inputs.next()) {
         (Some(one), None) => one,
         (None, _) => {
@@ -108,12 +143,13 @@ fn read_invocation(file: &Path, args: &mut InvokeArgs) -> anyhow::Result<()> {
             file.display()
         ),
     };
-    args.input = Some(if is_uri(&input.path) {
-        input.path
-    } else {
-        file.parent().unwrap_or(Path::new(".")).join(&input.path).display().to_string()
-    });
-    for (name, output) in y.outputs {
+    args.input = Some(if is_uri(&input.path) { input.path } else { base.join(&input.path).display().to_string() });
+    apply_outputs(source, outputs, args)
+}
+
+fn apply_outputs(source: &str, outputs: BTreeMap<String, NamedData>, args: &mut InvokeArgs) -> anyhow::Result<()> {
+    let file = Path::new(source);
+    for (name, output) in outputs {
         if name != "score" {
             bail!("{}: field `outputs.{name}`: a model deployment has one output, `score`", file.display());
         }
@@ -131,6 +167,8 @@ fn read_invocation(file: &Path, args: &mut InvokeArgs) -> anyhow::Result<()> {
 pub async fn invoke(client: &Client, mut args: InvokeArgs, out: Output) -> anyhow::Result<Job> {
     if let Some(file) = args.file.clone() {
         read_invocation(&file, &mut args)?;
+    } else if args.inputs.is_some() || args.outputs.is_some() {
+        read_named_json(&mut args)?;
     }
     let input_arg = args.input.clone().expect("clap requires --input or --file");
     let mut overrides: BTreeMap<String, String> = parse_sets(&args.sets)?;

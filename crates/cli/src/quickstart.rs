@@ -67,6 +67,8 @@ pub async fn run(dir: Option<PathBuf>, out: Output) -> anyhow::Result<i32> {
             endpoint_flag: None,
             input: Some(example.join("data").display().to_string()),
             file: None,
+            inputs: None,
+            outputs: None,
             input_type: None,
             deployment_name: None,
             output_path: None,

@@ -305,6 +305,25 @@ fn invocation_files_name_the_input_and_the_score_output() {
     assert_eq!(job["output_uri"], "azureml://datastores/workspaceblobstore/paths/batch/named-out");
     assert!(ws.path().join("datastores/workspaceblobstore/batch/named-out/predictions.csv").is_file());
 
+    // The same as JSON, as the reference's CLI also takes them.
+    let inputs = serde_json::json!({"heart": {"type": "uri_folder", "path": p.dir.join("data").display().to_string()}});
+    let outputs =
+        serde_json::json!({"score": {"path": "azureml://datastores/workspaceblobstore/paths/batch/json-out"}});
+    let run = ws.cove(&[
+        "--json",
+        "endpoint",
+        "invoke",
+        "-n",
+        "named",
+        "--inputs",
+        &inputs.to_string(),
+        "--outputs",
+        &outputs.to_string(),
+    ]);
+    let job = ws.wait_job(run.ok().json()["name"].as_str().unwrap());
+    assert_eq!(job["output_uri"], "azureml://datastores/workspaceblobstore/paths/batch/json-out");
+    assert_eq!(job["status"], "Completed", "{job:#}");
+
     let two = write("two.yml", "inputs:\n  a:\n    path: data\n  b:\n    path: data\n");
     ws.cove(&["endpoint", "invoke", "-n", "named", "--file", &two])
         .fails_with(2, "field `inputs`: a model deployment takes exactly one input, got `a`, `b`");
