@@ -42,12 +42,30 @@ pub struct Datastore {
 #[serde(deny_unknown_fields)]
 pub struct CreateDatastore {
     pub name: String,
+    /// `s3` (the default) or `local`: a folder on the control plane's host, its path in `path`.
+    #[serde(rename = "type", default = "s3", skip_serializing_if = "is_s3")]
+    pub kind: String,
+    /// A `local` datastore's folder: an absolute path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    #[serde(default)]
     pub endpoint: String,
+    #[serde(default)]
     pub bucket: String,
     #[serde(default)]
     pub region: Option<String>,
+    #[serde(default)]
     pub access_key_id: String,
+    #[serde(default)]
     pub secret_access_key: String,
+}
+
+fn s3() -> String {
+    "s3".to_string()
+}
+
+fn is_s3(kind: &String) -> bool {
+    kind == "s3"
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -209,12 +209,85 @@ pub fn read_secret_file(path: &std::path::Path) -> anyhow::Result<String> {
     Ok(std::fs::read_to_string(path)?.trim().to_string())
 }
 
+/// A datastore's YAML: `type: local` (a folder `path`) or `type: s3` (`endpoint`, `bucket`, `region`,
+/// `access_key_id`, `secret_access_key_file`: a file readable only by its owner).
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DatastoreYaml {
+    #[serde(rename = "$schema", default)]
+    _schema: Option<String>,
+    name: String,
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default, rename = "description")]
+    _description: Option<String>,
+    #[serde(default)]
+    path: Option<String>,
+    #[serde(default)]
+    endpoint: Option<String>,
+    #[serde(default)]
+    bucket: Option<String>,
+    #[serde(default)]
+    region: Option<String>,
+    #[serde(default)]
+    access_key_id: Option<String>,
+    #[serde(default)]
+    secret_access_key_file: Option<String>,
+}
+
+pub fn datastore_from_yaml(file: &std::path::Path) -> anyhow::Result<CreateDatastore> {
+    let text = crate::resources::read_yaml(file)?;
+    cove_spec::check_untrusted_yaml(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+    let y: DatastoreYaml = serde_yaml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+    let base = file.parent().unwrap_or(std::path::Path::new("."));
+    let field = |name: &str, v: Option<String>| {
+        v.ok_or_else(|| anyhow::anyhow!("{}: field `{name}`: required for type: {}", file.display(), y.kind))
+    };
+    match y.kind.as_str() {
+        "local" => {
+            let path = field("path", y.path.clone())?;
+            // A relative folder is relative to the YAML, as every path in the reference's YAML is.
+            let path = std::path::absolute(base.join(&path))?.display().to_string();
+            Ok(CreateDatastore {
+                name: y.name,
+                kind: "local".into(),
+                path: Some(path),
+                endpoint: String::new(),
+                bucket: String::new(),
+                region: None,
+                access_key_id: String::new(),
+                secret_access_key: String::new(),
+            })
+        }
+        "s3" => {
+            let secret_file = base.join(field("secret_access_key_file", y.secret_access_key_file.clone())?);
+            Ok(CreateDatastore {
+                name: y.name.clone(),
+                kind: "s3".into(),
+                path: None,
+                endpoint: field("endpoint", y.endpoint.clone())?,
+                bucket: field("bucket", y.bucket.clone())?,
+                region: y.region.clone(),
+                access_key_id: field("access_key_id", y.access_key_id.clone())?,
+                secret_access_key: read_secret_file(&secret_file)?,
+            })
+        }
+        other => anyhow::bail!(
+            "{}: field `type`: `{other}` is not a datastore type Cove reaches yet (local, s3)",
+            file.display()
+        ),
+    }
+}
+
 pub async fn datastore_create(client: &Client, req: &CreateDatastore, out: Output) -> anyhow::Result<()> {
     let ds: Datastore = client.post("/api/v1/datastores", req).await?;
     if out.json {
         return print_json(&ds);
     }
-    println!("Created datastore {} ({} at {})", ds.name, ds.root, ds.endpoint.as_deref().unwrap_or(""));
+    match &ds.endpoint {
+        Some(endpoint) => println!("Created datastore {} ({} at {endpoint})", ds.name, ds.root),
+        None => println!("Created datastore {} (the folder {})", ds.name, ds.root),
+    }
     Ok(())
 }
 

@@ -195,22 +195,25 @@ enum TokenCommand {
 
 #[derive(Subcommand)]
 enum DatastoreCommand {
-    /// Register an S3-compatible datastore (in a private workspace, only through its private endpoint).
+    /// Register a datastore from its YAML (`-f`: `type: local` with a folder `path`, or `type: s3`), or
+    /// an S3-compatible one from flags (in a private workspace, only through its private endpoint).
     Create {
-        #[arg(long)]
-        name: String,
+        #[arg(short, long, conflicts_with_all = ["name", "endpoint"])]
+        file: Option<PathBuf>,
+        #[arg(long, required_unless_present = "file")]
+        name: Option<String>,
         /// The store's URL, e.g. http://198.18.3.10:9000.
-        #[arg(long)]
-        endpoint: String,
-        #[arg(long)]
-        bucket: String,
+        #[arg(long, required_unless_present = "file")]
+        endpoint: Option<String>,
+        #[arg(long, required_unless_present = "file")]
+        bucket: Option<String>,
         #[arg(long)]
         region: Option<String>,
-        #[arg(long)]
-        access_key_id: String,
+        #[arg(long, required_unless_present = "file")]
+        access_key_id: Option<String>,
         /// A file holding the secret access key, readable only by its owner.
-        #[arg(long)]
-        secret_access_key_file: PathBuf,
+        #[arg(long, required_unless_present = "file")]
+        secret_access_key_file: Option<PathBuf>,
     },
     List,
 }
@@ -613,12 +616,33 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Command::Datastore { command } => {
             let client = target.client()?;
             match command {
-                DatastoreCommand::Create { name, endpoint, bucket, region, access_key_id, secret_access_key_file } => {
-                    let secret_access_key = admin::read_secret_file(&secret_access_key_file)?;
-                    let req =
-                        cove_api::CreateDatastore { name, endpoint, bucket, region, access_key_id, secret_access_key };
+                DatastoreCommand::Create {
+                    file: None,
+                    name: Some(name),
+                    endpoint: Some(endpoint),
+                    bucket: Some(bucket),
+                    region,
+                    access_key_id: Some(access_key_id),
+                    secret_access_key_file: Some(secret_file),
+                } => {
+                    let secret_access_key = admin::read_secret_file(&secret_file)?;
+                    let req = cove_api::CreateDatastore {
+                        name,
+                        kind: "s3".into(),
+                        path: None,
+                        endpoint,
+                        bucket,
+                        region,
+                        access_key_id,
+                        secret_access_key,
+                    };
                     admin::datastore_create(&client, &req, out).await?
                 }
+                DatastoreCommand::Create { file: Some(file), .. } => {
+                    let req = admin::datastore_from_yaml(&file)?;
+                    admin::datastore_create(&client, &req, out).await?
+                }
+                DatastoreCommand::Create { .. } => unreachable!("clap requires --file or every S3 flag"),
                 DatastoreCommand::List => admin::datastore_list(&client, out).await?,
             }
             Ok(exit_code::OK)

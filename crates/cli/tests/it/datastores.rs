@@ -227,3 +227,59 @@ fn a_job_canceled_while_finalizing_publishes_nothing() {
     });
     assert!(!listing.contains("stalled/predictions.csv"), "a canceled job publishes nothing:\n{listing}");
 }
+
+/// A folder of this host as a datastore (`type: local`): jobs read their inputs from it and publish
+/// their outputs to it. It opens the host's files to jobs, so only the owner may register one, and
+/// never a folder that holds the workspace or lies inside it.
+#[test]
+fn a_local_folder_is_a_datastore_jobs_read_and_write() {
+    let ws = Workspace::start();
+    let shared = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    std::fs::create_dir_all(shared.path().join("in")).unwrap();
+    for i in 0..3 {
+        std::fs::write(shared.path().join(format!("in/file-{i:03}.txt")), format!("{i}\n")).unwrap();
+    }
+    let yml = ws.dir.path().join("datastore.yml");
+    std::fs::write(&yml, format!("name: shared\ntype: local\npath: {}\n", shared.path().display())).unwrap();
+    let created = ws.cove(&["datastore", "create", "-f", &yml.display().to_string()]);
+    assert!(created.ok().stdout.contains("Created datastore shared (the folder"), "{}", created.stdout);
+    let p = Project::new(ws.dir.path(), "onshared", LIST_SCRIPT, "");
+    p.deploy(&ws);
+    let run = ws.cove(&[
+        "--json",
+        "endpoint",
+        "invoke",
+        "onshared",
+        "--input",
+        "azureml://datastores/shared/paths/in",
+        "--output-path",
+        "azureml://datastores/shared/paths/out",
+    ]);
+    let job = ws.wait_job(run.ok().json()["name"].as_str().unwrap());
+    assert_eq!(job["status"], "Completed", "{job:#}");
+    let predictions = std::fs::read_to_string(shared.path().join("out/predictions.csv")).unwrap();
+    assert_eq!(predictions, "file-000.txt 0\nfile-001.txt 2\nfile-002.txt 4\n");
+
+    let register = |name: &str, path: &std::path::Path| {
+        let yml = ws.dir.path().join(format!("{name}.yml"));
+        std::fs::write(&yml, format!("name: {name}\ntype: local\npath: {}\n", path.display())).unwrap();
+        ws.cove(&["datastore", "create", "-f", &yml.display().to_string()])
+    };
+    register("around", ws.dir.path()).fails_with(2, "holds the workspace folder");
+    register("inside", &ws.path().join("datastores")).fails_with(2, "lies inside the workspace folder");
+    register("missing", &ws.dir.path().join("nope")).fails_with(2, "cannot be opened");
+    let (status, body) = ws.http(
+        "POST",
+        "/api/v1/datastores",
+        Some(serde_json::json!({"name": "rel", "type": "local", "path": "relative/dir"})),
+        &[],
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(body["message"].as_str().unwrap().contains("is not absolute"), "{body}");
+    let (_, token) = ws.http("POST", "/api/v1/tokens", Some(serde_json::json!({"role": "contributor"})), &[]);
+    let body = serde_json::json!({"name": "other", "type": "local", "path": shared.path().display().to_string()});
+    let (status, refused) =
+        ws.http_as(token["secret"].as_str().unwrap(), "POST", "/api/v1/datastores", Some(body), &[]);
+    assert_eq!(status, 403, "{refused}");
+    assert!(refused["message"].as_str().unwrap().contains("it needs the owner role"), "{refused}");
+}

@@ -819,6 +819,45 @@ pub async fn upload(
     Ok(StatusCode::CREATED)
 }
 
+/// A folder of this host (or of a filesystem mounted at the same place on every node) as a datastore.
+/// It opens the host's files to jobs, so only the owner may register one, and never a folder that
+/// holds the workspace or lies inside it.
+async fn create_local_datastore(
+    app: &AppRef,
+    user: &User,
+    name: String,
+    path: Option<&str>,
+) -> ApiResult<(StatusCode, Json<cove_api::Datastore>)> {
+    user.require(Role::Owner, None)?;
+    let path =
+        path.ok_or_else(|| ApiError::invalid("path: required for a local datastore (an absolute folder path)"))?;
+    let given = std::path::Path::new(path);
+    if !given.is_absolute() {
+        return Err(ApiError::invalid(format!("path: `{path}` is not absolute")));
+    }
+    let folder =
+        std::fs::canonicalize(given).map_err(|e| ApiError::invalid(format!("path: `{path}` cannot be opened: {e}")))?;
+    if !folder.is_dir() {
+        return Err(ApiError::invalid(format!("path: `{path}` is not a folder")));
+    }
+    let workspace = std::fs::canonicalize(&app.config.dir).unwrap_or_else(|_| app.config.dir.clone());
+    if workspace.starts_with(&folder) || folder.starts_with(&workspace) {
+        return Err(ApiError::invalid(format!(
+            "path: `{}` {} the workspace folder {}; a datastore never reaches the workspace's own files",
+            folder.display(),
+            if folder.starts_with(&workspace) { "lies inside" } else { "holds" },
+            workspace.display()
+        )));
+    }
+    app.datastores
+        .add_local(&name, &folder)
+        .map_err(|e| ApiError::invalid(format!("path: `{}` cannot be used: {e}", folder.display())))?;
+    let ds = cove_api::Datastore { name, kind: "local".into(), root: folder.display().to_string(), endpoint: None };
+    let stored = ds.clone();
+    app.store.call(move |c| store::datastore_upsert(c, &stored)).await?;
+    Ok((StatusCode::CREATED, Json(ds)))
+}
+
 pub async fn list_datastores(State(app): State<AppRef>, user: User) -> JsonResult<Vec<cove_api::Datastore>> {
     user.require(Role::Reader, None)?;
     Ok(Json(app.store.call(|c| store::datastore_list(c)).await?))
@@ -844,6 +883,13 @@ pub async fn create_datastore(
     }
     if app.datastores.get(&name).is_ok() {
         return Err(ApiError::conflict(format!("datastore `{name}` already exists")));
+    }
+    match req.kind.as_str() {
+        "s3" => {}
+        "local" => return create_local_datastore(&app, &user, name, req.path.as_deref()).await,
+        other => {
+            return Err(ApiError::invalid(format!("type: `{other}` is not a datastore type Cove reaches (local, s3)")))
+        }
     }
     let (scheme, rest) = req
         .endpoint
