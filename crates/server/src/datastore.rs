@@ -38,6 +38,34 @@ impl DataPath {
     }
 }
 
+/// Reads a file of a local datastore the way nothing in it can redirect: resolved beneath the
+/// datastore's folder with no symbolic link anywhere on the way, a regular file only. A folder that
+/// other users of the host can write (a shared filesystem, say) could otherwise hold a link to the
+/// workspace owner's files, which a job would then read and publish. Blocking.
+pub fn read_local(root: &std::path::Path, rel: &str) -> Result<bytes::Bytes, String> {
+    use nix::fcntl::{openat2, OFlag, OpenHow, ResolveFlag};
+    use std::io::Read;
+    let dir = std::fs::File::open(root).map_err(|e| format!("the datastore folder cannot be opened: {e}"))?;
+    let how = OpenHow::new()
+        .flags(OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NOCTTY | OFlag::O_NONBLOCK)
+        .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS);
+    let fd = openat2(&dir, rel, how).map_err(|e| match e {
+        nix::errno::Errno::ELOOP => {
+            "it is, or lies behind, a symbolic link; a datastore's files are read without following links".to_string()
+        }
+        nix::errno::Errno::EXDEV => "it leaves its datastore".to_string(),
+        other => other.desc().to_string(),
+    })?;
+    let mut file = std::fs::File::from(fd);
+    let meta = file.metadata().map_err(|e| e.to_string())?;
+    if !meta.is_file() {
+        return Err("it is not a regular file".into());
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    file.read_to_end(&mut bytes).map_err(|e| e.to_string())?;
+    Ok(bytes.into())
+}
+
 /// Parses a datastore URI.
 ///
 /// # Errors
@@ -95,6 +123,8 @@ pub fn normalise(path: &str) -> Result<String, String> {
 /// The workspace's datastores, by name. Datastores are added while the control plane runs.
 pub struct Datastores {
     stores: std::sync::RwLock<BTreeMap<String, Arc<dyn ObjectStore>>>,
+    /// The folders of local datastores, read without following links (`read_local`).
+    local_roots: std::sync::RwLock<BTreeMap<String, std::path::PathBuf>>,
     pub default_name: String,
 }
 
@@ -108,7 +138,11 @@ pub struct S3Secret {
 
 impl Datastores {
     pub fn new(default_name: &str) -> Self {
-        Self { stores: std::sync::RwLock::new(BTreeMap::new()), default_name: default_name.to_string() }
+        Self {
+            stores: std::sync::RwLock::new(BTreeMap::new()),
+            local_roots: std::sync::RwLock::new(BTreeMap::new()),
+            default_name: default_name.to_string(),
+        }
     }
 
     pub fn insert(&self, name: &str, store: Arc<dyn ObjectStore>) {
@@ -120,7 +154,13 @@ impl Datastores {
         std::fs::create_dir_all(root)?;
         let fs = LocalFileSystem::new_with_prefix(root).map_err(std::io::Error::other)?;
         self.insert(name, Arc::new(fs));
+        self.local_roots.write().unwrap_or_else(|p| p.into_inner()).insert(name.to_string(), root.to_path_buf());
         Ok(())
+    }
+
+    /// A local datastore's folder, when `name` is one.
+    pub fn local_root(&self, name: &str) -> Option<std::path::PathBuf> {
+        self.local_roots.read().unwrap_or_else(|p| p.into_inner()).get(name).cloned()
     }
 
     /// Adds an S3-compatible datastore reached at `endpoint`.

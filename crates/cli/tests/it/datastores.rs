@@ -260,6 +260,28 @@ fn a_local_folder_is_a_datastore_jobs_read_and_write() {
     let predictions = std::fs::read_to_string(shared.path().join("out/predictions.csv")).unwrap();
     assert_eq!(predictions, "file-000.txt 0\nfile-001.txt 2\nfile-002.txt 4\n");
 
+    // Someone who can write the shared folder plants a link to the workspace owner's files: the
+    // control plane reads no file through a link, so the job fails that item and publishes nothing of it.
+    std::fs::create_dir_all(shared.path().join("planted")).unwrap();
+    std::fs::write(shared.path().join("planted/file-000.txt"), "0\n").unwrap();
+    std::os::unix::fs::symlink(ws.path().join("owner.token"), shared.path().join("planted/file-001.txt")).unwrap();
+    let run = ws.cove(&[
+        "--json",
+        "endpoint",
+        "invoke",
+        "onshared",
+        "--input",
+        "azureml://datastores/shared/paths/planted",
+        "--output-path",
+        "azureml://datastores/shared/paths/planted-out",
+    ]);
+    let job = ws.wait_job(run.ok().json()["name"].as_str().unwrap());
+    assert_eq!(job["progress"]["files_total"], 2, "the link was listed as an input: {job:#}");
+    let reason = job["failed_batches"][0]["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("is, or lies behind, a symbolic link"), "{job:#}");
+    let published = std::fs::read_to_string(shared.path().join("planted-out/predictions.csv")).unwrap_or_default();
+    assert!(!published.contains(ws.token().trim()), "the owner token was published: {published}");
+
     let register = |name: &str, path: &std::path::Path| {
         let yml = ws.dir.path().join(format!("{name}.yml"));
         std::fs::write(&yml, format!("name: {name}\ntype: local\npath: {}\n", path.display())).unwrap();

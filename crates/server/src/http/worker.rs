@@ -166,9 +166,17 @@ pub async fn get_files(State(app): State<AppRef>, Worker(w): Worker, Path(lease)
         .map_err(|e| ApiError::internal("read the manifest", format!("{e:#}")))?;
     let input = parse_uri(&info.record.input.uri).map_err(ApiError::invalid)?;
     let store = app.datastores.get(&input.datastore).map_err(ApiError::invalid)?;
+    let local = app.datastores.local_root(&input.datastore);
     let reads = files.into_iter().map(|file| {
-        let store = store.clone();
+        let (store, local) = (store.clone(), local.clone());
         async move {
+            if let Some(root) = local {
+                let name = file.clone();
+                return tokio::task::spawn_blocking(move || crate::datastore::read_local(&root, &name))
+                    .await
+                    .unwrap_or_else(|e| Err(e.to_string()))
+                    .map_err(|why| format!("cannot read input file `{file}`: {why}"));
+            }
             let got = store.get(&object_store::path::Path::from(file.as_str())).await;
             match got {
                 Ok(r) => r.bytes().await.map_err(|e| format!("cannot read input file `{file}`: {e}")),
@@ -237,6 +245,13 @@ pub async fn get_asset(
     let location = if base.is_empty() { rel.clone() } else { format!("{base}/{rel}") };
     if !(location == root.path || location.starts_with(&format!("{}/", root.path))) {
         return Err(ApiError::not_found(format!("`{rel}` is not part of the {kind}")));
+    }
+    if let Some(folder) = app.datastores.local_root(&root.datastore) {
+        let bytes = tokio::task::spawn_blocking(move || crate::datastore::read_local(&folder, &location))
+            .await
+            .map_err(|e| ApiError::internal("read the asset", e))?
+            .map_err(|why| ApiError::not_found(format!("`{rel}` of the {kind} cannot be read: {why}")))?;
+        return Ok(Body::from(bytes));
     }
     let store = app.datastores.get(&root.datastore).map_err(ApiError::invalid)?;
     let got = store
