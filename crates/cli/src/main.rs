@@ -216,6 +216,15 @@ enum DatastoreCommand {
         secret_access_key_file: Option<PathBuf>,
     },
     List,
+    Show {
+        #[arg(short, long)]
+        name: String,
+    },
+    /// Delete a datastore nothing references (its files stay where they are).
+    Delete {
+        #[arg(short, long)]
+        name: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -644,6 +653,23 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
                 }
                 DatastoreCommand::Create { .. } => unreachable!("clap requires --file or every S3 flag"),
                 DatastoreCommand::List => admin::datastore_list(&client, out).await?,
+                DatastoreCommand::Show { name } => {
+                    let ds: cove_api::Datastore =
+                        client.get(&format!("/api/v1/datastores/{}", cove_api::encode(&name))).await?;
+                    if out.json {
+                        print_json(&ds)?;
+                    } else {
+                        println!("Name:      {}\nKind:      {}\nRoot:      {}", ds.name, ds.kind, ds.root);
+                        if let Some(e) = &ds.endpoint {
+                            println!("Endpoint:  {e}");
+                        }
+                    }
+                }
+                DatastoreCommand::Delete { name } => {
+                    let path = format!("/api/v1/datastores/{}", cove_api::encode(&name));
+                    let _: serde_json::Value = client.json(cove_api::Method::DELETE, &path, None::<&()>, &[]).await?;
+                    println!("Deleted datastore {name}");
+                }
             }
             Ok(exit_code::OK)
         }

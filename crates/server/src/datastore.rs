@@ -158,6 +158,12 @@ impl Datastores {
         Ok(())
     }
 
+    /// Forgets a datastore (its files stay where they are).
+    pub fn remove(&self, name: &str) {
+        self.stores.write().unwrap_or_else(|p| p.into_inner()).remove(name);
+        self.local_roots.write().unwrap_or_else(|p| p.into_inner()).remove(name);
+    }
+
     /// A local datastore's folder, when `name` is one.
     pub fn local_root(&self, name: &str) -> Option<std::path::PathBuf> {
         self.local_roots.read().unwrap_or_else(|p| p.into_inner()).get(name).cloned()

@@ -282,6 +282,22 @@ fn a_local_folder_is_a_datastore_jobs_read_and_write() {
     let published = std::fs::read_to_string(shared.path().join("planted-out/predictions.csv")).unwrap_or_default();
     assert!(!published.contains(ws.token().trim()), "the owner token was published: {published}");
 
+    // Shown (never its credentials); deleted only when nothing references it.
+    let shown = ws.cove(&["datastore", "show", "-n", "shared"]);
+    assert!(shown.ok().stdout.contains("Kind:      local"), "{}", shown.stdout);
+    ws.cove(&["datastore", "delete", "-n", "shared"]).fails_with(
+        2,
+        "datastore `shared` is in use: 2 upload(s), registered model, code or data files, or job outputs are on it",
+    );
+    ws.cove(&["datastore", "delete", "-n", "workspaceblobstore"]).fails_with(2, "is the workspace's default");
+    let empty = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let yml2 = ws.dir.path().join("empty.yml");
+    std::fs::write(&yml2, format!("name: spare\ntype: local\npath: {}\n", empty.path().display())).unwrap();
+    ws.cove(&["datastore", "create", "-f", &yml2.display().to_string()]).ok();
+    ws.cove(&["datastore", "delete", "-n", "spare"]).ok();
+    ws.cove(&["datastore", "show", "-n", "spare"]).fails_with(5, "datastore `spare` does not exist");
+    assert!(empty.path().exists(), "a deleted datastore's files stay where they are");
+
     let register = |name: &str, path: &std::path::Path| {
         let yml = ws.dir.path().join(format!("{name}.yml"));
         std::fs::write(&yml, format!("name: {name}\ntype: local\npath: {}\n", path.display())).unwrap();

@@ -39,6 +39,7 @@ pub fn router(app: AppRef) -> Router {
         .route("/api/v1/tokens/{id}", axum::routing::delete(admin::revoke_token))
         .route("/api/v1/computes", get(admin::list_computes).post(admin::create_compute))
         .route("/api/v1/datastores", post(resources::create_datastore).get(resources::list_datastores))
+        .route("/api/v1/datastores/{name}", get(resources::show_datastore).delete(resources::delete_datastore))
         .route("/api/v1/computes/{name}", get(admin::show_compute).delete(admin::delete_compute))
         .route("/api/v1/computes/{name}/token", post(admin::compute_token))
         .route("/api/v1/audit", get(admin::list_audit))

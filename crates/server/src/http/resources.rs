@@ -858,6 +858,41 @@ async fn create_local_datastore(
     Ok((StatusCode::CREATED, Json(ds)))
 }
 
+pub async fn show_datastore(
+    State(app): State<AppRef>,
+    user: User,
+    Path(name): Path<String>,
+) -> JsonResult<cove_api::Datastore> {
+    user.require(Role::Reader, None)?;
+    let all = app.store.call(|c| store::datastore_list(c)).await?;
+    all.into_iter()
+        .find(|d| d.name == name)
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found(format!("datastore `{name}` does not exist")))
+}
+
+/// Deletes a datastore that nothing references; its files stay where they are.
+pub async fn delete_datastore(
+    State(app): State<AppRef>,
+    user: User,
+    Path(name): Path<String>,
+) -> JsonResult<serde_json::Value> {
+    user.require(Role::Contributor, None)?;
+    if name == app.datastores.default_name {
+        return Err(ApiError::conflict(format!("datastore `{name}` is the workspace's default; it cannot be deleted")));
+    }
+    let key = name.clone();
+    match app.store.call(move |c| store::datastore_delete(c, &key)).await? {
+        Ok(true) => {
+            app.datastores.remove(&name);
+            let _ = std::fs::remove_file(crate::layout::datastore_secret(&app.config.dir, &name));
+            Ok(Json(serde_json::json!({ "deleted": name })))
+        }
+        Ok(false) => Err(ApiError::not_found(format!("datastore `{name}` does not exist"))),
+        Err(why) => Err(ApiError::conflict(format!("datastore `{name}` is in use: {why}"))),
+    }
+}
+
 pub async fn list_datastores(State(app): State<AppRef>, user: User) -> JsonResult<Vec<cove_api::Datastore>> {
     user.require(Role::Reader, None)?;
     Ok(Json(app.store.call(|c| store::datastore_list(c)).await?))

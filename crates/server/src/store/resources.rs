@@ -72,6 +72,29 @@ pub fn datastore_list(conn: &Connection) -> StoreResult<Vec<Datastore>> {
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
+/// Deletes a datastore nothing references: no upload, registered file, data asset or job output is
+/// on it, and no unfinished job reads it. `Err` says what references it.
+pub fn datastore_delete(conn: &mut Connection, name: &str) -> StoreResult<Result<bool, String>> {
+    let tx = conn.transaction()?;
+    let held: i64 = tx.query_row("SELECT COUNT(*) FROM locations WHERE datastore = ?1", [name], |r| r.get(0))?;
+    if held > 0 {
+        return Ok(Err(format!("{held} upload(s), registered model, code or data files, or job outputs are on it")));
+    }
+    let prefix = format!("azureml://datastores/{name}/paths/%");
+    let reading: i64 = tx.query_row(
+        "SELECT COUNT(*) FROM jobs WHERE status NOT IN ('Completed', 'Failed', 'Canceled')
+         AND json_extract(record, '$.input.uri') LIKE ?1",
+        [&prefix],
+        |r| r.get(0),
+    )?;
+    if reading > 0 {
+        return Ok(Err(format!("{reading} unfinished job(s) read it")));
+    }
+    let deleted = tx.execute("DELETE FROM datastores WHERE name = ?1", [name])? > 0;
+    tx.commit()?;
+    Ok(Ok(deleted))
+}
+
 pub fn compute_upsert(conn: &Connection, c: &Compute) -> StoreResult<()> {
     let spec = match (&c.slurm, &c.aml) {
         (Some(slurm), _) => Some(serde_json::to_string(slurm)?),
