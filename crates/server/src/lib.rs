@@ -140,6 +140,42 @@ impl Running {
     }
 }
 
+/// Records who holds the locations of registered models, deployments' code and jobs' outputs that a
+/// workspace created before locations were recorded does not know yet (a no-op afterwards), so the
+/// ownership rules hold for them too.
+fn record_owned_locations(store: &store::Store) -> anyhow::Result<()> {
+    use store::{Location, LocationKind};
+    store.call_now(|c| {
+        let mut claims: Vec<Location> = Vec::new();
+        let mut claim = |uri: &str, kind: LocationKind, owner: String, endpoint: Option<String>| {
+            if let Ok(at) = datastore::parse_uri(uri) {
+                if !at.path.is_empty() {
+                    claims.push(Location { datastore: at.datastore, path: at.path, kind, owner, endpoint });
+                }
+            }
+        };
+        for m in store::model_list(c, None)? {
+            claim(&m.path, LocationKind::Asset, format!("model `{}` version {}", m.name, m.version), None);
+        }
+        for ep in store::endpoint_list(c)? {
+            for d in store::deployment_list(c, &ep.spec.name)? {
+                if let Some(code) = &d.code_uri {
+                    let owner = format!("the code of deployment `{}/{}`", d.endpoint_name, d.name);
+                    claim(code, LocationKind::Asset, owner, None);
+                }
+            }
+        }
+        for j in store::job_list(c, None, None, u32::MAX)? {
+            claim(&j.record.output_uri, LocationKind::Output, j.name.clone(), Some(j.endpoint.clone()));
+        }
+        for l in &claims {
+            store::location_claim(c, l)?;
+        }
+        Ok(())
+    })?;
+    Ok(())
+}
+
 /// Takes the workspace for this control plane: one workspace has one control plane, and a second
 /// `cove up` on it is refused, naming the one that runs. The lock ends with the process.
 fn lock_workspace(dir: &Path) -> anyhow::Result<std::fs::File> {
@@ -185,6 +221,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
     if let Some(token) = owner_token {
         write_secret(&layout::owner_token(&dir), &token)?;
     }
+    record_owned_locations(&store)?;
     let datastores = datastore::Datastores::new(DEFAULT_DATASTORE);
     for ds in store.call_now(|c| store::datastore_list(c))? {
         match (ds.kind.as_str(), &ds.endpoint) {

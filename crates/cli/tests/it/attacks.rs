@@ -819,3 +819,47 @@ fn scoring_code_runs_only_where_the_host_can_sandbox_it() {
     assert_eq!(job["status"], "Completed", "{job:#}");
     assert_eq!(ws.output_lines(&job).len(), 2);
 }
+
+/// A workspace from before datastore locations were recorded: when its control plane starts, its
+/// models, code and job outputs are recorded, so the rules hold for them too.
+#[test]
+fn a_workspace_that_predates_location_records_gets_them_at_start() {
+    let mut ws = Workspace::start();
+    let p = Project::new(ws.dir.path(), "older", LIST_SCRIPT, "");
+    p.deploy(&ws);
+    let run = ws.cove(&["--json", "endpoint", "invoke", "older", "--input", &p.inputs(2).display().to_string()]);
+    let job = ws.wait_job(run.ok().json()["name"].as_str().unwrap());
+    ws.stop_server();
+    let db = rusqlite::Connection::open(ws.path().join("state/cove.db")).unwrap();
+    let forgotten = db.execute("DELETE FROM locations", []).unwrap();
+    assert!(forgotten >= 4, "uploads, model, code and the job's output were recorded: {forgotten}");
+    drop(db);
+    ws.serve_again(&[]);
+    let (_, models) = ws.http("GET", "/api/v1/models?name=older-model", None, &[]);
+    let model = models[0]["path"]
+        .as_str()
+        .unwrap()
+        .strip_prefix("azureml://datastores/workspaceblobstore/paths/")
+        .unwrap()
+        .to_string();
+    let got = call(
+        &ws,
+        "127.0.0.1",
+        &ws.token(),
+        "PUT",
+        &format!("/api/v1/datastores/workspaceblobstore/files/{model}/x.txt"),
+        Body::Bytes(b"x".to_vec()),
+    );
+    refused(got, 403, "holds the registered files of model `older-model` version 1");
+    let inside = format!("{}/more", job["output_uri"].as_str().unwrap());
+    let input = json!({"uri": job["input"]["uri"], "type": "uri_folder"});
+    let got = call(
+        &ws,
+        "127.0.0.1",
+        &ws.token(),
+        "POST",
+        "/endpoints/older/jobs",
+        Body::Json(json!({"input": input, "output_path": inside})),
+    );
+    refused(got, 409, &format!("is the output location of job `{}`", job["name"].as_str().unwrap()));
+}

@@ -130,9 +130,19 @@ impl Workspace {
     /// Stops the control plane and starts it again on the same workspace with other arguments (a new
     /// network configuration, say); the URL may change.
     pub fn restart_with(&mut self, args: &[&str]) {
+        self.stop_server();
+        self.serve_again(args);
+    }
+
+    /// Stops the control plane (SIGTERM) and waits for it to end; `serve_again` starts it.
+    pub fn stop_server(&mut self) {
         assert!(self.netns.is_none(), "restarts are for workspaces on the test's own network");
         kill(self.server.id(), "TERM");
         self.server.wait().unwrap();
+    }
+
+    /// Starts the control plane again on the same workspace, with `args`.
+    pub fn serve_again(&mut self, args: &[&str]) {
         let mut server = Command::new(COVE)
             .args(["up", "--dir"])
             .arg(self.path())
