@@ -49,16 +49,7 @@ impl DataCreate {
         let text = crate::resources::read_yaml(file)?;
         cove_spec::check_untrusted_yaml(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
         let y: DataYaml = serde_yaml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
-        let version = match &y.version {
-            None => None,
-            Some(v) => Some(
-                v.as_u64()
-                    .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
-                    .and_then(|n| u32::try_from(n).ok())
-                    .filter(|n| *n > 0)
-                    .with_context(|| format!("{}: field `version`: expected a whole number from 1", file.display()))?,
-            ),
-        };
+        let version = crate::resources::yaml_version(file, y.version.as_ref())?;
         Ok(DataCreate {
             name: y.name,
             version,

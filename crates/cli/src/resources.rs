@@ -304,16 +304,7 @@ impl ModelCreate {
         let text = read_yaml(file)?;
         cove_spec::check_untrusted_yaml(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
         let y: ModelYaml = serde_yaml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
-        let version = match &y.version {
-            None => None,
-            Some(v) => Some(
-                v.as_u64()
-                    .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
-                    .and_then(|n| u32::try_from(n).ok())
-                    .filter(|n| *n > 0)
-                    .with_context(|| format!("{}: field `version`: expected a whole number from 1", file.display()))?,
-            ),
-        };
+        let version = yaml_version(file, y.version.as_ref())?;
         let path =
             if y.path.contains("://") { y.path } else { local_path(file, "path", &y.path)?.display().to_string() };
         Ok(ModelCreate {
@@ -325,6 +316,14 @@ impl ModelCreate {
             tags: y.tags,
         })
     }
+}
+
+/// The `version:` of an asset's YAML (the reference writes `1` or `"1"`): a whole number from 1.
+pub fn yaml_version(file: &Path, version: Option<&serde_yaml::Value>) -> anyhow::Result<Option<u32>> {
+    let Some(v) = version else { return Ok(None) };
+    let n = v.as_u64().or_else(|| v.as_str().and_then(|s| s.parse().ok())).and_then(|n| u32::try_from(n).ok());
+    let n = n.filter(|n| *n > 0);
+    n.map(Some).with_context(|| format!("{}: field `version`: expected a whole number from 1", file.display()))
 }
 
 pub async fn model_create(client: &Client, req: ModelCreate, out: Output) -> anyhow::Result<()> {

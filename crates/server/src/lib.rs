@@ -146,6 +146,11 @@ impl Running {
 fn record_owned_locations(store: &store::Store) -> anyhow::Result<()> {
     use store::{Location, LocationKind};
     store.call_now(|c| {
+        // Every path that registers or reserves a location records it, so a workspace that has any
+        // record has them all: only one with none needs this look through everything.
+        if store::locations_recorded(c)? {
+            return Ok(());
+        }
         let mut claims: Vec<Location> = Vec::new();
         let mut claim = |uri: &str, kind: LocationKind, owner: String, endpoint: Option<String>| {
             if let Ok(at) = datastore::parse_uri(uri) {

@@ -738,17 +738,18 @@ pub async fn show_data(
     Ok(Json(data_asset(&app, &name, &version).await?))
 }
 
+/// A version in a path: `latest` (`None`) or a number.
+fn version_param(version: &str) -> ApiResult<Option<u32>> {
+    if version == "latest" {
+        return Ok(None);
+    }
+    let n = version.parse::<u32>();
+    n.map(Some).map_err(|_| ApiError::invalid(format!("version: `{version}` is not a number or `latest`")))
+}
+
 /// A data asset by name and version (`latest` or a number).
 pub async fn data_asset(app: &AppRef, name: &str, version: &str) -> ApiResult<cove_api::DataAsset> {
-    let v = if version == "latest" {
-        None
-    } else {
-        Some(
-            version
-                .parse::<u32>()
-                .map_err(|_| ApiError::invalid(format!("version: `{version}` is not a number or `latest`")))?,
-        )
-    };
+    let v = version_param(version)?;
     let key = name.to_ascii_lowercase();
     app.store.call(move |c| store::data_get(c, &key, v)).await?.ok_or_else(|| {
         ApiError::not_found(format!(
@@ -774,15 +775,7 @@ pub async fn show_model(
     Path((name, version)): Path<(String, String)>,
 ) -> JsonResult<Model> {
     user.require(Role::Reader, None)?;
-    let v = if version == "latest" {
-        None
-    } else {
-        Some(
-            version
-                .parse::<u32>()
-                .map_err(|_| ApiError::invalid(format!("version: `{version}` is not a number or `latest`")))?,
-        )
-    };
+    let v = version_param(&version)?;
     let key = name.to_ascii_lowercase();
     app.store
         .call(move |c| store::model_get(c, &key, v))

@@ -13,7 +13,7 @@ use axum::extract::{Extension, Path, State};
 use axum::http::StatusCode;
 use axum::Json;
 use cove_api::worker::{AssetListing, Completion, CompletionAck, Lease, LeaseRequest, LeaseResponse, ReportedOutcome};
-use cove_api::FileEntry;
+use cove_api::{AuditEntry, FileEntry};
 use cove_model::AttemptOutcome;
 use futures::TryStreamExt;
 use object_store::ObjectStore;
@@ -138,10 +138,17 @@ fn foreign_lease(lease: &str, compute: &str, w: &Principal) -> ApiError {
 }
 
 /// Writes who uploaded what a job may publish: the compute, its credential, the lease.
-async fn audit_upload(app: &AppRef, w: &Principal, source: guard::Source, what: String, info: &LeaseInfo, lease: &str) {
-    let principal = format!("{} (worker of {})", w.token_id, w.compute.as_deref().unwrap_or("-"));
-    let resource = format!("job {} mini-batch {}", info.job, info.idx);
-    guard::audit(app, principal, source.0, what, resource, "ok".into(), Some(format!("lease {lease}"))).await;
+/// Written in the same store trip that records the upload with its attempt.
+fn upload_audit(w: &Principal, source: guard::Source, what: String, info: &LeaseInfo, lease: &str) -> AuditEntry {
+    AuditEntry {
+        time: String::new(),
+        principal: format!("{} (worker of {})", w.token_id, w.compute.as_deref().unwrap_or("-")),
+        source: source.0.to_string(),
+        action: what,
+        resource: format!("job {} mini-batch {}", info.job, info.idx),
+        outcome: "ok".into(),
+        detail: Some(format!("lease {lease}")),
+    }
 }
 
 pub async fn heartbeat(
@@ -271,9 +278,8 @@ pub async fn put_part(
     let info = current(&app, &lease, &w).await?;
     let key = object_store::path::Path::from(store::part_key(&info.job, info.idx, &lease));
     let size = super::upload::stream_to(app.internal.as_ref(), &key, body, super::UPLOAD_LIMIT).await?;
-    let id = lease.clone();
-    app.store.call(move |c| store::attempt_mark_part(c, &id)).await?;
-    audit_upload(&app, &w, source, format!("PUT part ({size} bytes)"), &info, &lease).await;
+    let (id, entry) = (lease.clone(), upload_audit(&w, source, format!("PUT part ({size} bytes)"), &info, &lease));
+    app.store.call(move |c| store::attempt_mark_part(c, &id).and_then(|()| store::audit_append(c, &entry))).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -305,9 +311,9 @@ pub async fn put_output(
         super::UPLOAD_LIMIT,
     )
     .await?;
+    let entry = upload_audit(&w, source, format!("PUT output `{name}` ({size} bytes)"), &info, &lease);
     let id = lease.clone();
-    app.store.call(move |c| store::attempt_add_output(c, &id)).await?;
-    audit_upload(&app, &w, source, format!("PUT output `{name}` ({size} bytes)"), &info, &lease).await;
+    app.store.call(move |c| store::attempt_add_output(c, &id).and_then(|()| store::audit_append(c, &entry))).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

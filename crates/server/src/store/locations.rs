@@ -81,6 +81,11 @@ pub fn locations_overlapping(conn: &Connection, datastore: &str, path: &str) -> 
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
+/// Whether any location is recorded at all.
+pub fn locations_recorded(conn: &Connection) -> StoreResult<bool> {
+    Ok(conn.row("SELECT EXISTS (SELECT 1 FROM locations)", [], |r| r.get(0))?)
+}
+
 /// Records a location; a location already recorded at the same path is left as it is.
 pub fn location_claim(conn: &Connection, l: &Location) -> StoreResult<()> {
     conn.exec(
