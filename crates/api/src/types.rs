@@ -146,6 +146,11 @@ pub struct ComputeSpec {
     /// before the job fails for lack of capacity (30 minutes by default).
     #[serde(default = "default_capacity_wait")]
     pub capacity_wait: u64,
+    /// A folder on storage every node mounts at the same path, where workers build the environments
+    /// of jobs on this cluster (the first worker that needs one builds it, the others wait for it).
+    /// Without it, environments are built on the control plane's host, which the nodes must share.
+    #[serde(default)]
+    pub environment_cache: Option<String>,
 }
 
 fn default_capacity_wait() -> u64 {
@@ -219,7 +224,13 @@ pub struct Deployment {
     /// worker, with no scoring script and no Python.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub onnx_model: Option<String>,
+    /// A scoring script of Cove's own (`mlflow`: the driver of an MLflow model deployed with no script).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub builtin_script: Option<String>,
     pub python: String,
+    /// The environment Cove built for it; none means the workspace's default interpreter (or no Python).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub environment: Option<DeploymentEnvironment>,
     pub compute: String,
     /// How its scoring code runs: `namespaces`, or `none` (a warning) by the workspace's explicit choice.
     #[serde(default)]
@@ -283,6 +294,84 @@ pub struct DataAsset {
     #[serde(default)]
     pub tags: BTreeMap<String, String>,
     pub created_at: String,
+}
+
+/// A registered environment: the reference's environment YAML with its files' contents.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Environment {
+    pub name: String,
+    pub version: u32,
+    #[serde(default)]
+    pub description: Option<String>,
+    /// The image the reference would run; Cove builds from the conda and pip files instead.
+    #[serde(default)]
+    pub image: Option<String>,
+    #[serde(default)]
+    pub conda_file: Option<String>,
+    #[serde(default)]
+    pub pip_file: Option<String>,
+    #[serde(default)]
+    pub overrides: Vec<String>,
+    #[serde(default)]
+    pub allow_source_builds: bool,
+    pub created_at: String,
+}
+
+/// `POST /api/v1/environments`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateEnvironment {
+    pub definition: cove_spec::EnvironmentDefinition,
+    #[serde(default)]
+    pub conda_file: Option<String>,
+    #[serde(default)]
+    pub pip_file: Option<String>,
+}
+
+/// `GET /api/v1/environments/{name}/versions/{version}`: the environment and the builds made from it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EnvironmentDetail {
+    pub environment: Environment,
+    pub builds: Vec<EnvironmentBuildInfo>,
+}
+
+/// One built environment, as the deployments using it see it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EnvironmentBuildInfo {
+    pub key: String,
+    pub deployments: Vec<String>,
+    pub log: String,
+    /// The end of the build log.
+    pub log_tail: String,
+}
+
+/// What a deployment runs in, when Cove built its environment.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DeploymentEnvironment {
+    /// Where the specification came from: `inline`, `azureml:name:3`, or the MLflow model's files.
+    pub source: String,
+    /// The content address of the build, shared by every deployment asking for the same thing.
+    pub key: String,
+    /// The base interpreter and its version.
+    pub interpreter: String,
+    /// The conda file's `python` entry, when it has one.
+    #[serde(default)]
+    pub python_pin: Option<String>,
+    /// The image the YAML names, which Cove does not run.
+    #[serde(default)]
+    pub image_not_used: Option<String>,
+    /// Overrides that replaced a pin of a package in this environment.
+    #[serde(default)]
+    pub overrides_applied: Vec<String>,
+    /// Entries of the files that were mapped or left out, and why.
+    #[serde(default)]
+    pub notes: Vec<String>,
+    #[serde(default)]
+    pub warnings: Vec<String>,
+    /// The build log, on the host that built it.
+    pub log: String,
+    /// What any host needs to build the same environment (the lock lists every installed package).
+    pub build: crate::worker::EnvironmentBuild,
 }
 
 /// `POST /api/v1/data`.

@@ -79,6 +79,48 @@ pub struct RunSpec {
     /// The only addresses scoring code may reach, each through the worker.
     #[serde(default)]
     pub egress: Vec<EgressTarget>,
+    /// The environment `python` belongs to: a worker whose host lacks it builds it first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub environment: Option<EnvironmentBuild>,
+    /// A scoring script of Cove's own that the worker supplies (`mlflow`: the MLflow no-code driver).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub builtin_script: Option<String>,
+}
+
+/// Everything needed to build one environment on any host: the resolved requirements and the base
+/// interpreter. The same request always builds the same environment, under `root/key`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct EnvironmentBuild {
+    /// The content address: a digest of the lock, the interpreter and the platform.
+    pub key: String,
+    /// Fully pinned requirements, one per line, as the resolver wrote them.
+    pub lock: String,
+    /// The base interpreter the environment is made from.
+    pub python: String,
+    /// The folder that holds built environments on the worker's host (the compute's environment cache).
+    pub root: String,
+    pub source: PackageSource,
+    #[serde(default)]
+    pub allow_source_builds: bool,
+}
+
+/// Where environment builds get packages: nothing else is reachable from a build.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum PackageSource {
+    /// A package index (the simple API) reached only through its private endpoint at `address`.
+    Index { url: String, address: std::net::SocketAddr },
+    /// A folder of wheels on the building host, for hosts with no network at all.
+    Wheels { dir: String },
+}
+
+impl std::fmt::Display for PackageSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PackageSource::Index { url, .. } => write!(f, "the package index {url}"),
+            PackageSource::Wheels { dir } => write!(f, "the wheel folder {dir}"),
+        }
+    }
 }
 
 /// A private endpoint a deployment allows its scoring code to reach.

@@ -5,6 +5,7 @@
 mod admin;
 mod connect;
 mod data;
+mod environment;
 mod jobs;
 mod quickstart;
 mod render;
@@ -90,6 +91,22 @@ enum Command {
         /// without one, which every deployment and `cove workspace show` then report as a warning.
         #[arg(long, default_value = "namespaces", value_parser = parse_sandbox)]
         sandbox: cove_api::worker::SandboxMode,
+        /// The package index environment builds use (its simple API, at a private endpoint's address).
+        #[arg(long, value_name = "URL", conflicts_with = "wheels")]
+        package_index: Option<String>,
+        /// A folder of wheels environment builds use instead of an index, for hosts with no network.
+        #[arg(long, value_name = "DIR")]
+        wheels: Option<PathBuf>,
+        /// Another interpreter a deployment's `python=X.Y` pin may pick (repeatable).
+        #[arg(long = "interpreter", value_name = "PATH")]
+        interpreters: Vec<String>,
+        /// A requirement that replaces any pin of the same package in every environment (repeatable).
+        #[arg(long = "environment-override", value_name = "REQUIREMENT")]
+        overrides: Vec<String>,
+        /// Refuse a deployment whose `python` pin no interpreter matches (the default warns and uses
+        /// the default interpreter).
+        #[arg(long)]
+        strict_python: bool,
     },
     /// Run a worker that leases mini-batches from a control plane.
     /// The control plane is given by the global --url (or COVE_URL).
@@ -134,6 +151,11 @@ enum Command {
     Model {
         #[command(subcommand)]
         command: ModelCommand,
+    },
+    /// Environments: conda and pip specifications Cove builds for deployments.
+    Environment {
+        #[command(subcommand)]
+        command: EnvironmentCommand,
     },
     /// Data assets: named, versioned files or folders that jobs take as input.
     Data {
@@ -356,6 +378,26 @@ enum DeploymentCommand {
 }
 
 #[derive(Subcommand)]
+enum EnvironmentCommand {
+    /// Register an environment version from the reference's environment YAML (`-f env.yml`).
+    Create {
+        #[arg(short, long)]
+        file: PathBuf,
+    },
+    List {
+        #[arg(short, long)]
+        name: Option<String>,
+    },
+    /// An environment version (the latest by default), and its builds with their logs.
+    Show {
+        #[command(flatten)]
+        name: NameArg,
+        #[arg(short, long)]
+        version: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
 enum DataCommand {
     /// Register a data asset version from the reference's data YAML (`-f data.yml`), or from flags.
     Create {
@@ -560,7 +602,18 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
     }
     let target = cli.target;
     match cli.command {
-        Command::Up { dir, listen, config, python, sandbox } => {
+        Command::Up {
+            dir,
+            listen,
+            config,
+            python,
+            sandbox,
+            package_index,
+            wheels,
+            interpreters,
+            overrides,
+            strict_python,
+        } => {
             let worker_exe = std::env::current_exe()?;
             // Paths given here end up in other processes that change directory (workers, sandboxes),
             // so they are made absolute once, now.
@@ -578,7 +631,17 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
                 python,
                 worker_exe,
                 sandbox,
+                environments: cove_server::EnvironmentSettings {
+                    package_index,
+                    wheels: wheels.map(|w| absolute(&w)).transpose()?,
+                    interpreters,
+                    overrides,
+                    strict_python,
+                },
             };
+            for o in &config.environments.overrides {
+                cove_spec::check_requirement(o).map_err(|e| anyhow::anyhow!("--environment-override: {e}"))?;
+            }
             let running = cove_server::start(config).await?;
             println!("Cove workspace {} is up", dir.display());
             println!("API and scoring URIs: {}", running.url);
@@ -773,6 +836,17 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
                 ModelCommand::Delete { name, version } => resources::model_delete(&client, &name, version, out).await?,
                 ModelCommand::List { name } => resources::model_list(&client, name.as_deref(), out).await?,
                 ModelCommand::Show { name, version } => resources::model_show(&client, &name, version, out).await?,
+            }
+            Ok(exit_code::OK)
+        }
+        Command::Environment { command } => {
+            let client = target.client()?;
+            match command {
+                EnvironmentCommand::Create { file } => environment::create(&client, &absolute(&file)?, out).await?,
+                EnvironmentCommand::List { name } => environment::list(&client, name.as_deref(), out).await?,
+                EnvironmentCommand::Show { name, version } => {
+                    environment::show(&client, &name.get(), version.as_deref(), out).await?
+                }
             }
             Ok(exit_code::OK)
         }

@@ -48,6 +48,7 @@ pub async fn run(dir: Option<PathBuf>, out: Output) -> anyhow::Result<i32> {
         python: "python3".into(),
         worker_exe: std::env::current_exe()?,
         sandbox: cove_api::worker::SandboxMode::Namespaces,
+        environments: Default::default(),
     })
     .await?;
     let token = std::fs::read_to_string(cove_server::layout::owner_token(&workspace))?;

@@ -8,6 +8,21 @@ use cove_spec::{EnvironmentRef, ModelRef, ModelType};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+/// Reads an environment's conda and pip files, named relative to the YAML `file` that names them.
+pub fn environment_files(
+    file: &Path,
+    field_prefix: &str,
+    def: &cove_spec::EnvironmentDefinition,
+) -> anyhow::Result<(Option<String>, Option<String>)> {
+    let read = |field: &str, path: &Option<String>| -> anyhow::Result<Option<String>> {
+        match path {
+            Some(p) => Ok(Some(read_yaml(&local_path(file, &format!("{field_prefix}{field}"), p)?)?)),
+            None => Ok(None),
+        }
+    };
+    Ok((read("conda_file", &def.conda_file)?, read("pip_file", &def.pip_file)?))
+}
+
 pub fn read_yaml(file: &Path) -> anyhow::Result<String> {
     std::fs::read_to_string(file).with_context(|| format!("failed to read {}", file.display()))
 }
@@ -164,15 +179,10 @@ pub async fn deployment_create(client: &Client, args: DeploymentCreate, out: Out
         }
         None => None,
     };
-    let (mut conda_file, mut pip_file) = (None, None);
-    if let Some(EnvironmentRef::Inline { conda_file: c, pip_file: p, .. }) = &spec.environment {
-        if let Some(c) = c {
-            conda_file = Some(read_yaml(&local_path(file, "environment.conda_file", c)?)?);
-        }
-        if let Some(p) = p {
-            pip_file = Some(read_yaml(&local_path(file, "environment.pip_file", p)?)?);
-        }
-    }
+    let (conda_file, pip_file) = match &spec.environment {
+        Some(EnvironmentRef::Inline(def)) => environment_files(file, "environment.", def)?,
+        _ => (None, None),
+    };
     let ws: Workspace = client.get("/api/v1/workspace").await?;
     let _: Endpoint = client.get(&format!("/api/v1/endpoints/{}", encode(&endpoint))).await?;
     let model_upload = match &model_dir {
@@ -238,6 +248,26 @@ pub async fn deployment_show(client: &Client, endpoint: &str, name: &str, out: O
     println!("Model:                        {}:{}", d.model.name, d.model.version);
     println!("Scoring script:               {}", d.scoring_script.as_deref().unwrap_or("-"));
     println!("Python:                       {}", d.python);
+    if let Some(e) = &d.environment {
+        println!("Environment:                  {} (build {}, {})", e.source, e.key, e.interpreter);
+        if let Some(pin) = &e.python_pin {
+            println!("  python pin:                 {pin}");
+        }
+        if let Some(image) = &e.image_not_used {
+            println!("  image:                      {image} (not used: built from the conda and pip files)");
+        }
+        for o in &e.overrides_applied {
+            println!("  override applied:           {o}");
+        }
+        for w in &e.warnings {
+            println!("  warning:                    {w}");
+        }
+        for n in &e.notes {
+            println!("  note:                       {n}");
+        }
+        println!("  packages:                   {}", e.build.lock.lines().collect::<Vec<_>>().join(" "));
+        println!("  build log:                  {}", e.log);
+    }
     println!("Sandbox:                      {}", d.sandbox);
     println!("Compute:                      {}", d.compute);
     println!("instance_count:               {}", s.instance_count);

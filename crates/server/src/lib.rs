@@ -9,6 +9,7 @@ mod compute;
 mod datastore;
 mod diagnose;
 mod envcheck;
+mod environments;
 mod http;
 mod jobs;
 mod logs;
@@ -42,6 +43,23 @@ pub struct ServerConfig {
     pub worker_exe: PathBuf,
     /// Whether scoring code runs in the sandbox (the default) or, by explicit choice, without one.
     pub sandbox: cove_api::worker::SandboxMode,
+    /// How deployments' environments are built.
+    pub environments: EnvironmentSettings,
+}
+
+/// Where environment builds get packages and which interpreters they may use.
+#[derive(Debug, Clone, Default)]
+pub struct EnvironmentSettings {
+    /// A package index (the simple API), reached through a private endpoint with `service: package-index`.
+    pub package_index: Option<String>,
+    /// A folder of wheels on this host, for hosts with no network at all.
+    pub wheels: Option<PathBuf>,
+    /// Interpreters a `python=X.Y` pin may pick, besides the default.
+    pub interpreters: Vec<String>,
+    /// Requirements that replace any pin of the same package in every environment (uv's overrides).
+    pub overrides: Vec<String>,
+    /// Refuse a deployment whose `python` pin no interpreter matches, instead of warning.
+    pub strict_python: bool,
 }
 
 /// Files a workspace keeps under its directory.
@@ -64,6 +82,10 @@ pub mod layout {
     }
     pub fn worker_token(dir: &Path, compute: &str) -> PathBuf {
         dir.join("state").join(format!("worker-{compute}.token"))
+    }
+    /// Environments built on this host, each under its content address.
+    pub fn environments(dir: &Path) -> PathBuf {
+        dir.join("state").join("environments")
     }
     pub fn compute_dir(dir: &Path, compute: &str) -> PathBuf {
         dir.join("compute").join(compute)
@@ -107,6 +129,10 @@ pub(crate) struct App {
     pub followed: std::sync::Mutex<std::collections::HashSet<String>>,
     /// The addresses the API actually listens on.
     pub listeners: Vec<SocketAddr>,
+    /// Where environment builds get packages; none configured means deployments cannot ask for one.
+    pub package_source: Option<cove_api::worker::PackageSource>,
+    /// Environments being prepared for deployments not stored yet: never collected.
+    pub building: std::sync::Mutex<std::collections::HashSet<String>>,
     pub shutdown: watch::Receiver<bool>,
 }
 
@@ -254,6 +280,8 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
         None => netpolicy::NetworkPolicy::loopback(config.listen.unwrap_or(DEFAULT_LISTEN.parse().expect("valid")))
             .map_err(anyhow::Error::msg)?,
     };
+    let package_source =
+        environments::package_source(&config.environments, &policy).map_err(anyhow::Error::msg)?;
     let mut addresses: Vec<SocketAddr> = policy.api_endpoints().iter().map(|p| p.address).collect();
     if let Some(listen) = config.listen {
         if !addresses.contains(&listen) {
@@ -320,7 +348,10 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
         worker_hosts: std::sync::Mutex::new(std::collections::HashMap::new()),
         clusters: std::sync::Mutex::new(std::collections::HashMap::new()),
         listeners: listeners.clone(),
+        package_source,
+        building: std::sync::Mutex::new(std::collections::HashSet::new()),
     });
+    environments::collect_unused(&app).await;
     let lost_app = app.clone();
     tokio::spawn(async move {
         while let Some((job, reason)) = lost_jobs.recv().await {

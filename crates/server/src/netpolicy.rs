@@ -40,8 +40,8 @@ pub struct Network {
 #[serde(deny_unknown_fields)]
 pub struct PrivateEndpoint {
     pub name: String,
-    /// `api` (the API and invocation URLs), `datastore:<name>`, or `egress` (a service scoring
-    /// code may be allowed to reach).
+    /// `api` (the API and invocation URLs), `datastore:<name>`, `egress` (a service scoring code may
+    /// be allowed to reach), or `package-index` (where environment builds get packages).
     pub service: String,
     pub address: SocketAddr,
     pub network: String,
@@ -164,11 +164,12 @@ impl NetworkPolicy {
                     format!("{} is not in network `{}`", pe.address.ip(), pe.network),
                 ));
             }
-            let ok = pe.service == "api" || pe.service == "egress" || pe.service.starts_with("datastore:");
+            let ok = ["api", "egress", "package-index"].contains(&pe.service.as_str())
+                || pe.service.starts_with("datastore:");
             if !ok {
                 return Err(err(
                     &format!("{field}.service"),
-                    format!("`{}` is not api, egress or datastore:<name>", pe.service),
+                    format!("`{}` is not api, egress, package-index or datastore:<name>", pe.service),
                 ));
             }
         }

@@ -8,6 +8,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 use serde_yaml::Value;
 
+use crate::environment::{definition_from_fields, EnvironmentDefinition};
 use crate::errors::SpecError;
 use crate::yaml::Fields;
 
@@ -51,13 +52,7 @@ pub enum ModelType {
 pub enum EnvironmentRef {
     /// A registered environment, kept exactly as written (`azureml:name:1`, `azureml:name@latest`).
     Registered { reference: String },
-    Inline {
-        name: Option<String>,
-        image: Option<String>,
-        conda_file: Option<String>,
-        pip_file: Option<String>,
-        description: Option<String>,
-    },
+    Inline(EnvironmentDefinition),
 }
 
 impl fmt::Display for ModelType {
@@ -152,30 +147,7 @@ pub(crate) fn environment_from_yaml(root: &Fields<'_>) -> Result<Option<Environm
         }
         Value::Mapping(_) => {
             let env = root.required("environment", root.mapping("environment")?)?;
-            // Build contexts, versions and OS hints only matter to Azure's image builder; they are accepted so
-            // existing files load, but Cove runs the given image or conda file.
-            env.check_keys(&[
-                "name",
-                "version",
-                "description",
-                "tags",
-                "image",
-                "conda_file",
-                "pip_file",
-                "build",
-                "inference_config",
-                "os_type",
-            ])?;
-            if let Some(build) = env.mapping("build")? {
-                build.check_keys(&["path", "dockerfile_path"])?;
-            }
-            Ok(Some(EnvironmentRef::Inline {
-                name: env.string("name")?,
-                image: env.string("image")?,
-                conda_file: env.string("conda_file")?,
-                pip_file: env.string("pip_file")?,
-                description: env.string("description")?,
-            }))
+            Ok(Some(EnvironmentRef::Inline(definition_from_fields(&env)?)))
         }
         other => Err(root.type_error(
             "environment",

@@ -109,17 +109,7 @@ pub fn parse_deployment(file: &str, text: &str) -> Result<DeploymentSpec, SpecEr
 
 /// `egress:` is a list of private endpoint names.
 fn egress_from_yaml(root: &Fields<'_>) -> Result<Vec<String>, SpecError> {
-    let Some(value) = root.get("egress") else { return Ok(Vec::new()) };
-    let Some(items) = value.as_sequence() else {
-        return Err(root.type_error("egress", "a list of private endpoint names", value));
-    };
-    items
-        .iter()
-        .map(|item| match item.as_str() {
-            Some(name) if !name.trim().is_empty() => Ok(name.trim().to_string()),
-            _ => Err(root.type_error("egress", "a list of private endpoint names", item)),
-        })
-        .collect()
+    root.string_list("egress", "a list of private endpoint names")
 }
 
 fn check_type(root: &Fields<'_>) -> Result<(), SpecError> {
@@ -186,6 +176,7 @@ fn parse_compute(text: &str) -> Result<String, String> {
 mod tests {
     use super::*;
     use crate::assets::{ModelType, ModelVersion};
+    use crate::environment::EnvironmentDefinition;
     use crate::settings::{LoggingLevel, OutputAction, RetrySettings};
 
     const MNIST: &str = "\
@@ -255,13 +246,12 @@ settings:
                 description: None,
             },
             code: Some(CodeConfiguration { code: "code".into(), scoring_script: "batch_driver.py".into() }),
-            environment: Some(EnvironmentRef::Inline {
+            environment: Some(EnvironmentRef::Inline(EnvironmentDefinition {
                 name: Some("batch-torch-py38".into()),
                 image: Some("mcr.microsoft.com/azureml/openmpi4.1.0-ubuntu20.04:latest".into()),
                 conda_file: Some("environment/conda.yaml".into()),
-                pip_file: None,
-                description: None,
-            }),
+                ..Default::default()
+            })),
             compute: "batch-cluster".into(),
             settings: DeploymentSettings { max_concurrency_per_instance: 2, ..DeploymentSettings::default() },
             egress: Vec::new(),
@@ -453,13 +443,12 @@ environment:
         let spec = parse(&format!("{MINIMAL}{text}"));
         assert_eq!(
             spec.environment,
-            Some(EnvironmentRef::Inline {
+            Some(EnvironmentRef::Inline(EnvironmentDefinition {
                 name: Some("env".into()),
-                image: None,
-                conda_file: None,
+                version: Some("3".into()),
                 pip_file: Some("requirements.txt".into()),
-                description: None
-            })
+                ..Default::default()
+            }))
         );
         assert_eq!(
             err_with("environment:\n  image: x\n  build:\n    pth: .\n"),

@@ -4,6 +4,7 @@
 mod assets;
 mod deployment;
 mod endpoint;
+mod environment;
 mod errors;
 mod guard;
 mod locate;
@@ -14,6 +15,10 @@ mod yaml;
 pub use assets::{EnvironmentRef, ModelRef, ModelType, ModelVersion};
 pub use deployment::{parse_deployment, CodeConfiguration, DeploymentSpec};
 pub use endpoint::{parse_endpoint, EndpointSpec};
+pub use environment::{
+    check_requirement, parse_environment, python_matches, requirements, EnvironmentDefinition, Requirements, CONDA_ONLY,
+    CONDA_TO_PYPI,
+};
 pub use errors::SpecError;
 pub use names::validate_resource_name;
 pub use settings::{is_loader_variable, DeploymentSettings, Limits, LoggingLevel, OutputAction, RetrySettings};

@@ -171,6 +171,30 @@ impl<'a> Fields<'a> {
         }
     }
 
+    /// Returns a list of non-empty strings (absent is an empty list).
+    pub fn string_list(&self, key: &str, expected: &str) -> Result<Vec<String>, SpecError> {
+        let Some(value) = self.get(key) else { return Ok(Vec::new()) };
+        let Some(items) = value.as_sequence() else {
+            return Err(self.type_error(key, expected, value));
+        };
+        items
+            .iter()
+            .map(|item| match item.as_str() {
+                Some(text) if !text.trim().is_empty() => Ok(text.trim().to_string()),
+                _ => Err(self.type_error(key, expected, item)),
+            })
+            .collect()
+    }
+
+    /// Returns a boolean; absent is `false`.
+    pub fn flag(&self, key: &str) -> Result<bool, SpecError> {
+        match self.get(key) {
+            None => Ok(false),
+            Some(Value::Bool(b)) => Ok(*b),
+            Some(other) => Err(self.type_error(key, "true or false", other)),
+        }
+    }
+
     /// Returns a mapping of scalars with every key and value as text (`tags`, `properties`, environment variables).
     pub fn scalar_map(&self, key: &str) -> Result<BTreeMap<String, String>, SpecError> {
         let Some(fields) = self.mapping(key)? else {

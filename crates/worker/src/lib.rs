@@ -6,6 +6,7 @@
 //! part and the logs, report the outcome. The worker does not decide anything about retries or the job's
 //! fate: it reports what happened and the control plane's policy decides.
 
+pub mod environment;
 mod leftovers;
 pub mod sandbox;
 mod scorer;
@@ -17,6 +18,10 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 
 pub use scorer::DRIVER;
+
+/// Cove's scoring script for MLflow models deployed with no scoring script.
+pub const MLFLOW_SCRIPT: &str = include_str!("mlflow_score.py");
+pub const MLFLOW_SCRIPT_NAME: &str = "cove_mlflow_score.py";
 
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {

@@ -16,7 +16,8 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout};
 
-pub const DRIVER: &str = include_str!("driver.py");
+/// The driver, with the egress helper it shares with environment builds.
+pub const DRIVER: &str = concat!(include_str!("egress.py"), include_str!("driver.py"));
 
 /// Everything a scorer process needs to start.
 pub struct ScorerSpec<'a> {
@@ -41,7 +42,7 @@ pub struct ScorerSpec<'a> {
 
 /// A short folder for the egress sockets of one scorer: socket paths must fit in 108 bytes, which a
 /// worker's work folder need not.
-fn egress_dir() -> PathBuf {
+pub(crate) fn egress_dir() -> PathBuf {
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     std::env::temp_dir().join(format!("cove-egress-{}-{n}", std::process::id()))
@@ -85,7 +86,7 @@ impl Drop for Scorer {
 
 /// Serves one allowed egress target: every connection the sandbox makes to the socket is joined to a
 /// new TCP connection to the target, and to nothing else.
-fn forward(socket: &Path, target: std::net::SocketAddr) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+pub(crate) fn forward(socket: &Path, target: std::net::SocketAddr) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     let _ = std::fs::remove_file(socket);
     let listener =
         tokio::net::UnixListener::bind(socket).with_context(|| format!("failed to listen on {}", socket.display()))?;
@@ -110,6 +111,8 @@ enum Answer {
     Done {
         items: u64,
         #[serde(default)]
+        failed: Option<u64>,
+        #[serde(default)]
         observed: Vec<String>,
     },
     Error {
@@ -123,6 +126,8 @@ enum Answer {
 pub enum RunResult {
     Done {
         items: u64,
+        /// Files the script itself counted as failed; otherwise, files minus items.
+        failed: Option<u64>,
         observed: Vec<String>,
     },
     /// `run()` raised: the traceback, and the network attempts the sandbox observed.
@@ -320,7 +325,7 @@ impl Scorer {
                 RunResult::TimedOut
             }
             Ok(Ok(Some(line))) => match serde_json::from_str::<Answer>(&line) {
-                Ok(Answer::Done { items, observed }) => RunResult::Done { items, observed },
+                Ok(Answer::Done { items, failed, observed }) => RunResult::Done { items, failed, observed },
                 Ok(Answer::Error { error, observed }) => RunResult::Raised(error, observed),
                 _ => RunResult::Died(format!("sent an unexpected answer: {line}")),
             },

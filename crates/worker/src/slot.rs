@@ -192,8 +192,17 @@ impl Slot {
             let model_file = model_dir.join(cove_rel_path(file)?);
             return self.attempt_no_code(lease, &model_file).await;
         }
-        if lease.run.scoring_script.is_some() {
+        if let Some(script) = &lease.run.builtin_script {
+            write_builtin_script(&code_dir, script)?;
+        } else if lease.run.scoring_script.is_some() {
             self.fetch_asset(lease, "code", &code_dir).await?;
+        }
+        if let Some(build) = &lease.run.environment {
+            if let Err(why) = ensure_environment(build, lease.run.sandbox).await {
+                self.append_error_log(&lease.job, "the environment build", &why);
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                return Ok((ReportedOutcome::InitFailed, 0, 0, Some(why)));
+            }
         }
         let output_dir = job_dir.join("outputs").join(format!("process{:03}", self.process));
         if self.scorer.as_ref().is_none_or(|(job, _)| job != &lease.job) {
@@ -224,10 +233,10 @@ impl Slot {
             scorer.run(&inputs, want_part.then_some(part.as_path()), Duration::from_secs(lease.run.timeout_secs)).await;
         let files = inputs.len() as u64;
         let outcome = match result {
-            RunResult::Done { items, observed } => {
+            RunResult::Done { items, failed, observed } => {
                 self.note_observed(observed);
                 match self.send_results(lease, want_part.then_some(part.as_path()), &output_dir).await? {
-                    Ok(()) => (ReportedOutcome::Succeeded, items, files.saturating_sub(items), None),
+                    Ok(()) => (ReportedOutcome::Succeeded, items, failed.unwrap_or(files.saturating_sub(items)), None),
                     Err(refusal) => {
                         let what = format!("run() on mini-batch {}", lease.batch_index);
                         self.append_error_log(&lease.job, &what, &refusal);
@@ -568,4 +577,27 @@ where
             Err(e) => return Err(e.into()),
         }
     }
+}
+
+/// Builds the lease's environment on this host when it is not there yet (a compute's environment cache
+/// on storage its nodes share: the first worker builds, the others wait for it).
+async fn ensure_environment(
+    build: &cove_api::worker::EnvironmentBuild,
+    sandbox: cove_api::worker::SandboxMode,
+) -> Result<(), String> {
+    let tools = crate::environment::Toolchain::find(&build.python, sandbox)?;
+    tools.ensure(build).await.map(|_| ()).map_err(|f| {
+        format!("the environment {} could not be built: {} (log: {})", build.key, f.message, f.log.display())
+    })
+}
+
+/// Supplies one of Cove's own scoring scripts in place of a code asset.
+fn write_builtin_script(code_dir: &Path, name: &str) -> anyhow::Result<()> {
+    let (file, text) = match name {
+        "mlflow" => (crate::MLFLOW_SCRIPT_NAME, crate::MLFLOW_SCRIPT),
+        other => anyhow::bail!("unknown built-in scoring script `{other}`"),
+    };
+    std::fs::create_dir_all(code_dir)?;
+    std::fs::write(code_dir.join(file), text)?;
+    Ok(())
 }

@@ -127,6 +127,8 @@ pub async fn invoke(
             onnx_model: dep.onnx_model.clone(),
             model_dir_name,
             python: dep.python.clone(),
+            environment: dep.environment.as_ref().map(|e| e.build.clone()),
+            builtin_script: dep.builtin_script.clone(),
             environment_variables: settings.environment_variables.clone(),
             logging_level: settings.logging_level,
             output_action: settings.output_action,

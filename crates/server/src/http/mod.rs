@@ -2,6 +2,7 @@
 //! protocol under `/worker/v1`. Handlers parse, authorise, call the store or the job lifecycle, and render.
 
 mod admin;
+mod environments;
 mod error;
 pub mod guard;
 mod jobs;
@@ -59,6 +60,8 @@ pub fn router(app: AppRef) -> Router {
         .route("/api/v1/models", post(resources::create_model).get(resources::list_models))
         .route("/api/v1/data", post(resources::create_data).get(resources::list_data))
         .route("/api/v1/data/{name}/versions/{version}", get(resources::show_data))
+        .route("/api/v1/environments", post(environments::create).get(environments::list))
+        .route("/api/v1/environments/{name}/versions/{version}", get(environments::show))
         .route("/api/v1/models/{name}/versions/{version}", get(resources::show_model).delete(resources::delete_model))
         .route("/api/v1/models/{name}/versions/{version}/archive", post(resources::archive_model))
         .route("/endpoints/{endpoint}/jobs", post(jobs::invoke).get(jobs::list_endpoint_jobs))

@@ -13,11 +13,12 @@ use cove_api::worker::SandboxMode;
 use cove_api::{
     CreateDeployment, CreateModel, Deployment, Endpoint, Model, ModelVersionRef, UpdateEndpoint, Workspace,
 };
-use cove_spec::{EndpointSpec, ModelRef, ModelType, ModelVersion};
+use cove_spec::{EndpointSpec, EnvironmentRef, ModelRef, ModelType, ModelVersion};
 use futures::TryStreamExt;
 use object_store::ObjectStore;
 use serde::Deserialize;
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 
 fn now() -> String {
     crate::logs::timestamp(store::now_ms())
@@ -163,6 +164,7 @@ pub async fn delete_endpoint(
     if !app.store.call(move |c| store::endpoint_delete(c, &key)).await? {
         return Err(ApiError::not_found(format!("endpoint `{name}` does not exist")));
     }
+    crate::environments::collect_unused(&app).await;
     Ok(Json(serde_json::json!({ "deleted": name })))
 }
 
@@ -247,7 +249,7 @@ pub async fn create_deployment(
         }
     };
     let computes = app.store.call(|c| store::compute_list(c)).await?;
-    if !computes.iter().any(|c| c.name == spec.compute) {
+    let Some(compute) = computes.iter().find(|c| c.name == spec.compute).cloned() else {
         let known: Vec<&str> = computes.iter().map(|c| c.name.as_str()).collect();
         return Err(ApiError::invalid(format!(
             "compute: `{}` does not exist (known: {}); create it first: cove compute create -f compute.yml, \
@@ -255,8 +257,9 @@ pub async fn create_deployment(
             spec.compute,
             known.join(", ")
         )));
-    }
+    };
     let mut onnx_model = None;
+    let mut builtin_script = None;
     let (code_uri, scoring_script) = match &spec.code {
         Some(code) => {
             let dir = parse_uri(&code.code).map_err(|e| ApiError::invalid(format!("code_configuration.code: {e}")))?;
@@ -282,11 +285,15 @@ pub async fn create_deployment(
             (Some(dir.uri()), Some(code.scoring_script.clone()))
         }
         None if model.model_type == ModelType::MlflowModel => {
-            return Err(ApiError::invalid(
-                "code_configuration: deploying an mlflow_model with no scoring script is not supported yet; add code_configuration",
-            ))
+            builtin_script = Some("mlflow".to_string());
+            (None, Some(cove_worker::MLFLOW_SCRIPT_NAME.to_string()))
         }
         None if model.model_type == ModelType::OnnxModel => {
+            if spec.environment.is_some() {
+                return Err(ApiError::invalid(
+                    "environment: a no-code ONNX deployment runs no Python, so it has no environment; remove it",
+                ));
+            }
             onnx_model = Some(onnx_model_file(&app, &model.path).await.map_err(ApiError::invalid)?);
             (None, None)
         }
@@ -297,23 +304,15 @@ pub async fn create_deployment(
             ))
         }
     };
-    let packages = envcheck::listed_packages(req.conda_file.as_deref(), req.pip_file.as_deref())
-        .map_err(|e| ApiError::invalid(format!("environment: {e}")))?;
-    // A no-code deployment runs no Python, so it needs no interpreter unless it lists packages.
-    let missing = if onnx_model.is_some() && packages.is_empty() {
-        Vec::new()
-    } else {
-        envcheck::missing_packages(&app.config.python, &packages)
-            .await
-            .map_err(|e| ApiError::invalid(format!("environment: {e}")))?
-    };
-    if !missing.is_empty() {
-        return Err(ApiError::invalid(format!(
-            "environment: the interpreter `{}` cannot import these listed packages: {}",
-            app.config.python,
-            missing.join(", ")
-        )));
+    if spec.code.is_some() && model.model_type == ModelType::MlflowModel && spec.environment.is_none() {
+        return Err(ApiError::invalid(
+            "environment: a scoring script for an mlflow_model needs an environment, as in the reference \
+             (or remove code_configuration to use the MLflow driver, which builds one from the model's files)",
+        ));
     }
+    let files = (req.conda_file.as_deref(), req.pip_file.as_deref());
+    let environment =
+        deployment_environment(&app, &spec, files, &model.path, builtin_script.is_some(), &compute).await?;
     for target in &spec.egress {
         let found = app.policy.private_endpoints.iter().any(|p| &p.name == target && p.service == "egress");
         if !found {
@@ -339,7 +338,11 @@ pub async fn create_deployment(
         model: ModelVersionRef { name: model.name.clone(), version: model.version },
         code_uri,
         scoring_script,
-        python: app.config.python.clone(),
+        builtin_script,
+        python: environment.as_ref().map_or(app.config.python.clone(), |(e, _)| {
+            PathBuf::from(&e.build.root).join(&e.build.key).join("bin").join("python").display().to_string()
+        }),
+        environment: environment.as_ref().map(|(e, _)| e.clone()),
         compute: spec.compute.clone(),
         sandbox: sandbox_label(&app, onnx_model.is_some()),
         onnx_model,
@@ -380,7 +383,146 @@ pub async fn create_deployment(
         let owner = format!("the code of deployment `{}/{}`", dep.endpoint_name, dep.name);
         super::ownership::claim_asset(&app, &code_at, owner).await?;
     }
+    drop(environment);
+    // A deployment replaced with another environment leaves its old one unused.
+    crate::environments::collect_unused(&app).await;
     Ok((StatusCode::CREATED, Json(dep)))
+}
+
+/// Builds what a deployment runs in: its inline or registered environment, or for an MLflow model
+/// deployed with no scoring script, the model's own conda or pip file plus what the driver needs.
+/// `None`: no environment, so the workspace's default interpreter.
+async fn deployment_environment<'a>(
+    app: &'a AppRef,
+    spec: &cove_spec::DeploymentSpec,
+    (conda_file, pip_file): (Option<&str>, Option<&str>),
+    model_uri: &str,
+    mlflow_driver: bool,
+    compute: &cove_api::Compute,
+) -> ApiResult<Option<(cove_api::DeploymentEnvironment, crate::environments::Pinned<'a>)>> {
+    let (source, def, conda, pip) = match &spec.environment {
+        Some(EnvironmentRef::Inline(def)) => {
+            ("inline".to_string(), def.clone(), conda_file.map(str::to_string), pip_file.map(str::to_string))
+        }
+        Some(EnvironmentRef::Registered { reference }) => {
+            let env = registered_environment(app, reference).await?;
+            let def = cove_spec::EnvironmentDefinition {
+                image: env.image.clone(),
+                overrides: env.overrides.clone(),
+                allow_source_builds: env.allow_source_builds,
+                ..Default::default()
+            };
+            (format!("azureml:{}:{}", env.name, env.version), def, env.conda_file, env.pip_file)
+        }
+        None if mlflow_driver => {
+            let (file, conda, pip) = mlflow_environment(app, model_uri).await.map_err(ApiError::invalid)?;
+            (format!("the MLflow model's {file}"), Default::default(), conda, pip)
+        }
+        None => return Ok(None),
+    };
+    let (root, build_now) = match compute.slurm.as_ref().and_then(|s| s.environment_cache.clone()) {
+        Some(cache) => (PathBuf::from(cache), false),
+        None => (crate::layout::environments(&app.config.dir), true),
+    };
+    let (extra, renames): (&[&str], &[(&str, &str)]) = if mlflow_driver {
+        (&["mlflow-skinny", "pandas", "pyarrow", "pillow"], &[("mlflow", "mlflow-skinny")])
+    } else {
+        (&[], &[])
+    };
+    let request = crate::environments::EnvironmentRequest {
+        source,
+        conda: conda.as_deref(),
+        pip: pip.as_deref(),
+        image: def.image.as_deref(),
+        overrides: &def.overrides,
+        allow_source_builds: def.allow_source_builds,
+        extra,
+        renames,
+    };
+    let prepared = crate::environments::prepare(app, request, root, build_now)
+        .await
+        .map_err(|e| ApiError::invalid(format!("environment: {e}")))?;
+    Ok(Some(prepared))
+}
+
+/// The largest MLflow metadata file read (MLmodel, conda.yaml, requirements.txt).
+const MLFLOW_FILE_LIMIT: usize = 1 << 20;
+
+/// Reads an MLflow model's metadata: checks that it has the pyfunc flavour, and returns which file
+/// describes its environment and the conda and pip files' contents.
+async fn mlflow_environment(
+    app: &AppRef,
+    model_uri: &str,
+) -> Result<(&'static str, Option<String>, Option<String>), String> {
+    let mlmodel = model_file(app, model_uri, "MLmodel")
+        .await?
+        .ok_or("model: an mlflow_model needs an MLmodel file in its folder (or one folder below)")?;
+    cove_spec::check_untrusted_yaml(&mlmodel).map_err(|e| format!("model: MLmodel is refused: {e}"))?;
+    let doc: serde_yaml::Value =
+        serde_yaml::from_str(&mlmodel).map_err(|e| format!("model: MLmodel is not valid YAML: {e}"))?;
+    let flavors = doc.get("flavors").and_then(|f| f.as_mapping());
+    let names: Vec<String> =
+        flavors.into_iter().flat_map(|m| m.keys()).filter_map(|k| k.as_str().map(str::to_string)).collect();
+    if !names.iter().any(|n| n == "python_function") {
+        return Err(format!(
+            "model: the MLflow model has no python_function flavour (it has: {}); deploying it with no scoring \
+             script needs that flavour, as in the reference",
+            if names.is_empty() { "none".to_string() } else { names.join(", ") }
+        ));
+    }
+    if let Some(conda) = model_file(app, model_uri, "conda.yaml").await? {
+        return Ok(("conda.yaml", Some(conda), None));
+    }
+    if let Some(pip) = model_file(app, model_uri, "requirements.txt").await? {
+        return Ok(("requirements.txt", None, Some(pip)));
+    }
+    Err("model: the MLflow model has neither conda.yaml nor requirements.txt to build its environment from".into())
+}
+
+/// A small text file of a model: at the model's root, or in its one sub-folder that holds it.
+async fn model_file(app: &AppRef, model_uri: &str, name: &str) -> Result<Option<String>, String> {
+    let root = parse_uri(model_uri)?;
+    let store = app.datastores.get(&root.datastore)?;
+    let mut candidates = vec![object_store::path::Path::from(format!("{}/{name}", root.path))];
+    if let Ok(listing) = store.list_with_delimiter(Some(&root.object_path())).await {
+        candidates.extend(listing.common_prefixes.iter().map(|p| p.child(name)));
+    }
+    for at in candidates {
+        let Ok(found) = store.get(&at).await else { continue };
+        if found.meta.size as usize > MLFLOW_FILE_LIMIT {
+            return Err(format!("model: `{name}` is {} bytes, over the 1 MiB limit", found.meta.size));
+        }
+        let bytes = found.bytes().await.map_err(|e| format!("model: cannot read `{name}`: {e}"))?;
+        return String::from_utf8(bytes.to_vec()).map(Some).map_err(|_| format!("model: `{name}` is not UTF-8 text"));
+    }
+    Ok(None)
+}
+
+/// A registered environment named by `azureml:name:3`, `azureml:name@latest`, `azureml:name` or an ARM id.
+async fn registered_environment(app: &AppRef, reference: &str) -> ApiResult<cove_api::Environment> {
+    let text = match reference.find("/environments/") {
+        Some(at) => reference[at + "/environments/".len()..].replacen("/versions/", ":", 1),
+        None => reference.trim_start_matches("azureml:").to_string(),
+    };
+    let (name, version) = match text.split_once('@') {
+        Some((name, "latest")) => (name.to_string(), None),
+        Some((_, label)) => {
+            return Err(ApiError::invalid(format!("environment: label `{label}` is not supported; use @latest")))
+        }
+        None => match text.split_once(':') {
+            Some((name, v)) => (name.to_string(), version_param(v).map_err(|e| ApiError::invalid(format!("environment: {}", e.message)))?),
+            None => (text.clone(), None),
+        },
+    };
+    let key = name.to_ascii_lowercase();
+    app.store
+        .call(move |c| store::versioned_get(c, store::Versioned::Environment, &key, version))
+        .await?
+        .ok_or_else(|| {
+            ApiError::invalid(format!(
+                "environment: `{reference}` is not a registered environment (register it with cove environment create -f env.yml)"
+            ))
+        })
 }
 
 /// How a deployment's scoring code runs, as users read it.
@@ -526,6 +668,7 @@ pub async fn delete_deployment(
     }
     let name = dep.name.clone();
     app.store.call(move |c| store::deployment_delete(c, &e, &name)).await?;
+    crate::environments::collect_unused(&app).await;
     Ok(Json(serde_json::json!({ "deleted": dep.name })))
 }
 
@@ -704,7 +847,17 @@ pub async fn create_data(
         created_at: now(),
     };
     let version = req.version;
-    let created = app.store.call(move |c| store::data_create(c, asset)).await?.ok_or_else(|| {
+    let created = app
+        .store
+        .call(move |c| {
+            let name = asset.name.clone();
+            store::versioned_create(c, store::Versioned::Data, &name, asset.version, |version| cove_api::DataAsset {
+                version,
+                ..asset
+            })
+        })
+        .await?
+        .ok_or_else(|| {
         ApiError::conflict(format!(
             "version: data asset `{name}` version {} exists already (leave version out for the next one)",
             version.unwrap_or_default()
@@ -726,7 +879,7 @@ pub async fn list_data(
     Query(q): Query<DataQuery>,
 ) -> JsonResult<Vec<cove_api::DataAsset>> {
     user.require(Role::Reader, None)?;
-    Ok(Json(app.store.call(move |c| store::data_list(c, q.name.as_deref())).await?))
+    Ok(Json(app.store.call(move |c| store::versioned_list(c, store::Versioned::Data, q.name.as_deref())).await?))
 }
 
 pub async fn show_data(
@@ -739,7 +892,7 @@ pub async fn show_data(
 }
 
 /// A version in a path: `latest` (`None`) or a number.
-fn version_param(version: &str) -> ApiResult<Option<u32>> {
+pub(crate) fn version_param(version: &str) -> ApiResult<Option<u32>> {
     if version == "latest" {
         return Ok(None);
     }
@@ -751,7 +904,7 @@ fn version_param(version: &str) -> ApiResult<Option<u32>> {
 pub async fn data_asset(app: &AppRef, name: &str, version: &str) -> ApiResult<cove_api::DataAsset> {
     let v = version_param(version)?;
     let key = name.to_ascii_lowercase();
-    app.store.call(move |c| store::data_get(c, &key, v)).await?.ok_or_else(|| {
+    app.store.call(move |c| store::versioned_get(c, store::Versioned::Data, &key, v)).await?.ok_or_else(|| {
         ApiError::not_found(format!(
             "data asset `{name}` {} does not exist (register it with cove data create -f data.yml)",
             v.map_or("(any version)".to_string(), |n| format!("version {n}"))

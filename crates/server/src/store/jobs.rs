@@ -869,6 +869,8 @@ mod tests {
                 limits: Default::default(),
                 sandbox: Default::default(),
                 egress: Vec::new(),
+                environment: None,
+                builtin_script: None,
             },
             settings,
             model_uri: "cove://ws/model".into(),

@@ -144,6 +144,13 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (name, version)
     );
     "#,
+    // 8: registered environments, versioned like data assets.
+    r#"
+    CREATE TABLE environments (
+        name TEXT NOT NULL, version INTEGER NOT NULL, record TEXT NOT NULL,
+        PRIMARY KEY (name, version)
+    );
+    "#,
 ];
 
 /// Brings the schema up to date, one transaction per migration.

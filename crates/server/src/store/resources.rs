@@ -155,43 +155,95 @@ pub fn compute_delete(conn: &mut Connection, name: &str) -> StoreResult<Result<b
     Ok(Ok(deleted))
 }
 
-/// Registers a data asset version (the next one when `asset.version` is 0); `None` when that version
-/// exists already.
-pub fn data_create(conn: &Connection, mut asset: cove_api::DataAsset) -> StoreResult<Option<cove_api::DataAsset>> {
-    if asset.version == 0 {
-        let last: Option<u32> =
-            conn.row("SELECT MAX(version) FROM data_assets WHERE name = ?1", [&asset.name], |r| r.get(0))?;
-        asset.version = last.unwrap_or(0) + 1;
-    }
-    let inserted = conn.exec(
-        "INSERT INTO data_assets (name, version, record) VALUES (?1, ?2, ?3) ON CONFLICT (name, version) DO NOTHING",
-        params![asset.name, asset.version, serde_json::to_string(&asset)?],
-    )?;
-    Ok((inserted == 1).then_some(asset))
+/// Tables of versioned assets whose whole record is one JSON value: data assets and environments.
+#[derive(Clone, Copy)]
+pub enum Versioned {
+    Data,
+    Environment,
 }
 
-/// Finds a data asset version; `None` as the version means the latest.
-pub fn data_get(conn: &Connection, name: &str, version: Option<u32>) -> StoreResult<Option<cove_api::DataAsset>> {
+impl Versioned {
+    fn table(self) -> &'static str {
+        match self {
+            Versioned::Data => "data_assets",
+            Versioned::Environment => "environments",
+        }
+    }
+}
+
+/// Registers version `version` of `name` (the next one when it is 0); `None` when that version exists
+/// already. Returns the version registered.
+pub fn versioned_create<T: serde::Serialize>(
+    conn: &Connection,
+    kind: Versioned,
+    name: &str,
+    version: u32,
+    record: impl FnOnce(u32) -> T,
+) -> StoreResult<Option<T>> {
+    let table = kind.table();
+    let version = if version == 0 {
+        let last: Option<u32> =
+            conn.row(&format!("SELECT MAX(version) FROM {table} WHERE name = ?1"), [name], |r| r.get(0))?;
+        last.unwrap_or(0) + 1
+    } else {
+        version
+    };
+    let record = record(version);
+    let inserted = conn.exec(
+        &format!("INSERT INTO {table} (name, version, record) VALUES (?1, ?2, ?3) ON CONFLICT (name, version) DO NOTHING"),
+        params![name, version, serde_json::to_string(&record)?],
+    )?;
+    Ok((inserted == 1).then_some(record))
+}
+
+/// Finds a version; `None` as the version means the latest.
+pub fn versioned_get<T: serde::de::DeserializeOwned>(
+    conn: &Connection,
+    kind: Versioned,
+    name: &str,
+    version: Option<u32>,
+) -> StoreResult<Option<T>> {
+    let table = kind.table();
     let record: Option<String> = match version {
         Some(v) => conn
-            .row("SELECT record FROM data_assets WHERE name = ?1 AND version = ?2", params![name, v], |r| r.get(0))
+            .row(&format!("SELECT record FROM {table} WHERE name = ?1 AND version = ?2"), params![name, v], |r| {
+                r.get(0)
+            })
             .optional()?,
         None => conn
-            .row("SELECT record FROM data_assets WHERE name = ?1 ORDER BY version DESC LIMIT 1", [name], |r| r.get(0))
+            .row(&format!("SELECT record FROM {table} WHERE name = ?1 ORDER BY version DESC LIMIT 1"), [name], |r| {
+                r.get(0)
+            })
             .optional()?,
     };
     Ok(record.map(|r| serde_json::from_str(&r)).transpose()?)
 }
 
-pub fn data_list(conn: &Connection, name: Option<&str>) -> StoreResult<Vec<cove_api::DataAsset>> {
-    let mut stmt =
-        conn.prepare_cached("SELECT record FROM data_assets WHERE ?1 IS NULL OR name = ?1 ORDER BY name, version")?;
+pub fn versioned_list<T: serde::de::DeserializeOwned>(
+    conn: &Connection,
+    kind: Versioned,
+    name: Option<&str>,
+) -> StoreResult<Vec<T>> {
+    let table = kind.table();
+    let mut stmt = conn
+        .prepare_cached(&format!("SELECT record FROM {table} WHERE ?1 IS NULL OR name = ?1 ORDER BY name, version"))?;
     let rows = stmt.query_map([name], |r| r.get::<_, String>(0))?;
     let mut out = Vec::new();
     for row in rows {
         out.push(serde_json::from_str(&row?)?);
     }
     Ok(out)
+}
+
+/// The environments deployments and unfinished jobs run in: what must not be removed.
+pub fn environment_keys_in_use(conn: &Connection) -> StoreResult<Vec<String>> {
+    let mut stmt = conn.prepare(
+        "SELECT json_extract(record, '$.environment.key') FROM deployments WHERE json_extract(record, '$.environment.key') IS NOT NULL
+         UNION SELECT json_extract(record, '$.run.environment.key') FROM jobs
+         WHERE status NOT IN ('Completed', 'Failed', 'Canceled') AND json_extract(record, '$.run.environment.key') IS NOT NULL",
+    )?;
+    let keys = stmt.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
+    Ok(keys)
 }
 
 /// Registers the next version of a model and returns it. Callers needing atomicity with other writes
@@ -339,7 +391,17 @@ pub fn deployment_get(conn: &Connection, endpoint: &str, name: &str) -> StoreRes
 }
 
 pub fn deployment_list(conn: &Connection, endpoint: &str) -> StoreResult<Vec<Deployment>> {
-    let mut stmt = conn.prepare_cached("SELECT record FROM deployments WHERE endpoint = ?1 ORDER BY name")?;
+    deployments_where(conn, Some(endpoint))
+}
+
+/// Every deployment of every endpoint.
+pub fn deployment_list_all(conn: &Connection) -> StoreResult<Vec<Deployment>> {
+    deployments_where(conn, None)
+}
+
+fn deployments_where(conn: &Connection, endpoint: Option<&str>) -> StoreResult<Vec<Deployment>> {
+    let mut stmt = conn
+        .prepare_cached("SELECT record FROM deployments WHERE ?1 IS NULL OR endpoint = ?1 ORDER BY endpoint, name")?;
     let rows = stmt.query_map([endpoint], |r| r.get::<_, String>(0))?;
     let mut out = Vec::new();
     for row in rows {

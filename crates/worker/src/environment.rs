@@ -1,0 +1,454 @@
+//! Builds Python environments with uv: resolves an environment's requirements into a lock, and turns a
+//! lock into a virtual environment under `root/<key>`, once per key on a host, under a file lock, so
+//! concurrent requests (threads, processes, or workers on other nodes of a shared filesystem) wait for
+//! a single build. Every uv run happens in the sandbox: no network but the package source's private
+//! endpoint (joined through a forwarder, as scoring code's egress is), and a file view of only the
+//! interpreter, uv, the wheel folder and the folders the build writes.
+
+use crate::sandbox::{self, FileView};
+use cove_api::worker::{EnvironmentBuild, PackageSource, SandboxMode};
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+/// Written last into a finished environment: a folder without it is a build that did not finish.
+const BUILT_MARKER: &str = ".cove-built";
+
+/// Runs the egress forwarder inside a build sandbox, then uv; exits with uv's status.
+const EGRESS_RUNNER: &str = concat!(
+    include_str!("egress.py"),
+    r#"
+import subprocess, sys
+sep = sys.argv.index("--")
+for spec in sys.argv[1:sep]:
+    host, port, sock = spec.split(",", 2)
+    open_egress(host, int(port), sock)
+sys.exit(subprocess.run(sys.argv[sep + 1:]).returncode)
+"#
+);
+
+/// The tools a build runs with.
+#[derive(Debug, Clone)]
+pub struct Toolchain {
+    pub uv: PathBuf,
+    pub sandbox: SandboxMode,
+}
+
+impl Toolchain {
+    /// Finds uv: `COVE_UV`, the `uv` package of `python`, or `uv` on the PATH.
+    pub fn find(python: &str, sandbox: SandboxMode) -> Result<Toolchain, String> {
+        let uv = find_uv(python).ok_or_else(|| {
+            "uv is not installed: environments are built with uv (`python3 -m pip install uv`, or set COVE_UV)"
+                .to_string()
+        })?;
+        Ok(Toolchain { uv, sandbox })
+    }
+}
+
+fn find_uv(python: &str) -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("COVE_UV") {
+        return Some(PathBuf::from(p));
+    }
+    let out = std::process::Command::new(python)
+        .args(["-I", "-c", "import uv; print(uv.find_uv_bin())"])
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    let found = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    if out.status.success() && found.is_file() {
+        return std::fs::canonicalize(found).ok();
+    }
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths).map(|d| d.join("uv")).find(|p| {
+            // Version-manager shims are scripts that need the caller's environment; only the binary will do.
+            std::fs::read(p).is_ok_and(|b| b.starts_with(b"\x7fELF"))
+        })
+    })
+}
+
+/// What an interpreter is: its real executable and version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InterpreterInfo {
+    pub executable: String,
+    pub version: String,
+}
+
+pub fn interpreter_info(python: &str) -> Result<InterpreterInfo, String> {
+    let code = "import sys, platform; print(sys.executable); print(platform.python_version())";
+    let out = std::process::Command::new(python)
+        .args(["-I", "-c", code])
+        .output()
+        .map_err(|e| format!("the interpreter `{python}` cannot be started: {e}"))?;
+    if !out.status.success() {
+        return Err(format!("the interpreter `{python}` failed: {}", String::from_utf8_lossy(&out.stderr).trim()));
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut lines = text.lines();
+    let executable = lines.next().unwrap_or_default().to_string();
+    let executable = std::fs::canonicalize(&executable).map(|p| p.display().to_string()).unwrap_or(executable);
+    Ok(InterpreterInfo { executable, version: lines.next().unwrap_or_default().trim().to_string() })
+}
+
+/// The content address of an environment: what is installed, from which interpreter, on which platform.
+pub fn environment_key(lock: &str, interpreter: &InterpreterInfo) -> String {
+    let mut h = Sha256::new();
+    for part in ["cove-environment-1", &interpreter.executable, &interpreter.version, std::env::consts::ARCH, lock] {
+        h.update(part.as_bytes());
+        h.update([0]);
+    }
+    h.finalize().iter().take(12).map(|b| format!("{b:02x}")).collect()
+}
+
+/// A uv run: its arguments, the folders it reads and writes, and where its output goes.
+struct UvRun<'a> {
+    args: Vec<String>,
+    python: &'a str,
+    read_only: Vec<PathBuf>,
+    writable: Vec<PathBuf>,
+    cache: &'a Path,
+}
+
+fn source_args(source: &PackageSource, allow_source_builds: bool) -> Vec<String> {
+    let mut a = match source {
+        PackageSource::Index { url, .. } => vec!["--index-url".to_string(), url.clone()],
+        PackageSource::Wheels { dir } => vec!["--no-index".into(), "--find-links".into(), dir.clone()],
+    };
+    if !allow_source_builds {
+        a.extend(["--only-binary".into(), ":all:".into()]);
+    }
+    a
+}
+
+impl Toolchain {
+    /// Runs uv with a cleared environment, in the sandbox unless the workspace chose none; returns its
+    /// exit status, stdout and stderr.
+    async fn run(&self, run: UvRun<'_>, source: &PackageSource) -> Result<(bool, String, String), String> {
+        std::fs::create_dir_all(run.cache).map_err(|e| format!("cannot create {}: {e}", run.cache.display()))?;
+        let mut forwarders = Vec::new();
+        let mut sockets = None;
+        let mut command = match self.sandbox {
+            SandboxMode::None => tokio::process::Command::new(&self.uv),
+            SandboxMode::Namespaces => {
+                let interp = sandbox::interpreter(run.python)?;
+                let mut read_only = run.read_only.clone();
+                read_only.extend(self.uv.parent().map(Path::to_path_buf));
+                if let PackageSource::Wheels { dir } = source {
+                    read_only.push(PathBuf::from(dir));
+                }
+                let mut writable = run.writable.clone();
+                writable.push(run.cache.to_path_buf());
+                let mut egress = Vec::new();
+                if let PackageSource::Index { address, .. } = source {
+                    let dir = crate::scorer::egress_dir();
+                    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+                    let socket = dir.join("index.sock");
+                    forwarders.push(crate::scorer::forward(&socket, *address).map_err(|e| format!("{e:#}"))?);
+                    egress.push(format!("{},{},{}", address.ip(), address.port(), socket.display()));
+                    read_only.push(dir.clone());
+                    sockets = Some(dir);
+                }
+                let view = FileView { read_only, writable };
+                let mut c = tokio::process::Command::new("bwrap");
+                c.args(sandbox::bwrap_args(&interp, &view, !egress.is_empty()));
+                if egress.is_empty() {
+                    c.arg(&self.uv);
+                } else {
+                    c.arg(&interp.executable).args(["-I", "-c", EGRESS_RUNNER]).args(&egress).arg("--").arg(&self.uv);
+                }
+                c
+            }
+        };
+        command
+            .args(&run.args)
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .env("HOME", run.cache)
+            .env("UV_CACHE_DIR", run.cache)
+            .env("UV_NO_CONFIG", "1")
+            .env("UV_PYTHON_DOWNLOADS", "never")
+            .env("UV_LINK_MODE", "copy")
+            .env("UV_NO_PROGRESS", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let out = command.output().await.map_err(|e| format!("failed to start uv: {e}"));
+        for f in forwarders {
+            f.abort();
+        }
+        if let Some(dir) = sockets {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+        let out = out?;
+        Ok((
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ))
+    }
+
+    /// Resolves requirements into a lock for `python`, with `overrides` replacing any pin of the same
+    /// package. `scratch` is a private folder for the request files and uv's cache.
+    pub async fn resolve(
+        &self,
+        python: &str,
+        packages: &[String],
+        overrides: &[String],
+        source: &PackageSource,
+        allow_source_builds: bool,
+        scratch: &Path,
+    ) -> Result<String, String> {
+        let work = scratch.join(format!("resolve-{}", uuid_like()));
+        std::fs::create_dir_all(&work).map_err(|e| format!("cannot create {}: {e}", work.display()))?;
+        let requirements = work.join("requirements.in");
+        std::fs::write(&requirements, packages.join("\n") + "\n").map_err(|e| e.to_string())?;
+        let mut args: Vec<String> = vec!["pip".into(), "compile".into(), requirements.display().to_string()];
+        args.extend(["--python".into(), python.into(), "--no-header".into(), "--no-annotate".into(), "--quiet".into()]);
+        if !overrides.is_empty() {
+            let file = work.join("overrides.txt");
+            std::fs::write(&file, overrides.join("\n") + "\n").map_err(|e| e.to_string())?;
+            args.extend(["--override".into(), file.display().to_string()]);
+        }
+        args.extend(source_args(source, allow_source_builds));
+        let run = UvRun {
+            args,
+            python,
+            read_only: vec![work.clone()],
+            writable: Vec::new(),
+            cache: &scratch.join("uv-cache"),
+        };
+        let result = self.run(run, source).await;
+        let _ = std::fs::remove_dir_all(&work);
+        let (ok, stdout, stderr) = result?;
+        if ok {
+            return Ok(stdout.lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join("\n") + "\n");
+        }
+        let message = uv_message(&stderr);
+        let versions = nearest_versions(&message, packages, source, python).await;
+        Err(if versions.is_empty() { message } else { format!("{message}; {}", versions.join("; ")) })
+    }
+
+    /// Makes sure the environment of `build` exists under its root; returns its interpreter. Builds it
+    /// (once, under a file lock) when it does not; the build's log is kept beside it as `<key>.log`.
+    pub async fn ensure(&self, build: &EnvironmentBuild) -> Result<PathBuf, BuildFailure> {
+        let root = PathBuf::from(&build.root);
+        let dir = root.join(&build.key);
+        let python = dir.join("bin").join("python");
+        if dir.join(BUILT_MARKER).exists() {
+            return Ok(python);
+        }
+        let log = root.join(format!("{}.log", build.key));
+        let fail = |message: String| BuildFailure { message, log: log.clone() };
+        std::fs::create_dir_all(&root).map_err(|e| fail(format!("cannot create {}: {e}", root.display())))?;
+        let lock_path = root.join(format!("{}.lock", build.key));
+        let lock = tokio::task::spawn_blocking(move || -> std::io::Result<std::fs::File> {
+            let f = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(lock_path)?;
+            f.lock()?;
+            Ok(f)
+        })
+        .await
+        .map_err(|e| fail(e.to_string()))?
+        .map_err(|e| fail(format!("cannot lock the environment {}: {e}", build.key)))?;
+        if dir.join(BUILT_MARKER).exists() {
+            return Ok(python);
+        }
+        let result = self.build(build, &dir, &log).await;
+        drop(lock);
+        result.map(|()| python).map_err(fail)
+    }
+
+    async fn build(&self, build: &EnvironmentBuild, dir: &Path, log: &Path) -> Result<(), String> {
+        let root = dir.parent().expect("a key under its root");
+        if dir.exists() {
+            std::fs::remove_dir_all(dir).map_err(|e| format!("cannot remove a half-built {}: {e}", dir.display()))?;
+        }
+        std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        let lock_file = root.join(format!("{}.requirements.txt", build.key));
+        std::fs::write(&lock_file, &build.lock).map_err(|e| e.to_string())?;
+        let mut text = format!("building environment {} from {}\n{}\n", build.key, build.source, build.lock);
+        let cache = root.join("uv-cache");
+        let venv = UvRun {
+            args: vec!["venv".into(), "--python".into(), build.python.clone(), dir.display().to_string()],
+            python: &build.python,
+            read_only: Vec::new(),
+            writable: vec![dir.to_path_buf()],
+            cache: &cache,
+        };
+        let mut steps = vec![venv];
+        let mut sync: Vec<String> = vec!["pip".into(), "sync".into(), lock_file.display().to_string()];
+        sync.extend(["--python".into(), dir.join("bin").join("python").display().to_string()]);
+        sync.extend(source_args(&build.source, build.allow_source_builds));
+        steps.push(UvRun {
+            args: sync,
+            python: &build.python,
+            read_only: vec![lock_file.clone()],
+            writable: vec![dir.to_path_buf()],
+            cache: &cache,
+        });
+        for step in steps {
+            text.push_str(&format!("$ uv {}\n", step.args.join(" ")));
+            let outcome = self.run(step, &build.source).await;
+            let (ok, stdout, stderr) = match outcome {
+                Ok(o) => o,
+                Err(e) => {
+                    text.push_str(&e);
+                    let _ = std::fs::write(log, &text);
+                    return Err(e);
+                }
+            };
+            text.push_str(&stdout);
+            text.push_str(&stderr);
+            if !ok {
+                let _ = std::fs::write(log, &text);
+                return Err(uv_message(&stderr));
+            }
+        }
+        let _ = std::fs::remove_file(&lock_file);
+        std::fs::write(dir.join(BUILT_MARKER), &build.lock).map_err(|e| e.to_string())?;
+        text.push_str("built\n");
+        std::fs::write(log, &text).map_err(|e| format!("cannot write {}: {e}", log.display()))
+    }
+}
+
+/// A failed build: why, and where its log is.
+#[derive(Debug, Clone)]
+pub struct BuildFailure {
+    pub message: String,
+    pub log: PathBuf,
+}
+
+fn uuid_like() -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    format!("{}-{}", std::process::id(), NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+}
+
+/// uv's explanation on one line, without its hints' decoration.
+fn uv_message(stderr: &str) -> String {
+    let lines: Vec<&str> = stderr
+        .lines()
+        .map(|l| l.trim().trim_start_matches("×").trim_start_matches("╰─▶").trim())
+        .filter(|l| !l.is_empty())
+        .collect();
+    let text = lines.join(" ");
+    if text.is_empty() { "uv failed and said nothing".to_string() } else { text }
+}
+
+/// The normalised form of a package name (PEP 503).
+pub fn normalise_name(name: &str) -> String {
+    let mut out = String::new();
+    for c in name.chars() {
+        let c = if c == '_' || c == '.' { '-' } else { c.to_ascii_lowercase() };
+        if !(c == '-' && out.ends_with('-')) {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// For every requirement the resolver's message names with a version it could not satisfy, the
+/// versions that the package source has for this interpreter, nearest to the pin first.
+async fn nearest_versions(message: &str, packages: &[String], source: &PackageSource, python: &str) -> Vec<String> {
+    let lower = normalise_name(message);
+    let mut out = Vec::new();
+    for req in packages {
+        let end = req.find(|c: char| !(c.is_ascii_alphanumeric() || "-_.".contains(c))).unwrap_or(req.len());
+        let (name, spec) = req.split_at(end);
+        let pinned: String = spec.chars().skip_while(|c| !c.is_ascii_digit()).take_while(|c| *c != ',').collect();
+        if spec.is_empty() || !lower.contains(&normalise_name(name)) {
+            continue;
+        }
+        let Ok(info) = interpreter_info(python) else { continue };
+        let mut versions = available_versions(source, name, &info.version).await;
+        if versions.is_empty() {
+            out.push(format!("`{name}` has no version with wheels for Python {} in {source}", info.version));
+            continue;
+        }
+        let want = version_parts(&pinned);
+        versions.sort_by_key(|v| version_distance(&version_parts(v), &want));
+        versions.truncate(3);
+        out.push(format!(
+            "`{req}` cannot be installed for Python {}; the nearest versions that can: {} (lift the pin with an override, e.g. `{name}=={}`)",
+            info.version,
+            versions.join(", "),
+            versions[0]
+        ));
+    }
+    out
+}
+
+fn version_parts(v: &str) -> Vec<u64> {
+    v.trim_end_matches(".*").split('.').map_while(|p| p.parse().ok()).collect()
+}
+
+fn version_distance(a: &[u64], b: &[u64]) -> Vec<u64> {
+    (0..a.len().max(b.len())).map(|i| a.get(i).copied().unwrap_or(0).abs_diff(b.get(i).copied().unwrap_or(0))).collect()
+}
+
+/// Versions of `name` with a wheel this interpreter can install.
+async fn available_versions(source: &PackageSource, name: &str, python_version: &str) -> Vec<String> {
+    let files: Vec<String> = match source {
+        PackageSource::Wheels { dir } => std::fs::read_dir(dir)
+            .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+            .unwrap_or_default(),
+        PackageSource::Index { url, .. } => {
+            let page = format!("{}/{}/", url.trim_end_matches('/'), normalise_name(name));
+            match reqwest::get(&page).await {
+                Ok(r) if r.status().is_success() => {
+                    let body = r.text().await.unwrap_or_default();
+                    body.split("href=\"")
+                        .skip(1)
+                        .filter_map(|s| s.split('"').next())
+                        .map(|h| h.split('#').next().unwrap_or(h).rsplit('/').next().unwrap_or(h).to_string())
+                        .collect()
+                }
+                _ => Vec::new(),
+            }
+        }
+    };
+    let minor: String = python_version.split('.').take(2).collect();
+    let mut out: Vec<String> = files
+        .iter()
+        .filter_map(|f| f.strip_suffix(".whl"))
+        .filter_map(|f| {
+            let parts: Vec<&str> = f.split('-').collect();
+            let [dist, version, .., py, _abi, platform] = parts.as_slice() else { return None };
+            let py_ok = py.split('.').any(|t| t == "py3" || *t == format!("py{minor}") || *t == format!("cp{minor}"))
+                || py.split('.').any(|t| t.starts_with("cp3")) && f.contains("abi3");
+            let platform_ok = platform.split('.').any(|p| {
+                p == "any" || p.ends_with(std::env::consts::ARCH) && (p.starts_with("manylinux") || p.starts_with("linux"))
+            });
+            (normalise_name(dist) == normalise_name(name) && py_ok && platform_ok).then(|| version.to_string())
+        })
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_normalise_as_the_index_does() {
+        assert_eq!(normalise_name("Scikit_Learn"), "scikit-learn");
+        assert_eq!(normalise_name("zope.interface"), "zope-interface");
+    }
+
+    #[tokio::test]
+    async fn wheel_folders_list_the_versions_this_interpreter_can_install() {
+        let dir = tempfile::tempdir().unwrap();
+        for f in [
+            "covepin-1.0-py3-none-any.whl",
+            "covepin-2.0-cp311-cp311-manylinux_2_17_x86_64.manylinux2014_x86_64.whl",
+            "covepin-3.0-cp38-cp38-manylinux_2_17_x86_64.whl",
+            "other-1.0-py3-none-any.whl",
+        ] {
+            std::fs::write(dir.path().join(f), b"").unwrap();
+        }
+        let source = PackageSource::Wheels { dir: dir.path().display().to_string() };
+        let got = available_versions(&source, "CovePin", "3.11.7").await;
+        let expected: Vec<&str> = if std::env::consts::ARCH == "x86_64" { vec!["1.0", "2.0"] } else { vec!["1.0"] };
+        assert_eq!(got, expected);
+    }
+}
