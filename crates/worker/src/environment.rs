@@ -224,7 +224,10 @@ impl Toolchain {
             return Ok(stdout.lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join("\n") + "\n");
         }
         let message = uv_message(&stderr);
-        let versions = nearest_versions(&message, packages, source, python).await;
+        // Only an unsatisfiable pin has nearer versions to offer; a network failure does not.
+        let unsatisfiable = ["unsatisfiable", "no version of", "has no wheels"].iter().any(|m| message.contains(m));
+        let versions =
+            if unsatisfiable { nearest_versions(&message, packages, source, python).await } else { Vec::new() };
         Err(if versions.is_empty() { message } else { format!("{message}; {}", versions.join("; ")) })
     }
 
@@ -292,22 +295,28 @@ impl Toolchain {
                 Ok(o) => o,
                 Err(e) => {
                     text.push_str(&e);
-                    let _ = std::fs::write(log, &text);
+                    let _ = append_log(log, &text);
                     return Err(e);
                 }
             };
             text.push_str(&stdout);
             text.push_str(&stderr);
             if !ok {
-                let _ = std::fs::write(log, &text);
+                let _ = append_log(log, &text);
                 return Err(uv_message(&stderr));
             }
         }
         let _ = std::fs::remove_file(&lock_file);
         std::fs::write(dir.join(BUILT_MARKER), &build.lock).map_err(|e| e.to_string())?;
         text.push_str("built\n");
-        std::fs::write(log, &text).map_err(|e| format!("cannot write {}: {e}", log.display()))
+        append_log(log, &text).map_err(|e| format!("cannot write {}: {e}", log.display()))
     }
+}
+
+/// Builds append to the key's log, so a retried build keeps the failed attempt's story.
+fn append_log(log: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    std::fs::OpenOptions::new().create(true).append(true).open(log)?.write_all(text.as_bytes())
 }
 
 /// A failed build: why, and where its log is.

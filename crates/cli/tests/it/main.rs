@@ -8,6 +8,7 @@ mod crash;
 mod datastores;
 mod diagnose;
 mod ended;
+mod environments;
 mod faults;
 mod firstrun;
 mod fuzz;

@@ -1,0 +1,362 @@
+//! Environments: built per deployment with uv from their conda and pip files, content-addressed and
+//! shared, from the workspace's package source only; and MLflow models deployed with no scoring script.
+//! Builds reach no package registry: they use wheels this test writes, a local wheel folder that
+//! `scripts/setup` filled, or a package index the test serves on loopback.
+
+use crate::support::*;
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+/// The wheel folder `scripts/setup` fills from the package registry (`scripts/wheelhouse.txt`).
+fn wheelhouse() -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.cache/wheelhouse");
+    let has = |prefix: &str| {
+        std::fs::read_dir(&dir).is_ok_and(|d| d.flatten().any(|e| e.file_name().to_string_lossy().starts_with(prefix)))
+    };
+    assert!(
+        has("mlflow_skinny-3.17.2") && has("scikit_learn-1.9.1") && has("pandas-3.1.1"),
+        "{} lacks the wheels of scripts/wheelhouse.txt: run scripts/setup",
+        dir.display()
+    );
+    std::fs::canonicalize(dir).unwrap()
+}
+
+/// Writes a pure-Python wheel of `name` whose module says its version, as any index would serve it.
+fn tiny_wheel(dir: &Path, name: &str, version: &str) {
+    std::fs::create_dir_all(dir).unwrap();
+    let code = r#"
+import base64, hashlib, sys, zipfile
+out, name, version = sys.argv[1:4]
+info = f"{name}-{version}.dist-info"
+files = {
+    f"{name}.py": f"VERSION = {version!r}\n",
+    f"{info}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
+    f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: cove-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+}
+def digest(text):
+    return "sha256=" + base64.urlsafe_b64encode(hashlib.sha256(text.encode()).digest()).rstrip(b"=").decode()
+record = "".join(f"{path},{digest(text)},{len(text.encode())}\n" for path, text in files.items())
+files[f"{info}/RECORD"] = record + f"{info}/RECORD,,\n"
+with zipfile.ZipFile(f"{out}/{name}-{version}-py3-none-any.whl", "w") as z:
+    for path, text in files.items():
+        z.writestr(path, text)
+"#;
+    let status = Command::new("python3").args(["-c", code, &dir.display().to_string(), name, version]).status();
+    assert!(status.unwrap().success(), "the test's wheel {name}-{version} was written");
+}
+
+/// A scoring script that says which version of `covepin` its environment has.
+const PIN_SCRIPT: &str = r#"
+import os, covepin
+
+def init():
+    pass
+
+def run(mini_batch):
+    return [f"{os.path.basename(p)} {covepin.VERSION}" for p in mini_batch]
+"#;
+
+fn conda(pins: &str) -> String {
+    let mut text = "name: pins\nchannels: [conda-forge]\ndependencies:\n  - python=3.11\n  - pip\n  - pip:\n".to_string();
+    for pin in pins.split_whitespace() {
+        text.push_str(&format!("    - {pin}\n"));
+    }
+    text
+}
+
+/// Writes deployment `name` of the project's endpoint, with an inline environment of `conda_text`
+/// and `extra` lines under `environment:`.
+fn deployment_with_environment(p: &Project, name: &str, conda_text: &str, extra: &str) -> String {
+    std::fs::write(p.dir.join(format!("conda-{name}.yml")), conda_text).unwrap();
+    let yaml = std::fs::read_to_string(p.dir.join("deployment.yml")).unwrap().replace("name: blue", &format!("name: {name}"));
+    let yaml = yaml.replace(
+        "compute:",
+        &format!("environment:\n  conda_file: conda-{name}.yml\n{extra}compute:"),
+    );
+    std::fs::write(p.dir.join(format!("{name}.yml")), yaml).unwrap();
+    p.file(&format!("{name}.yml"))
+}
+
+fn invoke(ws: &Workspace, endpoint: &str, deployment: &str, input: &Path) -> serde_json::Value {
+    let input = input.display().to_string();
+    let run = ws.cove(&["--json", "endpoint", "invoke", endpoint, "-d", deployment, "--input", &input]).ok().json();
+    let job = ws.wait_job(run["name"].as_str().unwrap());
+    assert_eq!(job["status"], "Completed", "{job:#}");
+    job
+}
+
+fn show(ws: &Workspace, endpoint: &str, name: &str) -> serde_json::Value {
+    ws.cove(&["--json", "deployment", "show", "-e", endpoint, name]).ok().json()
+}
+
+fn build_count(log: &str) -> usize {
+    std::fs::read_to_string(log).unwrap_or_default().matches("building environment").count()
+}
+
+#[test]
+fn deployments_get_their_own_environments_built_once_and_shared() {
+    let wheels = tempfile::tempdir().unwrap();
+    for (name, version) in [("covepin", "1.0"), ("covepin", "2.0"), ("covedep", "1.0")] {
+        tiny_wheel(wheels.path(), name, version);
+    }
+    let ws = Workspace::start_with(&["--wheels", &wheels.path().display().to_string()], &[]);
+    let p = Project::new(&ws.path(), "pins", PIN_SCRIPT, "mini_batch_size: 2");
+    let data = p.inputs(2);
+    ws.cove(&["endpoint", "create", "-f", &p.file("endpoint.yml")]).ok();
+
+    // Two deployments pinning conflicting versions of one package run side by side, each seeing its own.
+    let image = "  image: mcr.microsoft.com/azureml/openmpi4.1.0-ubuntu20.04\n";
+    let blue = deployment_with_environment(&p, "blue", &conda("covepin==1.0"), image);
+    let green = deployment_with_environment(&p, "green", &conda("covepin==2.0"), "");
+    ws.cove(&["deployment", "create", "-f", &blue, "--set-default"]).ok();
+    ws.cove(&["deployment", "create", "-f", &green]).ok();
+    let blue_job = invoke(&ws, "pins", "blue", &data);
+    let green_job = invoke(&ws, "pins", "green", &data);
+    assert_eq!(ws.output_lines(&blue_job), ["file-000.txt 1.0", "file-001.txt 1.0"]);
+    assert_eq!(ws.output_lines(&green_job), ["file-000.txt 2.0", "file-001.txt 2.0"]);
+    let (b, g) = (show(&ws, "pins", "blue"), show(&ws, "pins", "green"));
+    assert_ne!(b["environment"]["key"], g["environment"]["key"]);
+    assert!(b["python"].as_str().unwrap().contains("/state/environments/"), "{b:#}");
+    // The image is recorded and reported as not used, never silently dropped.
+    assert_eq!(b["environment"]["image_not_used"], "mcr.microsoft.com/azureml/openmpi4.1.0-ubuntu20.04");
+    let text = ws.cove(&["deployment", "show", "-e", "pins", "blue"]).ok().stdout.clone();
+    assert!(text.contains("openmpi4.1.0-ubuntu20.04 (not used: built from the conda and pip files)"), "{text}");
+    assert!(text.contains("packages:                   covepin==1.0"), "{text}");
+
+    // The same specification, registered, is the same build: built once, shared.
+    std::fs::write(p.dir.join("env.yml"), "name: pinned-one\nconda_file: conda-blue.yml\n").unwrap();
+    let registered = ws.cove(&["--json", "environment", "create", "-f", &p.file("env.yml")]).ok().json();
+    assert_eq!(registered["version"], 1);
+    let teal = std::fs::read_to_string(&blue).unwrap().replace("name: blue", "name: teal");
+    let teal = teal.replace("environment:\n  conda_file: conda-blue.yml\n", "environment: azureml:pinned-one@latest\n");
+    let teal = teal.replace(image, "");
+    std::fs::write(p.dir.join("teal.yml"), teal).unwrap();
+    ws.cove(&["deployment", "create", "-f", &p.file("teal.yml")]).ok();
+    let t = show(&ws, "pins", "teal");
+    assert_eq!(t["environment"]["key"], b["environment"]["key"]);
+    assert_eq!(t["environment"]["source"], "azureml:pinned-one:1");
+    assert_eq!(build_count(b["environment"]["log"].as_str().unwrap()), 1, "one build for both");
+    let env_show = ws.cove(&["environment", "show", "pinned-one"]).ok().stdout.clone();
+    assert!(env_show.contains("used by pins/teal") && env_show.contains("built"), "{env_show}");
+    let listed = ws.cove(&["--json", "environment", "list"]).ok().json();
+    assert_eq!(listed.as_array().unwrap().len(), 1);
+
+    // Concurrent requests for one new environment wait for a single build.
+    let both = conda("covepin==2.0 covedep");
+    let first = deployment_with_environment(&p, "one", &both, "");
+    let second = deployment_with_environment(&p, "two", &both, "");
+    let spawn = |file: &str| {
+        Command::new(COVE)
+            .args(["--url", &ws.url, "--token", &ws.token(), "deployment", "create", "-f", file])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (a, c) = (spawn(&first), spawn(&second));
+    for child in [a, c] {
+        let out: Run = child.wait_with_output().unwrap().into();
+        out.ok();
+    }
+    let (one, two) = (show(&ws, "pins", "one"), show(&ws, "pins", "two"));
+    assert_eq!(one["environment"]["key"], two["environment"]["key"]);
+    assert_eq!(build_count(one["environment"]["log"].as_str().unwrap()), 1, "the second request waited for the first");
+
+    // An aging pin: no such version and no matching interpreter. The error names the pin and the
+    // nearest versions that can be installed; an override lifts it without editing the file.
+    let aging = "name: old\ndependencies:\n  - python=3.8\n  - pip:\n    - covepin==0.9\n";
+    let old = deployment_with_environment(&p, "old", aging, "");
+    let refused = ws.cove(&["deployment", "create", "-f", &old]);
+    refused.fails_with(2, "`covepin==0.9` cannot be installed for Python 3.11");
+    refused.fails_with(2, "the nearest versions that can: 1.0, 2.0");
+    let lifted = deployment_with_environment(&p, "old", aging, "  overrides: [covepin==1.0]\n");
+    ws.cove(&["deployment", "create", "-f", &lifted]).ok();
+    let o = show(&ws, "pins", "old");
+    assert_eq!(o["environment"]["overrides_applied"], serde_json::json!(["covepin==1.0"]));
+    let warning = o["environment"]["warnings"][0].as_str().unwrap();
+    assert!(warning.starts_with("python=3.8: no interpreter on this host matches"), "{warning}");
+    assert_eq!(invoke(&ws, "pins", "old", &data)["status"], "Completed");
+    let text = ws.cove(&["deployment", "show", "-e", "pins", "old"]).ok().stdout.clone();
+    assert!(text.contains("override applied:           covepin==1.0"), "{text}");
+
+    // Deleting the last deployment of an environment removes its build; shared ones stay.
+    let green_dir = Path::new(g["python"].as_str().unwrap()).ancestors().nth(2).unwrap().to_path_buf();
+    assert!(green_dir.join(".cove-built").exists(), "{}", green_dir.display());
+    ws.cove(&["deployment", "delete", "-e", "pins", "green"]).ok();
+    assert!(!green_dir.exists(), "the unused build {} was removed", green_dir.display());
+    let blue_dir = Path::new(b["python"].as_str().unwrap()).ancestors().nth(2).unwrap().to_path_buf();
+    ws.cove(&["deployment", "delete", "-e", "pins", "teal"]).ok();
+    assert!(blue_dir.join(".cove-built").exists(), "blue still uses {}", blue_dir.display());
+}
+
+#[test]
+fn environments_need_a_package_source_and_refuse_what_would_leave_it() {
+    let ws = Workspace::start();
+    let p = Project::new(&ws.path(), "nosrc", PIN_SCRIPT, "");
+    ws.cove(&["endpoint", "create", "-f", &p.file("endpoint.yml")]).ok();
+    let file = deployment_with_environment(&p, "blue", &conda("covepin==1.0"), "");
+    ws.cove(&["deployment", "create", "-f", &file])
+        .fails_with(2, "this workspace has no package source for environment builds: start it with --package-index URL");
+    let file = deployment_with_environment(&p, "blue", &conda("--extra-index-url=http://127.0.0.1:9/simple"), "");
+    ws.cove(&["deployment", "create", "-f", &file]).fails_with(2, "is a pip option; builds use only the workspace's package index");
+    let file = deployment_with_environment(&p, "blue", &conda("covepin@http://127.0.0.1:9/covepin.whl"), "");
+    ws.cove(&["deployment", "create", "-f", &file]).fails_with(2, "names a URL");
+    let list = ws.cove(&["--json", "deployment", "list", "-e", "nosrc"]).ok().json();
+    assert_eq!(list.as_array().unwrap().len(), 0, "no refused deployment was created");
+    // An index by name cannot be reached from a build, which has no name resolution.
+    let bad = Command::new(COVE)
+        .args(["up", "--dir", &ws.path().join("other").display().to_string(), "--listen", "127.0.0.1:0"])
+        .args(["--package-index", "http://pypi.internal/simple"])
+        .output()
+        .unwrap();
+    let bad: Run = bad.into();
+    assert_ne!(bad.code, 0);
+    assert!(bad.stderr.contains("the host must be the private endpoint's IP address"), "{}", bad.stderr);
+}
+
+/// A static file server the test runs on loopback, with its request log.
+struct FileServer {
+    child: std::process::Child,
+    port: u16,
+    log: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl FileServer {
+    fn start(root: &Path) -> FileServer {
+        let mut child = Command::new("python3")
+            .args(["-u", "-m", "http.server", "--bind", "127.0.0.1", "--directory"])
+            .arg(root)
+            .arg("0")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut first = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut first).unwrap();
+        let port = first.split(" port ").nth(1).and_then(|s| s.split_whitespace().next()).and_then(|p| p.parse().ok());
+        let port = port.unwrap_or_else(|| panic!("the file server said where it listens: {first:?}"));
+        let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let mut stderr = child.stderr.take().unwrap();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = stderr.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        FileServer { child, port, log }
+    }
+
+    fn requests(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+}
+
+impl Drop for FileServer {
+    fn drop(&mut self) {
+        kill(self.child.id(), "TERM");
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn builds_reach_only_the_workspace_package_index() {
+    let root = tempfile::tempdir().unwrap();
+    // A package index (the simple API) made of folders, and another server a page of it points at.
+    let index = root.path().join("index");
+    tiny_wheel(&index.join("simple/covepin"), "covepin", "1.0");
+    let elsewhere = root.path().join("elsewhere");
+    tiny_wheel(&elsewhere, "covefar", "1.0");
+    let other = FileServer::start(&elsewhere);
+    let far = format!("http://127.0.0.1:{}/covefar-1.0-py3-none-any.whl", other.port);
+    std::fs::create_dir_all(index.join("simple/covefar")).unwrap();
+    std::fs::write(index.join("simple/covefar/index.html"), format!("<a href=\"{far}\">covefar-1.0-py3-none-any.whl</a>\n"))
+        .unwrap();
+    let server = FileServer::start(&index);
+    // The other server answers anyone on this host: a build that reached it would be seen.
+    let probe = format!("import urllib.request; urllib.request.urlopen('{far}').read()");
+    assert!(Command::new("python3").args(["-c", &probe]).status().unwrap().success(), "the other server answers");
+    let probes_before = other.requests().matches("GET /covefar").count();
+    assert_eq!(probes_before, 1, "{}", other.requests());
+
+    let url = format!("http://127.0.0.1:{}/simple", server.port);
+    let ws = Workspace::start_with(&["--package-index", &url], &[]);
+    let p = Project::new(&ws.path(), "indexed", PIN_SCRIPT, "mini_batch_size: 2");
+    let data = p.inputs(1);
+    ws.cove(&["endpoint", "create", "-f", &p.file("endpoint.yml")]).ok();
+    let file = deployment_with_environment(&p, "blue", &conda("covepin==1.0"), "");
+    ws.cove(&["deployment", "create", "-f", &file, "--set-default"]).ok();
+    assert!(server.requests().contains("GET /simple/covepin/"), "the build used the index: {}", server.requests());
+    assert_eq!(ws.output_lines(&invoke(&ws, "indexed", "blue", &data)), ["file-000.txt 1.0"]);
+
+    // A wheel the index points at on another server is out of the build's reach.
+    let file = deployment_with_environment(&p, "far", &conda("covefar==1.0"), "");
+    let refused = ws.cove(&["deployment", "create", "-f", &file]);
+    refused.fails_with(2, "environment: the requirements cannot be resolved from the package index");
+    refused.fails_with(2, &format!("{far} cause: error sending request"));
+    assert!(!refused.stderr.contains("nearest versions"), "{}", refused.stderr);
+    assert!(server.requests().contains("GET /simple/covefar/"), "{}", server.requests());
+    assert_eq!(other.requests().matches("GET /covefar").count(), 1, "the build reached another server: {}", other.requests());
+}
+
+#[test]
+fn mlflow_models_deploy_with_no_scoring_script() {
+    let wheels = wheelhouse();
+    let ws = Workspace::start_with(&["--wheels", &wheels.display().to_string()], &[]);
+    let dir = ws.path().join("project");
+    let data = dir.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/mlflow/model");
+    std::fs::write(dir.join("endpoint.yml"), "name: mlflow-ep\n").unwrap();
+    let deployment = format!(
+        "name: nocode\nendpoint_name: mlflow-ep\nmodel:\n  name: sk-mlflow\n  type: mlflow_model\n  path: {}\n\
+         compute: azureml:local\nsettings:\n  mini_batch_size: 3\n",
+        model.display()
+    );
+    std::fs::write(dir.join("deployment.yml"), &deployment).unwrap();
+    let file = |f: &str| dir.join(f).display().to_string();
+    ws.cove(&["endpoint", "create", "-f", &file("endpoint.yml")]).ok();
+    ws.cove(&["deployment", "create", "-f", &file("deployment.yml"), "--set-default"]).ok();
+    let d = show(&ws, "mlflow-ep", "nocode");
+    assert_eq!(d["builtin_script"], "mlflow");
+    assert_eq!(d["environment"]["source"], "the MLflow model's conda.yaml");
+    let notes = d["environment"]["notes"].to_string();
+    assert!(notes.contains("installed as `mlflow-skinny`"), "{notes}");
+    assert!(d["environment"]["build"]["lock"].as_str().unwrap().contains("scikit-learn==1.9.1"));
+
+    // Far from the decision boundary (a ≈ 2.5), so the labels are certain.
+    std::fs::write(data.join("one.csv"), "a,b\n0,1\n5,0\n10,1\n").unwrap();
+    let python = d["python"].as_str().unwrap();
+    let parquet = data.join("two.parquet").display().to_string();
+    let wrote = Command::new(python)
+        .args(["-c", "import pandas, sys; pandas.DataFrame({'a': [-3.0], 'b': [0.0]}).to_parquet(sys.argv[1])", &parquet])
+        .status()
+        .unwrap();
+    assert!(wrote.success(), "the test's parquet file was written");
+    std::fs::write(data.join("three.txt"), "not a table\n").unwrap();
+    let job = invoke(&ws, "mlflow-ep", "nocode", &data);
+    let mut lines = ws.output_lines(&job);
+    lines.sort();
+    assert_eq!(lines, ["0,0,one.csv", "0,0,two.parquet", "1,1,one.csv", "2,1,one.csv"]);
+    assert_eq!(job["progress"]["items_failed"], 1, "{job:#}");
+    let logs = ws.log(job["name"].as_str().unwrap(), "user/stdout/local-0/process000.stdout.txt");
+    assert!(logs.contains("ValueError: File type 'txt' is not supported"), "{logs}");
+    for a in job["attempts"].as_array().unwrap() {
+        assert_eq!(a["isolation"]["sandbox"], "namespaces", "{a}");
+    }
+
+    // A scoring script for an MLflow model needs an environment, as in the reference.
+    std::fs::create_dir_all(dir.join("code")).unwrap();
+    std::fs::write(dir.join("code/score.py"), PIN_SCRIPT).unwrap();
+    let custom = deployment.replace("name: nocode", "name: custom").replace(
+        "compute:",
+        "code_configuration:\n  code: code\n  scoring_script: score.py\ncompute:",
+    );
+    std::fs::write(dir.join("custom.yml"), custom).unwrap();
+    ws.cove(&["deployment", "create", "-f", &file("custom.yml")])
+        .fails_with(2, "a scoring script for an mlflow_model needs an environment, as in the reference");
+}
