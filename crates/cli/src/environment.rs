@@ -11,12 +11,16 @@ pub async fn create(client: &Client, file: &Path, out: Output) -> anyhow::Result
     let text = crate::resources::read_yaml(file)?;
     let definition = cove_spec::parse_environment(&file.display().to_string(), &text)?;
     let (conda_file, pip_file) = crate::resources::environment_files(file, "", &definition)?;
-    let env: Environment = client.post("/api/v1/environments", &CreateEnvironment { definition, conda_file, pip_file }).await?;
+    let env: Environment =
+        client.post("/api/v1/environments", &CreateEnvironment { definition, conda_file, pip_file }).await?;
     if out.json {
         return print_json(&env);
     }
     println!("Registered environment {} version {}", env.name, env.version);
-    eprintln!("Use it in a deployment: environment: azureml:{}:{} (or azureml:{}@latest)", env.name, env.version, env.name);
+    eprintln!(
+        "Use it in a deployment: environment: azureml:{}:{} (or azureml:{}@latest)",
+        env.name, env.version, env.name
+    );
     Ok(())
 }
 
@@ -33,7 +37,12 @@ pub async fn list(client: &Client, name: Option<&str>, out: Output) -> anyhow::R
         .iter()
         .map(|e| {
             let files = [e.conda_file.as_ref().map(|_| "conda"), e.pip_file.as_ref().map(|_| "pip")];
-            vec![e.name.clone(), e.version.to_string(), files.iter().flatten().copied().collect::<Vec<_>>().join("+"), e.created_at.clone()]
+            vec![
+                e.name.clone(),
+                e.version.to_string(),
+                files.iter().flatten().copied().collect::<Vec<_>>().join("+"),
+                e.created_at.clone(),
+            ]
         })
         .collect();
     print!("{}", table(&["NAME", "VERSION", "FILES", "CREATED"], &rows));

@@ -176,6 +176,9 @@ pub async fn run(app: &AppRef) -> Result<Vec<Check>, store::StoreError> {
         ));
     }
 
+    // Where environment builds get packages: a wheel folder, or an index that answers at its private endpoint.
+    out.push(package_index_check(app).await);
+
     // Datastores reached outside a private endpoint.
     for ds in app.store.call(|c| store::datastore_list(c)).await? {
         if ds.kind == "local" {
@@ -202,4 +205,42 @@ pub async fn run(app: &AppRef) -> Result<Vec<Check>, store::StoreError> {
         }
     }
     Ok(out)
+}
+
+async fn package_index_check(app: &AppRef) -> Check {
+    use cove_api::worker::PackageSource;
+    let name = "package index";
+    match &app.package_source {
+        None => check(
+            name,
+            "warn",
+            "none configured: deployments with an environment (or an MLflow model and no script) are refused".into(),
+            Some("start the workspace with --package-index URL (a private endpoint with service: package-index) or --wheels DIR".into()),
+        ),
+        Some(PackageSource::Wheels { dir }) => match std::fs::read_dir(dir) {
+            Ok(entries) => {
+                let wheels = entries.flatten().filter(|e| e.file_name().to_string_lossy().ends_with(".whl")).count();
+                check(name, "ok", format!("the wheel folder {dir} ({wheels} wheels); builds use no network"), None)
+            }
+            Err(e) => check(name, "fail", format!("the wheel folder {dir} cannot be read: {e}"), Some("fix --wheels".into())),
+        },
+        Some(PackageSource::Index { url, address }) => {
+            let connect = tokio::time::timeout(std::time::Duration::from_secs(3), tokio::net::TcpStream::connect(address));
+            match connect.await {
+                Ok(Ok(_)) => check(name, "ok", format!("{url} answers at its private endpoint {address}"), None),
+                Ok(Err(e)) => check(
+                    name,
+                    "fail",
+                    format!("{url}: nothing answers at {address}: {e}; environment builds fail"),
+                    Some(format!("start the package index at {address}, or fix --package-index")),
+                ),
+                Err(_) => check(
+                    name,
+                    "fail",
+                    format!("{url}: {address} did not answer within 3 s; environment builds fail"),
+                    Some(format!("check the route to {address}")),
+                ),
+            }
+        }
+    }
 }

@@ -24,8 +24,8 @@ pub fn package_source(config: &EnvironmentSettings, policy: &NetworkPolicy) -> R
     let address = index_address(url)?;
     let through_endpoint =
         policy.private_endpoints.iter().any(|p| p.service == "package-index" && p.address == address);
-    let on_loopback_workspace = address.ip().is_loopback()
-        && policy.networks.iter().any(|n| n.name == crate::netpolicy::LOOPBACK_NETWORK);
+    let on_loopback_workspace =
+        address.ip().is_loopback() && policy.networks.iter().any(|n| n.name == crate::netpolicy::LOOPBACK_NETWORK);
     if !policy.public_network_access && !through_endpoint && !on_loopback_workspace {
         return Err(format!(
             "--package-index {url}: a private workspace reaches its package index only through a private endpoint \
@@ -114,9 +114,7 @@ pub async fn prepare<'a>(
     let settings = &app.config.environments;
     let (interpreter, mut warnings) = pick_interpreter(&app.config.python, settings, reqs.python.as_deref())?;
     if let Some(image) = req.image {
-        warnings.push(format!(
-            "image `{image}` is not used: Cove builds environments from their conda and pip files"
-        ));
+        warnings.push(format!("image `{image}` is not used: Cove builds environments from their conda and pip files"));
     }
     let overrides: Vec<String> = settings.overrides.iter().chain(req.overrides).cloned().collect();
     let tools = Toolchain::find(&app.config.python, app.config.sandbox)?;
@@ -185,8 +183,7 @@ fn pick_interpreter(
         }
         seen.push(format!("{} ({})", info.version, info.executable));
     }
-    let message =
-        format!("python={pin}: no interpreter on this host matches (have {}); ", seen.join(", "));
+    let message = format!("python={pin}: no interpreter on this host matches (have {}); ", seen.join(", "));
     if settings.strict_python {
         return Err(message + "add one with --interpreter PATH, or relax the pin");
     }
@@ -214,6 +211,38 @@ pub async fn collect_unused(app: &AppRef) {
 
 #[cfg(test)]
 mod tests {
+    use crate::netpolicy::NetworkPolicy;
+    use crate::EnvironmentSettings;
+
+    const PRIVATE: &str = "
+networks:
+  - name: ws
+    address_space: [198.18.1.0/24]
+private_endpoints:
+  - name: api
+    service: api
+    address: 198.18.1.10:8470
+    network: ws
+  - name: pypi-mirror
+    service: package-index
+    address: 198.18.1.20:8080
+    network: ws
+";
+
+    #[test]
+    fn a_private_workspace_reaches_its_index_only_through_its_private_endpoint() {
+        let policy = NetworkPolicy::parse("ws.yml", PRIVATE).unwrap();
+        let with = |url: &str| EnvironmentSettings { package_index: Some(url.into()), ..Default::default() };
+        let ok = super::package_source(&with("http://198.18.1.20:8080/simple/"), &policy).unwrap().unwrap();
+        assert_eq!(ok.to_string(), "the package index http://198.18.1.20:8080/simple");
+        let refused = super::package_source(&with("http://198.18.1.21:8080/simple"), &policy).unwrap_err();
+        assert!(refused.contains("only through a private endpoint with service: package-index"), "{refused}");
+        let loopback = NetworkPolicy::loopback("127.0.0.1:8470".parse().unwrap()).unwrap();
+        assert!(super::package_source(&with("http://127.0.0.1:9/simple"), &loopback).is_ok());
+        assert!(super::package_source(&with("http://198.18.1.20:8080/simple"), &loopback).is_err());
+        assert!(super::package_source(&EnvironmentSettings::default(), &policy).unwrap().is_none());
+    }
+
     #[test]
     fn index_urls_name_an_address() {
         assert_eq!(super::index_address("http://198.18.0.5:8080/simple").unwrap().to_string(), "198.18.0.5:8080");

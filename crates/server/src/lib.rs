@@ -280,8 +280,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
         None => netpolicy::NetworkPolicy::loopback(config.listen.unwrap_or(DEFAULT_LISTEN.parse().expect("valid")))
             .map_err(anyhow::Error::msg)?,
     };
-    let package_source =
-        environments::package_source(&config.environments, &policy).map_err(anyhow::Error::msg)?;
+    let package_source = environments::package_source(&config.environments, &policy).map_err(anyhow::Error::msg)?;
     let mut addresses: Vec<SocketAddr> = policy.api_endpoints().iter().map(|p| p.address).collect();
     if let Some(listen) = config.listen {
         if !addresses.contains(&listen) {

@@ -51,7 +51,9 @@ pub enum ModelType {
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum EnvironmentRef {
     /// A registered environment, kept exactly as written (`azureml:name:1`, `azureml:name@latest`).
-    Registered { reference: String },
+    Registered {
+        reference: String,
+    },
     Inline(EnvironmentDefinition),
 }
 

@@ -291,9 +291,8 @@ pub fn check_requirement(line: &str) -> Result<(), String> {
 
 /// Whether an interpreter version (`3.11.7`) satisfies a conda `python` entry.
 pub fn python_matches(pin: &str, version: &str) -> bool {
-    let parse = |v: &str| -> Vec<u32> {
-        v.trim().trim_end_matches(".*").split('.').map_while(|p| p.parse().ok()).collect()
-    };
+    let parse =
+        |v: &str| -> Vec<u32> { v.trim().trim_end_matches(".*").split('.').map_while(|p| p.parse().ok()).collect() };
     let have = parse(version);
     pin.split(',').all(|clause| {
         let clause = clause.trim();

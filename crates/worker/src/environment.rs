@@ -339,7 +339,11 @@ fn uv_message(stderr: &str) -> String {
         .filter(|l| !l.is_empty())
         .collect();
     let text = lines.join(" ");
-    if text.is_empty() { "uv failed and said nothing".to_string() } else { text }
+    if text.is_empty() {
+        "uv failed and said nothing".to_string()
+    } else {
+        text
+    }
 }
 
 /// The normalised form of a package name (PEP 503).
@@ -424,7 +428,8 @@ async fn available_versions(source: &PackageSource, name: &str, python_version: 
             let py_ok = py.split('.').any(|t| t == "py3" || *t == format!("py{minor}") || *t == format!("cp{minor}"))
                 || py.split('.').any(|t| t.starts_with("cp3")) && f.contains("abi3");
             let platform_ok = platform.split('.').any(|p| {
-                p == "any" || p.ends_with(std::env::consts::ARCH) && (p.starts_with("manylinux") || p.starts_with("linux"))
+                p == "any"
+                    || p.ends_with(std::env::consts::ARCH) && (p.starts_with("manylinux") || p.starts_with("linux"))
             });
             (normalise_name(dist) == normalise_name(name) && py_ok && platform_ok).then(|| version.to_string())
         })

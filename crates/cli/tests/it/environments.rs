@@ -58,7 +58,8 @@ def run(mini_batch):
 "#;
 
 fn conda(pins: &str) -> String {
-    let mut text = "name: pins\nchannels: [conda-forge]\ndependencies:\n  - python=3.11\n  - pip\n  - pip:\n".to_string();
+    let mut text =
+        "name: pins\nchannels: [conda-forge]\ndependencies:\n  - python=3.11\n  - pip\n  - pip:\n".to_string();
     for pin in pins.split_whitespace() {
         text.push_str(&format!("    - {pin}\n"));
     }
@@ -69,11 +70,9 @@ fn conda(pins: &str) -> String {
 /// and `extra` lines under `environment:`.
 fn deployment_with_environment(p: &Project, name: &str, conda_text: &str, extra: &str) -> String {
     std::fs::write(p.dir.join(format!("conda-{name}.yml")), conda_text).unwrap();
-    let yaml = std::fs::read_to_string(p.dir.join("deployment.yml")).unwrap().replace("name: blue", &format!("name: {name}"));
-    let yaml = yaml.replace(
-        "compute:",
-        &format!("environment:\n  conda_file: conda-{name}.yml\n{extra}compute:"),
-    );
+    let yaml =
+        std::fs::read_to_string(p.dir.join("deployment.yml")).unwrap().replace("name: blue", &format!("name: {name}"));
+    let yaml = yaml.replace("compute:", &format!("environment:\n  conda_file: conda-{name}.yml\n{extra}compute:"));
     std::fs::write(p.dir.join(format!("{name}.yml")), yaml).unwrap();
     p.file(&format!("{name}.yml"))
 }
@@ -196,10 +195,13 @@ fn environments_need_a_package_source_and_refuse_what_would_leave_it() {
     let p = Project::new(&ws.path(), "nosrc", PIN_SCRIPT, "");
     ws.cove(&["endpoint", "create", "-f", &p.file("endpoint.yml")]).ok();
     let file = deployment_with_environment(&p, "blue", &conda("covepin==1.0"), "");
-    ws.cove(&["deployment", "create", "-f", &file])
-        .fails_with(2, "this workspace has no package source for environment builds: start it with --package-index URL");
+    ws.cove(&["deployment", "create", "-f", &file]).fails_with(
+        2,
+        "this workspace has no package source for environment builds: start it with --package-index URL",
+    );
     let file = deployment_with_environment(&p, "blue", &conda("--extra-index-url=http://127.0.0.1:9/simple"), "");
-    ws.cove(&["deployment", "create", "-f", &file]).fails_with(2, "is a pip option; builds use only the workspace's package index");
+    ws.cove(&["deployment", "create", "-f", &file])
+        .fails_with(2, "is a pip option; builds use only the workspace's package index");
     let file = deployment_with_environment(&p, "blue", &conda("covepin@http://127.0.0.1:9/covepin.whl"), "");
     ws.cove(&["deployment", "create", "-f", &file]).fails_with(2, "names a URL");
     let list = ws.cove(&["--json", "deployment", "list", "-e", "nosrc"]).ok().json();
@@ -274,8 +276,11 @@ fn builds_reach_only_the_workspace_package_index() {
     let other = FileServer::start(&elsewhere);
     let far = format!("http://127.0.0.1:{}/covefar-1.0-py3-none-any.whl", other.port);
     std::fs::create_dir_all(index.join("simple/covefar")).unwrap();
-    std::fs::write(index.join("simple/covefar/index.html"), format!("<a href=\"{far}\">covefar-1.0-py3-none-any.whl</a>\n"))
-        .unwrap();
+    std::fs::write(
+        index.join("simple/covefar/index.html"),
+        format!("<a href=\"{far}\">covefar-1.0-py3-none-any.whl</a>\n"),
+    )
+    .unwrap();
     let server = FileServer::start(&index);
     // The other server answers anyone on this host: a build that reached it would be seen.
     let probe = format!("import urllib.request; urllib.request.urlopen('{far}').read()");
@@ -300,7 +305,22 @@ fn builds_reach_only_the_workspace_package_index() {
     refused.fails_with(2, &format!("{far} cause: error sending request"));
     assert!(!refused.stderr.contains("nearest versions"), "{}", refused.stderr);
     assert!(server.requests().contains("GET /simple/covefar/"), "{}", server.requests());
-    assert_eq!(other.requests().matches("GET /covefar").count(), 1, "the build reached another server: {}", other.requests());
+    assert_eq!(
+        other.requests().matches("GET /covefar").count(),
+        1,
+        "the build reached another server: {}",
+        other.requests()
+    );
+
+    // diagnose checks that the index answers at its private endpoint.
+    let diag = ws.cove(&["workspace", "diagnose"]);
+    let ok = format!("OK   package index: {url} answers at its private endpoint 127.0.0.1:{}", server.port);
+    assert!(diag.stdout.contains(&ok), "{}", diag.stdout);
+    let port = server.port;
+    drop(server);
+    let diag = ws.cove(&["workspace", "diagnose"]);
+    let fail = format!("FAIL package index: {url}: nothing answers at 127.0.0.1:{port}");
+    assert!(diag.stdout.contains(&fail), "{}", diag.stdout);
 }
 
 #[test]
@@ -333,7 +353,11 @@ fn mlflow_models_deploy_with_no_scoring_script() {
     let python = d["python"].as_str().unwrap();
     let parquet = data.join("two.parquet").display().to_string();
     let wrote = Command::new(python)
-        .args(["-c", "import pandas, sys; pandas.DataFrame({'a': [-3.0], 'b': [0.0]}).to_parquet(sys.argv[1])", &parquet])
+        .args([
+            "-c",
+            "import pandas, sys; pandas.DataFrame({'a': [-3.0], 'b': [0.0]}).to_parquet(sys.argv[1])",
+            &parquet,
+        ])
         .status()
         .unwrap();
     assert!(wrote.success(), "the test's parquet file was written");
@@ -352,10 +376,9 @@ fn mlflow_models_deploy_with_no_scoring_script() {
     // A scoring script for an MLflow model needs an environment, as in the reference.
     std::fs::create_dir_all(dir.join("code")).unwrap();
     std::fs::write(dir.join("code/score.py"), PIN_SCRIPT).unwrap();
-    let custom = deployment.replace("name: nocode", "name: custom").replace(
-        "compute:",
-        "code_configuration:\n  code: code\n  scoring_script: score.py\ncompute:",
-    );
+    let custom = deployment
+        .replace("name: nocode", "name: custom")
+        .replace("compute:", "code_configuration:\n  code: code\n  scoring_script: score.py\ncompute:");
     std::fs::write(dir.join("custom.yml"), custom).unwrap();
     ws.cove(&["deployment", "create", "-f", &file("custom.yml")])
         .fails_with(2, "a scoring script for an mlflow_model needs an environment, as in the reference");

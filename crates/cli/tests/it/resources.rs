@@ -133,7 +133,7 @@ fn bad_yaml_names_the_file_line_and_field_and_creates_nothing() {
     .unwrap();
     let env = write("env.yml", &format!("{base}environment:\n  image: mcr.microsoft.com/azureml/openmpi4.1.0-ubuntu20.04\n  conda_file: conda.yml\n"));
     ws.cove(&["deployment", "create", "-f", &env])
-        .fails_with(2, "cannot import these listed packages: no-such-package-cove");
+        .fails_with(2, "environment: this workspace has no package source for environment builds");
     let nested = write(
         "nested.yml",
         &"a:\n".repeat(1).replace("a:\n", &(0..80).map(|i| format!("{}k{i}:\n", "  ".repeat(i))).collect::<String>()),

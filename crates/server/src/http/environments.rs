@@ -33,9 +33,11 @@ pub async fn create(
     cove_spec::requirements(req.conda_file.as_deref(), req.pip_file.as_deref()).map_err(ApiError::invalid)?;
     let version = match def.version.as_deref() {
         None => 0,
-        Some(v) => v.parse::<u32>().ok().filter(|v| *v > 0).ok_or_else(|| {
-            ApiError::invalid(format!("version: `{v}` is not a positive whole number"))
-        })?,
+        Some(v) => v
+            .parse::<u32>()
+            .ok()
+            .filter(|v| *v > 0)
+            .ok_or_else(|| ApiError::invalid(format!("version: `{v}` is not a positive whole number")))?,
     };
     let env = Environment {
         name: name.clone(),

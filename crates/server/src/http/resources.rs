@@ -510,7 +510,10 @@ async fn registered_environment(app: &AppRef, reference: &str) -> ApiResult<cove
             return Err(ApiError::invalid(format!("environment: label `{label}` is not supported; use @latest")))
         }
         None => match text.split_once(':') {
-            Some((name, v)) => (name.to_string(), version_param(v).map_err(|e| ApiError::invalid(format!("environment: {}", e.message)))?),
+            Some((name, v)) => (
+                name.to_string(),
+                version_param(v).map_err(|e| ApiError::invalid(format!("environment: {}", e.message)))?,
+            ),
             None => (text.clone(), None),
         },
     };
@@ -847,22 +850,21 @@ pub async fn create_data(
         created_at: now(),
     };
     let version = req.version;
-    let created = app
-        .store
-        .call(move |c| {
-            let name = asset.name.clone();
-            store::versioned_create(c, store::Versioned::Data, &name, asset.version, |version| cove_api::DataAsset {
-                version,
-                ..asset
+    let created =
+        app.store
+            .call(move |c| {
+                let name = asset.name.clone();
+                store::versioned_create(c, store::Versioned::Data, &name, asset.version, |version| {
+                    cove_api::DataAsset { version, ..asset }
+                })
             })
-        })
-        .await?
-        .ok_or_else(|| {
-        ApiError::conflict(format!(
-            "version: data asset `{name}` version {} exists already (leave version out for the next one)",
-            version.unwrap_or_default()
-        ))
-    })?;
+            .await?
+            .ok_or_else(|| {
+                ApiError::conflict(format!(
+                    "version: data asset `{name}` version {} exists already (leave version out for the next one)",
+                    version.unwrap_or_default()
+                ))
+            })?;
     let owner = format!("data asset `{}` version {}", created.name, created.version);
     super::ownership::claim_data(&app, &at, owner).await?;
     Ok((StatusCode::CREATED, Json(created)))

@@ -190,7 +190,9 @@ pub fn versioned_create<T: serde::Serialize>(
     };
     let record = record(version);
     let inserted = conn.exec(
-        &format!("INSERT INTO {table} (name, version, record) VALUES (?1, ?2, ?3) ON CONFLICT (name, version) DO NOTHING"),
+        &format!(
+            "INSERT INTO {table} (name, version, record) VALUES (?1, ?2, ?3) ON CONFLICT (name, version) DO NOTHING"
+        ),
         params![name, version, serde_json::to_string(&record)?],
     )?;
     Ok((inserted == 1).then_some(record))
