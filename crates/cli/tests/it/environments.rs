@@ -383,3 +383,38 @@ fn mlflow_models_deploy_with_no_scoring_script() {
     ws.cove(&["deployment", "create", "-f", &file("custom.yml")])
         .fails_with(2, "a scoring script for an mlflow_model needs an environment, as in the reference");
 }
+
+/// On a Slurm cluster with an environment cache, the first worker that needs an environment builds it
+/// there (the control plane only resolves it), and jobs use it.
+#[test]
+fn slurm_nodes_build_environments_in_the_compute_cache() {
+    let wheels = tempfile::tempdir().unwrap();
+    tiny_wheel(wheels.path(), "covepin", "1.0");
+    let cluster = slurm_cluster();
+    let mut ws = Workspace::start_with(&["--wheels", &wheels.path().display().to_string()], &[("SLURM_CONF", SLURM_CONF)]);
+    ws.cluster = Some(cluster);
+    let cache = ws.path().join("shared/environments");
+    let compute = ws.path().join("compute.yml");
+    std::fs::write(
+        &compute,
+        format!(
+            "name: hpc\ntype: slurm\npartition: debug\nmem_per_task_mb: 512\ntime_limit: '00:10:00'\nenvironment_cache: {}\n",
+            cache.display()
+        ),
+    )
+    .unwrap();
+    ws.cove(&["compute", "create", "-f", &compute.display().to_string()]).ok();
+    let p = Project::new(&ws.path(), "hpcpins", PIN_SCRIPT, "mini_batch_size: 2").on(Backend::Slurm);
+    let data = p.inputs(3);
+    ws.cove(&["endpoint", "create", "-f", &p.file("endpoint.yml")]).ok();
+    let file = deployment_with_environment(&p, "blue", &conda("covepin==1.0"), "");
+    ws.cove(&["deployment", "create", "-f", &file, "--set-default"]).ok();
+    let d = show(&ws, "hpcpins", "blue");
+    let key = d["environment"]["key"].as_str().unwrap().to_string();
+    assert_eq!(d["python"], cache.join(&key).join("bin/python").display().to_string());
+    assert!(!cache.join(&key).exists(), "the control plane only resolved the environment");
+    let job = invoke(&ws, "hpcpins", "blue", &data);
+    assert_eq!(ws.output_lines(&job), ["file-000.txt 1.0", "file-001.txt 1.0", "file-002.txt 1.0"]);
+    assert!(cache.join(&key).join(".cove-built").exists(), "a node built it in the cache");
+    assert_eq!(build_count(&cache.join(format!("{key}.log")).display().to_string()), 1);
+}
