@@ -27,6 +27,11 @@ sys.exit(subprocess.run(sys.argv[sep + 1:]).returncode)
 "#
 );
 
+/// Whether the environment of `build` is already built on this host.
+pub fn is_built(build: &EnvironmentBuild) -> bool {
+    Path::new(&build.root).join(&build.key).join(BUILT_MARKER).exists()
+}
+
 /// The tools a build runs with.
 #[derive(Debug, Clone)]
 pub struct Toolchain {
@@ -49,14 +54,19 @@ fn find_uv(python: &str) -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("COVE_UV") {
         return Some(PathBuf::from(p));
     }
-    let out = std::process::Command::new(python)
-        .args(["-I", "-c", "import uv; print(uv.find_uv_bin())"])
-        .stderr(Stdio::null())
-        .output()
-        .ok()?;
-    let found = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-    if out.status.success() && found.is_file() {
-        return std::fs::canonicalize(found).ok();
+    // The `uv` package of the interpreter at hand, or of the host's `python3`.
+    for interpreter in [python, "python3"] {
+        let Ok(out) = std::process::Command::new(interpreter)
+            .args(["-I", "-c", "import uv; print(uv.find_uv_bin())"])
+            .stderr(Stdio::null())
+            .output()
+        else {
+            continue;
+        };
+        let found = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        if out.status.success() && found.is_file() {
+            return std::fs::canonicalize(found).ok();
+        }
     }
     std::env::var_os("PATH").and_then(|paths| {
         std::env::split_paths(&paths).map(|d| d.join("uv")).find(|p| {

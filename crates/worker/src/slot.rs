@@ -585,6 +585,9 @@ async fn ensure_environment(
     build: &cove_api::worker::EnvironmentBuild,
     sandbox: cove_api::worker::SandboxMode,
 ) -> Result<(), String> {
+    if crate::environment::is_built(build) {
+        return Ok(());
+    }
     let tools = crate::environment::Toolchain::find(&build.python, sandbox)?;
     tools.ensure(build).await.map(|_| ()).map_err(|f| {
         format!("the environment {} could not be built: {} (log: {})", build.key, f.message, f.log.display())

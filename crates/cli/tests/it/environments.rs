@@ -373,6 +373,25 @@ fn mlflow_models_deploy_with_no_scoring_script() {
         assert_eq!(a["isolation"]["sandbox"], "namespaces", "{a}");
     }
 
+    // Images are read into arrays shaped as the model's tensor signature says; one line per image.
+    let images = dir.join("images");
+    std::fs::create_dir_all(&images).unwrap();
+    let draw = "import sys; from PIL import Image\nfor path, value in zip(sys.argv[1::2], sys.argv[2::2]):\n    \
+                Image.new('RGB', (4, 4), (int(value),) * 3).save(path)";
+    let (a, b) = (images.join("a.png").display().to_string(), images.join("b.png").display().to_string());
+    assert!(Command::new(python).args(["-c", draw, &a, "10", &b, "20"]).status().unwrap().success());
+    let image_model = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/mlflow/image-model");
+    let image_deployment = deployment
+        .replace("name: nocode", "name: images")
+        .replace("name: sk-mlflow", "name: image-mean")
+        .replace(&model.display().to_string(), &image_model.display().to_string());
+    std::fs::write(dir.join("images.yml"), image_deployment).unwrap();
+    ws.cove(&["deployment", "create", "-f", &file("images.yml")]).ok();
+    let job = invoke(&ws, "mlflow-ep", "images", &images);
+    let mut lines = ws.output_lines(&job);
+    lines.sort();
+    assert_eq!(lines, ["10.0,a.png", "20.0,b.png"]);
+
     // A scoring script for an MLflow model needs an environment, as in the reference.
     std::fs::create_dir_all(dir.join("code")).unwrap();
     std::fs::write(dir.join("code/score.py"), PIN_SCRIPT).unwrap();
@@ -391,7 +410,8 @@ fn slurm_nodes_build_environments_in_the_compute_cache() {
     let wheels = tempfile::tempdir().unwrap();
     tiny_wheel(wheels.path(), "covepin", "1.0");
     let cluster = slurm_cluster();
-    let mut ws = Workspace::start_with(&["--wheels", &wheels.path().display().to_string()], &[("SLURM_CONF", SLURM_CONF)]);
+    let mut ws =
+        Workspace::start_with(&["--wheels", &wheels.path().display().to_string()], &[("SLURM_CONF", SLURM_CONF)]);
     ws.cluster = Some(cluster);
     let cache = ws.path().join("shared/environments");
     let compute = ws.path().join("compute.yml");
@@ -417,4 +437,46 @@ fn slurm_nodes_build_environments_in_the_compute_cache() {
     assert_eq!(ws.output_lines(&job), ["file-000.txt 1.0", "file-001.txt 1.0", "file-002.txt 1.0"]);
     assert!(cache.join(&key).join(".cove-built").exists(), "a node built it in the cache");
     assert_eq!(build_count(&cache.join(format!("{key}.log")).display().to_string()), 1);
+}
+
+/// Workspace-wide overrides apply to every environment; a `python` pin picks a configured interpreter,
+/// and in strict mode a pin no interpreter matches is refused.
+#[test]
+fn workspace_overrides_interpreters_and_strict_python_pins() {
+    let wheels = tempfile::tempdir().unwrap();
+    tiny_wheel(wheels.path(), "covepin", "1.0");
+    tiny_wheel(wheels.path(), "covepin", "2.0");
+    let version = |python: &str| {
+        let out = Command::new(python).args(["-c", "import platform; print(platform.python_version())"]).output();
+        String::from_utf8(out.unwrap().stdout).unwrap().trim().to_string()
+    };
+    let (default, other) = (version("python3"), version("/usr/bin/python3"));
+    assert_ne!(default, other, "this host has two interpreters of different versions to choose from");
+    let ws = Workspace::start_with(
+        &[
+            "--wheels",
+            &wheels.path().display().to_string(),
+            "--environment-override",
+            "covepin==2.0",
+            "--interpreter",
+            "/usr/bin/python3",
+            "--strict-python",
+        ],
+        &[],
+    );
+    let p = Project::new(&ws.path(), "strict", PIN_SCRIPT, "mini_batch_size: 2");
+    let data = p.inputs(1);
+    ws.cove(&["endpoint", "create", "-f", &p.file("endpoint.yml")]).ok();
+    let pinned = conda("covepin==1.0").replace("python=3.11", &format!("python={other}"));
+    let file = deployment_with_environment(&p, "blue", &pinned, "");
+    ws.cove(&["deployment", "create", "-f", &file, "--set-default"]).ok();
+    let d = show(&ws, "strict", "blue");
+    assert_eq!(d["environment"]["overrides_applied"], serde_json::json!(["covepin==2.0"]));
+    let interpreter = d["environment"]["interpreter"].as_str().unwrap();
+    assert!(interpreter.ends_with(&format!("(Python {other})")), "{interpreter}");
+    assert_eq!(ws.output_lines(&invoke(&ws, "strict", "blue", &data)), ["file-000.txt 2.0"]);
+    let old = deployment_with_environment(&p, "old", &conda("covepin").replace("python=3.11", "python=3.8"), "");
+    ws.cove(&["deployment", "create", "-f", &old])
+        .fails_with(2, "python=3.8: no interpreter on this host matches")
+        .fails_with(2, "add one with --interpreter PATH, or relax the pin");
 }
