@@ -6,7 +6,9 @@ use crate::netpolicy::NetworkPolicy;
 use crate::{layout, store, App, AppRef, EnvironmentSettings};
 use cove_api::worker::{EnvironmentBuild, PackageSource};
 use cove_api::DeploymentEnvironment;
-use cove_worker::environment::{environment_key, interpreter_info, normalise_name, InterpreterInfo, Toolchain};
+use cove_worker::environment::{
+    environment_key, interpreter_info, normalise_name, requirement_name, InterpreterInfo, Toolchain,
+};
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -156,11 +158,6 @@ pub async fn prepare<'a>(
         build,
     };
     Ok((record, pinned))
-}
-
-fn requirement_name(req: &str) -> &str {
-    let end = req.find(|c: char| !(c.is_ascii_alphanumeric() || "-_.".contains(c))).unwrap_or(req.len());
-    &req[..end]
 }
 
 /// The interpreter a `python` pin picks: the default when it matches (or there is no pin), else the

@@ -35,24 +35,37 @@ pub fn is_built(build: &EnvironmentBuild) -> bool {
 /// The tools a build runs with.
 #[derive(Debug, Clone)]
 pub struct Toolchain {
-    pub uv: PathBuf,
+    pub installer: Installer,
     pub sandbox: SandboxMode,
 }
 
+/// What installs packages: uv, or where uv is absent, the interpreter's own pip.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Installer {
+    Uv(PathBuf),
+    Pip,
+}
+
 impl Toolchain {
-    /// Finds uv: `COVE_UV`, the `uv` package of `python`, or `uv` on the PATH.
+    /// Finds uv (`COVE_UV`, the `uv` package of `python` or of `python3`, or `uv` on the PATH), or else
+    /// pip. `COVE_UV=none` chooses pip.
     pub fn find(python: &str, sandbox: SandboxMode) -> Result<Toolchain, String> {
-        let uv = find_uv(python).ok_or_else(|| {
-            "uv is not installed: environments are built with uv (`python3 -m pip install uv`, or set COVE_UV)"
-                .to_string()
-        })?;
-        Ok(Toolchain { uv, sandbox })
+        if let Some(uv) = find_uv(python) {
+            return Ok(Toolchain { installer: Installer::Uv(uv), sandbox });
+        }
+        let pip = std::process::Command::new(python).args(["-I", "-m", "pip", "--version"]).output();
+        if pip.is_ok_and(|o| o.status.success()) {
+            return Ok(Toolchain { installer: Installer::Pip, sandbox });
+        }
+        Err(format!(
+            "neither uv nor pip is available to build environments with `{python}` (`python3 -m pip install uv`, or set COVE_UV)"
+        ))
     }
 }
 
 fn find_uv(python: &str) -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("COVE_UV") {
-        return Some(PathBuf::from(p));
+        return (p != "none").then(|| PathBuf::from(p));
     }
     // The `uv` package of the interpreter at hand, or of the host's `python3`.
     for interpreter in [python, "python3"] {
@@ -109,15 +122,18 @@ pub fn environment_key(lock: &str, interpreter: &InterpreterInfo) -> String {
     h.finalize().iter().take(12).map(|b| format!("{b:02x}")).collect()
 }
 
-/// A uv run: its arguments, the folders it reads and writes, and where its output goes.
-struct UvRun<'a> {
+/// One run of an installer: its program and arguments, the base interpreter (whose files the sandbox
+/// shows), and the folders it reads and writes.
+struct ToolRun<'a> {
+    program: PathBuf,
     args: Vec<String>,
     python: &'a str,
     read_only: Vec<PathBuf>,
     writable: Vec<PathBuf>,
-    cache: &'a Path,
+    cache: PathBuf,
 }
 
+/// The package source as uv and pip both spell it.
 fn source_args(source: &PackageSource, allow_source_builds: bool) -> Vec<String> {
     let mut a = match source {
         PackageSource::Index { url, .. } => vec!["--index-url".to_string(), url.clone()],
@@ -130,23 +146,25 @@ fn source_args(source: &PackageSource, allow_source_builds: bool) -> Vec<String>
 }
 
 impl Toolchain {
-    /// Runs uv with a cleared environment, in the sandbox unless the workspace chose none; returns its
-    /// exit status, stdout and stderr.
-    async fn run(&self, run: UvRun<'_>, source: &PackageSource) -> Result<(bool, String, String), String> {
-        std::fs::create_dir_all(run.cache).map_err(|e| format!("cannot create {}: {e}", run.cache.display()))?;
+    /// Runs an installer with a cleared environment, in the sandbox unless the workspace chose none;
+    /// returns its exit status, stdout and stderr.
+    async fn run(&self, run: ToolRun<'_>, source: &PackageSource) -> Result<(bool, String, String), String> {
+        std::fs::create_dir_all(&run.cache).map_err(|e| format!("cannot create {}: {e}", run.cache.display()))?;
         let mut forwarders = Vec::new();
         let mut sockets = None;
         let mut command = match self.sandbox {
-            SandboxMode::None => tokio::process::Command::new(&self.uv),
+            SandboxMode::None => tokio::process::Command::new(&run.program),
             SandboxMode::Namespaces => {
                 let interp = sandbox::interpreter(run.python)?;
                 let mut read_only = run.read_only.clone();
-                read_only.extend(self.uv.parent().map(Path::to_path_buf));
+                if let Installer::Uv(uv) = &self.installer {
+                    read_only.extend(uv.parent().map(Path::to_path_buf));
+                }
                 if let PackageSource::Wheels { dir } = source {
                     read_only.push(PathBuf::from(dir));
                 }
                 let mut writable = run.writable.clone();
-                writable.push(run.cache.to_path_buf());
+                writable.push(run.cache.clone());
                 let mut egress = Vec::new();
                 if let PackageSource::Index { address, .. } = source {
                     let dir = crate::scorer::egress_dir();
@@ -161,9 +179,13 @@ impl Toolchain {
                 let mut c = tokio::process::Command::new("bwrap");
                 c.args(sandbox::bwrap_args(&interp, &view, !egress.is_empty()));
                 if egress.is_empty() {
-                    c.arg(&self.uv);
+                    c.arg(&run.program);
                 } else {
-                    c.arg(&interp.executable).args(["-I", "-c", EGRESS_RUNNER]).args(&egress).arg("--").arg(&self.uv);
+                    c.arg(&interp.executable)
+                        .args(["-I", "-c", EGRESS_RUNNER])
+                        .args(&egress)
+                        .arg("--")
+                        .arg(&run.program);
                 }
                 c
             }
@@ -172,17 +194,22 @@ impl Toolchain {
             .args(&run.args)
             .env_clear()
             .env("PATH", "/usr/bin:/bin")
-            .env("HOME", run.cache)
-            .env("UV_CACHE_DIR", run.cache)
+            .env("HOME", &run.cache)
+            .env("UV_CACHE_DIR", &run.cache)
             .env("UV_NO_CONFIG", "1")
             .env("UV_PYTHON_DOWNLOADS", "never")
             .env("UV_LINK_MODE", "copy")
             .env("UV_NO_PROGRESS", "1")
+            .env("PIP_CONFIG_FILE", "/dev/null")
+            .env("PIP_CACHE_DIR", &run.cache)
+            .env("PIP_DISABLE_PIP_VERSION_CHECK", "1")
+            .env("PIP_NO_INPUT", "1")
+            .env("PYTHONNOUSERSITE", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
-        let out = command.output().await.map_err(|e| format!("failed to start uv: {e}"));
+        let out = command.output().await.map_err(|e| format!("failed to start {}: {e}", run.program.display()));
         for f in forwarders {
             f.abort();
         }
@@ -212,30 +239,80 @@ impl Toolchain {
         std::fs::create_dir_all(&work).map_err(|e| format!("cannot create {}: {e}", work.display()))?;
         let requirements = work.join("requirements.in");
         std::fs::write(&requirements, packages.join("\n") + "\n").map_err(|e| e.to_string())?;
-        let mut args: Vec<String> = vec!["pip".into(), "compile".into(), requirements.display().to_string()];
-        args.extend(["--python".into(), python.into(), "--no-header".into(), "--no-annotate".into(), "--quiet".into()]);
-        if !overrides.is_empty() {
-            let file = work.join("overrides.txt");
-            std::fs::write(&file, overrides.join("\n") + "\n").map_err(|e| e.to_string())?;
-            args.extend(["--override".into(), file.display().to_string()]);
-        }
-        args.extend(source_args(source, allow_source_builds));
-        let run = UvRun {
-            args,
-            python,
-            read_only: vec![work.clone()],
-            writable: Vec::new(),
-            cache: &scratch.join("uv-cache"),
+        let run = match &self.installer {
+            Installer::Uv(uv) => {
+                let mut args: Vec<String> = vec!["pip".into(), "compile".into(), requirements.display().to_string()];
+                args.extend(["--python".into(), python.into(), "--no-header".into(), "--no-annotate".into()]);
+                args.push("--quiet".into());
+                if !overrides.is_empty() {
+                    let file = work.join("overrides.txt");
+                    std::fs::write(&file, overrides.join("\n") + "\n").map_err(|e| e.to_string())?;
+                    args.extend(["--override".into(), file.display().to_string()]);
+                }
+                args.extend(source_args(source, allow_source_builds));
+                ToolRun {
+                    program: uv.clone(),
+                    args,
+                    python,
+                    read_only: vec![work.clone()],
+                    writable: Vec::new(),
+                    cache: scratch.join("uv-cache"),
+                }
+            }
+            Installer::Pip => {
+                // pip has no overrides: an override replaces the environment's own entry for its
+                // package, and constrains the package where something else requires it.
+                let mut listed: Vec<String> = packages.to_vec();
+                let mut constraints = Vec::new();
+                for o in overrides {
+                    let name = normalise_name(requirement_name(o));
+                    match listed.iter().position(|p| normalise_name(requirement_name(p)) == name) {
+                        Some(i) => listed[i] = o.clone(),
+                        None => constraints.push(o.clone()),
+                    }
+                }
+                std::fs::write(&requirements, listed.join("\n") + "\n").map_err(|e| e.to_string())?;
+                let mut args: Vec<String> =
+                    ["-I", "-m", "pip", "install", "--dry-run", "--ignore-installed", "--quiet"]
+                        .iter()
+                        .map(|s| s.to_string())
+                        .collect();
+                args.extend(["--report".into(), work.join("report.json").display().to_string()]);
+                args.extend(["-r".into(), requirements.display().to_string()]);
+                if !constraints.is_empty() {
+                    let file = work.join("constraints.txt");
+                    std::fs::write(&file, constraints.join("\n") + "\n").map_err(|e| e.to_string())?;
+                    args.extend(["-c".into(), file.display().to_string()]);
+                }
+                args.extend(source_args(source, allow_source_builds));
+                ToolRun {
+                    program: PathBuf::from(python),
+                    args,
+                    python,
+                    read_only: Vec::new(),
+                    writable: vec![work.clone()],
+                    cache: scratch.join("pip-cache"),
+                }
+            }
         };
         let result = self.run(run, source).await;
+        let report = std::fs::read_to_string(work.join("report.json"));
         let _ = std::fs::remove_dir_all(&work);
         let (ok, stdout, stderr) = result?;
         if ok {
-            return Ok(stdout.lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join("\n") + "\n");
+            let lines: Vec<String> = match self.installer {
+                Installer::Uv(_) => {
+                    stdout.lines().map(str::trim).filter(|l| !l.is_empty()).map(str::to_string).collect()
+                }
+                Installer::Pip => pip_report_lock(&report.map_err(|e| format!("pip wrote no report: {e}"))?)?,
+            };
+            return Ok(lines.join("\n") + "\n");
         }
         let message = uv_message(&stderr);
         // Only an unsatisfiable pin has nearer versions to offer; a network failure does not.
-        let unsatisfiable = ["unsatisfiable", "no version of", "has no wheels"].iter().any(|m| message.contains(m));
+        let unsatisfiable = ["unsatisfiable", "no version of", "has no wheels", "Could not find a version"]
+            .iter()
+            .any(|m| message.contains(m));
         let versions =
             if unsatisfiable { nearest_versions(&message, packages, source, python).await } else { Vec::new() };
         Err(if versions.is_empty() { message } else { format!("{message}; {}", versions.join("; ")) })
@@ -279,27 +356,43 @@ impl Toolchain {
         let lock_file = root.join(format!("{}.requirements.txt", build.key));
         std::fs::write(&lock_file, &build.lock).map_err(|e| e.to_string())?;
         let mut text = format!("building environment {} from {}\n{}\n", build.key, build.source, build.lock);
-        let cache = root.join("uv-cache");
-        let venv = UvRun {
-            args: vec!["venv".into(), "--python".into(), build.python.clone(), dir.display().to_string()],
-            python: &build.python,
-            read_only: Vec::new(),
-            writable: vec![dir.to_path_buf()],
-            cache: &cache,
+        let venv_python = dir.join("bin").join("python").display().to_string();
+        let steps = match &self.installer {
+            Installer::Uv(uv) => {
+                let cache = root.join("uv-cache");
+                let mut sync: Vec<String> = vec!["pip".into(), "sync".into(), lock_file.display().to_string()];
+                sync.extend(["--python".into(), venv_python]);
+                sync.extend(source_args(&build.source, build.allow_source_builds));
+                let venv = vec!["venv".into(), "--python".into(), build.python.clone(), dir.display().to_string()];
+                vec![(uv.clone(), venv, Vec::new(), cache.clone()), (uv.clone(), sync, vec![lock_file.clone()], cache)]
+            }
+            Installer::Pip => {
+                let cache = root.join("pip-cache");
+                let venv = ["-I", "-m", "venv", "--without-pip"].iter().map(|s| s.to_string());
+                let venv: Vec<String> = venv.chain([dir.display().to_string()]).collect();
+                let mut install: Vec<String> = ["-I", "-m", "pip", "--python", &venv_python, "install", "--no-deps"]
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect();
+                install.extend(["-r".into(), lock_file.display().to_string()]);
+                install.extend(source_args(&build.source, build.allow_source_builds));
+                let base = PathBuf::from(&build.python);
+                vec![(base.clone(), venv, Vec::new(), cache.clone()), (base, install, vec![lock_file.clone()], cache)]
+            }
         };
-        let mut steps = vec![venv];
-        let mut sync: Vec<String> = vec!["pip".into(), "sync".into(), lock_file.display().to_string()];
-        sync.extend(["--python".into(), dir.join("bin").join("python").display().to_string()]);
-        sync.extend(source_args(&build.source, build.allow_source_builds));
-        steps.push(UvRun {
-            args: sync,
-            python: &build.python,
-            read_only: vec![lock_file.clone()],
-            writable: vec![dir.to_path_buf()],
-            cache: &cache,
-        });
+        let steps: Vec<ToolRun<'_>> = steps
+            .into_iter()
+            .map(|(program, args, read_only, cache)| ToolRun {
+                program,
+                args,
+                python: &build.python,
+                read_only,
+                writable: vec![dir.to_path_buf()],
+                cache,
+            })
+            .collect();
         for step in steps {
-            text.push_str(&format!("$ uv {}\n", step.args.join(" ")));
+            text.push_str(&format!("$ {} {}\n", step.program.display(), step.args.join(" ")));
             let outcome = self.run(step, &build.source).await;
             let (ok, stdout, stderr) = match outcome {
                 Ok(o) => o,
@@ -327,6 +420,28 @@ impl Toolchain {
 fn append_log(log: &Path, text: &str) -> std::io::Result<()> {
     use std::io::Write;
     std::fs::OpenOptions::new().create(true).append(true).open(log)?.write_all(text.as_bytes())
+}
+
+/// The lock of a pip resolution: `name==version` per package, names normalised and sorted, as uv writes it.
+fn pip_report_lock(report: &str) -> Result<Vec<String>, String> {
+    let doc: serde_json::Value = serde_json::from_str(report).map_err(|e| format!("pip's report is not JSON: {e}"))?;
+    let mut lines: Vec<String> = doc["install"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|i| {
+            let m = &i["metadata"];
+            Some(format!("{}=={}", normalise_name(m["name"].as_str()?), m["version"].as_str()?))
+        })
+        .collect();
+    lines.sort();
+    Ok(lines)
+}
+
+/// The package a requirement names (`scikit-learn` of `scikit-learn[extra]>=1.3`).
+pub fn requirement_name(req: &str) -> &str {
+    let end = req.find(|c: char| !(c.is_ascii_alphanumeric() || "-_.".contains(c))).unwrap_or(req.len());
+    &req[..end]
 }
 
 /// A failed build: why, and where its log is.
@@ -374,8 +489,8 @@ async fn nearest_versions(message: &str, packages: &[String], source: &PackageSo
     let lower = normalise_name(message);
     let mut out = Vec::new();
     for req in packages {
-        let end = req.find(|c: char| !(c.is_ascii_alphanumeric() || "-_.".contains(c))).unwrap_or(req.len());
-        let (name, spec) = req.split_at(end);
+        let name = requirement_name(req);
+        let spec = &req[name.len()..];
         let pinned: String = spec.chars().skip_while(|c| !c.is_ascii_digit()).take_while(|c| *c != ',').collect();
         if spec.is_empty() || !lower.contains(&normalise_name(name)) {
             continue;

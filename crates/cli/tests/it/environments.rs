@@ -480,3 +480,25 @@ fn workspace_overrides_interpreters_and_strict_python_pins() {
         .fails_with(2, "python=3.8: no interpreter on this host matches")
         .fails_with(2, "add one with --interpreter PATH, or relax the pin");
 }
+
+/// Where uv is absent, pip builds the same environments: resolution, overrides of the environment's own
+/// entries, and the nearest versions of a pin that cannot be met.
+#[test]
+fn environments_build_with_pip_where_uv_is_absent() {
+    let wheels = tempfile::tempdir().unwrap();
+    tiny_wheel(wheels.path(), "covepin", "1.0");
+    tiny_wheel(wheels.path(), "covepin", "2.0");
+    let ws = Workspace::start_with(&["--wheels", &wheels.path().display().to_string()], &[("COVE_UV", "none")]);
+    let p = Project::new(&ws.path(), "pipped", PIN_SCRIPT, "mini_batch_size: 2");
+    let data = p.inputs(1);
+    ws.cove(&["endpoint", "create", "-f", &p.file("endpoint.yml")]).ok();
+    let file = deployment_with_environment(&p, "blue", &conda("covepin==1.0"), "  overrides: [covepin==2.0]\n");
+    ws.cove(&["deployment", "create", "-f", &file, "--set-default"]).ok();
+    let d = show(&ws, "pipped", "blue");
+    assert_eq!(d["environment"]["build"]["lock"], "covepin==2.0\n");
+    let log = std::fs::read_to_string(d["environment"]["log"].as_str().unwrap()).unwrap();
+    assert!(log.contains(" -I -m pip --python ") && !log.contains("bin/uv "), "{log}");
+    assert_eq!(ws.output_lines(&invoke(&ws, "pipped", "blue", &data)), ["file-000.txt 2.0"]);
+    let old = deployment_with_environment(&p, "old", &conda("covepin==0.9"), "");
+    ws.cove(&["deployment", "create", "-f", &old]).fails_with(2, "the nearest versions that can: 1.0, 2.0");
+}
