@@ -364,12 +364,14 @@ enum DeploymentCommand {
         endpoint_name: String,
     },
     Show {
-        name: String,
+        #[command(flatten)]
+        name: NameArg,
         #[arg(short, long)]
         endpoint_name: String,
     },
     Delete {
-        name: String,
+        #[command(flatten)]
+        name: NameArg,
         #[arg(short, long)]
         endpoint_name: String,
         #[arg(long)]
@@ -805,10 +807,10 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
                     resources::deployment_list(&client, &endpoint_name, out).await?
                 }
                 DeploymentCommand::Show { name, endpoint_name } => {
-                    resources::deployment_show(&client, &endpoint_name, &name, out).await?
+                    resources::deployment_show(&client, &endpoint_name, &name.get(), out).await?
                 }
                 DeploymentCommand::Delete { name, endpoint_name, yes: _ } => {
-                    resources::deployment_delete(&client, &endpoint_name, &name).await?
+                    resources::deployment_delete(&client, &endpoint_name, &name.get()).await?
                 }
             }
             Ok(exit_code::OK)

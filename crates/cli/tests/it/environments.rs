@@ -86,7 +86,7 @@ fn invoke(ws: &Workspace, endpoint: &str, deployment: &str, input: &Path) -> ser
 }
 
 fn show(ws: &Workspace, endpoint: &str, name: &str) -> serde_json::Value {
-    ws.cove(&["--json", "deployment", "show", "-e", endpoint, name]).ok().json()
+    ws.cove(&["--json", "deployment", "show", "-e", endpoint, "-n", name]).ok().json()
 }
 
 fn build_count(log: &str) -> usize {
