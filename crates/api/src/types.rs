@@ -36,9 +36,9 @@ pub struct Datastore {
     pub endpoint: Option<String>,
 }
 
-/// `POST /api/v1/datastores`: registers an S3-compatible datastore. The secret is kept in a file only
-/// the workspace's owner can read, and never returned.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// `POST /api/v1/datastores`: registers a datastore (`s3`, `azure_blob`, `azure_data_lake_gen2` or
+/// `local`). Secrets are kept in a file only the workspace's owner can read, and never returned.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CreateDatastore {
     pub name: String,
@@ -58,6 +58,23 @@ pub struct CreateDatastore {
     pub access_key_id: String,
     #[serde(default)]
     pub secret_access_key: String,
+    /// `azure_blob` and `azure_data_lake_gen2`: the storage account.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account_name: Option<String>,
+    /// `azure_blob`: the container; `azure_data_lake_gen2` calls it `filesystem`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_name: Option<String>,
+    /// The account's blob service URL (`http://ADDRESS/ACCOUNT` for a private endpoint by address or
+    /// an emulator); otherwise `https://ACCOUNT.blob.<endpoint>`, `endpoint` being the storage suffix.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account_url: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<String>,
+    /// The account key or a SAS token, read by the CLI from a file readable only by its owner.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account_key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sas_token: Option<String>,
 }
 
 fn s3() -> String {

@@ -209,8 +209,12 @@ pub fn read_secret_file(path: &std::path::Path) -> anyhow::Result<String> {
     Ok(std::fs::read_to_string(path)?.trim().to_string())
 }
 
-/// A datastore's YAML: `type: local` (a folder `path`) or `type: s3` (`endpoint`, `bucket`, `region`,
-/// `access_key_id`, `secret_access_key_file`: a file readable only by its owner).
+/// A datastore's YAML, in the reference's datastore schema where it has one: `type: azure_blob`
+/// (`account_name`, `container_name`, `endpoint` (the storage suffix), `protocol`, `credentials`),
+/// `type: azure_data_lake_gen2` (`filesystem` for the container), and Cove's `type: s3` (`endpoint`,
+/// `bucket`, `region`, `access_key_id`, `secret_access_key_file`) and `type: local` (a folder `path`).
+/// Cove's `account_url` reaches an Azure account by address. Secrets come from files readable only by
+/// their owner, or inline from a YAML file that is itself readable only by its owner.
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 struct DatastoreYaml {
@@ -221,6 +225,8 @@ struct DatastoreYaml {
     kind: String,
     #[serde(default, rename = "description")]
     _description: Option<String>,
+    #[serde(default, rename = "tags")]
+    _tags: Option<serde_yaml::Value>,
     #[serde(default)]
     path: Option<String>,
     #[serde(default)]
@@ -233,6 +239,37 @@ struct DatastoreYaml {
     access_key_id: Option<String>,
     #[serde(default)]
     secret_access_key_file: Option<String>,
+    #[serde(default)]
+    account_name: Option<String>,
+    #[serde(default)]
+    container_name: Option<String>,
+    #[serde(default)]
+    filesystem: Option<String>,
+    #[serde(default)]
+    protocol: Option<String>,
+    #[serde(default)]
+    account_url: Option<String>,
+    #[serde(default)]
+    credentials: Option<AzureCredentialsYaml>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AzureCredentialsYaml {
+    #[serde(default)]
+    account_key: Option<String>,
+    #[serde(default)]
+    sas_token: Option<String>,
+    #[serde(default)]
+    account_key_file: Option<String>,
+    #[serde(default)]
+    sas_token_file: Option<String>,
+    #[serde(default)]
+    tenant_id: Option<String>,
+    #[serde(default)]
+    client_id: Option<String>,
+    #[serde(default)]
+    client_secret: Option<String>,
 }
 
 pub fn datastore_from_yaml(file: &std::path::Path) -> anyhow::Result<CreateDatastore> {
@@ -248,32 +285,74 @@ pub fn datastore_from_yaml(file: &std::path::Path) -> anyhow::Result<CreateDatas
             let path = field("path", y.path.clone())?;
             // A relative folder is relative to the YAML, as every path in the reference's YAML is.
             let path = std::path::absolute(base.join(&path))?.display().to_string();
-            Ok(CreateDatastore {
-                name: y.name,
-                kind: "local".into(),
-                path: Some(path),
-                endpoint: String::new(),
-                bucket: String::new(),
-                region: None,
-                access_key_id: String::new(),
-                secret_access_key: String::new(),
-            })
+            Ok(CreateDatastore { name: y.name, kind: "local".into(), path: Some(path), ..Default::default() })
         }
         "s3" => {
             let secret_file = base.join(field("secret_access_key_file", y.secret_access_key_file.clone())?);
             Ok(CreateDatastore {
                 name: y.name.clone(),
                 kind: "s3".into(),
-                path: None,
                 endpoint: field("endpoint", y.endpoint.clone())?,
                 bucket: field("bucket", y.bucket.clone())?,
                 region: y.region.clone(),
                 access_key_id: field("access_key_id", y.access_key_id.clone())?,
                 secret_access_key: read_secret_file(&secret_file)?,
+                ..Default::default()
             })
         }
+        "azure_blob" | "azure_data_lake_gen2" => {
+            let container = if y.kind == "azure_blob" {
+                field("container_name", y.container_name.clone())?
+            } else {
+                field("filesystem", y.filesystem.clone())?
+            };
+            let creds = y.credentials.as_ref().ok_or_else(|| {
+                anyhow::anyhow!("{}: field `credentials`: an account key or a SAS token is required", file.display())
+            })?;
+            if creds.tenant_id.is_some() || creds.client_id.is_some() || creds.client_secret.is_some() {
+                anyhow::bail!(
+                    "{}: field `credentials`: service principal credentials are not supported: a private workspace \
+                     cannot reach Microsoft Entra ID; use account_key_file or sas_token_file",
+                    file.display()
+                );
+            }
+            let inline = |value: &Option<String>, key: &str| -> anyhow::Result<Option<String>> {
+                let Some(v) = value else { return Ok(None) };
+                // An inline secret is only as private as the file it is written in.
+                read_secret_file(file).map_err(|e| anyhow::anyhow!("field `credentials.{key}` is inline, but {e}"))?;
+                Ok(Some(v.trim().to_string()))
+            };
+            let from_file = |path: &Option<String>| -> anyhow::Result<Option<String>> {
+                path.as_ref().map(|p| read_secret_file(&base.join(p))).transpose()
+            };
+            let account_key = inline(&creds.account_key, "account_key")?.or(from_file(&creds.account_key_file)?);
+            let sas_token = inline(&creds.sas_token, "sas_token")?.or(from_file(&creds.sas_token_file)?);
+            if account_key.is_none() == sas_token.is_none() {
+                anyhow::bail!(
+                    "{}: field `credentials`: give exactly one of account_key_file or sas_token_file",
+                    file.display()
+                );
+            }
+            Ok(CreateDatastore {
+                name: y.name.clone(),
+                kind: y.kind.clone(),
+                endpoint: y.endpoint.clone().unwrap_or_else(|| "core.windows.net".into()),
+                account_name: Some(field("account_name", y.account_name.clone())?),
+                container_name: Some(container),
+                account_url: y.account_url.clone(),
+                protocol: y.protocol.clone(),
+                account_key,
+                sas_token,
+                ..Default::default()
+            })
+        }
+        "gcs" | "azure_file" | "azure_data_lake_gen1" => anyhow::bail!(
+            "{}: field `type`: `{}` datastores are not supported (azure_blob, azure_data_lake_gen2, s3, local)",
+            file.display(),
+            y.kind
+        ),
         other => anyhow::bail!(
-            "{}: field `type`: `{other}` is not a datastore type Cove reaches yet (local, s3)",
+            "{}: field `type`: `{other}` is not a datastore type (azure_blob, azure_data_lake_gen2, s3, local)",
             file.display()
         ),
     }

@@ -709,6 +709,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
                         region,
                         access_key_id,
                         secret_access_key,
+                        ..Default::default()
                     };
                     admin::datastore_create(&client, &req, out).await?
                 }

@@ -136,6 +136,19 @@ pub struct S3Secret {
     pub region: String,
 }
 
+/// How an Azure Blob (or ADLS Gen2) datastore is reached, kept in a 0600 file beside the state store.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct AzureSecret {
+    pub account: String,
+    pub container: String,
+    /// The account's blob service URL.
+    pub account_url: String,
+    #[serde(default)]
+    pub account_key: Option<String>,
+    #[serde(default)]
+    pub sas_token: Option<String>,
+}
+
 impl Datastores {
     pub fn new(default_name: &str) -> Self {
         Self {
@@ -194,6 +207,7 @@ impl Datastores {
 /// Builds a client for an S3-compatible store (path-style requests, plain HTTP allowed for endpoints
 /// inside the private network).
 pub fn build_s3(endpoint: &str, bucket: &str, secret: &S3Secret) -> Result<Arc<dyn ObjectStore>, String> {
+    let (options, retry) = network_client_options();
     let store = object_store::aws::AmazonS3Builder::new()
         .with_endpoint(endpoint)
         .with_bucket_name(bucket)
@@ -202,21 +216,48 @@ pub fn build_s3(endpoint: &str, bucket: &str, secret: &S3Secret) -> Result<Arc<d
         .with_secret_access_key(&secret.secret_access_key)
         .with_allow_http(true)
         .with_virtual_hosted_style_request(false)
-        // A private store that stops answering should fail the step in seconds, not minutes.
-        .with_client_options(
-            object_store::ClientOptions::new()
-                .with_allow_http(true)
-                .with_connect_timeout(std::time::Duration::from_secs(5))
-                .with_timeout(std::time::Duration::from_secs(15)),
-        )
-        .with_retry(object_store::RetryConfig {
-            max_retries: 3,
-            retry_timeout: std::time::Duration::from_secs(60),
-            ..Default::default()
-        })
+        .with_client_options(options)
+        .with_retry(retry)
         .build()
         .map_err(|e| e.to_string())?;
     Ok(Arc::new(store))
+}
+
+/// Client settings every network datastore shares: plain HTTP allowed for endpoints inside the private
+/// network, and a private store that stops answering fails the step in seconds, not minutes.
+fn network_client_options() -> (object_store::ClientOptions, object_store::RetryConfig) {
+    (
+        object_store::ClientOptions::new()
+            .with_allow_http(true)
+            .with_connect_timeout(std::time::Duration::from_secs(5))
+            .with_timeout(std::time::Duration::from_secs(15)),
+        object_store::RetryConfig {
+            max_retries: 3,
+            retry_timeout: std::time::Duration::from_secs(60),
+            ..Default::default()
+        },
+    )
+}
+
+/// Builds a client for an Azure Blob container (an ADLS Gen2 filesystem is one too), addressed
+/// path-style under the account URL.
+pub fn build_azure(secret: &AzureSecret) -> Result<Arc<dyn ObjectStore>, String> {
+    let (options, retry) = network_client_options();
+    let mut builder = object_store::azure::MicrosoftAzureBuilder::new()
+        .with_account(&secret.account)
+        .with_container_name(&secret.container)
+        .with_endpoint(secret.account_url.clone())
+        .with_allow_http(true)
+        .with_client_options(options)
+        .with_retry(retry);
+    builder = match (&secret.account_key, &secret.sas_token) {
+        (Some(key), _) => builder.with_access_key(key),
+        (None, Some(sas)) => {
+            builder.with_config(object_store::azure::AzureConfigKey::SasKey, sas.trim_start_matches('?'))
+        }
+        (None, None) => return Err("an account key or a SAS token is required".into()),
+    };
+    Ok(Arc::new(builder.build().map_err(|e| e.to_string())?))
 }
 
 /// Opens a local folder as an object store, creating it.

@@ -264,6 +264,13 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
                 let bucket = ds.root.trim_start_matches("s3://");
                 datastores.add_s3(&ds.name, endpoint, bucket, &secret).map_err(anyhow::Error::msg)?;
             }
+            ("azure_blob" | "azure_data_lake_gen2", _) => {
+                let secret: datastore::AzureSecret = serde_json::from_str(
+                    &std::fs::read_to_string(layout::datastore_secret(&dir, &ds.name))
+                        .with_context(|| format!("failed to read the credentials of datastore {}", ds.name))?,
+                )?;
+                datastores.insert(&ds.name, datastore::build_azure(&secret).map_err(anyhow::Error::msg)?);
+            }
             _ => datastores
                 .add_local(&ds.name, Path::new(&ds.root))
                 .with_context(|| format!("failed to open datastore {}", ds.name))?,

@@ -185,10 +185,11 @@ fn a_job_canceled_while_finalizing_publishes_nothing() {
     let s3 = S3Server::start();
     s3.create_bucket("lake-bucket");
     let (ws, _dir) = lake_workspace(&s3);
-    let p = Project::new(ws.dir.path(), "stalled", LIST_SCRIPT, "mini_batch_size: 2");
+    // Scores slowly enough that the store can be stopped after the job is accepted (accepting it checks
+    // the output location on the store), before it publishes.
+    let slow = LIST_SCRIPT.replace("def run(mini_batch):", "def run(mini_batch):\n    import time; time.sleep(1.5)");
+    let p = Project::new(ws.dir.path(), "stalled", &slow, "mini_batch_size: 4");
     p.deploy(&ws);
-    // The store stops answering, so publishing the output stalls once every mini-batch is committed.
-    crate::support::kill(s3.child.id(), "STOP");
     let run = ws.cove(&[
         "--json",
         "endpoint",
@@ -200,15 +201,9 @@ fn a_job_canceled_while_finalizing_publishes_nothing() {
         "azureml://datastores/lake/paths/stalled",
     ]);
     let name = run.ok().json()["name"].as_str().unwrap().to_string();
-    let start = std::time::Instant::now();
-    loop {
-        let (_, job) = ws.http("GET", &format!("/api/v1/jobs/{name}"), None, &[]);
-        if job["status"] == "Finalizing" {
-            break;
-        }
-        assert!(start.elapsed().as_secs() < 60, "{job:#}");
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    // The store stops answering, so publishing the output stalls once every mini-batch is committed.
+    crate::support::kill(s3.child.id(), "STOP");
+    ws.wait_status(&name, "Finalizing");
     let canceled = ws.cove(&["--json", "job", "cancel", &name]).ok().json();
     assert_eq!(canceled["status"], "CancelRequested");
     crate::support::kill(s3.child.id(), "CONT");

@@ -4,6 +4,7 @@
 mod access;
 mod attacks;
 mod azure;
+mod blobstores;
 mod crash;
 mod datastores;
 mod diagnose;

@@ -256,6 +256,19 @@ impl Workspace {
         }
     }
 
+    /// Waits until a job reaches `status` (one it passes through, such as `Finalizing`).
+    pub fn wait_status(&self, job: &str, status: &str) {
+        let start = Instant::now();
+        loop {
+            let (_, body) = self.http("GET", &format!("/api/v1/jobs/{job}"), None, &[]);
+            if body["status"] == status {
+                return;
+            }
+            assert!(start.elapsed() < Duration::from_secs(60), "job {job} never reached {status}: {body:#}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     pub fn job_count(&self) -> usize {
         let (_, body) = self.http("GET", "/api/v1/jobs?limit=1000", None, &[]);
         body.as_array().unwrap().len()

@@ -1070,38 +1070,14 @@ pub async fn create_datastore(
     match req.kind.as_str() {
         "s3" => {}
         "local" => return create_local_datastore(&app, &user, name, req.path.as_deref()).await,
+        "azure_blob" | "azure_data_lake_gen2" => return create_azure_datastore(&app, name, req).await,
         other => {
-            return Err(ApiError::invalid(format!("type: `{other}` is not a datastore type Cove reaches (local, s3)")))
+            return Err(ApiError::invalid(format!(
+                "type: `{other}` is not a datastore type Cove reaches (azure_blob, azure_data_lake_gen2, s3, local)"
+            )))
         }
     }
-    let (scheme, rest) = req
-        .endpoint
-        .split_once("://")
-        .ok_or_else(|| ApiError::invalid(format!("endpoint: `{}` is not a URL (http://host:port)", req.endpoint)))?;
-    if scheme != "http" && scheme != "https" {
-        return Err(ApiError::invalid(format!("endpoint: scheme `{scheme}` is not http or https")));
-    }
-    let authority = rest.split('/').next().unwrap_or_default();
-    if !app.policy.public_network_access {
-        let service = format!("datastore:{name}");
-        let address: Option<std::net::SocketAddr> = authority.parse().ok();
-        let endpoint = app.policy.private_endpoints.iter().find(|p| p.service == service);
-        match (address, endpoint) {
-            (Some(a), Some(pe)) if a == pe.address => {}
-            (_, Some(pe)) => {
-                return Err(ApiError::invalid(format!(
-                    "endpoint: `{}` is not datastore `{name}`'s private endpoint {} ({}); a private workspace reaches datastores only through their private endpoints",
-                    req.endpoint, pe.name, pe.address
-                )))
-            }
-            (_, None) => {
-                return Err(ApiError::invalid(format!(
-                    "endpoint: `{}` is not a configured private endpoint; a private workspace reaches datastores only through private endpoints (declare one with service: {service} in the workspace config)",
-                    req.endpoint
-                )))
-            }
-        }
-    }
+    check_private_endpoint(&app, &name, "endpoint", &req.endpoint).await?;
     let secret = crate::datastore::S3Secret {
         access_key_id: req.access_key_id.clone(),
         secret_access_key: req.secret_access_key.clone(),
@@ -1109,26 +1085,113 @@ pub async fn create_datastore(
     };
     let client = crate::datastore::build_s3(&req.endpoint, &req.bucket, &secret)
         .map_err(|e| ApiError::invalid(format!("endpoint: {e}")))?;
-    let probe = tokio::time::timeout(std::time::Duration::from_secs(10), client.list_with_delimiter(None)).await;
-    match probe {
-        Ok(Ok(_)) => {}
-        Ok(Err(e)) => {
-            return Err(ApiError::invalid(format!(
-                "endpoint: bucket `{}` at {} cannot be listed: {e}",
-                req.bucket, req.endpoint
-            )))
-        }
-        Err(_) => return Err(ApiError::invalid(format!("endpoint: {} did not answer within 10 s", req.endpoint))),
-    }
-    let path = crate::layout::datastore_secret(&app.config.dir, &name);
-    crate::write_secret(&path, &serde_json::to_string(&secret).expect("strings serialise"))
-        .map_err(|e| ApiError::internal("store the datastore's credentials", format!("{e:#}")))?;
+    probe_datastore(&client, &format!("bucket `{}` at {}", req.bucket, req.endpoint)).await?;
     let ds = cove_api::Datastore {
         name: name.clone(),
         kind: "s3".into(),
         root: format!("s3://{}", req.bucket),
         endpoint: Some(req.endpoint.clone()),
     };
+    register_network_datastore(&app, ds, &secret, client).await
+}
+
+/// Registers an Azure Blob container (`azure_blob`) or an ADLS Gen2 filesystem (`azure_data_lake_gen2`).
+async fn create_azure_datastore(
+    app: &AppRef,
+    name: String,
+    req: cove_api::CreateDatastore,
+) -> ApiResult<(StatusCode, Json<cove_api::Datastore>)> {
+    let account = req.account_name.clone().ok_or_else(|| ApiError::invalid("account_name: required"))?;
+    let container_field = if req.kind == "azure_blob" { "container_name" } else { "filesystem" };
+    let container =
+        req.container_name.clone().ok_or_else(|| ApiError::invalid(format!("{container_field}: required")))?;
+    let account_url = match &req.account_url {
+        Some(url) => url.trim_end_matches('/').to_string(),
+        None => {
+            let protocol = req.protocol.as_deref().unwrap_or("https");
+            let suffix = if req.endpoint.is_empty() { "core.windows.net" } else { req.endpoint.as_str() };
+            format!("{protocol}://{account}.blob.{suffix}")
+        }
+    };
+    let field = if req.account_url.is_some() { "account_url" } else { "endpoint" };
+    check_private_endpoint(app, &name, field, &account_url).await?;
+    let secret = crate::datastore::AzureSecret {
+        account: account.clone(),
+        container: container.clone(),
+        account_url: account_url.clone(),
+        account_key: req.account_key.clone(),
+        sas_token: req.sas_token.clone(),
+    };
+    let client = crate::datastore::build_azure(&secret).map_err(|e| ApiError::invalid(format!("credentials: {e}")))?;
+    probe_datastore(&client, &format!("{container_field} `{container}` of account `{account}` at {account_url}"))
+        .await?;
+    let root = if req.kind == "azure_blob" {
+        format!("https://{account}.blob.core.windows.net/{container}")
+    } else {
+        format!("abfss://{container}@{account}.dfs.core.windows.net")
+    };
+    let ds = cove_api::Datastore { name, kind: req.kind.clone(), root, endpoint: Some(account_url) };
+    register_network_datastore(app, ds, &secret, client).await
+}
+
+/// In a private workspace a network datastore is reached only through its private endpoint: `url`'s
+/// address, or every address its host name resolves to (a private DNS zone), must be the address of
+/// the private endpoint with `service: datastore:<name>`.
+async fn check_private_endpoint(app: &AppRef, name: &str, field: &str, url: &str) -> ApiResult<()> {
+    let (scheme, rest) = url
+        .split_once("://")
+        .ok_or_else(|| ApiError::invalid(format!("{field}: `{url}` is not a URL (http://host:port)")))?;
+    if scheme != "http" && scheme != "https" {
+        return Err(ApiError::invalid(format!("{field}: scheme `{scheme}` is not http or https")));
+    }
+    if app.policy.public_network_access {
+        return Ok(());
+    }
+    let authority = rest.split('/').next().unwrap_or_default();
+    let service = format!("datastore:{name}");
+    let Some(pe) = app.policy.private_endpoints.iter().find(|p| p.service == service) else {
+        return Err(ApiError::invalid(format!(
+            "{field}: `{url}` is not a configured private endpoint; a private workspace reaches datastores only through private endpoints (declare one with service: {service} in the workspace config)"
+        )));
+    };
+    let port = if scheme == "https" { 443 } else { 80 };
+    let addresses: Vec<std::net::SocketAddr> = match authority.parse::<std::net::SocketAddr>() {
+        Ok(a) => vec![a],
+        Err(_) => {
+            let with_port = if authority.contains(':') { authority.to_string() } else { format!("{authority}:{port}") };
+            tokio::net::lookup_host(with_port).await.map(|a| a.collect()).unwrap_or_default()
+        }
+    };
+    if addresses.is_empty() || addresses.iter().any(|a| *a != pe.address) {
+        return Err(ApiError::invalid(format!(
+            "{field}: `{url}` is not datastore `{name}`'s private endpoint {} ({}); a private workspace reaches datastores only through their private endpoints",
+            pe.name, pe.address
+        )));
+    }
+    Ok(())
+}
+
+/// Lists the store's root, so a datastore that cannot be reached is refused when it is created.
+async fn probe_datastore(client: &std::sync::Arc<dyn ObjectStore>, what: &str) -> ApiResult<()> {
+    let probe = tokio::time::timeout(std::time::Duration::from_secs(10), client.list_with_delimiter(None)).await;
+    match probe {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(ApiError::invalid(format!("endpoint: {what} cannot be listed: {e}"))),
+        Err(_) => Err(ApiError::invalid(format!("endpoint: {what} did not answer within 10 s"))),
+    }
+}
+
+/// Keeps a network datastore's connection and credentials in an owner-only file, then records it.
+async fn register_network_datastore(
+    app: &AppRef,
+    ds: cove_api::Datastore,
+    secret: &impl serde::Serialize,
+    client: std::sync::Arc<dyn ObjectStore>,
+) -> ApiResult<(StatusCode, Json<cove_api::Datastore>)> {
+    let name = ds.name.clone();
+    let path = crate::layout::datastore_secret(&app.config.dir, &name);
+    crate::write_secret(&path, &serde_json::to_string(secret).expect("strings serialise"))
+        .map_err(|e| ApiError::internal("store the datastore's credentials", format!("{e:#}")))?;
     let stored = ds.clone();
     app.store.call(move |c| store::datastore_upsert(c, &stored)).await?;
     app.datastores.insert(&name, client);
