@@ -168,6 +168,10 @@ pub struct ComputeSpec {
     /// Without it, environments are built on the control plane's host, which the nodes must share.
     #[serde(default)]
     pub environment_cache: Option<String>,
+    /// Local datastores whose folder every node mounts at the same path (NFS, Lustre, GPFS): jobs
+    /// reading them have their inputs read in place on the nodes, not sent through the control plane.
+    #[serde(default)]
+    pub shared_datastores: Vec<String>,
 }
 
 fn default_capacity_wait() -> u64 {

@@ -53,6 +53,20 @@ pub struct Lease {
     /// The base names of the mini-batch's files, in manifest order; fetch them by position.
     pub files: Vec<String>,
     pub run: RunSpec,
+    /// When the worker's host sees the job's input folder (a local datastore on this host, or on a
+    /// filesystem every node mounts at the same path): read the files there, in place, instead of
+    /// fetching them through the control plane.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub in_place: Option<InPlace>,
+}
+
+/// A mini-batch's files where the worker's host sees them.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct InPlace {
+    /// The local datastore's folder.
+    pub root: String,
+    /// The files beneath it, in the order of `Lease::files`.
+    pub paths: Vec<String>,
 }
 
 /// What a scorer process for a job runs: the same for every lease of the job.

@@ -38,32 +38,9 @@ impl DataPath {
     }
 }
 
-/// Reads a file of a local datastore the way nothing in it can redirect: resolved beneath the
-/// datastore's folder with no symbolic link anywhere on the way, a regular file only. A folder that
-/// other users of the host can write (a shared filesystem, say) could otherwise hold a link to the
-/// workspace owner's files, which a job would then read and publish. Blocking.
+/// Reads a file of a local datastore the way nothing in it can redirect (`cove_worker::beneath`). Blocking.
 pub fn read_local(root: &std::path::Path, rel: &str) -> Result<bytes::Bytes, String> {
-    use nix::fcntl::{openat2, OFlag, OpenHow, ResolveFlag};
-    use std::io::Read;
-    let dir = std::fs::File::open(root).map_err(|e| format!("the datastore folder cannot be opened: {e}"))?;
-    let how = OpenHow::new()
-        .flags(OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NOCTTY | OFlag::O_NONBLOCK)
-        .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS);
-    let fd = openat2(&dir, rel, how).map_err(|e| match e {
-        nix::errno::Errno::ELOOP => {
-            "it is, or lies behind, a symbolic link; a datastore's files are read without following links".to_string()
-        }
-        nix::errno::Errno::EXDEV => "it leaves its datastore".to_string(),
-        other => other.desc().to_string(),
-    })?;
-    let mut file = std::fs::File::from(fd);
-    let meta = file.metadata().map_err(|e| e.to_string())?;
-    if !meta.is_file() {
-        return Err("it is not a regular file".into());
-    }
-    let mut bytes = Vec::with_capacity(meta.len() as usize);
-    file.read_to_end(&mut bytes).map_err(|e| e.to_string())?;
-    Ok(bytes.into())
+    cove_worker::beneath::read(root, rel)
 }
 
 /// Parses a datastore URI.

@@ -6,6 +6,7 @@
 //! part and the logs, report the outcome. The worker does not decide anything about retries or the job's
 //! fate: it reports what happened and the control plane's policy decides.
 
+pub mod beneath;
 pub mod environment;
 mod leftovers;
 pub mod sandbox;

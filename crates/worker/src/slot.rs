@@ -340,6 +340,15 @@ impl Slot {
 
     /// The lease's files, in one round trip: each file's bytes, or why it could not be read.
     async fn fetch_inputs(&self, lease: &Lease) -> anyhow::Result<Vec<Result<Bytes, String>>> {
+        if let Some(local) = lease.in_place.clone() {
+            // This host sees the input folder: read the files there, not through the control plane.
+            return Ok(tokio::task::spawn_blocking(move || {
+                let root = PathBuf::from(&local.root);
+                let read = |rel: &String| crate::beneath::read(&root, rel).map_err(|why| in_place_error(rel, &why));
+                local.paths.iter().map(read).collect()
+            })
+            .await?);
+        }
         let bundle = self.client.get_bytes(&format!("/worker/v1/leases/{}/files", lease.lease_id)).await?;
         let items = cove_api::worker::bundle::split(bundle).map_err(anyhow::Error::msg)?;
         anyhow::ensure!(
@@ -426,6 +435,21 @@ impl Slot {
     async fn stage_inputs(&self, lease: &Lease, job_dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
         let dir = job_dir.join("inputs").join(&lease.lease_id);
         std::fs::create_dir_all(&dir)?;
+        if let Some(local) = lease.in_place.clone() {
+            // This host sees the input folder: the scorer gets the files themselves (hard links, read-only
+            // in its view), copied only when the filesystem cannot link them.
+            let names: Vec<PathBuf> =
+                lease.files.iter().map(|n| plain_name(n).map(|p| dir.join(p))).collect::<anyhow::Result<_>>()?;
+            return tokio::task::spawn_blocking(move || {
+                let root = PathBuf::from(&local.root);
+                for (rel, path) in local.paths.iter().zip(&names) {
+                    crate::beneath::link_or_copy(&root, rel, path)
+                        .map_err(|why| anyhow::anyhow!(in_place_error(rel, &why)))?;
+                }
+                Ok(names)
+            })
+            .await?;
+        }
         let mut paths = Vec::with_capacity(lease.files.len());
         for (name, bytes) in lease.files.iter().zip(self.fetch_inputs(lease).await?) {
             let bytes = bytes.map_err(anyhow::Error::msg)?;
@@ -603,4 +627,9 @@ fn write_builtin_script(code_dir: &Path, name: &str) -> anyhow::Result<()> {
     std::fs::create_dir_all(code_dir)?;
     std::fs::write(code_dir.join(file), text)?;
     Ok(())
+}
+
+/// Why an input file read in place failed, as the control plane would say it.
+fn in_place_error(rel: &str, why: &str) -> String {
+    format!("cannot read input file `{rel}`: {why}")
 }

@@ -316,3 +316,83 @@ fn a_local_folder_is_a_datastore_jobs_read_and_write() {
     assert_eq!(status, 403, "{refused}");
     assert!(refused["message"].as_str().unwrap().contains("it needs the owner role"), "{refused}");
 }
+
+/// Reports, per input file, its inode and what happened when it tried to change the file.
+const INODE_SCRIPT: &str = r#"
+import os
+
+def init():
+    pass
+
+def run(mini_batch):
+    out = []
+    for path in mini_batch:
+        try:
+            with open(path, "a") as f:
+                f.write("changed")
+            verdict = "writable"
+        except OSError as e:
+            verdict = type(e).__name__
+        out.append(f"{os.path.basename(path)} {os.stat(path).st_ino} {verdict}")
+    return out
+"#;
+
+/// Scores a folder of a local datastore that `backend`'s workers see, and returns what the scorer saw
+/// of each file: `name inode verdict`.
+fn scored_in_place(ws: &Workspace, p: &Project, data: &std::path::Path) -> Vec<String> {
+    let yml = ws.dir.path().join("scratch.yml");
+    std::fs::write(&yml, format!("name: scratch\ntype: local\npath: {}\n", data.display())).unwrap();
+    ws.cove(&["datastore", "create", "-f", &yml.display().to_string()]).ok();
+    p.deploy(ws);
+    let run = ws.cove(&["--json", "endpoint", "invoke", "inplace", "--input", "azureml://datastores/scratch/paths/in"]);
+    let job = ws.wait_job(run.ok().json()["name"].as_str().unwrap());
+    assert_eq!(job["status"], "Completed", "{job:#}");
+    ws.output_lines(&job)
+}
+
+fn inode(path: &std::path::Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).unwrap().ino()
+}
+
+/// Files of a local datastore that the worker's host sees reach the scorer in place: the very files
+/// (same inode: no copy, nothing through the control plane), read-only in the scorer's view.
+#[test]
+fn inputs_the_worker_host_sees_are_scored_in_place_read_only() {
+    for backend in [crate::support::Backend::Local, crate::support::Backend::Slurm] {
+        let ws = match backend {
+            crate::support::Backend::Local => Workspace::start(),
+            crate::support::Backend::Slurm => {
+                let cluster = crate::support::slurm_cluster();
+                let env = [("SLURM_CONF", crate::support::SLURM_CONF)];
+                let mut ws = Workspace::start_with(&[], &env);
+                ws.cluster = Some(cluster);
+                // The cluster's nodes see the datastore's folder at the same path.
+                let compute = ws.dir.path().join("compute.yml");
+                let yaml =
+                    "name: hpc\ntype: slurm\npartition: debug\nmem_per_task_mb: 512\nshared_datastores: [scratch]\n";
+                std::fs::write(&compute, yaml).unwrap();
+                ws.cove(&["compute", "create", "-f", &compute.display().to_string()]).ok();
+                ws
+            }
+        };
+        let data = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+        std::fs::create_dir_all(data.path().join("in")).unwrap();
+        for i in 0..3 {
+            std::fs::write(data.path().join(format!("in/file-{i:03}.txt")), format!("{i}\n")).unwrap();
+        }
+        let p = Project::new(ws.dir.path(), "inplace", INODE_SCRIPT, "mini_batch_size: 2").on(backend);
+        let lines = scored_in_place(&ws, &p, data.path());
+        let expected: Vec<String> = (0..3)
+            .map(|i| {
+                let name = format!("file-{i:03}.txt");
+                format!("{name} {} OSError", inode(&data.path().join("in").join(&name)))
+            })
+            .collect();
+        assert_eq!(lines, expected, "on {}", backend.compute());
+        for i in 0..3 {
+            let text = std::fs::read_to_string(data.path().join(format!("in/file-{i:03}.txt"))).unwrap();
+            assert_eq!(text, format!("{i}\n"), "the scorer changed an input on {}", backend.compute());
+        }
+    }
+}

@@ -22,6 +22,19 @@ use std::collections::BTreeMap;
 const DEPLOYMENT_HEADER: &str = "azureml-model-deployment";
 const IDEMPOTENCY_HEADERS: [&str; 3] = ["repeatability-request-id", "repeatability_request-id", "idempotency-key"];
 
+/// The folder of a local datastore the compute's workers see at the same path: workers on this host
+/// (the local compute and named clusters) see every one; a Slurm cluster's nodes see those its YAML lists
+/// under `shared_datastores`; workers elsewhere see none.
+fn sees_in_place(app: &AppRef, compute: &cove_api::Compute, datastore: &str) -> Option<String> {
+    let root = app.datastores.local_root(datastore)?;
+    let sees = match compute.kind.as_str() {
+        "local" | "amlcompute" => true,
+        "slurm" => compute.slurm.as_ref().is_some_and(|s| s.shared_datastores.iter().any(|d| d == datastore)),
+        _ => false,
+    };
+    sees.then(|| root.display().to_string())
+}
+
 /// `POST /endpoints/{name}/jobs`: starts a batch job. Accepts Cove's body and the Azure ML body.
 pub async fn invoke(
     State(app): State<AppRef>,
@@ -59,7 +72,8 @@ pub async fn invoke(
         settings.apply_override(k, v).map_err(|e| ApiError::invalid(format!("override `{k}`: {e}")))?;
     }
     let compute_key = dep.compute.clone();
-    if let Some(c) = app.store.call(move |c| store::compute_get(c, &compute_key)).await? {
+    let compute = app.store.call(move |c| store::compute_get(c, &compute_key)).await?;
+    if let Some(c) = &compute {
         if settings.instance_count > c.max_instances {
             return Err(ApiError::invalid(format!(
                 "instance_count: {} is more than compute `{}` allows ({})",
@@ -117,7 +131,9 @@ pub async fn invoke(
             || ApiError::invalid(format!("model `{}` version {} no longer exists", dep.model.name, dep.model.version)),
         )?;
     let model_dir_name = model.path.rsplit('/').next().unwrap_or("model").to_string();
+    let inputs_in_place = compute.as_ref().and_then(|c| sees_in_place(&app, c, &input_path.datastore));
     let record = JobRecord {
+        inputs_in_place,
         input: JobInput { uri: input_path.uri(), input_type: input.input_type },
         output_uri: output.uri(),
         output_file_name: settings.output_file_name.clone(),

@@ -55,8 +55,14 @@ pub async fn lease(State(app): State<AppRef>, Worker(w): Worker, body: Bytes) ->
                 let files = batch_files(&app, &g.job, g.manifest_offset, g.manifest_len)
                     .await
                     .map_err(|e| ApiError::internal("read the manifest", format!("{e:#}")))?;
+                let in_place = g
+                    .record
+                    .inputs_in_place
+                    .clone()
+                    .map(|root| cove_api::worker::InPlace { root, paths: files.clone() });
                 let files = files.iter().map(|f| f.rsplit('/').next().unwrap_or(f).to_string()).collect();
                 let lease = Lease {
+                    in_place,
                     lease_id: g.lease_id,
                     job: g.job,
                     batch_index: g.idx,

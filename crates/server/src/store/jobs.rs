@@ -31,6 +31,9 @@ pub struct JobRecord {
     /// items; `None` scores the whole input.
     #[serde(default)]
     pub files: Option<Vec<String>>,
+    /// The input datastore's folder, when the job's compute sees it: workers read inputs in place.
+    #[serde(default)]
+    pub inputs_in_place: Option<String>,
 }
 
 impl JobRecord {
@@ -875,6 +878,7 @@ mod tests {
             settings,
             model_uri: "cove://ws/model".into(),
             code_uri: None,
+            inputs_in_place: None,
             files: None,
         }
     }

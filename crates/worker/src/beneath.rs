@@ -1,0 +1,65 @@
+//! Opens files of a folder the way nothing in it can redirect: resolved beneath the folder with no
+//! symbolic link anywhere on the way, a regular file only. A folder that other users of the host can
+//! write (a shared filesystem, say) could otherwise hold a link to the workspace owner's files, which
+//! a job would then read and publish. Used for local datastores by the control plane and by workers
+//! that read a job's inputs in place.
+
+use std::fs::File;
+use std::path::Path;
+
+/// Opens `rel` beneath `root`; the file is known to be a regular file.
+pub fn open(root: &Path, rel: &str) -> Result<File, String> {
+    use nix::fcntl::{openat2, OFlag, OpenHow, ResolveFlag};
+    let dir = File::open(root).map_err(|e| format!("the datastore folder cannot be opened: {e}"))?;
+    let how = OpenHow::new()
+        .flags(OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NOCTTY | OFlag::O_NONBLOCK)
+        .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS);
+    let fd = openat2(&dir, rel, how).map_err(|e| match e {
+        nix::errno::Errno::ELOOP => {
+            "it is, or lies behind, a symbolic link; a datastore's files are read without following links".to_string()
+        }
+        nix::errno::Errno::EXDEV => "it leaves its datastore".to_string(),
+        other => other.desc().to_string(),
+    })?;
+    let file = File::from(fd);
+    if !file.metadata().map_err(|e| e.to_string())?.is_file() {
+        return Err("it is not a regular file".into());
+    }
+    Ok(file)
+}
+
+/// Reads `rel` beneath `root` whole. Blocking.
+pub fn read(root: &Path, rel: &str) -> Result<bytes::Bytes, String> {
+    use std::io::Read;
+    let mut file = open(root, rel)?;
+    let mut bytes = Vec::with_capacity(file.metadata().map_or(0, |m| m.len() as usize));
+    file.read_to_end(&mut bytes).map_err(|e| e.to_string())?;
+    Ok(bytes.into())
+}
+
+/// Makes `rel` beneath `root` appear at `dest` without copying it when the filesystem allows: a hard
+/// link to the very file that was opened and checked (through its descriptor, so a rename in between
+/// cannot swap it), or else a copy. Returns whether it was linked. Blocking.
+pub fn link_or_copy(root: &Path, rel: &str, dest: &Path) -> Result<bool, String> {
+    use std::os::fd::AsRawFd;
+    let mut file = open(root, rel)?;
+    let by_fd = format!("/proc/self/fd/{}", file.as_raw_fd());
+    let linked = nix::unistd::linkat(
+        nix::fcntl::AT_FDCWD,
+        by_fd.as_str(),
+        nix::fcntl::AT_FDCWD,
+        dest,
+        nix::fcntl::AtFlags::AT_SYMLINK_FOLLOW,
+    );
+    if linked.is_ok() {
+        return Ok(true);
+    }
+    // Another filesystem, or a file the hard-link protection keeps to its owner: copy it.
+    let mut out = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(dest)
+        .map_err(|e| format!("cannot stage it: {e}"))?;
+    std::io::copy(&mut file, &mut out).map_err(|e| format!("cannot stage it: {e}"))?;
+    Ok(false)
+}
