@@ -58,6 +58,11 @@ pub struct Lease {
     /// fetching them through the control plane.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub in_place: Option<InPlace>,
+    /// When the compute's network reaches the input's network datastore through its private endpoint:
+    /// a short-lived URL per file (in `files` order), signed for reading that file only, so the worker
+    /// reads straight from the store, without the store's credentials.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signed_inputs: Option<Vec<String>>,
 }
 
 /// A mini-batch's files where the worker's host sees them.

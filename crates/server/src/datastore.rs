@@ -102,6 +102,9 @@ pub struct Datastores {
     stores: std::sync::RwLock<BTreeMap<String, Arc<dyn ObjectStore>>>,
     /// The folders of local datastores, read without following links (`read_local`).
     local_roots: std::sync::RwLock<BTreeMap<String, std::path::PathBuf>>,
+    /// Network datastores that can sign short-lived URLs for one file, so workers read straight
+    /// from the store without its credentials.
+    signers: std::sync::RwLock<BTreeMap<String, Arc<dyn object_store::signer::Signer>>>,
     pub default_name: String,
 }
 
@@ -131,6 +134,7 @@ impl Datastores {
         Self {
             stores: std::sync::RwLock::new(BTreeMap::new()),
             local_roots: std::sync::RwLock::new(BTreeMap::new()),
+            signers: std::sync::RwLock::new(BTreeMap::new()),
             default_name: default_name.to_string(),
         }
     }
@@ -148,9 +152,21 @@ impl Datastores {
         Ok(())
     }
 
+    /// Adds a network datastore that can also sign URLs for its files.
+    pub fn insert_signing<S: ObjectStore + object_store::signer::Signer>(&self, name: &str, store: Arc<S>) {
+        self.insert(name, store.clone());
+        self.signers.write().unwrap_or_else(|p| p.into_inner()).insert(name.to_string(), store);
+    }
+
+    /// The datastore's URL signer, when it has one.
+    pub fn signer(&self, name: &str) -> Option<Arc<dyn object_store::signer::Signer>> {
+        self.signers.read().unwrap_or_else(|p| p.into_inner()).get(name).cloned()
+    }
+
     /// Forgets a datastore (its files stay where they are).
     pub fn remove(&self, name: &str) {
         self.stores.write().unwrap_or_else(|p| p.into_inner()).remove(name);
+        self.signers.write().unwrap_or_else(|p| p.into_inner()).remove(name);
         self.local_roots.write().unwrap_or_else(|p| p.into_inner()).remove(name);
     }
 
@@ -160,16 +176,20 @@ impl Datastores {
     }
 
     /// Adds an S3-compatible datastore reached at `endpoint`.
-    pub fn add_s3(
-        &self,
-        name: &str,
-        endpoint: &str,
-        bucket: &str,
-        secret: &S3Secret,
-    ) -> Result<Arc<dyn ObjectStore>, String> {
-        let store = build_s3(endpoint, bucket, secret)?;
-        self.insert(name, store.clone());
-        Ok(store)
+    pub fn add_s3(&self, name: &str, endpoint: &str, bucket: &str, secret: &S3Secret) -> Result<(), String> {
+        self.insert_signing(name, build_s3(endpoint, bucket, secret)?);
+        Ok(())
+    }
+
+    /// Adds an Azure Blob datastore; one reached with the account key can sign URLs (a SAS cannot).
+    pub fn add_azure(&self, name: &str, secret: &AzureSecret) -> Result<(), String> {
+        let store = build_azure(secret)?;
+        if secret.account_key.is_some() {
+            self.insert_signing(name, store);
+        } else {
+            self.insert(name, store);
+        }
+        Ok(())
     }
 
     pub fn get(&self, name: &str) -> Result<Arc<dyn ObjectStore>, String> {
@@ -183,7 +203,7 @@ impl Datastores {
 
 /// Builds a client for an S3-compatible store (path-style requests, plain HTTP allowed for endpoints
 /// inside the private network).
-pub fn build_s3(endpoint: &str, bucket: &str, secret: &S3Secret) -> Result<Arc<dyn ObjectStore>, String> {
+pub fn build_s3(endpoint: &str, bucket: &str, secret: &S3Secret) -> Result<Arc<object_store::aws::AmazonS3>, String> {
     let (options, retry) = network_client_options();
     let store = object_store::aws::AmazonS3Builder::new()
         .with_endpoint(endpoint)
@@ -218,7 +238,7 @@ fn network_client_options() -> (object_store::ClientOptions, object_store::Retry
 
 /// Builds a client for an Azure Blob container (an ADLS Gen2 filesystem is one too), addressed
 /// path-style under the account URL.
-pub fn build_azure(secret: &AzureSecret) -> Result<Arc<dyn ObjectStore>, String> {
+pub fn build_azure(secret: &AzureSecret) -> Result<Arc<object_store::azure::MicrosoftAzure>, String> {
     let (options, retry) = network_client_options();
     let mut builder = object_store::azure::MicrosoftAzureBuilder::new()
         .with_account(&secret.account)

@@ -269,7 +269,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
                     &std::fs::read_to_string(layout::datastore_secret(&dir, &ds.name))
                         .with_context(|| format!("failed to read the credentials of datastore {}", ds.name))?,
                 )?;
-                datastores.insert(&ds.name, datastore::build_azure(&secret).map_err(anyhow::Error::msg)?);
+                datastores.add_azure(&ds.name, &secret).map_err(anyhow::Error::msg)?;
             }
             _ => datastores
                 .add_local(&ds.name, Path::new(&ds.root))

@@ -144,7 +144,10 @@ impl Slot {
         };
         let pid = self.scorer.as_ref().map_or(0, |(_, s)| s.pid);
         self.upload_logs(&lease).await;
-        let isolation = self.isolation().or(self.last_isolation.take());
+        let mut isolation = self.isolation().or(self.last_isolation.take());
+        if let Some(serde_json::Value::Object(record)) = isolation.as_mut() {
+            record.insert("inputs".into(), inputs_route(&lease).into());
+        }
         let report = Completion {
             outcome,
             items_ok,
@@ -348,6 +351,15 @@ impl Slot {
                 local.paths.iter().map(read).collect()
             })
             .await?);
+        }
+        if let Some(urls) = &lease.signed_inputs {
+            anyhow::ensure!(
+                urls.len() == lease.files.len(),
+                "the lease signed {} URLs for {} files",
+                urls.len(),
+                lease.files.len()
+            );
+            return Ok(read_signed(urls, &lease.files).await);
         }
         let bundle = self.client.get_bytes(&format!("/worker/v1/leases/{}/files", lease.lease_id)).await?;
         let items = cove_api::worker::bundle::split(bundle).map_err(anyhow::Error::msg)?;
@@ -632,4 +644,41 @@ fn write_builtin_script(code_dir: &Path, name: &str) -> anyhow::Result<()> {
 /// Why an input file read in place failed, as the control plane would say it.
 fn in_place_error(rel: &str, why: &str) -> String {
     format!("cannot read input file `{rel}`: {why}")
+}
+
+/// How a lease's input files reach this worker, for the attempt's record.
+fn inputs_route(lease: &Lease) -> &'static str {
+    match (&lease.in_place, &lease.signed_inputs) {
+        (Some(_), _) => "in place",
+        (None, Some(_)) => "direct from the store",
+        (None, None) => "through the control plane",
+    }
+}
+
+/// Reads each file from the store itself, through the URL the control plane signed for it.
+async fn read_signed(urls: &[String], names: &[String]) -> Vec<Result<Bytes, String>> {
+    use futures::StreamExt;
+    static CLIENT: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
+    let client = CLIENT.get_or_init(|| {
+        reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(60))
+            .build()
+            .expect("a plain HTTP client builds")
+    });
+    let pairs: Vec<(String, String)> = urls.iter().cloned().zip(names.iter().cloned()).collect();
+    let reads = pairs.into_iter().map(|(url, name)| {
+        let client = client.clone();
+        read_one(client, url, name)
+    });
+    futures::stream::iter(reads).buffered(8).collect().await
+}
+
+async fn read_one(client: reqwest::Client, url: String, name: String) -> Result<Bytes, String> {
+    let fail = |why: String| format!("cannot read input file `{name}` from the store: {why}");
+    let response = client.get(&url).send().await.map_err(|e| fail(e.to_string()))?;
+    if !response.status().is_success() {
+        return Err(fail(format!("HTTP {}", response.status())));
+    }
+    response.bytes().await.map_err(|e| fail(e.to_string()))
 }

@@ -106,6 +106,11 @@ fn datastores_are_reached_only_through_their_private_endpoints() {
     ]);
     let job = ws.wait_job(run.ok().json()["name"].as_str().unwrap());
     assert_eq!(job["status"], "Completed", "{job:#}");
+    // The compute's network reaches the store's private endpoint: workers read straight from it,
+    // through URLs signed per file, never holding the store's credentials.
+    for a in job["attempts"].as_array().unwrap() {
+        assert_eq!(a["isolation"]["inputs"], "direct from the store", "{a}");
+    }
     let dl = dir.path().join("dl");
     ws.cove(&["job", "download", job["name"].as_str().unwrap(), "--download-path", &dl.display().to_string()]).ok();
     let predictions = std::fs::read_to_string(dl.join("named-outputs/score/predictions.csv")).unwrap();
@@ -347,6 +352,9 @@ fn scored_in_place(ws: &Workspace, p: &Project, data: &std::path::Path) -> Vec<S
     let run = ws.cove(&["--json", "endpoint", "invoke", "inplace", "--input", "azureml://datastores/scratch/paths/in"]);
     let job = ws.wait_job(run.ok().json()["name"].as_str().unwrap());
     assert_eq!(job["status"], "Completed", "{job:#}");
+    for a in job["attempts"].as_array().unwrap() {
+        assert_eq!(a["isolation"]["inputs"], "in place", "{a}");
+    }
     ws.output_lines(&job)
 }
 

@@ -22,6 +22,35 @@ use std::collections::BTreeMap;
 const DEPLOYMENT_HEADER: &str = "azureml-model-deployment";
 const IDEMPOTENCY_HEADERS: [&str; 3] = ["repeatability-request-id", "repeatability_request-id", "idempotency-key"];
 
+/// Whether the compute's workers read a network datastore's files straight from the store: it can sign
+/// URLs, and the compute's network is its private endpoint's network or peered with it (or the
+/// workspace is public).
+fn reaches_store(app: &AppRef, compute: &cove_api::Compute, datastore: &str) -> bool {
+    if app.datastores.signer(datastore).is_none() {
+        return false;
+    }
+    let policy = &app.policy;
+    if policy.public_network_access {
+        return true;
+    }
+    let network = policy
+        .computes
+        .iter()
+        .find(|c| c.name == compute.name)
+        .map(|c| c.network.clone())
+        .or_else(|| compute.slurm.as_ref().and_then(|s| s.network.clone()))
+        .or_else(|| policy.api_endpoints().first().map(|p| p.network.clone()));
+    let service = format!("datastore:{datastore}");
+    let (Some(network), Some(pe)) = (network, policy.private_endpoints.iter().find(|p| p.service == service)) else {
+        return false;
+    };
+    pe.network == network
+        || policy
+            .peerings
+            .iter()
+            .any(|(a, b)| (a == &network && b == &pe.network) || (b == &network && a == &pe.network))
+}
+
 /// The folder of a local datastore the compute's workers see at the same path: workers on this host
 /// (the local compute and named clusters) see every one; a Slurm cluster's nodes see those its YAML lists
 /// under `shared_datastores`; workers elsewhere see none.
@@ -132,8 +161,10 @@ pub async fn invoke(
         )?;
     let model_dir_name = model.path.rsplit('/').next().unwrap_or("model").to_string();
     let inputs_in_place = compute.as_ref().and_then(|c| sees_in_place(&app, c, &input_path.datastore));
+    let inputs_direct = compute.as_ref().is_some_and(|c| reaches_store(&app, c, &input_path.datastore));
     let record = JobRecord {
         inputs_in_place,
+        inputs_direct,
         input: JobInput { uri: input_path.uri(), input_type: input.input_type },
         output_uri: output.uri(),
         output_file_name: settings.output_file_name.clone(),

@@ -19,6 +19,7 @@ use object_store::ObjectStore;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 fn now() -> String {
     crate::logs::timestamp(store::now_ms())
@@ -1085,14 +1086,14 @@ pub async fn create_datastore(
     };
     let client = crate::datastore::build_s3(&req.endpoint, &req.bucket, &secret)
         .map_err(|e| ApiError::invalid(format!("endpoint: {e}")))?;
-    probe_datastore(&client, &format!("bucket `{}` at {}", req.bucket, req.endpoint)).await?;
+    probe_datastore(&(client as Arc<dyn ObjectStore>), &format!("bucket `{}` at {}", req.bucket, req.endpoint)).await?;
     let ds = cove_api::Datastore {
         name: name.clone(),
         kind: "s3".into(),
         root: format!("s3://{}", req.bucket),
         endpoint: Some(req.endpoint.clone()),
     };
-    register_network_datastore(&app, ds, &secret, client).await
+    register_network_datastore(&app, ds, &secret, |d| d.add_s3(&name, &req.endpoint, &req.bucket, &secret)).await
 }
 
 /// Registers an Azure Blob container (`azure_blob`) or an ADLS Gen2 filesystem (`azure_data_lake_gen2`).
@@ -1123,15 +1124,18 @@ async fn create_azure_datastore(
         sas_token: req.sas_token.clone(),
     };
     let client = crate::datastore::build_azure(&secret).map_err(|e| ApiError::invalid(format!("credentials: {e}")))?;
-    probe_datastore(&client, &format!("{container_field} `{container}` of account `{account}` at {account_url}"))
-        .await?;
+    probe_datastore(
+        &(client as Arc<dyn ObjectStore>),
+        &format!("{container_field} `{container}` of account `{account}` at {account_url}"),
+    )
+    .await?;
     let root = if req.kind == "azure_blob" {
         format!("https://{account}.blob.core.windows.net/{container}")
     } else {
         format!("abfss://{container}@{account}.dfs.core.windows.net")
     };
-    let ds = cove_api::Datastore { name, kind: req.kind.clone(), root, endpoint: Some(account_url) };
-    register_network_datastore(app, ds, &secret, client).await
+    let ds = cove_api::Datastore { name: name.clone(), kind: req.kind.clone(), root, endpoint: Some(account_url) };
+    register_network_datastore(app, ds, &secret, |d| d.add_azure(&name, &secret)).await
 }
 
 /// In a private workspace a network datastore is reached only through its private endpoint: `url`'s
@@ -1172,7 +1176,7 @@ async fn check_private_endpoint(app: &AppRef, name: &str, field: &str, url: &str
 }
 
 /// Lists the store's root, so a datastore that cannot be reached is refused when it is created.
-async fn probe_datastore(client: &std::sync::Arc<dyn ObjectStore>, what: &str) -> ApiResult<()> {
+async fn probe_datastore(client: &Arc<dyn ObjectStore>, what: &str) -> ApiResult<()> {
     let probe = tokio::time::timeout(std::time::Duration::from_secs(10), client.list_with_delimiter(None)).await;
     match probe {
         Ok(Ok(_)) => Ok(()),
@@ -1186,7 +1190,7 @@ async fn register_network_datastore(
     app: &AppRef,
     ds: cove_api::Datastore,
     secret: &impl serde::Serialize,
-    client: std::sync::Arc<dyn ObjectStore>,
+    add: impl FnOnce(&crate::datastore::Datastores) -> Result<(), String>,
 ) -> ApiResult<(StatusCode, Json<cove_api::Datastore>)> {
     let name = ds.name.clone();
     let path = crate::layout::datastore_secret(&app.config.dir, &name);
@@ -1194,6 +1198,6 @@ async fn register_network_datastore(
         .map_err(|e| ApiError::internal("store the datastore's credentials", format!("{e:#}")))?;
     let stored = ds.clone();
     app.store.call(move |c| store::datastore_upsert(c, &stored)).await?;
-    app.datastores.insert(&name, client);
+    add(&app.datastores).map_err(|e| ApiError::internal("open the datastore", e))?;
     Ok((StatusCode::CREATED, Json(ds)))
 }

@@ -60,14 +60,20 @@ pub async fn lease(State(app): State<AppRef>, Worker(w): Worker, body: Bytes) ->
                     .inputs_in_place
                     .clone()
                     .map(|root| cove_api::worker::InPlace { root, paths: files.clone() });
+                let expires_in_ms = g.record.settings.retry_settings.timeout_secs * 1000 + LEASE_GRACE_MS as u64;
+                let signed_inputs = match g.record.inputs_direct {
+                    true => Some(sign_inputs(&app, &g.record.input.uri, &files, expires_in_ms).await?),
+                    false => None,
+                };
                 let files = files.iter().map(|f| f.rsplit('/').next().unwrap_or(f).to_string()).collect();
                 let lease = Lease {
                     in_place,
+                    signed_inputs,
                     lease_id: g.lease_id,
                     job: g.job,
                     batch_index: g.idx,
                     attempt: g.attempt,
-                    expires_in_ms: g.record.settings.retry_settings.timeout_secs * 1000 + LEASE_GRACE_MS as u64,
+                    expires_in_ms,
                     files,
                     run: g.record.run,
                 };
@@ -82,6 +88,26 @@ pub async fn lease(State(app): State<AppRef>, Worker(w): Worker, body: Bytes) ->
             }
         }
     }
+}
+
+/// Signs a URL per input file for reading that file only, valid as long as the lease (plus the time a
+/// slow store may take to answer).
+async fn sign_inputs(app: &AppRef, input_uri: &str, files: &[String], lease_ms: u64) -> ApiResult<Vec<String>> {
+    let input = parse_uri(input_uri).map_err(ApiError::invalid)?;
+    let signer = app
+        .datastores
+        .signer(&input.datastore)
+        .ok_or_else(|| ApiError::internal("sign input URLs", format!("datastore `{}` cannot sign", input.datastore)))?;
+    let valid = Duration::from_millis(lease_ms) + Duration::from_secs(60);
+    let mut urls = Vec::with_capacity(files.len());
+    for file in files {
+        let url = signer
+            .signed_url(axum::http::Method::GET, &object_store::path::Path::from(file.as_str()), valid)
+            .await
+            .map_err(|e| ApiError::internal("sign an input URL", e.to_string()))?;
+        urls.push(url.to_string());
+    }
+    Ok(urls)
 }
 
 /// The lease, if it is current and its job runs on the caller's own compute cluster: a worker

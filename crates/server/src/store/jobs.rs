@@ -34,6 +34,10 @@ pub struct JobRecord {
     /// The input datastore's folder, when the job's compute sees it: workers read inputs in place.
     #[serde(default)]
     pub inputs_in_place: Option<String>,
+    /// The input is a network datastore the compute reaches through its private endpoint and that can
+    /// sign URLs: workers read inputs straight from the store.
+    #[serde(default)]
+    pub inputs_direct: bool,
 }
 
 impl JobRecord {
@@ -879,6 +883,7 @@ mod tests {
             model_uri: "cove://ws/model".into(),
             code_uri: None,
             inputs_in_place: None,
+            inputs_direct: false,
             files: None,
         }
     }
