@@ -6,8 +6,8 @@ serves every job: its start-up is not part of a job's time. Each contender invok
 from just before the invocation to the moment it is seen Completed, so it includes planning, worker
 start, scoring, and assembling and publishing the output.
 
-The benchmark data is made visible to the workspace's default datastore by a symbolic link, so no
-bytes are copied or uploaded. The scale scenario runs on a control plane of its own, so its peak
+The benchmark data folder is registered as a local datastore (`bench_data`), so no bytes are copied
+or uploaded, and the workers read the files in place. The scale scenario runs on a control plane of its own, so its peak
 memory is that job's alone.
 """
 
@@ -26,7 +26,7 @@ _state = {}
 class ControlPlane:
     """A `cove up` child process on an ephemeral loopback port."""
 
-    def __init__(self, cove: str, workspace: str):
+    def __init__(self, cove: str, workspace: str, python: str = "python3", data_root: str = ""):
         self.cove, self.workspace = cove, workspace
         os.makedirs(workspace, exist_ok=True)
         url_file = os.path.join(workspace, "state", "url")
@@ -34,7 +34,9 @@ class ControlPlane:
             os.remove(url_file)
         self.log = open(os.path.join(os.path.dirname(workspace), os.path.basename(workspace) + ".log"), "wb")
         self.proc = subprocess.Popen(
-            [cove, "up", "--dir", workspace, "--listen", "127.0.0.1:0"], stdout=self.log, stderr=subprocess.STDOUT
+            [cove, "up", "--dir", workspace, "--listen", "127.0.0.1:0", "--python", python],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
         )
         deadline = time.time() + 30
         while not os.path.exists(url_file):
@@ -45,6 +47,10 @@ class ControlPlane:
             self.url = f.read().strip()
         with open(os.path.join(workspace, "owner.token")) as f:
             self.token = f.read().strip()
+        if data_root:
+            yml = os.path.join(os.path.dirname(workspace), "bench-data.yml")
+            _write(yml, f"name: bench_data\ntype: local\npath: {os.path.abspath(data_root)}\n")
+            self.cli("datastore", "create", "-f", yml)
 
     def cli(self, *args: str) -> dict:
         out = subprocess.run(
@@ -59,15 +65,10 @@ class ControlPlane:
         with urllib.request.urlopen(req, timeout=30) as resp:
             return json.loads(resp.read())
 
-    def link_data(self, name: str, target: str) -> str:
-        """Links `target` into the default datastore; returns its datastore URI."""
-        store = os.path.join(self.workspace, "datastores", "workspaceblobstore", "bench")
-        os.makedirs(store, exist_ok=True)
-        link = os.path.join(store, name)
-        if os.path.islink(link):
-            os.remove(link)
-        os.symlink(os.path.abspath(target), link)
-        return f"azureml://datastores/workspaceblobstore/paths/bench/{name}"
+    @staticmethod
+    def data_uri(name: str) -> str:
+        """The datastore URI of one scenario's data folder."""
+        return f"azureml://datastores/bench_data/paths/{name}"
 
     def cpu_seconds(self) -> float:
         """User plus system CPU time of the control plane process itself (not its workers)."""
@@ -129,6 +130,41 @@ def run(mini_batch):
 '''
 
 
+# What the plain loop does, as a scoring script: pyarrow's CSV reader and one single-threaded
+# onnxruntime session per process, one line per input row.
+SCRIPT = """\
+import os
+
+import numpy as np
+import onnxruntime as ort
+import pyarrow.csv as pacsv
+
+session = None
+
+
+def init():
+    global session
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.inter_op_num_threads = 1
+    model = os.path.join(os.environ["AZUREML_MODEL_DIR"], "model", "classifier.onnx")
+    session = ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
+
+
+def run(mini_batch):
+    lines = []
+    for path in mini_batch:
+        table = pacsv.read_csv(path)
+        x = np.column_stack([table.column(i).to_numpy() for i in range(1, table.num_columns)]).astype(np.float32)
+        probs, label = session.run(["probabilities", "label"], {"features": x})
+        name = os.path.basename(path)
+        lines.extend(
+            f"{i},{label[i]},{p[0]:.6g},{p[1]:.6g},{p[2]:.6g},{name}" for i, p in enumerate(probs.tolist())
+        )
+    return lines
+"""
+
+
 def _deploy_all(cp: ControlPlane, project: str, model: str):
     cores = os.cpu_count() or 1
     os.makedirs(os.path.join(project, "model"), exist_ok=True)
@@ -141,6 +177,17 @@ def _deploy_all(cp: ControlPlane, project: str, model: str):
         "tabular",
         "name: onnx\nendpoint_name: tabular\ntype: model\n"
         f"model:\n  name: bench-mlp\n  path: {os.path.join(project, 'model')}\n  type: onnx_model\n"
+        f"compute: azureml:local\nsettings:\n  max_concurrency_per_instance: {cores}\n",
+    )
+    # The plain loop's work as a scoring script, on the baselines' interpreter (the workspace's default).
+    _write(os.path.join(project, "script", "code", "score.py"), SCRIPT)
+    _deploy(
+        cp,
+        os.path.join(project, "script"),
+        "script",
+        "name: script\nendpoint_name: script\ntype: model\n"
+        f"model:\n  name: bench-mlp\n  path: {os.path.join(project, 'model')}\n  type: custom_model\n"
+        "code_configuration:\n  code: code\n  scoring_script: score.py\n"
         f"compute: azureml:local\nsettings:\n  max_concurrency_per_instance: {cores}\n",
     )
     # A scoring script that does nothing: what is left is Cove's cost per mini-batch.
@@ -161,11 +208,12 @@ def _cove_binary(repo_root: str) -> str:
     return os.path.join(repo_root, "target", "release", "cove")
 
 
-def setup(repo_root: str, work: str) -> None:
-    """Builds the release binary and starts the control plane every round uses."""
+def setup(repo_root: str, work: str, python: str, data_root: str) -> None:
+    """Builds the release binary and starts the control plane every round uses, with the baselines'
+    interpreter as its default and the benchmark data as a local datastore."""
     cove = _cove_binary(repo_root)
-    _state.update(repo_root=repo_root, work=work, cove=cove, deployed=False)
-    _state["cp"] = ControlPlane(cove, os.path.join(work, "workspace"))
+    _state.update(repo_root=repo_root, work=work, cove=cove, deployed=False, python=python, data_root=data_root)
+    _state["cp"] = ControlPlane(cove, os.path.join(work, "workspace"), python, data_root)
 
 
 def _ready(model: str) -> ControlPlane:
@@ -182,9 +230,9 @@ def teardown() -> None:
         cp.stop()
 
 
-def _scored(data_dir: str, model: str, name: str) -> dict:
+def _scored(data_dir: str, model: str, name: str, endpoint: str = "tabular") -> dict:
     cp = _ready(model)
-    wall, job = cp.run_job("tabular", cp.link_data(name, data_dir))
+    wall, job = cp.run_job(endpoint, cp.data_uri(name))
     p = job["progress"]
     if p["items_failed"]:
         raise RuntimeError(f"{p['items_failed']} files failed: {job.get('failed_batches')}")
@@ -193,6 +241,10 @@ def _scored(data_dir: str, model: str, name: str) -> dict:
 
 def tabular(data_dir: str, model: str, work: str) -> dict:
     return _scored(data_dir, model, "tabular")
+
+
+def script(data_dir: str, model: str, work: str) -> dict:
+    return _scored(data_dir, model, "tabular", "script")
 
 
 def tiny(data_dir: str, model: str, work: str) -> dict:
@@ -209,7 +261,7 @@ def overhead(data_dir: str, work: str) -> dict:
     if not _state["deployed"]:
         raise RuntimeError("the overhead scenario runs after tabular or tiny (it needs the deployments)")
     before = cp.cpu_seconds()
-    wall, job = cp.run_job("noop", cp.link_data("overhead", data_dir), "mini_batch_size=1")
+    wall, job = cp.run_job("noop", cp.data_uri("tiny"), "mini_batch_size=1")
     cpu = cp.cpu_seconds() - before
     batches = job["progress"]["batches_total"]
     full = cp.get(f"/api/v1/jobs/{job['name']}")
@@ -226,7 +278,7 @@ def overhead(data_dir: str, work: str) -> dict:
 
 def scale(data_dir: str, work: str) -> dict:
     """A job over a million empty files on a fresh control plane: its peak memory is this job's."""
-    cp = ControlPlane(_state["cove"], os.path.join(work, "workspace"))
+    cp = ControlPlane(_state["cove"], os.path.join(work, "workspace"), _state["python"], _state["data_root"])
     try:
         project = os.path.join(work, "project")
         _write(os.path.join(project, "code", "score.py"), NOOP_SCRIPT)
@@ -241,7 +293,7 @@ def scale(data_dir: str, work: str) -> dict:
             f"compute: azureml:local\nsettings:\n  max_concurrency_per_instance: {cores}\n"
             "  mini_batch_size: 1000\n  output_action: summary_only\n",
         )
-        wall, job = cp.run_job("million", cp.link_data("million", data_dir))
+        wall, job = cp.run_job("million", cp.data_uri("million"))
         return {
             "wall_s": wall,
             "files": job["progress"]["files_total"],

@@ -3,7 +3,8 @@
     python plain_loop.py DATA_FOLDER MODEL OUT_FILE
 
 Each process gets every n-th file, opens one single-threaded onnxruntime session,
-reads each file with pandas, runs the model once per file and writes one line per
+reads each file with pyarrow's CSV reader (the fastest reader a Python user would pick, for
+large files and one-row files alike), runs the model once per file and writes one line per
 input row, `row,prediction,p0,p1,p2,file_name`, to its own part; the parent then
 concatenates the parts into OUT_FILE. Prints a one-line JSON summary.
 """
@@ -17,7 +18,7 @@ import time
 
 import numpy as np
 import onnxruntime as ort
-import pandas as pd
+import pyarrow.csv as pacsv
 
 
 def score_files(model: str, files: list, part: str) -> int:
@@ -29,15 +30,16 @@ def score_files(model: str, files: list, part: str) -> int:
     rows = 0
     with open(part, "w") as out:
         for path in files:
-            df = pd.read_csv(path)
-            x = df.to_numpy(dtype=np.float32)[:, 1:]  # every column but `id`
+            table = pacsv.read_csv(path)
+            # every column but `id`, as one float32 matrix
+            x = np.column_stack([table.column(i).to_numpy() for i in range(1, table.num_columns)]).astype(np.float32)
             probs, label = sess.run(["probabilities", "label"], {"features": x})
             name = os.path.basename(path)
             out.writelines(
                 f"{i},{label[i]},{p[0]:.6g},{p[1]:.6g},{p[2]:.6g},{name}\n"
                 for i, p in enumerate(probs.tolist())
             )
-            rows += len(df)
+            rows += table.num_rows
     return rows
 
 

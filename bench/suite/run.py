@@ -121,6 +121,7 @@ def cove(fn_name: str):
         fn = getattr(cove_contender, fn_name)
         args = {
             "tabular": (ctx.data_dir, ctx.model, ctx.work),
+            "script": (ctx.data_dir, ctx.model, ctx.work),
             "tiny": (ctx.data_dir, ctx.model, ctx.work),
             "overhead": (ctx.data_dir, ctx.work),
             "scale": (ctx.data_dir, ctx.work),
@@ -148,6 +149,14 @@ def scenarios(sizes: dict, with_million: bool) -> dict:
             "files": t_files,
             "rate": "rows",
             "contenders": {PLAIN: plain_loop, RAY: ray_data, COVE: cove("tabular")},
+        },
+        "script": {
+            "title": f"script: the {t_files} tabular files through a Python scoring script doing what the plain loop does",
+            "data": "tabular",
+            "rows": t_files * t_rows,
+            "files": t_files,
+            "rate": "rows",
+            "contenders": {PLAIN: plain_loop, COVE: cove("script")},
         },
         "tiny": {
             "title": f"tiny: {tiny:,} one-row CSV files",
@@ -202,7 +211,7 @@ def run_rounds(plan: dict, rounds: int, python: str, data_root: str, only: set =
     cove_setup_error = None
     try:
         if cove_runs:
-            cove_contender.setup(REPO_ROOT, fresh(os.path.join(WORK_ROOT, "cove")))
+            cove_contender.setup(REPO_ROOT, fresh(os.path.join(WORK_ROOT, "cove")), python, data_root)
     except NotImplementedError as e:
         cove_setup_error = ("not run", f"setup: {e}")
     except Exception as e:  # noqa: BLE001 - reported, the baselines still run
@@ -298,9 +307,11 @@ def targets(summary: dict) -> list:
             rows.append({"target": name, "measured": value, "shown": shown(value),
                          "status": "met" if ok(value) else "missed"})
 
-    for s, factor in (("tabular", 6), ("tiny", 8)):
-        add(f"{s}: Cove wall <= plain loop wall", get(s, COVE, "wall_vs_plain"),
-            lambda v: v <= 1.0, lambda v: f"{v:.2f}x the plain loop's wall")
+    add("script: Cove wall <= 1.05x the plain loop wall", get("script", COVE, "wall_vs_plain"),
+        lambda v: v <= 1.05, lambda v: f"{v:.2f}x the plain loop's wall")
+    for s, most, factor in (("tabular", 0.7, 6), ("tiny", 0.5, 10)):
+        add(f"{s}: Cove wall <= {most}x the plain loop wall", get(s, COVE, "wall_vs_plain"),
+            lambda v, m=most: v <= m, lambda v: f"{v:.2f}x the plain loop's wall")
         add(f"{s}: Cove >= {factor}x faster than Ray Data", get(s, COVE, "speedup_vs_ray"),
             lambda v, f=factor: v >= f, lambda v: f"{v:.1f}x faster")
     add("invoke -> first mini-batch < 100 ms (median)",

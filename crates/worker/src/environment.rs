@@ -574,6 +574,16 @@ mod tests {
         assert_eq!(normalise_name("zope.interface"), "zope-interface");
     }
 
+    #[test]
+    fn builds_take_wheels_only_unless_the_environment_allows_source_builds() {
+        let wheels = PackageSource::Wheels { dir: "/w".into() };
+        assert_eq!(source_args(&wheels, false), ["--no-index", "--find-links", "/w", "--only-binary", ":all:"]);
+        assert_eq!(source_args(&wheels, true), ["--no-index", "--find-links", "/w"]);
+        let index =
+            PackageSource::Index { url: "http://198.18.0.5/simple".into(), address: "198.18.0.5:80".parse().unwrap() };
+        assert_eq!(source_args(&index, false), ["--index-url", "http://198.18.0.5/simple", "--only-binary", ":all:"]);
+    }
+
     #[tokio::test]
     async fn wheel_folders_list_the_versions_this_interpreter_can_install() {
         let dir = tempfile::tempdir().unwrap();

@@ -362,13 +362,16 @@ fn mlflow_models_deploy_with_no_scoring_script() {
         .unwrap();
     assert!(wrote.success(), "the test's parquet file was written");
     std::fs::write(data.join("three.txt"), "not a table\n").unwrap();
+    // The signature says `a` is a double: a file whose `a` is not fails alone.
+    std::fs::write(data.join("four.csv"), "a,b\nnot-a-number,1\n").unwrap();
     let job = invoke(&ws, "mlflow-ep", "nocode", &data);
     let mut lines = ws.output_lines(&job);
     lines.sort();
     assert_eq!(lines, ["0,0,one.csv", "0,0,two.parquet", "1,1,one.csv", "2,1,one.csv"]);
-    assert_eq!(job["progress"]["items_failed"], 1, "{job:#}");
+    assert_eq!(job["progress"]["items_failed"], 2, "{job:#}");
     let logs = ws.log(job["name"].as_str().unwrap(), "user/stdout/local-0/process000.stdout.txt");
     assert!(logs.contains("ValueError: File type 'txt' is not supported"), "{logs}");
+    assert!(logs.contains("ValueError: column 'a' does not hold float64"), "{logs}");
     for a in job["attempts"].as_array().unwrap() {
         assert_eq!(a["isolation"]["sandbox"], "namespaces", "{a}");
     }
