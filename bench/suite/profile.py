@@ -1,6 +1,6 @@
 """Profiles Cove on one benchmark scenario with perf (sampling, call graphs), to say where time goes.
 
-    python3 bench/suite/profile.py {tiny,tabular,overhead} [--quick] [--target control-plane|worker]
+    python3 bench/suite/profile.py {tiny,tabular,script,overhead} [--quick] [--target control-plane|worker]
 
 Starts a control plane like the suite's Cove contender, runs the scenario's job once to warm up, then
 once under `perf record` attached to the control plane (or to every worker process of the job), and
@@ -20,7 +20,7 @@ sys.path.insert(0, SUITE_DIR)
 
 import cove_contender  # noqa: E402
 
-DATA = {"tiny": "tiny", "tabular": "tabular", "overhead": "tiny"}
+DATA = {"tiny": "tiny", "tabular": "tabular", "script": "tabular", "overhead": "tiny"}
 
 
 def workers_of(pid: int) -> list:
@@ -42,10 +42,12 @@ def main():
         raise SystemExit(f"no data in {data}: run `python3 bench/suite/run.py{' --quick' if args.quick else ''}` first")
     work = os.path.join(REPO_ROOT, "target", "bench-work", "profile")
     subprocess.run(["rm", "-rf", work], check=True)
-    cove_contender.setup(REPO_ROOT, work)
+    python = os.path.join(REPO_ROOT, "target", "bench-venv", "bin", "python")
+    cove_contender.setup(REPO_ROOT, work, python, data_root)
     try:
+        endpoint = "script" if args.scenario == "script" else "tabular"
         run = (lambda: cove_contender.overhead(data, work)) if args.scenario == "overhead" else (
-            lambda: cove_contender._scored(data, model, args.scenario))
+            lambda: cove_contender._scored(data, model, DATA[args.scenario], endpoint))
         if args.scenario == "overhead":
             cove_contender._ready(model)
         run()  # warm-up: page cache, first deployment use
