@@ -112,7 +112,59 @@ pub fn read_into(name: &str, data: &Bytes, inputs: &[InputSpec], table: &mut Tab
     read.map(|()| table.rows - rows)
 }
 
-fn read_csv(data: &Bytes, inputs: &[InputSpec], table: &mut Table) -> Result<(), String> {
+/// How to read a CSV file with a given header for given inputs: worked out once per header.
+struct CsvPlan {
+    header: Vec<String>,
+    columns: FeatureColumns,
+    projection: Vec<usize>,
+    schema: Arc<Schema>,
+}
+
+impl CsvPlan {
+    fn new(header: Vec<String>, inputs: &[InputSpec]) -> Result<CsvPlan, String> {
+        let columns = FeatureColumns::choose(&header, inputs)?;
+        let projection = sorted_unique(&columns);
+        // Feature columns parse straight into the input's float type; the others are never parsed.
+        let fields: Vec<Field> = header
+            .iter()
+            .enumerate()
+            .map(|(i, name)| {
+                let dt = match columns.per_input.iter().position(|cols| cols.contains(&i)) {
+                    Some(input) if inputs[input].float64 => DataType::Float64,
+                    Some(_) => DataType::Float32,
+                    None => DataType::Utf8,
+                };
+                Field::new(name, dt, true)
+            })
+            .collect();
+        Ok(CsvPlan { header, columns, projection, schema: Arc::new(Schema::new(fields)) })
+    }
+}
+
+thread_local! {
+    /// The plan of the last header read on this thread, with the header line and the inputs it was
+    /// made for: the files of a job nearly always share one header, and working it out (a CSV parser
+    /// built to infer it) cost more than reading a one-row file.
+    static LAST_PLAN: std::cell::RefCell<Option<(Vec<u8>, Vec<InputSpec>, Arc<CsvPlan>)>> = const { std::cell::RefCell::new(None) };
+}
+
+/// The header line as written, when it can be compared byte for byte: no quoting, no blank line.
+fn plain_header_line(data: &[u8]) -> Option<&[u8]> {
+    let end = data.iter().position(|&b| b == b'\n')?;
+    let line = data[..end].strip_suffix(b"\r").unwrap_or(&data[..end]);
+    (!line.is_empty() && !line.contains(&b'"')).then_some(line)
+}
+
+fn csv_plan(data: &Bytes, inputs: &[InputSpec]) -> Result<Arc<CsvPlan>, String> {
+    let line = plain_header_line(data);
+    if let Some(line) = line {
+        let cached = LAST_PLAN.with(|c| {
+            c.borrow().as_ref().filter(|(l, i, _)| l == line && i == inputs).map(|(_, _, plan)| plan.clone())
+        });
+        if let Some(plan) = cached {
+            return Ok(plan);
+        }
+    }
     let format = arrow_csv::reader::Format::default().with_header(true);
     let (schema, _) =
         format.infer_schema(Cursor::new(&data[..]), Some(0)).map_err(|e| format!("cannot read the header: {e}"))?;
@@ -120,32 +172,27 @@ fn read_csv(data: &Bytes, inputs: &[InputSpec], table: &mut Table) -> Result<(),
         return Err("the file is empty: a CSV file needs a header row".into());
     }
     let header: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
-    let columns = FeatureColumns::choose(&header, inputs)?;
-    let projection = sorted_unique(&columns);
-    // Feature columns parse straight into the input's float type; the others are never parsed.
-    let fields: Vec<Field> = header
-        .iter()
-        .enumerate()
-        .map(|(i, name)| {
-            let dt = match columns.per_input.iter().position(|cols| cols.contains(&i)) {
-                Some(input) if inputs[input].float64 => DataType::Float64,
-                Some(_) => DataType::Float32,
-                None => DataType::Utf8,
-            };
-            Field::new(name, dt, true)
-        })
-        .collect();
+    let plan = Arc::new(CsvPlan::new(header, inputs)?);
+    if let Some(line) = line {
+        LAST_PLAN.with(|c| *c.borrow_mut() = Some((line.to_vec(), inputs.to_vec(), plan.clone())));
+    }
+    Ok(plan)
+}
+
+fn read_csv(data: &Bytes, inputs: &[InputSpec], table: &mut Table) -> Result<(), String> {
+    let plan = csv_plan(data, inputs)?;
+    let (header, columns, projection) = (&plan.header, &plan.columns, &plan.projection);
     // The reader allocates a whole batch up front; a row takes at least one byte per column, so a
     // small file gets a batch no larger than it can fill.
     let batch_rows = (data.len() / header.len() + 1).min(BATCH_ROWS);
-    let reader = arrow_csv::ReaderBuilder::new(Arc::new(Schema::new(fields)))
+    let reader = arrow_csv::ReaderBuilder::new(plan.schema.clone())
         .with_header(true)
         .with_batch_size(batch_rows)
         .with_projection(projection.clone())
         .build(Cursor::new(&data[..]))
         .map_err(|e| e.to_string())?;
     let batches = reader.map(|b| b.map_err(|e| short(&e.to_string())));
-    collect(batches, &header, &columns, &projection, inputs, table)
+    collect(batches, header, columns, projection, inputs, table)
 }
 
 fn read_parquet(data: &Bytes, inputs: &[InputSpec], table: &mut Table) -> Result<(), String> {
@@ -232,5 +279,33 @@ fn short(message: &str) -> String {
     match line.char_indices().nth(300) {
         Some((cut, _)) => format!("{}…", &line[..cut]),
         None => line.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn input(name: &str, width: usize) -> InputSpec {
+        InputSpec { name: name.into(), width, float64: false }
+    }
+
+    #[test]
+    fn files_with_other_headers_are_read_by_their_own_header() {
+        let inputs = [input("features", 2)];
+        let mut table = Table::empty(&inputs);
+        let files = [
+            "id,a,b\n1,1.5,2.5\n",
+            "id,a,b\r\n2,3.5,4.5\r\n",
+            "extra,id,a,b\nx,3,5,6\n",
+            "\"id\",a,b\n4,7.5,8.5\n",
+            "id,a,b\n5,9.5,10.5\n",
+        ];
+        for f in files {
+            read_into("f.csv", &Bytes::from(f), &inputs, &mut table).unwrap();
+        }
+        // By position, the model's inputs take the file's last columns.
+        let Values::F32(v) = &table.inputs[0] else { panic!("float32 input") };
+        assert_eq!(v, &[1.5, 2.5, 3.5, 4.5, 5.0, 6.0, 7.5, 8.5, 9.5, 10.5]);
     }
 }
