@@ -256,7 +256,7 @@ impl Toolchain {
                     python,
                     read_only: vec![work.clone()],
                     writable: Vec::new(),
-                    cache: scratch.join("uv-cache"),
+                    cache: cache_dir(scratch, "uv-cache", allow_source_builds, &work.join(PRIVATE_CACHE)),
                 }
             }
             Installer::Pip => {
@@ -291,7 +291,7 @@ impl Toolchain {
                     python,
                     read_only: Vec::new(),
                     writable: vec![work.clone()],
-                    cache: scratch.join("pip-cache"),
+                    cache: cache_dir(scratch, "pip-cache", allow_source_builds, &work.join(PRIVATE_CACHE)),
                 }
             }
         };
@@ -357,9 +357,10 @@ impl Toolchain {
         std::fs::write(&lock_file, &build.lock).map_err(|e| e.to_string())?;
         let mut text = format!("building environment {} from {}\n{}\n", build.key, build.source, build.lock);
         let venv_python = dir.join("bin").join("python").display().to_string();
+        let private_cache = root.join(format!("{}{PRIVATE_CACHE}", build.key));
         let steps = match &self.installer {
             Installer::Uv(uv) => {
-                let cache = root.join("uv-cache");
+                let cache = cache_dir(root, "uv-cache", build.allow_source_builds, &private_cache);
                 let mut sync: Vec<String> = vec!["pip".into(), "sync".into(), lock_file.display().to_string()];
                 sync.extend(["--python".into(), venv_python]);
                 sync.extend(source_args(&build.source, build.allow_source_builds));
@@ -367,7 +368,7 @@ impl Toolchain {
                 vec![(uv.clone(), venv, Vec::new(), cache.clone()), (uv.clone(), sync, vec![lock_file.clone()], cache)]
             }
             Installer::Pip => {
-                let cache = root.join("pip-cache");
+                let cache = cache_dir(root, "pip-cache", build.allow_source_builds, &private_cache);
                 let venv = ["-I", "-m", "venv", "--without-pip"].iter().map(|s| s.to_string());
                 let venv: Vec<String> = venv.chain([dir.display().to_string()]).collect();
                 let mut install: Vec<String> = ["-I", "-m", "pip", "--python", &venv_python, "install", "--no-deps"]
@@ -410,11 +411,29 @@ impl Toolchain {
             }
         }
         let _ = std::fs::remove_file(&lock_file);
+        if build.allow_source_builds {
+            let _ = std::fs::remove_dir_all(&private_cache);
+        }
         std::fs::write(dir.join(BUILT_MARKER), &build.lock).map_err(|e| e.to_string())?;
         text.push_str("built\n");
         append_log(log, &text).map_err(|e| format!("cannot write {}: {e}", log.display()))
     }
 }
+
+/// The folder a run keeps its package cache in. Wheel-only runs share one cache per root (a wheel runs
+/// no code while it is installed); a run that may build from source runs that source's code, which could
+/// plant entries in a shared cache that later builds would install, so it gets `own`, a cache of its
+/// own, removed when it is done.
+fn cache_dir(root: &Path, shared: &str, allow_source_builds: bool, own: &Path) -> PathBuf {
+    if allow_source_builds {
+        own.to_path_buf()
+    } else {
+        root.join(shared)
+    }
+}
+
+/// The name (a suffix, beside a build) of the private cache of a run that may build from source.
+const PRIVATE_CACHE: &str = ".private-cache";
 
 /// Builds append to the key's log, so a retried build keeps the failed attempt's story.
 fn append_log(log: &Path, text: &str) -> std::io::Result<()> {
@@ -582,6 +601,13 @@ mod tests {
         let index =
             PackageSource::Index { url: "http://198.18.0.5/simple".into(), address: "198.18.0.5:80".parse().unwrap() };
         assert_eq!(source_args(&index, false), ["--index-url", "http://198.18.0.5/simple", "--only-binary", ":all:"]);
+    }
+
+    #[test]
+    fn runs_that_may_build_from_source_never_share_a_cache() {
+        let (root, own) = (Path::new("/r"), Path::new("/r/key"));
+        assert_eq!(cache_dir(root, "uv-cache", false, own), Path::new("/r/uv-cache"));
+        assert_eq!(cache_dir(root, "uv-cache", true, own), Path::new("/r/key"));
     }
 
     #[tokio::test]

@@ -471,9 +471,17 @@ fn workspace_overrides_interpreters_and_strict_python_pins() {
     let data = p.inputs(1);
     ws.cove(&["endpoint", "create", "-f", &p.file("endpoint.yml")]).ok();
     let pinned = conda("covepin==1.0").replace("python=3.11", &format!("python={other}"));
-    let file = deployment_with_environment(&p, "blue", &pinned, "");
+    // Allowed to build from source, it builds with a package cache of its own, gone once it is built.
+    let file = deployment_with_environment(&p, "blue", &pinned, "  allow_source_builds: true\n");
     ws.cove(&["deployment", "create", "-f", &file, "--set-default"]).ok();
     let d = show(&ws, "strict", "blue");
+    assert_eq!(d["environment"]["build"]["allow_source_builds"], true);
+    let built = Path::new(d["python"].as_str().unwrap()).ancestors().nth(2).unwrap().to_path_buf();
+    let key = d["environment"]["key"].as_str().unwrap();
+    let private = built.parent().unwrap().join(format!("{key}.private-cache"));
+    assert!(built.join(".cove-built").exists() && !private.exists(), "{}", private.display());
+    let log = std::fs::read_to_string(d["environment"]["log"].as_str().unwrap()).unwrap();
+    assert!(!log.contains("--only-binary"), "{log}");
     assert_eq!(d["environment"]["overrides_applied"], serde_json::json!(["covepin==2.0"]));
     let interpreter = d["environment"]["interpreter"].as_str().unwrap();
     assert!(interpreter.ends_with(&format!("(Python {other})")), "{interpreter}");
