@@ -179,9 +179,70 @@ fn csv_plan(data: &Bytes, inputs: &[InputSpec]) -> Result<Arc<CsvPlan>, String> 
     Ok(plan)
 }
 
+/// Rows an arrow decoder kept across files buffers before it hands over a batch.
+const DECODER_ROWS: usize = 8 * 1024;
+
+thread_local! {
+    /// An arrow CSV decoder for the last plan, kept across files: building one builds a CSV parser,
+    /// which cost more than decoding a one-row file. Files with that plan's header feed it their rows.
+    static DECODER: std::cell::RefCell<Option<(Arc<CsvPlan>, arrow_csv::reader::Decoder)>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Decodes the rows after a plain header line with the decoder kept for `plan`; `None` when it could
+/// not (the caller then reads the file afresh, whose errors name rows exactly).
+fn decode_with_kept(plan: &Arc<CsvPlan>, body: &[u8]) -> Option<Vec<RecordBatch>> {
+    let kept = DECODER.with(|d| d.borrow_mut().take()).filter(|(p, _)| Arc::ptr_eq(p, plan));
+    let mut decoder = match kept {
+        Some((_, decoder)) => decoder,
+        None => arrow_csv::ReaderBuilder::new(plan.schema.clone())
+            .with_header(false)
+            .with_batch_size(DECODER_ROWS)
+            .with_projection(plan.projection.clone())
+            .build_decoder(),
+    };
+    let mut batches = Vec::new();
+    let mut feed = |mut rest: &[u8], decoder: &mut arrow_csv::reader::Decoder| -> Option<()> {
+        while !rest.is_empty() {
+            let used = decoder.decode(rest).ok()?;
+            rest = &rest[used..];
+            if used == 0 || decoder.capacity() == 0 {
+                let batch = decoder.flush().ok()?;
+                // Nothing taken and nothing to hand over: it cannot go on, so read the file afresh.
+                if used == 0 && batch.is_none() {
+                    return None;
+                }
+                batches.extend(batch);
+            }
+        }
+        Some(())
+    };
+    feed(body, &mut decoder)?;
+    // A last row with no line end is ended here, so it is not carried into the next file.
+    if !body.is_empty() && !body.ends_with(b"\n") {
+        feed(b"\n", &mut decoder)?;
+    }
+    batches.extend(decoder.flush().ok()?);
+    DECODER.with(|d| *d.borrow_mut() = Some((plan.clone(), decoder)));
+    Some(batches)
+}
+
 fn read_csv(data: &Bytes, inputs: &[InputSpec], table: &mut Table) -> Result<(), String> {
     let plan = csv_plan(data, inputs)?;
     let (header, columns, projection) = (&plan.header, &plan.columns, &plan.projection);
+    if plain_header_line(data).is_some() {
+        let body = &data[data.iter().position(|&b| b == b'\n').expect("a plain header line ends") + 1..];
+        if let Some(batches) = decode_with_kept(&plan, body) {
+            let (rows, lens): (usize, Vec<usize>) = (table.rows, table.inputs.iter().map(Values::len).collect());
+            if collect(batches.into_iter().map(Ok), header, columns, projection, inputs, table).is_ok() {
+                return Ok(());
+            }
+            // Read it again afresh below, so the error names its row exactly.
+            table.rows = rows;
+            for (values, len) in table.inputs.iter_mut().zip(lens) {
+                values.truncate(len);
+            }
+        }
+    }
     // The reader allocates a whole batch up front; a row takes at least one byte per column, so a
     // small file gets a batch no larger than it can fill.
     let batch_rows = (data.len() / header.len() + 1).min(BATCH_ROWS);
@@ -307,5 +368,14 @@ mod tests {
         // By position, the model's inputs take the file's last columns.
         let Values::F32(v) = &table.inputs[0] else { panic!("float32 input") };
         assert_eq!(v, &[1.5, 2.5, 3.5, 4.5, 5.0, 6.0, 7.5, 8.5, 9.5, 10.5]);
+        // A bad file among good ones fails alone, naming its own row, and leaves the table as it was;
+        // a last row with no line end is not carried into the next file.
+        let bad = read_into("bad.csv", &Bytes::from("id,a,b\n6,1,2\n7,,3\n"), &inputs, &mut table).unwrap_err();
+        assert!(bad.contains("row 1: column `a` is empty or not a number"), "{bad}");
+        read_into("f.csv", &Bytes::from("id,a,b\n8,11.5,12.5"), &inputs, &mut table).unwrap();
+        read_into("f.csv", &Bytes::from("id,a,b\n9,13.5,14.5\n"), &inputs, &mut table).unwrap();
+        let Values::F32(v) = &table.inputs[0] else { panic!("float32 input") };
+        assert_eq!(&v[10..], &[11.5, 12.5, 13.5, 14.5]);
+        assert_eq!(table.rows, 7);
     }
 }
