@@ -6,9 +6,8 @@ use crate::netpolicy::NetworkPolicy;
 use crate::{layout, store, App, AppRef, EnvironmentSettings};
 use cove_api::worker::{EnvironmentBuild, PackageSource};
 use cove_api::DeploymentEnvironment;
-use cove_worker::environment::{
-    environment_key, interpreter_info, normalise_name, requirement_name, InterpreterInfo, Toolchain,
-};
+use cove_spec::requirement_name;
+use cove_worker::environment::{environment_key, interpreter_info, normalise_name, InterpreterInfo, Toolchain};
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::PathBuf;

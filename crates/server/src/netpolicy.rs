@@ -235,6 +235,11 @@ impl NetworkPolicy {
         out
     }
 
+    /// Whether hosts of network `a` reach network `b`: the same network, or the two are peered.
+    pub fn connected(&self, a: &str, b: &str) -> bool {
+        a == b || self.peerings.iter().any(|(x, y)| (x == a && y == b) || (x == b && y == a))
+    }
+
     /// Whether a connection from `ip` is accepted; `Err` says why not.
     pub fn admits(&self, ip: IpAddr) -> Result<(), String> {
         if self.public_network_access {

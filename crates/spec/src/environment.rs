@@ -196,8 +196,8 @@ fn describe_key(key: &Value) -> String {
 fn conda_entry(entry: &str, out: &mut Requirements) -> Result<(), String> {
     let entry = entry.trim();
     let entry = entry.rsplit("::").next().unwrap_or(entry);
-    let end = entry.find(|c: char| !(c.is_ascii_alphanumeric() || "-_.".contains(c))).unwrap_or(entry.len());
-    let (name, rest) = entry.split_at(end);
+    let name = requirement_name(entry);
+    let rest = &entry[name.len()..];
     if name.is_empty() {
         return Err(format!("the conda file: `{entry}` is not a package"));
     }
@@ -266,13 +266,18 @@ fn pip_entry(place: &str, line: &str, out: &mut Requirements) -> Result<(), Stri
         ));
     }
     check_requirement(line).map_err(|why| format!("{place}: {why}"))?;
-    let name_end = line.find(|c: char| !(c.is_ascii_alphanumeric() || "-_.".contains(c))).unwrap_or(line.len());
-    if line[..name_end].to_ascii_lowercase().starts_with("azureml") {
+    if requirement_name(line).to_ascii_lowercase().starts_with("azureml") {
         out.notes.push(format!("`{line}`: the reference's runtime, which Cove does not need, skipped"));
         return Ok(());
     }
     out.packages.push(line.to_string());
     Ok(())
+}
+
+/// The package a requirement names (`scikit-learn` of `scikit-learn[extra]>=1.3`).
+pub fn requirement_name(req: &str) -> &str {
+    let end = req.find(|c: char| !(c.is_ascii_alphanumeric() || "-_.".contains(c))).unwrap_or(req.len());
+    &req[..end]
 }
 
 /// Checks that `line` names a package from the index: not a URL, a path or a VCS checkout, which would

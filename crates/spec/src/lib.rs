@@ -16,8 +16,8 @@ pub use assets::{EnvironmentRef, ModelRef, ModelType, ModelVersion};
 pub use deployment::{parse_deployment, CodeConfiguration, DeploymentSpec};
 pub use endpoint::{parse_endpoint, EndpointSpec};
 pub use environment::{
-    check_requirement, parse_environment, python_matches, requirements, EnvironmentDefinition, Requirements,
-    CONDA_ONLY, CONDA_TO_PYPI,
+    check_requirement, parse_environment, python_matches, requirement_name, requirements, EnvironmentDefinition,
+    Requirements, CONDA_ONLY, CONDA_TO_PYPI,
 };
 pub use errors::SpecError;
 pub use names::validate_resource_name;

@@ -7,6 +7,7 @@
 
 use crate::sandbox::{self, FileView};
 use cove_api::worker::{EnvironmentBuild, PackageSource, SandboxMode};
+use cove_spec::requirement_name;
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -393,7 +394,12 @@ impl Toolchain {
             })
             .collect();
         for step in steps {
-            text.push_str(&format!("$ {} {}\n", step.program.display(), step.args.join(" ")));
+            text.push_str(&format!(
+                "$ {} {}\n(package cache {})\n",
+                step.program.display(),
+                step.args.join(" "),
+                step.cache.display()
+            ));
             let outcome = self.run(step, &build.source).await;
             let (ok, stdout, stderr) = match outcome {
                 Ok(o) => o,
@@ -457,12 +463,6 @@ fn pip_report_lock(report: &str) -> Result<Vec<String>, String> {
     Ok(lines)
 }
 
-/// The package a requirement names (`scikit-learn` of `scikit-learn[extra]>=1.3`).
-pub fn requirement_name(req: &str) -> &str {
-    let end = req.find(|c: char| !(c.is_ascii_alphanumeric() || "-_.".contains(c))).unwrap_or(req.len());
-    &req[..end]
-}
-
 /// A failed build: why, and where its log is.
 #[derive(Debug, Clone)]
 pub struct BuildFailure {
@@ -506,6 +506,7 @@ pub fn normalise_name(name: &str) -> String {
 /// versions that the package source has for this interpreter, nearest to the pin first.
 async fn nearest_versions(message: &str, packages: &[String], source: &PackageSource, python: &str) -> Vec<String> {
     let lower = normalise_name(message);
+    let Ok(info) = interpreter_info(python) else { return Vec::new() };
     let mut out = Vec::new();
     for req in packages {
         let name = requirement_name(req);
@@ -514,7 +515,6 @@ async fn nearest_versions(message: &str, packages: &[String], source: &PackageSo
         if spec.is_empty() || !lower.contains(&normalise_name(name)) {
             continue;
         }
-        let Ok(info) = interpreter_info(python) else { continue };
         let mut versions = available_versions(source, name, &info.version).await;
         if versions.is_empty() {
             out.push(format!("`{name}` has no version with wheels for Python {} in {source}", info.version));

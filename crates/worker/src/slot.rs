@@ -35,6 +35,8 @@ pub struct Slot {
     observed: Vec<String>,
     /// The isolation record of the scorer that ran the current attempt (kept when it dies).
     last_isolation: Option<serde_json::Value>,
+    /// How the current attempt's input files came, as the branch that read them says.
+    inputs_route: Option<&'static str>,
     /// A no-code deployment's loaded model and the job it was loaded for.
     native: Option<(String, Arc<OnnxModel>)>,
     /// The size of each log file when it was last uploaded, so unchanged logs are not sent again.
@@ -59,6 +61,7 @@ impl Slot {
             init_failures: 0,
             observed: Vec::new(),
             last_isolation: None,
+            inputs_route: None,
             native: None,
             uploaded: Default::default(),
         }
@@ -135,6 +138,7 @@ impl Slot {
         let started = Instant::now();
         self.observed.clear();
         self.last_isolation = None;
+        self.inputs_route = None;
         let heartbeat = self.spawn_heartbeat(&lease);
         let outcome = self.attempt(&lease).await;
         heartbeat.abort();
@@ -146,7 +150,9 @@ impl Slot {
         self.upload_logs(&lease).await;
         let mut isolation = self.isolation().or(self.last_isolation.take());
         if let Some(serde_json::Value::Object(record)) = isolation.as_mut() {
-            record.insert("inputs".into(), inputs_route(&lease).into());
+            if let Some(route) = self.inputs_route {
+                record.insert("inputs".into(), route.into());
+            }
         }
         let report = Completion {
             outcome,
@@ -228,7 +234,8 @@ impl Slot {
         }
         // What an earlier `run()` left behind (a failed one's files, say) is not this attempt's output.
         clear_folder(&output_dir).context("failed to clear the scorer's output folder")?;
-        let inputs = self.stage_inputs(lease, &job_dir).await?;
+        let (route, inputs) = self.stage_inputs(lease, &job_dir).await?;
+        self.inputs_route = Some(route);
         let part = self.parts_dir(&lease.job).join(format!("{}.part", lease.lease_id));
         let want_part = lease.run.output_action == cove_spec::OutputAction::AppendRow;
         let (_, scorer) = self.scorer.as_mut().expect("started above");
@@ -305,7 +312,8 @@ impl Slot {
                 }
             }
         };
-        let contents = self.fetch_inputs(lease).await?;
+        let (route, contents) = self.fetch_inputs(lease).await?;
+        self.inputs_route = Some(route);
         let mut files = Vec::with_capacity(contents.len());
         let mut unreadable = Vec::new();
         for (name, content) in lease.files.iter().zip(contents) {
@@ -342,15 +350,16 @@ impl Slot {
     }
 
     /// The lease's files, in one round trip: each file's bytes, or why it could not be read.
-    async fn fetch_inputs(&self, lease: &Lease) -> anyhow::Result<Vec<Result<Bytes, String>>> {
+    /// Reads a lease's files; returns how they came, for the attempt's record, and their contents.
+    async fn fetch_inputs(&self, lease: &Lease) -> anyhow::Result<(&'static str, Vec<Result<Bytes, String>>)> {
         if let Some(local) = lease.in_place.clone() {
             // This host sees the input folder: read the files there, not through the control plane.
-            return Ok(tokio::task::spawn_blocking(move || {
+            let read = tokio::task::spawn_blocking(move || {
                 let root = PathBuf::from(&local.root);
                 let read = |rel: &String| crate::beneath::read(&root, rel).map_err(|why| in_place_error(rel, &why));
                 local.paths.iter().map(read).collect()
-            })
-            .await?);
+            });
+            return Ok((IN_PLACE, read.await?));
         }
         if let Some(urls) = &lease.signed_inputs {
             anyhow::ensure!(
@@ -359,7 +368,7 @@ impl Slot {
                 urls.len(),
                 lease.files.len()
             );
-            return Ok(read_signed(urls, &lease.files).await);
+            return Ok(("direct from the store", read_signed(urls, &lease.files).await));
         }
         let bundle = self.client.get_bytes(&format!("/worker/v1/leases/{}/files", lease.lease_id)).await?;
         let items = cove_api::worker::bundle::split(bundle).map_err(anyhow::Error::msg)?;
@@ -369,7 +378,7 @@ impl Slot {
             items.len(),
             lease.files.len()
         );
-        Ok(items)
+        Ok(("through the control plane", items))
     }
 
     async fn start_scorer(
@@ -444,7 +453,8 @@ impl Slot {
         Ok(())
     }
 
-    async fn stage_inputs(&self, lease: &Lease, job_dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    /// Makes a lease's files visible to the scorer; returns how they came and where they are.
+    async fn stage_inputs(&self, lease: &Lease, job_dir: &Path) -> anyhow::Result<(&'static str, Vec<PathBuf>)> {
         let dir = job_dir.join("inputs").join(&lease.lease_id);
         std::fs::create_dir_all(&dir)?;
         if let Some(local) = lease.in_place.clone() {
@@ -458,18 +468,19 @@ impl Slot {
                     crate::beneath::link_or_copy(&root, rel, path)
                         .map_err(|why| anyhow::anyhow!(in_place_error(rel, &why)))?;
                 }
-                Ok(names)
+                Ok((IN_PLACE, names))
             })
             .await?;
         }
+        let (route, contents) = self.fetch_inputs(lease).await?;
         let mut paths = Vec::with_capacity(lease.files.len());
-        for (name, bytes) in lease.files.iter().zip(self.fetch_inputs(lease).await?) {
+        for (name, bytes) in lease.files.iter().zip(contents) {
             let bytes = bytes.map_err(anyhow::Error::msg)?;
             let path = dir.join(plain_name(name)?);
             std::fs::write(&path, &bytes)?;
             paths.push(path);
         }
-        Ok(paths)
+        Ok((route, paths))
     }
 
     /// Sends what `run()` left behind: the result part, then the files the script wrote to
@@ -646,14 +657,8 @@ fn in_place_error(rel: &str, why: &str) -> String {
     format!("cannot read input file `{rel}`: {why}")
 }
 
-/// How a lease's input files reach this worker, for the attempt's record.
-fn inputs_route(lease: &Lease) -> &'static str {
-    match (&lease.in_place, &lease.signed_inputs) {
-        (Some(_), _) => "in place",
-        (None, Some(_)) => "direct from the store",
-        (None, None) => "through the control plane",
-    }
-}
+/// The route of inputs read where the worker's host sees them.
+const IN_PLACE: &str = "in place";
 
 /// Reads each file from the store itself, through the URL the control plane signed for it.
 async fn read_signed(urls: &[String], names: &[String]) -> Vec<Result<Bytes, String>> {

@@ -482,6 +482,7 @@ fn workspace_overrides_interpreters_and_strict_python_pins() {
     assert!(built.join(".cove-built").exists() && !private.exists(), "{}", private.display());
     let log = std::fs::read_to_string(d["environment"]["log"].as_str().unwrap()).unwrap();
     assert!(!log.contains("--only-binary"), "{log}");
+    assert!(log.contains(&format!("(package cache {})", private.display())), "{log}");
     assert_eq!(d["environment"]["overrides_applied"], serde_json::json!(["covepin==2.0"]));
     let interpreter = d["environment"]["interpreter"].as_str().unwrap();
     assert!(interpreter.ends_with(&format!("(Python {other})")), "{interpreter}");

@@ -44,11 +44,7 @@ fn reaches_store(app: &AppRef, compute: &cove_api::Compute, datastore: &str) -> 
     let (Some(network), Some(pe)) = (network, policy.private_endpoints.iter().find(|p| p.service == service)) else {
         return false;
     };
-    pe.network == network
-        || policy
-            .peerings
-            .iter()
-            .any(|(a, b)| (a == &network && b == &pe.network) || (b == &network && a == &pe.network))
+    policy.connected(&network, &pe.network)
 }
 
 /// The folder of a local datastore the compute's workers see at the same path: workers on this host
