@@ -13,6 +13,7 @@ memory is that job's alone.
 
 import json
 import os
+import ssl
 import subprocess
 import time
 import urllib.request
@@ -47,6 +48,8 @@ class ControlPlane:
             self.url = f.read().strip()
         with open(os.path.join(workspace, "owner.token")) as f:
             self.token = f.read().strip()
+        # The control plane speaks only TLS; its certificate is the workspace CA's.
+        self.tls = ssl.create_default_context(cafile=os.path.join(workspace, "tls", "trust.pem"))
         if data_root:
             yml = os.path.join(os.path.dirname(workspace), "bench-data.yml")
             _write(yml, f"name: bench_data\ntype: local\npath: {os.path.abspath(data_root)}\n")
@@ -62,7 +65,7 @@ class ControlPlane:
 
     def get(self, path: str) -> dict:
         req = urllib.request.Request(self.url + path, headers={"Authorization": f"Bearer {self.token}"})
-        with urllib.request.urlopen(req, timeout=30) as resp:
+        with urllib.request.urlopen(req, timeout=30, context=self.tls) as resp:
             return json.loads(resp.read())
 
     @staticmethod

@@ -19,6 +19,9 @@ pub enum ClientError {
         #[source]
         source: reqwest::Error,
     },
+    /// The TLS connection failed: the server is not who this client trusts, or refused this client.
+    #[error("cannot connect securely to the control plane at {url}: {why}")]
+    Tls { url: String, why: String },
     #[error("unexpected response from {url}")]
     Decode {
         url: String,
@@ -43,6 +46,7 @@ impl ClientError {
             Self::Api { status: 404, .. } => NOT_FOUND,
             Self::Api { .. } => USAGE,
             Self::Unreachable { .. } => UNREACHABLE,
+            Self::Tls { .. } => REFUSED,
             Self::Decode { .. } => UNREACHABLE,
         }
     }
@@ -57,13 +61,17 @@ pub struct Client {
 }
 
 impl Client {
-    pub fn new(base: &str, token: &str) -> Self {
+    /// A client of the control plane at `base` (`https://…`), verifying it with `tls` (which trusts the
+    /// workspace's CA, and for a worker presents its compute's certificate).
+    pub fn new(base: &str, token: &str, tls: rustls::ClientConfig) -> Self {
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
             .tcp_nodelay(true)
             .no_proxy()
+            .https_only(true)
+            .tls_backend_preconfigured(tls)
             .build()
-            .expect("a client with no TLS and no proxy always builds");
+            .expect("a client with a rustls configuration and no proxy always builds");
         Self { base: base.trim_end_matches('/').to_string(), token: token.to_string(), http }
     }
 
@@ -88,6 +96,11 @@ impl Client {
         Ok(())
     }
 
+    /// `DELETE` that answers with a JSON body.
+    pub async fn delete_json<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        self.json(Method::DELETE, path, None::<&()>, &[]).await
+    }
+
     /// Sends a JSON request with extra headers and decodes the JSON answer.
     pub async fn json<B: Serialize, T: DeserializeOwned>(
         &self,
@@ -104,7 +117,7 @@ impl Client {
         if let Some(body) = body {
             req = req.json(body);
         }
-        let resp = req.send().await.map_err(|source| ClientError::Unreachable { url: url.clone(), source })?;
+        let resp = req.send().await.map_err(|source| unreachable(&url, source))?;
         let resp = check(resp).await?;
         resp.json().await.map_err(|source| ClientError::Decode { url, source })
     }
@@ -119,7 +132,7 @@ impl Client {
             .body(body)
             .send()
             .await
-            .map_err(|source| ClientError::Unreachable { url: url.clone(), source })?;
+            .map_err(|source| unreachable(&url, source))?;
         check(resp).await.map(|_| ())
     }
 
@@ -127,20 +140,23 @@ impl Client {
     pub async fn get_bytes(&self, path: &str) -> Result<Bytes, ClientError> {
         let resp = self.get_response(path).await?;
         let url = resp.url().to_string();
-        resp.bytes().await.map_err(|source| ClientError::Unreachable { url, source })
+        resp.bytes().await.map_err(|source| unreachable(&url, source))
     }
 
     /// Starts a `GET` whose body the caller streams (large downloads).
     pub async fn get_response(&self, path: &str) -> Result<reqwest::Response, ClientError> {
         let url = format!("{}{}", self.base, path);
-        let resp = self
-            .http
-            .get(&url)
-            .bearer_auth(&self.token)
-            .send()
-            .await
-            .map_err(|source| ClientError::Unreachable { url: url.clone(), source })?;
+        let resp =
+            self.http.get(&url).bearer_auth(&self.token).send().await.map_err(|source| unreachable(&url, source))?;
         check(resp).await
+    }
+}
+
+/// A failed request: a TLS failure says why in words, anything else is "cannot reach".
+pub fn unreachable(url: &str, source: reqwest::Error) -> ClientError {
+    match cove_tls::explain(&source) {
+        Some(why) => ClientError::Tls { url: url.to_string(), why },
+        None => ClientError::Unreachable { url: url.to_string(), source },
     }
 }
 

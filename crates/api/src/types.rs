@@ -552,6 +552,36 @@ pub struct Token {
     pub secret: Option<String>,
 }
 
+/// What a worker host needs to serve a compute cluster (`cove compute credential`): a worker token and
+/// a client certificate bound to the cluster, with the CA that verifies the control plane. Shown once.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WorkerCredential {
+    pub compute: String,
+    pub token_id: String,
+    pub token: String,
+    pub certificate: String,
+    pub key: String,
+    pub ca: String,
+    pub expires_at: String,
+}
+
+/// What `cove compute revoke-credential` took away.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CredentialRevoked {
+    pub compute: String,
+    pub certificates: usize,
+    pub tokens: usize,
+}
+
+/// What `cove workspace rotate-certificates` renewed.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RotatedCertificates {
+    /// When the listeners' new certificate expires; none when the user brings it.
+    pub server_expires_at: Option<String>,
+    /// The compute clusters on this host whose workers got new certificates.
+    pub computes: Vec<String>,
+}
+
 /// One line of `cove workspace diagnose`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Check {

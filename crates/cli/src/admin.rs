@@ -150,6 +150,92 @@ pub async fn compute_token(client: &Client, name: &str, out: Output) -> anyhow::
     Ok(())
 }
 
+/// Writes a compute's worker credential into a new folder (0700, files 0600), and says how to start
+/// a worker with it.
+pub async fn compute_credential(
+    client: &Client,
+    name: &str,
+    folder: &std::path::Path,
+    out: Output,
+) -> anyhow::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(folder)
+        .with_context(|| format!("--out {}: cannot create it (it must not exist yet)", folder.display()))?;
+    let path = format!("/api/v1/computes/{}/credential", encode(name));
+    let credential: cove_api::WorkerCredential = client.post(&path, &serde_json::json!({})).await?;
+    let files = [
+        ("token", format!("{}\n", credential.token)),
+        ("client.pem", credential.certificate.clone()),
+        ("client.key", credential.key.clone()),
+        ("ca.pem", credential.ca.clone()),
+    ];
+    for (file, text) in &files {
+        write_private(&folder.join(file), text)?;
+    }
+    if out.json {
+        return print_json(&serde_json::json!({
+            "compute": credential.compute, "token_id": credential.token_id, "folder": folder,
+            "expires_at": credential.expires_at,
+        }));
+    }
+    let d = folder.display();
+    println!(
+        "Wrote the worker credential of compute {name} to {d} (certificate valid until {})",
+        credential.expires_at
+    );
+    println!("Start a worker there with:");
+    println!(
+        "  COVE_URL={} COVE_CA_FILE={d}/ca.pem COVE_CLIENT_CERT={d}/client.pem COVE_CLIENT_KEY={d}/client.key \\\n  \
+         COVE_WORKER_TOKEN=$(cat {d}/token) cove worker --node NAME --work-dir DIR",
+        client.base_url()
+    );
+    Ok(())
+}
+
+fn write_private(path: &std::path::Path, text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("failed to write {}", path.display()))?;
+    f.write_all(text.as_bytes())?;
+    Ok(())
+}
+
+pub async fn revoke_credential(client: &Client, name: &str, out: Output) -> anyhow::Result<()> {
+    let path = format!("/api/v1/computes/{}/credential", encode(name));
+    let revoked: cove_api::CredentialRevoked = client.delete_json(&path).await?;
+    if out.json {
+        return print_json(&revoked);
+    }
+    println!(
+        "Revoked {} worker token(s) and {} client certificate(s) of compute {name}; its workers are refused from now on",
+        revoked.tokens, revoked.certificates
+    );
+    Ok(())
+}
+
+pub async fn rotate_certificates(client: &Client, out: Output) -> anyhow::Result<()> {
+    let rotated: cove_api::RotatedCertificates =
+        client.post("/api/v1/workspace/rotate-certificates", &serde_json::json!({})).await?;
+    if out.json {
+        return print_json(&rotated);
+    }
+    match &rotated.server_expires_at {
+        Some(t) => println!("The listeners have a new certificate, valid until {t}; open connections keep theirs"),
+        None => println!("The listeners' certificate is the one the workspace configuration names: renew it there"),
+    }
+    for c in &rotated.computes {
+        println!("Compute {c}: new worker certificate; running workers keep theirs until it expires");
+    }
+    Ok(())
+}
+
 pub async fn audit_list(client: &Client, since: Option<&str>, out: Output) -> anyhow::Result<()> {
     let path = match since {
         Some(s) => format!("/api/v1/audit?since={}", encode(s)),

@@ -16,6 +16,10 @@ pub struct Target {
     /// A bearer token (or set COVE_TOKEN).
     #[arg(long, global = true, env = "COVE_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// The CA that verifies the control plane's certificate (or set COVE_CA_FILE); by default the
+    /// workspace's `tls/trust.pem`.
+    #[arg(long, global = true, env = "COVE_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
 }
 
 impl Target {
@@ -26,7 +30,15 @@ impl Target {
                 (None, Some(dir)) => read_token(dir)?,
                 (None, None) => bail!("COVE_URL is set but no token: set COVE_TOKEN (or --token)"),
             };
-            return Ok(Client::new(url, &token));
+            let ca = match (&self.ca_file, &self.workspace) {
+                (Some(file), _) => file.clone(),
+                (None, Some(dir)) => cove_server::tls::files::trust(dir),
+                (None, None) => bail!(
+                    "COVE_URL is set but no CA to verify it: set COVE_CA_FILE (or --ca-file) to the workspace's \
+                     tls/trust.pem"
+                ),
+            };
+            return Ok(Client::new(url, &token, tls(&ca)?));
         }
         let Some(dir) = &self.workspace else {
             bail!("no workspace given: use --workspace DIR (or COVE_WORKSPACE), or COVE_URL with COVE_TOKEN");
@@ -39,8 +51,14 @@ impl Target {
             Some(t) => t.clone(),
             None => read_token(dir)?,
         };
-        Ok(Client::new(url.trim(), &token))
+        let ca = self.ca_file.clone().unwrap_or_else(|| cove_server::tls::files::trust(dir));
+        Ok(Client::new(url.trim(), &token, tls(&ca)?))
     }
+}
+
+/// The TLS of a user's client: trusts only the given CA file.
+pub fn tls(ca: &std::path::Path) -> anyhow::Result<cove_tls::rustls::ClientConfig> {
+    Ok(cove_tls::client_config_from_files(ca, None)?)
 }
 
 fn read_token(dir: &std::path::Path) -> anyhow::Result<String> {

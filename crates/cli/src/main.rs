@@ -114,6 +114,12 @@ enum Command {
         /// The compute cluster's worker credential.
         #[arg(long = "worker-token", env = "COVE_WORKER_TOKEN", hide_env_values = true)]
         worker_token: String,
+        /// The compute's client certificate (PEM), which the control plane requires of workers.
+        #[arg(long, env = "COVE_CLIENT_CERT")]
+        client_cert: PathBuf,
+        /// The key of that certificate (PEM).
+        #[arg(long, env = "COVE_CLIENT_KEY")]
+        client_key: PathBuf,
         /// Work only on this job and exit when it has no more work.
         #[arg(long)]
         job: Option<String>,
@@ -194,6 +200,9 @@ enum WorkspaceCommand {
     Show,
     /// Check the workspace's isolation: one line per check, with the fix; exits 1 when any check fails.
     Diagnose,
+    /// Renew the listeners' certificate and the client certificates of the clusters on this host,
+    /// without stopping running jobs.
+    RotateCertificates,
 }
 
 #[derive(Subcommand)]
@@ -268,8 +277,21 @@ enum ComputeCommand {
         #[arg(short, long)]
         name: String,
     },
-    /// Mint a worker credential for a compute cluster (accepted only from its network).
+    /// Mint a worker token for a compute cluster (accepted only from its network, and only with the
+    /// cluster's client certificate: see `credential`).
     Token {
+        name: String,
+    },
+    /// Write what a worker host needs to serve a compute cluster: a worker token, the cluster's client
+    /// certificate and key, and the workspace CA, as files in a new folder only you can read.
+    Credential {
+        name: String,
+        /// The folder to write (must not exist).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Revoke every worker token and client certificate of a compute cluster, at once.
+    RevokeCredential {
         name: String,
     },
 }
@@ -528,6 +550,8 @@ fn main() {
     }
     let cli = Cli::parse();
     init_tracing();
+    // Every TLS client and server in the process uses ring (no OpenSSL, no second provider).
+    cove_tls::install_provider();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("a Tokio runtime starts");
     let code = match runtime.block_on(dispatch(cli)) {
         Ok(code) => code,
@@ -651,10 +675,14 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             running.wait_for_signal().await?;
             Ok(exit_code::OK)
         }
-        Command::Worker { worker_token, job, node, concurrency, work_dir } => {
+        Command::Worker { worker_token, client_cert, client_key, job, node, concurrency, work_dir } => {
             let work_dir = absolute(&work_dir)?;
             let control_plane =
                 target.url.clone().ok_or_else(|| anyhow::anyhow!("cove worker needs --url (or COVE_URL)"))?;
+            let ca_file = target
+                .ca_file
+                .clone()
+                .ok_or_else(|| anyhow::anyhow!("cove worker needs --ca-file (or COVE_CA_FILE): the workspace CA"))?;
             let ended = cove_worker::run(cove_worker::WorkerConfig {
                 url: control_plane,
                 token: worker_token,
@@ -662,6 +690,9 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
                 node,
                 concurrency,
                 work_dir,
+                ca_file,
+                client_cert,
+                client_key,
             })
             .await?;
             // A stopped worker exits as a process ended by SIGTERM would, so schedulers see it was stopped.
@@ -676,6 +707,10 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             Ok(exit_code::OK)
         }
         Command::Workspace { command: WorkspaceCommand::Diagnose } => admin::diagnose(&target.client()?, out).await,
+        Command::Workspace { command: WorkspaceCommand::RotateCertificates } => {
+            admin::rotate_certificates(&target.client()?, out).await?;
+            Ok(exit_code::OK)
+        }
         Command::Token { command } => {
             let client = target.client()?;
             match command {
@@ -747,6 +782,10 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
                 ComputeCommand::Show { name } => admin::compute_show(&client, &name, out).await?,
                 ComputeCommand::Delete { name } => admin::compute_delete(&client, &name, out).await?,
                 ComputeCommand::Token { name } => admin::compute_token(&client, &name, out).await?,
+                ComputeCommand::Credential { name, out: folder } => {
+                    admin::compute_credential(&client, &name, &folder, out).await?
+                }
+                ComputeCommand::RevokeCredential { name } => admin::revoke_credential(&client, &name, out).await?,
             }
             Ok(exit_code::OK)
         }

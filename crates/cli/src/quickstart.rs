@@ -52,7 +52,8 @@ pub async fn run(dir: Option<PathBuf>, out: Output) -> anyhow::Result<i32> {
     })
     .await?;
     let token = std::fs::read_to_string(cove_server::layout::owner_token(&workspace))?;
-    let client = cove_api::Client::new(&running.url, token.trim());
+    let trust = crate::connect::tls(&cove_server::tls::files::trust(&workspace))?;
+    let client = cove_api::Client::new(&running.url, token.trim(), trust);
     let result = async {
         resources::endpoint_create(&client, &example.join("endpoint.yml"), None, out).await?;
         let args = resources::DeploymentCreate {

@@ -204,7 +204,74 @@ pub async fn run(app: &AppRef) -> Result<Vec<Check>, store::StoreError> {
             ));
         }
     }
+    out.extend(certificate_checks(app).await?);
     Ok(out)
+}
+
+/// Warn this long before a certificate expires.
+const EXPIRY_WARNING_MS: i64 = 14 * 86_400_000;
+
+/// Every certificate the workspace serves or trusts, with how long it has left: the CA, the listeners'
+/// certificate (issued or brought) and each compute's current worker certificate.
+async fn certificate_checks(app: &AppRef) -> Result<Vec<Check>, store::StoreError> {
+    let now = store::now_ms();
+    let mut certs: Vec<(String, Result<i64, String>, &str)> = Vec::new();
+    let ws = &app.config.dir;
+    let pem_expiry = |path: std::path::PathBuf| {
+        cove_tls::read(&path)
+            .and_then(|pem| cove_tls::not_after(&path.display().to_string(), &pem))
+            .map(|s| s * 1000)
+            .map_err(|e| e.to_string())
+    };
+    certs.push((
+        "the workspace CA".into(),
+        pem_expiry(crate::tls::files::ca_cert(ws)),
+        "the workspace CA cannot be renewed in place; create a new workspace before then",
+    ));
+    match &app.tls.brought {
+        Some(b) => certs.push((
+            format!("the listeners' certificate {}", b.certificate.display()),
+            pem_expiry(b.certificate.clone()),
+            "replace the certificate named under tls: in the workspace configuration, then restart",
+        )),
+        None => certs.push((
+            "the listeners' certificate".into(),
+            pem_expiry(crate::tls::files::server_cert(ws)),
+            "run `cove workspace rotate-certificates`",
+        )),
+    }
+    let workers = app.store.call(move |c| store::worker_certificates_current(c, now)).await?;
+    for (compute, until) in workers {
+        certs.push((
+            format!("the worker certificate of compute {compute}"),
+            Ok(until),
+            "run `cove workspace rotate-certificates` (clusters on this host) or `cove compute credential` (others)",
+        ));
+    }
+    Ok(certs
+        .into_iter()
+        .map(|(what, until, fix)| match until {
+            Err(why) => check("certificates", "fail", format!("{what}: {why}"), Some(fix.into())),
+            Ok(t) if t <= now => check(
+                "certificates",
+                "fail",
+                format!("{what} expired at {}", crate::logs::timestamp(t)),
+                Some(fix.into()),
+            ),
+            Ok(t) if t - now < EXPIRY_WARNING_MS => check(
+                "certificates",
+                "warn",
+                format!("{what} expires in {} hours, at {}", (t - now) / 3_600_000, crate::logs::timestamp(t)),
+                Some(fix.into()),
+            ),
+            Ok(t) => check(
+                "certificates",
+                "ok",
+                format!("{what} is valid until {} ({} days)", crate::logs::timestamp(t), (t - now) / 86_400_000),
+                None,
+            ),
+        })
+        .collect())
 }
 
 async fn package_index_check(app: &AppRef) -> Check {

@@ -16,6 +16,7 @@ mod logs;
 pub mod modelcheck;
 pub mod netpolicy;
 pub mod store;
+pub mod tls;
 
 use anyhow::Context;
 use std::net::SocketAddr;
@@ -134,6 +135,8 @@ pub(crate) struct App {
     /// Environments being prepared for deployments not stored yet: never collected.
     pub building: std::sync::Mutex<std::collections::HashSet<String>>,
     pub shutdown: watch::Receiver<bool>,
+    /// The workspace CA, the listeners' certificate and their TLS configuration.
+    pub tls: tls::WorkspaceTls,
 }
 
 pub(crate) type AppRef = Arc<App>;
@@ -277,7 +280,6 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
         }
     }
     let internal = datastore::local_store(&layout::internal_objects(&dir))?;
-    let worker_token = ensure_worker_token(&store, &dir, LOCAL_COMPUTE)?;
 
     let policy = match &config.network_config {
         Some(file) => {
@@ -306,7 +308,9 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
     }
     let listeners: Vec<SocketAddr> = tcp.iter().map(|l| l.local_addr()).collect::<Result<_, _>>()?;
     let addr = listeners[0];
-    let url = format!("http://{addr}");
+    let url = format!("https://{addr}");
+    let workspace_tls = tls::prepare(&dir, &policy, &listeners)?;
+    let worker_credential = ensure_worker_credential(&store, &workspace_tls, &dir, LOCAL_COMPUTE)?;
     store.call_now(|c| {
         for comp in &policy.computes {
             store::compute_upsert(
@@ -333,7 +337,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
     let (compute, mut lost_jobs) = compute::LocalCompute::new(
         config.worker_exe.clone(),
         url.clone(),
-        worker_token,
+        worker_credential,
         layout::compute_dir(&dir, LOCAL_COMPUTE),
         LOCAL_COMPUTE,
         policy.computes.iter().find(|c| c.kind == "local").map_or(8, |c| c.max_instances),
@@ -356,6 +360,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
         listeners: listeners.clone(),
         package_source,
         building: std::sync::Mutex::new(std::collections::HashSet::new()),
+        tls: workspace_tls,
     });
     environments::collect_unused(&app).await;
     let lost_app = app.clone();
@@ -368,18 +373,8 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
     tokio::spawn(jobs::reap_expired_leases(app.clone()));
     let router = http::router(app.clone());
     let mut servers = tokio::task::JoinSet::new();
-    for inner in tcp {
-        use axum::serve::ListenerExt;
-        let guarded = http::guard::GuardedListener { inner, app: app.clone() }.tap_io(|_| ());
-        let mut stop = shutdown_rx.clone();
-        let service = router.clone().into_make_service_with_connect_info::<SocketAddr>();
-        servers.spawn(async move {
-            axum::serve(guarded, service)
-                .with_graceful_shutdown(async move {
-                    let _ = stop.wait_for(|s| *s).await;
-                })
-                .await
-        });
+    for listener in tcp {
+        servers.spawn(http::guard::serve(listener, app.clone(), router.clone(), shutdown_rx.clone()));
     }
     let served = tokio::spawn(async move {
         while let Some(done) = servers.join_next().await {
@@ -420,6 +415,24 @@ fn init_workspace(store: &store::Store, dir: &Path) -> anyhow::Result<Option<Str
             Ok(Some(secret))
         })
         .context("failed to initialise the workspace")
+}
+
+/// A compute cluster's worker credential on this host: its token and its client certificate (issued
+/// anew when missing, revoked or aging), as files the compute backend hands to the workers it starts.
+pub(crate) fn ensure_worker_credential(
+    store: &store::Store,
+    tls: &tls::WorkspaceTls,
+    dir: &Path,
+    compute: &str,
+) -> anyhow::Result<tls::WorkerCredential> {
+    let token = ensure_worker_token(store, dir, compute)?;
+    tls::ensure_worker_certificate(&tls.authority, store, dir, compute)?;
+    Ok(tls::WorkerCredential {
+        token,
+        cert: tls::files::compute_cert(dir, compute),
+        key: tls::files::compute_key(dir, compute),
+        trust: tls::files::trust(dir),
+    })
 }
 
 /// Returns the compute cluster's worker credential, minting it on first use. Only its hash is in the

@@ -27,6 +27,9 @@ struct RawConfig {
     trusted_proxies: Vec<IpNet>,
     #[serde(default)]
     computes: Vec<ComputeNetwork>,
+    /// The listeners' certificate, key and CA, when the user brings them (else the workspace CA issues them).
+    #[serde(default)]
+    tls: Option<crate::tls::BroughtTls>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -45,6 +48,14 @@ pub struct PrivateEndpoint {
     pub service: String,
     pub address: SocketAddr,
     pub network: String,
+    /// The endpoint's name in the workspace's private DNS zone, put in the listeners' certificate
+    /// (for `service: api`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_name: Option<String>,
+    /// The CA that signed the service's TLS certificate (datastores and package indexes served over
+    /// HTTPS), when it is not a CA the system trusts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -75,6 +86,7 @@ pub struct NetworkPolicy {
     pub private_endpoints: Vec<PrivateEndpoint>,
     pub trusted_proxies: Vec<IpNet>,
     pub computes: Vec<ComputeNetwork>,
+    pub tls: Option<crate::tls::BroughtTls>,
 }
 
 /// The network a loopback-only workspace lives on when no configuration is given.
@@ -103,6 +115,8 @@ impl NetworkPolicy {
                 service: "api".into(),
                 address: listen,
                 network: LOOPBACK_NETWORK.into(),
+                host_name: None,
+                ca_file: None,
             }],
             trusted_proxies: Vec::new(),
             computes: vec![ComputeNetwork {
@@ -111,6 +125,7 @@ impl NetworkPolicy {
                 kind: "local".into(),
                 max_instances: 8,
             }],
+            tls: None,
         })
     }
 
@@ -199,13 +214,28 @@ impl NetworkPolicy {
                 });
             }
         }
+        // Files the configuration names are found beside it.
+        let beside = |p: std::path::PathBuf| match std::path::Path::new(file).parent() {
+            Some(dir) if p.is_relative() => dir.join(p),
+            _ => p,
+        };
+        let mut private_endpoints = raw.private_endpoints;
+        for pe in &mut private_endpoints {
+            pe.ca_file = pe.ca_file.take().map(beside);
+        }
+        let tls = raw.tls.map(|t| crate::tls::BroughtTls {
+            certificate: beside(t.certificate),
+            key: beside(t.key),
+            ca: beside(t.ca),
+        });
         Ok(NetworkPolicy {
             public_network_access: public,
             networks: raw.networks,
             peerings,
-            private_endpoints: raw.private_endpoints,
+            private_endpoints,
             trusted_proxies: raw.trusted_proxies,
             computes,
+            tls,
         })
     }
 

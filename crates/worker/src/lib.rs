@@ -33,6 +33,10 @@ pub struct WorkerConfig {
     pub node: String,
     pub concurrency: u32,
     pub work_dir: PathBuf,
+    /// The CA that verifies the control plane, and the compute's client certificate and key.
+    pub ca_file: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
 }
 
 /// Process groups of live scorer processes, so a stopping worker can end them all.
@@ -76,7 +80,8 @@ pub async fn run(config: WorkerConfig) -> anyhow::Result<Ended> {
         .with_context(|| format!("failed to create {}", config.work_dir.display()))?;
     let driver = config.work_dir.join("cove_driver.py");
     std::fs::write(&driver, DRIVER).context("failed to write the scorer driver")?;
-    let client = cove_api::Client::new(&config.url, &config.token);
+    let tls = cove_tls::client_config_from_files(&config.ca_file, Some((&config.client_cert, &config.client_key)))?;
+    let client = cove_api::Client::new(&config.url, &config.token, tls);
     let mut slots = tokio::task::JoinSet::new();
     for process in 0..config.concurrency.max(1) {
         let slot = slot::Slot::new(client.clone(), config.clone(), process, driver.clone());

@@ -1,7 +1,7 @@
 //! Private by default, on loopback: tokens, roles and scopes, network refusals (listener and trusted
 //! proxies), worker credentials, the audit entry every refusal leaves, and `diagnose`.
 
-use crate::support::{Project, Workspace, LIST_SCRIPT};
+use crate::support::{https_builder_as, identity_of, Project, Workspace, LIST_SCRIPT};
 use serde_json::json;
 
 fn token(ws: &Workspace, role: &str, extra: &[&str]) -> String {
@@ -129,8 +129,10 @@ fn from(
 ) -> Result<u16, String> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(async {
-        let client =
-            reqwest::Client::builder().local_address(source.parse::<std::net::IpAddr>().unwrap()).build().unwrap();
+        let client = https_builder_as(&ws.path(), identity_of(ws, token))
+            .local_address(source.parse::<std::net::IpAddr>().unwrap())
+            .build()
+            .unwrap();
         let mut req = client.request(method.parse().unwrap(), format!("{}{path}", ws.url)).bearer_auth(token);
         for (k, v) in headers {
             req = req.header(*k, *v);
@@ -168,7 +170,7 @@ fn connections_from_outside_the_private_networks_are_refused_and_audited() {
         Ok(200)
     );
     // A cluster's worker credential works only from the cluster's network.
-    let worker = ws.cove(&["compute", "token", "cluster"]).ok().stdout.trim().to_string();
+    let worker = ws.credential("cluster");
     assert_eq!(from(&ws, "127.0.0.4", "POST", "/worker/v1/lease", &worker, &[]), Ok(200));
     assert_eq!(from(&ws, "127.0.0.1", "POST", "/worker/v1/lease", &worker, &[]), Ok(403));
 

@@ -4,7 +4,7 @@
 //! asserts the exact refusal, proves that its attack was really made (a link that was never created
 //! would prove nothing), and scans what the job published and every log for the workspace's secrets.
 
-use crate::support::{Project, Workspace, LIST_SCRIPT};
+use crate::support::{https_builder_as, identity_of, Project, Workspace, LIST_SCRIPT};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 
@@ -60,8 +60,10 @@ fn assert_nothing_leaked(ws: &Workspace, job: &Value) {
 fn call(ws: &Workspace, source: &str, token: &str, method: &str, path: &str, body: Body) -> (u16, Value) {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(async {
-        let client =
-            reqwest::Client::builder().local_address(source.parse::<std::net::IpAddr>().unwrap()).build().unwrap();
+        let client = https_builder_as(&ws.path(), identity_of(ws, token))
+            .local_address(source.parse::<std::net::IpAddr>().unwrap())
+            .build()
+            .unwrap();
         let mut req = client.request(method.parse().unwrap(), format!("{}{path}", ws.url)).bearer_auth(token);
         req = match body {
             Body::None => req,
@@ -614,7 +616,7 @@ fn a_worker_of_another_compute_can_do_nothing_with_a_lease() {
     let lease = granted["lease"]["lease_id"].as_str().unwrap_or_else(|| panic!("no lease: {granted}")).to_string();
     let model_file = "model/weights.txt";
 
-    let other = ws.cove(&["compute", "token", "cluster"]).ok().stdout.trim().to_string();
+    let other = ws.credential("cluster");
     let foreign = "belongs to a job on compute `local`; this credential is compute `cluster`'s";
     let l = format!("/worker/v1/leases/{lease}");
     let attempts = [

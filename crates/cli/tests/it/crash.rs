@@ -222,11 +222,11 @@ fn crash_an_idempotency_key_survives_a_control_plane_restart() {
         .unwrap()
         .to_string();
     let token = std::fs::read_to_string(dir.path().join("ws/owner.token")).unwrap().trim().to_string();
-    let url = format!("http://127.0.0.1:{}/endpoints/again/jobs", cp.port);
+    let url = format!("https://127.0.0.1:{}/endpoints/again/jobs", cp.port);
     let post = || {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         rt.block_on(async {
-            let resp = reqwest::Client::new()
+            let resp = support::https(&dir.path().join("ws"))
                 .post(&url)
                 .bearer_auth(&token)
                 .header("repeatability-request-id", "nightly-2026-11-26")

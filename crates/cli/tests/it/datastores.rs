@@ -29,7 +29,7 @@ impl S3Server {
     fn create_bucket(&self, bucket: &str) {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         let status = rt.block_on(async {
-            reqwest::Client::new()
+            crate::support::plain_http()
                 .put(format!("http://127.0.0.1:{}/{bucket}", self.port))
                 .send()
                 .await
@@ -216,7 +216,7 @@ fn a_job_canceled_while_finalizing_publishes_nothing() {
     assert_eq!(job["status"], "Canceled", "{job:#}");
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let listing = rt.block_on(async {
-        reqwest::Client::new()
+        crate::support::plain_http()
             .get(format!("http://127.0.0.1:{}/lake-bucket?list-type=2", s3.port))
             .send()
             .await

@@ -148,6 +148,8 @@ fn deployments_get_their_own_environments_built_once_and_shared() {
     let spawn = |file: &str| {
         Command::new(COVE)
             .args(["--url", &ws.url, "--token", &ws.token(), "deployment", "create", "-f", file])
+            .arg("--ca-file")
+            .arg(ws.path().join("tls/trust.pem"))
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()

@@ -11,6 +11,7 @@ fn schemathesis_finds_no_server_error_on_any_operation() {
     let out = Command::new("schemathesis")
         .args(["run", &format!("{}/api/v1/openapi.json", ws.url)])
         .args(["-H", &format!("Authorization: Bearer {}", ws.token())])
+        .arg(format!("--tls-verify={}", ws.path().join("tls/trust.pem").display()))
         .args(["-c", "not_a_server_error", "-n", &examples, "--workers", "1", "--no-color", "--request-timeout", "10"])
         .env("SCHEMATHESIS_HOOKS", "")
         .output()

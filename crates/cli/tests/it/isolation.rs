@@ -5,6 +5,7 @@
 
 use crate::support::{Project, Run, COVE, LIST_SCRIPT};
 use crate::testbed::Testbed;
+use std::path::Path;
 use std::process::Stdio;
 
 const API: &str = "198.18.1.10:8470";
@@ -35,11 +36,12 @@ computes:
     )
 }
 
-/// Runs the CLI on `host` against the workspace's private endpoint with `token`.
-fn cove_on(bed: &Testbed, host: &str, token: &str, args: &[&str]) -> Run {
+/// Runs the CLI on `host` against the workspace's private endpoint with `token`, trusting `ca`.
+fn cove_trusting(bed: &Testbed, host: &str, ca: &Path, token: &str, args: &[&str]) -> Run {
     bed.command(host, COVE)
         .args(args)
-        .env("COVE_URL", format!("http://{API}"))
+        .env("COVE_URL", format!("https://{API}"))
+        .env("COVE_CA_FILE", ca)
         .env("COVE_TOKEN", token)
         .env_remove("COVE_WORKSPACE")
         .env("CI", "1")
@@ -48,10 +50,29 @@ fn cove_on(bed: &Testbed, host: &str, token: &str, args: &[&str]) -> Run {
         .into()
 }
 
-/// Posts to the invocation URL from `host` with a raw HTTP client; returns the status or the error.
-fn invoke_raw(bed: &Testbed, host: &str, token: &str, endpoint: &str) -> String {
+/// Sends one request from `host` with Python's own HTTP client (no Cove code on the client side):
+/// over TLS trusting `ca` (and presenting `cert` and `key` when given), or as plain HTTP when `ca` is
+/// none. Returns the status and the start of the body, or the exception's name.
+fn raw(
+    bed: &Testbed,
+    host: &str,
+    ca: Option<&Path>,
+    cert: Option<(&Path, &Path)>,
+    token: &str,
+    method: &str,
+    path: &str,
+) -> String {
+    let connect = match (ca, cert) {
+        (None, _) => "c = http.client.HTTPConnection('198.18.1.10', 8470, timeout=5)".to_string(),
+        (Some(ca), identity) => {
+            let load = identity.map_or(String::new(), |(c, k)| format!("ctx.load_cert_chain({:?}, {:?})\n    ", c, k));
+            format!(
+                "ctx = ssl.create_default_context(cafile={ca:?})\n    {load}c = http.client.HTTPSConnection('198.18.1.10', 8470, timeout=5, context=ctx)"
+            )
+        }
+    };
     let code = format!(
-        "import http.client, sys\ntry:\n    c = http.client.HTTPConnection('198.18.1.10', 8470, timeout=5)\n    c.request('POST', '/endpoints/{endpoint}/jobs', body='{{}}', headers={{'Authorization': 'Bearer {token}', 'Content-Type': 'application/json'}})\n    print(c.getresponse().status)\nexcept Exception as e:\n    print(type(e).__name__)\n"
+        "import http.client, ssl\ntry:\n    {connect}\n    c.request('{method}', '{path}', body='{{}}', headers={{'Authorization': 'Bearer {token}', 'Content-Type': 'application/json'}})\n    r = c.getresponse()\n    print(r.status, r.read()[:200].decode())\nexcept Exception as e:\n    print(type(e).__name__, e)\n"
     );
     let out = bed.command(host, "/usr/bin/python3").args(["-c", &code]).output().unwrap();
     String::from_utf8_lossy(&out.stdout).trim().to_string()
@@ -81,6 +102,11 @@ fn a_private_workspace_serves_its_networks_and_refuses_everyone_else() {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     let owner = std::fs::read_to_string(ws_dir.join("owner.token")).unwrap().trim().to_string();
+    let ca = ws_dir.join("tls/trust.pem");
+    let cove_on = |bed: &Testbed, host: &str, token: &str, args: &[&str]| cove_trusting(bed, host, &ca, token, args);
+    let invoke_raw = |bed: &Testbed, host: &str, token: &str, endpoint: &str| {
+        raw(bed, host, Some(&ca), None, token, "POST", &format!("/endpoints/{endpoint}/jobs"))
+    };
     let mut table: Vec<(String, String, String)> = Vec::new();
     let mut record =
         |source: &str, service: &str, result: &str| table.push((source.into(), service.into(), result.into()));
@@ -107,7 +133,7 @@ fn a_private_workspace_serves_its_networks_and_refuses_everyone_else() {
     cove_on(&bed, "jump", &owner, &["deployment", "create", "-f", &p.file("deployment.yml"), "--set-default"]).ok();
     let shown = cove_on(&bed, "jump", &owner, &["endpoint", "show", "proof"]);
     assert!(
-        shown.ok().stdout.contains(&format!("Scoring URI:        http://{API}/endpoints/proof/jobs")),
+        shown.ok().stdout.contains(&format!("Scoring URI:        https://{API}/endpoints/proof/jobs")),
         "{}",
         shown.stdout
     );
@@ -118,23 +144,24 @@ fn a_private_workspace_serves_its_networks_and_refuses_everyone_else() {
     );
     record("jump (198.18.2.10, peered)", "API", "allowed");
 
-    // The worker host dials out with the cluster's credential; it needs no inbound access.
-    let worker_token = cove_on(&bed, "jump", &owner, &["compute", "token", "cluster"]).ok().stdout.trim().to_string();
-    let mut worker = bed.command("compute", COVE);
-    worker
-        .args([
-            "--url",
-            &format!("http://{API}"),
-            "worker",
-            "--worker-token",
-            &worker_token,
-            "--node",
-            "compute-0",
-            "--concurrency",
-            "2",
-            "--work-dir",
-        ])
-        .arg(dir.path().join("worker"));
+    // The worker host dials out with the cluster's credential (a token and a client certificate bound to
+    // the cluster); it needs no inbound access.
+    let credential = dir.path().join("credential");
+    let folder = credential.display().to_string();
+    cove_on(&bed, "jump", &owner, &["compute", "credential", "cluster", "--out", &folder]).ok();
+    let worker_token = std::fs::read_to_string(credential.join("token")).unwrap().trim().to_string();
+    let worker_on = |bed: &Testbed, host: &str, identity: &Path, node: &str| {
+        let mut worker = bed.command(host, COVE);
+        worker
+            .args(["--url", &format!("https://{API}"), "worker", "--worker-token", &worker_token, "--node", node])
+            .args(["--concurrency", "2", "--work-dir"])
+            .arg(dir.path().join(node))
+            .env("COVE_CA_FILE", credential.join("ca.pem"))
+            .env("COVE_CLIENT_CERT", identity.join("client.pem"))
+            .env("COVE_CLIENT_KEY", identity.join("client.key"));
+        worker
+    };
+    let worker = worker_on(&bed, "compute", &credential, "compute-0");
     bed.spawn(worker);
 
     let data = p.inputs(5).display().to_string();
@@ -162,24 +189,67 @@ fn a_private_workspace_serves_its_networks_and_refuses_everyone_else() {
     );
     record("outside (198.19.0.10)", "invocation URL", "refused");
     // Control: the same raw client from the jump host gets an HTTP answer (400: the body is empty).
-    assert_eq!(invoke_raw(&bed, "jump", &owner, "proof"), "400");
+    assert!(
+        invoke_raw(&bed, "jump", &owner, "proof").starts_with("400 "),
+        "{}",
+        invoke_raw(&bed, "jump", &owner, "proof")
+    );
+
+    // Every listener speaks only TLS: plain HTTP from a peered host gets a refusal and nothing else.
+    let plain = raw(&bed, "jump", None, None, &owner, "POST", "/endpoints/proof/jobs");
+    assert!(plain.starts_with("400 this Cove listener speaks only HTTPS"), "{plain}");
+    record("jump (198.18.2.10)", "plain HTTP", "refused");
+    // A client that trusts another CA does not talk to the workspace (a man in the middle would look
+    // like this to Cove's own clients).
+    let (_, other_ca) = cove_tls::Authority::create("elsewhere").unwrap();
+    let other_ca_file = dir.path().join("other-ca.pem");
+    std::fs::write(&other_ca_file, &other_ca.cert_pem).unwrap();
+    let distrust = cove_trusting(&bed, "jump", &other_ca_file, &owner, &["endpoint", "list"]);
+    distrust.fails_with(4, "the server's certificate is not issued by the CA this client trusts");
+    let python = raw(&bed, "jump", Some(&other_ca_file), None, &owner, "GET", "/api/v1/endpoints");
+    assert!(python.starts_with("SSLCertVerificationError"), "{python}");
+    record("jump (198.18.2.10)", "API, trusting another CA", "refused");
+    // A bearer token captured from a worker's request is useless without the cluster's certificate:
+    // from the cluster's own network, over TLS, the worker protocol refuses it.
+    let lease = "/worker/v1/lease";
+    let replayed = raw(&bed, "compute", Some(&ca), None, &worker_token, "POST", lease);
+    assert!(replayed.starts_with("401 ") && replayed.contains("needs the compute's client certificate"), "{replayed}");
+    record("compute (198.18.4.10)", "worker protocol, token without certificate", "refused");
+    // The certificate of another compute does nothing for this one.
+    let local_folder = dir.path().join("local-credential");
+    cove_on(&bed, "jump", &owner, &["compute", "credential", "local", "--out", &local_folder.display().to_string()])
+        .ok();
+    // The cluster's token from the cluster's host, with the certificate (and key) of a credential folder.
+    let lease_as = |folder: &Path| {
+        let identity = (folder.join("client.pem"), folder.join("client.key"));
+        raw(&bed, "compute", Some(&ca), Some((&identity.0, &identity.1)), &worker_token, "POST", lease)
+    };
+    let crossed = lease_as(&local_folder);
+    assert!(
+        crossed.starts_with("401 ") && crossed.contains("belongs to compute `local`, not to `cluster`"),
+        "{crossed}"
+    );
+    record("compute (198.18.4.10)", "worker protocol, another compute's certificate", "refused");
+    // A certificate the workspace CA did not issue does not even finish the handshake's verification.
+    let forged = other_ca_file.with_file_name("forged");
+    std::fs::create_dir_all(&forged).unwrap();
+    let (other_authority, _) = cove_tls::Authority::create("forger").unwrap();
+    let fake = other_authority.issue_client("cluster", 1).unwrap();
+    std::fs::write(forged.join("client.pem"), &fake.cert_pem).unwrap();
+    std::fs::write(forged.join("client.key"), &fake.key_pem).unwrap();
+    let forged_call = lease_as(&forged);
+    assert!(
+        !forged_call.starts_with('2') && !forged_call.starts_with('4'),
+        "a forged certificate got an HTTP answer: {forged_call}"
+    );
+    record("compute (198.18.4.10)", "worker protocol, certificate of another CA", "refused");
+    // With its own certificate the same call gets past authentication to the handler, which finds the
+    // body empty (so the probes above reached a listener that would have answered).
+    let proper = lease_as(&credential);
+    assert!(proper.starts_with("400 ") && proper.contains("missing field `node`"), "{proper}");
 
     // A worker on the wrong network is refused, credential and all.
-    let wrong = bed
-        .command("jump", COVE)
-        .args([
-            "--url",
-            &format!("http://{API}"),
-            "worker",
-            "--worker-token",
-            &worker_token,
-            "--node",
-            "rogue",
-            "--work-dir",
-        ])
-        .arg(dir.path().join("rogue"))
-        .output()
-        .unwrap();
+    let wrong = worker_on(&bed, "jump", &credential, "rogue").output().unwrap();
     assert!(!wrong.status.success());
     assert!(
         String::from_utf8_lossy(&wrong.stderr).contains("accepted only from network `compute`"),
@@ -209,9 +279,9 @@ fn a_private_workspace_serves_its_networks_and_refuses_everyone_else() {
         diag.stdout
     );
 
-    let mut text = String::from("source                          service                                 result\n");
+    let mut text = format!("{:<32}{:<48}result\n", "source", "service");
     for (s, svc, r) in &table {
-        text.push_str(&format!("{s:<32}{svc:<40}{r}\n"));
+        text.push_str(&format!("{s:<32}{svc:<48}{r}\n"));
     }
     println!("Reachability proved:\n{text}");
     let _ = std::fs::write(std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("reachability.txt"), &text);

@@ -9,7 +9,7 @@ fn endpoints_are_created_listed_shown_updated_and_deleted() {
     let p = Project::new(ws.dir.path(), "crud", LIST_SCRIPT, "");
     let created = ws.cove(&["endpoint", "create", "-f", &p.file("endpoint.yml")]);
     created.ok();
-    assert!(created.stdout.contains("Scoring URI: http://127.0.0.1:"), "{}", created.stdout);
+    assert!(created.stdout.contains("Scoring URI: https://127.0.0.1:"), "{}", created.stdout);
     // Create is create-or-update, as the reference's is.
     std::fs::write(p.dir.join("endpoint.yml"), "name: crud\ndescription: updated\n").unwrap();
     let again = ws.cove(&["endpoint", "create", "-f", &p.file("endpoint.yml")]);
@@ -148,15 +148,49 @@ fn bad_yaml_names_the_file_line_and_field_and_creates_nothing() {
 #[test]
 fn the_cli_reaches_a_control_plane_by_url_and_token() {
     let ws = Workspace::start();
-    let run = |token: &str| {
-        std::process::Command::new(crate::support::COVE)
-            .args(["--json", "workspace", "show"])
+    let trust = ws.path().join("tls/trust.pem");
+    let run_trusting = |token: &str, ca: Option<&std::path::Path>| {
+        let mut c = std::process::Command::new(crate::support::COVE);
+        c.args(["--json", "workspace", "show"])
             .env_remove("COVE_WORKSPACE")
+            .env_remove("COVE_CA_FILE")
             .env("COVE_URL", &ws.url)
-            .env("COVE_TOKEN", token)
-            .output()
-            .unwrap()
+            .env("COVE_TOKEN", token);
+        if let Some(ca) = ca {
+            c.env("COVE_CA_FILE", ca);
+        }
+        c.output().unwrap()
     };
+    let run = |token: &str| run_trusting(token, Some(&trust));
+    // A URL alone is not enough: the client must be told which CA vouches for the control plane.
+    let unverified = run_trusting(&ws.token(), None);
+    assert_eq!(unverified.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&unverified.stderr).contains("no CA to verify it: set COVE_CA_FILE"));
+    // A CA that did not issue the control plane's certificate is refused with the reason, never skipped.
+    let (_, other) = cove_tls::Authority::create("other").unwrap();
+    let other_file = ws.dir.path().join("other-ca.pem");
+    std::fs::write(&other_file, &other.cert_pem).unwrap();
+    let mistrusted = run_trusting(&ws.token(), Some(&other_file));
+    assert_eq!(mistrusted.status.code(), Some(4), "{}", String::from_utf8_lossy(&mistrusted.stderr));
+    assert!(
+        String::from_utf8_lossy(&mistrusted.stderr)
+            .contains("the server's certificate is not issued by the CA this client trusts"),
+        "{}",
+        String::from_utf8_lossy(&mistrusted.stderr)
+    );
+    // The name is checked too: the same listener reached as the IPv4-mapped IPv6 address is not the
+    // address the certificate is for.
+    let renamed = ws.url.replace("127.0.0.1", "[::ffff:127.0.0.1]");
+    let misnamed = std::process::Command::new(crate::support::COVE)
+        .args(["--json", "workspace", "show"])
+        .env_remove("COVE_WORKSPACE")
+        .env("COVE_URL", &renamed)
+        .env("COVE_CA_FILE", &trust)
+        .env("COVE_TOKEN", ws.token())
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&misnamed.stderr);
+    assert!(said.contains("not valid for the address or name this client connected to"), "{said}");
     let ok = run(&ws.token());
     assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
     let shown: serde_json::Value = serde_json::from_slice(&ok.stdout).unwrap();

@@ -186,6 +186,17 @@ impl Workspace {
             .into()
     }
 
+    /// Runs `cove compute credential COMPUTE` into a new folder under `credentials/`; returns the worker
+    /// token (the folder holds its certificate, see [`identity_of`]).
+    pub fn credential(&self, compute: &str) -> String {
+        let parent = self.dir.path().join("credentials");
+        std::fs::create_dir_all(&parent).unwrap();
+        let n = std::fs::read_dir(&parent).unwrap().count();
+        let folder = parent.join(format!("{compute}-{n}"));
+        self.cove(&["compute", "credential", compute, "--out", &folder.display().to_string()]).ok();
+        std::fs::read_to_string(folder.join("token")).unwrap().trim().to_string()
+    }
+
     /// Sends one HTTP request with the owner token; returns (status, JSON body).
     pub fn http(
         &self,
@@ -207,7 +218,7 @@ impl Workspace {
     ) -> (u16, serde_json::Value) {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         rt.block_on(async {
-            let client = reqwest::Client::new();
+            let client = https_builder_as(&self.path(), identity_of(self, token)).build().unwrap();
             let mut req = client.request(method.parse().unwrap(), format!("{}{path}", self.url)).bearer_auth(token);
             for (k, v) in headers {
                 req = req.header(*k, *v);
@@ -226,7 +237,7 @@ impl Workspace {
     pub fn http_bytes(&self, method: &str, path: &str, body: String) -> (u16, String) {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         rt.block_on(async {
-            let resp = reqwest::Client::new()
+            let resp = https(&self.path())
                 .request(method.parse().unwrap(), format!("{}{path}", self.url))
                 .bearer_auth(self.token())
                 .body(body)
@@ -321,6 +332,47 @@ pub const SLURM_CONF: &str = "/tmp/slurm-ci/slurm.conf";
 
 /// Holds the one-node Slurm cluster of this host for one test: the Slurm tests share it (and one takes
 /// its node down), so they run one at a time whatever runs them (nextest, or plain `cargo test`).
+/// A client builder whose TLS trusts the workspace's CA (its `tls/trust.pem`) and nothing else, as
+/// every client of Cove must.
+pub fn https_builder(ws: &Path) -> reqwest::ClientBuilder {
+    https_builder_as(ws, None)
+}
+
+/// The same, presenting a worker's client certificate and key (mutual TLS).
+pub fn https_builder_as(ws: &Path, identity: Option<(PathBuf, PathBuf)>) -> reqwest::ClientBuilder {
+    let ca = std::fs::read_to_string(ws.join("tls").join("trust.pem")).expect("the workspace's CA");
+    let identity = identity.map(|(c, k)| (std::fs::read_to_string(c).unwrap(), std::fs::read_to_string(k).unwrap()));
+    let pair = identity.as_ref().map(|(c, k)| (c.as_str(), k.as_str()));
+    let tls = cove_tls::client_config("the workspace CA", &ca, pair).unwrap();
+    reqwest::Client::builder().tls_backend_preconfigured(tls)
+}
+
+/// The client certificate a worker token is used with, as a worker host holds them together: the
+/// `local` cluster's files for its token, or the folder `cove compute credential` wrote it in (see
+/// [`Workspace::credential`]). None for any other token.
+pub fn identity_of(ws: &Workspace, token: &str) -> Option<(PathBuf, PathBuf)> {
+    let local = std::fs::read_to_string(ws.path().join("state/worker-local.token")).unwrap_or_default();
+    if local.trim() == token {
+        return Some((ws.path().join("tls/compute-local.pem"), ws.path().join("tls/compute-local.key")));
+    }
+    let folders = std::fs::read_dir(ws.dir.path().join("credentials")).ok()?;
+    folders.flatten().map(|f| f.path()).find_map(|f| {
+        let held = std::fs::read_to_string(f.join("token")).ok()?;
+        (held.trim() == token).then(|| (f.join("client.pem"), f.join("client.key")))
+    })
+}
+
+/// A client for the test's own plain-HTTP servers (an S3 emulator), with the process's TLS provider set
+/// as every reqwest client needs.
+pub fn plain_http() -> reqwest::Client {
+    cove_tls::install_provider();
+    reqwest::Client::new()
+}
+
+pub fn https(ws: &Path) -> reqwest::Client {
+    https_builder(ws).build().unwrap()
+}
+
 pub fn slurm_cluster() -> std::fs::File {
     let lock = std::fs::OpenOptions::new()
         .create(true)

@@ -22,7 +22,7 @@ pub struct LocalCompute {
 struct Inner {
     exe: PathBuf,
     url: String,
-    token: String,
+    credential: crate::tls::WorkerCredential,
     dir: PathBuf,
     /// Node names are `<prefix>-<instance>`: `local-0`, or a named cluster's `cpu-cluster-0`.
     node_prefix: String,
@@ -46,7 +46,7 @@ impl LocalCompute {
     pub fn new(
         exe: PathBuf,
         url: String,
-        token: String,
+        credential: crate::tls::WorkerCredential,
         dir: PathBuf,
         node_prefix: &str,
         capacity: u32,
@@ -55,7 +55,7 @@ impl LocalCompute {
         let inner = Inner {
             exe,
             url,
-            token,
+            credential,
             dir,
             node_prefix: node_prefix.to_string(),
             capacity: std::sync::atomic::AtomicU32::new(capacity.max(1)),
@@ -112,7 +112,7 @@ impl LocalCompute {
                 let spec = WorkerSpec {
                     exe: self.inner.exe.clone(),
                     url: self.inner.url.clone(),
-                    token: self.inner.token.clone(),
+                    credential: self.inner.credential.clone(),
                     job: job.clone(),
                     node: format!("{}-{k}", self.inner.node_prefix),
                     concurrency,
@@ -173,7 +173,7 @@ impl LocalCompute {
 struct WorkerSpec {
     exe: PathBuf,
     url: String,
-    token: String,
+    credential: crate::tls::WorkerCredential,
     job: String,
     node: String,
     concurrency: u32,
@@ -248,7 +248,7 @@ fn spawn(spec: &WorkerSpec) -> std::io::Result<tokio::process::Child> {
         .arg(spec.concurrency.to_string())
         .arg("--work-dir")
         .arg(&spec.work_dir)
-        .env("COVE_WORKER_TOKEN", &spec.token)
+        .envs(spec.credential.env())
         .env_remove("COVE_TOKEN")
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)

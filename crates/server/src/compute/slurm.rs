@@ -82,7 +82,7 @@ pub struct Submission<'a> {
     pub concurrency: u32,
     pub exe: &'a Path,
     pub url: &'a str,
-    pub token: &'a str,
+    pub credential: &'a crate::tls::WorkerCredential,
     pub dir: &'a Path,
 }
 
@@ -107,7 +107,7 @@ pub async fn submit(spec: &ComputeSpec, s: &Submission<'_>) -> Result<String, St
         .arg(format!("--chdir={}", s.dir.display()))
         .args(["--wrap", &script])
         .env("COVE_URL", s.url)
-        .env("COVE_WORKER_TOKEN", s.token)
+        .envs(s.credential.env())
         .env_remove("COVE_TOKEN");
     let out = run(c, "sbatch").await.map_err(|e| format!("sbatch refused the job: {e}"))?;
     Ok(out.split(';').next().unwrap_or(&out).trim().to_string())
@@ -314,8 +314,8 @@ pub async fn follow(app: AppRef, job: String, spec: ComputeSpec) {
 }
 
 async fn submit_for(app: &AppRef, row: &store::JobRow, spec: &ComputeSpec) -> Result<String, String> {
-    let token = std::fs::read_to_string(crate::layout::worker_token(&app.config.dir, &row.compute))
-        .map_err(|e| format!("the compute's worker credential is missing: {e}"))?;
+    let credential = crate::ensure_worker_credential(&app.store, &app.tls, &app.config.dir, &row.compute)
+        .map_err(|e| format!("the compute's worker credential is missing: {e:#}"))?;
     let dir = crate::layout::compute_dir(&app.config.dir, &row.compute).join(&row.name);
     let s = &row.record.settings;
     let submission = Submission {
@@ -324,7 +324,7 @@ async fn submit_for(app: &AppRef, row: &store::JobRow, spec: &ComputeSpec) -> Re
         concurrency: s.max_concurrency_per_instance,
         exe: &app.config.worker_exe,
         url: &app.url,
-        token: token.trim(),
+        credential: &credential,
         dir: &dir,
     };
     let id = submit(spec, &submission).await?;

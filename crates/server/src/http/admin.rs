@@ -123,7 +123,7 @@ pub async fn create_compute(
     };
     let stored = compute.clone();
     app.store.call(move |c| store::compute_upsert(c, &stored)).await?;
-    crate::ensure_worker_token(&app.store, &app.config.dir, &name)
+    crate::ensure_worker_credential(&app.store, &app.tls, &app.config.dir, &name)
         .map_err(|e| ApiError::internal("mint the compute's worker credential", format!("{e:#}")))?;
     Ok((StatusCode::CREATED, Json(compute)))
 }
@@ -162,7 +162,7 @@ async fn create_aml_compute(
     };
     let stored = compute.clone();
     app.store.call(move |c| store::compute_upsert(c, &stored)).await?;
-    crate::ensure_worker_token(&app.store, &app.config.dir, &name)
+    crate::ensure_worker_credential(&app.store, &app.tls, &app.config.dir, &name)
         .map_err(|e| ApiError::internal("mint the compute's worker credential", format!("{e:#}")))?;
     // A changed max_instances applies from now on.
     if let Some(cluster) = app.clusters.lock().unwrap_or_else(|e| e.into_inner()).get(&name) {
@@ -208,6 +208,16 @@ pub async fn list_computes(State(app): State<AppRef>, user: User) -> JsonResult<
     Ok(Json(app.store.call(|c| store::compute_list(c)).await?))
 }
 
+/// Refuses a caller who is not an owner, and a compute that does not exist.
+async fn owned_compute(app: &AppRef, user: &User, name: &str) -> ApiResult<()> {
+    user.require(Role::Owner, None)?;
+    let computes = app.store.call(|c| store::compute_list(c)).await?;
+    if !computes.iter().any(|c| c.name == name) {
+        return Err(ApiError::not_found(format!("compute `{name}` does not exist")));
+    }
+    Ok(())
+}
+
 /// Mints a worker credential for a compute cluster: accepted only from that cluster's network, and
 /// worthless on the user API.
 pub async fn compute_token(
@@ -215,11 +225,7 @@ pub async fn compute_token(
     user: User,
     Path(name): Path<String>,
 ) -> ApiResult<(StatusCode, Json<Token>)> {
-    user.require(Role::Owner, None)?;
-    let computes = app.store.call(|c| store::compute_list(c)).await?;
-    if !computes.iter().any(|c| c.name == name) {
-        return Err(ApiError::not_found(format!("compute `{name}` does not exist")));
-    }
+    owned_compute(&app, &user, &name).await?;
     let compute = name.clone();
     let (id, secret) =
         app.store.call(move |c| auth::mint(c, TokenKind::Worker, Role::Worker, None, Some(compute), None)).await?;
@@ -229,6 +235,79 @@ pub async fn compute_token(
         .await?
         .expect("just minted");
     Ok((StatusCode::CREATED, Json(render(row, Some(secret)))))
+}
+
+/// `POST /api/v1/computes/{name}/credential`: a worker token and client certificate for the cluster's
+/// workers on a host the control plane does not start them on (a Slurm cluster, external workers).
+pub async fn compute_credential(
+    State(app): State<AppRef>,
+    user: User,
+    Path(name): Path<String>,
+) -> ApiResult<(StatusCode, Json<cove_api::WorkerCredential>)> {
+    owned_compute(&app, &user, &name).await?;
+    let compute = name.clone();
+    let (token_id, token) =
+        app.store.call(move |c| auth::mint(c, TokenKind::Worker, Role::Worker, None, Some(compute), None)).await?;
+    let issued = crate::tls::issue_client_certificate(&app.tls.authority, &app.store, &name)
+        .map_err(|e| ApiError::internal("issue the compute's client certificate", format!("{e:#}")))?;
+    let ca = std::fs::read_to_string(crate::tls::files::trust(&app.config.dir))
+        .map_err(|e| ApiError::internal("read the workspace CA", e.to_string()))?;
+    Ok((
+        StatusCode::CREATED,
+        Json(cove_api::WorkerCredential {
+            compute: name,
+            token_id,
+            token,
+            certificate: issued.cert_pem,
+            key: issued.key_pem,
+            ca,
+            expires_at: logs::timestamp(issued.not_after * 1000),
+        }),
+    ))
+}
+
+/// `DELETE /api/v1/computes/{name}/credential`: revokes every worker token and client certificate of
+/// the cluster, at once: the next request of any of its workers is refused. Workers the control plane
+/// starts later get a new credential.
+pub async fn revoke_compute_credential(
+    State(app): State<AppRef>,
+    user: User,
+    Path(name): Path<String>,
+) -> JsonResult<cove_api::CredentialRevoked> {
+    owned_compute(&app, &user, &name).await?;
+    let compute = name.clone();
+    let (certificates, tokens) = app
+        .store
+        .call(move |c| {
+            let tx = c.transaction()?;
+            let counts =
+                (store::worker_certificates_revoke(&tx, &compute)?, store::worker_tokens_revoke(&tx, &compute)?);
+            tx.commit()?;
+            Ok(counts)
+        })
+        .await?;
+    Ok(Json(cove_api::CredentialRevoked { compute: name, certificates, tokens }))
+}
+
+/// `POST /api/v1/workspace/rotate-certificates`: a new certificate for the listeners (new connections
+/// get it; open ones keep theirs) and new client certificates for the clusters whose workers this
+/// control plane starts. Earlier worker certificates stay valid until they expire, so running workers
+/// go on; workers started from now on use the new ones.
+pub async fn rotate_certificates(State(app): State<AppRef>, user: User) -> JsonResult<cove_api::RotatedCertificates> {
+    user.require(Role::Owner, None)?;
+    let server_expires_at = crate::tls::rotate_server(&app.tls)
+        .map_err(|e| ApiError::internal("renew the listeners' certificate", format!("{e:#}")))?
+        .map(|not_after| logs::timestamp(not_after * 1000));
+    let mut computes = Vec::new();
+    let on_this_host = app.store.call(|c| store::compute_list(c)).await?;
+    for c in on_this_host {
+        if crate::tls::files::compute_cert(&app.config.dir, &c.name).exists() {
+            crate::tls::issue_worker_certificate(&app.tls.authority, &app.store, &app.config.dir, &c.name)
+                .map_err(|e| ApiError::internal("renew a compute's client certificate", format!("{e:#}")))?;
+            computes.push(c.name);
+        }
+    }
+    Ok(Json(cove_api::RotatedCertificates { server_expires_at, computes }))
 }
 
 #[derive(Deserialize)]

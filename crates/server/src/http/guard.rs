@@ -21,48 +21,117 @@ use tokio::net::{TcpListener, TcpStream};
 #[derive(Debug, Clone, Copy)]
 pub struct Source(pub IpAddr);
 
-/// A TCP listener that accepts connections only from admitted networks.
-pub struct GuardedListener {
-    pub inner: TcpListener,
-    pub app: AppRef,
+/// The SHA-256 fingerprint of the client certificate a connection presented (mutual TLS), if any.
+#[derive(Debug, Clone)]
+pub struct ClientCertificate(pub Option<String>);
+
+/// How long a client may take to send its first byte and finish the TLS handshake.
+const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Serves the router on one listener: connections from outside the admitted networks are dropped
+/// before a byte is read; the rest get TLS, each connection in its own task (so a slow handshake
+/// holds up no one else). A client that speaks plain HTTP gets a plain-text refusal and is closed.
+pub async fn serve(
+    listener: TcpListener,
+    app: AppRef,
+    router: axum::Router,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    let acceptor = tokio_rustls::TlsAcceptor::from(app.tls.config.clone());
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    loop {
+        let accepted = tokio::select! {
+            conn = listener.accept() => conn,
+            _ = stop.wait_for(|s| *s) => break,
+        };
+        let (stream, peer) = match accepted {
+            Ok(conn) => conn,
+            Err(error) => {
+                tracing::warn!(%error, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        if !admit(&app, &listener, &stream, peer).await {
+            continue;
+        }
+        let (acceptor, router, app) = (acceptor.clone(), router.clone(), app.clone());
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            let Some((tls, cert)) = handshake(&acceptor, stream, &app).await else { return };
+            let service = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+                req.extensions_mut().insert(ConnectInfo(peer));
+                req.extensions_mut().insert(ClientCertificate(cert.clone()));
+                tower::ServiceExt::oneshot(router.clone(), req.map(Body::new))
+            });
+            let conn =
+                hyper::server::conn::http1::Builder::new().serve_connection(hyper_util::rt::TokioIo::new(tls), service);
+            if let Err(error) = watcher.watch(conn).await {
+                tracing::debug!(%error, %peer, "connection ended with an error");
+            }
+        });
+    }
+    // In-flight requests finish (bounded, so a stuck client cannot hold the shutdown).
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(30), graceful.shutdown()).await;
+    Ok(())
 }
 
-impl axum::serve::Listener for GuardedListener {
-    type Io = TcpStream;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (TcpStream, SocketAddr) {
-        loop {
-            let (stream, peer) = match self.inner.accept().await {
-                Ok(conn) => conn,
-                Err(error) => {
-                    tracing::warn!(%error, "accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
-            // Responses go out in more than one write; with Nagle's algorithm each small request would
-            // wait for the peer's delayed ACK (tens of ms), which would dominate a mini-batch's cost.
-            let _ = stream.set_nodelay(true);
-            let policy = &self.app.policy;
-            if policy.is_trusted_proxy(peer.ip()) {
-                return (stream, peer);
-            }
-            match policy.admits(peer.ip()) {
-                Ok(()) => return (stream, peer),
-                Err(why) => {
-                    drop(stream);
-                    let local = self.inner.local_addr().map(|a| a.to_string()).unwrap_or_default();
-                    audit(&self.app, "-".into(), peer.ip(), "connect".into(), local, format!("refused: {why}"), None)
-                        .await;
-                }
-            }
+/// Whether the network policy admits a new connection; a refusal is audited and the stream dropped.
+async fn admit(app: &AppRef, listener: &TcpListener, stream: &TcpStream, peer: SocketAddr) -> bool {
+    // Responses go out in more than one write; with Nagle's algorithm each small request would
+    // wait for the peer's delayed ACK (tens of ms), which would dominate a mini-batch's cost.
+    let _ = stream.set_nodelay(true);
+    let policy = &app.policy;
+    if policy.is_trusted_proxy(peer.ip()) {
+        return true;
+    }
+    match policy.admits(peer.ip()) {
+        Ok(()) => true,
+        Err(why) => {
+            let local = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+            audit(app, "-".into(), peer.ip(), "connect".into(), local, format!("refused: {why}"), None).await;
+            false
         }
     }
+}
 
-    fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        self.inner.local_addr()
+/// The TLS handshake, after checking that the client speaks TLS at all: a TLS connection starts with a
+/// handshake record (0x16); anything else (an `http://` client) is told to use HTTPS and closed.
+async fn handshake(
+    acceptor: &tokio_rustls::TlsAcceptor,
+    stream: TcpStream,
+    app: &AppRef,
+) -> Option<(tokio_rustls::server::TlsStream<TcpStream>, Option<String>)> {
+    let mut first = [0u8; 1];
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, stream.peek(&mut first)).await {
+        Ok(Ok(1)) if first[0] == 0x16 => {}
+        Ok(Ok(1)) => {
+            refuse_plaintext(stream, &app.url).await;
+            return None;
+        }
+        _ => return None,
     }
+    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(error)) => {
+            tracing::debug!(%error, "TLS handshake failed");
+            return None;
+        }
+        Err(_) => return None,
+    };
+    let cert = tls.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| cove_tls::fingerprint(c));
+    Some((tls, cert))
+}
+
+async fn refuse_plaintext(mut stream: TcpStream, url: &str) {
+    use tokio::io::AsyncWriteExt;
+    let body = format!("this Cove listener speaks only HTTPS; use {url}\n");
+    let response = format!(
+        "HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = tokio::time::timeout(HANDSHAKE_TIMEOUT, stream.write_all(response.as_bytes())).await;
+    let _ = stream.shutdown().await;
 }
 
 pub async fn audit(

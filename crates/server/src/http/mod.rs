@@ -43,6 +43,11 @@ pub fn router(app: AppRef) -> Router {
         .route("/api/v1/datastores/{name}", get(resources::show_datastore).delete(resources::delete_datastore))
         .route("/api/v1/computes/{name}", get(admin::show_compute).delete(admin::delete_compute))
         .route("/api/v1/computes/{name}/token", post(admin::compute_token))
+        .route(
+            "/api/v1/computes/{name}/credential",
+            post(admin::compute_credential).delete(admin::revoke_compute_credential),
+        )
+        .route("/api/v1/workspace/rotate-certificates", post(admin::rotate_certificates))
         .route("/api/v1/audit", get(admin::list_audit))
         .route("/api/v1/endpoints", post(resources::create_endpoint).get(resources::list_endpoints))
         .route(
@@ -99,19 +104,29 @@ async fn principal(parts: &Parts, app: &AppRef) -> ApiResult<Principal> {
     Ok(principal_and_network(parts, app).await?.0)
 }
 
-/// The caller's principal and, for a worker of a cluster registered through the API, that cluster's
-/// network: one trip to the store, as every worker request makes it.
-async fn principal_and_network(parts: &Parts, app: &AppRef) -> ApiResult<(Principal, Option<String>)> {
+/// What a worker request's credentials say, found in one trip to the store: the token's principal, the
+/// network of its cluster when the cluster was registered through the API, and the compute the
+/// connection's client certificate belongs to (none when it presented none, or one not current).
+type WorkerCredentials = (Principal, Option<String>, Option<String>);
+
+async fn principal_and_network(parts: &Parts, app: &AppRef) -> ApiResult<WorkerCredentials> {
     let header = parts.headers.get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
     let Some(secret) = header.and_then(|h| h.strip_prefix("Bearer ")).map(str::trim) else {
         return Err(ApiError::new(ErrorCode::Unauthenticated, "missing bearer token (Authorization: Bearer <token>)"));
     };
     let secret = secret.to_string();
     let shared = app.clone();
+    let presented = parts.extensions.get::<guard::ClientCertificate>().and_then(|c| c.0.clone());
     let found = app
         .store
         .call(move |c| {
             let Some(p) = auth::resolve(c, &secret)? else { return Ok(None) };
+            let certified = match (&presented, p.kind) {
+                (Some(fp), TokenKind::Worker) => {
+                    crate::store::worker_certificate_compute(c, fp, crate::store::now_ms())?
+                }
+                _ => None,
+            };
             let network = match &p.compute {
                 Some(name)
                     if p.kind == TokenKind::Worker && !shared.policy.computes.iter().any(|c| &c.name == name) =>
@@ -120,7 +135,7 @@ async fn principal_and_network(parts: &Parts, app: &AppRef) -> ApiResult<(Princi
                 }
                 _ => None,
             };
-            Ok(Some((p, network)))
+            Ok(Some((p, network, certified)))
         })
         .await?;
     found.ok_or_else(|| {
@@ -142,7 +157,7 @@ impl FromRequestParts<AppRef> for User {
 impl FromRequestParts<AppRef> for Worker {
     type Rejection = ApiError;
     async fn from_request_parts(parts: &mut Parts, app: &AppRef) -> ApiResult<Self> {
-        let (p, registered_network) = principal_and_network(parts, app).await?;
+        let (p, registered_network, certified) = principal_and_network(parts, app).await?;
         if p.kind != TokenKind::Worker {
             return Err(ApiError::new(ErrorCode::PermissionDenied, "only worker credentials can call the worker API"));
         }
@@ -158,6 +173,10 @@ impl FromRequestParts<AppRef> for Worker {
                     .map_err(|why| ApiError::new(ErrorCode::PermissionDenied, why))?;
             }
         }
+        let presented = parts.extensions.get::<guard::ClientCertificate>().and_then(|c| c.0.as_deref());
+        let compute = p.compute.as_deref().unwrap_or_default();
+        crate::tls::check_worker_certificate(presented, certified.as_deref(), compute)
+            .map_err(|why| ApiError::new(ErrorCode::Unauthenticated, why))?;
         if let (Some(compute), Some(ip)) = (&p.compute, source) {
             // Evidence for `diagnose` that the compute's network really reaches the API.
             let seen = (ip, crate::store::now_ms());

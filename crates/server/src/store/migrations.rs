@@ -151,6 +151,16 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (name, version)
     );
     "#,
+    // 9: the client certificates workers present (mutual TLS), each bound to one compute cluster.
+    r#"
+    CREATE TABLE worker_certificates (
+        fingerprint TEXT PRIMARY KEY,    -- SHA-256 of the certificate's DER, hex
+        compute TEXT NOT NULL,
+        not_after_ms INTEGER NOT NULL,
+        created_ms INTEGER NOT NULL
+    );
+    CREATE INDEX worker_certificates_by_compute ON worker_certificates (compute);
+    "#,
 ];
 
 /// Brings the schema up to date, one transaction per migration.

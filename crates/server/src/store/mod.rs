@@ -114,3 +114,39 @@ pub fn meta_set(conn: &Connection, key: &str, value: &str) -> StoreResult<()> {
 pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
+
+/// Records a client certificate as one of `compute`'s workers' (mutual TLS).
+pub fn worker_certificate_add(
+    conn: &Connection,
+    fingerprint: &str,
+    compute: &str,
+    not_after_ms: i64,
+) -> StoreResult<()> {
+    conn.execute(
+        "INSERT OR REPLACE INTO worker_certificates (fingerprint, compute, not_after_ms, created_ms) VALUES (?1, ?2, ?3, ?4)",
+        rusqlite::params![fingerprint, compute, not_after_ms, now_ms()],
+    )?;
+    Ok(())
+}
+
+/// The compute a client certificate belongs to, if it is current at `now_ms`.
+pub fn worker_certificate_compute(conn: &Connection, fingerprint: &str, now_ms: i64) -> StoreResult<Option<String>> {
+    Ok(conn
+        .prepare_cached("SELECT compute FROM worker_certificates WHERE fingerprint = ?1 AND not_after_ms > ?2")?
+        .query_row(rusqlite::params![fingerprint, now_ms], |r| r.get(0))
+        .optional()?)
+}
+
+/// Revokes every client certificate of a compute's workers; returns how many there were.
+pub fn worker_certificates_revoke(conn: &Connection, compute: &str) -> StoreResult<usize> {
+    Ok(conn.execute("DELETE FROM worker_certificates WHERE compute = ?1", [compute])?)
+}
+
+/// Every current worker certificate: (compute, not_after_ms), soonest expiry first.
+pub fn worker_certificates_current(conn: &Connection, now_ms: i64) -> StoreResult<Vec<(String, i64)>> {
+    let mut stmt = conn.prepare(
+        "SELECT compute, MAX(not_after_ms) FROM worker_certificates WHERE not_after_ms > ?1 GROUP BY compute ORDER BY 2",
+    )?;
+    let rows = stmt.query_map([now_ms], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}

@@ -423,6 +423,11 @@ pub fn token_list(conn: &Connection) -> StoreResult<Vec<TokenRow>> {
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
+/// Revokes every worker token of a compute cluster; returns how many were current.
+pub fn worker_tokens_revoke(conn: &Connection, compute: &str) -> StoreResult<usize> {
+    Ok(conn.exec("UPDATE tokens SET revoked = 1 WHERE kind = 'worker' AND compute = ?1 AND revoked = 0", [compute])?)
+}
+
 /// Revokes a token; returns false when no such token exists.
 pub fn token_revoke(conn: &Connection, id: &str) -> StoreResult<bool> {
     Ok(conn.exec("UPDATE tokens SET revoked = 1 WHERE id = ?1", [id])? == 1)

@@ -1,0 +1,243 @@
+//! The workspace's certificates and the TLS listeners.
+//!
+//! `cove up` keeps a certificate authority under `tls/` (its key readable only by the owner), issues
+//! the listeners' certificate for every API address (and private DNS name) at each start, and issues
+//! each compute cluster a client certificate its workers present. A user may bring the listeners'
+//! certificate, key and CA instead (`tls:` in the network configuration); workers' certificates are
+//! always the workspace CA's. Every connection is TLS: a client that speaks plain HTTP gets a short
+//! plain-text refusal and nothing else.
+
+use crate::netpolicy::NetworkPolicy;
+use crate::store::{self, Store};
+use anyhow::Context;
+use cove_tls::{Authority, Issued, ServerIdentity};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Files of the workspace's TLS, under `tls/`.
+pub mod files {
+    use std::path::{Path, PathBuf};
+    pub fn dir(ws: &Path) -> PathBuf {
+        ws.join("tls")
+    }
+    pub fn ca_cert(ws: &Path) -> PathBuf {
+        dir(ws).join("ca.pem")
+    }
+    pub fn ca_key(ws: &Path) -> PathBuf {
+        dir(ws).join("ca.key")
+    }
+    pub fn server_cert(ws: &Path) -> PathBuf {
+        dir(ws).join("server.pem")
+    }
+    pub fn server_key(ws: &Path) -> PathBuf {
+        dir(ws).join("server.key")
+    }
+    /// What clients trust to verify the listeners: the workspace CA, or the CA a user brought.
+    pub fn trust(ws: &Path) -> PathBuf {
+        dir(ws).join("trust.pem")
+    }
+    pub fn compute_cert(ws: &Path, compute: &str) -> PathBuf {
+        dir(ws).join(format!("compute-{compute}.pem"))
+    }
+    pub fn compute_key(ws: &Path, compute: &str) -> PathBuf {
+        dir(ws).join(format!("compute-{compute}.key"))
+    }
+}
+
+/// A certificate and key the user brought for the listeners, with the CA that signed it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BroughtTls {
+    pub certificate: PathBuf,
+    pub key: PathBuf,
+    pub ca: PathBuf,
+}
+
+/// The running control plane's TLS.
+pub struct WorkspaceTls {
+    pub dir: PathBuf,
+    pub authority: Authority,
+    pub identity: Arc<ServerIdentity>,
+    pub config: Arc<cove_tls::rustls::ServerConfig>,
+    /// The names and addresses the listeners' certificate is issued for (none when brought).
+    pub names: Vec<String>,
+    pub brought: Option<BroughtTls>,
+}
+
+/// Loads or creates the workspace CA, and issues (or loads, when brought) the listeners' certificate.
+pub fn prepare(ws: &Path, policy: &NetworkPolicy, listeners: &[SocketAddr]) -> anyhow::Result<WorkspaceTls> {
+    let dir = files::dir(ws);
+    std::fs::create_dir_all(&dir).with_context(|| format!("failed to create {}", dir.display()))?;
+    restrict(&dir, 0o700)?;
+    let authority = match (std::fs::read_to_string(files::ca_cert(ws)), std::fs::read_to_string(files::ca_key(ws))) {
+        (Ok(cert), Ok(key)) => Authority::load(&cert, &key).with_context(|| format!("in {}", dir.display()))?,
+        _ => {
+            let name = ws.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let (authority, ca) = Authority::create(&name)?;
+            write_private(&files::ca_key(ws), &ca.key_pem)?;
+            write_public(&files::ca_cert(ws), &ca.cert_pem)?;
+            authority
+        }
+    };
+    let mut names: Vec<String> = listeners.iter().map(|a| a.ip().to_string()).collect();
+    for pe in policy.api_endpoints() {
+        names.push(pe.address.ip().to_string());
+        names.extend(pe.host_name.clone());
+    }
+    if listeners.iter().any(|a| a.ip().is_loopback()) {
+        names.push("localhost".into());
+    }
+    names.sort();
+    names.dedup();
+    let (key, trust) = match &policy.tls {
+        Some(b) => {
+            let read = |p: &Path| cove_tls::read(p).map_err(anyhow::Error::from);
+            let (cert, key, ca) = (read(&b.certificate)?, read(&b.key)?, read(&b.ca)?);
+            let what = format!("the certificate {} with the key {}", b.certificate.display(), b.key.display());
+            cove_tls::certificates(&format!("the CA {}", b.ca.display()), &ca)?;
+            (cove_tls::certified_key(&what, &cert, &key)?, ca)
+        }
+        None => {
+            let issued = authority.issue_server(&names, cove_tls::SERVER_DAYS)?;
+            write_server(ws, &issued)?;
+            (
+                cove_tls::certified_key("the listeners' certificate", &issued.cert_pem, &issued.key_pem)?,
+                authority.cert_pem.clone(),
+            )
+        }
+    };
+    write_public(&files::trust(ws), &trust)?;
+    let identity = ServerIdentity::new(key);
+    let config = Arc::new(cove_tls::server_config(identity.clone(), &authority.cert_pem)?);
+    let names = if policy.tls.is_some() { Vec::new() } else { names };
+    Ok(WorkspaceTls { dir: ws.to_path_buf(), authority, identity, config, names, brought: policy.tls.clone() })
+}
+
+/// Issues the listeners a new certificate for the same names and serves it to new connections;
+/// returns its expiry (none when the certificate is the user's: they renew it themselves).
+pub fn rotate_server(tls: &WorkspaceTls) -> anyhow::Result<Option<i64>> {
+    if tls.brought.is_some() {
+        return Ok(None);
+    }
+    let issued = tls.authority.issue_server(&tls.names, cove_tls::SERVER_DAYS)?;
+    write_server(&tls.dir, &issued)?;
+    tls.identity.replace(cove_tls::certified_key("the listeners' certificate", &issued.cert_pem, &issued.key_pem)?);
+    Ok(Some(issued.not_after))
+}
+
+fn write_server(ws: &Path, issued: &Issued) -> anyhow::Result<()> {
+    write_private(&files::server_key(ws), &issued.key_pem)?;
+    write_public(&files::server_cert(ws), &issued.cert_pem)
+}
+
+/// Writes a file only its owner can read, replacing it whole.
+pub(crate) fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
+    write_mode(path, text, 0o600)
+}
+
+fn write_public(path: &Path, text: &str) -> anyhow::Result<()> {
+    write_mode(path, text, 0o644)
+}
+
+fn write_mode(path: &Path, text: &str, mode: u32) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(&tmp)
+        .with_context(|| format!("failed to write {}", tmp.display()))?;
+    f.write_all(text.as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path).with_context(|| format!("failed to write {}", path.display()))?;
+    Ok(())
+}
+
+fn restrict(path: &Path, mode: u32) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .with_context(|| format!("failed to restrict {}", path.display()))
+}
+
+/// A compute cluster's worker credential on this host: its token, and its client certificate files.
+#[derive(Debug, Clone)]
+pub struct WorkerCredential {
+    pub token: String,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub trust: PathBuf,
+}
+
+impl WorkerCredential {
+    /// The environment a worker process is started with.
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("COVE_WORKER_TOKEN", self.token.clone()),
+            ("COVE_CA_FILE", self.trust.display().to_string()),
+            ("COVE_CLIENT_CERT", self.cert.display().to_string()),
+            ("COVE_CLIENT_KEY", self.key.display().to_string()),
+        ]
+    }
+}
+
+/// Issues a compute's workers a client certificate and records it as that compute's; the certificate
+/// files on this host are replaced, and earlier certificates stay valid until they expire or are
+/// revoked (so workers already running keep working through a rotation).
+pub fn issue_worker_certificate(
+    authority: &Authority,
+    store: &Store,
+    ws: &Path,
+    compute: &str,
+) -> anyhow::Result<Issued> {
+    let issued = issue_client_certificate(authority, store, compute)?;
+    write_private(&files::compute_key(ws, compute), &issued.key_pem)?;
+    write_private(&files::compute_cert(ws, compute), &issued.cert_pem)?;
+    Ok(issued)
+}
+
+/// Issues a client certificate for a compute's workers and records it as that compute's.
+pub fn issue_client_certificate(authority: &Authority, store: &Store, compute: &str) -> anyhow::Result<Issued> {
+    let issued = authority.issue_client(compute, cove_tls::CLIENT_DAYS)?;
+    let (fp, name, until) = (issued.fingerprint.clone(), compute.to_string(), issued.not_after * 1000);
+    store.call_now(move |c| store::worker_certificate_add(c, &fp, &name, until))?;
+    Ok(issued)
+}
+
+/// The client certificate files of a compute on this host, issued anew when missing, unknown to the
+/// store (revoked), or past two thirds of their life.
+pub fn ensure_worker_certificate(authority: &Authority, store: &Store, ws: &Path, compute: &str) -> anyhow::Result<()> {
+    if let Ok(pem) = std::fs::read_to_string(files::compute_cert(ws, compute)) {
+        if let (Ok(certs), Ok(until)) = (cove_tls::certificates("", &pem), cove_tls::not_after("", &pem)) {
+            let fp = cove_tls::fingerprint(&certs[0]);
+            let known = store.call_now(move |c| store::worker_certificate_compute(c, &fp, store::now_ms()))?;
+            let fresh = until * 1000 - store::now_ms() > cove_tls::CLIENT_DAYS * 86_400_000 / 3;
+            if known.as_deref() == Some(compute) && fresh {
+                return Ok(());
+            }
+        }
+    }
+    issue_worker_certificate(authority, store, ws, compute).map(|_| ())
+}
+
+/// Why a request may not use the worker protocol, when its connection presented no certificate of
+/// the token's compute.
+pub fn check_worker_certificate(presented: Option<&str>, bound_to: Option<&str>, compute: &str) -> Result<(), String> {
+    match (presented, bound_to) {
+        (None, _) => Err(
+            "the worker API needs the compute's client certificate (mutual TLS); a bearer token alone is not enough"
+                .into(),
+        ),
+        (Some(_), None) => {
+            Err("the client certificate is not a current worker certificate of this workspace (revoked or expired)"
+                .into())
+        }
+        (Some(_), Some(owner)) if owner != compute => {
+            Err(format!("the client certificate belongs to compute `{owner}`, not to `{compute}`"))
+        }
+        _ => Ok(()),
+    }
+}
