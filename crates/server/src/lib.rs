@@ -310,7 +310,8 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
     let addr = listeners[0];
     let url = format!("https://{addr}");
     let workspace_tls = tls::prepare(&dir, &policy, &listeners)?;
-    let worker_credential = ensure_worker_credential(&store, &workspace_tls, &dir, LOCAL_COMPUTE)?;
+    ensure_worker_credential(&store, &workspace_tls.authority, &dir, LOCAL_COMPUTE)?;
+    let worker_credential = credential_source(&store, &workspace_tls.authority, &dir, LOCAL_COMPUTE);
     store.call_now(|c| {
         for comp in &policy.computes {
             store::compute_upsert(
@@ -421,18 +422,30 @@ fn init_workspace(store: &store::Store, dir: &Path) -> anyhow::Result<Option<Str
 /// anew when missing, revoked or aging), as files the compute backend hands to the workers it starts.
 pub(crate) fn ensure_worker_credential(
     store: &store::Store,
-    tls: &tls::WorkspaceTls,
+    authority: &cove_tls::Authority,
     dir: &Path,
     compute: &str,
 ) -> anyhow::Result<tls::WorkerCredential> {
     let token = ensure_worker_token(store, dir, compute)?;
-    tls::ensure_worker_certificate(&tls.authority, store, dir, compute)?;
+    tls::ensure_worker_certificate(authority, store, dir, compute)?;
     Ok(tls::WorkerCredential {
         token,
         cert: tls::files::compute_cert(dir, compute),
         key: tls::files::compute_key(dir, compute),
         trust: tls::files::trust(dir),
     })
+}
+
+/// The credential of a cluster whose workers this control plane starts, looked up (and renewed if
+/// revoked or aging) at each worker start.
+pub(crate) fn credential_source(
+    store: &store::Store,
+    authority: &Arc<cove_tls::Authority>,
+    dir: &Path,
+    compute: &str,
+) -> compute::local::CredentialSource {
+    let (store, authority, dir, compute) = (store.clone(), authority.clone(), dir.to_path_buf(), compute.to_string());
+    Arc::new(move || ensure_worker_credential(&store, &authority, &dir, &compute))
 }
 
 /// Returns the compute cluster's worker credential, minting it on first use. Only its hash is in the

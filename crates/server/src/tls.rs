@@ -57,7 +57,7 @@ pub struct BroughtTls {
 /// The running control plane's TLS.
 pub struct WorkspaceTls {
     pub dir: PathBuf,
-    pub authority: Authority,
+    pub authority: Arc<Authority>,
     pub identity: Arc<ServerIdentity>,
     pub config: Arc<cove_tls::rustls::ServerConfig>,
     /// The names and addresses the listeners' certificate is issued for (none when brought).
@@ -111,7 +111,14 @@ pub fn prepare(ws: &Path, policy: &NetworkPolicy, listeners: &[SocketAddr]) -> a
     let identity = ServerIdentity::new(key);
     let config = Arc::new(cove_tls::server_config(identity.clone(), &authority.cert_pem)?);
     let names = if policy.tls.is_some() { Vec::new() } else { names };
-    Ok(WorkspaceTls { dir: ws.to_path_buf(), authority, identity, config, names, brought: policy.tls.clone() })
+    Ok(WorkspaceTls {
+        dir: ws.to_path_buf(),
+        authority: Arc::new(authority),
+        identity,
+        config,
+        names,
+        brought: policy.tls.clone(),
+    })
 }
 
 /// Issues the listeners a new certificate for the same names and serves it to new connections;

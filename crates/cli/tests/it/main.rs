@@ -25,3 +25,4 @@ mod slurm;
 mod support;
 mod testbed;
 mod tidy;
+mod tls;

@@ -12,6 +12,10 @@ use tokio::sync::watch;
 /// How many times a crashed worker of one instance is started again before the instance gives up.
 const MAX_RESTARTS: u32 = 3;
 
+/// Gives the cluster's current worker credential each time a worker process starts, so that workers
+/// started after a rotation or a revocation get the new one (issued then, if need be).
+pub type CredentialSource = Arc<dyn Fn() -> anyhow::Result<crate::tls::WorkerCredential> + Send + Sync>;
+
 /// The `local` cluster. Its capacity is `max_instances` workers at a time; jobs beyond it wait in
 /// submission order (the job stays Queued) and start as running jobs' workers finish.
 #[derive(Clone)]
@@ -22,7 +26,7 @@ pub struct LocalCompute {
 struct Inner {
     exe: PathBuf,
     url: String,
-    credential: crate::tls::WorkerCredential,
+    credential: CredentialSource,
     dir: PathBuf,
     /// Node names are `<prefix>-<instance>`: `local-0`, or a named cluster's `cpu-cluster-0`.
     node_prefix: String,
@@ -46,7 +50,7 @@ impl LocalCompute {
     pub fn new(
         exe: PathBuf,
         url: String,
-        credential: crate::tls::WorkerCredential,
+        credential: CredentialSource,
         dir: PathBuf,
         node_prefix: &str,
         capacity: u32,
@@ -173,7 +177,7 @@ impl LocalCompute {
 struct WorkerSpec {
     exe: PathBuf,
     url: String,
-    credential: crate::tls::WorkerCredential,
+    credential: CredentialSource,
     job: String,
     node: String,
     concurrency: u32,
@@ -248,7 +252,7 @@ fn spawn(spec: &WorkerSpec) -> std::io::Result<tokio::process::Child> {
         .arg(spec.concurrency.to_string())
         .arg("--work-dir")
         .arg(&spec.work_dir)
-        .envs(spec.credential.env())
+        .envs((spec.credential)().map_err(std::io::Error::other)?.env())
         .env_remove("COVE_TOKEN")
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)

@@ -4,7 +4,7 @@
 //! to keep `instance_count` workers alive for a job while it has work and to stop them when it ends.
 //! `local` runs them as child processes of the control plane; a cluster scheduler would submit them.
 
-mod local;
+pub(crate) mod local;
 pub mod slurm;
 
 pub use local::LocalCompute;

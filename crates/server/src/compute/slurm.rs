@@ -314,7 +314,7 @@ pub async fn follow(app: AppRef, job: String, spec: ComputeSpec) {
 }
 
 async fn submit_for(app: &AppRef, row: &store::JobRow, spec: &ComputeSpec) -> Result<String, String> {
-    let credential = crate::ensure_worker_credential(&app.store, &app.tls, &app.config.dir, &row.compute)
+    let credential = crate::ensure_worker_credential(&app.store, &app.tls.authority, &app.config.dir, &row.compute)
         .map_err(|e| format!("the compute's worker credential is missing: {e:#}"))?;
     let dir = crate::layout::compute_dir(&app.config.dir, &row.compute).join(&row.name);
     let s = &row.record.settings;

@@ -123,7 +123,7 @@ pub async fn create_compute(
     };
     let stored = compute.clone();
     app.store.call(move |c| store::compute_upsert(c, &stored)).await?;
-    crate::ensure_worker_credential(&app.store, &app.tls, &app.config.dir, &name)
+    crate::ensure_worker_credential(&app.store, &app.tls.authority, &app.config.dir, &name)
         .map_err(|e| ApiError::internal("mint the compute's worker credential", format!("{e:#}")))?;
     Ok((StatusCode::CREATED, Json(compute)))
 }
@@ -162,7 +162,7 @@ async fn create_aml_compute(
     };
     let stored = compute.clone();
     app.store.call(move |c| store::compute_upsert(c, &stored)).await?;
-    crate::ensure_worker_credential(&app.store, &app.tls, &app.config.dir, &name)
+    crate::ensure_worker_credential(&app.store, &app.tls.authority, &app.config.dir, &name)
         .map_err(|e| ApiError::internal("mint the compute's worker credential", format!("{e:#}")))?;
     // A changed max_instances applies from now on.
     if let Some(cluster) = app.clusters.lock().unwrap_or_else(|e| e.into_inner()).get(&name) {

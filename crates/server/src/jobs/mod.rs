@@ -90,7 +90,8 @@ fn named_cluster(app: &AppRef, c: &cove_api::Compute) -> anyhow::Result<crate::c
     if let Some(cluster) = app.clusters.lock().unwrap_or_else(|e| e.into_inner()).get(&c.name) {
         return Ok(cluster.clone());
     }
-    let credential = crate::ensure_worker_credential(&app.store, &app.tls, &app.config.dir, &c.name)?;
+    crate::ensure_worker_credential(&app.store, &app.tls.authority, &app.config.dir, &c.name)?;
+    let credential = crate::credential_source(&app.store, &app.tls.authority, &app.config.dir, &c.name);
     let (cluster, mut lost) = crate::compute::LocalCompute::new(
         app.config.worker_exe.clone(),
         app.url.clone(),

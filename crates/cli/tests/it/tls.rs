@@ -1,0 +1,226 @@
+//! TLS on every listener: the certificate the listeners serve (issued for their addresses and private
+//! DNS names, or brought by the user), its rotation under a running job, expiry warnings in
+//! `diagnose`, and worker credentials revoked at once.
+
+use crate::support::{https_builder, Project, Workspace, COVE, LIST_SCRIPT};
+use serde_json::json;
+use std::path::Path;
+
+/// A list script that takes a while per mini-batch, so a job is still running when the test acts.
+const PACED_SCRIPT: &str = r#"
+import os, time
+
+def init():
+    pass
+
+def run(mini_batch):
+    time.sleep(0.4)
+    return [os.path.basename(p) for p in mini_batch]
+"#;
+
+/// The SHA-256 fingerprint of the certificate a new connection to `url` is served.
+fn served(ws_dir: &Path, url: &str, resolve: Option<(&str, std::net::SocketAddr)>) -> Result<String, String> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let mut builder = https_builder(ws_dir).tls_info(true);
+        if let Some((name, addr)) = resolve {
+            builder = builder.resolve(name, addr);
+        }
+        let resp = builder.build().unwrap().get(format!("{url}/api/v1/openapi.json")).send().await;
+        let resp = resp.map_err(|e| format!("{e:?}"))?;
+        let info = resp.extensions().get::<reqwest::tls::TlsInfo>().expect("TLS information");
+        Ok(cove_tls::fingerprint(info.peer_certificate().expect("a server certificate")))
+    })
+}
+
+fn file_fingerprint(path: &Path) -> String {
+    let pem = std::fs::read_to_string(path).unwrap();
+    cove_tls::fingerprint(&cove_tls::certificates("test", &pem).unwrap()[0])
+}
+
+fn config_with(dir: &Path, extra: &str) -> std::path::PathBuf {
+    let file = dir.join("network.yml");
+    let text = format!(
+        "public_network_access: disabled
+networks:
+  - name: workspace
+    address_space: [127.0.0.1/32]
+private_endpoints:
+  - name: api
+    service: api
+    address: 127.0.0.1:0
+    network: workspace
+    host_name: api.cove.internal
+{extra}"
+    );
+    std::fs::write(&file, text).unwrap();
+    file
+}
+
+#[test]
+fn rotating_certificates_keeps_a_running_job_going_and_new_connections_get_the_new_one() {
+    let ws = Workspace::start();
+    let p = Project::new(ws.dir.path(), "paced", PACED_SCRIPT, "mini_batch_size: 1");
+    p.deploy(&ws);
+    let input = p.inputs(10).display().to_string();
+    let job = ws.cove(&["--json", "endpoint", "invoke", "paced", "--input", &input]).ok().json()["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // Rotate while the job's worker is scoring.
+    ws.wait_status(&job, "Running");
+    let before = served(&ws.path(), &ws.url, None).unwrap();
+    assert_eq!(before, file_fingerprint(&ws.path().join("tls/server.pem")));
+    let worker_before = file_fingerprint(&ws.path().join("tls/compute-local.pem"));
+    let rotated = ws.cove(&["workspace", "rotate-certificates"]);
+    assert!(rotated.ok().stdout.contains("The listeners have a new certificate"), "{}", rotated.stdout);
+    assert!(rotated.stdout.contains("Compute local: new worker certificate"), "{}", rotated.stdout);
+    let (_, shown) = ws.http("GET", &format!("/api/v1/jobs/{job}?attempts=false"), None, &[]);
+    assert_eq!(shown["status"], "Running", "the job was still running at the rotation: {shown:#}");
+    let after = served(&ws.path(), &ws.url, None).unwrap();
+    assert_ne!(before, after, "new connections get the new certificate");
+    assert_eq!(after, file_fingerprint(&ws.path().join("tls/server.pem")));
+    assert_ne!(worker_before, file_fingerprint(&ws.path().join("tls/compute-local.pem")));
+
+    // The worker started before the rotation finishes the job with its certificate.
+    let done = ws.wait_job(&job);
+    assert_eq!(done["status"], "Completed", "{done:#}");
+    assert_eq!(done["progress"]["items_ok"], 10);
+    let attempts = done["attempts"].as_array().unwrap();
+    assert!(attempts.iter().all(|a| a["outcome"] == "succeeded"), "no attempt was lost to the rotation: {done:#}");
+    // And a job after it runs on workers holding the new one.
+    let again = ws.cove(&["endpoint", "invoke", "paced", "--input", &input, "--stream"]);
+    assert!(again.ok().stdout.contains("Completed"), "{}", again.stdout);
+}
+
+#[test]
+fn revoking_a_compute_credential_refuses_its_workers_at_once() {
+    let ws = Workspace::start();
+    let token = ws.credential("local");
+    let ask = json!({"node": "n", "process": 0, "wait_ms": 0, "host": {"sandbox": true}});
+    let (status, body) = ws.http_as(&token, "POST", "/worker/v1/lease", Some(ask.clone()), &[]);
+    assert_eq!(status, 200, "the credential works before it is revoked: {body}");
+
+    let revoked = ws.cove(&["compute", "revoke-credential", "local"]);
+    assert!(revoked.ok().stdout.contains("client certificate(s) of compute local"), "{}", revoked.stdout);
+    let (status, body) = ws.http_as(&token, "POST", "/worker/v1/lease", Some(ask.clone()), &[]);
+    assert_eq!(status, 401, "{body}");
+    // A token minted afterwards does not bring the revoked certificate back.
+    let fresh = ws.cove(&["compute", "token", "local"]).ok().stdout.trim().to_string();
+    let folder = ws.dir.path().join("credentials").join("local-0");
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let (status, text) = rt.block_on(async {
+        let identity = Some((folder.join("client.pem"), folder.join("client.key")));
+        let client = crate::support::https_builder_as(&ws.path(), identity).build().unwrap();
+        let resp =
+            client.post(format!("{}/worker/v1/lease", ws.url)).bearer_auth(&fresh).json(&ask).send().await.unwrap();
+        (resp.status().as_u16(), resp.text().await.unwrap())
+    });
+    assert_eq!(status, 401, "{text}");
+    assert!(text.contains("not a current worker certificate of this workspace (revoked or expired)"), "{text}");
+
+    // The control plane gives the workers it starts a new credential: jobs on the compute still run.
+    let p = Project::new(ws.dir.path(), "after", LIST_SCRIPT, "");
+    p.deploy(&ws);
+    let run = ws.cove(&["endpoint", "invoke", "after", "--input", &p.inputs(3).display().to_string(), "--stream"]);
+    assert!(run.ok().stdout.contains("Completed"), "{}", run.stdout);
+    let audit = ws.cove(&["--json", "audit", "list"]).ok().json();
+    let refused = audit.as_array().unwrap().iter().filter(|e| {
+        e["action"] == "POST /worker/v1/lease" && e["outcome"].as_str().unwrap().starts_with("refused (401)")
+    });
+    assert_eq!(refused.count(), 2, "both refusals are audited: {audit:#}");
+}
+
+#[test]
+fn the_listeners_certificate_holds_the_private_dns_name_and_diagnose_reports_every_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_with(dir.path(), "");
+    let ws = Workspace::start_with(&["--config", &config.display().to_string()], &[]);
+    let addr: std::net::SocketAddr = ws.url.trim_start_matches("https://").parse().unwrap();
+    let by_name = format!("https://api.cove.internal:{}", addr.port());
+    let named = served(&ws.path(), &by_name, Some(("api.cove.internal", addr)));
+    assert_eq!(named.unwrap(), file_fingerprint(&ws.path().join("tls/server.pem")));
+    let other = format!("https://files.cove.internal:{}", addr.port());
+    let refused = served(&ws.path(), &other, Some(("files.cove.internal", addr))).unwrap_err();
+    assert!(refused.contains("NotValidForName"), "{refused}");
+
+    let diag = ws.cove(&["workspace", "diagnose"]);
+    for line in [
+        "OK   certificates: the workspace CA is valid until",
+        "OK   certificates: the listeners' certificate is valid until",
+        "OK   certificates: the worker certificate of compute local is valid until",
+    ] {
+        assert!(diag.stdout.contains(line), "{line}\n{}", diag.stdout);
+    }
+    // Keys are the owner's alone.
+    use std::os::unix::fs::PermissionsExt;
+    for key in ["ca.key", "server.key", "compute-local.key"] {
+        let mode = std::fs::metadata(ws.path().join("tls").join(key)).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{key}");
+    }
+}
+
+#[test]
+fn a_brought_certificate_is_served_and_diagnose_warns_before_it_expires() {
+    let dir = tempfile::tempdir().unwrap();
+    let (corp, ca) = cove_tls::Authority::create("corp").unwrap();
+    let cert = corp.issue_server(&["127.0.0.1".into()], 2).unwrap();
+    std::fs::write(dir.path().join("corp-ca.pem"), &ca.cert_pem).unwrap();
+    std::fs::write(dir.path().join("api.pem"), &cert.cert_pem).unwrap();
+    std::fs::write(dir.path().join("api.key"), &cert.key_pem).unwrap();
+    let tls = "tls:\n  certificate: api.pem\n  key: api.key\n  ca: corp-ca.pem\n";
+    let config = config_with(dir.path(), tls);
+    let ws = Workspace::start_with(&["--config", &config.display().to_string()], &[]);
+    assert_eq!(served(&ws.path(), &ws.url, None).unwrap(), cert.fingerprint);
+    assert_eq!(std::fs::read_to_string(ws.path().join("tls/trust.pem")).unwrap(), ca.cert_pem);
+    // The CLI and the workers trust the brought CA; workers still present the workspace CA's certificates.
+    let p = Project::new(ws.dir.path(), "corp", LIST_SCRIPT, "");
+    p.deploy(&ws);
+    let run = ws.cove(&["endpoint", "invoke", "corp", "--input", &p.inputs(2).display().to_string(), "--stream"]);
+    assert!(run.ok().stdout.contains("Completed"), "{}", run.stdout);
+
+    let diag = ws.cove(&["workspace", "diagnose"]);
+    let warning =
+        format!("WARN certificates: the listeners' certificate {} expires in 4", dir.path().join("api.pem").display());
+    assert!(diag.stdout.contains(&warning), "{warning}\n{}", diag.stdout);
+    assert!(
+        diag.stdout.contains("fix: replace the certificate named under tls: in the workspace configuration"),
+        "{}",
+        diag.stdout
+    );
+    let rotated = ws.cove(&["workspace", "rotate-certificates"]);
+    assert!(rotated.ok().stdout.contains("the one the workspace configuration names"), "{}", rotated.stdout);
+}
+
+#[test]
+fn a_brought_certificate_that_cannot_be_used_stops_cove_up_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let (corp, ca) = cove_tls::Authority::create("corp").unwrap();
+    let cert = corp.issue_server(&["127.0.0.1".into()], 2).unwrap();
+    std::fs::write(dir.path().join("corp-ca.pem"), &ca.cert_pem).unwrap();
+    std::fs::write(dir.path().join("api.pem"), &cert.cert_pem).unwrap();
+    let up = |tls: &str| {
+        let config = config_with(dir.path(), tls);
+        let out = std::process::Command::new(COVE)
+            .args(["up", "--dir"])
+            .arg(dir.path().join("ws"))
+            .arg("--config")
+            .arg(&config)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "cove up started with {tls}");
+        String::from_utf8_lossy(&out.stderr).to_string()
+    };
+    let missing = up("tls:\n  certificate: api.pem\n  key: api.key\n  ca: corp-ca.pem\n");
+    assert!(missing.contains(&format!("failed to read {}", dir.path().join("api.key").display())), "{missing}");
+    // A key that is not the certificate's.
+    let other = corp.issue_server(&["127.0.0.1".into()], 2).unwrap();
+    std::fs::write(dir.path().join("api.key"), &other.key_pem).unwrap();
+    let mismatched = up("tls:\n  certificate: api.pem\n  key: api.key\n  ca: corp-ca.pem\n");
+    assert!(
+        mismatched.contains(&format!("the certificate {} with the key", dir.path().join("api.pem").display())),
+        "{mismatched}"
+    );
+    let unknown = up("tls:\n  certificate: api.pem\n  key: api.key\n  authority: corp-ca.pem\n");
+    assert!(unknown.contains("authority"), "{unknown}");
+}
