@@ -155,7 +155,16 @@ impl Client {
 /// A failed request: a TLS failure says why in words, anything else is "cannot reach".
 pub fn unreachable(url: &str, source: reqwest::Error) -> ClientError {
     match cove_tls::explain(&source) {
-        Some(why) => ClientError::Tls { url: url.to_string(), why },
+        Some(why) => {
+            let hint = if why.contains("not issued by the CA") {
+                " (set COVE_CA_FILE to the workspace's tls/trust.pem)"
+            } else if why.contains("expired") {
+                " (renew it with `cove workspace rotate-certificates`)"
+            } else {
+                ""
+            };
+            ClientError::Tls { url: url.to_string(), why: format!("{why}{hint}") }
+        }
         None => ClientError::Unreachable { url: url.to_string(), source },
     }
 }

@@ -63,6 +63,10 @@ pub struct Lease {
     /// reads straight from the store, without the store's credentials.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signed_inputs: Option<Vec<String>>,
+    /// The CA (PEM) that signed the store's certificate, when its private endpoint names one: the
+    /// worker verifies the store against it (and the system's CAs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signed_inputs_ca: Option<String>,
 }
 
 /// A mini-batch's files where the worker's host sees them.

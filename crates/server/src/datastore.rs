@@ -176,14 +176,21 @@ impl Datastores {
     }
 
     /// Adds an S3-compatible datastore reached at `endpoint`.
-    pub fn add_s3(&self, name: &str, endpoint: &str, bucket: &str, secret: &S3Secret) -> Result<(), String> {
-        self.insert_signing(name, build_s3(endpoint, bucket, secret)?);
+    pub fn add_s3(
+        &self,
+        name: &str,
+        endpoint: &str,
+        bucket: &str,
+        secret: &S3Secret,
+        ca: Option<&str>,
+    ) -> Result<(), String> {
+        self.insert_signing(name, build_s3(endpoint, bucket, secret, ca)?);
         Ok(())
     }
 
     /// Adds an Azure Blob datastore; one reached with the account key can sign URLs (a SAS cannot).
-    pub fn add_azure(&self, name: &str, secret: &AzureSecret) -> Result<(), String> {
-        let store = build_azure(secret)?;
+    pub fn add_azure(&self, name: &str, secret: &AzureSecret, ca: Option<&str>) -> Result<(), String> {
+        let store = build_azure(secret, ca)?;
         if secret.account_key.is_some() {
             self.insert_signing(name, store);
         } else {
@@ -202,9 +209,14 @@ impl Datastores {
 }
 
 /// Builds a client for an S3-compatible store (path-style requests, plain HTTP allowed for endpoints
-/// inside the private network).
-pub fn build_s3(endpoint: &str, bucket: &str, secret: &S3Secret) -> Result<Arc<object_store::aws::AmazonS3>, String> {
-    let (options, retry) = network_client_options();
+/// inside the private network); over HTTPS it also trusts `ca`, the CA of the store's private endpoint.
+pub fn build_s3(
+    endpoint: &str,
+    bucket: &str,
+    secret: &S3Secret,
+    ca: Option<&str>,
+) -> Result<Arc<object_store::aws::AmazonS3>, String> {
+    let (options, retry) = network_client_options(ca)?;
     let store = object_store::aws::AmazonS3Builder::new()
         .with_endpoint(endpoint)
         .with_bucket_name(bucket)
@@ -221,25 +233,32 @@ pub fn build_s3(endpoint: &str, bucket: &str, secret: &S3Secret) -> Result<Arc<o
 }
 
 /// Client settings every network datastore shares: plain HTTP allowed for endpoints inside the private
-/// network, and a private store that stops answering fails the step in seconds, not minutes.
-fn network_client_options() -> (object_store::ClientOptions, object_store::RetryConfig) {
-    (
-        object_store::ClientOptions::new()
-            .with_allow_http(true)
-            .with_connect_timeout(std::time::Duration::from_secs(5))
-            .with_timeout(std::time::Duration::from_secs(15)),
-        object_store::RetryConfig {
-            max_retries: 3,
-            retry_timeout: std::time::Duration::from_secs(60),
-            ..Default::default()
-        },
-    )
+/// network, certificates verified (against the system's CAs and `ca`, the private endpoint's own), and a
+/// private store that stops answering fails the step in seconds, not minutes.
+fn network_client_options(
+    ca: Option<&str>,
+) -> Result<(object_store::ClientOptions, object_store::RetryConfig), String> {
+    let mut options = object_store::ClientOptions::new()
+        .with_allow_http(true)
+        .with_connect_timeout(std::time::Duration::from_secs(5))
+        .with_timeout(std::time::Duration::from_secs(15));
+    if let Some(pem) = ca {
+        for cert in object_store::Certificate::from_pem_bundle(pem.as_bytes()).map_err(|e| format!("ca_file: {e}"))? {
+            options = options.with_root_certificate(cert);
+        }
+    }
+    let retry = object_store::RetryConfig {
+        max_retries: 3,
+        retry_timeout: std::time::Duration::from_secs(60),
+        ..Default::default()
+    };
+    Ok((options, retry))
 }
 
 /// Builds a client for an Azure Blob container (an ADLS Gen2 filesystem is one too), addressed
 /// path-style under the account URL.
-pub fn build_azure(secret: &AzureSecret) -> Result<Arc<object_store::azure::MicrosoftAzure>, String> {
-    let (options, retry) = network_client_options();
+pub fn build_azure(secret: &AzureSecret, ca: Option<&str>) -> Result<Arc<object_store::azure::MicrosoftAzure>, String> {
+    let (options, retry) = network_client_options(ca)?;
     let mut builder = object_store::azure::MicrosoftAzureBuilder::new()
         .with_account(&secret.account)
         .with_container_name(&secret.container)

@@ -256,6 +256,14 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
         write_secret(&layout::owner_token(&dir), &token)?;
     }
     record_owned_locations(&store)?;
+    let policy = match &config.network_config {
+        Some(file) => {
+            let text = std::fs::read_to_string(file).with_context(|| format!("failed to read {}", file.display()))?;
+            netpolicy::NetworkPolicy::parse(&file.display().to_string(), &text).map_err(anyhow::Error::msg)?
+        }
+        None => netpolicy::NetworkPolicy::loopback(config.listen.unwrap_or(DEFAULT_LISTEN.parse().expect("valid")))
+            .map_err(anyhow::Error::msg)?,
+    };
     let datastores = datastore::Datastores::new(DEFAULT_DATASTORE);
     for ds in store.call_now(|c| store::datastore_list(c))? {
         match (ds.kind.as_str(), &ds.endpoint) {
@@ -265,14 +273,16 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
                         .with_context(|| format!("failed to read the credentials of datastore {}", ds.name))?,
                 )?;
                 let bucket = ds.root.trim_start_matches("s3://");
-                datastores.add_s3(&ds.name, endpoint, bucket, &secret).map_err(anyhow::Error::msg)?;
+                let ca = policy.endpoint_ca(&format!("datastore:{}", ds.name)).map_err(anyhow::Error::msg)?;
+                datastores.add_s3(&ds.name, endpoint, bucket, &secret, ca.as_deref()).map_err(anyhow::Error::msg)?;
             }
             ("azure_blob" | "azure_data_lake_gen2", _) => {
                 let secret: datastore::AzureSecret = serde_json::from_str(
                     &std::fs::read_to_string(layout::datastore_secret(&dir, &ds.name))
                         .with_context(|| format!("failed to read the credentials of datastore {}", ds.name))?,
                 )?;
-                datastores.add_azure(&ds.name, &secret).map_err(anyhow::Error::msg)?;
+                let ca = policy.endpoint_ca(&format!("datastore:{}", ds.name)).map_err(anyhow::Error::msg)?;
+                datastores.add_azure(&ds.name, &secret, ca.as_deref()).map_err(anyhow::Error::msg)?;
             }
             _ => datastores
                 .add_local(&ds.name, Path::new(&ds.root))
@@ -281,14 +291,6 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
     }
     let internal = datastore::local_store(&layout::internal_objects(&dir))?;
 
-    let policy = match &config.network_config {
-        Some(file) => {
-            let text = std::fs::read_to_string(file).with_context(|| format!("failed to read {}", file.display()))?;
-            netpolicy::NetworkPolicy::parse(&file.display().to_string(), &text).map_err(anyhow::Error::msg)?
-        }
-        None => netpolicy::NetworkPolicy::loopback(config.listen.unwrap_or(DEFAULT_LISTEN.parse().expect("valid")))
-            .map_err(anyhow::Error::msg)?,
-    };
     let package_source = environments::package_source(&config.environments, &policy).map_err(anyhow::Error::msg)?;
     let mut addresses: Vec<SocketAddr> = policy.api_endpoints().iter().map(|p| p.address).collect();
     if let Some(listen) = config.listen {

@@ -303,6 +303,20 @@ impl NetworkPolicy {
         }
     }
 
+    /// The CA (PEM) of the private endpoint for `service` (`datastore:NAME`, `package-index`), when its
+    /// configuration names one; an unreadable file is an error naming it.
+    pub fn endpoint_ca(&self, service: &str) -> Result<Option<String>, String> {
+        let Some(file) = self.private_endpoints.iter().find(|p| p.service == service).and_then(|p| p.ca_file.as_ref())
+        else {
+            return Ok(None);
+        };
+        let pem = std::fs::read_to_string(file)
+            .map_err(|e| format!("private endpoint for {service}: ca_file {}: {e}", file.display()))?;
+        cove_tls::certificates(&format!("private endpoint for {service}: ca_file {}", file.display()), &pem)
+            .map_err(|e| e.to_string())?;
+        Ok(Some(pem))
+    }
+
     pub fn is_trusted_proxy(&self, ip: IpAddr) -> bool {
         self.trusted_proxies.iter().any(|r| r.contains(&ip))
     }

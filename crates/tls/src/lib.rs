@@ -315,25 +315,16 @@ fn describe_text(text: &str) -> String {
     }
 }
 
-const C_UNKNOWN: &str =
-    "the server's certificate is not issued by the CA this client trusts (set COVE_CA_FILE to the workspace's tls/trust.pem)";
+const C_UNKNOWN: &str = "the server's certificate is not issued by the CA this client trusts";
 const C_NAME: &str = "the server's certificate is not valid for the address or name this client connected to";
-const C_EXPIRED: &str = "the server's certificate has expired (renew it with `cove workspace rotate-certificates`)";
+const C_EXPIRED: &str = "the server's certificate has expired";
 
 fn describe(e: &rustls::Error) -> String {
     use rustls::CertificateError as C;
     match e {
-        rustls::Error::InvalidCertificate(C::UnknownIssuer | C::BadSignature) => {
-            "the server's certificate is not issued by the CA this client trusts (set COVE_CA_FILE to the workspace's \
-             tls/ca.pem)"
-                .into()
-        }
-        rustls::Error::InvalidCertificate(C::NotValidForName | C::NotValidForNameContext { .. }) => {
-            "the server's certificate is not valid for the address or name this client connected to".into()
-        }
-        rustls::Error::InvalidCertificate(C::Expired | C::ExpiredContext { .. }) => {
-            "the server's certificate has expired (renew it with `cove workspace rotate-certificates`)".into()
-        }
+        rustls::Error::InvalidCertificate(C::UnknownIssuer | C::BadSignature) => C_UNKNOWN.into(),
+        rustls::Error::InvalidCertificate(C::NotValidForName | C::NotValidForNameContext { .. }) => C_NAME.into(),
+        rustls::Error::InvalidCertificate(C::Expired | C::ExpiredContext { .. }) => C_EXPIRED.into(),
         rustls::Error::AlertReceived(alert) => format!("the server refused this client's TLS ({alert:?})"),
         other => format!("TLS failed: {other}"),
     }

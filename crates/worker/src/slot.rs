@@ -11,9 +11,10 @@ use cove_api::worker::{
 };
 use cove_api::{encode, Client, ClientError};
 use cove_onnx::OnnxModel;
+use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// How long a worker keeps trying to reach a control plane that does not answer (a restart, say).
@@ -368,7 +369,8 @@ impl Slot {
                 urls.len(),
                 lease.files.len()
             );
-            return Ok(("direct from the store", read_signed(urls, &lease.files).await));
+            let read = read_signed(urls, &lease.files, lease.signed_inputs_ca.as_deref()).await?;
+            return Ok(("direct from the store", read));
         }
         let bundle = self.client.get_bytes(&format!("/worker/v1/leases/{}/files", lease.lease_id)).await?;
         let items = cove_api::worker::bundle::split(bundle).map_err(anyhow::Error::msg)?;
@@ -660,23 +662,43 @@ fn in_place_error(rel: &str, why: &str) -> String {
 /// The route of inputs read where the worker's host sees them.
 const IN_PLACE: &str = "in place";
 
-/// Reads each file from the store itself, through the URL the control plane signed for it.
-async fn read_signed(urls: &[String], names: &[String]) -> Vec<Result<Bytes, String>> {
+/// Reads each file from the store itself, through the URL the control plane signed for it, verifying
+/// an HTTPS store against the system's CAs and `ca`, its private endpoint's.
+async fn read_signed(
+    urls: &[String],
+    names: &[String],
+    ca: Option<&str>,
+) -> anyhow::Result<Vec<Result<Bytes, String>>> {
     use futures::StreamExt;
-    static CLIENT: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
-    let client = CLIENT.get_or_init(|| {
-        reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(5))
-            .timeout(Duration::from_secs(60))
-            .build()
-            .expect("a plain HTTP client builds")
-    });
+    // One client (and its pooled connections) per CA, for the worker's life.
+    static CLIENTS: Mutex<Option<HashMap<Option<String>, reqwest::Client>>> = Mutex::new(None);
+    let client = {
+        let mut clients = CLIENTS.lock().unwrap_or_else(|p| p.into_inner());
+        let clients = clients.get_or_insert_with(HashMap::new);
+        match clients.get(&ca.map(str::to_string)) {
+            Some(c) => c.clone(),
+            None => {
+                let mut builder =
+                    reqwest::Client::builder().connect_timeout(Duration::from_secs(5)).timeout(Duration::from_secs(60));
+                if let Some(pem) = ca {
+                    for cert in reqwest::Certificate::from_pem_bundle(pem.as_bytes())
+                        .context("the store's CA from the lease")?
+                    {
+                        builder = builder.add_root_certificate(cert);
+                    }
+                }
+                let c = builder.build().context("a client for the store")?;
+                clients.insert(ca.map(str::to_string), c.clone());
+                c
+            }
+        }
+    };
     let pairs: Vec<(String, String)> = urls.iter().cloned().zip(names.iter().cloned()).collect();
     let reads = pairs.into_iter().map(|(url, name)| {
         let client = client.clone();
         read_one(client, url, name)
     });
-    futures::stream::iter(reads).buffered(8).collect().await
+    Ok(futures::stream::iter(reads).buffered(8).collect().await)
 }
 
 async fn read_one(client: reqwest::Client, url: String, name: String) -> Result<Bytes, String> {

@@ -13,41 +13,52 @@ const ACCOUNT_KEY: &str = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UV
 struct Azurite {
     child: Child,
     port: u16,
+    /// The CA of the emulator's certificate, when it serves HTTPS.
+    ca: Option<PathBuf>,
     _data: tempfile::TempDir,
 }
 
 impl Azurite {
     fn start() -> Azurite {
+        Self::start_with_tls(None)
+    }
+
+    /// Starts the emulator; with `tls` (a certificate, its key and the CA that issued it) it serves HTTPS.
+    fn start_with_tls(tls: Option<(PathBuf, PathBuf, PathBuf)>) -> Azurite {
         let bin = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.cache/azurite/node_modules/.bin/azurite-blob");
         assert!(bin.exists(), "{} is missing: run scripts/setup", bin.display());
         let data = tempfile::tempdir().unwrap();
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let child = Command::new(bin)
+        let mut command = Command::new(bin);
+        command
             .args(["--blobHost", "127.0.0.1", "--blobPort", &port.to_string(), "--silent", "--skipApiVersionCheck"])
             .arg("--location")
-            .arg(data.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+            .arg(data.path());
+        if let Some((cert, key, _)) = &tls {
+            command.arg("--cert").arg(cert).arg("--key").arg(key);
+        }
+        let child = command.stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
         let start = std::time::Instant::now();
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
             assert!(start.elapsed().as_secs() < 30, "Azurite did not start");
             std::thread::sleep(std::time::Duration::from_millis(100));
         }
-        Azurite { child, port, _data: data }
+        Azurite { child, port, ca: tls.map(|(_, _, ca)| ca), _data: data }
     }
 
     fn account_url(&self) -> String {
-        format!("http://127.0.0.1:{}/{ACCOUNT}", self.port)
+        let scheme = if self.ca.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}/{ACCOUNT}", self.port)
     }
 
     /// Runs Python with the Azure SDK against the emulator: `service` is a BlobServiceClient.
     fn python(&self, code: &str, args: &[&str]) -> String {
         let prelude = format!(
             "import sys\nfrom azure.storage.blob import *\nfrom datetime import datetime, timedelta, timezone\n\
-             service = BlobServiceClient('{}', credential={{'account_name': '{ACCOUNT}', 'account_key': '{ACCOUNT_KEY}'}})\n",
-            self.account_url()
+             service = BlobServiceClient('{}', credential={{'account_name': '{ACCOUNT}', 'account_key': '{ACCOUNT_KEY}'}}, \
+             connection_verify={})\n",
+            self.account_url(),
+            self.ca.as_ref().map_or("True".to_string(), |ca| format!("{:?}", ca.display().to_string()))
         );
         let out = Command::new("python3").arg("-c").arg(prelude + code).args(args).output().unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -207,4 +218,74 @@ fn azure_blob_and_adls_gen2_datastores_through_their_private_endpoints() {
     let diag = ws.cove(&["workspace", "diagnose"]);
     assert!(diag.stdout.contains("OK   datastore blob: reached through its private endpoint"), "{}", diag.stdout);
     assert!(diag.stdout.contains("OK   datastore lake2: reached through its private endpoint"), "{}", diag.stdout);
+}
+
+/// A store served over HTTPS is verified against the CA its private endpoint names (`ca_file`), by
+/// the control plane and by workers reading straight from it; without that CA, the store's
+/// certificate is refused.
+#[test]
+fn an_https_store_is_verified_against_the_ca_of_its_private_endpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let (authority, ca) = cove_tls::Authority::create("storage").unwrap();
+    let cert = authority.issue_server(&["127.0.0.1".into()], 2).unwrap();
+    let file = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let tls = (file("store.pem", &cert.cert_pem), file("store.key", &cert.key_pem), file("store-ca.pem", &ca.cert_pem));
+    let azurite = Azurite::start_with_tls(Some(tls));
+    azurite.create_container("secure");
+    let network = dir.path().join("network.yml");
+    let port = azurite.port;
+    std::fs::write(
+        &network,
+        format!(
+            "networks:\n  - name: workspace\n    address_space: [127.0.0.0/8]\nprivate_endpoints:\n  - name: api\n    service: api\n    \
+             address: 127.0.0.1:0\n    network: workspace\n  - name: blob-pe\n    service: 'datastore:blob'\n    address: 127.0.0.1:{port}\n    \
+             network: workspace\n    ca_file: store-ca.pem\n  - name: plain-pe\n    service: 'datastore:plain'\n    address: 127.0.0.1:{port}\n    \
+             network: workspace\n"
+        ),
+    )
+    .unwrap();
+    let ws = Workspace::start_with(&["--config", &network.display().to_string()], &[]);
+    let key = secret_file(dir.path(), "account.key", ACCOUNT_KEY);
+    let key_line = format!("account_key_file: {}", key.display());
+    let url = azurite.account_url();
+    assert!(url.starts_with("https://"), "{url}");
+    // Without the CA, the store's certificate is not trusted: creation fails, saying why.
+    let plain = file(
+        "plain.yml",
+        &yaml("azure_blob", "plain", "secure", &url, &key_line).replace("protocol: http", "protocol: https"),
+    );
+    let refused = ws.cove(&["datastore", "create", "-f", &plain.display().to_string()]);
+    assert_eq!(refused.code, 2, "{}{}", refused.stdout, refused.stderr);
+    assert!(
+        refused.stderr.contains("the store's certificate is not issued by the CA this client trusts; name the CA")
+            && refused.stderr.contains("with ca_file on the store's private endpoint"),
+        "{}",
+        refused.stderr
+    );
+
+    let blob = file(
+        "blob.yml",
+        &yaml("azure_blob", "blob", "secure", &url, &key_line).replace("protocol: http", "protocol: https"),
+    );
+    ws.cove(&["datastore", "create", "-f", &blob.display().to_string()]).ok();
+    for i in 0..3 {
+        let (s, body) =
+            ws.http_bytes("PUT", &format!("/api/v1/datastores/blob/files/in/file-{i:03}.txt"), format!("{i}\n"));
+        assert_eq!(s, 201, "{body}");
+    }
+    let p = Project::new(ws.dir.path(), "secure", LIST_SCRIPT, "mini_batch_size: 2");
+    p.deploy(&ws);
+    let (input, output) = ("azureml://datastores/blob/paths/in", "azureml://datastores/blob/paths/out");
+    let run = ws.cove(&["--json", "endpoint", "invoke", "secure", "--input", input, "--output-path", output]);
+    let job = ws.wait_job(run.ok().json()["name"].as_str().unwrap());
+    assert_eq!(job["status"], "Completed", "{job:#}");
+    // The workers read straight from the store over HTTPS, verifying it with the CA the lease carried.
+    for a in job["attempts"].as_array().unwrap() {
+        assert_eq!(a["isolation"]["inputs"], "direct from the store", "{a}");
+    }
+    assert!(azurite.blob_names("secure").contains(&"out/predictions.csv".to_string()));
 }

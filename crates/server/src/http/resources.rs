@@ -1084,7 +1084,8 @@ pub async fn create_datastore(
         secret_access_key: req.secret_access_key.clone(),
         region: req.region.clone().unwrap_or_else(|| "us-east-1".into()),
     };
-    let client = crate::datastore::build_s3(&req.endpoint, &req.bucket, &secret)
+    let ca = app.policy.endpoint_ca(&format!("datastore:{name}")).map_err(ApiError::invalid)?;
+    let client = crate::datastore::build_s3(&req.endpoint, &req.bucket, &secret, ca.as_deref())
         .map_err(|e| ApiError::invalid(format!("endpoint: {e}")))?;
     probe_datastore(&(client as Arc<dyn ObjectStore>), &format!("bucket `{}` at {}", req.bucket, req.endpoint)).await?;
     let ds = cove_api::Datastore {
@@ -1093,7 +1094,10 @@ pub async fn create_datastore(
         root: format!("s3://{}", req.bucket),
         endpoint: Some(req.endpoint.clone()),
     };
-    register_network_datastore(&app, ds, &secret, |d| d.add_s3(&name, &req.endpoint, &req.bucket, &secret)).await
+    register_network_datastore(&app, ds, &secret, |d| {
+        d.add_s3(&name, &req.endpoint, &req.bucket, &secret, ca.as_deref())
+    })
+    .await
 }
 
 /// Registers an Azure Blob container (`azure_blob`) or an ADLS Gen2 filesystem (`azure_data_lake_gen2`).
@@ -1123,7 +1127,9 @@ async fn create_azure_datastore(
         account_key: req.account_key.clone(),
         sas_token: req.sas_token.clone(),
     };
-    let client = crate::datastore::build_azure(&secret).map_err(|e| ApiError::invalid(format!("credentials: {e}")))?;
+    let ca = app.policy.endpoint_ca(&format!("datastore:{name}")).map_err(ApiError::invalid)?;
+    let client = crate::datastore::build_azure(&secret, ca.as_deref())
+        .map_err(|e| ApiError::invalid(format!("credentials: {e}")))?;
     probe_datastore(
         &(client as Arc<dyn ObjectStore>),
         &format!("{container_field} `{container}` of account `{account}` at {account_url}"),
@@ -1135,7 +1141,7 @@ async fn create_azure_datastore(
         format!("abfss://{container}@{account}.dfs.core.windows.net")
     };
     let ds = cove_api::Datastore { name: name.clone(), kind: req.kind.clone(), root, endpoint: Some(account_url) };
-    register_network_datastore(app, ds, &secret, |d| d.add_azure(&name, &secret)).await
+    register_network_datastore(app, ds, &secret, |d| d.add_azure(&name, &secret, ca.as_deref())).await
 }
 
 /// In a private workspace a network datastore is reached only through its private endpoint: `url`'s
@@ -1180,7 +1186,14 @@ async fn probe_datastore(client: &Arc<dyn ObjectStore>, what: &str) -> ApiResult
     let probe = tokio::time::timeout(std::time::Duration::from_secs(10), client.list_with_delimiter(None)).await;
     match probe {
         Ok(Ok(_)) => Ok(()),
-        Ok(Err(e)) => Err(ApiError::invalid(format!("endpoint: {what} cannot be listed: {e}"))),
+        Ok(Err(e)) => {
+            // The store's client names only the request that failed; a TLS failure is said in words.
+            let tls = cove_tls::explain(&e).map_or(String::new(), |why| {
+                let why = why.replace("server's certificate", "store's certificate");
+                format!(" ({why}; name the CA that issued it with ca_file on the store's private endpoint)")
+            });
+            Err(ApiError::invalid(format!("endpoint: {what} cannot be listed: {e}{tls}")))
+        }
         Err(_) => Err(ApiError::invalid(format!("endpoint: {what} did not answer within 10 s"))),
     }
 }

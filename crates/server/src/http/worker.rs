@@ -61,14 +61,23 @@ pub async fn lease(State(app): State<AppRef>, Worker(w): Worker, body: Bytes) ->
                     .clone()
                     .map(|root| cove_api::worker::InPlace { root, paths: files.clone() });
                 let expires_in_ms = g.record.settings.retry_settings.timeout_secs * 1000 + LEASE_GRACE_MS as u64;
-                let signed_inputs = match g.record.inputs_direct {
-                    true => Some(sign_inputs(&app, &g.record.input.uri, &files, expires_in_ms).await?),
-                    false => None,
+                let (signed_inputs, signed_inputs_ca) = match g.record.inputs_direct {
+                    true => {
+                        let urls = sign_inputs(&app, &g.record.input.uri, &files, expires_in_ms).await?;
+                        let store = parse_uri(&g.record.input.uri).map_err(ApiError::invalid)?.datastore;
+                        let ca = app
+                            .policy
+                            .endpoint_ca(&format!("datastore:{store}"))
+                            .map_err(|e| ApiError::internal("read the store's CA", e))?;
+                        (Some(urls), ca)
+                    }
+                    false => (None, None),
                 };
                 let files = files.iter().map(|f| f.rsplit('/').next().unwrap_or(f).to_string()).collect();
                 let lease = Lease {
                     in_place,
                     signed_inputs,
+                    signed_inputs_ca,
                     lease_id: g.lease_id,
                     job: g.job,
                     batch_index: g.idx,
