@@ -131,8 +131,14 @@ pub struct EnvironmentBuild {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum PackageSource {
-    /// A package index (the simple API) reached only through its private endpoint at `address`.
-    Index { url: String, address: std::net::SocketAddr },
+    /// A package index (the simple API) reached only through its private endpoint at `address`; over
+    /// HTTPS verified against `ca` (PEM), the CA its private endpoint names, when it names one.
+    Index {
+        url: String,
+        address: std::net::SocketAddr,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ca: Option<String>,
+    },
     /// A folder of wheels on the building host, for hosts with no network at all.
     Wheels { dir: String },
 }

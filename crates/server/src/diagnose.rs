@@ -208,6 +208,28 @@ pub async fn run(app: &AppRef) -> Result<Vec<Check>, store::StoreError> {
     Ok(out)
 }
 
+/// An index served over HTTPS answers its simple API with a certificate the builds will accept.
+async fn index_tls_check(name: &str, url: &str, address: std::net::SocketAddr, ca: Option<&str>) -> Check {
+    let fix = "name the CA that issued the index's certificate with ca_file on its private endpoint";
+    let client = match cove_worker::environment::index_client(ca) {
+        Ok(c) => c,
+        Err(e) => return check(name, "fail", format!("{url}: {e}"), Some(fix.into())),
+    };
+    match client.get(format!("{url}/")).send().await {
+        Ok(r) if r.status().is_success() || r.status().is_redirection() => check(
+            name,
+            "ok",
+            format!("{url} answers at its private endpoint {address}, its certificate verified"),
+            None,
+        ),
+        Ok(r) => check(name, "fail", format!("{url} answered {}", r.status()), Some("check the index's URL".into())),
+        Err(e) => {
+            let why = cove_tls::explain(&e).map_or_else(|| e.to_string(), |w| w.replace("server's", "index's"));
+            check(name, "fail", format!("{url}: {why}; environment builds fail"), Some(fix.into()))
+        }
+    }
+}
+
 /// Warn this long before a certificate expires.
 const EXPIRY_WARNING_MS: i64 = 14 * 86_400_000;
 
@@ -291,10 +313,14 @@ async fn package_index_check(app: &AppRef) -> Check {
             }
             Err(e) => check(name, "fail", format!("the wheel folder {dir} cannot be read: {e}"), Some("fix --wheels".into())),
         },
-        Some(PackageSource::Index { url, address }) => {
+        Some(PackageSource::Index { url, address, ca }) => {
             let connect = tokio::time::timeout(std::time::Duration::from_secs(3), tokio::net::TcpStream::connect(address));
-            match connect.await {
-                Ok(Ok(_)) => check(name, "ok", format!("{url} answers at its private endpoint {address}"), None),
+            // The probe's connection is closed before anything else is sent (a server that handshakes
+            // in its accept loop would wait on it).
+            let connected = connect.await.map(|r| r.map(drop));
+            match connected {
+                Ok(Ok(())) if url.starts_with("https://") => index_tls_check(name, url, *address, ca.as_deref()).await,
+                Ok(Ok(())) => check(name, "ok", format!("{url} answers at its private endpoint {address}"), None),
                 Ok(Err(e)) => check(
                     name,
                     "fail",

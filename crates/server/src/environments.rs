@@ -23,8 +23,8 @@ pub fn package_source(config: &EnvironmentSettings, policy: &NetworkPolicy) -> R
     }
     let Some(url) = &config.package_index else { return Ok(None) };
     let address = index_address(url)?;
-    let through_endpoint =
-        policy.private_endpoints.iter().any(|p| p.service == "package-index" && p.address == address);
+    let endpoint = policy.private_endpoints.iter().find(|p| p.service == "package-index" && p.address == address);
+    let through_endpoint = endpoint.is_some();
     let on_loopback_workspace =
         address.ip().is_loopback() && policy.networks.iter().any(|n| n.name == crate::netpolicy::LOOPBACK_NETWORK);
     if !policy.public_network_access && !through_endpoint && !on_loopback_workspace {
@@ -33,7 +33,17 @@ pub fn package_source(config: &EnvironmentSettings, policy: &NetworkPolicy) -> R
              with service: package-index, and none has the address {address}"
         ));
     }
-    Ok(Some(PackageSource::Index { url: url.trim_end_matches('/').to_string(), address }))
+    let ca = match endpoint.and_then(|p| p.ca_file.as_ref()) {
+        Some(file) => {
+            let what =
+                format!("private endpoint {}: ca_file {}", endpoint.map_or("", |p| p.name.as_str()), file.display());
+            let pem = std::fs::read_to_string(file).map_err(|e| format!("{what}: {e}"))?;
+            cove_tls::certificates(&what, &pem).map_err(|e| e.to_string())?;
+            Some(pem)
+        }
+        None => None,
+    };
+    Ok(Some(PackageSource::Index { url: url.trim_end_matches('/').to_string(), address, ca }))
 }
 
 /// The address of an index URL. Builds run with no name resolution, so it must be an IP address.

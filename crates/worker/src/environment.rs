@@ -191,9 +191,17 @@ impl Toolchain {
                 c
             }
         };
+        command.args(&run.args).env_clear();
+        if let PackageSource::Index { ca: Some(pem), .. } = source {
+            // uv reads SSL_CERT_FILE, pip PIP_CERT: the index is verified against its private endpoint's CA.
+            let file = run.cache.join("cove-index-ca.pem");
+            let tmp = run.cache.join(format!("cove-index-ca.{}.tmp", std::process::id()));
+            std::fs::write(&tmp, pem)
+                .and_then(|()| std::fs::rename(&tmp, &file))
+                .map_err(|e| format!("cannot write {}: {e}", file.display()))?;
+            command.env("SSL_CERT_FILE", &file).env("PIP_CERT", &file);
+        }
         command
-            .args(&run.args)
-            .env_clear()
             .env("PATH", "/usr/bin:/bin")
             .env("HOME", &run.cache)
             .env("UV_CACHE_DIR", &run.cache)
@@ -541,15 +549,31 @@ fn version_distance(a: &[u64], b: &[u64]) -> Vec<u64> {
     (0..a.len().max(b.len())).map(|i| a.get(i).copied().unwrap_or(0).abs_diff(b.get(i).copied().unwrap_or(0))).collect()
 }
 
+/// A client of the package index, verifying it against the system's CAs and `ca`, its private
+/// endpoint's.
+pub fn index_client(ca: Option<&str>) -> Result<reqwest::Client, String> {
+    let mut builder = reqwest::Client::builder()
+        .connect_timeout(std::time::Duration::from_secs(3))
+        .timeout(std::time::Duration::from_secs(10))
+        .no_proxy();
+    if let Some(pem) = ca {
+        for cert in reqwest::Certificate::from_pem_bundle(pem.as_bytes()).map_err(|e| format!("the index's CA: {e}"))? {
+            builder = builder.add_root_certificate(cert);
+        }
+    }
+    builder.build().map_err(|e| e.to_string())
+}
+
 /// Versions of `name` with a wheel this interpreter can install.
 async fn available_versions(source: &PackageSource, name: &str, python_version: &str) -> Vec<String> {
     let files: Vec<String> = match source {
         PackageSource::Wheels { dir } => std::fs::read_dir(dir)
             .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
             .unwrap_or_default(),
-        PackageSource::Index { url, .. } => {
+        PackageSource::Index { url, ca, .. } => {
             let page = format!("{}/{}/", url.trim_end_matches('/'), normalise_name(name));
-            match reqwest::get(&page).await {
+            let Ok(client) = index_client(ca.as_deref()) else { return Vec::new() };
+            match client.get(&page).send().await {
                 Ok(r) if r.status().is_success() => {
                     let body = r.text().await.unwrap_or_default();
                     body.split("href=\"")
@@ -598,8 +622,11 @@ mod tests {
         let wheels = PackageSource::Wheels { dir: "/w".into() };
         assert_eq!(source_args(&wheels, false), ["--no-index", "--find-links", "/w", "--only-binary", ":all:"]);
         assert_eq!(source_args(&wheels, true), ["--no-index", "--find-links", "/w"]);
-        let index =
-            PackageSource::Index { url: "http://198.18.0.5/simple".into(), address: "198.18.0.5:80".parse().unwrap() };
+        let index = PackageSource::Index {
+            url: "http://198.18.0.5/simple".into(),
+            address: "198.18.0.5:80".parse().unwrap(),
+            ca: None,
+        };
         assert_eq!(source_args(&index, false), ["--index-url", "http://198.18.0.5/simple", "--only-binary", ":all:"]);
     }
 

@@ -226,16 +226,34 @@ struct FileServer {
     log: std::sync::Arc<std::sync::Mutex<String>>,
 }
 
+/// Python's file server, over TLS with the given certificate and key (it prints the same first line).
+const TLS_FILE_SERVER: &str = "import functools, http.server, ssl, sys
+root, cert, key = sys.argv[1:4]
+handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=root)
+server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), handler)
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain(cert, key)
+server.socket = ctx.wrap_socket(server.socket, server_side=True)
+print(f'Serving HTTPS on 127.0.0.1 port {server.server_address[1]} (https://127.0.0.1/) ...', flush=True)
+server.serve_forever()
+";
+
 impl FileServer {
     fn start(root: &Path) -> FileServer {
-        let mut child = Command::new("python3")
-            .args(["-u", "-m", "http.server", "--bind", "127.0.0.1", "--directory"])
-            .arg(root)
-            .arg("0")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+        let mut command = Command::new("python3");
+        command.args(["-u", "-m", "http.server", "--bind", "127.0.0.1", "--directory"]).arg(root).arg("0");
+        Self::spawn(command)
+    }
+
+    /// Serves `root` over HTTPS with a certificate and key.
+    fn start_tls(root: &Path, cert: &Path, key: &Path) -> FileServer {
+        let mut command = Command::new("python3");
+        command.args(["-u", "-c", TLS_FILE_SERVER]).arg(root).arg(cert).arg(key);
+        Self::spawn(command)
+    }
+
+    fn spawn(mut command: Command) -> FileServer {
+        let mut child = command.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
         let mut first = String::new();
         BufReader::new(child.stdout.take().unwrap()).read_line(&mut first).unwrap();
         let port = first.split(" port ").nth(1).and_then(|s| s.split_whitespace().next()).and_then(|p| p.parse().ok());
@@ -322,6 +340,64 @@ fn builds_reach_only_the_workspace_package_index() {
     drop(server);
     let diag = ws.cove(&["workspace", "diagnose"]);
     let fail = format!("FAIL package index: {url}: nothing answers at 127.0.0.1:{port}");
+    assert!(diag.stdout.contains(&fail), "{}", diag.stdout);
+}
+
+/// An index served over HTTPS is verified against the CA its private endpoint names, by the builds
+/// (uv in the sandbox) and by `diagnose`; without that CA, builds fail and `diagnose` says why.
+#[test]
+fn an_https_package_index_is_verified_against_the_ca_of_its_private_endpoint() {
+    let root = tempfile::tempdir().unwrap();
+    let index = root.path().join("index");
+    tiny_wheel(&index.join("simple/covepin"), "covepin", "1.0");
+    let (authority, ca) = cove_tls::Authority::create("packages").unwrap();
+    let cert = authority.issue_server(&["127.0.0.1".into()], 2).unwrap();
+    let write = |name: &str, text: &str| {
+        let path = root.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let (cert_file, key_file) = (write("index.pem", &cert.cert_pem), write("index.key", &cert.key_pem));
+    write("index-ca.pem", &ca.cert_pem);
+    let server = FileServer::start_tls(&index, &cert_file, &key_file);
+    let url = format!("https://127.0.0.1:{}/simple", server.port);
+    let network = |name: &str, ca_line: &str| {
+        let text = format!(
+            "networks:\n  - name: workspace\n    address_space: [127.0.0.0/8]\nprivate_endpoints:\n  - name: api\n    \
+             service: api\n    address: 127.0.0.1:0\n    network: workspace\n  - name: pypi\n    service: package-index\n    \
+             address: 127.0.0.1:{}\n    network: workspace\n{ca_line}",
+            server.port
+        );
+        write(name, &text).display().to_string()
+    };
+
+    let trusting = network("trusting.yml", "    ca_file: index-ca.pem\n");
+    let ws = Workspace::start_with(&["--config", &trusting, "--package-index", &url], &[]);
+    let p = Project::new(&ws.path(), "secure", PIN_SCRIPT, "mini_batch_size: 2");
+    ws.cove(&["endpoint", "create", "-f", &p.file("endpoint.yml")]).ok();
+    let file = deployment_with_environment(&p, "blue", &conda("covepin==1.0"), "");
+    ws.cove(&["deployment", "create", "-f", &file, "--set-default"]).ok();
+    assert!(server.requests().contains("GET /simple/covepin/"), "the build used the index: {}", server.requests());
+    assert_eq!(ws.output_lines(&invoke(&ws, "secure", "blue", &p.inputs(1))), ["file-000.txt 1.0"]);
+    let diag = ws.cove(&["workspace", "diagnose"]);
+    let ok = format!(
+        "OK   package index: {url} answers at its private endpoint 127.0.0.1:{}, its certificate verified",
+        server.port
+    );
+    assert!(diag.stdout.contains(&ok), "{}", diag.stdout);
+    drop(ws);
+
+    // The same index, its CA not named: the certificate is refused, by the build and by diagnose.
+    let distrusting = network("distrusting.yml", "");
+    let ws = Workspace::start_with(&["--config", &distrusting, "--package-index", &url], &[]);
+    let p = Project::new(&ws.path(), "unsure", PIN_SCRIPT, "mini_batch_size: 2");
+    ws.cove(&["endpoint", "create", "-f", &p.file("endpoint.yml")]).ok();
+    let file = deployment_with_environment(&p, "blue", &conda("covepin==1.0"), "");
+    let refused = ws.cove(&["deployment", "create", "-f", &file, "--set-default"]);
+    refused.fails_with(2, "environment: the requirements cannot be resolved from the package index");
+    assert!(refused.stderr.contains("certificate"), "{}", refused.stderr);
+    let diag = ws.cove(&["workspace", "diagnose"]);
+    let fail = format!("FAIL package index: {url}: the index's certificate is not issued by the CA this client trusts");
     assert!(diag.stdout.contains(&fail), "{}", diag.stdout);
 }
 
