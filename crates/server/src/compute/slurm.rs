@@ -86,6 +86,26 @@ pub struct Submission<'a> {
     pub dir: &'a Path,
 }
 
+/// A copy of the cluster's credential files in the job's folder, which the nodes see (their logs and
+/// working directory are there too), where the workspace's own `tls/` folder is the control plane's.
+fn shared_credential(s: &Submission<'_>) -> Result<crate::tls::WorkerCredential, String> {
+    let dir = s.dir.join("credential");
+    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let copy = |from: &Path, name: &str| -> Result<std::path::PathBuf, String> {
+        let to = dir.join(name);
+        let text = std::fs::read_to_string(from).map_err(|e| format!("cannot read {}: {e}", from.display()))?;
+        crate::tls::write_private(&to, &text).map_err(|e| format!("{e:#}"))?;
+        Ok(to)
+    };
+    let c = s.credential;
+    Ok(crate::tls::WorkerCredential {
+        token: c.token.clone(),
+        cert: copy(&c.cert, "client.pem")?,
+        key: copy(&c.key, "client.key")?,
+        trust: copy(&c.trust, "ca.pem")?,
+    })
+}
+
 /// Submits the job's workers as an array job; returns the Slurm job id.
 pub async fn submit(spec: &ComputeSpec, s: &Submission<'_>) -> Result<String, String> {
     std::fs::create_dir_all(s.dir).map_err(|e| format!("cannot create {}: {e}", s.dir.display()))?;
@@ -107,7 +127,7 @@ pub async fn submit(spec: &ComputeSpec, s: &Submission<'_>) -> Result<String, St
         .arg(format!("--chdir={}", s.dir.display()))
         .args(["--wrap", &script])
         .env("COVE_URL", s.url)
-        .envs(s.credential.env())
+        .envs(shared_credential(s)?.env())
         .env_remove("COVE_TOKEN");
     let out = run(c, "sbatch").await.map_err(|e| format!("sbatch refused the job: {e}"))?;
     Ok(out.split(';').next().unwrap_or(&out).trim().to_string())
