@@ -25,6 +25,9 @@ pub struct Target {
 impl Target {
     pub fn client(&self) -> anyhow::Result<Client> {
         if let Some(url) = &self.url {
+            if !url.starts_with("https://") {
+                bail!("COVE_URL {url}: Cove's control plane speaks only HTTPS; use its https:// URL");
+            }
             let token = match (&self.token, &self.workspace) {
                 (Some(t), _) => t.clone(),
                 (None, Some(dir)) => read_token(dir)?,

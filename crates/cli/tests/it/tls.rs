@@ -193,6 +193,44 @@ fn a_brought_certificate_is_served_and_diagnose_warns_before_it_expires() {
 }
 
 #[test]
+fn an_expired_certificate_a_plain_url_and_a_non_owner_are_refused_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let (corp, ca) = cove_tls::Authority::create("corp").unwrap();
+    let expired = corp.issue_server(&["127.0.0.1".into()], -1).unwrap();
+    std::fs::write(dir.path().join("corp-ca.pem"), &ca.cert_pem).unwrap();
+    std::fs::write(dir.path().join("api.pem"), &expired.cert_pem).unwrap();
+    std::fs::write(dir.path().join("api.key"), &expired.key_pem).unwrap();
+    let config = config_with(dir.path(), "tls:\n  certificate: api.pem\n  key: api.key\n  ca: corp-ca.pem\n");
+    let ws = Workspace::start_with(&["--config", &config.display().to_string()], &[]);
+    ws.cove(&["endpoint", "list"]).fails_with(4, "the server's certificate has expired");
+
+    let ws = Workspace::start();
+    let plain = std::process::Command::new(COVE)
+        .args(["endpoint", "list"])
+        .env_remove("COVE_WORKSPACE")
+        .env("COVE_URL", ws.url.replace("https://", "http://"))
+        .env("COVE_TOKEN", ws.token())
+        .env("COVE_CA_FILE", ws.path().join("tls/trust.pem"))
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&plain.stderr);
+    assert_eq!(plain.status.code(), Some(2), "{said}");
+    assert!(said.contains("Cove's control plane speaks only HTTPS; use its https:// URL"), "{said}");
+    // Only an owner issues, revokes or rotates credentials.
+    let contributor = ws.cove(&["token", "create", "--role", "contributor"]).ok().stdout.trim().to_string();
+    for (method, path) in [
+        ("POST", "/api/v1/computes/local/credential"),
+        ("DELETE", "/api/v1/computes/local/credential"),
+        ("POST", "/api/v1/workspace/rotate-certificates"),
+    ] {
+        let (status, body) = ws.http_as(&contributor, method, path, Some(json!({})), &[]);
+        assert_eq!(status, 403, "{method} {path}: {body}");
+    }
+    let missing = ws.cove(&["compute", "credential", "nowhere", "--out", &dir.path().join("c").display().to_string()]);
+    missing.fails_with(5, "compute `nowhere` does not exist");
+}
+
+#[test]
 fn a_brought_certificate_that_cannot_be_used_stops_cove_up_naming_the_file() {
     let dir = tempfile::tempdir().unwrap();
     let (corp, ca) = cove_tls::Authority::create("corp").unwrap();
