@@ -137,6 +137,8 @@ pub(crate) struct App {
     pub shutdown: watch::Receiver<bool>,
     /// The workspace CA, the listeners' certificate and their TLS configuration.
     pub tls: tls::WorkspaceTls,
+    /// The studio's signed-in sessions.
+    pub sessions: http::studio::Sessions,
 }
 
 pub(crate) type AppRef = Arc<App>;
@@ -364,6 +366,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
         package_source,
         building: std::sync::Mutex::new(std::collections::HashSet::new()),
         tls: workspace_tls,
+        sessions: Default::default(),
     });
     environments::collect_unused(&app).await;
     let lost_app = app.clone();

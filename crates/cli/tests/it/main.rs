@@ -22,6 +22,7 @@ mod resources;
 mod sandbox;
 mod scoring;
 mod slurm;
+mod studio;
 mod support;
 mod testbed;
 mod tidy;

@@ -219,8 +219,20 @@ fn the_api_serves_its_openapi_description_and_refuses_oversized_bodies() {
     assert_eq!(status, 200);
     assert!(doc["paths"]["/endpoints/{endpoint}/jobs"]["post"].is_object());
     let huge = serde_json::json!({ "name": "big", "description": "x".repeat(2 * 1024 * 1024) });
-    let (status, _) = ws.http("POST", "/api/v1/endpoints", Some(huge), &[]);
-    assert_eq!(status, 413);
+    // The control plane answers 413 from the Content-Length alone and closes the connection without
+    // reading the body, so a client still sending it may see the connection closed instead.
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let sent = rt.block_on(async {
+        let req =
+            crate::support::https(&ws.path()).post(format!("{}/api/v1/endpoints", ws.url)).bearer_auth(ws.token());
+        req.json(&huge).send().await.map(|r| r.status().as_u16())
+    });
+    match sent {
+        Ok(status) => assert_eq!(status, 413),
+        Err(e) => {
+            assert!(format!("{e:?}").contains("BrokenPipe") || format!("{e:?}").contains("ConnectionReset"), "{e:?}")
+        }
+    }
     let (status, body) = ws.http("POST", "/api/v1/endpoints", Some(serde_json::json!({ "name": 7 })), &[]);
     assert_eq!(status, 400, "{body}");
     assert!(body["message"].as_str().unwrap().contains("invalid request body"));

@@ -37,7 +37,7 @@ fn every_crate_is_on_the_map_and_every_file_says_what_it_owns() {
 }
 
 /// The README says only what exists: every `cove` command of its tour is one the binary knows, and it
-/// names no web studio while the control plane serves none.
+/// names the web studio only if the control plane serves it.
 #[test]
 fn the_readme_tour_names_only_commands_that_exist() {
     let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();

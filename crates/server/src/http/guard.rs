@@ -176,7 +176,8 @@ pub async fn guard(
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|h| h.strip_prefix("Bearer "))
-        .map(|t| t.trim().to_string());
+        .map(|t| t.trim().to_string())
+        .or_else(|| super::studio::session_secret(&app, &Method::GET, req.headers()).ok().flatten());
     if let Err(why) = app.policy.admits(source) {
         audit(&app, "-".into(), source, action, path, format!("refused: {why}"), None).await;
         return ApiError::new(super::ErrorCode::PermissionDenied, format!("refused by network policy: {why}"))

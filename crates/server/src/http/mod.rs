@@ -8,6 +8,7 @@ pub mod guard;
 mod jobs;
 mod ownership;
 mod resources;
+pub(crate) mod studio;
 mod upload;
 mod worker;
 
@@ -33,6 +34,10 @@ pub fn router(app: AppRef) -> Router {
         .route("/worker/v1/leases/{lease}/logs/{*path}", put(worker::put_log))
         .layer(DefaultBodyLimit::max(UPLOAD_LIMIT as usize));
     Router::new()
+        .route("/", get(studio::index))
+        .route("/studio/studio.js", get(studio::script))
+        .route("/studio/studio.css", get(studio::style))
+        .route("/studio/session", post(studio::sign_in).get(studio::whoami).delete(studio::sign_out))
         .route("/api/v1/openapi.json", get(openapi))
         .route("/api/v1/workspace", get(resources::workspace))
         .route("/api/v1/workspace/diagnose", get(admin::diagnose))
@@ -87,6 +92,7 @@ pub fn router(app: AppRef) -> Router {
         .merge(uploads)
         .fallback(|| async { ApiError::not_found("no such route") })
         .layer(axum::middleware::from_fn_with_state(app.clone(), guard::guard))
+        .layer(axum::middleware::from_fn(studio::security_headers))
         .with_state(app)
 }
 
@@ -111,10 +117,13 @@ type WorkerCredentials = (Principal, Option<String>, Option<String>);
 
 async fn principal_and_network(parts: &Parts, app: &AppRef) -> ApiResult<WorkerCredentials> {
     let header = parts.headers.get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-    let Some(secret) = header.and_then(|h| h.strip_prefix("Bearer ")).map(str::trim) else {
-        return Err(ApiError::new(ErrorCode::Unauthenticated, "missing bearer token (Authorization: Bearer <token>)"));
+    let secret = match header.and_then(|h| h.strip_prefix("Bearer ")).map(str::trim) {
+        Some(secret) => secret.to_string(),
+        // The studio's session cookie stands for the token its user signed in with.
+        None => studio::session_secret(app, &parts.method, &parts.headers)?.ok_or_else(|| {
+            ApiError::new(ErrorCode::Unauthenticated, "missing bearer token (Authorization: Bearer <token>)")
+        })?,
     };
-    let secret = secret.to_string();
     let shared = app.clone();
     let presented = parts.extensions.get::<guard::ClientCertificate>().and_then(|c| c.0.clone());
     let found = app
