@@ -195,6 +195,14 @@ fn a_private_workspace_serves_its_networks_and_refuses_everyone_else() {
         invoke_raw(&bed, "jump", &owner, "proof")
     );
 
+    // The studio is on the same private endpoint, behind the same policy.
+    let studio = raw(&bed, "jump", Some(&ca), None, "", "GET", "/");
+    assert!(studio.starts_with("200 ") && studio.contains("Cove studio"), "{studio}");
+    record("jump (198.18.2.10, peered)", "studio", "allowed");
+    let outside_studio = raw(&bed, "outside", Some(&ca), None, "", "GET", "/");
+    assert!(!outside_studio.starts_with('2') && !outside_studio.starts_with('4'), "{outside_studio}");
+    record("outside (198.19.0.10)", "studio", "refused");
+
     // Every listener speaks only TLS: plain HTTP from a peered host gets a refusal and nothing else.
     let plain = raw(&bed, "jump", None, None, &owner, "POST", "/endpoints/proof/jobs");
     assert!(plain.starts_with("400 this Cove listener speaks only HTTPS"), "{plain}");
