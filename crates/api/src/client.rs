@@ -136,6 +136,21 @@ impl Client {
         check(resp).await.map(|_| ())
     }
 
+    /// Posts raw bytes and decodes the JSON answer.
+    pub async fn post_bytes<T: DeserializeOwned>(&self, path: &str, body: Bytes) -> Result<T, ClientError> {
+        let url = format!("{}{}", self.base, path);
+        let resp = self
+            .http
+            .post(&url)
+            .bearer_auth(&self.token)
+            .body(body)
+            .send()
+            .await
+            .map_err(|source| unreachable(&url, source))?;
+        let resp = check(resp).await?;
+        resp.json().await.map_err(|source| ClientError::Decode { url, source })
+    }
+
     /// Downloads raw bytes with `GET`.
     pub async fn get_bytes(&self, path: &str) -> Result<Bytes, ClientError> {
         let resp = self.get_response(path).await?;

@@ -213,6 +213,30 @@ pub struct CompletionAck {
     pub job_active: bool,
 }
 
+/// The largest report body: a part beyond this goes first with `PUT part`, streamed.
+pub const REPORT_LIMIT: usize = 16 * 1024 * 1024;
+
+/// `POST /worker/v1/leases/{id}/report`: an attempt's report and, optionally, the request for the
+/// worker's next lease, answered in the same round trip. The body is a [`bundle`]: this report as JSON,
+/// then the attempt's result part when it has one.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Report {
+    pub completion: Completion,
+    #[serde(default)]
+    pub next: Option<LeaseRequest>,
+}
+
+/// The answer to a [`Report`]: the completion's acknowledgement and, when the worker asked and work
+/// was there at once, its next lease (an answer without one says nothing about the job being done: the
+/// worker asks again, waiting).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReportAck {
+    #[serde(flatten)]
+    pub ack: CompletionAck,
+    #[serde(default)]
+    pub next: Option<Lease>,
+}
+
 /// `GET /worker/v1/leases/{id}/assets/{model|code}`: the files of an asset.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AssetListing {

@@ -6,7 +6,7 @@ use crate::WorkerConfig;
 use anyhow::Context;
 use bytes::Bytes;
 use cove_api::worker::{
-    AssetListing, Completion, CompletionAck, HostCapabilities, Lease, LeaseRequest, LeaseResponse, ReportedOutcome,
+    AssetListing, Completion, HostCapabilities, Lease, LeaseRequest, LeaseResponse, Report, ReportAck, ReportedOutcome,
     RunSpec,
 };
 use cove_api::{encode, Client, ClientError};
@@ -42,6 +42,8 @@ pub struct Slot {
     native: Option<(String, Arc<OnnxModel>)>,
     /// The size of each log file when it was last uploaded, so unchanged logs are not sent again.
     uploaded: std::collections::HashMap<PathBuf, u64>,
+    /// The current attempt's result part, sent with its report.
+    part: Option<Bytes>,
 }
 
 /// The per-process log files of one job, relative to the job's `logs/` folder.
@@ -65,6 +67,7 @@ impl Slot {
             inputs_route: None,
             native: None,
             uploaded: Default::default(),
+            part: None,
         }
     }
 
@@ -119,24 +122,33 @@ impl Slot {
                 version: env!("CARGO_PKG_VERSION").to_string(),
             },
         };
+        // The next lease, when the control plane granted it with the last report.
+        let mut next: Option<Lease> = None;
         loop {
-            let resp: LeaseResponse = retrying(|| self.client.post("/worker/v1/lease", &req)).await?;
-            match resp.lease {
-                Some(lease) => {
-                    let active = self.work(lease).await?;
-                    if !active && self.config.job.is_some() {
-                        return Ok(());
+            let lease = match next.take() {
+                Some(lease) => lease,
+                None => {
+                    let resp: LeaseResponse = retrying(|| self.client.post("/worker/v1/lease", &req)).await?;
+                    match resp.lease {
+                        Some(lease) => lease,
+                        None if resp.job_done => return Ok(()),
+                        None => continue,
                     }
                 }
-                None if resp.job_done => return Ok(()),
-                None => {}
+            };
+            let (active, granted) = self.work(lease, &req).await?;
+            if !active && self.config.job.is_some() {
+                return Ok(());
             }
+            next = granted;
         }
     }
 
-    /// Works one lease; returns whether its job still runs.
-    async fn work(&mut self, lease: Lease) -> anyhow::Result<bool> {
+    /// Works one lease and reports it, asking for the next one in the same round trip; returns whether
+    /// its job still runs, and the next lease when one was granted.
+    async fn work(&mut self, lease: Lease, ask: &LeaseRequest) -> anyhow::Result<(bool, Option<Lease>)> {
         let started = Instant::now();
+        self.part = None;
         self.observed.clear();
         self.last_isolation = None;
         self.inputs_route = None;
@@ -169,15 +181,29 @@ impl Slot {
                 tokio::time::sleep(pause).await;
             }
         }
-        let path = format!("/worker/v1/leases/{}/complete", lease.lease_id);
-        let ack: CompletionAck = retrying(|| self.client.post(&path, &report)).await?;
+        let mut part = self.part.take();
+        if part.as_ref().is_some_and(|p| p.len() + 64 * 1024 > cove_api::worker::REPORT_LIMIT) {
+            // Too large to travel whole with the report: streamed on its own first.
+            let path = format!("/worker/v1/leases/{}/part", lease.lease_id);
+            let bytes = part.take().expect("checked");
+            retrying(|| self.client.put_bytes(&path, bytes.clone())).await?;
+        }
+        let mut body = Vec::new();
+        let head = serde_json::to_vec(&Report { completion: report, next: Some(ask.clone()) })?;
+        cove_api::worker::bundle::push(&mut body, Ok(&head));
+        if let Some(part) = &part {
+            cove_api::worker::bundle::push(&mut body, Ok(part));
+        }
+        let body = Bytes::from(body);
+        let path = format!("/worker/v1/leases/{}/report", lease.lease_id);
+        let ack: ReportAck = retrying(|| self.client.post_bytes(&path, body.clone())).await?;
         let _ = std::fs::remove_dir_all(self.job_dir(&lease.job).join("inputs").join(&lease.lease_id));
-        if !ack.job_active {
+        if !ack.ack.job_active {
             if let Some((_, mut s)) = self.scorer.take() {
                 s.kill().await;
             }
         }
-        Ok(ack.job_active)
+        Ok((ack.ack.job_active, ack.next))
     }
 
     /// Keeps the lease alive while this worker is; if the worker dies, the lease expires.
@@ -339,9 +365,7 @@ impl Slot {
         }
         let succeeded = scored.succeeded();
         if lease.run.output_action == cove_spec::OutputAction::AppendRow {
-            let path = format!("/worker/v1/leases/{}/part", lease.lease_id);
-            let part = Bytes::from(scored.output);
-            retrying(|| self.client.put_bytes(&path, part.clone())).await?;
+            self.part = Some(Bytes::from(scored.output));
         }
         let reason = failures.first().map(|(name, reason)| {
             let more = if failures.len() > 1 { format!(" (and {} more)", failures.len() - 1) } else { String::new() };
@@ -491,7 +515,7 @@ impl Slot {
     /// (`leftovers`); a file that is not a plain regular file within the limit fails the attempt,
     /// naming it, and nothing of it is sent.
     async fn send_results(
-        &self,
+        &mut self,
         lease: &Lease,
         part: Option<&Path>,
         output_dir: &Path,
@@ -517,9 +541,7 @@ impl Slot {
                 Err(why) => return Ok(Err(format!("the scorer's result part was refused: {why}"))),
             };
             let _ = std::fs::remove_file(part);
-            let path = format!("/worker/v1/leases/{}/part", lease.lease_id);
-            let bytes = Bytes::from(bytes);
-            retrying(|| self.client.put_bytes(&path, bytes.clone())).await?;
+            self.part = Some(Bytes::from(bytes));
         }
         for (file, name, bytes) in outputs {
             let path = format!("/worker/v1/leases/{}/outputs/{}", lease.lease_id, encode(&name));

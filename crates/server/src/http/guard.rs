@@ -132,6 +132,18 @@ async fn refuse_plaintext(mut stream: TcpStream, url: &str) {
     );
     let _ = tokio::time::timeout(HANDSHAKE_TIMEOUT, stream.write_all(response.as_bytes())).await;
     let _ = stream.shutdown().await;
+    // Read what the client is still sending (a little, briefly) before closing, so the close does not
+    // reset the connection under the refusal before the client has read it.
+    use tokio::io::AsyncReadExt;
+    let mut sink = [0u8; 16 * 1024];
+    let mut drained = 0;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(2);
+    while drained < 256 * 1024 {
+        match tokio::time::timeout_at(deadline, stream.read(&mut sink)).await {
+            Ok(Ok(n)) if n > 0 => drained += n,
+            _ => break,
+        }
+    }
 }
 
 pub async fn audit(

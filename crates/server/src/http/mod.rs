@@ -33,6 +33,11 @@ pub fn router(app: AppRef) -> Router {
         .route("/worker/v1/leases/{lease}/outputs/{*name}", put(worker::put_output))
         .route("/worker/v1/leases/{lease}/logs/{*path}", put(worker::put_log))
         .layer(DefaultBodyLimit::max(UPLOAD_LIMIT as usize));
+    // A report is held whole while it is applied, so its part is bounded; larger parts are streamed
+    // with `PUT part` first.
+    let reports = Router::new()
+        .route("/worker/v1/leases/{lease}/report", post(worker::report))
+        .layer(DefaultBodyLimit::max(cove_api::worker::REPORT_LIMIT));
     Router::new()
         .route("/", get(studio::index))
         .route("/studio/studio.js", get(studio::script))
@@ -90,6 +95,7 @@ pub fn router(app: AppRef) -> Router {
         .route("/worker/v1/leases/{lease}/assets/{kind}/{*path}", get(worker::get_asset))
         .layer(DefaultBodyLimit::max(JSON_BODY_LIMIT))
         .merge(uploads)
+        .merge(reports)
         .fallback(|| async { ApiError::not_found("no such route") })
         .layer(axum::middleware::from_fn_with_state(app.clone(), guard::guard))
         .layer(axum::middleware::from_fn(studio::security_headers))

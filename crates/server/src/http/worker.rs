@@ -12,7 +12,9 @@ use axum::body::{Body, Bytes};
 use axum::extract::{Extension, Path, State};
 use axum::http::StatusCode;
 use axum::Json;
-use cove_api::worker::{AssetListing, Completion, CompletionAck, Lease, LeaseRequest, LeaseResponse, ReportedOutcome};
+use cove_api::worker::{
+    AssetListing, Completion, CompletionAck, Lease, LeaseRequest, LeaseResponse, Report, ReportAck, ReportedOutcome,
+};
 use cove_api::{AuditEntry, FileEntry};
 use cove_model::AttemptOutcome;
 use futures::TryStreamExt;
@@ -24,14 +26,19 @@ const MAX_WAIT: Duration = Duration::from_secs(20);
 
 pub async fn lease(State(app): State<AppRef>, Worker(w): Worker, body: Bytes) -> JsonResult<LeaseResponse> {
     let req: LeaseRequest = parse_json(&body)?;
+    Ok(Json(lease_for(&app, &w, &req).await?))
+}
+
+/// Grants the worker a mini-batch, waiting up to `req.wait_ms` for one.
+async fn lease_for(app: &AppRef, w: &Principal, req: &LeaseRequest) -> ApiResult<LeaseResponse> {
     if let Some(compute) = &w.compute {
         let seen = (req.node.clone(), req.host.clone());
         app.worker_hosts.lock().unwrap_or_else(|e| e.into_inner()).insert(compute.clone(), seen);
     }
     if !req.host.sandbox {
         if let Some(job) = &req.job {
-            if fail_unsandboxable(&app, &w, &req, job).await? {
-                return Ok(Json(LeaseResponse { lease: None, job_done: true }));
+            if fail_unsandboxable(app, w, req, job).await? {
+                return Ok(LeaseResponse { lease: None, job_done: true });
             }
         }
     }
@@ -52,7 +59,7 @@ pub async fn lease(State(app): State<AppRef>, Worker(w): Worker, body: Bytes) ->
         match answer {
             LeaseAnswer::Granted(g) => {
                 app.leases_changed.notify_one();
-                let files = batch_files(&app, &g.job, g.manifest_offset, g.manifest_len)
+                let files = batch_files(app, &g.job, g.manifest_offset, g.manifest_len)
                     .await
                     .map_err(|e| ApiError::internal("read the manifest", format!("{e:#}")))?;
                 let in_place = g
@@ -63,7 +70,7 @@ pub async fn lease(State(app): State<AppRef>, Worker(w): Worker, body: Bytes) ->
                 let expires_in_ms = g.record.settings.retry_settings.timeout_secs * 1000 + LEASE_GRACE_MS as u64;
                 let (signed_inputs, signed_inputs_ca) = match g.record.inputs_direct {
                     true => {
-                        let urls = sign_inputs(&app, &g.record.input.uri, &files, expires_in_ms).await?;
+                        let urls = sign_inputs(app, &g.record.input.uri, &files, expires_in_ms).await?;
                         let store = parse_uri(&g.record.input.uri).map_err(ApiError::invalid)?.datastore;
                         let ca = app
                             .policy
@@ -86,12 +93,12 @@ pub async fn lease(State(app): State<AppRef>, Worker(w): Worker, body: Bytes) ->
                     files,
                     run: g.record.run,
                 };
-                return Ok(Json(LeaseResponse { lease: Some(lease), job_done: false }));
+                return Ok(LeaseResponse { lease: Some(lease), job_done: false });
             }
             LeaseAnswer::Nothing { job_done } => {
                 let shutting_down = *app.shutdown.borrow();
                 if job_done || tokio::time::Instant::now() >= deadline || shutting_down {
-                    return Ok(Json(LeaseResponse { lease: None, job_done }));
+                    return Ok(LeaseResponse { lease: None, job_done });
                 }
                 let _ = tokio::time::timeout_at(deadline, notified).await;
             }
@@ -382,6 +389,50 @@ pub async fn complete(
     body: Bytes,
 ) -> JsonResult<CompletionAck> {
     let report: Completion = parse_json(&body)?;
+    Ok(Json(complete_lease(&app, &w, &lease, report).await?))
+}
+
+/// `POST /worker/v1/leases/{lease}/report`: the attempt's part (stored before the report is applied,
+/// as `PUT part` stores it), its report, and the worker's next lease, in one round trip.
+pub async fn report(
+    State(app): State<AppRef>,
+    Worker(w): Worker,
+    Extension(source): Extension<guard::Source>,
+    Path(lease): Path<String>,
+    body: Bytes,
+) -> JsonResult<ReportAck> {
+    let mut items = cove_api::worker::bundle::split(body)
+        .map_err(|e| ApiError::invalid(format!("invalid report: {e}")))?
+        .into_iter();
+    let head = items.next().ok_or_else(|| ApiError::invalid("invalid report: it is empty"))?;
+    let head = head.map_err(|e| ApiError::invalid(format!("invalid report: {e}")))?;
+    let report: Report = parse_json(&head)?;
+    let part = items.next().transpose().map_err(|e| ApiError::invalid(format!("invalid report: {e}")))?;
+    if items.next().is_some() {
+        return Err(ApiError::invalid("invalid report: a report holds the report and at most one part"));
+    }
+    if let Some(part) = part {
+        let info = current(&app, &lease, &w).await?;
+        let key = object_store::path::Path::from(store::part_key(&info.job, info.idx, &lease));
+        let size = part.len();
+        app.internal.put(&key, part.into()).await.map_err(|e| ApiError::internal("store the part", e))?;
+        let (id, entry) = (lease.clone(), upload_audit(&w, source, format!("PUT part ({size} bytes)"), &info, &lease));
+        app.store.call(move |c| store::attempt_mark_part(c, &id).and_then(|()| store::audit_append(c, &entry))).await?;
+    }
+    let ack = complete_lease(&app, &w, &lease, report.completion).await?;
+    let next = match report.next {
+        // Work that is there now; waiting for more is the lease route's.
+        Some(mut req) if ack.job_active => {
+            req.wait_ms = 0;
+            lease_for(&app, &w, &req).await?.lease
+        }
+        _ => None,
+    };
+    Ok(Json(ReportAck { ack, next }))
+}
+
+/// Applies an attempt's report to its lease (only the lease's own compute may).
+async fn complete_lease(app: &AppRef, w: &Principal, lease: &str, report: Completion) -> ApiResult<CompletionAck> {
     let reason = || report.reason.clone().unwrap_or_else(|| "no reason given".to_string());
     let outcome = match report.outcome {
         ReportedOutcome::Succeeded => {
@@ -391,7 +442,7 @@ pub async fn complete(
         ReportedOutcome::TimedOut => AttemptOutcome::TimedOut,
         ReportedOutcome::InitFailed => AttemptOutcome::InitFailed { reason: reason() },
     };
-    let id = lease.clone();
+    let id = lease.to_string();
     let pid = report.pid;
     let isolation = report.isolation.as_ref().map(|v| v.to_string());
     let compute = w.compute.clone().unwrap_or_default();
@@ -405,10 +456,10 @@ pub async fn complete(
             Ok(Ok(store::lease_complete_with(c, &id, &outcome, Some(pid), isolation.as_deref())?))
         })
         .await?
-        .map_err(|owner| foreign_lease(&lease, &owner, &w))?;
+        .map_err(|owner| foreign_lease(lease, &owner, w))?;
     app.work_available.notify_waiters();
     if let (Some(status), Some(job)) = (result.job_status, &result.job) {
-        jobs::on_status(&app, job, status);
+        jobs::on_status(app, job, status);
     }
-    Ok(Json(CompletionAck { committed: result.committed, job_active: result.job_active }))
+    Ok(CompletionAck { committed: result.committed, job_active: result.job_active })
 }
