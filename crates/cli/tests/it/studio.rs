@@ -83,6 +83,15 @@ fn studio_sessions_need_the_csrf_token_for_changes_and_end_at_sign_out() {
     let cookie = set.split(';').next().unwrap().to_string();
     let csrf = serde_json::from_str::<serde_json::Value>(&body).unwrap()["csrf"].as_str().unwrap().to_string();
     assert!(!body.contains(&ws.token()), "the token never comes back to the page");
+    // A form posted from another page (text/plain, shaped like JSON) cannot sign anyone in.
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let forged = rt.block_on(async {
+        let body = format!("{{\"token\": \"{}\", \"x\": \"=\"}}", ws.token());
+        let req = https(&ws.path()).post(format!("{}/studio/session", ws.url)).header("content-type", "text/plain");
+        let resp = req.body(body).send().await.unwrap();
+        (resp.status().as_u16(), resp.headers().contains_key("set-cookie"))
+    });
+    assert_eq!(forged, (400, false), "a text/plain sign-in is refused and sets no cookie");
     let worker = std::fs::read_to_string(ws.path().join("state/worker-local.token")).unwrap();
     let (status, _, _) = with_cookie(&ws, "POST", "/studio/session", "", None, Some(json!({"token": worker.trim()})));
     assert_eq!(status, 401);

@@ -145,8 +145,19 @@ pub struct Me {
     csrf: String,
 }
 
-/// `POST /studio/session`: signs in with a user token; sets the session cookie.
-pub async fn sign_in(State(app): State<AppRef>, body: Bytes) -> ApiResult<Response> {
+/// `POST /studio/session`: signs in with a user token; sets the session cookie. Only a JSON request is
+/// taken: a page elsewhere cannot send one without the browser asking first (and being refused), so it
+/// cannot sign a visitor in with a token of its choosing.
+pub async fn sign_in(State(app): State<AppRef>, headers: HeaderMap, body: Bytes) -> ApiResult<Response> {
+    let json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| t.split(';').next().is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json")));
+    if !json {
+        return Err(ApiError::invalid(
+            "sign in with a JSON body ({\"token\": \"...\"}, Content-Type: application/json)",
+        ));
+    }
     let req: SignIn = parse_json(&body)?;
     let secret = req.token.trim().to_string();
     let lookup = secret.clone();
