@@ -105,6 +105,8 @@ pub struct Datastores {
     /// Network datastores that can sign short-lived URLs for one file, so workers read straight
     /// from the store without its credentials.
     signers: std::sync::RwLock<BTreeMap<String, Arc<dyn object_store::signer::Signer>>>,
+    /// The CA (PEM) each HTTPS datastore's client trusts besides the system's: its private endpoint's.
+    cas: std::sync::RwLock<BTreeMap<String, String>>,
     pub default_name: String,
 }
 
@@ -135,6 +137,7 @@ impl Datastores {
             stores: std::sync::RwLock::new(BTreeMap::new()),
             local_roots: std::sync::RwLock::new(BTreeMap::new()),
             signers: std::sync::RwLock::new(BTreeMap::new()),
+            cas: std::sync::RwLock::new(BTreeMap::new()),
             default_name: default_name.to_string(),
         }
     }
@@ -167,6 +170,7 @@ impl Datastores {
     pub fn remove(&self, name: &str) {
         self.stores.write().unwrap_or_else(|p| p.into_inner()).remove(name);
         self.signers.write().unwrap_or_else(|p| p.into_inner()).remove(name);
+        self.cas.write().unwrap_or_else(|p| p.into_inner()).remove(name);
         self.local_roots.write().unwrap_or_else(|p| p.into_inner()).remove(name);
     }
 
@@ -185,12 +189,28 @@ impl Datastores {
         ca: Option<&str>,
     ) -> Result<(), String> {
         self.insert_signing(name, build_s3(endpoint, bucket, secret, ca)?);
+        self.set_ca(name, ca);
         Ok(())
+    }
+
+    fn set_ca(&self, name: &str, ca: Option<&str>) {
+        let mut cas = self.cas.write().unwrap_or_else(|p| p.into_inner());
+        match ca {
+            Some(pem) => cas.insert(name.to_string(), pem.to_string()),
+            None => cas.remove(name),
+        };
+    }
+
+    /// The CA its client trusts for an HTTPS datastore (its private endpoint's), for workers that read
+    /// from the store themselves.
+    pub fn ca(&self, name: &str) -> Option<String> {
+        self.cas.read().unwrap_or_else(|p| p.into_inner()).get(name).cloned()
     }
 
     /// Adds an Azure Blob datastore; one reached with the account key can sign URLs (a SAS cannot).
     pub fn add_azure(&self, name: &str, secret: &AzureSecret, ca: Option<&str>) -> Result<(), String> {
         let store = build_azure(secret, ca)?;
+        self.set_ca(name, ca);
         if secret.account_key.is_some() {
             self.insert_signing(name, store);
         } else {

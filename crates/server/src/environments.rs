@@ -33,16 +33,7 @@ pub fn package_source(config: &EnvironmentSettings, policy: &NetworkPolicy) -> R
              with service: package-index, and none has the address {address}"
         ));
     }
-    let ca = match endpoint.and_then(|p| p.ca_file.as_ref()) {
-        Some(file) => {
-            let what =
-                format!("private endpoint {}: ca_file {}", endpoint.map_or("", |p| p.name.as_str()), file.display());
-            let pem = std::fs::read_to_string(file).map_err(|e| format!("{what}: {e}"))?;
-            cove_tls::certificates(&what, &pem).map_err(|e| e.to_string())?;
-            Some(pem)
-        }
-        None => None,
-    };
+    let ca = endpoint.map_or(Ok(None), crate::netpolicy::PrivateEndpoint::ca)?;
     Ok(Some(PackageSource::Index { url: url.trim_end_matches('/').to_string(), address, ca }))
 }
 

@@ -470,15 +470,5 @@ pub(crate) fn ensure_worker_token(store: &store::Store, dir: &Path, compute: &st
 }
 
 pub(crate) fn write_secret(path: &Path, secret: &str) -> anyhow::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("failed to write {}", path.display()))?;
-    writeln!(f, "{secret}")?;
-    Ok(())
+    tls::write_private(path, &format!("{secret}\n"))
 }

@@ -70,6 +70,18 @@ pub struct ComputeNetwork {
     pub max_instances: u32,
 }
 
+impl PrivateEndpoint {
+    /// The CA (PEM) its `ca_file` names, when it names one; an unreadable file or one holding no
+    /// certificate is an error naming the endpoint and the file.
+    pub fn ca(&self) -> Result<Option<String>, String> {
+        let Some(file) = &self.ca_file else { return Ok(None) };
+        let what = format!("private endpoint {}: ca_file {}", self.name, file.display());
+        let pem = std::fs::read_to_string(file).map_err(|e| format!("{what}: {e}"))?;
+        cove_tls::certificates(&what, &pem).map_err(|e| e.to_string())?;
+        Ok(Some(pem))
+    }
+}
+
 fn external() -> String {
     "external".into()
 }
@@ -306,15 +318,7 @@ impl NetworkPolicy {
     /// The CA (PEM) of the private endpoint for `service` (`datastore:NAME`, `package-index`), when its
     /// configuration names one; an unreadable file is an error naming it.
     pub fn endpoint_ca(&self, service: &str) -> Result<Option<String>, String> {
-        let Some(file) = self.private_endpoints.iter().find(|p| p.service == service).and_then(|p| p.ca_file.as_ref())
-        else {
-            return Ok(None);
-        };
-        let pem = std::fs::read_to_string(file)
-            .map_err(|e| format!("private endpoint for {service}: ca_file {}: {e}", file.display()))?;
-        cove_tls::certificates(&format!("private endpoint for {service}: ca_file {}", file.display()), &pem)
-            .map_err(|e| e.to_string())?;
-        Ok(Some(pem))
+        self.private_endpoints.iter().find(|p| p.service == service).map_or(Ok(None), PrivateEndpoint::ca)
     }
 
     pub fn is_trusted_proxy(&self, ip: IpAddr) -> bool {

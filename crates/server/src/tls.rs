@@ -56,7 +56,6 @@ pub struct BroughtTls {
 
 /// The running control plane's TLS.
 pub struct WorkspaceTls {
-    pub dir: PathBuf,
     pub authority: Arc<Authority>,
     pub identity: Arc<ServerIdentity>,
     pub config: Arc<cove_tls::rustls::ServerConfig>,
@@ -111,24 +110,17 @@ pub fn prepare(ws: &Path, policy: &NetworkPolicy, listeners: &[SocketAddr]) -> a
     let identity = ServerIdentity::new(key);
     let config = Arc::new(cove_tls::server_config(identity.clone(), &authority.cert_pem)?);
     let names = if policy.tls.is_some() { Vec::new() } else { names };
-    Ok(WorkspaceTls {
-        dir: ws.to_path_buf(),
-        authority: Arc::new(authority),
-        identity,
-        config,
-        names,
-        brought: policy.tls.clone(),
-    })
+    Ok(WorkspaceTls { authority: Arc::new(authority), identity, config, names, brought: policy.tls.clone() })
 }
 
 /// Issues the listeners a new certificate for the same names and serves it to new connections;
 /// returns its expiry (none when the certificate is the user's: they renew it themselves).
-pub fn rotate_server(tls: &WorkspaceTls) -> anyhow::Result<Option<i64>> {
+pub fn rotate_server(tls: &WorkspaceTls, ws: &Path) -> anyhow::Result<Option<i64>> {
     if tls.brought.is_some() {
         return Ok(None);
     }
     let issued = tls.authority.issue_server(&tls.names, cove_tls::SERVER_DAYS)?;
-    write_server(&tls.dir, &issued)?;
+    write_server(ws, &issued)?;
     tls.identity.replace(cove_tls::certified_key("the listeners' certificate", &issued.cert_pem, &issued.key_pem)?);
     Ok(Some(issued.not_after))
 }
@@ -150,7 +142,10 @@ fn write_public(path: &Path, text: &str) -> anyhow::Result<()> {
 fn write_mode(path: &Path, text: &str, mode: u32) -> anyhow::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("tmp");
+    // A name of its own (`ca.pem` and `ca.key` must not share one), replaced whole by the rename.
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
     let _ = std::fs::remove_file(&tmp);
     let mut f = std::fs::OpenOptions::new()
         .write(true)
@@ -200,6 +195,15 @@ pub fn issue_worker_certificate(
     ws: &Path,
     compute: &str,
 ) -> anyhow::Result<Issued> {
+    let _one_at_a_time = ISSUING.lock().unwrap_or_else(|e| e.into_inner());
+    issue_and_write(authority, store, ws, compute)
+}
+
+/// Held while a compute's certificate files are checked or replaced: workers of one cluster start
+/// together, and two of them renewing at once could leave one's key beside the other's certificate.
+static ISSUING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn issue_and_write(authority: &Authority, store: &Store, ws: &Path, compute: &str) -> anyhow::Result<Issued> {
     let issued = issue_client_certificate(authority, store, compute)?;
     write_private(&files::compute_key(ws, compute), &issued.key_pem)?;
     write_private(&files::compute_cert(ws, compute), &issued.cert_pem)?;
@@ -217,6 +221,7 @@ pub fn issue_client_certificate(authority: &Authority, store: &Store, compute: &
 /// The client certificate files of a compute on this host, issued anew when missing, unknown to the
 /// store (revoked), or past two thirds of their life.
 pub fn ensure_worker_certificate(authority: &Authority, store: &Store, ws: &Path, compute: &str) -> anyhow::Result<()> {
+    let _one_at_a_time = ISSUING.lock().unwrap_or_else(|e| e.into_inner());
     if let Ok(pem) = std::fs::read_to_string(files::compute_cert(ws, compute)) {
         if let (Ok(certs), Ok(until)) = (cove_tls::certificates("", &pem), cove_tls::not_after("", &pem)) {
             let fp = cove_tls::fingerprint(&certs[0]);
@@ -227,7 +232,7 @@ pub fn ensure_worker_certificate(authority: &Authority, store: &Store, ws: &Path
             }
         }
     }
-    issue_worker_certificate(authority, store, ws, compute).map(|_| ())
+    issue_and_write(authority, store, ws, compute).map(|_| ())
 }
 
 /// Why a request may not use the worker protocol, when its connection presented no certificate of

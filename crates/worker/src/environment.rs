@@ -552,16 +552,10 @@ fn version_distance(a: &[u64], b: &[u64]) -> Vec<u64> {
 /// A client of the package index, verifying it against the system's CAs and `ca`, its private
 /// endpoint's.
 pub fn index_client(ca: Option<&str>) -> Result<reqwest::Client, String> {
-    let mut builder = reqwest::Client::builder()
+    let builder = reqwest::Client::builder()
         .connect_timeout(std::time::Duration::from_secs(3))
-        .timeout(std::time::Duration::from_secs(10))
-        .no_proxy();
-    if let Some(pem) = ca {
-        for cert in reqwest::Certificate::from_pem_bundle(pem.as_bytes()).map_err(|e| format!("the index's CA: {e}"))? {
-            builder = builder.add_root_certificate(cert);
-        }
-    }
-    builder.build().map_err(|e| e.to_string())
+        .timeout(std::time::Duration::from_secs(10));
+    crate::trusting(builder, ca).map_err(|e| format!("the index's CA: {e}"))
 }
 
 /// Versions of `name` with a wheel this interpreter can install.

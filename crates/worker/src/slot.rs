@@ -700,16 +700,9 @@ async fn read_signed(
         match clients.get(&ca.map(str::to_string)) {
             Some(c) => c.clone(),
             None => {
-                let mut builder =
+                let builder =
                     reqwest::Client::builder().connect_timeout(Duration::from_secs(5)).timeout(Duration::from_secs(60));
-                if let Some(pem) = ca {
-                    for cert in reqwest::Certificate::from_pem_bundle(pem.as_bytes())
-                        .context("the store's CA from the lease")?
-                    {
-                        builder = builder.add_root_certificate(cert);
-                    }
-                }
-                let c = builder.build().context("a client for the store")?;
+                let c = crate::trusting(builder, ca).context("a client for the store with the lease's CA")?;
                 clients.insert(ca.map(str::to_string), c.clone());
                 c
             }

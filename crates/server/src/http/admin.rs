@@ -295,7 +295,7 @@ pub async fn revoke_compute_credential(
 /// go on; workers started from now on use the new ones.
 pub async fn rotate_certificates(State(app): State<AppRef>, user: User) -> JsonResult<cove_api::RotatedCertificates> {
     user.require(Role::Owner, None)?;
-    let server_expires_at = crate::tls::rotate_server(&app.tls)
+    let server_expires_at = crate::tls::rotate_server(&app.tls, &app.config.dir)
         .map_err(|e| ApiError::internal("renew the listeners' certificate", format!("{e:#}")))?
         .map(|not_after| logs::timestamp(not_after * 1000));
     let mut computes = Vec::new();

@@ -72,11 +72,7 @@ async fn lease_for(app: &AppRef, w: &Principal, req: &LeaseRequest) -> ApiResult
                     true => {
                         let urls = sign_inputs(app, &g.record.input.uri, &files, expires_in_ms).await?;
                         let store = parse_uri(&g.record.input.uri).map_err(ApiError::invalid)?.datastore;
-                        let ca = app
-                            .policy
-                            .endpoint_ca(&format!("datastore:{store}"))
-                            .map_err(|e| ApiError::internal("read the store's CA", e))?;
-                        (Some(urls), ca)
+                        (Some(urls), app.datastores.ca(&store))
                     }
                     false => (None, None),
                 };

@@ -122,6 +122,8 @@ pub fn worker_certificate_add(
     compute: &str,
     not_after_ms: i64,
 ) -> StoreResult<()> {
+    // Expired certificates can do nothing; their rows go as new ones come.
+    conn.execute("DELETE FROM worker_certificates WHERE not_after_ms <= ?1", [now_ms()])?;
     conn.execute(
         "INSERT OR REPLACE INTO worker_certificates (fingerprint, compute, not_after_ms, created_ms) VALUES (?1, ?2, ?3, ?4)",
         rusqlite::params![fingerprint, compute, not_after_ms, now_ms()],
