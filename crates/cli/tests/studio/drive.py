@@ -18,6 +18,10 @@ import sys
 import tempfile
 import time
 
+# Selenium Manager is never needed (the driver and browser are named below); keep it offline either way.
+os.environ["SE_OFFLINE"] = "true"
+os.environ["SE_AVOID_STATS"] = "true"
+
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from selenium import webdriver
@@ -80,6 +84,16 @@ for arg in [
     # The workspace's certificate is trusted by its key only, as a pinned certificate would be.
     f"--ignore-certificate-errors-spki-list={spki_pin(cfg['ca_cert'])}",
     "--no-proxy-server",
+    # The browser talks to the workspace on loopback and nowhere else: no background services, and
+    # every host name but the workspace's address resolves to nothing.
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-default-apps",
+    "--disable-domain-reliability",
+    "--disable-client-side-phishing-detection",
+    "--no-first-run",
+    "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1",
 ]:
     opts.add_argument(arg)
 opts.add_experimental_option("prefs", {"download.default_directory": cfg["downloads"], "download.prompt_for_download": False})
