@@ -7,7 +7,7 @@ use cove_spec::{Limits, LoggingLevel, OutputAction};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-/// `POST /worker/v1/lease`: ask for one mini-batch, waiting up to `wait_ms` for one to appear.
+/// `POST /worker/v1/lease`: ask for mini-batches, waiting up to `wait_ms` for one to appear.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LeaseRequest {
     /// The node (instance) name, as it appears in log paths.
@@ -20,6 +20,23 @@ pub struct LeaseRequest {
     /// What the worker's host can do. A worker that does not say is taken to be unable to sandbox.
     #[serde(default)]
     pub host: HostCapabilities,
+    /// How many mini-batches the worker would take at once (one slot works them in turn and reports
+    /// them together), so a job of quick mini-batches costs one request per several. The control plane
+    /// grants at most [`MAX_BATCHES_PER_GRANT`], and fewer as the job's remaining work shrinks, so
+    /// that no slot holds work another one could be doing.
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub batches: u32,
+}
+
+/// The most mini-batches one lease request or report is granted.
+pub const MAX_BATCHES_PER_GRANT: u32 = 64;
+
+fn one() -> u32 {
+    1
+}
+
+fn is_one(n: &u32) -> bool {
+    *n == 1
 }
 
 /// What a worker's host can do, checked on that host (not on the control plane's).
@@ -38,6 +55,9 @@ pub struct HostCapabilities {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LeaseResponse {
     pub lease: Option<Lease>,
+    /// Further mini-batches of the same job granted with `lease`, when the worker asked for several.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub more: Vec<Lease>,
     /// True when the requested job has no work left and never will: a job-bound worker exits.
     pub job_done: bool,
 }
@@ -216,25 +236,34 @@ pub struct CompletionAck {
 /// The largest report body: a part beyond this goes first with `PUT part`, streamed.
 pub const REPORT_LIMIT: usize = 16 * 1024 * 1024;
 
-/// `POST /worker/v1/leases/{id}/report`: an attempt's report and, optionally, the request for the
-/// worker's next lease, answered in the same round trip. The body is a [`bundle`]: this report as JSON,
-/// then the attempt's result part when it has one.
+/// `POST /worker/v1/reports`: the reports of attempts a worker slot ran in turn and, optionally, the
+/// request for its next lease, answered in the same round trip. The body is a [`bundle`]: this as JSON,
+/// then the result part of each report that says it has one, in order.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Report {
-    pub completion: Completion,
+pub struct Reports {
+    pub reports: Vec<AttemptReport>,
     #[serde(default)]
     pub next: Option<LeaseRequest>,
 }
 
-/// The answer to a [`Report`]: the completion's acknowledgement and, when the worker asked and work
-/// was there at once, its next lease (an answer without one says nothing about the job being done: the
-/// worker asks again, waiting).
+/// One attempt's report within [`Reports`].
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ReportAck {
-    #[serde(flatten)]
-    pub ack: CompletionAck,
+pub struct AttemptReport {
+    pub lease_id: String,
+    pub completion: Completion,
+    /// Whether the attempt's result part follows in the bundle.
     #[serde(default)]
-    pub next: Option<Lease>,
+    pub part: bool,
+}
+
+/// The answer to [`Reports`]: each report's acknowledgement, in order, and, when the worker asked and
+/// work was there at once, its next leases (an answer without any says nothing about the job being
+/// done: the worker asks again, waiting).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReportsAck {
+    pub acks: Vec<CompletionAck>,
+    #[serde(default)]
+    pub next: Vec<Lease>,
 }
 
 /// `GET /worker/v1/leases/{id}/assets/{model|code}`: the files of an asset.

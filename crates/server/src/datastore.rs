@@ -43,6 +43,49 @@ pub fn read_local(root: &std::path::Path, rel: &str) -> Result<bytes::Bytes, Str
     cove_worker::beneath::read(root, rel)
 }
 
+/// The files directly in the folder `rel` of a local datastore, as datastore-relative paths, unsorted;
+/// only counted when `keep` is false. The names `object_store`'s listing would give (a name that is not
+/// UTF-8 or holds a control character cannot be addressed, and fails the listing; its upload staging
+/// files are not listed; a link to a file is listed, and fails its item when read), from one pass over
+/// the folder: `object_store` walks every level beneath and calls `stat` three times per file, which
+/// made listing a folder of many small files the largest part of planning. Blocking.
+pub fn list_local_folder(root: &std::path::Path, rel: &str, keep: bool) -> Result<(usize, Vec<String>), String> {
+    let dir = match cove_worker::beneath::open_dir(root, rel) {
+        Ok(dir) => dir,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((0, Vec::new())),
+        Err(e) => return Err(e.to_string()),
+    };
+    use std::os::fd::AsRawFd;
+    let through = std::path::PathBuf::from(format!("/proc/self/fd/{}", dir.as_raw_fd()));
+    let (mut count, mut files) = (0, Vec::new());
+    for entry in std::fs::read_dir(&through).map_err(|e| e.to_string())? {
+        let entry = entry.map_err(|e| e.to_string())?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else {
+            return Err(format!("the file name `{}` is not UTF-8", name.to_string_lossy()));
+        };
+        if name.chars().any(|c| c.is_ascii_control()) {
+            return Err(format!(
+                "the file name `{}` holds a control character, and cannot be addressed in a datastore",
+                name.escape_debug()
+            ));
+        }
+        if name.split_once('#').is_some_and(|(_, n)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())) {
+            continue;
+        }
+        let kind = entry.file_type().map_err(|e| e.to_string())?;
+        let is_file = kind.is_file() || (kind.is_symlink() && std::fs::metadata(entry.path()).is_ok_and(|m| m.is_file()));
+        if !is_file {
+            continue;
+        }
+        count += 1;
+        if keep {
+            files.push(if rel.is_empty() { name.to_string() } else { format!("{rel}/{name}") });
+        }
+    }
+    Ok((count, files))
+}
+
 /// Parses a datastore URI.
 ///
 /// # Errors

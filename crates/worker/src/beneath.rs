@@ -28,6 +28,19 @@ pub fn open(root: &Path, rel: &str) -> Result<File, String> {
     Ok(file)
 }
 
+/// Opens the folder `rel` beneath `root` (`root` itself when `rel` is empty), the same way as [`open`].
+pub fn open_dir(root: &Path, rel: &str) -> Result<File, std::io::Error> {
+    use nix::fcntl::{openat2, OFlag, OpenHow, ResolveFlag};
+    let dir = File::open(root)?;
+    if rel.is_empty() {
+        return Ok(dir);
+    }
+    let how = OpenHow::new()
+        .flags(OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_DIRECTORY)
+        .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS);
+    Ok(File::from(openat2(&dir, rel, how).map_err(std::io::Error::from)?))
+}
+
 /// Reads `rel` beneath `root` whole. Blocking.
 pub fn read(root: &Path, rel: &str) -> Result<bytes::Bytes, String> {
     use std::io::Read;

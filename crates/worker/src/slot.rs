@@ -6,12 +6,12 @@ use crate::WorkerConfig;
 use anyhow::Context;
 use bytes::Bytes;
 use cove_api::worker::{
-    AssetListing, Completion, HostCapabilities, Lease, LeaseRequest, LeaseResponse, Report, ReportAck, ReportedOutcome,
+    AssetListing, AttemptReport, Completion, HostCapabilities, Lease, LeaseRequest, LeaseResponse, ReportedOutcome, Reports, ReportsAck,
     RunSpec,
 };
 use cove_api::{encode, Client, ClientError};
 use cove_onnx::OnnxModel;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -111,7 +111,7 @@ impl Slot {
 
     async fn lease_loop(&mut self) -> anyhow::Result<()> {
         let sandbox = crate::sandbox::available();
-        let req = LeaseRequest {
+        let mut ask = LeaseRequest {
             node: self.config.node.clone(),
             process: self.process,
             job: self.config.job.clone(),
@@ -121,46 +121,99 @@ impl Slot {
                 sandbox_problem: sandbox.err(),
                 version: env!("CARGO_PKG_VERSION").to_string(),
             },
+            batches: 1,
         };
-        // The next lease, when the control plane granted it with the last report.
-        let mut next: Option<Lease> = None;
+        let mut pace = Pace::default();
+        // The leases granted and not yet worked, in the order granted.
+        let mut held: VecDeque<Lease> = VecDeque::new();
         loop {
-            let lease = match next.take() {
-                Some(lease) => lease,
-                None => {
-                    let resp: LeaseResponse = retrying(|| self.client.post("/worker/v1/lease", &req)).await?;
-                    match resp.lease {
-                        Some(lease) => lease,
-                        None if resp.job_done => return Ok(()),
-                        None => continue,
+            if held.is_empty() {
+                ask.batches = pace.batches_wanted();
+                let resp: LeaseResponse = retrying(|| self.client.post("/worker/v1/lease", &ask)).await?;
+                match resp.lease {
+                    Some(lease) => {
+                        held.push_back(lease);
+                        held.extend(resp.more);
                     }
+                    None if resp.job_done => return Ok(()),
+                    None => continue,
                 }
-            };
-            let (active, granted) = self.work(lease, &req).await?;
+            }
+            let (active, granted) = self.work_grant(&mut held, &mut pace, &mut ask).await?;
             if !active && self.config.job.is_some() {
                 return Ok(());
             }
-            next = granted;
+            held.extend(granted);
         }
     }
 
-    /// Works one lease and reports it, asking for the next one in the same round trip; returns whether
-    /// its job still runs, and the next lease when one was granted.
-    async fn work(&mut self, lease: Lease, ask: &LeaseRequest) -> anyhow::Result<(bool, Option<Lease>)> {
+    /// Works the held leases in turn and reports them together (sooner when their parts grow large),
+    /// asking for the next leases with the last report; returns whether the job still runs, and the
+    /// leases granted with the report.
+    async fn work_grant(
+        &mut self,
+        held: &mut VecDeque<Lease>,
+        pace: &mut Pace,
+        ask: &mut LeaseRequest,
+    ) -> anyhow::Result<(bool, Vec<Lease>)> {
+        // Every lease of the grant is kept alive until it is reported, also while it waits its turn.
+        let alive: Arc<Mutex<Vec<String>>> = Arc::new(Mutex::new(held.iter().map(|l| l.lease_id.clone()).collect()));
+        let every = held.iter().map(|l| l.expires_in_ms).min().unwrap_or(0);
+        let heartbeat = self.spawn_heartbeat(alive.clone(), every);
+        let mut outbox = Outbox::default();
+        let result = async {
+            while let Some(lease) = held.pop_front() {
+                let started = Instant::now();
+                let (completion, part) = self.work(&lease).await?;
+                pace.observe(started.elapsed());
+                if completion.outcome == ReportedOutcome::Succeeded {
+                    if let Some(pause) = cove_api::pause::pause_at("before-report") {
+                        tokio::time::sleep(pause).await;
+                    }
+                }
+                outbox.add(lease.lease_id, completion, part);
+                let last = held.is_empty();
+                if !last && outbox.part_bytes < FLUSH_BYTES {
+                    continue;
+                }
+                if last {
+                    ask.batches = pace.batches_wanted();
+                }
+                let ack = self.send_reports(&mut outbox, last.then_some(&*ask)).await?;
+                alive.lock().unwrap_or_else(|p| p.into_inner()).retain(|id| !ack.reported.contains(id));
+                if !ack.job_active {
+                    // The job ended or is canceling: what is still held is the control plane's to release.
+                    held.clear();
+                    if let Some((_, mut s)) = self.scorer.take() {
+                        s.kill().await;
+                    }
+                    return Ok((false, Vec::new()));
+                }
+                if last {
+                    return Ok((true, ack.next));
+                }
+            }
+            Ok((true, Vec::new()))
+        }
+        .await;
+        heartbeat.abort();
+        result
+    }
+
+    /// Works one lease; returns its report and its result part, if any.
+    async fn work(&mut self, lease: &Lease) -> anyhow::Result<(Completion, Option<Bytes>)> {
         let started = Instant::now();
         self.part = None;
         self.observed.clear();
         self.last_isolation = None;
         self.inputs_route = None;
-        let heartbeat = self.spawn_heartbeat(&lease);
-        let outcome = self.attempt(&lease).await;
-        heartbeat.abort();
+        let outcome = self.attempt(lease).await;
         let (outcome, items_ok, items_failed, reason) = match outcome {
             Ok(o) => o,
             Err(e) => (ReportedOutcome::Failed, 0, 0, Some(format!("the worker failed to run the mini-batch: {e:#}"))),
         };
         let pid = self.scorer.as_ref().map_or(0, |(_, s)| s.pid);
-        self.upload_logs(&lease).await;
+        self.upload_logs(lease).await;
         let mut isolation = self.isolation().or(self.last_isolation.take());
         if let Some(serde_json::Value::Object(record)) = isolation.as_mut() {
             if let Some(route) = self.inputs_route {
@@ -176,45 +229,43 @@ impl Slot {
             pid,
             isolation,
         };
-        if report.outcome == ReportedOutcome::Succeeded {
-            if let Some(pause) = cove_api::pause::pause_at("before-report") {
-                tokio::time::sleep(pause).await;
-            }
-        }
         let mut part = self.part.take();
-        if part.as_ref().is_some_and(|p| p.len() + 64 * 1024 > cove_api::worker::REPORT_LIMIT) {
+        if part.as_ref().is_some_and(|p| p.len() + 64 * 1024 > cove_api::worker::REPORT_LIMIT / 2) {
             // Too large to travel whole with the report: streamed on its own first.
             let path = format!("/worker/v1/leases/{}/part", lease.lease_id);
             let bytes = part.take().expect("checked");
             retrying(|| self.client.put_bytes(&path, bytes.clone())).await?;
         }
-        let mut body = Vec::new();
-        let head = serde_json::to_vec(&Report { completion: report, next: Some(ask.clone()) })?;
+        let _ = std::fs::remove_dir_all(self.job_dir(&lease.job).join("inputs").join(&lease.lease_id));
+        Ok((report, part))
+    }
+
+    /// Sends the reports in the outbox (emptying it), with the request for the next leases when given.
+    async fn send_reports(&self, outbox: &mut Outbox, next: Option<&LeaseRequest>) -> anyhow::Result<Sent> {
+        let outbox = std::mem::take(outbox);
+        let mut body = Vec::with_capacity(outbox.part_bytes + 1024);
+        let head = serde_json::to_vec(&Reports { reports: outbox.reports, next: next.cloned() })?;
         cove_api::worker::bundle::push(&mut body, Ok(&head));
-        if let Some(part) = &part {
+        for part in &outbox.parts {
             cove_api::worker::bundle::push(&mut body, Ok(part));
         }
         let body = Bytes::from(body);
-        let path = format!("/worker/v1/leases/{}/report", lease.lease_id);
-        let ack: ReportAck = retrying(|| self.client.post_bytes(&path, body.clone())).await?;
-        let _ = std::fs::remove_dir_all(self.job_dir(&lease.job).join("inputs").join(&lease.lease_id));
-        if !ack.ack.job_active {
-            if let Some((_, mut s)) = self.scorer.take() {
-                s.kill().await;
-            }
-        }
-        Ok((ack.ack.job_active, ack.next))
+        let ack: ReportsAck = retrying(|| self.client.post_bytes("/worker/v1/reports", body.clone())).await?;
+        Ok(Sent { job_active: ack.acks.iter().all(|a| a.job_active), next: ack.next, reported: outbox.ids })
     }
 
-    /// Keeps the lease alive while this worker is; if the worker dies, the lease expires.
-    fn spawn_heartbeat(&self, lease: &Lease) -> tokio::task::JoinHandle<()> {
+    /// Keeps the leases in `alive` alive while this worker is; if the worker dies, they expire.
+    fn spawn_heartbeat(&self, alive: Arc<Mutex<Vec<String>>>, expires_in_ms: u64) -> tokio::task::JoinHandle<()> {
         let client = self.client.clone();
-        let path = format!("/worker/v1/leases/{}/heartbeat", lease.lease_id);
-        let every = Duration::from_millis((lease.expires_in_ms / 4).clamp(200, 5_000));
+        let every = Duration::from_millis((expires_in_ms / 4).clamp(200, 5_000));
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(every).await;
-                let _: Result<serde_json::Value, _> = client.post(&path, &serde_json::json!({})).await;
+                let ids = alive.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                for id in ids {
+                    let path = format!("/worker/v1/leases/{id}/heartbeat");
+                    let _: Result<serde_json::Value, _> = client.post(&path, &serde_json::json!({})).await;
+                }
             }
         })
     }
@@ -588,6 +639,67 @@ impl Slot {
                     self.uploaded.insert(file, size);
                 }
                 Err(error) => tracing::warn!(%error, "failed to upload a log file"),
+            }
+        }
+    }
+}
+
+/// Reports waiting to be sent together, with their parts.
+#[derive(Default)]
+struct Outbox {
+    reports: Vec<AttemptReport>,
+    parts: Vec<Bytes>,
+    ids: Vec<String>,
+    part_bytes: usize,
+}
+
+impl Outbox {
+    fn add(&mut self, lease_id: String, completion: Completion, part: Option<Bytes>) {
+        self.ids.push(lease_id.clone());
+        self.reports.push(AttemptReport { lease_id, completion, part: part.is_some() });
+        if let Some(part) = part {
+            self.part_bytes += part.len();
+            self.parts.push(part);
+        }
+    }
+}
+
+/// What the control plane answered to sent reports.
+struct Sent {
+    job_active: bool,
+    next: Vec<Lease>,
+    reported: Vec<String>,
+}
+
+/// Parts held for one report at most: past this, the reports so far are sent before the next attempt.
+const FLUSH_BYTES: usize = 4 * 1024 * 1024;
+
+/// How much work a slot asks for at once: about [`GRANT_WORK`] of mini-batches at the pace seen so far
+/// (one until the first has been timed), so that quick mini-batches share a request and slow ones
+/// never wait behind each other.
+#[derive(Default)]
+struct Pace {
+    /// A moving average of one mini-batch's time, in microseconds.
+    average_us: Option<f64>,
+}
+
+const GRANT_WORK: Duration = Duration::from_millis(50);
+
+impl Pace {
+    fn observe(&mut self, took: Duration) {
+        let us = took.as_micros() as f64;
+        self.average_us = Some(match self.average_us {
+            None => us,
+            Some(avg) => 0.7 * avg + 0.3 * us,
+        });
+    }
+
+    fn batches_wanted(&self) -> u32 {
+        match self.average_us {
+            None => 1,
+            Some(avg) => {
+                let n = GRANT_WORK.as_micros() as f64 / avg.max(1.0);
+                (n as u32).clamp(1, cove_api::worker::MAX_BATCHES_PER_GRANT)
             }
         }
     }

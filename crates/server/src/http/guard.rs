@@ -15,6 +15,8 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use cove_api::AuditEntry;
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use tokio::net::{TcpListener, TcpStream};
 
 /// The address a request is attributed to, after the guard admitted it.
@@ -64,8 +66,8 @@ pub async fn serve(
                 req.extensions_mut().insert(ClientCertificate(cert.clone()));
                 tower::ServiceExt::oneshot(router.clone(), req.map(Body::new))
             });
-            let conn =
-                hyper::server::conn::http1::Builder::new().serve_connection(hyper_util::rt::TokioIo::new(tls), service);
+            let io = hyper_util::rt::TokioIo::new(Lingering(Some(tls)));
+            let conn = hyper::server::conn::http1::Builder::new().serve_connection(io, service);
             if let Err(error) = watcher.watch(conn).await {
                 tracing::debug!(%error, %peer, "connection ended with an error");
             }
@@ -123,6 +125,67 @@ async fn handshake(
     Some((tls, cert))
 }
 
+/// A connection's stream that, once hyper is done with it, still reads (and discards) what the client
+/// sends for a moment before closing. hyper answers some requests without reading their whole body (a
+/// refusal before the body is read, say) and then ends the connection: closing a socket with unread
+/// data in it sends a reset, which can make the client lose the answer it has not read yet.
+struct Lingering(Option<tokio_rustls::server::TlsStream<TcpStream>>);
+
+impl Lingering {
+    fn stream(&mut self) -> Pin<&mut tokio_rustls::server::TlsStream<TcpStream>> {
+        Pin::new(self.0.as_mut().expect("present until dropped"))
+    }
+}
+
+impl Drop for Lingering {
+    fn drop(&mut self) {
+        let Some(tls) = self.0.take() else { return };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+        runtime.spawn(async move {
+            use tokio::io::AsyncWriteExt;
+            let (mut tcp, _) = tls.into_inner();
+            let _ = tcp.shutdown().await;
+            drain(&mut tcp).await;
+        });
+    }
+}
+
+impl tokio::io::AsyncRead for Lingering {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        self.stream().poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Lingering {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        self.stream().poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.stream().poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.stream().poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        self.stream().poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.0.as_ref().is_some_and(|s| s.is_write_vectored())
+    }
+}
+
 async fn refuse_plaintext(mut stream: TcpStream, url: &str) {
     use tokio::io::AsyncWriteExt;
     let body = format!("this Cove listener speaks only HTTPS; use {url}\n");
@@ -132,13 +195,17 @@ async fn refuse_plaintext(mut stream: TcpStream, url: &str) {
     );
     let _ = tokio::time::timeout(HANDSHAKE_TIMEOUT, stream.write_all(response.as_bytes())).await;
     let _ = stream.shutdown().await;
-    // Read what the client is still sending (a little, briefly) before closing, so the close does not
-    // reset the connection under the refusal before the client has read it.
+    drain(&mut stream).await;
+}
+
+/// Reads what the client is still sending (a little, briefly) before the socket is closed, so the close
+/// does not reset the connection under an answer the client has not read yet.
+async fn drain(stream: &mut TcpStream) {
     use tokio::io::AsyncReadExt;
     let mut sink = [0u8; 16 * 1024];
     let mut drained = 0;
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(2);
-    while drained < 256 * 1024 {
+    while drained < 4 * 1024 * 1024 {
         match tokio::time::timeout_at(deadline, stream.read(&mut sink)).await {
             Ok(Ok(n)) if n > 0 => drained += n,
             _ => break,

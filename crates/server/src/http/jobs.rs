@@ -145,7 +145,7 @@ pub async fn invoke(
         }
     }
     super::ownership::check_read(&app, &user, "input", &input_path, true).await?;
-    check_input_exists(input_store.as_ref(), &input).await?;
+    check_input_exists(input_store.as_ref(), app.datastores.local_root(&input_path.datastore), &input).await?;
     if let Some(file) = &settings.output_file_name {
         output.join(file).map_err(|e| ApiError::invalid(format!("output_file_name: {e}")))?;
     }
@@ -262,10 +262,24 @@ async fn check_output_is_new(store: &dyn ObjectStore, output: &DataPath) -> ApiR
     Ok(())
 }
 
-async fn check_input_exists(store: &dyn ObjectStore, input: &JobInput) -> ApiResult<()> {
+async fn check_input_exists(
+    store: &dyn ObjectStore,
+    local_root: Option<std::path::PathBuf>,
+    input: &JobInput,
+) -> ApiResult<()> {
     let path = parse_uri(&input.uri).map_err(ApiError::invalid)?;
     let found = match input.input_type {
         InputType::UriFile => store.head(&path.object_path()).await.is_ok(),
+        InputType::UriFolder if local_root.is_some() => {
+            let (root, rel) = (local_root.expect("checked"), path.path.clone());
+            let listed = tokio::task::spawn_blocking(move || crate::datastore::list_local_folder(&root, &rel, false))
+                .await
+                .map_err(|e| ApiError::internal("list the input", e))?;
+            match listed {
+                Ok((count, _)) => count > 0,
+                Err(e) => return Err(ApiError::invalid(format!("input: `{}` cannot be listed: {e}", input.uri))),
+            }
+        }
         InputType::UriFolder => {
             let prefix = (!path.path.is_empty()).then(|| path.object_path());
             // One listing tells whether the folder holds any file; planning lists it again.

@@ -36,7 +36,7 @@ pub fn router(app: AppRef) -> Router {
     // A report is held whole while it is applied, so its part is bounded; larger parts are streamed
     // with `PUT part` first.
     let reports = Router::new()
-        .route("/worker/v1/leases/{lease}/report", post(worker::report))
+        .route("/worker/v1/reports", post(worker::reports))
         .layer(DefaultBodyLimit::max(cove_api::worker::REPORT_LIMIT));
     Router::new()
         .route("/", get(studio::index))

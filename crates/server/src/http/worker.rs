@@ -4,7 +4,7 @@
 use super::{guard, parse_json, ApiError, ApiResult, ErrorCode, JsonResult, Worker};
 use crate::auth::Principal;
 use crate::datastore::{normalise, parse_uri, DataPath};
-use crate::jobs::plan::batch_files;
+use crate::jobs::plan::{batch_files, decode_lines, manifest_range};
 use crate::jobs::{self, LEASE_GRACE_MS};
 use crate::store::{self, LeaseAnswer, LeaseInfo};
 use crate::{logs, AppRef};
@@ -13,7 +13,7 @@ use axum::extract::{Extension, Path, State};
 use axum::http::StatusCode;
 use axum::Json;
 use cove_api::worker::{
-    AssetListing, Completion, CompletionAck, Lease, LeaseRequest, LeaseResponse, Report, ReportAck, ReportedOutcome,
+    AssetListing, Completion, CompletionAck, Lease, LeaseRequest, LeaseResponse, Reports, ReportsAck, ReportedOutcome,
 };
 use cove_api::{AuditEntry, FileEntry};
 use cove_model::AttemptOutcome;
@@ -26,11 +26,14 @@ const MAX_WAIT: Duration = Duration::from_secs(20);
 
 pub async fn lease(State(app): State<AppRef>, Worker(w): Worker, body: Bytes) -> JsonResult<LeaseResponse> {
     let req: LeaseRequest = parse_json(&body)?;
-    Ok(Json(lease_for(&app, &w, &req).await?))
+    let (mut leases, job_done) = lease_for(&app, &w, &req).await?;
+    let lease = (!leases.is_empty()).then(|| leases.remove(0));
+    Ok(Json(LeaseResponse { lease, more: leases, job_done }))
 }
 
-/// Grants the worker a mini-batch, waiting up to `req.wait_ms` for one.
-async fn lease_for(app: &AppRef, w: &Principal, req: &LeaseRequest) -> ApiResult<LeaseResponse> {
+/// Grants the worker up to `req.batches` mini-batches of one job, waiting up to `req.wait_ms` for one;
+/// returns them, and whether the requested job will never have work again.
+async fn lease_for(app: &AppRef, w: &Principal, req: &LeaseRequest) -> ApiResult<(Vec<Lease>, bool)> {
     if let Some(compute) = &w.compute {
         let seen = (req.node.clone(), req.host.clone());
         app.worker_hosts.lock().unwrap_or_else(|e| e.into_inner()).insert(compute.clone(), seen);
@@ -38,7 +41,7 @@ async fn lease_for(app: &AppRef, w: &Principal, req: &LeaseRequest) -> ApiResult
     if !req.host.sandbox {
         if let Some(job) = &req.job {
             if fail_unsandboxable(app, w, req, job).await? {
-                return Ok(LeaseResponse { lease: None, job_done: true });
+                return Ok((Vec::new(), true));
             }
         }
     }
@@ -48,58 +51,79 @@ async fn lease_for(app: &AppRef, w: &Principal, req: &LeaseRequest) -> ApiResult
         let notified = app.work_available.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
-        let (job, compute, node, process) = (req.job.clone(), w.compute.clone(), req.node.clone(), req.process);
-        let can_sandbox = req.host.sandbox;
+        let (job, compute, node) = (req.job.clone(), w.compute.clone(), req.node.clone());
+        let (process, host_can_sandbox, want) = (req.process, req.host.sandbox, req.batches);
         let answer = app
             .store
             .call(move |c| {
-                store::lease_next(c, job.as_deref(), compute.as_deref(), &node, process, LEASE_GRACE_MS, can_sandbox)
+                let ask = store::LeaseAsk {
+                    job: job.as_deref(),
+                    compute: compute.as_deref(),
+                    node: &node,
+                    process,
+                    grace_ms: LEASE_GRACE_MS,
+                    host_can_sandbox,
+                    want,
+                };
+                store::lease_several(c, &ask)
             })
             .await?;
         match answer {
             LeaseAnswer::Granted(g) => {
                 app.leases_changed.notify_one();
-                let files = batch_files(app, &g.job, g.manifest_offset, g.manifest_len)
-                    .await
-                    .map_err(|e| ApiError::internal("read the manifest", format!("{e:#}")))?;
-                let in_place = g
-                    .record
-                    .inputs_in_place
-                    .clone()
-                    .map(|root| cove_api::worker::InPlace { root, paths: files.clone() });
-                let expires_in_ms = g.record.settings.retry_settings.timeout_secs * 1000 + LEASE_GRACE_MS as u64;
-                let (signed_inputs, signed_inputs_ca) = match g.record.inputs_direct {
-                    true => {
-                        let urls = sign_inputs(app, &g.record.input.uri, &files, expires_in_ms).await?;
-                        let store = parse_uri(&g.record.input.uri).map_err(ApiError::invalid)?.datastore;
-                        (Some(urls), app.datastores.ca(&store))
-                    }
-                    false => (None, None),
-                };
-                let files = files.iter().map(|f| f.rsplit('/').next().unwrap_or(f).to_string()).collect();
-                let lease = Lease {
-                    in_place,
-                    signed_inputs,
-                    signed_inputs_ca,
-                    lease_id: g.lease_id,
-                    job: g.job,
-                    batch_index: g.idx,
-                    attempt: g.attempt,
-                    expires_in_ms,
-                    files,
-                    run: g.record.run,
-                };
-                return Ok(LeaseResponse { lease: Some(lease), job_done: false });
+                return Ok((leases_of(app, g).await?, false));
             }
             LeaseAnswer::Nothing { job_done } => {
                 let shutting_down = *app.shutdown.borrow();
                 if job_done || tokio::time::Instant::now() >= deadline || shutting_down {
-                    return Ok(LeaseResponse { lease: None, job_done });
+                    return Ok((Vec::new(), job_done));
                 }
                 let _ = tokio::time::timeout_at(deadline, notified).await;
             }
         }
     }
+}
+
+/// The leases of a grant as the worker gets them: each mini-batch's files (read from the manifest in
+/// one range for the whole grant), and where to read them.
+async fn leases_of(app: &AppRef, g: store::LeaseGrant) -> ApiResult<Vec<Lease>> {
+    let first = g.batches.first().map_or(0, |b| b.manifest_offset);
+    let end = g.batches.iter().map(|b| b.manifest_offset + b.manifest_len).max().unwrap_or(first);
+    let manifest = |e: anyhow::Error| ApiError::internal("read the manifest", format!("{e:#}"));
+    let lines = manifest_range(app, &g.job, first, end - first).await.map_err(manifest)?;
+    let expires_in_ms = g.record.settings.retry_settings.timeout_secs * 1000 + LEASE_GRACE_MS as u64;
+    let direct_ca = match g.record.inputs_direct {
+        true => {
+            let store = parse_uri(&g.record.input.uri).map_err(ApiError::invalid)?.datastore;
+            Some(app.datastores.ca(&store))
+        }
+        false => None,
+    };
+    let mut leases = Vec::with_capacity(g.batches.len());
+    for b in g.batches {
+        let at = usize::try_from(b.manifest_offset - first).expect("within the range read");
+        let files = decode_lines(&lines[at..at + b.manifest_len as usize]).map_err(manifest)?;
+        let in_place =
+            g.record.inputs_in_place.clone().map(|root| cove_api::worker::InPlace { root, paths: files.clone() });
+        let (signed_inputs, signed_inputs_ca) = match &direct_ca {
+            Some(ca) => (Some(sign_inputs(app, &g.record.input.uri, &files, expires_in_ms).await?), ca.clone()),
+            None => (None, None),
+        };
+        let files = files.iter().map(|f| f.rsplit('/').next().unwrap_or(f).to_string()).collect();
+        leases.push(Lease {
+            in_place,
+            signed_inputs,
+            signed_inputs_ca,
+            lease_id: b.lease_id,
+            job: g.job.clone(),
+            batch_index: b.idx,
+            attempt: b.attempt,
+            expires_in_ms,
+            files,
+            run: g.record.run.clone(),
+        });
+    }
+    Ok(leases)
 }
 
 /// Signs a URL per input file for reading that file only, valid as long as the lease (plus the time a
@@ -183,13 +207,13 @@ fn foreign_lease(lease: &str, compute: &str, w: &Principal) -> ApiError {
 
 /// Writes who uploaded what a job may publish: the compute, its credential, the lease.
 /// Written in the same store trip that records the upload with its attempt.
-fn upload_audit(w: &Principal, source: guard::Source, what: String, info: &LeaseInfo, lease: &str) -> AuditEntry {
+fn upload_audit(w: &Principal, source: guard::Source, what: String, job: &str, idx: u64, lease: &str) -> AuditEntry {
     AuditEntry {
         time: String::new(),
         principal: format!("{} (worker of {})", w.token_id, w.compute.as_deref().unwrap_or("-")),
         source: source.0.to_string(),
         action: what,
-        resource: format!("job {} mini-batch {}", info.job, info.idx),
+        resource: format!("job {job} mini-batch {idx}"),
         outcome: "ok".into(),
         detail: Some(format!("lease {lease}")),
     }
@@ -322,7 +346,7 @@ pub async fn put_part(
     let info = current(&app, &lease, &w).await?;
     let key = object_store::path::Path::from(store::part_key(&info.job, info.idx, &lease));
     let size = super::upload::stream_to(app.internal.as_ref(), &key, body, super::UPLOAD_LIMIT).await?;
-    let (id, entry) = (lease.clone(), upload_audit(&w, source, format!("PUT part ({size} bytes)"), &info, &lease));
+    let (id, entry) = (lease.clone(), upload_audit(&w, source, format!("PUT part ({size} bytes)"), &info.job, info.idx, &lease));
     app.store.call(move |c| store::attempt_mark_part(c, &id).and_then(|()| store::audit_append(c, &entry))).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -355,7 +379,7 @@ pub async fn put_output(
         super::UPLOAD_LIMIT,
     )
     .await?;
-    let entry = upload_audit(&w, source, format!("PUT output `{name}` ({size} bytes)"), &info, &lease);
+    let entry = upload_audit(&w, source, format!("PUT output `{name}` ({size} bytes)"), &info.job, info.idx, &lease);
     let id = lease.clone();
     app.store.call(move |c| store::attempt_add_output(c, &id).and_then(|()| store::audit_append(c, &entry))).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -388,56 +412,102 @@ pub async fn complete(
     Ok(Json(complete_lease(&app, &w, &lease, report).await?))
 }
 
-/// `POST /worker/v1/leases/{lease}/report`: the attempt's part (stored before the report is applied,
-/// as `PUT part` stores it), its report, and the worker's next lease, in one round trip.
-pub async fn report(
+/// The most attempts one report may carry.
+const MAX_REPORTS: usize = 2 * cove_api::worker::MAX_BATCHES_PER_GRANT as usize;
+
+/// `POST /worker/v1/reports`: the reports of attempts a worker slot ran in turn, each with its part
+/// (stored before any report is applied, as `PUT part` stores it), and the worker's next leases, in one
+/// round trip. Every lease must be one of the caller's compute, or nothing is applied. A part of a lease
+/// that is no longer current is not stored, and its report is recorded and discarded.
+pub async fn reports(
     State(app): State<AppRef>,
     Worker(w): Worker,
     Extension(source): Extension<guard::Source>,
-    Path(lease): Path<String>,
     body: Bytes,
-) -> JsonResult<ReportAck> {
-    let mut items = cove_api::worker::bundle::split(body)
-        .map_err(|e| ApiError::invalid(format!("invalid report: {e}")))?
-        .into_iter();
-    let head = items.next().ok_or_else(|| ApiError::invalid("invalid report: it is empty"))?;
-    let head = head.map_err(|e| ApiError::invalid(format!("invalid report: {e}")))?;
-    let report: Report = parse_json(&head)?;
-    let part = items.next().transpose().map_err(|e| ApiError::invalid(format!("invalid report: {e}")))?;
-    if items.next().is_some() {
-        return Err(ApiError::invalid("invalid report: a report holds the report and at most one part"));
+) -> JsonResult<ReportsAck> {
+    let invalid = |e: String| ApiError::invalid(format!("invalid report: {e}"));
+    let mut items = cove_api::worker::bundle::split(body).map_err(invalid)?.into_iter();
+    let head = items.next().ok_or_else(|| invalid("it is empty".into()))?.map_err(invalid)?;
+    let batch: Reports = parse_json(&head)?;
+    if batch.reports.is_empty() || batch.reports.len() > MAX_REPORTS {
+        return Err(invalid(format!("it holds {} reports; 1 to {MAX_REPORTS} may be sent at once", batch.reports.len())));
     }
-    if let Some(part) = part {
-        let info = current(&app, &lease, &w).await?;
-        let key = object_store::path::Path::from(store::part_key(&info.job, info.idx, &lease));
-        let size = part.len();
-        app.internal.put(&key, part.into()).await.map_err(|e| ApiError::internal("store the part", e))?;
-        let (id, entry) = (lease.clone(), upload_audit(&w, source, format!("PUT part ({size} bytes)"), &info, &lease));
-        app.store.call(move |c| store::attempt_mark_part(c, &id).and_then(|()| store::audit_append(c, &entry))).await?;
+    let parts: Vec<Bytes> = items.collect::<Result<_, _>>().map_err(invalid)?;
+    let announced = batch.reports.iter().filter(|r| r.part).count();
+    if parts.len() != announced {
+        return Err(invalid(format!("{announced} reports say a part follows, and {} parts follow", parts.len())));
     }
-    let ack = complete_lease(&app, &w, &lease, report.completion).await?;
-    let next = match report.next {
-        // Work that is there now; waiting for more is the lease route's.
-        Some(mut req) if ack.job_active => {
-            req.wait_ms = 0;
-            lease_for(&app, &w, &req).await?.lease
+    let ids: Vec<String> = batch.reports.iter().map(|r| r.lease_id.clone()).collect();
+    let owners = app
+        .store
+        .call(move |c| ids.iter().map(|id| store::lease_owner(c, id)).collect::<Result<Vec<_>, _>>())
+        .await?;
+    for (r, owner) in batch.reports.iter().zip(&owners) {
+        match owner {
+            Some(o) => same_compute(&r.lease_id, &o.compute, &w)?,
+            None => return Err(ApiError::conflict(format!("lease `{}` was never granted", r.lease_id))),
         }
-        _ => None,
+    }
+    let mut parts = parts.into_iter();
+    let mut applied = Vec::with_capacity(batch.reports.len());
+    let mut stores = Vec::new();
+    for (r, owner) in batch.reports.into_iter().zip(owners) {
+        let owner = owner.expect("checked above");
+        let part = if r.part { parts.next() } else { None };
+        let mut part_audit = None;
+        if let Some(part) = part.filter(|_| owner.current) {
+            let key = object_store::path::Path::from(store::part_key(&owner.job, owner.idx, &r.lease_id));
+            let what = format!("PUT part ({} bytes)", part.len());
+            part_audit = Some(upload_audit(&w, source, what, &owner.job, owner.idx, &r.lease_id));
+            let internal = app.internal.clone();
+            stores.push(async move { internal.put(&key, part.into()).await });
+        }
+        applied.push(store::AttemptReported {
+            outcome: attempt_outcome(&r.completion),
+            pid: r.completion.pid,
+            isolation: r.completion.isolation.as_ref().map(|v| v.to_string()),
+            lease_id: r.lease_id,
+            part_audit,
+        });
+    }
+    for stored in futures::future::join_all(stores).await {
+        stored.map_err(|e| ApiError::internal("store the part", e))?;
+    }
+    let results = app.store.call(move |c| store::reports_apply(c, &applied)).await?;
+    app.work_available.notify_waiters();
+    let mut acks = Vec::with_capacity(results.len());
+    for result in results {
+        if let (Some(status), Some(job)) = (result.job_status, &result.job) {
+            jobs::on_status(&app, job, status);
+        }
+        acks.push(CompletionAck { committed: result.committed, job_active: result.job_active });
+    }
+    let next = match batch.next {
+        // Work that is there now; waiting for more is the lease route's.
+        Some(mut req) if acks.last().is_some_and(|a| a.job_active) => {
+            req.wait_ms = 0;
+            lease_for(&app, &w, &req).await?.0
+        }
+        _ => Vec::new(),
     };
-    Ok(Json(ReportAck { ack, next }))
+    Ok(Json(ReportsAck { acks, next }))
 }
 
-/// Applies an attempt's report to its lease (only the lease's own compute may).
-async fn complete_lease(app: &AppRef, w: &Principal, lease: &str, report: Completion) -> ApiResult<CompletionAck> {
+fn attempt_outcome(report: &Completion) -> AttemptOutcome {
     let reason = || report.reason.clone().unwrap_or_else(|| "no reason given".to_string());
-    let outcome = match report.outcome {
+    match report.outcome {
         ReportedOutcome::Succeeded => {
             AttemptOutcome::Succeeded { items_ok: report.items_ok, items_failed: report.items_failed }
         }
         ReportedOutcome::Failed => AttemptOutcome::Failed { reason: reason() },
         ReportedOutcome::TimedOut => AttemptOutcome::TimedOut,
         ReportedOutcome::InitFailed => AttemptOutcome::InitFailed { reason: reason() },
-    };
+    }
+}
+
+/// Applies an attempt's report to its lease (only the lease's own compute may).
+async fn complete_lease(app: &AppRef, w: &Principal, lease: &str, report: Completion) -> ApiResult<CompletionAck> {
+    let outcome = attempt_outcome(&report);
     let id = lease.to_string();
     let pid = report.pid;
     let isolation = report.isolation.as_ref().map(|v| v.to_string());

@@ -1,7 +1,7 @@
 //! Planning: list a job's input files once (sorted, deterministic), store them as one manifest object,
 //! and record one row per mini-batch pointing at its slice of the manifest.
 
-use crate::datastore::parse_uri;
+use crate::datastore::{list_local_folder, parse_uri};
 use crate::store::{self, JobRow, PlannedBatch};
 use crate::AppRef;
 use anyhow::Context;
@@ -20,6 +20,7 @@ pub fn manifest_key(job: &str) -> object_store::path::Path {
 /// A message for the user when the input does not exist or holds no files.
 pub async fn list_inputs(
     store: &dyn ObjectStore,
+    local_root: Option<std::path::PathBuf>,
     input_uri: &str,
     input_type: InputType,
 ) -> Result<Vec<String>, String> {
@@ -28,6 +29,18 @@ pub async fn list_inputs(
         InputType::UriFile => {
             store.head(&input.object_path()).await.map_err(|_| format!("input file `{input_uri}` does not exist"))?;
             Ok(vec![input.path])
+        }
+        InputType::UriFolder if local_root.is_some() => {
+            let root = local_root.expect("checked");
+            let listed = tokio::task::spawn_blocking(move || list_local_folder(&root, &input.path, true))
+                .await
+                .map_err(|e| e.to_string())?;
+            let (_, mut files) = listed.map_err(|e| format!("failed to list input folder `{input_uri}`: {e}"))?;
+            files.sort_unstable();
+            if files.is_empty() {
+                return Err(format!("input folder `{input_uri}` holds no files"));
+            }
+            Ok(files)
         }
         InputType::UriFolder => {
             // Streamed, keeping only each top-level file's path: a listing's full metadata for a
@@ -67,7 +80,10 @@ pub async fn plan(app: &AppRef, job: &JobRow) -> anyhow::Result<bool> {
     let ds = parse_uri(&input.uri).map_err(anyhow::Error::msg)?;
     let files = match (&job.record.files, app.datastores.get(&ds.datastore)) {
         (Some(files), Ok(_)) => Ok(files.clone()),
-        (None, Ok(store)) => list_inputs(store.as_ref(), &input.uri, input.input_type).await,
+        (None, Ok(store)) => {
+            let local = app.datastores.local_root(&ds.datastore);
+            list_inputs(store.as_ref(), local, &input.uri, input.input_type).await
+        }
         (_, Err(e)) => Err(e),
     };
     let files = match files {
@@ -114,9 +130,18 @@ pub async fn plan(app: &AppRef, job: &JobRow) -> anyhow::Result<bool> {
 
 /// Reads a mini-batch's file paths from the manifest.
 pub async fn batch_files(app: &AppRef, job: &str, offset: u64, len: u64) -> anyhow::Result<Vec<String>> {
+    decode_lines(&manifest_range(app, job, offset, len).await?)
+}
+
+/// The manifest's bytes from `offset`: the lines of one or more consecutive mini-batches.
+pub async fn manifest_range(app: &AppRef, job: &str, offset: u64, len: u64) -> anyhow::Result<bytes::Bytes> {
     let range = offset..offset + len;
-    let bytes = app.internal.get_range(&manifest_key(job), range).await.context("failed to read the job's manifest")?;
-    let text = String::from_utf8(bytes.to_vec()).context("the manifest is not UTF-8")?;
+    app.internal.get_range(&manifest_key(job), range).await.context("failed to read the job's manifest")
+}
+
+/// The file paths of whole manifest lines.
+pub fn decode_lines(bytes: &[u8]) -> anyhow::Result<Vec<String>> {
+    let text = std::str::from_utf8(bytes).context("the manifest is not UTF-8")?;
     Ok(text.split_terminator('\n').map(decode_line).collect())
 }
 

@@ -286,16 +286,23 @@ pub fn job_plan(conn: &mut Connection, name: &str, files_total: u64, batches: &[
     Ok(true)
 }
 
-/// A granted lease.
+/// Leases granted in one answer: one or more mini-batches of one job.
 #[derive(Debug, Clone)]
 pub struct LeaseGrant {
-    pub lease_id: String,
     pub job: String,
+    pub record: JobRecord,
+    /// In index order; never empty.
+    pub batches: Vec<GrantedBatch>,
+}
+
+/// One leased mini-batch.
+#[derive(Debug, Clone)]
+pub struct GrantedBatch {
+    pub lease_id: String,
     pub idx: u64,
     pub attempt: u32,
     pub manifest_offset: u64,
     pub manifest_len: u64,
-    pub record: JobRecord,
 }
 
 pub enum LeaseAnswer {
@@ -317,8 +324,30 @@ pub fn lease_next(
     grace_ms: i64,
     host_can_sandbox: bool,
 ) -> StoreResult<LeaseAnswer> {
+    lease_several(conn, &LeaseAsk { job, compute, node, process, grace_ms, host_can_sandbox, want: 1 })
+}
+
+/// Who asks for leases, and how many.
+#[derive(Debug, Clone, Copy)]
+pub struct LeaseAsk<'a> {
+    pub job: Option<&'a str>,
+    pub compute: Option<&'a str>,
+    pub node: &'a str,
+    pub process: u32,
+    pub grace_ms: i64,
+    pub host_can_sandbox: bool,
+    /// How many mini-batches the worker slot would take at once.
+    pub want: u32,
+}
+
+/// Leases up to `ask.want` of the lowest pending mini-batches of the oldest job that accepts leases, in
+/// one transaction (see [`lease_next`]). A grant never holds more than a share of the job's remaining
+/// mini-batches (half of them spread over the job's worker slots), so that at the end of a job no slot
+/// sits on work another one could be doing.
+pub fn lease_several(conn: &mut Connection, ask: &LeaseAsk<'_>) -> StoreResult<LeaseAnswer> {
+    let LeaseAsk { job, compute, node, process, grace_ms, host_can_sandbox, want } = *ask;
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    // The job first (few run at once), then its lowest pending mini-batch straight off the
+    // The job first (few run at once), then its lowest pending mini-batches straight off the
     // (job, state, idx) index: a single join ordered by (seq, idx) would sort every pending
     // mini-batch on every lease.
     let candidate_job: Option<String> = tx
@@ -333,16 +362,7 @@ pub fn lease_next(
             |r| r.get(0),
         )
         .optional()?;
-    let candidate: Option<(String, i64)> = match candidate_job {
-        Some(name) => tx
-            .row("SELECT idx FROM batches WHERE job = ?1 AND state = 'pending' ORDER BY idx LIMIT 1", [&name], |r| {
-                r.get(0)
-            })
-            .optional()?
-            .map(|idx| (name, idx)),
-        None => None,
-    };
-    let Some((job_name, idx)) = candidate else {
+    let Some(job_name) = candidate_job else {
         let job_done = match job {
             Some(name) => {
                 let status: Option<String> =
@@ -367,38 +387,49 @@ pub fn lease_next(
         return Ok(LeaseAnswer::Nothing { job_done });
     };
     let row = job_get_tx(&tx, &job_name)?.expect("the job was just selected");
-    let (attempts, offset, len): (u32, i64, i64) = tx.row(
-        "SELECT attempts, manifest_offset, manifest_len FROM batches WHERE job = ?1 AND idx = ?2",
-        params![job_name, idx],
-        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-    )?;
-    let attempt = attempts + 1;
-    let lease_id = uuid::Uuid::new_v4().simple().to_string();
+    let c = &row.counters;
+    let remaining = c.batches_total.saturating_sub(c.batches_succeeded + c.batches_failed);
+    let slots = u64::from(row.record.settings.instance_count) * u64::from(row.record.settings.max_concurrency_per_instance);
+    let share = (remaining / (2 * slots.max(1))).max(1);
+    let count = u64::from(want.clamp(1, cove_api::worker::MAX_BATCHES_PER_GRANT)).min(share);
+    let pending: Vec<(i64, u32, i64, i64)> = {
+        let mut stmt = tx.prepare_cached(
+            "SELECT idx, attempts, manifest_offset, manifest_len FROM batches
+             WHERE job = ?1 AND state = 'pending' ORDER BY idx LIMIT ?2",
+        )?;
+        let rows = stmt.query_map(params![job_name, count as i64], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?;
+        rows.collect::<Result<_, _>>()?
+    };
     let now = now_ms();
     let deadline = now + row.record.settings.retry_settings.timeout_secs as i64 * 1000 + grace_ms;
-    tx.exec(
-        "UPDATE batches SET state = 'leased', attempts = ?3, lease_id = ?4, lease_deadline_ms = ?5 WHERE job = ?1 AND idx = ?2",
-        params![job_name, idx, attempt, lease_id, deadline],
-    )?;
-    tx.exec(
-        "INSERT INTO attempts (lease_id, job, idx, attempt, node, process, started_ms, compute)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-        params![lease_id, job_name, idx, attempt, node, process, now, compute],
-    )?;
+    let mut grants = Vec::with_capacity(pending.len());
+    for (idx, attempts, offset, len) in pending {
+        let attempt = attempts + 1;
+        let lease_id = uuid::Uuid::new_v4().simple().to_string();
+        tx.exec(
+            "UPDATE batches SET state = 'leased', attempts = ?3, lease_id = ?4, lease_deadline_ms = ?5
+             WHERE job = ?1 AND idx = ?2",
+            params![job_name, idx, attempt, lease_id, deadline],
+        )?;
+        tx.exec(
+            "INSERT INTO attempts (lease_id, job, idx, attempt, node, process, started_ms, compute)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            params![lease_id, job_name, idx, attempt, node, process, now, compute],
+        )?;
+        grants.push(GrantedBatch {
+            lease_id,
+            idx: idx as u64,
+            attempt,
+            manifest_offset: offset as u64,
+            manifest_len: len as u64,
+        });
+    }
     tx.exec(
         "UPDATE jobs SET status = 'Running', started_ms = COALESCE(started_ms, ?2) WHERE name = ?1 AND status = 'Queued'",
         params![job_name, now],
     )?;
     tx.commit()?;
-    Ok(LeaseAnswer::Granted(LeaseGrant {
-        lease_id,
-        job: job_name,
-        idx: idx as u64,
-        attempt,
-        manifest_offset: offset as u64,
-        manifest_len: len as u64,
-        record: row.record,
-    }))
+    Ok(LeaseAnswer::Granted(LeaseGrant { job: job_name, record: row.record, batches: grants }))
 }
 
 /// The current lease of a mini-batch, looked up by lease id.
@@ -542,6 +573,69 @@ pub fn lease_complete_with(
     isolation: Option<&str>,
 ) -> StoreResult<CompleteResult> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let result = complete_in(&tx, lease_id, outcome, pid, isolation)?;
+    tx.commit()?;
+    Ok(result)
+}
+
+/// One attempt of a worker's report (see [`reports_apply`]).
+#[derive(Debug, Clone)]
+pub struct AttemptReported {
+    pub lease_id: String,
+    pub outcome: AttemptOutcome,
+    pub pid: u32,
+    pub isolation: Option<String>,
+    /// The part was stored under the lease's key before the report, with its audit entry.
+    pub part_audit: Option<cove_api::AuditEntry>,
+}
+
+/// Who holds a lease (current or not), and whether it is still current.
+#[derive(Debug, Clone)]
+pub struct LeaseOwner {
+    pub job: String,
+    pub idx: u64,
+    pub compute: String,
+    pub current: bool,
+}
+
+/// The job, mini-batch and compute of a lease ever granted, and whether it is still current.
+pub fn lease_owner(conn: &Connection, lease_id: &str) -> StoreResult<Option<LeaseOwner>> {
+    Ok(conn
+        .row(
+            "SELECT a.job, a.idx, j.compute,
+                    b.lease_id IS a.lease_id AND b.state = 'leased' AND j.status IN ('Queued', 'Running')
+             FROM attempts a JOIN jobs j ON j.name = a.job JOIN batches b ON b.job = a.job AND b.idx = a.idx
+             WHERE a.lease_id = ?1",
+            [lease_id],
+            |r| Ok(LeaseOwner { job: r.get(0)?, idx: r.get::<_, i64>(1)? as u64, compute: r.get(2)?, current: r.get(3)? }),
+        )
+        .optional()?)
+}
+
+/// Applies the reports of a worker's attempts in one transaction, in order: each as
+/// [`lease_complete_with`] does, after marking its stored part and appending that upload's audit entry.
+pub fn reports_apply(conn: &mut Connection, reports: &[AttemptReported]) -> StoreResult<Vec<CompleteResult>> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let mut results = Vec::with_capacity(reports.len());
+    for r in reports {
+        if let Some(entry) = &r.part_audit {
+            attempt_mark_part(&tx, &r.lease_id)?;
+            super::audit_append(&tx, entry)?;
+        }
+        results.push(complete_in(&tx, &r.lease_id, &r.outcome, Some(r.pid), r.isolation.as_deref())?);
+    }
+    tx.commit()?;
+    Ok(results)
+}
+
+/// [`lease_complete_with`] within the caller's transaction.
+fn complete_in(
+    tx: &Connection,
+    lease_id: &str,
+    outcome: &AttemptOutcome,
+    pid: Option<u32>,
+    isolation: Option<&str>,
+) -> StoreResult<CompleteResult> {
     let now = now_ms();
     if let Some(iso) = isolation {
         tx.exec("UPDATE attempts SET isolation = ?2 WHERE lease_id = ?1 AND outcome IS NULL", params![lease_id, iso])?;
@@ -568,7 +662,6 @@ pub fn lease_complete_with(
                 "UPDATE attempts SET finished_ms = ?2, outcome = ?3, reason = ?4, pid = ?5 WHERE lease_id = ?1",
                 params![lease_id, now, format!("discarded:{outcome_name}"), reason, pid],
             )?;
-            tx.commit()?;
         }
         return Ok(CompleteResult { committed: false, job_active, job_status: None, job: Some(job) });
     }
@@ -635,8 +728,7 @@ pub fn lease_complete_with(
             )?;
         }
     }
-    let job_status = apply_verdict(&tx, &job)?;
-    tx.commit()?;
+    let job_status = apply_verdict(tx, &job)?;
     Ok(CompleteResult {
         committed,
         job_active: job_status.is_none_or(|s| s.accepts_leases()),
@@ -939,11 +1031,79 @@ mod tests {
         assert!(job_plan(c, name, batches, &plan).unwrap());
     }
 
-    fn lease(c: &mut Connection, job: &str) -> LeaseGrant {
+    fn lease(c: &mut Connection, job: &str) -> GrantedBatch {
         match lease_next(c, Some(job), None, "n", 0, 0, true).unwrap() {
-            LeaseAnswer::Granted(g) => g,
+            LeaseAnswer::Granted(g) => {
+                assert_eq!(g.batches.len(), 1);
+                g.batches.into_iter().next().unwrap()
+            }
             LeaseAnswer::Nothing { .. } => panic!("expected a lease"),
         }
+    }
+
+    fn lease_up_to(c: &mut Connection, job: &str, want: u32) -> Vec<GrantedBatch> {
+        let ask = LeaseAsk { job: Some(job), compute: None, node: "n", process: 0, grace_ms: 0, host_can_sandbox: true, want };
+        match lease_several(c, &ask).unwrap() {
+            LeaseAnswer::Granted(g) => g.batches,
+            LeaseAnswer::Nothing { .. } => Vec::new(),
+        }
+    }
+
+    #[test]
+    fn several_mini_batches_are_leased_at_once_but_never_more_than_a_share_of_what_remains() {
+        let mut c = conn();
+        planned_job(&mut c, "j", 40, 3);
+        let slots = {
+            let r = record(3).settings;
+            u64::from(r.instance_count) * u64::from(r.max_concurrency_per_instance)
+        };
+        // A share is half of the remaining mini-batches spread over the job's slots.
+        let share = (40 / (2 * slots)).max(1) as usize;
+        let first = lease_up_to(&mut c, "j", 1000);
+        assert_eq!(first.len(), share.min(cove_api::worker::MAX_BATCHES_PER_GRANT as usize));
+        assert_eq!(first.iter().map(|b| b.idx).collect::<Vec<_>>(), (0..first.len() as u64).collect::<Vec<_>>());
+        let three = lease_up_to(&mut c, "j", 3);
+        assert_eq!(three.iter().map(|b| b.idx).collect::<Vec<_>>(), (first.len() as u64..first.len() as u64 + 3).collect::<Vec<_>>());
+        // Reported together, in one transaction: each mini-batch committed once, counted once.
+        let reports: Vec<AttemptReported> = first
+            .iter()
+            .chain(&three)
+            .map(|b| AttemptReported {
+                lease_id: b.lease_id.clone(),
+                outcome: AttemptOutcome::Succeeded { items_ok: 1, items_failed: 0 },
+                pid: 1,
+                isolation: None,
+                part_audit: Some(cove_api::AuditEntry {
+                    time: String::new(),
+                    principal: "w".into(),
+                    source: "127.0.0.1".into(),
+                    action: "PUT part".into(),
+                    resource: format!("mini-batch {}", b.idx),
+                    outcome: "ok".into(),
+                    detail: None,
+                }),
+            })
+            .collect();
+        let results = reports_apply(&mut c, &reports).unwrap();
+        assert!(results.iter().all(|r| r.committed && r.job_active), "{results:?}");
+        let done = (first.len() + 3) as u64;
+        assert_eq!(job_get(&c, "j").unwrap().unwrap().counters.batches_succeeded, done);
+        // A report of a lease already reported changes nothing.
+        let again = reports_apply(&mut c, &reports[..1]).unwrap();
+        assert!(!again[0].committed);
+        assert_eq!(job_get(&c, "j").unwrap().unwrap().counters.batches_succeeded, done);
+        // Near the end of the job, grants shrink to one mini-batch.
+        let mut rest = 40 - done;
+        while rest > 0 {
+            let got = lease_up_to(&mut c, "j", 1000);
+            let expected = (rest / (2 * slots)).clamp(1, u64::from(cove_api::worker::MAX_BATCHES_PER_GRANT));
+            assert_eq!(got.len() as u64, expected.min(rest), "with {rest} left");
+            for b in &got {
+                assert!(succeed(&mut c, &b.lease_id).committed);
+            }
+            rest -= got.len() as u64;
+        }
+        assert!(lease_up_to(&mut c, "j", 1000).is_empty());
     }
 
     fn succeed(c: &mut Connection, lease: &str) -> CompleteResult {
