@@ -1,7 +1,7 @@
 //! Loading an ONNX model with tract, checking that it can score tables, and running it.
 
 use crate::output::{write_file_rows, Prediction};
-use crate::read::{read_into, Table, Values};
+use crate::read::{read_all, Table, Values};
 use crate::Scored;
 use bytes::Bytes;
 use std::sync::Arc;
@@ -157,13 +157,7 @@ impl OnnxModel {
         let mut all = self.scratch.lock().ok().and_then(|mut s| s.pop()).unwrap_or_else(|| Table::empty(&self.inputs));
         all.clear();
         // Per file: its first row in `all` and its row count, or why it cannot be read.
-        let spans: Vec<Result<(usize, usize), String>> = files
-            .iter()
-            .map(|(name, data)| {
-                let start = all.rows;
-                read_into(name, data, &self.inputs, &mut all).map(|rows| (start, rows))
-            })
-            .collect();
+        let spans = read_all(files, &self.inputs, &mut all);
         let mut scored = Scored::default();
         match self.run(&all) {
             Ok(prediction) => {

@@ -112,6 +112,166 @@ pub fn read_into(name: &str, data: &Bytes, inputs: &[InputSpec], table: &mut Tab
     read.map(|()| table.rows - rows)
 }
 
+/// Appends the rows of every file to `table`, in order; returns each file's first row in `table` and its
+/// row count, or why it cannot be scored (its rows are then not in `table`).
+///
+/// Consecutive small CSV files with the same plain header line are fed to one kept decoder and turned
+/// into one Arrow batch (a batch per one-row file cost more than its row); should that batch fail (a
+/// value that is not a number, say), those files are read again one by one, so each error names its
+/// own file and row.
+pub fn read_all(files: &[(String, Bytes)], inputs: &[InputSpec], table: &mut Table) -> Vec<Result<(usize, usize), String>> {
+    let mut spans = Vec::with_capacity(files.len());
+    // The files fed to the decoder and not yet turned into a batch: (index, rows fed).
+    let mut run: Vec<(usize, usize)> = Vec::new();
+    let mut run_plan: Option<Arc<CsvPlan>> = None;
+    for (name, data) in files {
+        let fed = match (kind(name), plain_header_line(data)) {
+            (Ok(Kind::Csv), Some(_)) => feed_run(data, inputs, &mut run_plan, &mut run, files, table, &mut spans),
+            _ => false,
+        };
+        if fed {
+            continue;
+        }
+        end_run(&mut run_plan, &mut run, files, inputs, table, &mut spans);
+        spans.push(single(name, data, inputs, table));
+    }
+    end_run(&mut run_plan, &mut run, files, inputs, table, &mut spans);
+    spans
+}
+
+fn single(name: &str, data: &Bytes, inputs: &[InputSpec], table: &mut Table) -> Result<(usize, usize), String> {
+    let start = table.rows;
+    read_into(name, data, inputs, table).map(|rows| (start, rows))
+}
+
+/// Feeds a CSV file's rows to the run's decoder, when it can join the run (ending the run first when
+/// its header differs or the decoder would fill up); returns whether it did.
+fn feed_run(
+    data: &Bytes,
+    inputs: &[InputSpec],
+    run_plan: &mut Option<Arc<CsvPlan>>,
+    run: &mut Vec<(usize, usize)>,
+    files: &[(String, Bytes)],
+    table: &mut Table,
+    spans: &mut Vec<Result<(usize, usize), String>>,
+) -> bool {
+    let Ok(plan) = csv_plan(data, inputs) else { return false };
+    let body = &data[data.iter().position(|&b| b == b'\n').expect("a plain header line ends") + 1..];
+    // At most one row per line (and one more for a last line with no end).
+    let most = body.iter().filter(|&&b| b == b'\n').count() + 1;
+    if most >= DECODER_ROWS / 2 {
+        return false;
+    }
+    let same = run_plan.as_ref().is_some_and(|p| Arc::ptr_eq(p, &plan));
+    let buffered: usize = run.iter().map(|(_, rows)| rows).sum();
+    if !same || buffered + most >= DECODER_ROWS {
+        end_run(run_plan, run, files, inputs, table, spans);
+    }
+    let index = spans.len() + run.len();
+    let Some(rows) = feed_kept(&plan, body) else {
+        // The decoder refused the rows (and is gone with them): the run so far and this file are read
+        // one by one.
+        run.push((index, 0));
+        *run_plan = None;
+        fail_run(run, files, inputs, table, spans);
+        return true;
+    };
+    *run_plan = Some(plan);
+    run.push((index, rows));
+    true
+}
+
+/// Feeds rows to the decoder kept for `plan` (made when there is none for it) without turning them into
+/// a batch; returns how many rows it took.
+fn feed_kept(plan: &Arc<CsvPlan>, body: &[u8]) -> Option<usize> {
+    let kept = DECODER.with(|d| d.borrow_mut().take()).filter(|(p, _)| Arc::ptr_eq(p, plan));
+    let mut decoder = match kept {
+        Some((_, decoder)) => decoder,
+        None => new_decoder(plan),
+    };
+    let before = decoder.capacity();
+    let mut rest = body;
+    while !rest.is_empty() {
+        let used = decoder.decode(rest).ok()?;
+        if used == 0 {
+            return None;
+        }
+        rest = &rest[used..];
+    }
+    // A last row with no line end is ended here, so it is not carried into the next file.
+    if !body.is_empty() && !body.ends_with(b"\n") && decoder.decode(b"\n").ok()? != 1 {
+        return None;
+    }
+    let rows = before - decoder.capacity();
+    DECODER.with(|d| *d.borrow_mut() = Some((plan.clone(), decoder)));
+    Some(rows)
+}
+
+fn new_decoder(plan: &CsvPlan) -> arrow_csv::reader::Decoder {
+    arrow_csv::ReaderBuilder::new(plan.schema.clone())
+        .with_header(false)
+        .with_batch_size(DECODER_ROWS)
+        .with_projection(plan.projection.clone())
+        .build_decoder()
+}
+
+/// Turns the run's rows into one batch and appends it to `table`; on failure, reads the run's files
+/// one by one instead.
+fn end_run(
+    run_plan: &mut Option<Arc<CsvPlan>>,
+    run: &mut Vec<(usize, usize)>,
+    files: &[(String, Bytes)],
+    inputs: &[InputSpec],
+    table: &mut Table,
+    spans: &mut Vec<Result<(usize, usize), String>>,
+) {
+    let Some(plan) = run_plan.take() else {
+        debug_assert!(run.is_empty());
+        return;
+    };
+    if run.is_empty() {
+        return;
+    }
+    let kept = DECODER.with(|d| d.borrow_mut().take()).filter(|(p, _)| Arc::ptr_eq(p, &plan));
+    let (rows, lens): (usize, Vec<usize>) = (table.rows, table.inputs.iter().map(Values::len).collect());
+    let collected = kept.and_then(|(_, mut decoder)| {
+        let batch = decoder.flush().ok()?;
+        DECODER.with(|d| *d.borrow_mut() = Some((plan.clone(), decoder)));
+        let batches = batch.into_iter().map(Ok);
+        collect(batches, &plan.header, &plan.columns, &plan.projection, inputs, table).ok()
+    });
+    let expected: usize = run.iter().map(|(_, n)| n).sum();
+    if collected.is_some() && table.rows - rows == expected {
+        let mut start = rows;
+        for &(_, n) in run.iter() {
+            spans.push(Ok((start, n)));
+            start += n;
+        }
+        run.clear();
+        return;
+    }
+    table.rows = rows;
+    for (values, len) in table.inputs.iter_mut().zip(lens) {
+        values.truncate(len);
+    }
+    DECODER.with(|d| d.borrow_mut().take());
+    fail_run(run, files, inputs, table, spans);
+}
+
+/// Reads the run's files one by one (after a batch of them failed), so each error is its own.
+fn fail_run(
+    run: &mut Vec<(usize, usize)>,
+    files: &[(String, Bytes)],
+    inputs: &[InputSpec],
+    table: &mut Table,
+    spans: &mut Vec<Result<(usize, usize), String>>,
+) {
+    for (index, _) in run.drain(..) {
+        let (name, data) = &files[index];
+        spans.push(single(name, data, inputs, table));
+    }
+}
+
 /// How to read a CSV file with a given header for given inputs: worked out once per header.
 struct CsvPlan {
     header: Vec<String>,
@@ -194,11 +354,7 @@ fn decode_with_kept(plan: &Arc<CsvPlan>, body: &[u8]) -> Option<Vec<RecordBatch>
     let kept = DECODER.with(|d| d.borrow_mut().take()).filter(|(p, _)| Arc::ptr_eq(p, plan));
     let mut decoder = match kept {
         Some((_, decoder)) => decoder,
-        None => arrow_csv::ReaderBuilder::new(plan.schema.clone())
-            .with_header(false)
-            .with_batch_size(DECODER_ROWS)
-            .with_projection(plan.projection.clone())
-            .build_decoder(),
+        None => new_decoder(plan),
     };
     let mut batches = Vec::new();
     let mut feed = |mut rest: &[u8], decoder: &mut arrow_csv::reader::Decoder| -> Option<()> {
@@ -377,5 +533,38 @@ mod tests {
         let Values::F32(v) = &table.inputs[0] else { panic!("float32 input") };
         assert_eq!(&v[10..], &[11.5, 12.5, 13.5, 14.5]);
         assert_eq!(table.rows, 7);
+    }
+
+    #[test]
+    fn a_mini_batch_of_small_files_is_read_as_one_batch_and_a_bad_file_fails_alone() {
+        let inputs = [input("features", 2)];
+        let file = |name: &str, text: &str| (name.to_string(), Bytes::from(text.to_string()));
+        let files = vec![
+            file("a.csv", "id,a,b\n1,1,2\n2,3,4\n"),
+            file("b.csv", "id,a,b\n3,5,6"),
+            file("c.csv", "id,a,b\n"),
+            file("bad.csv", "id,a,b\n4,x,8\n"),
+            file("d.csv", "id,a,b\n5,9,10\n"),
+            file("other.csv", "a,b\n11,12\n"),
+            file("e.txt", "id,a,b\n6,0,0\n"),
+            file("f.csv", "id,a,b\n7,13,14\n"),
+        ];
+        let mut table = Table::empty(&inputs);
+        let spans = read_all(&files, &inputs, &mut table);
+        assert_eq!(spans[0], Ok((0, 2)));
+        assert_eq!(spans[1], Ok((2, 1)), "a last row with no line end is its own");
+        assert_eq!(spans[2], Ok((3, 0)));
+        let bad = spans[3].as_ref().unwrap_err();
+        assert!(bad.contains("value 'x'") && bad.contains("line 1"), "{bad}");
+        assert_eq!(spans[4], Ok((3, 1)));
+        assert_eq!(spans[5], Ok((4, 1)));
+        assert!(spans[6].as_ref().unwrap_err().contains("File type 'txt' is not supported"));
+        assert_eq!(spans[7], Ok((5, 1)));
+        let Values::F32(v) = &table.inputs[0] else { panic!("float32 input") };
+        assert_eq!(v, &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 9.0, 10.0, 11.0, 12.0, 13.0, 14.0]);
+        // The next mini-batch starts clean: nothing of this one is carried over.
+        let mut next = Table::empty(&inputs);
+        assert_eq!(read_all(&files[4..5], &inputs, &mut next), vec![Ok((0, 1))]);
+        assert_eq!(next.rows, 1);
     }
 }

@@ -9,23 +9,47 @@ use std::path::Path;
 
 /// Opens `rel` beneath `root`; the file is known to be a regular file.
 pub fn open(root: &Path, rel: &str) -> Result<File, String> {
-    use nix::fcntl::{openat2, OFlag, OpenHow, ResolveFlag};
-    let dir = File::open(root).map_err(|e| format!("the datastore folder cannot be opened: {e}"))?;
-    let how = OpenHow::new()
-        .flags(OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NOCTTY | OFlag::O_NONBLOCK)
-        .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS);
-    let fd = openat2(&dir, rel, how).map_err(|e| match e {
-        nix::errno::Errno::ELOOP => {
-            "it is, or lies behind, a symbolic link; a datastore's files are read without following links".to_string()
-        }
-        nix::errno::Errno::EXDEV => "it leaves its datastore".to_string(),
-        other => other.desc().to_string(),
-    })?;
-    let file = File::from(fd);
-    if !file.metadata().map_err(|e| e.to_string())?.is_file() {
-        return Err("it is not a regular file".into());
+    Folder::open(root)?.open_file(rel).map(|(file, _)| file)
+}
+
+/// A folder opened once, whose files are then opened beneath it (a mini-batch's files, say).
+pub struct Folder(File);
+
+impl Folder {
+    pub fn open(root: &Path) -> Result<Folder, String> {
+        File::open(root).map(Folder).map_err(|e| format!("the datastore folder cannot be opened: {e}"))
     }
-    Ok(file)
+
+    /// Opens `rel` beneath the folder; returns it (a regular file) and its size.
+    pub fn open_file(&self, rel: &str) -> Result<(File, u64), String> {
+        use nix::fcntl::{openat2, OFlag, OpenHow, ResolveFlag};
+        let how = OpenHow::new()
+            .flags(OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NOCTTY | OFlag::O_NONBLOCK)
+            .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS);
+        let fd = openat2(&self.0, rel, how).map_err(|e| match e {
+            nix::errno::Errno::ELOOP => {
+                "it is, or lies behind, a symbolic link; a datastore's files are read without following links"
+                    .to_string()
+            }
+            nix::errno::Errno::EXDEV => "it leaves its datastore".to_string(),
+            other => other.desc().to_string(),
+        })?;
+        let file = File::from(fd);
+        let meta = file.metadata().map_err(|e| e.to_string())?;
+        if !meta.is_file() {
+            return Err("it is not a regular file".into());
+        }
+        Ok((file, meta.len()))
+    }
+
+    /// Reads `rel` beneath the folder whole. Blocking.
+    pub fn read(&self, rel: &str) -> Result<bytes::Bytes, String> {
+        use std::io::Read;
+        let (mut file, len) = self.open_file(rel)?;
+        let mut bytes = Vec::with_capacity(len as usize + 1);
+        file.read_to_end(&mut bytes).map_err(|e| e.to_string())?;
+        Ok(bytes.into())
+    }
 }
 
 /// Opens the folder `rel` beneath `root` (`root` itself when `rel` is empty), the same way as [`open`].
@@ -43,11 +67,7 @@ pub fn open_dir(root: &Path, rel: &str) -> Result<File, std::io::Error> {
 
 /// Reads `rel` beneath `root` whole. Blocking.
 pub fn read(root: &Path, rel: &str) -> Result<bytes::Bytes, String> {
-    use std::io::Read;
-    let mut file = open(root, rel)?;
-    let mut bytes = Vec::with_capacity(file.metadata().map_or(0, |m| m.len() as usize));
-    file.read_to_end(&mut bytes).map_err(|e| e.to_string())?;
-    Ok(bytes.into())
+    Folder::open(root)?.read(rel)
 }
 
 /// Makes `rel` beneath `root` appear at `dest` without copying it when the filesystem allows: a hard

@@ -325,3 +325,53 @@ fn a_lost_worker_s_lease_expires_and_its_mini_batch_is_scored_by_another() {
         assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists(), "the lost worker's scorer {pid} died with it");
     }
 }
+
+/// Result parts travel three ways, by size: small ones with the report into the state store, larger
+/// ones with the report into Cove's object store, the largest streamed on their own first. The output
+/// holds every mini-batch's lines, whole and in order, whichever way they came.
+#[test]
+fn result_parts_of_every_size_reach_the_output_whole_and_in_order() {
+    let ws = Workspace::start();
+    // The mini-batch of file n returns lines of about 3 KB, 200 KiB or 10 MiB in all, by n % 3.
+    let script = r#"
+def init():
+    pass
+
+def run(mini_batch):
+    out = []
+    for path in mini_batch:
+        n = int(open(path).read())
+        size = [3000, 200 * 1024, 10 * 1024 * 1024][n % 3]
+        out.extend(f"{n}:{k}:" + "x" * 1000 for k in range(size // 1000))
+    return out
+"#;
+    let p = Project::new(ws.dir.path(), "sizes", script, "mini_batch_size: 1\nmax_concurrency_per_instance: 2");
+    p.deploy(&ws);
+    let job = invoke(&ws, "sizes", &p.inputs(6), &[]);
+    assert_eq!(job["status"], "Completed", "{job:#}");
+    let lines = ws.output_lines(&job);
+    let mut expected = Vec::new();
+    for n in 0..6usize {
+        let size = [3000, 200 * 1024, 10 * 1024 * 1024][n % 3];
+        expected.extend((0..size / 1000).map(|k| format!("{n}:{k}:{}", "x".repeat(1000))));
+    }
+    assert_eq!(lines.len(), expected.len());
+    assert!(lines == expected, "the output differs from the mini-batches' lines in order");
+    // Each way was taken: the small parts sit in the state store, the others are objects.
+    let db = rusqlite::Connection::open(ws.path().join("state/cove.db")).unwrap();
+    let inline: i64 = db.query_row("SELECT COUNT(*) FROM part_bodies", [], |r| r.get(0)).unwrap();
+    assert_eq!(inline, 2, "the two small parts are kept in the state store");
+    let name = job["name"].as_str().unwrap();
+    let parts = ws.path().join("state/objects/jobs").join(name).join("parts");
+    let objects = std::fs::read_dir(&parts).unwrap().count();
+    assert_eq!(objects, 4, "the 200 KiB and 10 MiB parts are objects");
+    let audit = ws.cove(&["--json", "audit", "list"]).ok().json();
+    let puts: Vec<&str> = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["action"].as_str())
+        .filter(|a| a.starts_with("PUT part"))
+        .collect();
+    assert_eq!(puts.len(), 6, "every part is audited once: {puts:?}");
+}

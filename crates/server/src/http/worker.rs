@@ -416,8 +416,8 @@ pub async fn complete(
 const MAX_REPORTS: usize = 2 * cove_api::worker::MAX_BATCHES_PER_GRANT as usize;
 
 /// `POST /worker/v1/reports`: the reports of attempts a worker slot ran in turn, each with its part
-/// (stored before any report is applied, as `PUT part` stores it), and the worker's next leases, in one
-/// round trip. Every lease must be one of the caller's compute, or nothing is applied. A part of a lease
+/// (stored before any report is applied, as `PUT part` stores it, or, when small, with the report in the
+/// same transaction), and the worker's next leases, in one round trip. Every lease must be one of the caller's compute, or nothing is applied. A part of a lease
 /// that is no longer current is not stored, and its report is recorded and discarded.
 pub async fn reports(
     State(app): State<AppRef>,
@@ -454,13 +454,17 @@ pub async fn reports(
     for (r, owner) in batch.reports.into_iter().zip(owners) {
         let owner = owner.expect("checked above");
         let part = if r.part { parts.next() } else { None };
-        let mut part_audit = None;
+        let (mut part_audit, mut inline_part) = (None, None);
         if let Some(part) = part.filter(|_| owner.current) {
-            let key = object_store::path::Path::from(store::part_key(&owner.job, owner.idx, &r.lease_id));
             let what = format!("PUT part ({} bytes)", part.len());
             part_audit = Some(upload_audit(&w, source, what, &owner.job, owner.idx, &r.lease_id));
-            let internal = app.internal.clone();
-            stores.push(async move { internal.put(&key, part.into()).await });
+            if part.len() <= store::INLINE_PART_LIMIT {
+                inline_part = Some(part);
+            } else {
+                let key = object_store::path::Path::from(store::part_key(&owner.job, owner.idx, &r.lease_id));
+                let internal = app.internal.clone();
+                stores.push(async move { internal.put(&key, part.into()).await });
+            }
         }
         applied.push(store::AttemptReported {
             outcome: attempt_outcome(&r.completion),
@@ -468,6 +472,7 @@ pub async fn reports(
             isolation: r.completion.isolation.as_ref().map(|v| v.to_string()),
             lease_id: r.lease_id,
             part_audit,
+            inline_part,
         });
     }
     for stored in futures::future::join_all(stores).await {

@@ -170,6 +170,40 @@ pub async fn copy_parts(
     Ok(())
 }
 
+/// Streams committed parts into `writer` in the order given: those kept in the state store (read a run
+/// at a time, so memory stays bounded) and those stored as objects.
+async fn copy_committed(app: &AppRef, parts: Vec<(u64, String)>, writer: &mut WriteMultipart) -> anyhow::Result<()> {
+    const RUN: usize = 256;
+    let mut parts = parts.into_iter().peekable();
+    while let Some((idx, key)) = parts.next() {
+        let Some(lease) = key.strip_prefix(store::INLINE_PART) else {
+            copy_parts(app.internal.as_ref(), vec![(idx, key)], writer).await?;
+            continue;
+        };
+        let mut run = vec![(idx, lease.to_string())];
+        while run.len() < RUN {
+            match parts.next_if(|(_, k)| k.starts_with(store::INLINE_PART)) {
+                Some((idx, k)) => run.push((idx, k[store::INLINE_PART.len()..].to_string())),
+                None => break,
+            }
+        }
+        let ids: Vec<String> = run.iter().map(|(_, lease)| lease.clone()).collect();
+        let bodies = app
+            .store
+            .call(move |c| store::part_bodies(c, &ids.iter().map(String::as_str).collect::<Vec<_>>()))
+            .await?;
+        let mut bodies: std::collections::HashMap<String, Vec<u8>> = bodies.into_iter().collect();
+        for (idx, lease) in run {
+            let body = bodies
+                .remove(&lease)
+                .with_context(|| format!("the committed part of mini-batch {idx} is missing from the state store"))?;
+            writer.wait_for_capacity(8).await?;
+            writer.write(&body);
+        }
+    }
+    Ok(())
+}
+
 /// Streams the committed parts into the output file; returns its size once published, or `None` when
 /// the job stopped finalizing meanwhile (nothing is published then).
 async fn assemble(app: &AppRef, name: &str, output_uri: &str, file_name: &str) -> anyhow::Result<Option<u64>> {
@@ -180,9 +214,7 @@ async fn assemble(app: &AppRef, name: &str, output_uri: &str, file_name: &str) -
     let path = dest.object_path();
     let upload = store.put_multipart(&path).await.with_context(|| format!("failed to start writing {}", dest.uri()))?;
     let mut writer = WriteMultipart::new(upload);
-    let streamed = copy_parts(app.internal.as_ref(), parts, &mut writer)
-        .await
-        .with_context(|| format!("failed to write {}", dest.uri()));
+    let streamed = copy_committed(app, parts, &mut writer).await.with_context(|| format!("failed to write {}", dest.uri()));
     let n = name.to_string();
     let still = app.store.call(move |c| store::job_get(c, &n)).await?.map(|j| j.status);
     if let Err(error) = streamed {

@@ -587,7 +587,17 @@ pub struct AttemptReported {
     pub isolation: Option<String>,
     /// The part was stored under the lease's key before the report, with its audit entry.
     pub part_audit: Option<cove_api::AuditEntry>,
+    /// A small part, stored with the report in the same transaction (see [`INLINE_PART_LIMIT`]).
+    pub inline_part: Option<bytes::Bytes>,
 }
+
+/// Parts up to this size are kept in the state store with their attempt (`part_bodies`) rather than as
+/// an object each: creating a file per mini-batch cost more than everything else the control plane
+/// does for a mini-batch of a few small files.
+pub const INLINE_PART_LIMIT: usize = 64 * 1024;
+
+/// The prefix of a committed part kept in the state store; the lease id follows.
+pub const INLINE_PART: &str = "inline:";
 
 /// Who holds a lease (current or not), and whether it is still current.
 #[derive(Debug, Clone)]
@@ -619,6 +629,12 @@ pub fn reports_apply(conn: &mut Connection, reports: &[AttemptReported]) -> Stor
     let mut results = Vec::with_capacity(reports.len());
     for r in reports {
         if let Some(entry) = &r.part_audit {
+            if let Some(body) = &r.inline_part {
+                tx.exec(
+                    "INSERT OR REPLACE INTO part_bodies (lease_id, body) VALUES (?1, ?2)",
+                    params![r.lease_id, &body[..]],
+                )?;
+            }
             attempt_mark_part(&tx, &r.lease_id)?;
             super::audit_append(&tx, entry)?;
         }
@@ -685,7 +701,15 @@ fn complete_in(
     let mut committed = false;
     match after_attempt(attempt_no, row.record.settings.retry_settings.max_retries, outcome) {
         BatchNext::Commit => {
-            let part = needs_part.then(|| part_key(&job, idx as u64, lease_id));
+            let inline: bool = tx.row(
+                "SELECT EXISTS (SELECT 1 FROM part_bodies WHERE lease_id = ?1)",
+                [lease_id],
+                |r| r.get(0),
+            )?;
+            let part = needs_part.then(|| match inline {
+                true => format!("{INLINE_PART}{lease_id}"),
+                false => part_key(&job, idx as u64, lease_id),
+            });
             tx.exec(
                 "UPDATE batches SET state = 'succeeded', lease_id = NULL, lease_deadline_ms = NULL, committed_part = ?3,
                  items_ok = ?4, items_failed = ?5, error = NULL WHERE job = ?1 AND idx = ?2",
@@ -814,6 +838,18 @@ pub fn committed_parts(conn: &Connection, job: &str) -> StoreResult<Vec<(u64, St
     )?;
     let rows = stmt.query_map([job], |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?)))?;
     Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// The bodies of parts kept in the state store, by lease id (those of `leases` that have one).
+pub fn part_bodies(conn: &Connection, leases: &[&str]) -> StoreResult<Vec<(String, Vec<u8>)>> {
+    let mut stmt = conn.prepare_cached("SELECT lease_id, body FROM part_bodies WHERE lease_id = ?1")?;
+    let mut out = Vec::with_capacity(leases.len());
+    for lease in leases {
+        if let Some(found) = stmt.query_row([lease], |r| Ok((r.get(0)?, r.get(1)?))).optional()? {
+            out.push(found);
+        }
+    }
+    Ok(out)
 }
 
 #[derive(Debug, Clone)]
@@ -1082,6 +1118,7 @@ mod tests {
                     outcome: "ok".into(),
                     detail: None,
                 }),
+                inline_part: (b.idx % 2 == 0).then(|| bytes::Bytes::from(format!("row of {}\n", b.idx))),
             })
             .collect();
         let results = reports_apply(&mut c, &reports).unwrap();

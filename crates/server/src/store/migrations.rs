@@ -161,6 +161,13 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX worker_certificates_by_compute ON worker_certificates (compute);
     "#,
+    // 10: small result parts, kept with the attempt that reported them instead of as one file each.
+    r#"
+    CREATE TABLE part_bodies (
+        lease_id TEXT PRIMARY KEY REFERENCES attempts (lease_id),
+        body BLOB NOT NULL
+    );
+    "#,
 ];
 
 /// Brings the schema up to date, one transaction per migration.
