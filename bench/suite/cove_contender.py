@@ -233,9 +233,9 @@ def teardown() -> None:
         cp.stop()
 
 
-def _scored(data_dir: str, model: str, name: str, endpoint: str = "tabular") -> dict:
+def _scored(data_dir: str, model: str, name: str, endpoint: str = "tabular", *overrides: str) -> dict:
     cp = _ready(model)
-    wall, job = cp.run_job(endpoint, cp.data_uri(name))
+    wall, job = cp.run_job(endpoint, cp.data_uri(name), *overrides)
     p = job["progress"]
     if p["items_failed"]:
         raise RuntimeError(f"{p['items_failed']} files failed: {job.get('failed_batches')}")
@@ -252,6 +252,11 @@ def script(data_dir: str, model: str, work: str) -> dict:
 
 def tiny(data_dir: str, model: str, work: str) -> dict:
     return _scored(data_dir, model, "tiny")
+
+
+def tiny_large(data_dir: str, model: str, work: str, mini_batch_size: int) -> dict:
+    """The tiny files at a mini-batch size other than the default (a per-job override)."""
+    return _scored(data_dir, model, "tiny", "tabular", f"mini_batch_size={mini_batch_size}")
 
 
 def _ms(stamp: str) -> float:
