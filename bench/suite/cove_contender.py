@@ -1,10 +1,10 @@
 """Cove's contenders in the comparative benchmark suite (see run.py).
 
 One control plane (`cove up`, release build) serves every round, as a workspace's control plane
-serves every job: its start-up is not part of a job's time. Each contender invokes a job with the
-`cove` CLI, as a user would, and waits for it by polling the job over the API; a job's wall time runs
-from just before the invocation to the moment it is seen Completed, so it includes planning, worker
-start, scoring, and assembling and publishing the output.
+serves every job: its start-up is not part of a job's time. Each contender invokes a job with
+`cove endpoint invoke --stream`, as a user following it would; a job's wall time runs from just before
+the CLI starts to its exit once the job is Completed, so it includes planning, worker start, scoring,
+and assembling and publishing the output.
 
 The benchmark data folder is registered as a local datastore (`bench_data`), so no bytes are copied
 or uploaded, and the workers read the files in place. The scale scenario runs on a control plane of its own, so its peak
@@ -87,14 +87,21 @@ class ControlPlane:
         raise RuntimeError("no VmHWM in /proc status")
 
     def run_job(self, endpoint: str, input_uri: str, *overrides: str) -> tuple:
-        """Invokes a job and waits for it; returns (wall seconds, the finished job)."""
+        """Invokes a job with `cove endpoint invoke --stream`, as a user following it would; returns
+        (wall seconds from the invocation to the CLI's exit, the finished job)."""
         extra = [a for o in overrides for a in ("--set", o)]
         start = time.perf_counter()
-        job = self.cli("endpoint", "invoke", endpoint, "--input", input_uri, *extra)
-        while job["status"] not in ("Completed", "Failed", "Canceled"):
-            time.sleep(0.01)
-            job = self.get(f"/api/v1/jobs/{job['name']}?attempts=false")
+        out = subprocess.run(
+            [self.cove, "--workspace", self.workspace, "--json", "endpoint", "invoke", endpoint,
+             "--input", input_uri, "--stream", *extra],
+            capture_output=True, text=True,
+        )
         wall = time.perf_counter() - start
+        results = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+        results = [r for r in results if r.get("type") == "result"]
+        if not results:
+            raise RuntimeError(f"cove endpoint invoke --stream gave no result: {out.stderr.strip()}")
+        job = results[-1]["job"]
         if job["status"] != "Completed":
             raise RuntimeError(f"job {job['name']} {job['status']}: {job.get('error')}")
         return wall, job

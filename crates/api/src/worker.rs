@@ -26,6 +26,15 @@ pub struct LeaseRequest {
     /// that no slot holds work another one could be doing.
     #[serde(default = "one", skip_serializing_if = "is_one")]
     pub batches: u32,
+    /// How many granted mini-batches the slot still holds: asking while holding some is asking for
+    /// work to have in hand when the current runs out, which is granted only while the job has plenty
+    /// pending (never at its end, where it would leave another slot idle).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub holding: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// The most mini-batches one lease request or report is granted.

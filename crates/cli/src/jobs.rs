@@ -406,7 +406,13 @@ pub async fn stream(client: &Client, name: &str, out: Output) -> anyhow::Result<
     });
     let mut last: Option<(JobStatus, cove_api::Progress)> = None;
     let job = loop {
-        let job = get(client, name).await?;
+        // The control plane answers at once when the status changes, and otherwise with the progress
+        // after a quarter second: the end of a job is seen when it happens.
+        let path = match &last {
+            Some((status, _)) => format!("/api/v1/jobs/{}?attempts=false&wait_ms=250&status={status}", encode(name)),
+            None => format!("/api/v1/jobs/{}?attempts=false", encode(name)),
+        };
+        let job: Job = client.get(&path).await?;
         let now = (job.status, job.progress.clone());
         if last.as_ref() != Some(&now) {
             let p = &job.progress;
@@ -437,9 +443,9 @@ pub async fn stream(client: &Client, name: &str, out: Output) -> anyhow::Result<
             last = Some(now);
         }
         if job.is_terminal() {
-            break job;
+            // The whole record, attempts included, for the summary.
+            break get(client, name).await?;
         }
-        tokio::time::sleep(Duration::from_millis(250)).await;
     };
     if let Some(b) = bar {
         b.finish_and_clear();

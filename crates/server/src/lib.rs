@@ -115,6 +115,8 @@ pub(crate) struct App {
     pub internal: Arc<dyn object_store::ObjectStore>,
     /// Woken whenever new work may be leasable, for long-polling workers.
     pub work_available: Notify,
+    /// Notified when a job's status changes, for callers waiting on a job (`GET /api/v1/jobs/{job}?wait_ms`).
+    pub job_events: Notify,
     /// Woken whenever a lease is granted, so the reaper can sleep until the earliest deadline.
     pub leases_changed: Notify,
     pub compute: compute::LocalCompute,
@@ -353,6 +355,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
         datastores,
         internal,
         work_available: Notify::new(),
+        job_events: Notify::new(),
         leases_changed: Notify::new(),
         compute,
         url: url.clone(),

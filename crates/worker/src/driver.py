@@ -107,10 +107,10 @@ def write_result(result, path):
             if is_frame:
                 # One line per row, values separated by spaces, no header and no index.
                 result.to_csv(out, sep=" ", header=False, index=False, lineterminator="\n")
-            else:
-                for element in result:
-                    out.write(str(element))
-                    out.write("\n")
+            elif result:
+                # One write: a write call per element cost more than building the lines.
+                out.write("\n".join(map(str, result)))
+                out.write("\n")
     return len(result)
 
 

@@ -111,7 +111,7 @@ impl Slot {
 
     async fn lease_loop(&mut self) -> anyhow::Result<()> {
         let sandbox = crate::sandbox::available();
-        let mut ask = LeaseRequest {
+        let ask = LeaseRequest {
             node: self.config.node.clone(),
             process: self.process,
             job: self.config.job.clone(),
@@ -122,82 +122,98 @@ impl Slot {
                 version: env!("CARGO_PKG_VERSION").to_string(),
             },
             batches: 1,
+            holding: 0,
         };
-        let mut pace = Pace::default();
-        // The leases granted and not yet worked, in the order granted.
-        let mut held: VecDeque<Lease> = VecDeque::new();
+        let mut flow = Flow::default();
+        let result = self.flow_loop(&ask, &mut flow).await;
+        if let Some(heartbeat) = flow.heartbeat.take() {
+            heartbeat.abort();
+        }
+        result
+    }
+
+    /// Works leases one after another. Reports go out while the slot works on: each attempt's report is
+    /// sent as soon as the one before it was answered (the reports of attempts that end meanwhile go
+    /// together), asking for the next leases while the slot still has one in hand, so a slot waits for
+    /// the control plane only when it has nothing left to work.
+    async fn flow_loop(&mut self, ask: &LeaseRequest, flow: &mut Flow) -> anyhow::Result<()> {
         loop {
-            if held.is_empty() {
-                ask.batches = pace.batches_wanted();
-                let resp: LeaseResponse = retrying(|| self.client.post("/worker/v1/lease", &ask)).await?;
-                match resp.lease {
-                    Some(lease) => {
-                        held.push_back(lease);
-                        held.extend(resp.more);
+            if flow.held.is_empty() {
+                if let Some(sending) = flow.sending.take() {
+                    if !self.received(sending.await??, flow).await && self.config.job.is_some() {
+                        return Ok(());
                     }
+                    continue;
+                }
+                if !flow.outbox.reports.is_empty() {
+                    let next = LeaseRequest { batches: flow.pace.batches_wanted(), holding: 0, ..ask.clone() };
+                    let outbox = std::mem::take(&mut flow.outbox);
+                    let sent = send_reports(self.client.clone(), outbox, Some(next)).await?;
+                    if !self.received(sent, flow).await && self.config.job.is_some() {
+                        return Ok(());
+                    }
+                    continue;
+                }
+                let asking = LeaseRequest { batches: flow.pace.batches_wanted(), ..ask.clone() };
+                let resp: LeaseResponse = retrying(|| self.client.post("/worker/v1/lease", &asking)).await?;
+                match resp.lease {
+                    Some(lease) => flow.hold(std::iter::once(lease).chain(resp.more)),
                     None if resp.job_done => return Ok(()),
                     None => continue,
                 }
             }
-            let (active, granted) = self.work_grant(&mut held, &mut pace, &mut ask).await?;
-            if !active && self.config.job.is_some() {
-                return Ok(());
+            let lease = flow.held.pop_front().expect("checked above");
+            if flow.heartbeat.is_none() {
+                flow.heartbeat = Some(self.spawn_heartbeat(flow.alive.clone(), lease.expires_in_ms));
             }
-            held.extend(granted);
+            let started = Instant::now();
+            let (completion, part) = self.work(&lease).await?;
+            flow.pace.observe(started.elapsed());
+            if completion.outcome == ReportedOutcome::Succeeded {
+                if let Some(pause) = cove_api::pause::pause_at("before-report") {
+                    tokio::time::sleep(pause).await;
+                }
+            }
+            flow.outbox.add(lease.lease_id, completion, part);
+            let answered = flow.sending.as_ref().is_none_or(|s| s.is_finished());
+            if flow.held.is_empty() || !(answered || flow.outbox.part_bytes >= FLUSH_BYTES) {
+                // Sent at the top of the loop (waiting for the answer), or with the next report.
+                continue;
+            }
+            if let Some(sending) = flow.sending.take() {
+                if !self.received(sending.await??, flow).await {
+                    if self.config.job.is_some() {
+                        return Ok(());
+                    }
+                    continue;
+                }
+            }
+            let keep = flow.pace.batches_wanted().max(2) as usize;
+            let next = (flow.held.len() < keep).then(|| LeaseRequest {
+                batches: (keep - flow.held.len()) as u32,
+                holding: flow.held.len() as u32,
+                ..ask.clone()
+            });
+            let outbox = std::mem::take(&mut flow.outbox);
+            flow.sending = Some(tokio::spawn(send_reports(self.client.clone(), outbox, next)));
         }
     }
 
-    /// Works the held leases in turn and reports them together (sooner when their parts grow large),
-    /// asking for the next leases with the last report; returns whether the job still runs, and the
-    /// leases granted with the report.
-    async fn work_grant(
-        &mut self,
-        held: &mut VecDeque<Lease>,
-        pace: &mut Pace,
-        ask: &mut LeaseRequest,
-    ) -> anyhow::Result<(bool, Vec<Lease>)> {
-        // Every lease of the grant is kept alive until it is reported, also while it waits its turn.
-        let alive: Arc<Mutex<Vec<String>>> = Arc::new(Mutex::new(held.iter().map(|l| l.lease_id.clone()).collect()));
-        let every = held.iter().map(|l| l.expires_in_ms).min().unwrap_or(0);
-        let heartbeat = self.spawn_heartbeat(alive.clone(), every);
-        let mut outbox = Outbox::default();
-        let result = async {
-            while let Some(lease) = held.pop_front() {
-                let started = Instant::now();
-                let (completion, part) = self.work(&lease).await?;
-                pace.observe(started.elapsed());
-                if completion.outcome == ReportedOutcome::Succeeded {
-                    if let Some(pause) = cove_api::pause::pause_at("before-report") {
-                        tokio::time::sleep(pause).await;
-                    }
-                }
-                outbox.add(lease.lease_id, completion, part);
-                let last = held.is_empty();
-                if !last && outbox.part_bytes < FLUSH_BYTES {
-                    continue;
-                }
-                if last {
-                    ask.batches = pace.batches_wanted();
-                }
-                let ack = self.send_reports(&mut outbox, last.then_some(&*ask)).await?;
-                alive.lock().unwrap_or_else(|p| p.into_inner()).retain(|id| !ack.reported.contains(id));
-                if !ack.job_active {
-                    // The job ended or is canceling: what is still held is the control plane's to release.
-                    held.clear();
-                    if let Some((_, mut s)) = self.scorer.take() {
-                        s.kill().await;
-                    }
-                    return Ok((false, Vec::new()));
-                }
-                if last {
-                    return Ok((true, ack.next));
-                }
+    /// Takes in the control plane's answer to sent reports; returns whether the job still runs (when
+    /// it does not, what the slot still holds is the control plane's to release, and the scorer ends).
+    async fn received(&mut self, sent: Sent, flow: &mut Flow) -> bool {
+        flow.alive.lock().unwrap_or_else(|p| p.into_inner()).retain(|id| !sent.reported.contains(id));
+        if !sent.job_active {
+            for lease in flow.held.drain(..) {
+                flow.alive.lock().unwrap_or_else(|p| p.into_inner()).retain(|id| id != &lease.lease_id);
             }
-            Ok((true, Vec::new()))
+            if let Some((_, mut s)) = self.scorer.take() {
+                s.kill().await;
+            }
+            return false;
         }
-        .await;
-        heartbeat.abort();
-        result
+        flow.hold(sent.next);
+        true
     }
 
     /// Works one lease; returns its report and its result part, if any.
@@ -238,20 +254,6 @@ impl Slot {
         }
         let _ = std::fs::remove_dir_all(self.job_dir(&lease.job).join("inputs").join(&lease.lease_id));
         Ok((report, part))
-    }
-
-    /// Sends the reports in the outbox (emptying it), with the request for the next leases when given.
-    async fn send_reports(&self, outbox: &mut Outbox, next: Option<&LeaseRequest>) -> anyhow::Result<Sent> {
-        let outbox = std::mem::take(outbox);
-        let mut body = Vec::with_capacity(outbox.part_bytes + 1024);
-        let head = serde_json::to_vec(&Reports { reports: outbox.reports, next: next.cloned() })?;
-        cove_api::worker::bundle::push(&mut body, Ok(&head));
-        for part in &outbox.parts {
-            cove_api::worker::bundle::push(&mut body, Ok(part));
-        }
-        let body = Bytes::from(body);
-        let ack: ReportsAck = retrying(|| self.client.post_bytes("/worker/v1/reports", body.clone())).await?;
-        Ok(Sent { job_active: ack.acks.iter().all(|a| a.job_active), next: ack.next, reported: outbox.ids })
     }
 
     /// Keeps the leases in `alive` alive while this worker is; if the worker dies, they expire.
@@ -645,6 +647,44 @@ impl Slot {
                 }
                 Err(error) => tracing::warn!(%error, "failed to upload a log file"),
             }
+        }
+    }
+}
+
+/// Sends the reports in `outbox`, with the request for the next leases when given.
+async fn send_reports(client: Client, outbox: Outbox, next: Option<LeaseRequest>) -> anyhow::Result<Sent> {
+    let mut body = Vec::with_capacity(outbox.part_bytes + 1024);
+    let head = serde_json::to_vec(&Reports { reports: outbox.reports, next })?;
+    cove_api::worker::bundle::push(&mut body, Ok(&head));
+    for part in &outbox.parts {
+        cove_api::worker::bundle::push(&mut body, Ok(part));
+    }
+    let body = Bytes::from(body);
+    let ack: ReportsAck = retrying(|| client.post_bytes("/worker/v1/reports", body.clone())).await?;
+    Ok(Sent { job_active: ack.acks.iter().all(|a| a.job_active), next: ack.next, reported: outbox.ids })
+}
+
+/// A slot's leases on their way: granted and not yet worked, worked and not yet reported, reported and
+/// not yet answered.
+#[derive(Default)]
+struct Flow {
+    /// Granted and not yet worked, in the order granted.
+    held: VecDeque<Lease>,
+    /// Every lease granted and not yet answered for, which the heartbeat keeps alive.
+    alive: Arc<Mutex<Vec<String>>>,
+    heartbeat: Option<tokio::task::JoinHandle<()>>,
+    /// Worked, waiting to be sent.
+    outbox: Outbox,
+    /// Sent, waiting for the answer.
+    sending: Option<tokio::task::JoinHandle<anyhow::Result<Sent>>>,
+    pace: Pace,
+}
+
+impl Flow {
+    fn hold(&mut self, leases: impl IntoIterator<Item = Lease>) {
+        for lease in leases {
+            self.alive.lock().unwrap_or_else(|p| p.into_inner()).push(lease.lease_id.clone());
+            self.held.push_back(lease);
         }
     }
 }

@@ -135,3 +135,46 @@ fn jobs_are_listed_shown_streamed_downloaded_and_canceled() {
     ws.cove(&["job", "stream", &slow_name]).fails_with(1, "");
     ws.cove(&["job", "show", "batchjob-nope"]).fails_with(5, "does not exist");
 }
+
+/// A caller following a job asks with the status it last saw and a wait: the answer comes when the job
+/// leaves that status (here: canceled), not at the end of the wait, and at the end of the wait when
+/// nothing changed.
+#[test]
+fn a_job_read_with_a_wait_is_answered_when_its_status_changes() {
+    let ws = Workspace::start();
+    let slow =
+        "import time\n\ndef init():\n    pass\n\ndef run(mini_batch):\n    time.sleep(600)\n    return mini_batch\n";
+    let p = Project::new(ws.dir.path(), "waiting", slow, "retry_settings:\n    timeout: 600");
+    p.deploy(&ws);
+    let started = ws.cove(&["--json", "endpoint", "invoke", "waiting", "--input", &p.inputs(1).display().to_string()]);
+    started.ok();
+    let name = started.json()["name"].as_str().unwrap().to_string();
+    let path = |status: &str, wait: u64| format!("/api/v1/jobs/{name}?attempts=false&wait_ms={wait}&status={status}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while ws.http("GET", &format!("/api/v1/jobs/{name}"), None, &[]).1["status"] != "Running" {
+        assert!(std::time::Instant::now() < deadline, "the job never ran");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    // Nothing changes: the answer comes at the end of the wait, with the same status.
+    let t = std::time::Instant::now();
+    let (code, job) = ws.http("GET", &path("Running", 400), None, &[]);
+    assert_eq!((code, job["status"].as_str()), (200, Some("Running")), "{job}");
+    assert!(t.elapsed() >= std::time::Duration::from_millis(400), "answered after {:?}", t.elapsed());
+    // Another status than the job's: answered at once.
+    let (code, job) = ws.http("GET", &path("Queued", 20_000), None, &[]);
+    assert_eq!((code, job["status"].as_str()), (200, Some("Running")), "{job}");
+    // A cancel while a caller waits: the caller hears of it then, long before its wait ends.
+    std::thread::scope(|s| {
+        let waiter = s.spawn(|| {
+            let t = std::time::Instant::now();
+            let (code, job) = ws.http("GET", &path("Running", 20_000), None, &[]);
+            (code, job, t.elapsed())
+        });
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        ws.cove(&["job", "cancel", &name]).ok();
+        let (code, job, took) = waiter.join().unwrap();
+        assert_eq!(code, 200, "{job}");
+        assert_ne!(job["status"], "Running", "{job}");
+        assert!(took < std::time::Duration::from_secs(10), "answered after {took:?}, not when the job was canceled");
+    });
+}

@@ -510,7 +510,15 @@ pub struct ShowQuery {
     /// `false` leaves out the attempts: a cheap view for polling a job's status.
     #[serde(default = "yes")]
     attempts: bool,
+    /// With `status`: while the job is still in that status, answer only when it leaves it or after
+    /// this long (at most [`MAX_WAIT_MS`]), so a caller following a job learns of its end at once
+    /// without asking over and over.
+    wait_ms: Option<u64>,
+    status: Option<String>,
 }
+
+/// The longest `GET /api/v1/jobs/{job}?wait_ms` holds its answer.
+const MAX_WAIT_MS: u64 = 20_000;
 
 fn yes() -> bool {
     true
@@ -522,7 +530,26 @@ pub async fn show(
     Path(name): Path<String>,
     Query(q): Query<ShowQuery>,
 ) -> JsonResult<Job> {
-    let row = job_row(&app, &user, &name).await?;
+    let mut row = job_row(&app, &user, &name).await?;
+    if let (Some(wait_ms), Some(status)) = (q.wait_ms, q.status.as_deref()) {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_millis(wait_ms.min(MAX_WAIT_MS));
+        let waiting = |row: &JobRow| row.status.as_str() == status && !row.status.is_terminal();
+        while waiting(&row) && tokio::time::Instant::now() < deadline {
+            // Registered before looking again, so a change in between is not missed.
+            let changed = app.job_events.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            row = job_row(&app, &user, &name).await?;
+            if !waiting(&row) {
+                break;
+            }
+            // Status changes the notification does not cover (planning, the first lease) are seen within
+            // a quarter second.
+            let recheck = deadline.min(tokio::time::Instant::now() + std::time::Duration::from_millis(250));
+            let _ = tokio::time::timeout_at(recheck, changed).await;
+            row = job_row(&app, &user, &name).await?;
+        }
+    }
     Ok(Json(render(&app, row, true, q.attempts).await?))
 }
 

@@ -52,7 +52,7 @@ async fn lease_for(app: &AppRef, w: &Principal, req: &LeaseRequest) -> ApiResult
         tokio::pin!(notified);
         notified.as_mut().enable();
         let (job, compute, node) = (req.job.clone(), w.compute.clone(), req.node.clone());
-        let (process, host_can_sandbox, want) = (req.process, req.host.sandbox, req.batches);
+        let (process, host_can_sandbox, want, holding) = (req.process, req.host.sandbox, req.batches, req.holding);
         let answer = app
             .store
             .call(move |c| {
@@ -64,6 +64,7 @@ async fn lease_for(app: &AppRef, w: &Principal, req: &LeaseRequest) -> ApiResult
                     grace_ms: LEASE_GRACE_MS,
                     host_can_sandbox,
                     want,
+                    holding,
                 };
                 store::lease_several(c, &ask)
             })

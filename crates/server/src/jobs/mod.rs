@@ -119,6 +119,7 @@ pub async fn get(app: &AppRef, name: &str) -> anyhow::Result<Option<JobRow>> {
 
 /// Reacts to a status that a lease report or the reaper produced.
 pub fn on_status(app: &AppRef, job: &str, status: JobStatus) {
+    app.job_events.notify_waiters();
     match status {
         JobStatus::Finalizing => advance(app.clone(), job.to_string()),
         s if s.is_terminal() => ended(app.clone(), job.to_string()),
@@ -128,6 +129,7 @@ pub fn on_status(app: &AppRef, job: &str, status: JobStatus) {
 
 /// Cleans up after a job reached a terminal state: its workers stop and its logs are written.
 pub fn ended(app: AppRef, job: String) {
+    app.job_events.notify_waiters();
     tokio::spawn(async move {
         app.compute.stop(&job).await;
         let clusters: Vec<crate::compute::LocalCompute> =

@@ -324,7 +324,7 @@ pub fn lease_next(
     grace_ms: i64,
     host_can_sandbox: bool,
 ) -> StoreResult<LeaseAnswer> {
-    lease_several(conn, &LeaseAsk { job, compute, node, process, grace_ms, host_can_sandbox, want: 1 })
+    lease_several(conn, &LeaseAsk { job, compute, node, process, grace_ms, host_can_sandbox, want: 1, holding: 0 })
 }
 
 /// Who asks for leases, and how many.
@@ -338,14 +338,17 @@ pub struct LeaseAsk<'a> {
     pub host_can_sandbox: bool,
     /// How many mini-batches the worker slot would take at once.
     pub want: u32,
+    /// How many it still holds (see `LeaseRequest::holding`).
+    pub holding: u32,
 }
 
 /// Leases up to `ask.want` of the lowest pending mini-batches of the oldest job that accepts leases, in
 /// one transaction (see [`lease_next`]). A grant never holds more than a share of the job's remaining
 /// mini-batches (half of them spread over the job's worker slots), so that at the end of a job no slot
-/// sits on work another one could be doing.
+/// sits on work another one could be doing; a slot that still holds some is granted more only out of
+/// the job's pending mini-batches, the same share of them, and otherwise nothing.
 pub fn lease_several(conn: &mut Connection, ask: &LeaseAsk<'_>) -> StoreResult<LeaseAnswer> {
-    let LeaseAsk { job, compute, node, process, grace_ms, host_can_sandbox, want } = *ask;
+    let LeaseAsk { job, compute, node, process, grace_ms, host_can_sandbox, want, holding } = *ask;
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     // The job first (few run at once), then its lowest pending mini-batches straight off the
     // (job, state, idx) index: a single join ordered by (seq, idx) would sort every pending
@@ -390,8 +393,22 @@ pub fn lease_several(conn: &mut Connection, ask: &LeaseAsk<'_>) -> StoreResult<L
     let c = &row.counters;
     let remaining = c.batches_total.saturating_sub(c.batches_succeeded + c.batches_failed);
     let slots = u64::from(row.record.settings.instance_count) * u64::from(row.record.settings.max_concurrency_per_instance);
-    let share = (remaining / (2 * slots.max(1))).max(1);
-    let count = u64::from(want.clamp(1, cove_api::worker::MAX_BATCHES_PER_GRANT)).min(share);
+    let spread = 2 * slots.max(1);
+    let want = u64::from(want.clamp(1, cove_api::worker::MAX_BATCHES_PER_GRANT));
+    let count = if holding == 0 {
+        want.min((remaining / spread).max(1))
+    } else {
+        // Counted only as far as it can matter, so a job of many mini-batches costs no more to ask.
+        let pending: i64 = tx.row(
+            "SELECT COUNT(*) FROM (SELECT 1 FROM batches WHERE job = ?1 AND state = 'pending' LIMIT ?2)",
+            params![job_name, (spread * want) as i64],
+            |r| r.get(0),
+        )?;
+        want.min(pending as u64 / spread)
+    };
+    if count == 0 {
+        return Ok(LeaseAnswer::Nothing { job_done: false });
+    }
     let pending: Vec<(i64, u32, i64, i64)> = {
         let mut stmt = tx.prepare_cached(
             "SELECT idx, attempts, manifest_offset, manifest_len FROM batches
@@ -1078,7 +1095,20 @@ mod tests {
     }
 
     fn lease_up_to(c: &mut Connection, job: &str, want: u32) -> Vec<GrantedBatch> {
-        let ask = LeaseAsk { job: Some(job), compute: None, node: "n", process: 0, grace_ms: 0, host_can_sandbox: true, want };
+        lease_holding(c, job, want, 0)
+    }
+
+    fn lease_holding(c: &mut Connection, job: &str, want: u32, holding: u32) -> Vec<GrantedBatch> {
+        let ask = LeaseAsk {
+            job: Some(job),
+            compute: None,
+            node: "n",
+            process: 0,
+            grace_ms: 0,
+            host_can_sandbox: true,
+            want,
+            holding,
+        };
         match lease_several(c, &ask).unwrap() {
             LeaseAnswer::Granted(g) => g.batches,
             LeaseAnswer::Nothing { .. } => Vec::new(),
@@ -1129,6 +1159,14 @@ mod tests {
         let again = reports_apply(&mut c, &reports[..1]).unwrap();
         assert!(!again[0].committed);
         assert_eq!(job_get(&c, "j").unwrap().unwrap().counters.batches_succeeded, done);
+        // A slot that still holds work gets more only out of plenty pending: never at the job's end.
+        let pending = 40 - done;
+        let reserve = lease_holding(&mut c, "j", 2, 1);
+        assert_eq!(reserve.len() as u64, 2.min(pending / (2 * slots)), "{pending} pending");
+        for b in &reserve {
+            assert!(succeed(&mut c, &b.lease_id).committed);
+        }
+        let done = done + reserve.len() as u64;
         // Near the end of the job, grants shrink to one mini-batch.
         let mut rest = 40 - done;
         while rest > 0 {
@@ -1139,6 +1177,9 @@ mod tests {
                 assert!(succeed(&mut c, &b.lease_id).committed);
             }
             rest -= got.len() as u64;
+            if rest > 0 && rest < 2 * slots {
+                assert!(lease_holding(&mut c, "j", 1, 1).is_empty(), "no work in hand at the end, with {rest} left");
+            }
         }
         assert!(lease_up_to(&mut c, "j", 1000).is_empty());
     }
