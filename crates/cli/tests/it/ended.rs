@@ -3,11 +3,9 @@
 //! mini-batch, downloading an output that holds nothing says so, a closed pipe ends a command quietly,
 //! and an invocation that would be refused uploads nothing.
 
-use crate::support::{ControlPlane, Project, Workspace, COVE, LIST_SCRIPT};
+use crate::support::{ControlPlane, Project, Workspace, COVE, LIST_SCRIPT, SLEEPER};
 use std::time::{Duration, Instant};
 
-const SLEEPER: &str =
-    "import time\n\ndef init():\n    pass\n\ndef run(mini_batch):\n    time.sleep(600)\n    return mini_batch\n";
 
 fn lines_with(log: &std::path::Path, needle: &str) -> usize {
     std::fs::read_to_string(log).unwrap_or_default().lines().filter(|l| l.contains(needle)).count()

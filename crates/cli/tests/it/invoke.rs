@@ -122,9 +122,7 @@ fn jobs_are_listed_shown_streamed_downloaded_and_canceled() {
     ws.cove(&["job", "list", "--deployment-name", "green"]).ok();
 
     // Cancel a job that cannot finish: its scorer sleeps far longer than the test.
-    let slow =
-        "import time\n\ndef init():\n    pass\n\ndef run(mini_batch):\n    time.sleep(600)\n    return mini_batch\n";
-    let q = Project::new(ws.dir.path(), "slowpoke", slow, "retry_settings:\n    timeout: 600");
+    let q = Project::new(ws.dir.path(), "slowpoke", crate::support::SLEEPER, "retry_settings:\n    timeout: 600");
     q.deploy(&ws);
     let started = ws.cove(&["--json", "endpoint", "invoke", "slowpoke", "--input", &q.inputs(1).display().to_string()]);
     started.ok();
@@ -142,9 +140,7 @@ fn jobs_are_listed_shown_streamed_downloaded_and_canceled() {
 #[test]
 fn a_job_read_with_a_wait_is_answered_when_its_status_changes() {
     let ws = Workspace::start();
-    let slow =
-        "import time\n\ndef init():\n    pass\n\ndef run(mini_batch):\n    time.sleep(600)\n    return mini_batch\n";
-    let p = Project::new(ws.dir.path(), "waiting", slow, "retry_settings:\n    timeout: 600");
+    let p = Project::new(ws.dir.path(), "waiting", crate::support::SLEEPER, "retry_settings:\n    timeout: 600");
     p.deploy(&ws);
     let started = ws.cove(&["--json", "endpoint", "invoke", "waiting", "--input", &p.inputs(1).display().to_string()]);
     started.ok();

@@ -478,6 +478,10 @@ impl Project {
     }
 }
 
+/// A scoring script whose run() sleeps far longer than any test: its jobs end only when canceled.
+pub const SLEEPER: &str =
+    "import time\n\ndef init():\n    pass\n\ndef run(mini_batch):\n    time.sleep(600)\n    return mini_batch\n";
+
 /// A scoring script that returns one line per input file: `<file name> <content * weight>`.
 pub const LIST_SCRIPT: &str = r#"
 import os
