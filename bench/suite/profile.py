@@ -3,8 +3,9 @@
     python3 bench/suite/profile.py {tiny,tabular,script,overhead} [--quick] [--target control-plane|worker]
 
 Starts a control plane like the suite's Cove contender, runs the scenario's job once to warm up, then
-once under `perf record` attached to the control plane (or to every worker process of the job), and
-writes the hottest functions to bench/results/profile-<scenario>-<target>.txt.
+once under `perf record` attached to the control plane (or to every worker process of the job, or to
+the whole machine), and writes the hottest functions (for the machine: the processes, by name, with
+`swapper` for idle) to bench/results/profile-<scenario>-<target>.txt.
 """
 
 import argparse
@@ -33,7 +34,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("scenario", choices=sorted(DATA))
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--target", choices=["control-plane", "worker"], default="control-plane")
+    ap.add_argument("--target", choices=["control-plane", "worker", "system"], default="control-plane",
+                    help="system: every process on the machine, by process name (scorers, Cove, idle)")
     args = ap.parse_args()
     data_root = os.path.join(REPO_ROOT, "target", "bench-data", "quick" if args.quick else "full")
     data = os.path.join(data_root, DATA[args.scenario])
@@ -60,6 +62,11 @@ def main():
                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             time.sleep(0.5)
             result = run()
+        elif args.target == "system":
+            perf = subprocess.Popen(["perf", "record", "-a", "-F", "999", "-o", out],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(0.5)
+            result = run()
         else:
             holder = {}
             t = threading.Thread(target=lambda: holder.update(result=run()))
@@ -73,9 +80,11 @@ def main():
             result = holder["result"]
         perf.send_signal(2)
         perf.wait()
+        system = args.target == "system"
+        sort = ["--sort", "comm"] if system else ["-g", "none", "--sort", "dso,symbol"]
+        limit = "0.1" if system else "0.7"
         report = subprocess.run(
-            ["perf", "report", "-i", out, "--no-children", "--percent-limit", "0.7", "--stdio", "-g", "none",
-             "--sort", "dso,symbol"],
+            ["perf", "report", "-i", out, "--no-children", "--percent-limit", limit, "--stdio", *sort],
             capture_output=True, text=True).stdout
         dest = os.path.join(REPO_ROOT, "bench", "results", f"profile-{args.scenario}-{args.target}.txt")
         with open(dest, "w") as f:
