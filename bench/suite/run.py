@@ -508,6 +508,11 @@ def main() -> int:
         help=f"comma-separated subset of {PLAIN},{RAY},{COVE},{COVE_LARGE} to run (default: all); "
         "the others are reported as not run",
     )
+    ap.add_argument(
+        "--scenarios",
+        help="comma-separated subset of scenarios to run (default: all); the results then go to "
+        "suite-<scenarios>.md and .json, so suite.md keeps the last full run",
+    )
     args = ap.parse_args()
 
     only = set(args.contenders.split(",")) if args.contenders else None
@@ -523,6 +528,13 @@ def main() -> int:
     make_data(python, data_root, sizes, args.million)
     mach = machine(python)
     plan = scenarios(sizes, args.million)
+    if args.scenarios:
+        chosen = args.scenarios.split(",")
+        unknown = [c for c in chosen if c not in plan]
+        if unknown:
+            ap.error(f"--scenarios: unknown {', '.join(unknown)} (known: {', '.join(plan)})")
+        plan = {s: sc for s, sc in plan.items() if s in chosen}
+    stem = "suite" + (f"-{'-'.join(plan)}" if args.scenarios else "")
 
     state = run_rounds(plan, rounds, python, data_root, only)
     summary = summarize(plan, state)
@@ -537,7 +549,7 @@ def main() -> int:
 
     os.makedirs(RESULTS_DIR, exist_ok=True)
     md = markdown(cfg, mach, plan, state, summary, tgts)
-    with open(os.path.join(RESULTS_DIR, "suite.md"), "w") as f:
+    with open(os.path.join(RESULTS_DIR, f"{stem}.md"), "w") as f:
         f.write(md + "\n")
     raw = {
         "config": cfg,
@@ -554,7 +566,7 @@ def main() -> int:
         },
         "targets": tgts,
     }
-    with open(os.path.join(RESULTS_DIR, "suite.json"), "w") as f:
+    with open(os.path.join(RESULTS_DIR, f"{stem}.json"), "w") as f:
         json.dump(raw, f, indent=2)
         f.write("\n")
     print(md)

@@ -53,6 +53,10 @@ pub fn list_local_folder(root: &std::path::Path, rel: &str, keep: bool) -> Resul
     let dir = match cove_worker::beneath::open_dir(root, rel) {
         Ok(dir) => dir,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((0, Vec::new())),
+        Err(e) if e.raw_os_error() == Some(nix::libc::ELOOP) => {
+            return Err("it is, or lies behind, a symbolic link; a datastore's folders are read without following links".into())
+        }
+        Err(e) if e.raw_os_error() == Some(nix::libc::EXDEV) => return Err("it leaves its datastore".into()),
         Err(e) => return Err(e.to_string()),
     };
     use std::os::fd::AsRawFd;

@@ -83,6 +83,22 @@ enum Body {
     Bytes(Vec<u8>),
 }
 
+/// A worker's report body (`POST /worker/v1/reports`): each lease reported succeeded with `part`.
+fn report_bundle(leases: &[&str], part: &str) -> Vec<u8> {
+    let reports: Vec<Value> = leases
+        .iter()
+        .map(|l| json!({"lease_id": l, "part": true, "completion": {"outcome": "succeeded", "items_ok": 1, "elapsed_ms": 1, "pid": 1}}))
+        .collect();
+    let head = serde_json::to_vec(&json!({ "reports": reports })).unwrap();
+    let mut body = Vec::new();
+    for item in std::iter::once(&head[..]).chain(leases.iter().map(|_| part.as_bytes())) {
+        body.push(0u8);
+        body.extend_from_slice(&(item.len() as u64).to_le_bytes());
+        body.extend_from_slice(item);
+    }
+    body
+}
+
 #[track_caller]
 fn refused(got: (u16, Value), status: u16, needle: &str) {
     assert_eq!(got.0, status, "{}", got.1);
@@ -632,6 +648,7 @@ fn a_worker_of_another_compute_can_do_nothing_with_a_lease() {
             format!("{l}/complete"),
             Body::Json(json!({"outcome": "failed", "elapsed_ms": 1, "pid": 1, "reason": "forged"})),
         ),
+        ("POST", "/worker/v1/reports".to_string(), Body::Bytes(report_bundle(&[&lease], "forged rows\n"))),
     ];
     for (method, path, body) in attempts {
         let got = call(&ws, "127.0.0.4", &other, method, &path, body);
@@ -641,6 +658,10 @@ fn a_worker_of_another_compute_can_do_nothing_with_a_lease() {
             refused(got, 403, foreign);
         }
     }
+    // Its own compute cannot report it twice in one request either: the second would replace the part
+    // the first committed. Nothing of such a report is applied.
+    let twice = call(&ws, "127.0.0.1", &local, "POST", "/worker/v1/reports", Body::Bytes(report_bundle(&[&lease, &lease], "x\n")));
+    refused(twice, 400, "is reported twice");
     // The job-wide log route that took any credential for any job is gone.
     let got = call(
         &ws,
@@ -678,7 +699,7 @@ fn a_worker_of_another_compute_can_do_nothing_with_a_lease() {
         .iter()
         .filter(|e| e["source"] == "127.0.0.4" && e["outcome"].as_str().unwrap().contains(foreign))
         .count();
-    assert_eq!(refusals, 7, "every refused worker call is audited: {entries:#?}");
+    assert_eq!(refusals, 8, "every refused worker call is audited: {entries:#?}");
     ws.cove(&["job", "cancel", &job]).ok();
 }
 

@@ -200,4 +200,9 @@ fn hostile_input_file_names_are_refused_or_failed_with_the_reason() {
     assert_eq!(ws.output_lines(&job), vec!["'normal.txt'", "'with space.txt'"]);
     let reason = job["failed_batches"][0]["reason"].as_str().unwrap();
     assert!(reason.contains("`back\\slash.txt` is not a plain file name"), "{reason}");
+    // An input folder that is a link is not followed (a link planted in a shared folder could point at
+    // the owner's files): the invocation says so.
+    std::os::unix::fs::symlink(store.join("odd-names"), store.join("linked")).unwrap();
+    ws.cove(&["endpoint", "invoke", "names", "--input", "azureml://datastores/workspaceblobstore/paths/linked"])
+        .fails_with(2, "cannot be listed: it is, or lies behind, a symbolic link");
 }

@@ -439,6 +439,11 @@ pub async fn reports(
         return Err(invalid(format!("{announced} reports say a part follows, and {} parts follow", parts.len())));
     }
     let ids: Vec<String> = batch.reports.iter().map(|r| r.lease_id.clone()).collect();
+    // A lease reported twice in one request would have its committed part replaced by the second.
+    let mut seen = std::collections::HashSet::new();
+    if let Some(twice) = ids.iter().find(|id| !seen.insert(id.as_str())) {
+        return Err(invalid(format!("lease `{twice}` is reported twice")));
+    }
     let owners = app
         .store
         .call(move |c| ids.iter().map(|id| store::lease_owner(c, id)).collect::<Result<Vec<_>, _>>())
