@@ -175,8 +175,11 @@ impl Slot {
                 }
             }
             flow.outbox.add(lease.lease_id, completion, part);
+            // Quick mini-batches' reports wait for a few more (half of what the slot asks for at once), so
+            // that each request carries several.
             let answered = flow.sending.as_ref().is_none_or(|s| s.is_finished());
-            if flow.held.is_empty() || !(answered || flow.outbox.part_bytes >= FLUSH_BYTES) {
+            let enough = flow.outbox.reports.len() as u32 >= (flow.pace.batches_wanted() / 2).max(1);
+            if flow.held.is_empty() || !((answered && enough) || flow.outbox.part_bytes >= FLUSH_BYTES) {
                 // Sent at the top of the loop (waiting for the answer), or with the next report.
                 continue;
             }
