@@ -44,6 +44,11 @@ async fn advance_now(app: &AppRef, name: &str) -> anyhow::Result<()> {
     };
     match job.status {
         JobStatus::NotStarted | JobStatus::Preparing => {
+            // Workers on this host start while the job is planned (they wait for its first mini-batch),
+            // so their start-up overlaps planning; a job that fails planning stops them as it ends.
+            if on_this_host(app, &job) {
+                launch(app, &job);
+            }
             if plan::plan(app, &job).await? {
                 app.work_available.notify_waiters();
                 launch(app, &job);
@@ -56,9 +61,14 @@ async fn advance_now(app: &AppRef, name: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Whether the job runs on the workspace's own compute on this host (`local`).
+fn on_this_host(app: &AppRef, job: &JobRow) -> bool {
+    app.policy.computes.iter().any(|c| c.name == job.compute && c.kind == "local")
+}
+
 fn launch(app: &AppRef, job: &JobRow) {
     let s = &job.record.settings;
-    if app.policy.computes.iter().any(|c| c.name == job.compute && c.kind == "local") {
+    if on_this_host(app, job) {
         app.compute.launch(&job.name, s.instance_count, s.max_concurrency_per_instance);
         return;
     }
