@@ -125,6 +125,55 @@ async fn handshake(
     Some((tls, cert))
 }
 
+/// Marks the answer to a request whose body was not read to its end with `Connection: close`. hyper
+/// closes such a connection after the answer (the rest of the body is still on its way), but says so
+/// in the answer only when it knew before writing it; a client that was not told reuses the closed
+/// connection, and its next request fails (a large upload refused for its token, then anything).
+pub async fn close_unread(req: Request, next: Next) -> Response {
+    use hyper::body::Body as _;
+    let body = req.body();
+    if body.is_end_stream() || body.size_hint().exact() == Some(0) {
+        return next.run(req).await;
+    }
+    let read = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let req = req.map(|inner| Body::new(Watched { inner, read: read.clone() }));
+    let mut resp = next.run(req).await;
+    if !read.load(std::sync::atomic::Ordering::Relaxed) {
+        resp.headers_mut().insert(axum::http::header::CONNECTION, axum::http::HeaderValue::from_static("close"));
+    }
+    resp
+}
+
+/// A request body that records when it has been read to its end.
+struct Watched {
+    inner: Body,
+    read: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl hyper::body::Body for Watched {
+    type Data = axum::body::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if matches!(polled, Poll::Ready(None)) || self.inner.is_end_stream() {
+            self.read.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 /// A connection's stream that, once hyper is done with it, still reads (and discards) what the client
 /// sends for a moment before closing. hyper answers some requests without reading their whole body (a
 /// refusal before the body is read, say) and then ends the connection: closing a socket with unread

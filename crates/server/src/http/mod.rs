@@ -99,6 +99,7 @@ pub fn router(app: AppRef) -> Router {
         .fallback(|| async { ApiError::not_found("no such route") })
         .layer(axum::middleware::from_fn_with_state(app.clone(), guard::guard))
         .layer(axum::middleware::from_fn(studio::security_headers))
+        .layer(axum::middleware::from_fn(guard::close_unread))
         .with_state(app)
 }
 
