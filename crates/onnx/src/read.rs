@@ -119,7 +119,11 @@ pub fn read_into(name: &str, data: &Bytes, inputs: &[InputSpec], table: &mut Tab
 /// into one Arrow batch (a batch per one-row file cost more than its row); should that batch fail (a
 /// value that is not a number, say), those files are read again one by one, so each error names its
 /// own file and row.
-pub fn read_all(files: &[(String, Bytes)], inputs: &[InputSpec], table: &mut Table) -> Vec<Result<(usize, usize), String>> {
+pub fn read_all(
+    files: &[(String, Bytes)],
+    inputs: &[InputSpec],
+    table: &mut Table,
+) -> Vec<Result<(usize, usize), String>> {
     let mut spans = Vec::with_capacity(files.len());
     // The files fed to the decoder and not yet turned into a batch: (index, rows fed).
     let mut run: Vec<(usize, usize)> = Vec::new();

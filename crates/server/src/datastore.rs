@@ -54,7 +54,9 @@ pub fn list_local_folder(root: &std::path::Path, rel: &str, keep: bool) -> Resul
         Ok(dir) => dir,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((0, Vec::new())),
         Err(e) if e.raw_os_error() == Some(nix::libc::ELOOP) => {
-            return Err("it is, or lies behind, a symbolic link; a datastore's folders are read without following links".into())
+            return Err(
+                "it is, or lies behind, a symbolic link; a datastore's folders are read without following links".into(),
+            )
         }
         Err(e) if e.raw_os_error() == Some(nix::libc::EXDEV) => return Err("it leaves its datastore".into()),
         Err(e) => return Err(e.to_string()),
@@ -78,7 +80,8 @@ pub fn list_local_folder(root: &std::path::Path, rel: &str, keep: bool) -> Resul
             continue;
         }
         let kind = entry.file_type().map_err(|e| e.to_string())?;
-        let is_file = kind.is_file() || (kind.is_symlink() && std::fs::metadata(entry.path()).is_ok_and(|m| m.is_file()));
+        let is_file =
+            kind.is_file() || (kind.is_symlink() && std::fs::metadata(entry.path()).is_ok_and(|m| m.is_file()));
         if !is_file {
             continue;
         }

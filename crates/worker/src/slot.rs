@@ -6,8 +6,8 @@ use crate::WorkerConfig;
 use anyhow::Context;
 use bytes::Bytes;
 use cove_api::worker::{
-    AssetListing, AttemptReport, Completion, HostCapabilities, Lease, LeaseRequest, LeaseResponse, ReportedOutcome, Reports, ReportsAck,
-    RunSpec,
+    AssetListing, AttemptReport, Completion, HostCapabilities, Lease, LeaseRequest, LeaseResponse, ReportedOutcome,
+    Reports, ReportsAck, RunSpec,
 };
 use cove_api::{encode, Client, ClientError};
 use cove_onnx::OnnxModel;

@@ -660,7 +660,14 @@ fn a_worker_of_another_compute_can_do_nothing_with_a_lease() {
     }
     // Its own compute cannot report it twice in one request either: the second would replace the part
     // the first committed. Nothing of such a report is applied.
-    let twice = call(&ws, "127.0.0.1", &local, "POST", "/worker/v1/reports", Body::Bytes(report_bundle(&[&lease, &lease], "x\n")));
+    let twice = call(
+        &ws,
+        "127.0.0.1",
+        &local,
+        "POST",
+        "/worker/v1/reports",
+        Body::Bytes(report_bundle(&[&lease, &lease], "x\n")),
+    );
     refused(twice, 400, "is reported twice");
     // The job-wide log route that took any credential for any job is gone.
     let got = call(

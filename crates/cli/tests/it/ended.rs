@@ -6,7 +6,6 @@
 use crate::support::{ControlPlane, Project, Workspace, COVE, LIST_SCRIPT, SLEEPER};
 use std::time::{Duration, Instant};
 
-
 fn lines_with(log: &std::path::Path, needle: &str) -> usize {
     std::fs::read_to_string(log).unwrap_or_default().lines().filter(|l| l.contains(needle)).count()
 }

@@ -13,7 +13,7 @@ use axum::extract::{Extension, Path, State};
 use axum::http::StatusCode;
 use axum::Json;
 use cove_api::worker::{
-    AssetListing, Completion, CompletionAck, Lease, LeaseRequest, LeaseResponse, Reports, ReportsAck, ReportedOutcome,
+    AssetListing, Completion, CompletionAck, Lease, LeaseRequest, LeaseResponse, ReportedOutcome, Reports, ReportsAck,
 };
 use cove_api::{AuditEntry, FileEntry};
 use cove_model::AttemptOutcome;
@@ -347,7 +347,8 @@ pub async fn put_part(
     let info = current(&app, &lease, &w).await?;
     let key = object_store::path::Path::from(store::part_key(&info.job, info.idx, &lease));
     let size = super::upload::stream_to(app.internal.as_ref(), &key, body, super::UPLOAD_LIMIT).await?;
-    let (id, entry) = (lease.clone(), upload_audit(&w, source, format!("PUT part ({size} bytes)"), &info.job, info.idx, &lease));
+    let (id, entry) =
+        (lease.clone(), upload_audit(&w, source, format!("PUT part ({size} bytes)"), &info.job, info.idx, &lease));
     app.store.call(move |c| store::attempt_mark_part(c, &id).and_then(|()| store::audit_append(c, &entry))).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -431,7 +432,10 @@ pub async fn reports(
     let head = items.next().ok_or_else(|| invalid("it is empty".into()))?.map_err(invalid)?;
     let batch: Reports = parse_json(&head)?;
     if batch.reports.is_empty() || batch.reports.len() > MAX_REPORTS {
-        return Err(invalid(format!("it holds {} reports; 1 to {MAX_REPORTS} may be sent at once", batch.reports.len())));
+        return Err(invalid(format!(
+            "it holds {} reports; 1 to {MAX_REPORTS} may be sent at once",
+            batch.reports.len()
+        )));
     }
     let parts: Vec<Bytes> = items.collect::<Result<_, _>>().map_err(invalid)?;
     let announced = batch.reports.iter().filter(|r| r.part).count();
@@ -444,10 +448,8 @@ pub async fn reports(
     if let Some(twice) = ids.iter().find(|id| !seen.insert(id.as_str())) {
         return Err(invalid(format!("lease `{twice}` is reported twice")));
     }
-    let owners = app
-        .store
-        .call(move |c| ids.iter().map(|id| store::lease_owner(c, id)).collect::<Result<Vec<_>, _>>())
-        .await?;
+    let owners =
+        app.store.call(move |c| ids.iter().map(|id| store::lease_owner(c, id)).collect::<Result<Vec<_>, _>>()).await?;
     for (r, owner) in batch.reports.iter().zip(&owners) {
         match owner {
             Some(o) => same_compute(&r.lease_id, &o.compute, &w)?,

@@ -188,10 +188,8 @@ async fn copy_committed(app: &AppRef, parts: Vec<(u64, String)>, writer: &mut Wr
             }
         }
         let ids: Vec<String> = run.iter().map(|(_, lease)| lease.clone()).collect();
-        let bodies = app
-            .store
-            .call(move |c| store::part_bodies(c, &ids.iter().map(String::as_str).collect::<Vec<_>>()))
-            .await?;
+        let bodies =
+            app.store.call(move |c| store::part_bodies(c, &ids.iter().map(String::as_str).collect::<Vec<_>>())).await?;
         let mut bodies: std::collections::HashMap<String, Vec<u8>> = bodies.into_iter().collect();
         for (idx, lease) in run {
             let body = bodies
@@ -214,7 +212,8 @@ async fn assemble(app: &AppRef, name: &str, output_uri: &str, file_name: &str) -
     let path = dest.object_path();
     let upload = store.put_multipart(&path).await.with_context(|| format!("failed to start writing {}", dest.uri()))?;
     let mut writer = WriteMultipart::new(upload);
-    let streamed = copy_committed(app, parts, &mut writer).await.with_context(|| format!("failed to write {}", dest.uri()));
+    let streamed =
+        copy_committed(app, parts, &mut writer).await.with_context(|| format!("failed to write {}", dest.uri()));
     let n = name.to_string();
     let still = app.store.call(move |c| store::job_get(c, &n)).await?.map(|j| j.status);
     if let Err(error) = streamed {

@@ -392,7 +392,8 @@ pub fn lease_several(conn: &mut Connection, ask: &LeaseAsk<'_>) -> StoreResult<L
     let row = job_get_tx(&tx, &job_name)?.expect("the job was just selected");
     let c = &row.counters;
     let remaining = c.batches_total.saturating_sub(c.batches_succeeded + c.batches_failed);
-    let slots = u64::from(row.record.settings.instance_count) * u64::from(row.record.settings.max_concurrency_per_instance);
+    let slots =
+        u64::from(row.record.settings.instance_count) * u64::from(row.record.settings.max_concurrency_per_instance);
     let spread = 2 * slots.max(1);
     let want = u64::from(want.clamp(1, cove_api::worker::MAX_BATCHES_PER_GRANT));
     let count = if holding == 0 {
@@ -414,7 +415,8 @@ pub fn lease_several(conn: &mut Connection, ask: &LeaseAsk<'_>) -> StoreResult<L
             "SELECT idx, attempts, manifest_offset, manifest_len FROM batches
              WHERE job = ?1 AND state = 'pending' ORDER BY idx LIMIT ?2",
         )?;
-        let rows = stmt.query_map(params![job_name, count as i64], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?;
+        let rows =
+            stmt.query_map(params![job_name, count as i64], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?;
         rows.collect::<Result<_, _>>()?
     };
     let now = now_ms();
@@ -634,7 +636,14 @@ pub fn lease_owner(conn: &Connection, lease_id: &str) -> StoreResult<Option<Leas
              FROM attempts a JOIN jobs j ON j.name = a.job JOIN batches b ON b.job = a.job AND b.idx = a.idx
              WHERE a.lease_id = ?1",
             [lease_id],
-            |r| Ok(LeaseOwner { job: r.get(0)?, idx: r.get::<_, i64>(1)? as u64, compute: r.get(2)?, current: r.get(3)? }),
+            |r| {
+                Ok(LeaseOwner {
+                    job: r.get(0)?,
+                    idx: r.get::<_, i64>(1)? as u64,
+                    compute: r.get(2)?,
+                    current: r.get(3)?,
+                })
+            },
         )
         .optional()?)
 }
@@ -718,11 +727,8 @@ fn complete_in(
     let mut committed = false;
     match after_attempt(attempt_no, row.record.settings.retry_settings.max_retries, outcome) {
         BatchNext::Commit => {
-            let inline: bool = tx.row(
-                "SELECT EXISTS (SELECT 1 FROM part_bodies WHERE lease_id = ?1)",
-                [lease_id],
-                |r| r.get(0),
-            )?;
+            let inline: bool =
+                tx.row("SELECT EXISTS (SELECT 1 FROM part_bodies WHERE lease_id = ?1)", [lease_id], |r| r.get(0))?;
             let part = needs_part.then(|| match inline {
                 true => format!("{INLINE_PART}{lease_id}"),
                 false => part_key(&job, idx as u64, lease_id),
@@ -1129,7 +1135,10 @@ mod tests {
         assert_eq!(first.len(), share.min(cove_api::worker::MAX_BATCHES_PER_GRANT as usize));
         assert_eq!(first.iter().map(|b| b.idx).collect::<Vec<_>>(), (0..first.len() as u64).collect::<Vec<_>>());
         let three = lease_up_to(&mut c, "j", 3);
-        assert_eq!(three.iter().map(|b| b.idx).collect::<Vec<_>>(), (first.len() as u64..first.len() as u64 + 3).collect::<Vec<_>>());
+        assert_eq!(
+            three.iter().map(|b| b.idx).collect::<Vec<_>>(),
+            (first.len() as u64..first.len() as u64 + 3).collect::<Vec<_>>()
+        );
         // Reported together, in one transaction: each mini-batch committed once, counted once.
         let reports: Vec<AttemptReported> = first
             .iter()
