@@ -207,9 +207,8 @@ impl Slot {
     async fn received(&mut self, sent: Sent, flow: &mut Flow) -> bool {
         flow.alive.lock().unwrap_or_else(|p| p.into_inner()).retain(|id| !sent.reported.contains(id));
         if !sent.job_active {
-            for lease in flow.held.drain(..) {
-                flow.alive.lock().unwrap_or_else(|p| p.into_inner()).retain(|id| id != &lease.lease_id);
-            }
+            let held: Vec<Lease> = flow.held.drain(..).collect();
+            flow.alive.lock().unwrap_or_else(|p| p.into_inner()).retain(|id| !held.iter().any(|l| &l.lease_id == id));
             if let Some((_, mut s)) = self.scorer.take() {
                 s.kill().await;
             }

@@ -92,9 +92,7 @@ fn report_bundle(leases: &[&str], part: &str) -> Vec<u8> {
     let head = serde_json::to_vec(&json!({ "reports": reports })).unwrap();
     let mut body = Vec::new();
     for item in std::iter::once(&head[..]).chain(leases.iter().map(|_| part.as_bytes())) {
-        body.push(0u8);
-        body.extend_from_slice(&(item.len() as u64).to_le_bytes());
-        body.extend_from_slice(item);
+        cove_api::worker::bundle::push(&mut body, Ok(item));
     }
     body
 }

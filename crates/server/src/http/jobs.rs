@@ -534,20 +534,19 @@ pub async fn show(
     if let (Some(wait_ms), Some(status)) = (q.wait_ms, q.status.as_deref()) {
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_millis(wait_ms.min(MAX_WAIT_MS));
         let waiting = |row: &JobRow| row.status.as_str() == status && !row.status.is_terminal();
-        while waiting(&row) && tokio::time::Instant::now() < deadline {
+        while waiting(&row) {
             // Registered before looking again, so a change in between is not missed.
             let changed = app.job_events.notified();
             tokio::pin!(changed);
             changed.as_mut().enable();
             row = job_row(&app, &user, &name).await?;
-            if !waiting(&row) {
+            if !waiting(&row) || tokio::time::Instant::now() >= deadline {
                 break;
             }
             // Status changes the notification does not cover (planning, the first lease) are seen within
             // a quarter second.
             let recheck = deadline.min(tokio::time::Instant::now() + std::time::Duration::from_millis(250));
             let _ = tokio::time::timeout_at(recheck, changed).await;
-            row = job_row(&app, &user, &name).await?;
         }
     }
     Ok(Json(render(&app, row, true, q.attempts).await?))
