@@ -146,7 +146,9 @@ impl Slot {
                     continue;
                 }
                 if !flow.outbox.reports.is_empty() {
-                    let next = LeaseRequest { batches: flow.pace.batches_wanted(), holding: 0, ..ask.clone() };
+                    // One to work now and at least one to hold, so the next report goes out while the
+                    // slot works (see below) instead of the slot waiting for its answer.
+                    let next = LeaseRequest { batches: flow.pace.batches_kept(), holding: 0, ..ask.clone() };
                     let outbox = std::mem::take(&mut flow.outbox);
                     let sent = send_reports(self.client.clone(), outbox, Some(next)).await?;
                     if !self.received(sent, flow).await && self.config.job.is_some() {
@@ -154,7 +156,7 @@ impl Slot {
                     }
                     continue;
                 }
-                let asking = LeaseRequest { batches: flow.pace.batches_wanted(), ..ask.clone() };
+                let asking = LeaseRequest { batches: flow.pace.batches_kept(), ..ask.clone() };
                 let resp: LeaseResponse = retrying(|| self.client.post("/worker/v1/lease", &asking)).await?;
                 match resp.lease {
                     Some(lease) => flow.hold(std::iter::once(lease).chain(resp.more)),
@@ -191,7 +193,7 @@ impl Slot {
                     continue;
                 }
             }
-            let keep = flow.pace.batches_wanted().max(2) as usize;
+            let keep = flow.pace.batches_kept() as usize;
             let next = (flow.held.len() < keep).then(|| LeaseRequest {
                 batches: (keep - flow.held.len()) as u32,
                 holding: flow.held.len() as u32,
@@ -739,6 +741,12 @@ impl Pace {
             None => us,
             Some(avg) => 0.7 * avg + 0.3 * us,
         });
+    }
+
+    /// How many a slot keeps granted while it works: what it asks for at once, and never fewer than
+    /// two, so that one is in hand while the report of the one before it travels.
+    fn batches_kept(&self) -> u32 {
+        self.batches_wanted().max(2)
     }
 
     fn batches_wanted(&self) -> u32 {

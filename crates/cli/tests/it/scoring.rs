@@ -375,3 +375,57 @@ def run(mini_batch):
         .collect();
     assert_eq!(puts.len(), 6, "every part is audited once: {puts:?}");
 }
+
+#[test]
+fn a_slot_is_granted_its_next_mini_batch_while_it_works_on_one() {
+    // A slot that waited for each report's answer before it could start the next mini-batch would sit
+    // idle for a round trip per mini-batch. Here run() holds the first mini-batch until the test sees
+    // the second one granted to the job's only slot; a slot that asked only once it was done would
+    // never be granted it, and the first mini-batch would fail when its wait ran out.
+    let ws = Workspace::start_with(&["--sandbox", "none"], &[]);
+    let release = ws.dir.path().join("release");
+    let script = format!(
+        r#"
+import os, time
+
+def init():
+    pass
+
+def run(mini_batch):
+    if any(os.path.basename(p) == "file-000.txt" for p in mini_batch):
+        deadline = time.time() + 30
+        while not os.path.exists({release:?}):
+            if time.time() > deadline:
+                raise TimeoutError("the second mini-batch was never granted while the first ran")
+            time.sleep(0.02)
+    return [os.path.basename(p) for p in mini_batch]
+"#
+    );
+    let p = Project::new(ws.dir.path(), "ahead", &script, "mini_batch_size: 1\nmax_concurrency_per_instance: 1\n");
+    p.deploy(&ws);
+    let input = p.inputs(6).display().to_string();
+    let run = ws.cove(&["--json", "endpoint", "invoke", "ahead", "--input", &input]);
+    let name = run.ok().json()["name"].as_str().unwrap().to_string();
+    let name = name.as_str();
+    let start = std::time::Instant::now();
+    loop {
+        let (_, job) = ws.http("GET", &format!("/api/v1/jobs/{name}"), None, &[]);
+        let attempts = job["attempts"].as_array().cloned().unwrap_or_default();
+        let first = attempts.iter().find(|a| a["mini_batch"] == 0);
+        assert!(
+            first.is_none_or(|a| a["outcome"].is_null()),
+            "mini-batch 0 ended before mini-batch 1 was granted: {job:#}"
+        );
+        if first.is_some() && attempts.iter().any(|a| a["mini_batch"] == 1) {
+            break;
+        }
+        assert!(start.elapsed() < std::time::Duration::from_secs(60), "mini-batch 1 was never granted: {job:#}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    std::fs::write(&release, "").unwrap();
+    let job = ws.wait_job(name);
+    assert_eq!(job["status"], "Completed", "{job:#}");
+    let mut lines = ws.output_lines(&job);
+    lines.sort();
+    assert_eq!(lines, (0..6).map(|i| format!("file-{i:03}.txt")).collect::<Vec<_>>());
+}
