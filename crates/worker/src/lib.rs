@@ -95,8 +95,9 @@ pub async fn run(config: WorkerConfig) -> anyhow::Result<Ended> {
     let tls = cove_tls::client_config_from_files(&config.ca_file, Some((&config.client_cert, &config.client_key)))?;
     let client = cove_api::Client::new(&config.url, &config.token, tls);
     let mut slots = tokio::task::JoinSet::new();
+    let hosts = slot::Hosts::default();
     for process in 0..config.concurrency.max(1) {
-        let slot = slot::Slot::new(client.clone(), config.clone(), process, driver.clone());
+        let slot = slot::Slot::new(client.clone(), config.clone(), process, driver.clone(), hosts.clone());
         slots.spawn(slot.run());
     }
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

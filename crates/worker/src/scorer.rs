@@ -1,6 +1,7 @@
-//! One scorer process: the deployment's interpreter running `driver.py`, which hosts the scoring script.
+//! The scorer processes: the deployment's interpreter running `driver.py`, one host per job and worker,
+//! which forks a scorer per slot to host the scoring script.
 //!
-//! The scorer gets its own process group, so a timeout or a stop ends everything the script started,
+//! Each scorer gets its own process group, so a timeout or a stop ends everything the script started,
 //! and its stdout and stderr go straight to the per-process log files the reference lays out.
 
 use crate::sandbox::{self, FileView, IsolationRecord};
@@ -10,11 +11,13 @@ use cove_spec::Limits;
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use serde::Deserialize;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
-use tokio::process::{Child, ChildStdin, ChildStdout};
+use tokio::process::Child;
 
 /// The driver, with the egress helper it shares with environment builds.
 pub const DRIVER: &str = concat!(include_str!("egress.py"), include_str!("driver.py"));
@@ -60,26 +63,69 @@ const PASSED_THROUGH: &[&str] = &[
     "OPENBLAS_L2_SIZE",
 ];
 
-pub struct Scorer {
-    child: Child,
-    stdin: ChildStdin,
-    answers: Lines<BufReader<ChildStdout>>,
-    pub pid: u32,
+/// The scorer host of one job on this worker: one interpreter in one sandbox, which imports the
+/// libraries the scoring script needs once and forks a scorer process per slot (see `driver.py`).
+///
+/// Scorers of one job on one worker share the host's sandbox: they run the same code for the same
+/// job, so there is nothing between them to guard, and every other boundary is the sandbox's. The
+/// host is our code; what a scorer can do to it (kill it, stop it) ends or stalls only its own job's
+/// scorers on this worker, and a host that does not answer is ended with everything in it.
+pub struct ScorerHost {
+    pub job: String,
+    /// The sandbox's (or, without one, the interpreter's) process, and its process group.
+    child: std::sync::Mutex<Child>,
+    pid: u32,
+    control: std::os::fd::OwnedFd,
+    state: Arc<HostState>,
+    reader: tokio::task::JoinHandle<()>,
     pub isolation: IsolationRecord,
-    /// The egress forwarders serving this scorer, and their socket folder; they end with it.
+    /// The egress forwarders serving this sandbox, and their socket folder; they end with it.
     forwarders: Vec<tokio::task::JoinHandle<()>>,
     sockets: Option<PathBuf>,
-    /// The scorer's stderr log (a file of the worker's, outside the sandbox's view).
-    stderr_log: PathBuf,
+    next: std::sync::atomic::AtomicU64,
 }
 
-impl Drop for Scorer {
+/// What the host has told of its scorers, kept by the task reading its control socket.
+#[derive(Default)]
+struct HostState {
+    /// How each scorer ended, by its number.
+    ended: std::sync::Mutex<HashMap<u64, String>>,
+    /// The host itself ended (its control socket closed).
+    gone: std::sync::atomic::AtomicBool,
+    changed: tokio::sync::Notify,
+}
+
+impl Drop for ScorerHost {
     fn drop(&mut self) {
+        self.end();
+        self.reader.abort();
         for f in &self.forwarders {
             f.abort();
         }
         if let Some(dir) = &self.sockets {
             let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+/// One scorer process, forked by its host.
+pub struct Scorer {
+    host: Arc<ScorerHost>,
+    number: u64,
+    requests: tokio::net::unix::OwnedWriteHalf,
+    answers: Lines<BufReader<tokio::net::unix::OwnedReadHalf>>,
+    /// The host's process: the scorer's own PID lies in the sandbox's PID namespace.
+    pub pid: u32,
+    pub isolation: IsolationRecord,
+    /// The scorer's stderr log (a file of the worker's, outside the sandbox's view).
+    stderr_log: PathBuf,
+    done: bool,
+}
+
+impl Drop for Scorer {
+    fn drop(&mut self) {
+        if !self.done {
+            self.host.kill(self.number);
         }
     }
 }
@@ -144,25 +190,36 @@ pub enum StartError {
     Other(anyhow::Error),
 }
 
-impl Scorer {
-    /// Starts the process and waits for `init()` to return.
-    pub async fn start(spec: &ScorerSpec<'_>) -> Result<Scorer, StartError> {
-        Self::spawn(spec).await.map_err(StartError::Other)?.wait_ready().await
+/// A scorer's log, opened for appending: a scorer of this job may have left a link where its log was,
+/// so it is never opened through one.
+fn open_log(p: &Path) -> anyhow::Result<std::fs::File> {
+    if let Some(parent) = p.parent() {
+        std::fs::create_dir_all(parent)?;
     }
+    crate::leftovers::open_append(p).with_context(|| format!("failed to open the log {}", p.display()))
+}
 
-    async fn spawn(spec: &ScorerSpec<'_>) -> anyhow::Result<Scorer> {
-        // A scorer of this job may have left a link where its log was: never open through it.
-        let open = |p: &Path| -> anyhow::Result<std::fs::File> {
-            if let Some(parent) = p.parent() {
-                std::fs::create_dir_all(parent)?;
-            }
-            crate::leftovers::open_append(p).with_context(|| format!("failed to open the log {}", p.display()))
-        };
-        for dir in [spec.output_dir, spec.parts_dir, spec.inputs_dir, spec.work_dir] {
+impl ScorerHost {
+    /// Starts the host of `job` in its sandbox: the view holds what every slot's scorer needs (the
+    /// slots' output folders lie in one folder, their part folders in another, their logs in a third).
+    pub fn start(spec: &ScorerSpec<'_>, job: &str) -> anyhow::Result<ScorerHost> {
+        let outputs = spec.output_dir.parent().context("output folders sit in a folder")?;
+        let parts = spec.parts_dir.parent().context("part folders sit in a folder")?;
+        for dir in [outputs, parts, spec.inputs_dir, spec.work_dir] {
             std::fs::create_dir_all(dir)?;
         }
-        let stderr = open(spec.stderr_log)?;
-        open(spec.stdout_log)?;
+        // Until a scorer is forked, what the host says (a library's warning on import) goes to the log of
+        // the slot that started it.
+        let log = open_log(spec.stderr_log)?;
+        // The control socket keeps message boundaries, so each request arrives whole with its descriptors.
+        let (ours, theirs) = nix::sys::socket::socketpair(
+            nix::sys::socket::AddressFamily::Unix,
+            nix::sys::socket::SockType::SeqPacket,
+            None,
+            nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+        )?;
+        nix::fcntl::fcntl(&ours, nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK))?;
+        let reading = ours.try_clone()?;
         let mut isolation = IsolationRecord {
             sandbox: spec.sandbox.as_str().to_string(),
             memory_mb: spec.limits.memory_mb,
@@ -203,8 +260,8 @@ impl Scorer {
                         spec.inputs_dir.to_path_buf(),
                     ],
                     writable: vec![
-                        spec.output_dir.to_path_buf(),
-                        spec.parts_dir.to_path_buf(),
+                        outputs.to_path_buf(),
+                        parts.to_path_buf(),
                         spec.stdout_log.parent().expect("logs sit in folders").to_path_buf(),
                     ]
                     .into_iter()
@@ -251,35 +308,159 @@ impl Scorer {
             .arg(spec.code_dir)
             .arg("--cove-script")
             .arg(spec.script)
-            .arg("--cove-stdout-log")
-            .arg(spec.stdout_log)
             .args(egress_args.iter().flat_map(|e| ["--cove-egress", e.as_str()]))
             .arg("--logging_level")
             .arg(spec.logging_level)
             .envs(spec.env)
             .env("AZUREML_MODEL_DIR", spec.model_dir)
             .env("AZUREML_BI_OUTPUT_PATH", spec.output_dir)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(stderr)
+            .stdin(Stdio::from(theirs))
+            .stdout(log.try_clone()?)
+            .stderr(log)
             .process_group(0)
             .kill_on_drop(true);
         restrict(&mut command, spec.limits);
-        let mut child =
-            command.spawn().with_context(|| format!("failed to start the scorer with `{}`", spec.python))?;
-        let pid = child.id().context("the scorer exited at once")?;
+        let child =
+            command.spawn().with_context(|| format!("failed to start the scorer host with `{}`", spec.python))?;
+        let pid = child.id().context("the scorer host exited at once")?;
         crate::register_group(pid);
-        let stdin = child.stdin.take().expect("stdin is piped");
-        let answers = BufReader::new(child.stdout.take().expect("stdout is piped")).lines();
-        Ok(Scorer {
-            child,
-            stdin,
-            answers,
+        let state = Arc::new(HostState::default());
+        let reading = tokio::net::UnixStream::from_std(std::os::unix::net::UnixStream::from(reading))?;
+        let reader = tokio::spawn(read_control(reading, state.clone()));
+        Ok(ScorerHost {
+            job: job.to_string(),
+            child: std::sync::Mutex::new(child),
             pid,
+            control: ours,
+            state,
+            reader,
             isolation,
             forwarders,
             sockets,
+            next: std::sync::atomic::AtomicU64::new(0),
+        })
+    }
+
+    /// Whether the host still serves (a scorer may have killed it).
+    pub fn alive(&self) -> bool {
+        !self.state.gone.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Sends one request on the control socket, with file descriptors. The messages are small and the
+    /// socket's buffer holds many, so a send that cannot go at once means the host stopped reading: it
+    /// is ended.
+    fn tell(&self, message: &serde_json::Value, fds: &[std::os::fd::RawFd]) -> bool {
+        use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags, UnixAddr};
+        use std::os::fd::AsRawFd;
+        let bytes = message.to_string();
+        let iov = [std::io::IoSlice::new(bytes.as_bytes())];
+        let rights = [ControlMessage::ScmRights(fds)];
+        let cmsgs: &[ControlMessage] = if fds.is_empty() { &[] } else { &rights };
+        let sent = sendmsg::<UnixAddr>(self.control.as_raw_fd(), &iov, cmsgs, MsgFlags::MSG_DONTWAIT, None);
+        if sent.is_err() {
+            self.end();
+        }
+        sent.is_ok()
+    }
+
+    /// Asks the host to end a scorer and everything it started.
+    fn kill(&self, number: u64) {
+        self.tell(&serde_json::json!({ "kill": number }), &[]);
+    }
+
+    /// Ends the host and every scorer in it.
+    fn end(&self) {
+        let _ = killpg(Pid::from_raw(self.pid as i32), Signal::SIGKILL);
+        crate::unregister_group(self.pid);
+        if let Ok(mut child) = self.child.lock() {
+            let _ = child.start_kill();
+        }
+    }
+
+    /// How scorer `number` ended, once the host has said so (or itself ended), waiting at most `wait`.
+    async fn ending_of(&self, number: u64, wait: Duration) -> Option<String> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let changed = self.state.changed.notified();
+            if let Some(how) = self.state.ended.lock().unwrap_or_else(|p| p.into_inner()).get(&number) {
+                return Some(how.clone());
+            }
+            if !self.alive() {
+                return Some("ended with the scorer host".to_string());
+            }
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                return None;
+            }
+        }
+    }
+}
+
+/// Reads what the host tells of its scorers until it ends: a line of JSON per message.
+async fn read_control(control: tokio::net::UnixStream, state: Arc<HostState>) {
+    let mut lines = BufReader::new(control).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        if let Ok(told) = serde_json::from_str::<Told>(&line) {
+            let how = describe_exit(told.code, told.signal);
+            state.ended.lock().unwrap_or_else(|p| p.into_inner()).insert(told.exited, how);
+            state.changed.notify_waiters();
+        }
+    }
+    state.gone.store(true, std::sync::atomic::Ordering::SeqCst);
+    state.changed.notify_waiters();
+}
+
+/// The host's word that a scorer ended.
+#[derive(Deserialize)]
+struct Told {
+    exited: u64,
+    code: Option<i32>,
+    signal: Option<i32>,
+}
+
+fn describe_exit(code: Option<i32>, signal: Option<i32>) -> String {
+    match (code, signal) {
+        (_, Some(sig)) => format!("was killed by signal {sig}{}", signal_meaning(sig)),
+        (Some(code), _) => format!("exited with code {code}"),
+        _ => "exited".to_string(),
+    }
+}
+
+impl Scorer {
+    /// Has the host fork a scorer for one slot and waits for its `init()` to return.
+    pub async fn start(host: &Arc<ScorerHost>, spec: &ScorerSpec<'_>) -> Result<Scorer, StartError> {
+        Self::fork(host, spec).await.map_err(StartError::Other)?.wait_ready().await
+    }
+
+    async fn fork(host: &Arc<ScorerHost>, spec: &ScorerSpec<'_>) -> anyhow::Result<Scorer> {
+        use std::os::fd::AsRawFd;
+        for dir in [spec.output_dir, spec.parts_dir, spec.work_dir] {
+            std::fs::create_dir_all(dir)?;
+        }
+        let stderr = open_log(spec.stderr_log)?;
+        open_log(spec.stdout_log)?;
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
+        let number = host.next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let request = serde_json::json!({
+            "fork": number,
+            "stdout_log": spec.stdout_log,
+            "output_dir": spec.output_dir,
+            "home": (spec.sandbox == SandboxMode::None).then_some(spec.work_dir),
+        });
+        if !host.tell(&request, &[theirs.as_raw_fd(), stderr.as_raw_fd()]) {
+            bail!("the scorer host stopped answering");
+        }
+        drop((theirs, stderr));
+        ours.set_nonblocking(true)?;
+        let (answers, requests) = tokio::net::UnixStream::from_std(ours)?.into_split();
+        Ok(Scorer {
+            host: host.clone(),
+            number,
+            requests,
+            answers: BufReader::new(answers).lines(),
+            pid: host.pid,
+            isolation: host.isolation.clone(),
             stderr_log: spec.stderr_log.to_path_buf(),
+            done: false,
         })
     }
 
@@ -312,8 +493,8 @@ impl Scorer {
     pub async fn run(&mut self, files: &[PathBuf], output: Option<&Path>, timeout: Duration) -> RunResult {
         let request = serde_json::json!({ "type": "run", "files": files, "output": output });
         let sent = async {
-            self.stdin.write_all(format!("{request}\n").as_bytes()).await?;
-            self.stdin.flush().await
+            self.requests.write_all(format!("{request}\n").as_bytes()).await?;
+            self.requests.flush().await
         }
         .await;
         if sent.is_err() {
@@ -334,29 +515,28 @@ impl Scorer {
     }
 
     async fn exit_description(&mut self) -> String {
-        use std::os::unix::process::ExitStatusExt;
-        match tokio::time::timeout(Duration::from_secs(5), self.child.wait()).await {
-            Ok(Ok(status)) => match (status.code(), status.signal()) {
-                (_, Some(sig)) => format!("was killed by signal {sig}{}", signal_meaning(sig)),
-                // bubblewrap reports a command killed by a signal as 128 + the signal.
-                (Some(code), _) if code > 128 && self.isolation.sandbox == "namespaces" => {
-                    format!("was killed by signal {}{}", code - 128, signal_meaning(code - 128))
-                }
-                (Some(code), _) => format!("exited with code {code}"),
-                _ => "exited".to_string(),
-            },
-            _ => {
+        match self.host.ending_of(self.number, Duration::from_secs(5)).await {
+            Some(how) => {
+                self.done = true;
+                how
+            }
+            None => {
                 self.kill().await;
                 "stopped answering".to_string()
             }
         }
     }
 
-    /// Ends the process and everything it started.
+    /// Ends the process and everything it started; a host that does not confirm it is ended whole.
     pub async fn kill(&mut self) {
-        let _ = killpg(Pid::from_raw(self.pid as i32), Signal::SIGKILL);
-        let _ = self.child.wait().await;
-        crate::unregister_group(self.pid);
+        if self.done {
+            return;
+        }
+        self.done = true;
+        self.host.kill(self.number);
+        if self.host.ending_of(self.number, Duration::from_secs(5)).await.is_none() {
+            self.host.end();
+        }
     }
 }
 

@@ -1,7 +1,7 @@
 //! One worker slot: a loop that leases a mini-batch, scores it in the slot's scorer process, and reports.
 
 use crate::leftovers;
-use crate::scorer::{plain_name, RunResult, Scorer, ScorerSpec, StartError};
+use crate::scorer::{plain_name, RunResult, Scorer, ScorerHost, ScorerSpec, StartError};
 use crate::WorkerConfig;
 use anyhow::Context;
 use bytes::Bytes;
@@ -29,6 +29,8 @@ pub struct Slot {
     config: WorkerConfig,
     process: u32,
     driver: PathBuf,
+    /// The scorer host this worker's slots share (see [`Hosts`]).
+    hosts: Hosts,
     /// The scorer process and the job it was started for.
     scorer: Option<(String, Scorer)>,
     init_failures: u32,
@@ -46,6 +48,11 @@ pub struct Slot {
     part: Option<Bytes>,
 }
 
+/// The scorer host of the job a worker's slots score, which the first slot to need a scorer starts and
+/// the others find; a slot that moves to another job replaces it, and the old host ends when its last
+/// scorer does.
+pub type Hosts = Arc<tokio::sync::Mutex<Option<Arc<ScorerHost>>>>;
+
 /// The per-process log files of one job, relative to the job's `logs/` folder.
 struct LogPaths {
     stdout: String,
@@ -54,12 +61,13 @@ struct LogPaths {
 }
 
 impl Slot {
-    pub fn new(client: Client, config: WorkerConfig, process: u32, driver: PathBuf) -> Self {
+    pub fn new(client: Client, config: WorkerConfig, process: u32, driver: PathBuf, hosts: Hosts) -> Self {
         Self {
             client,
             config,
             process,
             driver,
+            hosts,
             scorer: None,
             init_failures: 0,
             observed: Vec::new(),
@@ -501,7 +509,17 @@ impl Slot {
             limits: run.limits,
             egress: &run.egress,
         };
-        match Scorer::start(&spec).await {
+        let host = {
+            let mut shared = self.hosts.lock().await;
+            match shared.as_ref() {
+                Some(host) if host.job == lease.job && host.alive() => host.clone(),
+                _ => match ScorerHost::start(&spec, &lease.job) {
+                    Ok(host) => shared.insert(Arc::new(host)).clone(),
+                    Err(e) => return Ok(Err(format!("{e:#}"))),
+                },
+            }
+        };
+        match Scorer::start(&host, &spec).await {
             Ok(s) => Ok(Ok(s)),
             Err(StartError::InitFailed(tb)) => Ok(Err(tb)),
             Err(StartError::Other(e)) => Ok(Err(format!("{e:#}"))),

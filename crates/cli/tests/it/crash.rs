@@ -129,7 +129,7 @@ fn completes_exactly_once(cp: &ControlPlane, job: &str, files: usize) {
     let out = cp.dir.join("datastores/workspaceblobstore/azureml").join(job).join("score/predictions.csv");
     let lines: Vec<String> = std::fs::read_to_string(&out).unwrap().lines().map(str::to_string).collect();
     let expected: Vec<String> = (0..files).map(|i| format!("file-{i:03}.txt {i}")).collect();
-    assert_eq!(lines, expected, "every item exactly once, in mini-batch order");
+    assert_eq!(lines, expected, "every item exactly once, in mini-batch order: {done:#}");
 }
 
 /// A control plane paused at `point`, with the crash project deployed and a job of `files` files started.

@@ -226,15 +226,13 @@ fn scorer_that_printed(ws: &Workspace, job: &str, marker: &str, backend: Backend
     loop {
         for entry in std::fs::read_dir(&logs).into_iter().flatten().flatten() {
             if std::fs::read_to_string(entry.path()).unwrap_or_default().contains(marker) {
-                let log = entry.path().display().to_string();
-                // The Python process itself, not the bubblewrap processes around it (their argv holds the same words).
-                let pids: Vec<u32> = support::pids_with_args(&["cove_driver.py", &log])
+                let log = entry.path();
+                // The scorer is the process whose stdout is that log (its host and sandbox share its argv).
+                let pids: Vec<u32> = support::pids_with_args(&["cove_driver.py"])
                     .into_iter()
-                    .filter(|pid| {
-                        std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() != "bwrap")
-                    })
+                    .filter(|pid| std::fs::read_link(format!("/proc/{pid}/fd/1")).is_ok_and(|out| out == log))
                     .collect();
-                assert!(!pids.is_empty(), "found no process running {log}");
+                assert!(!pids.is_empty(), "found no process writing {}", log.display());
                 return pids;
             }
         }
@@ -428,4 +426,47 @@ def run(mini_batch):
     let mut lines = ws.output_lines(&job);
     lines.sort();
     assert_eq!(lines, (0..6).map(|i| format!("file-{i:03}.txt")).collect::<Vec<_>>());
+}
+
+const PRELOAD_SCRIPT: &str = r#"
+import os
+import sys
+# Evaluated before the imports below run in this process.
+SEEN = {name: name in sys.modules for name in ("colorsys", "helper")}
+import colorsys
+import helper
+
+def init():
+    pass
+
+def run(mini_batch):
+    return [f"{os.path.basename(p)} colorsys={SEEN['colorsys']} helper={SEEN['helper']} helper_runs={helper.RUNS}" for p in mini_batch]
+"#;
+
+#[test]
+fn the_libraries_a_script_imports_are_imported_once_per_worker_and_its_own_modules_in_each_scorer() {
+    // The scorer host imports what the script imports from outside its code folder, then forks the
+    // scorers: each finds such a library already imported. The script's own modules are not the host's
+    // to run: each scorer imports them itself, as it would alone. A deployment can turn the sharing off.
+    let ws = Workspace::start();
+    for (endpoint, extra, colorsys) in
+        [("shared", "", true), ("alone", "environment_variables:\n    COVE_SCORER_PRELOAD: \"0\"\n", false)]
+    {
+        let settings = format!("mini_batch_size: 1\nmax_concurrency_per_instance: 2\n{extra}");
+        let p = Project::new(ws.dir.path(), endpoint, PRELOAD_SCRIPT, &settings);
+        std::fs::write(p.dir.join("code/helper.py"), "RUNS = 1\n").unwrap();
+        p.deploy(&ws);
+        let job = invoke(&ws, endpoint, &p.inputs(4), &[]);
+        assert_eq!(job["status"], "Completed", "{job:#}");
+        let expected: Vec<String> = (0..4)
+            .map(|i| {
+                let c = if colorsys { "True" } else { "False" };
+                format!("file-{i:03}.txt colorsys={c} helper=False helper_runs=1")
+            })
+            .collect();
+        assert_eq!(ws.output_lines(&job), expected, "{endpoint}");
+        let processes: std::collections::BTreeSet<u64> =
+            job["attempts"].as_array().unwrap().iter().map(|a| a["process"].as_u64().unwrap()).collect();
+        assert_eq!(processes.len(), 2, "both scorers ran: {job:#}");
+    }
 }
