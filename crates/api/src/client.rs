@@ -151,6 +151,23 @@ impl Client {
         resp.json().await.map_err(|source| ClientError::Decode { url, source })
     }
 
+    /// Posts a body made of `chunks`, sent one after another without being joined first.
+    pub async fn post_chunks<T: DeserializeOwned>(&self, path: &str, chunks: Vec<Bytes>) -> Result<T, ClientError> {
+        let url = format!("{}{}", self.base, path);
+        let remaining = chunks.iter().map(|c| c.len() as u64).sum();
+        let body = reqwest::Body::wrap(Chunks { chunks: chunks.into(), remaining });
+        let resp = self
+            .http
+            .post(&url)
+            .bearer_auth(&self.token)
+            .body(body)
+            .send()
+            .await
+            .map_err(|source| unreachable(&url, source))?;
+        let resp = check(resp).await?;
+        resp.json().await.map_err(|source| ClientError::Decode { url, source })
+    }
+
     /// Downloads raw bytes with `GET`.
     pub async fn get_bytes(&self, path: &str) -> Result<Bytes, ClientError> {
         let resp = self.get_response(path).await?;
@@ -211,4 +228,35 @@ pub fn encode(s: &str) -> String {
         }
     }
     out
+}
+
+/// A request body of chunks sent in order, its length known up front.
+struct Chunks {
+    chunks: std::collections::VecDeque<Bytes>,
+    remaining: u64,
+}
+
+impl http_body::Body for Chunks {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        let this = self.get_mut();
+        let next = this.chunks.pop_front().map(|chunk| {
+            this.remaining -= chunk.len() as u64;
+            Ok(http_body::Frame::data(chunk))
+        });
+        std::task::Poll::Ready(next)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.chunks.is_empty()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.remaining)
+    }
 }

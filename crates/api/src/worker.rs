@@ -287,6 +287,20 @@ pub struct AssetListing {
 pub mod bundle {
     use bytes::{Buf, Bytes};
 
+    /// A bundle of `items`, as the chunks to send one after another: each item's frame header, then
+    /// the item itself, not copied (a result part is megabytes).
+    pub fn chunks(items: impl IntoIterator<Item = Bytes>) -> Vec<Bytes> {
+        let mut out = Vec::new();
+        for item in items {
+            let mut header = Vec::with_capacity(9);
+            header.push(0u8);
+            header.extend_from_slice(&(item.len() as u64).to_le_bytes());
+            out.push(Bytes::from(header));
+            out.push(item);
+        }
+        out
+    }
+
     pub fn push(out: &mut Vec<u8>, item: Result<&[u8], &str>) {
         let (tag, body) = match item {
             Ok(b) => (0u8, b),
@@ -343,6 +357,19 @@ pub mod bundle {
                 }
                 assert!(split(Bytes::from(out[..cut].to_vec())).is_err(), "cut at {cut}");
             }
+        }
+
+        #[test]
+        fn a_bundle_sent_as_chunks_is_the_bundle_pushed_whole() {
+            let items = [Bytes::from_static(b"{\"reports\":[]}"), Bytes::new(), Bytes::from(vec![7u8; 100_000])];
+            let mut whole = Vec::new();
+            for item in &items {
+                push(&mut whole, Ok(item));
+            }
+            let chunks = chunks(items.clone());
+            assert!(chunks.iter().any(|c| c.as_ptr() == items[2].as_ptr()), "the large item is sent as it is");
+            assert_eq!(chunks.concat(), whole);
+            assert_eq!(split(Bytes::from(chunks.concat())).unwrap(), items.map(Ok).to_vec());
         }
     }
 }

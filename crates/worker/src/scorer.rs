@@ -205,7 +205,8 @@ impl ScorerHost {
     pub fn start(spec: &ScorerSpec<'_>, job: &str) -> anyhow::Result<ScorerHost> {
         let outputs = spec.output_dir.parent().context("output folders sit in a folder")?;
         let parts = spec.parts_dir.parent().context("part folders sit in a folder")?;
-        for dir in [outputs, parts, spec.inputs_dir, spec.work_dir] {
+        let stdout_logs = spec.stdout_log.parent().context("logs sit in folders")?;
+        for dir in [outputs, parts, stdout_logs, spec.inputs_dir, spec.work_dir] {
             std::fs::create_dir_all(dir)?;
         }
         // Until a scorer is forked, what the host says (a library's warning on import) goes to the log of
@@ -259,14 +260,10 @@ impl ScorerHost {
                         spec.model_dir.to_path_buf(),
                         spec.inputs_dir.to_path_buf(),
                     ],
-                    writable: vec![
-                        outputs.to_path_buf(),
-                        parts.to_path_buf(),
-                        spec.stdout_log.parent().expect("logs sit in folders").to_path_buf(),
-                    ]
-                    .into_iter()
-                    .chain(writable_extra)
-                    .collect(),
+                    writable: vec![outputs.to_path_buf(), parts.to_path_buf(), stdout_logs.to_path_buf()]
+                        .into_iter()
+                        .chain(writable_extra)
+                        .collect(),
                 };
                 isolation.namespaces = sandbox::NAMESPACES.to_string();
                 isolation.read_only = ["/usr (system runtime)".to_string()]

@@ -185,21 +185,25 @@ impl Slot {
                 }
             }
             flow.outbox.add(lease.lease_id, completion, part);
-            // Quick mini-batches' reports wait for a few more (half of what the slot asks for at once), so
-            // that each request carries several.
-            let answered = flow.sending.as_ref().is_none_or(|s| s.is_finished());
-            let enough = flow.outbox.reports.len() as u32 >= (flow.pace.batches_wanted() / 2).max(1);
-            if flow.held.is_empty() || !((answered && enough) || flow.outbox.part_bytes >= FLUSH_BYTES) {
-                // Sent at the top of the loop (waiting for the answer), or with the next report.
-                continue;
-            }
-            if let Some(sending) = flow.sending.take() {
+            // The answer to the reports in flight may hold the next leases: it is taken in once it has
+            // come, and waited for when the slot has nothing left in hand or too much to send. (Left
+            // until the top of the loop, the slot would work the lease it brings while these reports
+            // waited, and then send them with the next ones while it waited for the answer.)
+            let must_wait = flow.held.is_empty() || flow.outbox.part_bytes >= FLUSH_BYTES;
+            if let Some(sending) = flow.sending.take_if(|s| must_wait || s.is_finished()) {
                 if !self.received(sending.await??, flow).await {
                     if self.config.job.is_some() {
                         return Ok(());
                     }
                     continue;
                 }
+            }
+            // Quick mini-batches' reports wait for a few more (half of what the slot asks for at once), so
+            // that each request carries several.
+            let enough = flow.outbox.reports.len() as u32 >= (flow.pace.batches_wanted() / 2).max(1);
+            if flow.held.is_empty() || flow.sending.is_some() || !(enough || flow.outbox.part_bytes >= FLUSH_BYTES) {
+                // Sent at the top of the loop (waiting for the answer), or with the next report.
+                continue;
             }
             let keep = flow.pace.batches_kept() as usize;
             let next = (flow.held.len() < keep).then(|| LeaseRequest {
@@ -675,14 +679,9 @@ impl Slot {
 
 /// Sends the reports in `outbox`, with the request for the next leases when given.
 async fn send_reports(client: Client, outbox: Outbox, next: Option<LeaseRequest>) -> anyhow::Result<Sent> {
-    let mut body = Vec::with_capacity(outbox.part_bytes + 1024);
-    let head = serde_json::to_vec(&Reports { reports: outbox.reports, next })?;
-    cove_api::worker::bundle::push(&mut body, Ok(&head));
-    for part in &outbox.parts {
-        cove_api::worker::bundle::push(&mut body, Ok(part));
-    }
-    let body = Bytes::from(body);
-    let ack: ReportsAck = retrying(|| client.post_bytes("/worker/v1/reports", body.clone())).await?;
+    let head = Bytes::from(serde_json::to_vec(&Reports { reports: outbox.reports, next })?);
+    let body = cove_api::worker::bundle::chunks(std::iter::once(head).chain(outbox.parts));
+    let ack: ReportsAck = retrying(|| client.post_chunks("/worker/v1/reports", body.clone())).await?;
     Ok(Sent { job_active: ack.acks.iter().all(|a| a.job_active), next: ack.next, reported: outbox.ids })
 }
 

@@ -468,5 +468,7 @@ fn the_libraries_a_script_imports_are_imported_once_per_worker_and_its_own_modul
         let processes: std::collections::BTreeSet<u64> =
             job["attempts"].as_array().unwrap().iter().map(|a| a["process"].as_u64().unwrap()).collect();
         assert_eq!(processes.len(), 2, "both scorers ran: {job:#}");
+        // The host started at once: no scorer failed to start first.
+        assert!(job["attempts"].as_array().unwrap().iter().all(|a| a["outcome"] == "succeeded"), "{job:#}");
     }
 }
