@@ -138,24 +138,17 @@ impl Client {
 
     /// Posts raw bytes and decodes the JSON answer.
     pub async fn post_bytes<T: DeserializeOwned>(&self, path: &str, body: Bytes) -> Result<T, ClientError> {
-        let url = format!("{}{}", self.base, path);
-        let resp = self
-            .http
-            .post(&url)
-            .bearer_auth(&self.token)
-            .body(body)
-            .send()
-            .await
-            .map_err(|source| unreachable(&url, source))?;
-        let resp = check(resp).await?;
-        resp.json().await.map_err(|source| ClientError::Decode { url, source })
+        self.post_body(path, body.into()).await
     }
 
     /// Posts a body made of `chunks`, sent one after another without being joined first.
     pub async fn post_chunks<T: DeserializeOwned>(&self, path: &str, chunks: Vec<Bytes>) -> Result<T, ClientError> {
-        let url = format!("{}{}", self.base, path);
         let remaining = chunks.iter().map(|c| c.len() as u64).sum();
-        let body = reqwest::Body::wrap(Chunks { chunks: chunks.into(), remaining });
+        self.post_body(path, reqwest::Body::wrap(Chunks { chunks: chunks.into(), remaining })).await
+    }
+
+    async fn post_body<T: DeserializeOwned>(&self, path: &str, body: reqwest::Body) -> Result<T, ClientError> {
+        let url = format!("{}{}", self.base, path);
         let resp = self
             .http
             .post(&url)
