@@ -10,6 +10,7 @@
 //! a small, audited, unprivileged tool that does exactly that, and it costs a few milliseconds per start.
 
 use serde::{Deserialize, Serialize};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 
@@ -76,6 +77,81 @@ pub fn interpreter(python: &str) -> Result<Interpreter, String> {
     if let Some((_, i)) = CACHE.lock().unwrap_or_else(|p| p.into_inner()).iter().find(|(p, _)| p == python) {
         return Ok(i.clone());
     }
+    let found = interpreter_known_in(python, known_interpreters_file().as_deref())?;
+    CACHE.lock().unwrap_or_else(|p| p.into_inner()).push((python.to_string(), found.clone()));
+    Ok(found)
+}
+
+/// Where the answers of interpreters asked before are kept for later workers of this user: asking
+/// starts an interpreter, a sizeable part of a job's start.
+fn known_interpreters_file() -> Option<PathBuf> {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
+    Some(base.join("cove").join("interpreters.json"))
+}
+
+/// An interpreter's answer, kept with what it depended on: the interpreter's files, and every folder
+/// of its path (installing or removing a package changes its folder). Any change, and it is asked again.
+#[derive(Serialize, Deserialize, PartialEq)]
+struct KnownInterpreter {
+    answer: Vec<String>,
+    seen: Vec<(String, Option<(i64, i64, u64, u64)>)>,
+}
+
+fn fingerprint(python: &str, answer: &[String]) -> Vec<(String, Option<(i64, i64, u64, u64)>)> {
+    use std::os::unix::fs::MetadataExt;
+    let stat = |m: std::io::Result<std::fs::Metadata>| m.ok().map(|m| (m.mtime(), m.mtime_nsec(), m.size(), m.ino()));
+    let mut seen = vec![
+        (format!("link {python}"), stat(std::fs::symlink_metadata(python))),
+        (python.to_string(), stat(std::fs::metadata(python))),
+    ];
+    seen.extend(answer.iter().map(|p| (p.clone(), stat(std::fs::metadata(p)))));
+    seen
+}
+
+/// The key of an interpreter's answer: its path, and the variables that change what it says.
+fn interpreter_key(python: &str) -> String {
+    let var = |v: &str| std::env::var(v).unwrap_or_default();
+    format!("{python}\n{}\n{}\n{}", var("PYTHONPATH"), var("PYTHONHOME"), var("PYTHONUSERBASE"))
+}
+
+fn interpreter_known_in(python: &str, known: Option<&Path>) -> Result<Interpreter, String> {
+    type Known = std::collections::BTreeMap<String, KnownInterpreter>;
+    let key = interpreter_key(python);
+    let mut all: Known =
+        known.and_then(|f| std::fs::read(f).ok()).and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
+    if let Some(entry) = all.get(&key) {
+        if entry.seen == fingerprint(python, &entry.answer) {
+            return Ok(from_answer(&entry.answer));
+        }
+    }
+    let answer = ask_interpreter(python)?;
+    if let Some(file) = known {
+        let seen = fingerprint(python, &answer);
+        all.insert(key, KnownInterpreter { answer: answer.clone(), seen });
+        while all.len() > 64 {
+            all.pop_first();
+        }
+        // Written whole and renamed into place: workers starting together never read half of it.
+        if let (Some(dir), Ok(bytes)) = (file.parent(), serde_json::to_vec(&all)) {
+            let tmp = dir.join(format!("interpreters.{}.tmp", std::process::id()));
+            let written = std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .and_then(|()| std::fs::write(&tmp, bytes))
+                .and_then(|()| std::fs::rename(&tmp, file));
+            if written.is_err() {
+                let _ = std::fs::remove_file(&tmp);
+            }
+        }
+    }
+    Ok(from_answer(&answer))
+}
+
+/// Starts the interpreter to ask for its executable, prefixes and path.
+fn ask_interpreter(python: &str) -> Result<Vec<String>, String> {
     let code = "import sys, json; print(json.dumps([sys.executable, sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix] + sys.path))";
     let out = std::process::Command::new(python)
         .args(["-c", code])
@@ -86,6 +162,13 @@ pub fn interpreter(python: &str) -> Result<Interpreter, String> {
     }
     let paths: Vec<String> =
         serde_json::from_slice(&out.stdout).map_err(|e| format!("unexpected answer from `{python}`: {e}"))?;
+    if paths.is_empty() {
+        return Err(format!("unexpected answer from `{python}`: no executable"));
+    }
+    Ok(paths)
+}
+
+fn from_answer(paths: &[String]) -> Interpreter {
     let executable = PathBuf::from(&paths[0]);
     let mut roots: Vec<PathBuf> = paths[1..]
         .iter()
@@ -100,9 +183,7 @@ pub fn interpreter(python: &str) -> Result<Interpreter, String> {
     // Keep only outermost folders: a bind of the prefix covers its site-packages.
     let outer: Vec<PathBuf> =
         roots.iter().filter(|p| !roots.iter().any(|q| q != *p && p.starts_with(q))).cloned().collect();
-    let found = Interpreter { executable, roots: outer };
-    CACHE.lock().unwrap_or_else(|p| p.into_inner()).push((python.to_string(), found.clone()));
-    Ok(found)
+    Interpreter { executable, roots: outer }
 }
 
 /// Returns bubblewrap's arguments for a sandbox with `view`, up to and including `--`. With
@@ -161,4 +242,52 @@ pub fn bwrap_args(interp: &Interpreter, view: &FileView, net_admin: bool) -> Vec
     // Everything not bound writable above is read-only, the sandbox's own root included.
     a.extend(["--remount-ro".into(), "/".into(), "--chdir".into(), "/tmp".into(), "--".into()]);
     a
+}
+
+#[cfg(test)]
+mod interpreter_tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn an_interpreter_is_asked_again_only_when_what_its_answer_depends_on_changed() {
+        let dir = tempfile::tempdir().unwrap();
+        let prefix = dir.path().join("venv");
+        let site = prefix.join("lib/site-packages");
+        std::fs::create_dir_all(&site).unwrap();
+        let asked = dir.path().join("asked");
+        let python = dir.path().join("python");
+        let answer = format!(
+            r#"["{p}", "{v}", "/usr", "{v}", "/usr", "", "{s}"]"#,
+            p = python.display(),
+            v = prefix.display(),
+            s = site.display()
+        );
+        std::fs::write(&python, format!("#!/bin/sh\necho asked >> '{}'\necho '{answer}'\n", asked.display())).unwrap();
+        std::fs::set_permissions(&python, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let python = python.to_str().unwrap();
+        let known = dir.path().join("cache/cove/interpreters.json");
+        let times_asked = || std::fs::read_to_string(&asked).unwrap_or_default().lines().count();
+
+        let first = interpreter_known_in(python, Some(&known)).unwrap();
+        assert_eq!(first.roots, vec![std::fs::canonicalize(dir.path()).unwrap()]);
+        assert_eq!(times_asked(), 1);
+        let again = interpreter_known_in(python, Some(&known)).unwrap();
+        assert_eq!((again.executable, again.roots), (first.executable.clone(), first.roots.clone()));
+        assert_eq!(times_asked(), 1, "the kept answer was used");
+        // A package installed: its folder changed, so the interpreter is asked again.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::fs::create_dir(site.join("newpackage")).unwrap();
+        interpreter_known_in(python, Some(&known)).unwrap();
+        assert_eq!(times_asked(), 2);
+        interpreter_known_in(python, Some(&known)).unwrap();
+        assert_eq!(times_asked(), 2);
+        // A kept answer that cannot be read is no answer.
+        std::fs::write(&known, b"{not json").unwrap();
+        interpreter_known_in(python, Some(&known)).unwrap();
+        assert_eq!(times_asked(), 3);
+        // Without a place to keep answers, it is asked every time.
+        interpreter_known_in(python, None).unwrap();
+        assert_eq!(times_asked(), 4);
+    }
 }
