@@ -18,6 +18,11 @@ use cove_spec::ModelType;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+/// mimalloc keeps the memory of a freed result part for the next one; glibc's allocator gave the
+/// megabytes back to the kernel, and each part then paid to fault them in again.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "cove",

@@ -11,7 +11,6 @@ mistaken for an answer.
 Why a host that forks: every scorer importing numpy, pyarrow or onnxruntime itself costs each of them
 the same start-up, all at once on the same cores; imported once and forked, they share it.
 """
-import argparse
 import ast
 import importlib.util
 import json
@@ -25,12 +24,34 @@ import traceback
 import warnings
 
 
+class Args:
+    """The host's own arguments; every other argument is the scoring script's."""
+
+    def __init__(self, argv):
+        self.cove_code_dir = self.cove_script = None
+        self.cove_egress = []
+        self.script_argv = []
+        # Parsed by hand: argparse costs more to import than everything else the host starts with.
+        i = 0
+        while i < len(argv):
+            name = argv[i]
+            if name in ("--cove-code-dir", "--cove-script", "--cove-egress") and i + 1 < len(argv):
+                value = argv[i + 1]
+                if name == "--cove-egress":
+                    self.cove_egress.append(value)
+                else:
+                    setattr(self, name[2:].replace("-", "_"), value)
+                i += 2
+            else:
+                self.script_argv.append(name)
+                i += 1
+        if self.cove_code_dir is None or self.cove_script is None:
+            raise SystemExit("usage: driver.py --cove-code-dir DIR --cove-script FILE [--cove-egress SPEC]... [ARG]...")
+
+
 def main():
-    parser = argparse.ArgumentParser(add_help=False)
-    parser.add_argument("--cove-code-dir", required=True)
-    parser.add_argument("--cove-script", required=True)
-    parser.add_argument("--cove-egress", action="append", default=[])
-    args, script_argv = parser.parse_known_args()
+    args = Args(sys.argv[1:])
+    script_argv = args.script_argv
 
     allowed = set()
     for spec in args.cove_egress:
