@@ -11,6 +11,7 @@ mistaken for an answer.
 Why a host that forks: every scorer importing numpy, pyarrow or onnxruntime itself costs each of them
 the same start-up, all at once on the same cores; imported once and forked, they share it.
 """
+import array
 import ast
 import importlib.util
 import json
@@ -120,7 +121,7 @@ def serve(args, script_argv, allowed):
                     pass
                 reap(scorers, tell)
                 continue
-            message, fds, _, _ = socket.recv_fds(control, 65536, 2)
+            message, fds = receive(control)
             if not message:
                 # The worker is gone: so are its scorers.
                 for pid in scorers:
@@ -169,6 +170,16 @@ def serve(args, script_argv, allowed):
                         kill_group(pid)
 
 
+def receive(control):
+    """One request and the descriptors sent with it (socket.recv_fds, which Python 3.8 lacks)."""
+    fds = array.array("i")
+    message, ancillary, _, _ = control.recvmsg(65536, socket.CMSG_LEN(2 * fds.itemsize))
+    for level, kind, data in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.frombytes(data[: len(data) - len(data) % fds.itemsize])
+    return message, list(fds)
+
+
 def reap(scorers, tell):
     while scorers:
         try:
@@ -185,7 +196,7 @@ def reap(scorers, tell):
         if os.WIFSIGNALED(status):
             tell(exited=number, signal=os.WTERMSIG(status))
         else:
-            tell(exited=number, code=os.waitstatus_to_exitcode(status))
+            tell(exited=number, code=os.WEXITSTATUS(status))
 
 
 def kill_group(pid):
