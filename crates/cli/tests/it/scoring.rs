@@ -472,3 +472,45 @@ fn the_libraries_a_script_imports_are_imported_once_per_worker_and_its_own_modul
         assert!(job["attempts"].as_array().unwrap().iter().all(|a| a["outcome"] == "succeeded"), "{job:#}");
     }
 }
+
+#[test]
+fn a_scorer_killed_at_its_timeout_takes_no_other_scorer_of_its_host_with_it() {
+    // Both slots' scorers are forked from one host: the one stopped at its timeout must end alone,
+    // while the other goes on scoring in the same process, and its slot gets a fresh scorer.
+    let ws = Workspace::start();
+    let script = "import os, time\n\ndef init():\n    pass\n\ndef run(mini_batch):\n    if any(p.endswith('file-000.txt') for p in mini_batch):\n        time.sleep(60)\n    time.sleep(0.2)\n    return [f'{os.path.basename(p)} {os.getpid()}' for p in mini_batch]\n";
+    let p = Project::new(
+        ws.dir.path(),
+        "onekilled",
+        script,
+        "mini_batch_size: 1\nmax_concurrency_per_instance: 2\nretry_settings:\n    max_retries: 1\n    timeout: 1",
+    );
+    p.deploy(&ws);
+    let job = invoke(&ws, "onekilled", &p.inputs(12), &[]);
+    assert_eq!(job["status"], "Completed", "{job:#}");
+    assert_eq!(job["progress"]["batches_failed"], 1, "{job:#}");
+    assert!(job["failed_batches"][0]["reason"].as_str().unwrap().contains("timed out"), "{job:#}");
+    let pid_of: std::collections::HashMap<String, String> = ws
+        .output_lines(&job)
+        .iter()
+        .map(|l| {
+            let (file, pid) = l.split_once(' ').unwrap();
+            (file.to_string(), pid.to_string())
+        })
+        .collect();
+    assert_eq!(pid_of.len(), 11, "every mini-batch but the stopped one was scored: {pid_of:?}");
+    let attempts = job["attempts"].as_array().unwrap();
+    // One attempt at the stopped mini-batch (the reference's max_retries counts attempts, at least 1).
+    let tries: Vec<&serde_json::Value> = attempts.iter().filter(|a| a["mini_batch"] == 0).collect();
+    assert_eq!(tries.len(), 1, "{job:#}");
+    let stopped = tries[0]["process"].as_u64().unwrap();
+    let mut pids_by_process: std::collections::BTreeMap<u64, std::collections::BTreeSet<String>> = Default::default();
+    for a in attempts.iter().filter(|a| a["outcome"] == "succeeded") {
+        let file = format!("file-{:03}.txt", a["mini_batch"].as_u64().unwrap());
+        pids_by_process.entry(a["process"].as_u64().unwrap()).or_default().insert(pid_of[&file].clone());
+    }
+    let other = pids_by_process.iter().find(|(p, _)| **p != stopped).expect("the other slot scored");
+    assert_eq!(other.1.len(), 1, "the other slot's scorer was never restarted: {pids_by_process:?}");
+    let again = &pids_by_process[&stopped];
+    assert!(!again.is_empty() && !again.contains(other.1.first().unwrap()), "{pids_by_process:?}");
+}
