@@ -292,13 +292,17 @@ pub mod bundle {
     pub fn chunks(items: impl IntoIterator<Item = Bytes>) -> Vec<Bytes> {
         let mut out = Vec::new();
         for item in items {
-            let mut header = Vec::with_capacity(9);
-            header.push(0u8);
-            header.extend_from_slice(&(item.len() as u64).to_le_bytes());
-            out.push(Bytes::from(header));
+            out.push(Bytes::copy_from_slice(&header(0, item.len())));
             out.push(item);
         }
         out
+    }
+
+    /// An item's frame header: its tag (0 for content, 1 for a reason it is missing), then its length.
+    fn header(tag: u8, len: usize) -> [u8; 9] {
+        let mut h = [tag; 9];
+        h[1..].copy_from_slice(&(len as u64).to_le_bytes());
+        h
     }
 
     pub fn push(out: &mut Vec<u8>, item: Result<&[u8], &str>) {
@@ -306,8 +310,7 @@ pub mod bundle {
             Ok(b) => (0u8, b),
             Err(reason) => (1u8, reason.as_bytes()),
         };
-        out.push(tag);
-        out.extend_from_slice(&(body.len() as u64).to_le_bytes());
+        out.extend_from_slice(&header(tag, body.len()));
         out.extend_from_slice(body);
     }
 

@@ -52,7 +52,6 @@ class Args:
 
 def main():
     args = Args(sys.argv[1:])
-    script_argv = args.script_argv
 
     allowed = set()
     for spec in args.cove_egress:
@@ -62,7 +61,7 @@ def main():
     sys.path.insert(0, args.cove_code_dir)
     if os.environ.get("COVE_SCORER_PRELOAD", "1") != "0":
         preload(args.cove_code_dir, args.cove_script)
-    return serve(args, script_argv, allowed)
+    return serve(args, allowed)
 
 
 def preload(code_dir, script):
@@ -94,7 +93,7 @@ def preload(code_dir, script):
             pass
 
 
-def serve(args, script_argv, allowed):
+def serve(args, allowed):
     """Serves the worker's control socket: forks scorers, kills them, and reports how each ended."""
     control = socket.socket(fileno=0)
     control.setblocking(True)
@@ -147,7 +146,7 @@ def serve(args, script_argv, allowed):
                         s.close()
                     code = 1
                     try:
-                        code = scorer(args, script_argv, allowed, request, fds[0], fds[1])
+                        code = scorer(args, allowed, request, fds[0], fds[1])
                     except BaseException:
                         traceback.print_exc()
                     finally:
@@ -206,7 +205,8 @@ def kill_group(pid):
         pass
 
 
-def scorer(args, script_argv, allowed, request, channel_fd, stderr_fd):
+def scorer(args, allowed, request, channel_fd, stderr_fd):
+    script_argv = args.script_argv
     """One scorer process: the script's init(), then run() for each request on its channel."""
     os.setpgid(0, 0)
     os.dup2(stderr_fd, 2)

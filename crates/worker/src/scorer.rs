@@ -114,9 +114,6 @@ pub struct Scorer {
     number: u64,
     requests: tokio::net::unix::OwnedWriteHalf,
     answers: Lines<BufReader<tokio::net::unix::OwnedReadHalf>>,
-    /// The host's process: the scorer's own PID lies in the sandbox's PID namespace.
-    pub pid: u32,
-    pub isolation: IsolationRecord,
     /// The scorer's stderr log (a file of the worker's, outside the sandbox's view).
     stderr_log: PathBuf,
     done: bool,
@@ -425,10 +422,20 @@ fn describe_exit(code: Option<i32>, signal: Option<i32>) -> String {
 impl Scorer {
     /// Has the host fork a scorer for one slot and waits for its `init()` to return.
     pub async fn start(host: &Arc<ScorerHost>, spec: &ScorerSpec<'_>) -> Result<Scorer, StartError> {
-        Self::fork(host, spec).await.map_err(StartError::Other)?.wait_ready().await
+        Self::fork(host, spec).map_err(StartError::Other)?.wait_ready().await
     }
 
-    async fn fork(host: &Arc<ScorerHost>, spec: &ScorerSpec<'_>) -> anyhow::Result<Scorer> {
+    /// The host's process: the scorer's own PID lies in the sandbox's PID namespace.
+    pub fn pid(&self) -> u32 {
+        self.host.pid
+    }
+
+    /// What the scorer runs under: its host's sandbox.
+    pub fn isolation(&self) -> &IsolationRecord {
+        &self.host.isolation
+    }
+
+    fn fork(host: &Arc<ScorerHost>, spec: &ScorerSpec<'_>) -> anyhow::Result<Scorer> {
         use std::os::fd::AsRawFd;
         for dir in [spec.output_dir, spec.parts_dir, spec.work_dir] {
             std::fs::create_dir_all(dir)?;
@@ -454,8 +461,6 @@ impl Scorer {
             number,
             requests,
             answers: BufReader::new(answers).lines(),
-            pid: host.pid,
-            isolation: host.isolation.clone(),
             stderr_log: spec.stderr_log.to_path_buf(),
             done: false,
         })

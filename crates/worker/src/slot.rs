@@ -104,7 +104,7 @@ impl Slot {
     /// What the current attempt ran under.
     fn isolation(&self) -> Option<serde_json::Value> {
         let (_, scorer) = self.scorer.as_ref()?;
-        let mut record = scorer.isolation.clone();
+        let mut record = scorer.isolation().clone();
         record.network_attempts = self.observed.clone();
         serde_json::to_value(record).ok()
     }
@@ -244,7 +244,7 @@ impl Slot {
             Ok(o) => o,
             Err(e) => (ReportedOutcome::Failed, 0, 0, Some(format!("the worker failed to run the mini-batch: {e:#}"))),
         };
-        let pid = self.scorer.as_ref().map_or(0, |(_, s)| s.pid);
+        let pid = self.scorer.as_ref().map_or(0, |(_, s)| s.pid());
         self.upload_logs(lease).await;
         let mut isolation = self.isolation().or(self.last_isolation.take());
         if let Some(serde_json::Value::Object(record)) = isolation.as_mut() {
@@ -679,10 +679,11 @@ impl Slot {
 
 /// Sends the reports in `outbox`, with the request for the next leases when given.
 async fn send_reports(client: Client, outbox: Outbox, next: Option<LeaseRequest>) -> anyhow::Result<Sent> {
+    let reported = outbox.reports.iter().map(|r| r.lease_id.clone()).collect();
     let head = Bytes::from(serde_json::to_vec(&Reports { reports: outbox.reports, next })?);
     let body = cove_api::worker::bundle::chunks(std::iter::once(head).chain(outbox.parts));
     let ack: ReportsAck = retrying(|| client.post_chunks("/worker/v1/reports", body.clone())).await?;
-    Ok(Sent { job_active: ack.acks.iter().all(|a| a.job_active), next: ack.next, reported: outbox.ids })
+    Ok(Sent { job_active: ack.acks.iter().all(|a| a.job_active), next: ack.next, reported })
 }
 
 /// A slot's leases on their way: granted and not yet worked, worked and not yet reported, reported and
@@ -715,13 +716,11 @@ impl Flow {
 struct Outbox {
     reports: Vec<AttemptReport>,
     parts: Vec<Bytes>,
-    ids: Vec<String>,
     part_bytes: usize,
 }
 
 impl Outbox {
     fn add(&mut self, lease_id: String, completion: Completion, part: Option<Bytes>) {
-        self.ids.push(lease_id.clone());
         self.reports.push(AttemptReport { lease_id, completion, part: part.is_some() });
         if let Some(part) = part {
             self.part_bytes += part.len();
