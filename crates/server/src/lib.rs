@@ -72,6 +72,10 @@ pub mod layout {
     pub fn internal_objects(dir: &Path) -> PathBuf {
         dir.join("state").join("objects")
     }
+    /// Outputs being assembled while their jobs run (`jobs::assembly`).
+    pub fn assemblies(dir: &Path) -> PathBuf {
+        dir.join("state").join("assembly")
+    }
     pub fn datastore(dir: &Path, name: &str) -> PathBuf {
         dir.join("datastores").join(name)
     }
@@ -113,6 +117,8 @@ pub(crate) struct App {
     pub datastores: datastore::Datastores,
     /// Cove's own objects (manifests, parts, logs), apart from every user-addressable datastore.
     pub internal: Arc<dyn object_store::ObjectStore>,
+    /// The output files of running jobs, assembled as their parts commit.
+    pub assemblies: jobs::assembly::Assemblies,
     /// Woken whenever new work may be leasable, for long-polling workers.
     pub work_available: Notify,
     /// Notified when a job's status changes, for callers waiting on a job (`GET /api/v1/jobs/{job}?wait_ms`).
@@ -294,6 +300,8 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
         }
     }
     let internal = datastore::local_store(&layout::internal_objects(&dir))?;
+    let assemblies = jobs::assembly::Assemblies::open(layout::assemblies(&dir))
+        .with_context(|| format!("failed to prepare {}", layout::assemblies(&dir).display()))?;
 
     let package_source = environments::package_source(&config.environments, &policy).map_err(anyhow::Error::msg)?;
     let mut addresses: Vec<SocketAddr> = policy.api_endpoints().iter().map(|p| p.address).collect();
@@ -354,6 +362,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
         store,
         datastores,
         internal,
+        assemblies,
         work_available: Notify::new(),
         job_events: Notify::new(),
         leases_changed: Notify::new(),

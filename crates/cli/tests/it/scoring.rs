@@ -374,6 +374,29 @@ def run(mini_batch):
     assert_eq!(puts.len(), 6, "every part is audited once: {puts:?}");
 }
 
+/// A scoring script whose run() holds the mini-batch with `held` until `release` exists (failing with
+/// `never` after 30 s), after running `first`; it returns `result`.
+fn held_script(release: &std::path::Path, held: &str, never: &str, first: &str, result: &str) -> String {
+    format!(
+        r#"
+import os, time
+
+def init():
+    pass
+
+def run(mini_batch):
+    {first}
+    if any(os.path.basename(p) == {held:?} for p in mini_batch):
+        deadline = time.time() + 30
+        while not os.path.exists({release:?}):
+            if time.time() > deadline:
+                raise TimeoutError({never:?})
+            time.sleep(0.02)
+    return {result}
+"#
+    )
+}
+
 #[test]
 fn a_slot_is_granted_its_next_mini_batch_while_it_works_on_one() {
     // A slot that waited for each report's answer before it could start the next mini-batch would sit
@@ -382,22 +405,12 @@ fn a_slot_is_granted_its_next_mini_batch_while_it_works_on_one() {
     // never be granted it, and the first mini-batch would fail when its wait ran out.
     let ws = Workspace::start_with(&["--sandbox", "none"], &[]);
     let release = ws.dir.path().join("release");
-    let script = format!(
-        r#"
-import os, time
-
-def init():
-    pass
-
-def run(mini_batch):
-    if any(os.path.basename(p) == "file-000.txt" for p in mini_batch):
-        deadline = time.time() + 30
-        while not os.path.exists({release:?}):
-            if time.time() > deadline:
-                raise TimeoutError("the second mini-batch was never granted while the first ran")
-            time.sleep(0.02)
-    return [os.path.basename(p) for p in mini_batch]
-"#
+    let script = held_script(
+        &release,
+        "file-000.txt",
+        "the second mini-batch was never granted while the first ran",
+        "",
+        "[os.path.basename(p) for p in mini_batch]",
     );
     let p = Project::new(ws.dir.path(), "ahead", &script, "mini_batch_size: 1\nmax_concurrency_per_instance: 1\n");
     p.deploy(&ws);
@@ -426,6 +439,57 @@ def run(mini_batch):
     let mut lines = ws.output_lines(&job);
     lines.sort();
     assert_eq!(lines, (0..6).map(|i| format!("file-{i:03}.txt")).collect::<Vec<_>>());
+}
+
+#[test]
+fn the_output_is_assembled_in_order_while_the_job_runs() {
+    // Each committed part joins the output's assembly once every mini-batch before it is final, so
+    // finalizing has only to publish it. Here the last mini-batch is held until the test has seen the
+    // assembly hold the others in mini-batch order (whichever slot committed them first), without
+    // mini-batch 2, which fails for good; an assembly made only when the job finalizes never shows them.
+    let ws = Workspace::start_with(&["--sandbox", "none"], &[]);
+    let release = ws.dir.path().join("release");
+    let script = held_script(
+        &release,
+        "file-005.txt",
+        "mini-batch 5 was never released",
+        "if any(os.path.basename(p) == \"file-002.txt\" for p in mini_batch):\n        raise ValueError(\"mini-batch 2 always fails\")",
+        "[f\"{os.path.basename(p)} row\" for p in mini_batch]",
+    );
+    let p = Project::new(
+        ws.dir.path(),
+        "assembled",
+        &script,
+        "mini_batch_size: 1\nmax_concurrency_per_instance: 2\nretry_settings:\n    max_retries: 1\n",
+    );
+    p.deploy(&ws);
+    let input = p.inputs(6).display().to_string();
+    let run = ws.cove(&["--json", "endpoint", "invoke", "assembled", "--input", &input]);
+    let name = run.ok().json()["name"].as_str().unwrap().to_string();
+    let assembly = ws.path().join("state/assembly").join(&name);
+    let expected = "file-000.txt row\nfile-001.txt row\nfile-003.txt row\nfile-004.txt row\n";
+    let start = std::time::Instant::now();
+    loop {
+        let (_, job) = ws.http("GET", &format!("/api/v1/jobs/{name}"), None, &[]);
+        assert!(
+            job["status"] == "Queued" || job["status"] == "Running",
+            "the job ended before mini-batch 5 was released: {job:#}"
+        );
+        if std::fs::read_to_string(&assembly).is_ok_and(|held| held == expected) {
+            break;
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(60),
+            "the assembly never held mini-batches 0 to 4 in order: {:?}\n{job:#}",
+            std::fs::read_to_string(&assembly)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    std::fs::write(&release, "").unwrap();
+    let job = ws.wait_job(&name);
+    assert_eq!(job["status"], "Completed", "{job:#}");
+    assert_eq!(ws.output_lines(&job), ["0", "1", "3", "4", "5"].map(|i| format!("file-00{i}.txt row")));
+    assert!(!assembly.exists(), "the assembly outlived its job");
 }
 
 const PRELOAD_SCRIPT: &str = r#"

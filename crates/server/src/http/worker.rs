@@ -459,9 +459,14 @@ pub async fn reports(
     let mut parts = parts.into_iter();
     let mut applied = Vec::with_capacity(batch.reports.len());
     let mut stores = Vec::new();
+    // Each report's job, mini-batch, part and failure, for the output's assembly (`jobs::assembly`).
+    let mut brought = Vec::with_capacity(batch.reports.len());
     for (r, owner) in batch.reports.into_iter().zip(owners) {
         let owner = owner.expect("checked above");
         let part = if r.part { parts.next() } else { None };
+        // A failure may be a mini-batch's last, which lets the parts after it join the assembly.
+        let failed = r.completion.outcome != ReportedOutcome::Succeeded;
+        brought.push((owner.job.clone(), owner.idx, part.clone().filter(|_| owner.current), failed));
         let (mut part_audit, mut inline_part) = (None, None);
         if let Some(part) = part.filter(|_| owner.current) {
             let what = format!("PUT part ({} bytes)", part.len());
@@ -488,6 +493,19 @@ pub async fn reports(
     }
     let results = app.store.call(move |c| store::reports_apply(c, &applied)).await?;
     app.work_available.notify_waiters();
+    let mut committed: std::collections::BTreeMap<String, Vec<(u64, Bytes)>> = Default::default();
+    for (result, (job, idx, part, failed)) in results.iter().zip(brought) {
+        match part.filter(|_| result.committed) {
+            Some(bytes) => committed.entry(job).or_default().push((idx, bytes)),
+            None if failed => {
+                committed.entry(job).or_default();
+            }
+            None => {}
+        }
+    }
+    for (job, fresh) in committed {
+        tokio::spawn(jobs::assembly::advance(app.clone(), job, fresh));
+    }
     let mut acks = Vec::with_capacity(results.len());
     for result in results {
         if let (Some(status), Some(job)) = (result.job_status, &result.job) {

@@ -207,15 +207,17 @@ async fn copy_committed(app: &AppRef, parts: Vec<(u64, String)>, writer: &mut Wr
 async fn assemble(app: &AppRef, name: &str, output_uri: &str, file_name: &str) -> anyhow::Result<Option<u64>> {
     let dest = parse_uri(output_uri).map_err(anyhow::Error::msg)?.join(file_name).map_err(anyhow::Error::msg)?;
     let store = app.datastores.get(&dest.datastore).map_err(anyhow::Error::msg)?;
+    let path = dest.object_path();
+    if let Some(assembled) = super::assembly::take(app, name).await {
+        return publish_assembled(app, name, &dest, &path, &assembled).await;
+    }
     let n = name.to_string();
     let parts = app.store.call(move |c| store::committed_parts(c, &n)).await?;
-    let path = dest.object_path();
     let upload = store.put_multipart(&path).await.with_context(|| format!("failed to start writing {}", dest.uri()))?;
     let mut writer = WriteMultipart::new(upload);
     let streamed =
         copy_committed(app, parts, &mut writer).await.with_context(|| format!("failed to write {}", dest.uri()));
-    let n = name.to_string();
-    let still = app.store.call(move |c| store::job_get(c, &n)).await?.map(|j| j.status);
+    let still = status_of(app, name).await?;
     if let Err(error) = streamed {
         // Nothing half-written stays behind: the upload is abandoned, and with it its staging data.
         let _ = writer.abort().await;
@@ -228,4 +230,60 @@ async fn assemble(app: &AppRef, name: &str, output_uri: &str, file_name: &str) -
     writer.finish().await.with_context(|| format!("failed to publish {}", dest.uri()))?;
     let size = store.head(&path).await.with_context(|| format!("failed to read back {}", dest.uri()))?.size;
     Ok(Some(size))
+}
+
+async fn status_of(app: &AppRef, name: &str) -> anyhow::Result<Option<JobStatus>> {
+    let n = name.to_string();
+    Ok(app.store.call(move |c| store::job_get(c, &n)).await?.map(|j| j.status))
+}
+
+/// Publishes the output assembled while the job ran: linked into place on a local datastore that shares
+/// the state folder's filesystem, else streamed from the file.
+async fn publish_assembled(
+    app: &AppRef,
+    name: &str,
+    dest: &crate::datastore::DataPath,
+    path: &object_store::path::Path,
+    assembled: &super::assembly::Assembled,
+) -> anyhow::Result<Option<u64>> {
+    if status_of(app, name).await? != Some(JobStatus::Finalizing) {
+        return Ok(None);
+    }
+    if let Some(root) = app.datastores.local_root(&dest.datastore) {
+        match super::assembly::link_into_place(assembled, &root, path).await {
+            Ok(true) => return Ok(Some(assembled.len)),
+            Ok(false) => {}
+            Err(error) => tracing::debug!(job = %name, error = format!("{error:#}"), "streaming the output instead"),
+        }
+    }
+    let store = app.datastores.get(&dest.datastore).map_err(anyhow::Error::msg)?;
+    let upload = store.put_multipart(path).await.with_context(|| format!("failed to start writing {}", dest.uri()))?;
+    let mut writer = WriteMultipart::new(upload);
+    let streamed =
+        stream_file(&assembled.path, &mut writer).await.with_context(|| format!("failed to write {}", dest.uri()));
+    if let Err(error) = streamed {
+        let _ = writer.abort().await;
+        return Err(error);
+    }
+    if status_of(app, name).await? != Some(JobStatus::Finalizing) {
+        writer.abort().await?;
+        return Ok(None);
+    }
+    writer.finish().await.with_context(|| format!("failed to publish {}", dest.uri()))?;
+    Ok(Some(assembled.len))
+}
+
+async fn stream_file(path: &std::path::Path, writer: &mut WriteMultipart) -> anyhow::Result<()> {
+    use tokio::io::AsyncReadExt;
+    const CHUNK: usize = 8 << 20;
+    let mut file = tokio::fs::File::open(path).await?;
+    loop {
+        let mut chunk = Vec::with_capacity(CHUNK);
+        let read = (&mut file).take(CHUNK as u64).read_to_end(&mut chunk).await?;
+        if read == 0 {
+            return Ok(());
+        }
+        writer.wait_for_capacity(8).await?;
+        writer.write(&chunk);
+    }
 }

@@ -5,6 +5,7 @@
 //! planning replaces a half-written plan, assembly rewrites the same bytes, and publishing is one
 //! atomic object write followed by one status transition.
 
+pub mod assembly;
 pub mod finalize;
 pub(crate) mod plan;
 
@@ -140,6 +141,7 @@ pub fn on_status(app: &AppRef, job: &str, status: JobStatus) {
 /// Cleans up after a job reached a terminal state: its workers stop and its logs are written.
 pub fn ended(app: AppRef, job: String) {
     app.job_events.notify_waiters();
+    app.assemblies.forget(&job);
     tokio::spawn(async move {
         app.compute.stop(&job).await;
         let clusters: Vec<crate::compute::LocalCompute> =

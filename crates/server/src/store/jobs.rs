@@ -863,6 +863,31 @@ pub fn committed_parts(conn: &Connection, job: &str) -> StoreResult<Vec<(u64, St
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
+/// What the output's assembly needs from mini-batch `from` on (at most `limit` of them, in index
+/// order): the job's status and mini-batch count, and each mini-batch's state and committed part.
+pub fn assembly_batches(
+    conn: &Connection,
+    job: &str,
+    from: u64,
+    limit: u64,
+) -> StoreResult<Option<(String, u64, Vec<(u64, String, Option<String>)>)>> {
+    let Some((status, total)) = conn
+        .row("SELECT status, batches_total FROM jobs WHERE name = ?1", [job], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
+        })
+        .optional()?
+    else {
+        return Ok(None);
+    };
+    let mut stmt = conn.prepare_cached(
+        "SELECT idx, state, committed_part FROM batches WHERE job = ?1 AND idx >= ?2 ORDER BY idx LIMIT ?3",
+    )?;
+    let rows = stmt.query_map(params![job, from as i64, limit as i64], |r| {
+        Ok((r.get::<_, i64>(0)? as u64, r.get(1)?, r.get(2)?))
+    })?;
+    Ok(Some((status, total, rows.collect::<Result<_, _>>()?)))
+}
+
 /// The bodies of parts kept in the state store, by lease id (those of `leases` that have one).
 pub fn part_bodies(conn: &Connection, leases: &[&str]) -> StoreResult<Vec<(String, Vec<u8>)>> {
     let mut stmt = conn.prepare_cached("SELECT lease_id, body FROM part_bodies WHERE lease_id = ?1")?;

@@ -1,0 +1,244 @@
+//! The output file, assembled while the job runs.
+//!
+//! Once every mini-batch before a committed part is final (committed or given up), that part is
+//! appended to the job's assembly file in the workspace's state folder: from the bytes its report just
+//! brought when it is next in line, else read back from where it was stored. Finalizing then publishes
+//! the file (on a local datastore on the same filesystem by linking it into place, so no byte is copied)
+//! instead of copying every part at the end, when nothing else is left to run beside the copy.
+//!
+//! The file is only a head start. The committed parts stay the record: the file is trusted only by the
+//! process that wrote it (a starting control plane deletes every one), and finalizing assembles from the
+//! parts, as it always could, when the file is missing, incomplete or was already taken.
+
+use crate::store;
+use crate::AppRef;
+use anyhow::Context;
+use bytes::Bytes;
+use cove_model::JobStatus;
+use std::collections::HashMap;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+/// How many mini-batches one look at the state store covers.
+const LOOK: u64 = 256;
+
+/// The assemblies of the jobs this control plane is running.
+pub(crate) struct Assemblies {
+    dir: PathBuf,
+    jobs: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Assembly>>>>,
+}
+
+#[derive(Default)]
+struct Assembly {
+    file: Option<Arc<std::fs::File>>,
+    /// Every mini-batch before this one is final and its part, if any, is in the file.
+    next: u64,
+    len: u64,
+    /// Finalizing took the file, or something failed: nothing more is appended.
+    closed: bool,
+}
+
+/// An assembly that holds every committed part of its job, in mini-batch order.
+pub(crate) struct Assembled {
+    pub path: PathBuf,
+    pub len: u64,
+}
+
+impl Assemblies {
+    /// Starts with no assembly: what a earlier process left in `dir` is deleted unread.
+    pub fn open(dir: PathBuf) -> std::io::Result<Assemblies> {
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        std::fs::create_dir_all(&dir)?;
+        Ok(Assemblies { dir, jobs: Mutex::new(HashMap::new()) })
+    }
+
+    fn entry(&self, job: &str) -> Arc<tokio::sync::Mutex<Assembly>> {
+        self.jobs.lock().unwrap_or_else(|p| p.into_inner()).entry(job.to_string()).or_default().clone()
+    }
+
+    fn path(&self, job: &str) -> PathBuf {
+        // Job names are Cove's own or validated resource names: one plain path component.
+        self.dir.join(job)
+    }
+
+    /// Forgets a job's assembly and deletes its file (a published output linked from it stays).
+    pub fn forget(&self, job: &str) {
+        self.jobs.lock().unwrap_or_else(|p| p.into_inner()).remove(job);
+        let _ = std::fs::remove_file(self.path(job));
+    }
+}
+
+/// Appends what has become appendable after a report committed `fresh` (mini-batch index, part bytes).
+/// Runs off the report's path; a failure only means finalizing copies the parts itself.
+pub(crate) async fn advance(app: AppRef, job: String, fresh: Vec<(u64, Bytes)>) {
+    if !plain_name(&job) {
+        return;
+    }
+    let entry = app.assemblies.entry(&job);
+    let mut assembly = entry.lock().await;
+    if assembly.closed {
+        return;
+    }
+    let mut fresh: HashMap<u64, Bytes> = fresh.into_iter().collect();
+    match catch_up(&app, &job, &mut assembly, &mut fresh).await {
+        Ok(Progress::Assembling { .. }) => {}
+        Ok(Progress::Over) => {
+            assembly.closed = true;
+            drop(assembly);
+            app.assemblies.forget(&job);
+        }
+        Err(error) => {
+            tracing::warn!(%job, error = format!("{error:#}"), "the output will be assembled when the job finalizes");
+            assembly.closed = true;
+            assembly.file = None;
+            let _ = std::fs::remove_file(app.assemblies.path(&job));
+        }
+    }
+}
+
+/// Takes the job's assembly for finalizing, complete: every committed part, in order. `None` when
+/// there is none to take (finalizing then assembles from the parts).
+pub(crate) async fn take(app: &AppRef, job: &str) -> Option<Assembled> {
+    if !plain_name(job) {
+        return None;
+    }
+    let entry = app.assemblies.entry(job);
+    let mut assembly = entry.lock().await;
+    if assembly.closed {
+        return None;
+    }
+    assembly.closed = true;
+    let caught_up = catch_up(app, job, &mut assembly, &mut HashMap::new()).await;
+    match caught_up {
+        Ok(Progress::Assembling { complete: true }) if assembly.file.is_some() => {
+            Some(Assembled { path: app.assemblies.path(job), len: assembly.len })
+        }
+        Ok(_) => None,
+        Err(error) => {
+            tracing::warn!(%job, error = format!("{error:#}"), "assembling the output from its parts instead");
+            None
+        }
+    }
+}
+
+enum Progress {
+    /// The job still runs or finalizes; `complete` when every mini-batch is in.
+    Assembling { complete: bool },
+    /// The job ended (or is unknown): its assembly is moot.
+    Over,
+}
+
+async fn catch_up(
+    app: &AppRef,
+    job: &str,
+    assembly: &mut Assembly,
+    fresh: &mut HashMap<u64, Bytes>,
+) -> anyhow::Result<Progress> {
+    loop {
+        let (j, from) = (job.to_string(), assembly.next);
+        let Some((status, total, rows)) = app.store.call(move |c| store::assembly_batches(c, &j, from, LOOK)).await?
+        else {
+            return Ok(Progress::Over);
+        };
+        if status != JobStatus::Running.as_str() && status != JobStatus::Finalizing.as_str() {
+            return Ok(Progress::Over);
+        }
+        let looked = rows.len() as u64;
+        for (idx, state, part) in rows {
+            anyhow::ensure!(idx == assembly.next, "mini-batch {idx} follows mini-batch {}", assembly.next);
+            match state.as_str() {
+                "succeeded" => {
+                    if let Some(key) = part {
+                        let bytes = match fresh.remove(&idx) {
+                            Some(bytes) => bytes,
+                            None => read_part(app, idx, &key).await?,
+                        };
+                        append(app, job, assembly, bytes).await?;
+                    }
+                }
+                "failed" | "not_run" => {}
+                _ => return Ok(Progress::Assembling { complete: false }),
+            }
+            assembly.next += 1;
+        }
+        if assembly.next >= total || looked < LOOK {
+            return Ok(Progress::Assembling { complete: assembly.next >= total });
+        }
+    }
+}
+
+async fn read_part(app: &AppRef, idx: u64, key: &str) -> anyhow::Result<Bytes> {
+    if let Some(lease) = key.strip_prefix(store::INLINE_PART) {
+        let lease = lease.to_string();
+        let mut bodies = app.store.call(move |c| store::part_bodies(c, &[lease.as_str()])).await?;
+        let (_, body) = bodies
+            .pop()
+            .with_context(|| format!("the committed part of mini-batch {idx} is not in the state store"))?;
+        return Ok(Bytes::from(body));
+    }
+    let got = app
+        .internal
+        .get(&object_store::path::Path::from(key))
+        .await
+        .with_context(|| format!("failed to read the committed part of mini-batch {idx}"))?;
+    Ok(got.bytes().await?)
+}
+
+async fn append(app: &AppRef, job: &str, assembly: &mut Assembly, bytes: Bytes) -> anyhow::Result<()> {
+    let file = match &assembly.file {
+        Some(file) => file.clone(),
+        None => {
+            let path = app.assemblies.path(job);
+            let file =
+                Arc::new(std::fs::File::create(&path).with_context(|| format!("failed to create {}", path.display()))?);
+            assembly.file = Some(file.clone());
+            file
+        }
+    };
+    let at = assembly.len;
+    let len = bytes.len() as u64;
+    tokio::task::spawn_blocking(move || file.write_all_at(&bytes, at)).await?.context("failed to append a part")?;
+    assembly.len += len;
+    Ok(())
+}
+
+fn plain_name(job: &str) -> bool {
+    !job.is_empty() && job.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// Publishes an assembly as `dest` of the local datastore rooted at `root`: linked into place when the
+/// datastore shares the state folder's filesystem (false when it does not).
+pub(crate) async fn link_into_place(
+    assembled: &Assembled,
+    root: &Path,
+    dest: &object_store::path::Path,
+) -> anyhow::Result<bool> {
+    let target = object_store::local::LocalFileSystem::new_with_prefix(root)?.path_to_filesystem(dest)?;
+    let source = assembled.path.clone();
+    let linked = tokio::task::spawn_blocking(move || -> std::io::Result<bool> {
+        if let Some(parent) = target.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        let mut staging = target.clone().into_os_string();
+        staging.push("#cove-assembly");
+        let staging = PathBuf::from(staging);
+        let _ = std::fs::remove_file(&staging);
+        match std::fs::hard_link(&source, &staging) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::CrossesDevices => return Ok(false),
+            Err(e) => return Err(e),
+        }
+        // A rename replaces what stood there at once: the output appears whole or not at all.
+        std::fs::rename(&staging, &target).inspect_err(|_| {
+            let _ = std::fs::remove_file(&staging);
+        })?;
+        Ok(true)
+    })
+    .await??;
+    Ok(linked)
+}
