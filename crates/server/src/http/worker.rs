@@ -496,7 +496,12 @@ pub async fn reports(
     let mut committed: std::collections::BTreeMap<String, Vec<(u64, Bytes)>> = Default::default();
     for (result, (job, idx, part, failed)) in results.iter().zip(brought) {
         match part.filter(|_| result.committed) {
-            Some(bytes) => committed.entry(job).or_default().push((idx, bytes)),
+            // Small parts wait for the next large one or for finalizing: a job of thousands of them
+            // is assembled from the state store in a few reads, and looking after each report cost more.
+            Some(bytes) if bytes.len() > store::INLINE_PART_LIMIT => {
+                committed.entry(job).or_default().push((idx, bytes))
+            }
+            Some(_) => {}
             None if failed => {
                 committed.entry(job).or_default();
             }

@@ -22,6 +22,8 @@ use std::sync::{Arc, Mutex};
 
 /// How many mini-batches one look at the state store covers.
 const LOOK: u64 = 256;
+/// How many bytes of parts are gathered before they are written.
+const FLUSH: usize = 8 << 20;
 
 /// The assemblies of the jobs this control plane is running.
 pub(crate) struct Assemblies {
@@ -149,38 +151,61 @@ async fn catch_up(
             return Ok(Progress::Over);
         }
         let looked = rows.len() as u64;
+        // The final mini-batches in line, each with its committed part (if any).
+        let mut in_line: Vec<(u64, Option<String>)> = Vec::new();
+        let mut stalled = false;
         for (idx, state, part) in rows {
-            anyhow::ensure!(idx == assembly.next, "mini-batch {idx} follows mini-batch {}", assembly.next);
+            anyhow::ensure!(idx == assembly.next + in_line.len() as u64, "mini-batch {idx} is out of sequence");
             match state.as_str() {
-                "succeeded" => {
-                    if let Some(key) = part {
-                        let bytes = match fresh.remove(&idx) {
-                            Some(bytes) => bytes,
-                            None => read_part(app, idx, &key).await?,
-                        };
-                        append(app, job, assembly, bytes).await?;
-                    }
+                "succeeded" => in_line.push((idx, part)),
+                "failed" | "not_run" => in_line.push((idx, None)),
+                _ => {
+                    stalled = true;
+                    break;
                 }
-                "failed" | "not_run" => {}
-                _ => return Ok(Progress::Assembling { complete: false }),
             }
-            assembly.next += 1;
         }
-        if assembly.next >= total || looked < LOOK {
+        // Parts kept in the state store are read in one call (a job of small parts has thousands).
+        let inline: Vec<String> = in_line
+            .iter()
+            .filter(|(idx, _)| !fresh.contains_key(idx))
+            .filter_map(|(_, key)| key.as_deref()?.strip_prefix(store::INLINE_PART).map(str::to_string))
+            .collect();
+        let mut bodies: HashMap<String, Vec<u8>> = if inline.is_empty() {
+            HashMap::new()
+        } else {
+            let ids = inline;
+            app.store
+                .call(move |c| store::part_bodies(c, &ids.iter().map(String::as_str).collect::<Vec<_>>()))
+                .await?
+                .into_iter()
+                .collect()
+        };
+        let mut batch = Vec::new();
+        for (idx, key) in in_line {
+            if let Some(key) = key {
+                let bytes = match (fresh.remove(&idx), key.strip_prefix(store::INLINE_PART)) {
+                    (Some(bytes), _) => bytes,
+                    (None, Some(lease)) => Bytes::from(bodies.remove(lease).with_context(|| {
+                        format!("the committed part of mini-batch {idx} is not in the state store")
+                    })?),
+                    (None, None) => read_object(app, idx, &key).await?,
+                };
+                batch.push(bytes);
+                if batch.iter().map(Bytes::len).sum::<usize>() >= FLUSH {
+                    append(app, job, assembly, std::mem::take(&mut batch)).await?;
+                }
+            }
+            assembly.next = idx + 1;
+        }
+        append(app, job, assembly, batch).await?;
+        if stalled || assembly.next >= total || looked < LOOK {
             return Ok(Progress::Assembling { complete: assembly.next >= total });
         }
     }
 }
 
-async fn read_part(app: &AppRef, idx: u64, key: &str) -> anyhow::Result<Bytes> {
-    if let Some(lease) = key.strip_prefix(store::INLINE_PART) {
-        let lease = lease.to_string();
-        let mut bodies = app.store.call(move |c| store::part_bodies(c, &[lease.as_str()])).await?;
-        let (_, body) = bodies
-            .pop()
-            .with_context(|| format!("the committed part of mini-batch {idx} is not in the state store"))?;
-        return Ok(Bytes::from(body));
-    }
+async fn read_object(app: &AppRef, idx: u64, key: &str) -> anyhow::Result<Bytes> {
     let got = app
         .internal
         .get(&object_store::path::Path::from(key))
@@ -189,7 +214,11 @@ async fn read_part(app: &AppRef, idx: u64, key: &str) -> anyhow::Result<Bytes> {
     Ok(got.bytes().await?)
 }
 
-async fn append(app: &AppRef, job: &str, assembly: &mut Assembly, bytes: Bytes) -> anyhow::Result<()> {
+/// Appends `parts` in order, in one trip off the async threads.
+async fn append(app: &AppRef, job: &str, assembly: &mut Assembly, parts: Vec<Bytes>) -> anyhow::Result<()> {
+    if parts.is_empty() {
+        return Ok(());
+    }
     let file = match &assembly.file {
         Some(file) => file.clone(),
         None => {
@@ -201,8 +230,17 @@ async fn append(app: &AppRef, job: &str, assembly: &mut Assembly, bytes: Bytes) 
         }
     };
     let at = assembly.len;
-    let len = bytes.len() as u64;
-    tokio::task::spawn_blocking(move || file.write_all_at(&bytes, at)).await?.context("failed to append a part")?;
+    let len: u64 = parts.iter().map(|p| p.len() as u64).sum();
+    tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+        let mut at = at;
+        for part in parts {
+            file.write_all_at(&part, at)?;
+            at += part.len() as u64;
+        }
+        Ok(())
+    })
+    .await?
+    .context("failed to append parts")?;
     assembly.len += len;
     Ok(())
 }
