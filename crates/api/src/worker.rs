@@ -318,25 +318,74 @@ pub mod bundle {
     ///
     /// # Errors
     /// When the bytes are not a well-formed bundle (truncated, or an unknown tag).
-    pub fn split(mut data: Bytes) -> Result<Vec<Result<Bytes, String>>, String> {
+    pub fn split(data: Bytes) -> Result<Vec<Result<Bytes, String>>, String> {
+        Ok(split_chunks(vec![data])?.into_iter().map(|item| item.map(|pieces| pieces.to_bytes())).collect())
+    }
+
+    /// One item of a bundle that arrived as chunks: the pieces of the chunks it spans, not copied.
+    #[derive(Debug, Clone, Default, PartialEq, Eq)]
+    pub struct Pieces(pub Vec<Bytes>);
+
+    impl Pieces {
+        pub fn len(&self) -> usize {
+            self.0.iter().map(Bytes::len).sum()
+        }
+
+        pub fn is_empty(&self) -> bool {
+            self.len() == 0
+        }
+
+        /// The item as one buffer, copied only when it spans chunks.
+        pub fn to_bytes(&self) -> Bytes {
+            match self.0.as_slice() {
+                [] => Bytes::new(),
+                [one] => one.clone(),
+                many => Bytes::from(many.concat()),
+            }
+        }
+    }
+
+    /// Splits a bundle that arrived as `chunks` (a request body as it was read) without copying: a
+    /// result part of megabytes stays the pieces it came in.
+    ///
+    /// # Errors
+    /// When the bytes are not a well-formed bundle (truncated, or an unknown tag).
+    pub fn split_chunks(chunks: Vec<Bytes>) -> Result<Vec<Result<Pieces, String>>, String> {
+        let mut rest: std::collections::VecDeque<Bytes> = chunks.into_iter().filter(|c| !c.is_empty()).collect();
+        let mut left = rest.iter().map(Bytes::len).sum::<usize>();
         let mut items = Vec::new();
-        while data.has_remaining() {
-            if data.remaining() < 9 {
-                return Err("truncated file bundle".into());
-            }
-            let tag = data.get_u8();
-            let len = usize::try_from(data.get_u64_le()).map_err(|_| "oversized entry in file bundle")?;
-            if data.remaining() < len {
-                return Err("truncated file bundle".into());
-            }
-            let body = data.split_to(len);
+        while left > 0 {
+            let head = take(&mut rest, &mut left, 9).ok_or("truncated file bundle")?.to_bytes();
+            let mut head = &head[..];
+            let tag = head.get_u8();
+            let len = usize::try_from(head.get_u64_le()).map_err(|_| "oversized entry in file bundle")?;
+            let body = take(&mut rest, &mut left, len).ok_or("truncated file bundle")?;
             items.push(match tag {
                 0 => Ok(body),
-                1 => Err(String::from_utf8_lossy(&body).into_owned()),
+                1 => Err(String::from_utf8_lossy(&body.to_bytes()).into_owned()),
                 t => return Err(format!("unknown tag {t} in file bundle")),
             });
         }
         Ok(items)
+    }
+
+    /// The next `len` bytes of `rest` (of which `left` remain), as pieces of its chunks; `None` when
+    /// fewer remain.
+    fn take(rest: &mut std::collections::VecDeque<Bytes>, left: &mut usize, len: usize) -> Option<Pieces> {
+        *left = left.checked_sub(len)?;
+        let mut pieces = Vec::new();
+        let mut wanted = len;
+        while wanted > 0 {
+            let front = rest.front_mut().expect("enough bytes remain");
+            if front.len() <= wanted {
+                wanted -= front.len();
+                pieces.push(rest.pop_front().expect("checked"));
+            } else {
+                pieces.push(front.split_to(wanted));
+                wanted = 0;
+            }
+        }
+        Some(Pieces(pieces))
     }
 
     #[cfg(test)]
@@ -372,7 +421,35 @@ pub mod bundle {
             let chunks = chunks(items.clone());
             assert!(chunks.iter().any(|c| c.as_ptr() == items[2].as_ptr()), "the large item is sent as it is");
             assert_eq!(chunks.concat(), whole);
-            assert_eq!(split(Bytes::from(chunks.concat())).unwrap(), items.map(Ok).to_vec());
+            assert_eq!(split(Bytes::from(chunks.concat())).unwrap(), items.clone().map(Ok).to_vec());
+        }
+
+        #[test]
+        fn a_bundle_split_as_it_arrived_is_the_bundle_split_whole() {
+            let mut whole = Vec::new();
+            push(&mut whole, Ok(b"{\"reports\":[]}"));
+            push(&mut whole, Err("cannot read"));
+            push(&mut whole, Ok(b""));
+            push(&mut whole, Ok(&[7u8; 1000]));
+            let expected = split(Bytes::from(whole.clone())).unwrap();
+            // Every way of cutting it into chunks of one size, headers and bodies cut anywhere.
+            for size in [1, 2, 5, 9, 10, 17, 64, 999, whole.len()] {
+                let chunks: Vec<Bytes> = whole.chunks(size).map(Bytes::copy_from_slice).collect();
+                let items = split_chunks(chunks.clone()).unwrap();
+                let joined: Vec<Result<Bytes, String>> =
+                    items.iter().map(|i| i.clone().map(|p| p.to_bytes())).collect();
+                assert_eq!(joined, expected, "chunks of {size}");
+                // The large item is the chunks themselves, not a copy of them.
+                let Ok(large) = &items[3] else { panic!("the large item is content") };
+                assert!(large.0.iter().all(|p| chunks.iter().any(|c| c.as_ptr_range().contains(&p.as_ptr()))));
+                for cut in 1..chunks.len() {
+                    let cut_at = chunks[..cut].iter().map(Bytes::len).sum::<usize>();
+                    if [0, 23, 43, 52, whole.len()].contains(&cut_at) {
+                        continue; // whole entries
+                    }
+                    assert!(split_chunks(chunks[..cut].to_vec()).is_err(), "chunks of {size}, cut at {cut_at}");
+                }
+            }
         }
     }
 }

@@ -37,14 +37,7 @@ pub async fn stream_to(
         size += chunk.len() as u64;
         if size > limit {
             let _ = writer.abort().await;
-            // Read and drop the rest (up to a bound), so the client, still sending, reads the answer
-            // rather than a reset connection.
-            while size <= DRAIN_LIMIT {
-                match stream.next().await {
-                    Some(Ok(chunk)) => size += chunk.len() as u64,
-                    _ => break,
-                }
-            }
+            drain(&mut stream, size).await;
             return Err(ApiError::new(
                 ErrorCode::TooLarge,
                 format!("`{location}` is larger than the limit of {limit} bytes per upload"),
@@ -57,4 +50,35 @@ pub async fn stream_to(
     }
     writer.finish().await.map_err(unavailable)?;
     Ok(size)
+}
+
+/// Reads and drops the rest of a refused body (up to a bound), so the client, still sending, reads the
+/// answer rather than a reset connection.
+async fn drain(stream: &mut axum::body::BodyDataStream, mut size: u64) {
+    while size <= DRAIN_LIMIT {
+        match stream.next().await {
+            Some(Ok(chunk)) => size += chunk.len() as u64,
+            _ => break,
+        }
+    }
+}
+
+/// Reads `body` whole, as the chunks it arrived in (nothing is copied into one buffer), refusing it
+/// with 413 once it passes `limit` bytes. `what` names the body in errors.
+pub async fn chunks_of(body: Body, limit: usize, what: &str) -> ApiResult<Vec<bytes::Bytes>> {
+    let mut stream = body.into_data_stream();
+    let (mut chunks, mut size) = (Vec::new(), 0usize);
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| ApiError::invalid(format!("the {what} broke off: {e}")))?;
+        size += chunk.len();
+        if size > limit {
+            drain(&mut stream, size as u64).await;
+            return Err(ApiError::new(
+                ErrorCode::TooLarge,
+                format!("the {what} is larger than the limit of {limit} bytes"),
+            ));
+        }
+        chunks.push(chunk);
+    }
+    Ok(chunks)
 }

@@ -12,6 +12,7 @@ use axum::body::{Body, Bytes};
 use axum::extract::{Extension, Path, State};
 use axum::http::StatusCode;
 use axum::Json;
+use cove_api::worker::bundle::Pieces;
 use cove_api::worker::{
     AssetListing, Completion, CompletionAck, Lease, LeaseRequest, LeaseResponse, ReportedOutcome, Reports, ReportsAck,
 };
@@ -425,11 +426,13 @@ pub async fn reports(
     State(app): State<AppRef>,
     Worker(w): Worker,
     Extension(source): Extension<guard::Source>,
-    body: Bytes,
+    body: Body,
 ) -> JsonResult<ReportsAck> {
     let invalid = |e: String| ApiError::invalid(format!("invalid report: {e}"));
-    let mut items = cove_api::worker::bundle::split(body).map_err(invalid)?.into_iter();
-    let head = items.next().ok_or_else(|| invalid("it is empty".into()))?.map_err(invalid)?;
+    // Taken as the chunks it arrived in: the parts it carries are stored from them, never copied whole.
+    let body = super::upload::chunks_of(body, cove_api::worker::REPORT_LIMIT, "report").await?;
+    let mut items = cove_api::worker::bundle::split_chunks(body).map_err(invalid)?.into_iter();
+    let head = items.next().ok_or_else(|| invalid("it is empty".into()))?.map_err(invalid)?.to_bytes();
     let batch: Reports = parse_json(&head)?;
     if batch.reports.is_empty() || batch.reports.len() > MAX_REPORTS {
         return Err(invalid(format!(
@@ -437,7 +440,7 @@ pub async fn reports(
             batch.reports.len()
         )));
     }
-    let parts: Vec<Bytes> = items.collect::<Result<_, _>>().map_err(invalid)?;
+    let parts: Vec<Pieces> = items.collect::<Result<_, _>>().map_err(invalid)?;
     let announced = batch.reports.iter().filter(|r| r.part).count();
     if parts.len() != announced {
         return Err(invalid(format!("{announced} reports say a part follows, and {} parts follow", parts.len())));
@@ -472,11 +475,12 @@ pub async fn reports(
             let what = format!("PUT part ({} bytes)", part.len());
             part_audit = Some(upload_audit(&w, source, what, &owner.job, owner.idx, &r.lease_id));
             if part.len() <= store::INLINE_PART_LIMIT {
-                inline_part = Some(part);
+                inline_part = Some(part.to_bytes());
             } else {
                 let key = object_store::path::Path::from(store::part_key(&owner.job, owner.idx, &r.lease_id));
                 let internal = app.internal.clone();
-                stores.push(async move { internal.put(&key, part.into()).await });
+                let payload: object_store::PutPayload = part.0.into_iter().collect();
+                stores.push(async move { internal.put(&key, payload).await });
             }
         }
         applied.push(store::AttemptReported {
@@ -493,7 +497,7 @@ pub async fn reports(
     }
     let results = app.store.call(move |c| store::reports_apply(c, &applied)).await?;
     app.work_available.notify_waiters();
-    let mut committed: std::collections::BTreeMap<String, Vec<(u64, Bytes)>> = Default::default();
+    let mut committed: std::collections::BTreeMap<String, Vec<(u64, Pieces)>> = Default::default();
     for (result, (job, idx, part, failed)) in results.iter().zip(brought) {
         match part.filter(|_| result.committed) {
             // Small parts wait for the next large one or for finalizing: a job of thousands of them

@@ -14,6 +14,7 @@ use crate::store;
 use crate::AppRef;
 use anyhow::Context;
 use bytes::Bytes;
+use cove_api::worker::bundle::Pieces;
 use cove_model::JobStatus;
 use std::collections::HashMap;
 use std::os::unix::fs::FileExt;
@@ -77,7 +78,7 @@ impl Assemblies {
 
 /// Appends what has become appendable after a report committed `fresh` (mini-batch index, part bytes).
 /// Runs off the report's path; a failure only means finalizing copies the parts itself.
-pub(crate) async fn advance(app: AppRef, job: String, fresh: Vec<(u64, Bytes)>) {
+pub(crate) async fn advance(app: AppRef, job: String, fresh: Vec<(u64, Pieces)>) {
     if !plain_name(&job) {
         return;
     }
@@ -86,7 +87,7 @@ pub(crate) async fn advance(app: AppRef, job: String, fresh: Vec<(u64, Bytes)>) 
     if assembly.closed {
         return;
     }
-    let mut fresh: HashMap<u64, Bytes> = fresh.into_iter().collect();
+    let mut fresh: HashMap<u64, Pieces> = fresh.into_iter().collect();
     match catch_up(&app, &job, &mut assembly, &mut fresh).await {
         Ok(Progress::Assembling { .. }) => {}
         Ok(Progress::Over) => {
@@ -139,7 +140,7 @@ async fn catch_up(
     app: &AppRef,
     job: &str,
     assembly: &mut Assembly,
-    fresh: &mut HashMap<u64, Bytes>,
+    fresh: &mut HashMap<u64, Pieces>,
 ) -> anyhow::Result<Progress> {
     loop {
         let (j, from) = (job.to_string(), assembly.next);
@@ -184,14 +185,13 @@ async fn catch_up(
         let mut batch = Vec::new();
         for (idx, key) in in_line {
             if let Some(key) = key {
-                let bytes = match (fresh.remove(&idx), key.strip_prefix(store::INLINE_PART)) {
-                    (Some(bytes), _) => bytes,
-                    (None, Some(lease)) => Bytes::from(bodies.remove(lease).with_context(|| {
+                match (fresh.remove(&idx), key.strip_prefix(store::INLINE_PART)) {
+                    (Some(pieces), _) => batch.extend(pieces.0),
+                    (None, Some(lease)) => batch.push(Bytes::from(bodies.remove(lease).with_context(|| {
                         format!("the committed part of mini-batch {idx} is not in the state store")
-                    })?),
-                    (None, None) => read_object(app, idx, &key).await?,
-                };
-                batch.push(bytes);
+                    })?)),
+                    (None, None) => batch.push(read_object(app, idx, &key).await?),
+                }
                 if batch.iter().map(Bytes::len).sum::<usize>() >= FLUSH {
                     append(app, job, assembly, std::mem::take(&mut batch)).await?;
                 }
