@@ -667,6 +667,12 @@ fn a_worker_of_another_compute_can_do_nothing_with_a_lease() {
         Body::Bytes(report_bundle(&[&lease, &lease], "x\n")),
     );
     refused(twice, 400, "is reported twice");
+    // Nor make the control plane hold more than a report's limit: the body is refused as it streams in,
+    // and nothing of it is applied (the lease is still current below).
+    let flood = "x".repeat(cove_api::worker::REPORT_LIMIT);
+    let got =
+        call(&ws, "127.0.0.1", &local, "POST", "/worker/v1/reports", Body::Bytes(report_bundle(&[&lease], &flood)));
+    refused(got, 413, "the report is larger than the limit of 16777216 bytes");
     // The job-wide log route that took any credential for any job is gone.
     let got = call(
         &ws,
