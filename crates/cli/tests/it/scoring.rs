@@ -355,14 +355,8 @@ def run(mini_batch):
     }
     assert_eq!(lines.len(), expected.len());
     assert!(lines == expected, "the output differs from the mini-batches' lines in order");
-    // Each way was taken: the small parts sit in the state store, the others are objects.
-    let db = rusqlite::Connection::open(ws.path().join("state/cove.db")).unwrap();
-    let inline: i64 = db.query_row("SELECT COUNT(*) FROM part_bodies", [], |r| r.get(0)).unwrap();
-    assert_eq!(inline, 2, "the two small parts are kept in the state store");
-    let name = job["name"].as_str().unwrap();
-    let parts = ws.path().join("state/objects/jobs").join(name).join("parts");
-    let objects = std::fs::read_dir(&parts).unwrap().count();
-    assert_eq!(objects, 4, "the 200 KiB and 10 MiB parts are objects");
+    // Both ways of keeping a part while the job runs (the state store, objects) are seen in
+    // `a_jobs_result_parts_are_deleted_once_it_ends`; here every part, whatever its size, is audited.
     let audit = ws.cove(&["--json", "audit", "list"]).ok().json();
     let puts: Vec<&str> = audit
         .as_array()
@@ -497,6 +491,64 @@ fn the_output_is_assembled_in_order_while_the_job_runs() {
         "the output is not mini-batches 0, 1, 3, 4 and 5 in order"
     );
     assert!(!assembly.exists(), "the assembly outlived its job");
+}
+
+#[test]
+fn a_jobs_result_parts_are_deleted_once_it_ends() {
+    // Only finalizing reads the parts; kept after the job they would pile up with every job. Mini-batch
+    // 1's part is large (an object), the others small (kept in the state store); the last mini-batch is
+    // held until the test has seen both kinds stored.
+    let ws = Workspace::start_with(&["--sandbox", "none"], &[]);
+    let release = ws.dir.path().join("release");
+    let script = held_script(
+        &release,
+        "file-003.txt",
+        "mini-batch 3 was never released",
+        "",
+        "[f\"{os.path.basename(p)} {i}\" for p in mini_batch for i in range(10000 if p.endswith(\"001.txt\") else 1)]",
+    );
+    let p = Project::new(ws.dir.path(), "collected", &script, "mini_batch_size: 1\nmax_concurrency_per_instance: 2\n");
+    p.deploy(&ws);
+    let input = p.inputs(4).display().to_string();
+    let run = ws.cove(&["--json", "endpoint", "invoke", "collected", "--input", &input]);
+    let name = run.ok().json()["name"].as_str().unwrap().to_string();
+    let objects = ws.path().join("state/objects/jobs").join(&name).join("parts");
+    let objects_stored = || std::fs::read_dir(&objects).map(|d| d.count()).unwrap_or(0);
+    let db = rusqlite::Connection::open(ws.path().join("state/cove.db")).unwrap();
+    let bodies_stored = || -> i64 {
+        db.query_row(
+            "SELECT COUNT(*) FROM part_bodies WHERE lease_id IN (SELECT lease_id FROM attempts WHERE job = ?1)",
+            [&name],
+            |r| r.get(0),
+        )
+        .unwrap()
+    };
+    let start = std::time::Instant::now();
+    while objects_stored() < 1 || bodies_stored() < 2 {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(20),
+            "the parts were never stored: {} objects, {} in the state store",
+            objects_stored(),
+            bodies_stored()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    std::fs::write(&release, "").unwrap();
+    let job = ws.wait_job(&name);
+    assert_eq!(job["status"], "Completed", "{job:#}");
+    let lines = ws.output_lines(&job);
+    assert_eq!(lines.len(), 10_003, "the output holds every part");
+    let start = std::time::Instant::now();
+    while objects_stored() + bodies_stored() as usize > 0 {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(20),
+            "the parts outlived their job: {} objects, {} in the state store",
+            objects_stored(),
+            bodies_stored()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(ws.output_lines(&job), lines, "the output outlived the parts it was assembled from");
 }
 
 const PRELOAD_SCRIPT: &str = r#"

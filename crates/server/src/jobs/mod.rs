@@ -152,9 +152,24 @@ pub fn ended(app: AppRef, job: String) {
         if let Err(error) = crate::logs::write_job_logs(&app, &job, None).await {
             tracing::error!(%job, error = format!("{error:#}"), "failed to write job logs");
         }
+        if let Err(error) = collect_parts(&app, &job).await {
+            tracing::warn!(%job, error = format!("{error:#}"), "failed to delete the job's result parts");
+        }
         // Workers waiting on this job learn that it ended.
         app.work_available.notify_waiters();
     });
+}
+
+/// Deletes a job's result parts, as objects and in the state store: only finalizing reads them, and an
+/// ended job's output is published or never will be.
+async fn collect_parts(app: &AppRef, job: &str) -> anyhow::Result<()> {
+    use futures::{StreamExt, TryStreamExt};
+    let prefix = object_store::path::Path::from(store::parts_prefix(job));
+    let parts = app.internal.list(Some(&prefix)).map_ok(|meta| meta.location).boxed();
+    app.internal.delete_stream(parts).try_collect::<Vec<_>>().await?;
+    let j = job.to_string();
+    app.store.call(move |c| store::part_bodies_delete_job(c, &j)).await?;
+    Ok(())
 }
 
 /// Fails a job whose compute lost every worker it had; running attempts' leases become moot.

@@ -559,7 +559,18 @@ pub fn job_complete(conn: &mut Connection, name: &str, published: &[(String, u64
 
 /// The key of the part object an attempt uploads.
 pub fn part_key(job: &str, idx: u64, lease_id: &str) -> String {
-    format!("jobs/{job}/parts/{idx:09}.{lease_id}")
+    format!("{}/{idx:09}.{lease_id}", parts_prefix(job))
+}
+
+/// Where a job's result parts are kept as objects.
+pub fn parts_prefix(job: &str) -> String {
+    format!("jobs/{job}/parts")
+}
+
+/// Deletes the result parts of `job` kept in the state store; returns how many there were.
+pub fn part_bodies_delete_job(conn: &Connection, job: &str) -> StoreResult<usize> {
+    Ok(conn
+        .execute("DELETE FROM part_bodies WHERE lease_id IN (SELECT lease_id FROM attempts WHERE job = ?1)", [job])?)
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
