@@ -256,6 +256,37 @@ fn a_workspace_that_opts_out_runs_scoring_code_on_a_host_that_cannot_sandbox() {
     assert_eq!(job["attempts"][0]["isolation"]["sandbox"], "none");
 }
 
+#[test]
+fn workers_on_the_control_planes_host_take_its_word_that_the_sandbox_works() {
+    // Probing the sandbox builds one (about 4 ms, on the way to every job's first scorer); the control
+    // plane probes once and tells the workers it starts on its host. A bubblewrap that logs its calls
+    // shows the probe made once for two jobs (each of whose workers probed before), while every job's
+    // scorers still run sandboxed.
+    let real = String::from_utf8(Command::new("sh").args(["-c", "command -v bwrap"]).output().unwrap().stdout).unwrap();
+    let real = real.trim();
+    assert!(!real.is_empty(), "bubblewrap is on this host");
+    let bin = tempfile::tempdir().unwrap();
+    let calls = bin.path().join("calls");
+    let wrapper = bin.path().join("bwrap");
+    std::fs::write(&wrapper, format!("#!/bin/sh\necho \"$*\" >> '{}'\nexec '{real}' \"$@\"\n", calls.display()))
+        .unwrap();
+    std::fs::set_permissions(&wrapper, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let path = format!("{}:{}", bin.path().display(), std::env::var("PATH").unwrap());
+    let ws = Workspace::start_with(&[], &[("PATH", &path)]);
+    let p = Project::new(ws.dir.path(), "probed", crate::support::LIST_SCRIPT, "");
+    p.deploy(&ws);
+    for _ in 0..2 {
+        let run = ws.cove(&["--json", "endpoint", "invoke", "probed", "--input", &p.inputs(2).display().to_string()]);
+        let job = ws.wait_job(run.ok().json()["name"].as_str().unwrap());
+        assert_eq!(job["status"], "Completed", "{job:#}");
+        assert_eq!(job["attempts"][0]["isolation"]["sandbox"], "namespaces", "{job:#}");
+    }
+    let calls = std::fs::read_to_string(&calls).unwrap();
+    // (A scorer host's bubblewrap is found on the scorer's own PATH, not this one.)
+    let probes = calls.lines().filter(|c| *c == "--unshare-all --die-with-parent --ro-bind / / true").count();
+    assert_eq!(probes, 1, "the sandbox was probed once for two jobs' workers:\n{calls}");
+}
+
 const EGRESS_SCRIPT: &str = r#"
 import os, socket, subprocess
 
