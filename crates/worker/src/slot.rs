@@ -292,15 +292,22 @@ impl Slot {
         let job_dir = self.job_dir(&lease.job);
         let model_dir = job_dir.join("assets").join("model");
         let code_dir = job_dir.join("assets").join("code");
-        self.fetch_asset(lease, "model", &model_dir).await?;
         if let Some(file) = &lease.run.onnx_model {
+            self.fetch_asset(lease, "model", &model_dir).await?;
             let model_file = model_dir.join(cove_rel_path(file)?);
             return self.attempt_no_code(lease, &model_file).await;
         }
         if let Some(script) = &lease.run.builtin_script {
             write_builtin_script(&code_dir, script)?;
+            self.fetch_asset(lease, "model", &model_dir).await?;
         } else if lease.run.scoring_script.is_some() {
-            self.fetch_asset(lease, "code", &code_dir).await?;
+            // Both before the scorer host can start: fetched side by side.
+            tokio::try_join!(
+                self.fetch_asset(lease, "model", &model_dir),
+                self.fetch_asset(lease, "code", &code_dir)
+            )?;
+        } else {
+            self.fetch_asset(lease, "model", &model_dir).await?;
         }
         if let Some(build) = &lease.run.environment {
             if let Err(why) = ensure_environment(build, lease.run.sandbox).await {
