@@ -302,10 +302,7 @@ impl Slot {
             self.fetch_asset(lease, "model", &model_dir).await?;
         } else if lease.run.scoring_script.is_some() {
             // Both before the scorer host can start: fetched side by side.
-            tokio::try_join!(
-                self.fetch_asset(lease, "model", &model_dir),
-                self.fetch_asset(lease, "code", &code_dir)
-            )?;
+            tokio::try_join!(self.fetch_asset(lease, "model", &model_dir), self.fetch_asset(lease, "code", &code_dir))?;
         } else {
             self.fetch_asset(lease, "model", &model_dir).await?;
         }

@@ -200,6 +200,39 @@ fn crash_kill_9_while_finalizing() {
     completes_exactly_once(&cp, &job, 6);
 }
 
+/// `kill -9` of the control plane after a job completed and before its result parts were deleted: the
+/// restart deletes them, and the output stays whole.
+#[test]
+fn crash_kill_9_before_a_completed_jobs_parts_are_deleted() {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let (mut cp, job, markers) = paused_job("collecting", dir.path(), 6);
+    let pid = support::paused_at(&markers, "collecting");
+    assert_eq!(pid, cp.pid(), "the control plane itself paused before deleting the parts");
+    let shown = cp.cove(&["--json", "job", "show", &job]).ok().json();
+    assert_eq!(shown["status"], "Completed", "{shown:#}");
+    let state = cp.dir.join("state/cove.db");
+    let parts_kept = || -> i64 {
+        let db = rusqlite::Connection::open(&state).unwrap();
+        db.query_row(
+            "SELECT COUNT(*) FROM part_bodies WHERE lease_id IN (SELECT lease_id FROM attempts WHERE job = ?1)",
+            [&job],
+            |r| r.get(0),
+        )
+        .unwrap()
+    };
+    assert_eq!(parts_kept(), 3, "the three mini-batches' parts are still kept");
+    support::kill9_and_confirm(pid);
+    cp.kill9();
+    cp.env.clear();
+    cp.restart();
+    let start = Instant::now();
+    while parts_kept() > 0 {
+        assert!(start.elapsed() < Duration::from_secs(30), "the restart left the parts of an ended job");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    completes_exactly_once(&cp, &job, 6);
+}
+
 #[test]
 fn crash_kill_9_anywhere_still_completes_every_item_exactly_once() {
     for seed in seeds() {

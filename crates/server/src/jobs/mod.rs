@@ -22,6 +22,15 @@ pub const LEASE_GRACE_MS: i64 = 10_000;
 /// Picks up every unfinished job after a start.
 pub async fn resume_all(app: &AppRef) -> anyhow::Result<()> {
     app.store.call(|c| store::release_ended_jobs(c)).await?;
+    // Parts of jobs that ended just before the last stop, which it left no time to delete.
+    for job in app.store.call(|c| store::jobs_with_parts_left(c)).await? {
+        let app = app.clone();
+        tokio::spawn(async move {
+            if let Err(error) = collect_parts(&app, &job).await {
+                tracing::warn!(%job, error = format!("{error:#}"), "failed to delete the job's result parts");
+            }
+        });
+    }
     let jobs = app.store.call(|c| store::jobs_unfinished(c)).await?;
     for job in jobs {
         tracing::info!(job = %job.name, status = %job.status, "resuming job");
@@ -152,6 +161,9 @@ pub fn ended(app: AppRef, job: String) {
         if let Err(error) = crate::logs::write_job_logs(&app, &job, None).await {
             tracing::error!(%job, error = format!("{error:#}"), "failed to write job logs");
         }
+        if let Some(pause) = cove_api::pause::pause_at("collecting") {
+            tokio::time::sleep(pause).await;
+        }
         if let Err(error) = collect_parts(&app, &job).await {
             tracing::warn!(%job, error = format!("{error:#}"), "failed to delete the job's result parts");
         }
@@ -168,7 +180,7 @@ async fn collect_parts(app: &AppRef, job: &str) -> anyhow::Result<()> {
     let parts = app.internal.list(Some(&prefix)).map_ok(|meta| meta.location).boxed();
     app.internal.delete_stream(parts).try_collect::<Vec<_>>().await?;
     let j = job.to_string();
-    app.store.call(move |c| store::part_bodies_delete_job(c, &j)).await?;
+    app.store.call(move |c| store::parts_forget(c, &j)).await?;
     Ok(())
 }
 

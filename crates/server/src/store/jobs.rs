@@ -3,7 +3,8 @@
 //! Every transition is one SQLite transaction that reads the current row, asks `cove_model`'s pure
 //! policy what follows, and writes the result. Invariants kept here:
 //! - a mini-batch is `leased` by exactly the lease in `batches.lease_id`; only that lease's report counts;
-//! - a mini-batch is committed once: `succeeded` with `committed_part` set, never changed afterwards;
+//! - a mini-batch is committed once: `succeeded` with `committed_part` set, never changed afterwards
+//!   (once the job has ended and its parts are deleted, `committed_part` is cleared: nothing reads it then);
 //! - the job's counters change in the same transaction as the mini-batch they count.
 
 use super::{location_claim, locations_overlapping, now_ms, Cached, Location, StoreResult};
@@ -567,10 +568,24 @@ pub fn parts_prefix(job: &str) -> String {
     format!("jobs/{job}/parts")
 }
 
-/// Deletes the result parts of `job` kept in the state store; returns how many there were.
-pub fn part_bodies_delete_job(conn: &Connection, job: &str) -> StoreResult<usize> {
-    Ok(conn
-        .execute("DELETE FROM part_bodies WHERE lease_id IN (SELECT lease_id FROM attempts WHERE job = ?1)", [job])?)
+/// Forgets the result parts of an ended `job`: deletes those kept in the state store, and clears what its
+/// mini-batches committed (its part objects are deleted just before).
+pub fn parts_forget(conn: &mut Connection, job: &str) -> StoreResult<()> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    tx.execute("DELETE FROM part_bodies WHERE lease_id IN (SELECT lease_id FROM attempts WHERE job = ?1)", [job])?;
+    tx.execute("UPDATE batches SET committed_part = NULL WHERE job = ?1 AND committed_part IS NOT NULL", [job])?;
+    tx.commit()?;
+    Ok(())
+}
+
+/// Ended jobs whose result parts were not forgotten (the control plane stopped before it got to them).
+pub fn jobs_with_parts_left(conn: &Connection) -> StoreResult<Vec<String>> {
+    let mut stmt = conn.prepare(
+        "SELECT DISTINCT b.job FROM batches b JOIN jobs j ON j.name = b.job
+         WHERE b.committed_part IS NOT NULL AND j.status IN ('Completed', 'Failed', 'Canceled')",
+    )?;
+    let jobs = stmt.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
+    Ok(jobs)
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
