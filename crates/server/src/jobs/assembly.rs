@@ -49,7 +49,7 @@ pub(crate) struct Assembled {
 }
 
 impl Assemblies {
-    /// Starts with no assembly: what a earlier process left in `dir` is deleted unread.
+    /// Starts with no assembly: what an earlier process left in `dir` is deleted unread.
     pub fn open(dir: PathBuf) -> std::io::Result<Assemblies> {
         match std::fs::remove_dir_all(&dir) {
             Ok(()) => {}
