@@ -462,14 +462,17 @@ pub async fn reports(
     let mut parts = parts.into_iter();
     let mut applied = Vec::with_capacity(batch.reports.len());
     let mut stores = Vec::new();
-    // Each report's job, mini-batch, part and failure, for the output's assembly (`jobs::assembly`).
+    // For the output's assembly (`jobs::assembly`), each report's job, mini-batch and large part, and
+    // whether it failed. Small parts wait in the state store for finalizing: a job of thousands of them
+    // is assembled from there in a few reads, and looking after each report cost more.
     let mut brought = Vec::with_capacity(batch.reports.len());
     for (r, owner) in batch.reports.into_iter().zip(owners) {
         let owner = owner.expect("checked above");
         let part = if r.part { parts.next() } else { None };
+        let large = part.clone().filter(|p| owner.current && p.len() > store::INLINE_PART_LIMIT);
         // A failure may be a mini-batch's last, which lets the parts after it join the assembly.
         let failed = r.completion.outcome != ReportedOutcome::Succeeded;
-        brought.push((owner.job.clone(), owner.idx, part.clone().filter(|_| owner.current), failed));
+        brought.push((owner.job.clone(), owner.idx, large, failed));
         let (mut part_audit, mut inline_part) = (None, None);
         if let Some(part) = part.filter(|_| owner.current) {
             let what = format!("PUT part ({} bytes)", part.len());
@@ -498,18 +501,10 @@ pub async fn reports(
     let results = app.store.call(move |c| store::reports_apply(c, &applied)).await?;
     app.work_available.notify_waiters();
     let mut committed: std::collections::BTreeMap<String, Vec<(u64, Pieces)>> = Default::default();
-    for (result, (job, idx, part, failed)) in results.iter().zip(brought) {
-        match part.filter(|_| result.committed) {
-            // Small parts wait for the next large one or for finalizing: a job of thousands of them
-            // is assembled from the state store in a few reads, and looking after each report cost more.
-            Some(bytes) if bytes.len() > store::INLINE_PART_LIMIT => {
-                committed.entry(job).or_default().push((idx, bytes))
-            }
-            Some(_) => {}
-            None if failed => {
-                committed.entry(job).or_default();
-            }
-            None => {}
+    for (result, (job, idx, large, failed)) in results.iter().zip(brought) {
+        let large = large.filter(|_| result.committed);
+        if large.is_some() || failed {
+            committed.entry(job).or_default().extend(large.map(|p| (idx, p)));
         }
     }
     for (job, fresh) in committed {

@@ -79,9 +79,6 @@ impl Assemblies {
 /// Appends what has become appendable after a report committed `fresh` (mini-batch index, part bytes).
 /// Runs off the report's path; a failure only means finalizing copies the parts itself.
 pub(crate) async fn advance(app: AppRef, job: String, fresh: Vec<(u64, Pieces)>) {
-    if !plain_name(&job) {
-        return;
-    }
     let entry = app.assemblies.entry(&job);
     let mut assembly = entry.lock().await;
     if assembly.closed {
@@ -107,9 +104,6 @@ pub(crate) async fn advance(app: AppRef, job: String, fresh: Vec<(u64, Pieces)>)
 /// Takes the job's assembly for finalizing, complete: every committed part, in order. `None` when
 /// there is none to take (finalizing then assembles from the parts).
 pub(crate) async fn take(app: &AppRef, job: &str) -> Option<Assembled> {
-    if !plain_name(job) {
-        return None;
-    }
     let entry = app.assemblies.entry(job);
     let mut assembly = entry.lock().await;
     if assembly.closed {
@@ -175,25 +169,27 @@ async fn catch_up(
         let mut bodies: HashMap<String, Vec<u8>> = if inline.is_empty() {
             HashMap::new()
         } else {
-            let ids = inline;
             app.store
-                .call(move |c| store::part_bodies(c, &ids.iter().map(String::as_str).collect::<Vec<_>>()))
+                .call(move |c| store::part_bodies(c, &inline.iter().map(String::as_str).collect::<Vec<_>>()))
                 .await?
                 .into_iter()
                 .collect()
         };
-        let mut batch = Vec::new();
+        let (mut batch, mut gathered) = (Vec::new(), 0);
         for (idx, key) in in_line {
             if let Some(key) = key {
-                match (fresh.remove(&idx), key.strip_prefix(store::INLINE_PART)) {
-                    (Some(pieces), _) => batch.extend(pieces.0),
-                    (None, Some(lease)) => batch.push(Bytes::from(bodies.remove(lease).with_context(|| {
+                let part = match (fresh.remove(&idx), key.strip_prefix(store::INLINE_PART)) {
+                    (Some(pieces), _) => pieces.0,
+                    (None, Some(lease)) => vec![Bytes::from(bodies.remove(lease).with_context(|| {
                         format!("the committed part of mini-batch {idx} is not in the state store")
-                    })?)),
-                    (None, None) => batch.push(read_object(app, idx, &key).await?),
-                }
-                if batch.iter().map(Bytes::len).sum::<usize>() >= FLUSH {
+                    })?)],
+                    (None, None) => vec![read_object(app, idx, &key).await?],
+                };
+                gathered += part.iter().map(Bytes::len).sum::<usize>();
+                batch.extend(part);
+                if gathered >= FLUSH {
                     append(app, job, assembly, std::mem::take(&mut batch)).await?;
+                    gathered = 0;
                 }
             }
             assembly.next = idx + 1;
@@ -243,10 +239,6 @@ async fn append(app: &AppRef, job: &str, assembly: &mut Assembly, parts: Vec<Byt
     .context("failed to append parts")?;
     assembly.len += len;
     Ok(())
-}
-
-fn plain_name(job: &str) -> bool {
-    !job.is_empty() && job.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 /// Publishes an assembly as `dest` of the local datastore rooted at `root`: linked into place when the

@@ -202,21 +202,36 @@ async fn copy_committed(app: &AppRef, parts: Vec<(u64, String)>, writer: &mut Wr
     Ok(())
 }
 
-/// Streams the committed parts into the output file; returns its size once published, or `None` when
-/// the job stopped finalizing meanwhile (nothing is published then).
+/// Publishes the output file: the assembly made while the job ran when there is a complete one (linked
+/// into place on a local datastore that shares the state folder's filesystem, else streamed from its
+/// file), otherwise the committed parts streamed in order. Returns its size once published, or `None`
+/// when the job stopped finalizing meanwhile (nothing is published then).
 async fn assemble(app: &AppRef, name: &str, output_uri: &str, file_name: &str) -> anyhow::Result<Option<u64>> {
     let dest = parse_uri(output_uri).map_err(anyhow::Error::msg)?.join(file_name).map_err(anyhow::Error::msg)?;
     let store = app.datastores.get(&dest.datastore).map_err(anyhow::Error::msg)?;
     let path = dest.object_path();
-    if let Some(assembled) = super::assembly::take(app, name).await {
-        return publish_assembled(app, name, &dest, &path, &assembled).await;
+    let assembled = super::assembly::take(app, name).await;
+    if let (Some(assembled), Some(root)) = (&assembled, app.datastores.local_root(&dest.datastore)) {
+        if status_of(app, name).await? != Some(JobStatus::Finalizing) {
+            return Ok(None);
+        }
+        match super::assembly::link_into_place(assembled, &root, &path).await {
+            Ok(true) => return Ok(Some(assembled.len)),
+            Ok(false) => {}
+            Err(error) => tracing::debug!(job = %name, error = format!("{error:#}"), "streaming the output instead"),
+        }
     }
-    let n = name.to_string();
-    let parts = app.store.call(move |c| store::committed_parts(c, &n)).await?;
     let upload = store.put_multipart(&path).await.with_context(|| format!("failed to start writing {}", dest.uri()))?;
     let mut writer = WriteMultipart::new(upload);
-    let streamed =
-        copy_committed(app, parts, &mut writer).await.with_context(|| format!("failed to write {}", dest.uri()));
+    let streamed = match &assembled {
+        Some(assembled) => stream_file(&assembled.path, &mut writer).await,
+        None => {
+            let n = name.to_string();
+            let parts = app.store.call(move |c| store::committed_parts(c, &n)).await?;
+            copy_committed(app, parts, &mut writer).await
+        }
+    }
+    .with_context(|| format!("failed to write {}", dest.uri()));
     let still = status_of(app, name).await?;
     if let Err(error) = streamed {
         // Nothing half-written stays behind: the upload is abandoned, and with it its staging data.
@@ -235,42 +250,6 @@ async fn assemble(app: &AppRef, name: &str, output_uri: &str, file_name: &str) -
 async fn status_of(app: &AppRef, name: &str) -> anyhow::Result<Option<JobStatus>> {
     let n = name.to_string();
     Ok(app.store.call(move |c| store::job_get(c, &n)).await?.map(|j| j.status))
-}
-
-/// Publishes the output assembled while the job ran: linked into place on a local datastore that shares
-/// the state folder's filesystem, else streamed from the file.
-async fn publish_assembled(
-    app: &AppRef,
-    name: &str,
-    dest: &crate::datastore::DataPath,
-    path: &object_store::path::Path,
-    assembled: &super::assembly::Assembled,
-) -> anyhow::Result<Option<u64>> {
-    if status_of(app, name).await? != Some(JobStatus::Finalizing) {
-        return Ok(None);
-    }
-    if let Some(root) = app.datastores.local_root(&dest.datastore) {
-        match super::assembly::link_into_place(assembled, &root, path).await {
-            Ok(true) => return Ok(Some(assembled.len)),
-            Ok(false) => {}
-            Err(error) => tracing::debug!(job = %name, error = format!("{error:#}"), "streaming the output instead"),
-        }
-    }
-    let store = app.datastores.get(&dest.datastore).map_err(anyhow::Error::msg)?;
-    let upload = store.put_multipart(path).await.with_context(|| format!("failed to start writing {}", dest.uri()))?;
-    let mut writer = WriteMultipart::new(upload);
-    let streamed =
-        stream_file(&assembled.path, &mut writer).await.with_context(|| format!("failed to write {}", dest.uri()));
-    if let Err(error) = streamed {
-        let _ = writer.abort().await;
-        return Err(error);
-    }
-    if status_of(app, name).await? != Some(JobStatus::Finalizing) {
-        writer.abort().await?;
-        return Ok(None);
-    }
-    writer.finish().await.with_context(|| format!("failed to publish {}", dest.uri()))?;
-    Ok(Some(assembled.len))
 }
 
 async fn stream_file(path: &std::path::Path, writer: &mut WriteMultipart) -> anyhow::Result<()> {
