@@ -36,8 +36,8 @@ pub struct Datastore {
     pub endpoint: Option<String>,
 }
 
-/// `POST /api/v1/datastores`: registers a datastore (`s3`, `azure_blob`, `azure_data_lake_gen2` or
-/// `local`). Secrets are kept in a file only the workspace's owner can read, and never returned.
+/// `POST /api/v1/datastores`: registers a datastore (`s3`, `azure_blob`, `azure_data_lake_gen2`, `gcs`
+/// or `local`). Secrets are kept in a file only the workspace's owner can read, and never returned.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CreateDatastore {
@@ -75,6 +75,9 @@ pub struct CreateDatastore {
     pub account_key: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sas_token: Option<String>,
+    /// `gcs`: the service account's key file (JSON), read by the CLI from a file readable only by its owner.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account_key: Option<String>,
 }
 
 fn s3() -> String {

@@ -298,7 +298,8 @@ pub fn read_secret_file(path: &std::path::Path) -> anyhow::Result<String> {
 /// A datastore's YAML, in the reference's datastore schema where it has one: `type: azure_blob`
 /// (`account_name`, `container_name`, `endpoint` (the storage suffix), `protocol`, `credentials`),
 /// `type: azure_data_lake_gen2` (`filesystem` for the container), and Cove's `type: s3` (`endpoint`,
-/// `bucket`, `region`, `access_key_id`, `secret_access_key_file`) and `type: local` (a folder `path`).
+/// `bucket`, `region`, `access_key_id`, `secret_access_key_file`), `type: gcs` (`bucket`, `endpoint`,
+/// `credentials.service_account_key_file`) and `type: local` (a folder `path`).
 /// Cove's `account_url` reaches an Azure account by address. Secrets come from files readable only by
 /// their owner, or inline from a YAML file that is itself readable only by its owner.
 #[derive(serde::Deserialize)]
@@ -336,12 +337,13 @@ struct DatastoreYaml {
     #[serde(default)]
     account_url: Option<String>,
     #[serde(default)]
-    credentials: Option<AzureCredentialsYaml>,
+    credentials: Option<CredentialsYaml>,
 }
 
+/// `credentials:` of a datastore: an Azure account key or SAS, or a Google service account's key file.
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
-struct AzureCredentialsYaml {
+struct CredentialsYaml {
     #[serde(default)]
     account_key: Option<String>,
     #[serde(default)]
@@ -356,6 +358,8 @@ struct AzureCredentialsYaml {
     client_id: Option<String>,
     #[serde(default)]
     client_secret: Option<String>,
+    #[serde(default)]
+    service_account_key_file: Option<String>,
 }
 
 pub fn datastore_from_yaml(file: &std::path::Path) -> anyhow::Result<CreateDatastore> {
@@ -432,13 +436,30 @@ pub fn datastore_from_yaml(file: &std::path::Path) -> anyhow::Result<CreateDatas
                 ..Default::default()
             })
         }
-        "gcs" | "azure_file" | "azure_data_lake_gen1" => anyhow::bail!(
-            "{}: field `type`: `{}` datastores are not supported (azure_blob, azure_data_lake_gen2, s3, local)",
+        "gcs" => {
+            let key_file =
+                y.credentials.as_ref().and_then(|c| c.service_account_key_file.clone()).ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "{}: field `credentials.service_account_key_file`: required for type: gcs",
+                        file.display()
+                    )
+                })?;
+            Ok(CreateDatastore {
+                name: y.name.clone(),
+                kind: "gcs".into(),
+                endpoint: y.endpoint.clone().unwrap_or_default(),
+                bucket: field("bucket", y.bucket.clone())?,
+                service_account_key: Some(read_secret_file(&base.join(key_file))?),
+                ..Default::default()
+            })
+        }
+        "azure_file" | "azure_data_lake_gen1" => anyhow::bail!(
+            "{}: field `type`: `{}` datastores are not supported (azure_blob, azure_data_lake_gen2, gcs, s3, local)",
             file.display(),
             y.kind
         ),
         other => anyhow::bail!(
-            "{}: field `type`: `{other}` is not a datastore type (azure_blob, azure_data_lake_gen2, s3, local)",
+            "{}: field `type`: `{other}` is not a datastore type (azure_blob, azure_data_lake_gen2, gcs, s3, local)",
             file.display()
         ),
     }

@@ -4,6 +4,8 @@
 //! `cove://<name>/<path>` (Cove's own). Paths are normalised here, once, and a path that would leave
 //! its datastore (`..`, `.`, backslashes, control characters) is refused, so no caller can escape.
 
+pub mod gcs;
+
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjectPath;
 use object_store::ObjectStore;
@@ -181,6 +183,15 @@ pub struct AzureSecret {
     pub sas_token: Option<String>,
 }
 
+/// How a Google Cloud Storage datastore is reached, kept in a 0600 file beside the state store.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct GcsSecret {
+    pub endpoint: String,
+    pub bucket: String,
+    /// The service account's key file, as JSON.
+    pub service_account_key: String,
+}
+
 impl Datastores {
     pub fn new(default_name: &str) -> Self {
         Self {
@@ -269,6 +280,13 @@ impl Datastores {
         Ok(())
     }
 
+    /// Adds a Google Cloud Storage datastore; its service account's key signs URLs too.
+    pub fn add_gcs(&self, name: &str, secret: &GcsSecret, ca: Option<&str>) -> Result<(), String> {
+        self.insert_signing(name, build_gcs(secret, ca)?);
+        self.set_ca(name, ca);
+        Ok(())
+    }
+
     pub fn get(&self, name: &str) -> Result<Arc<dyn ObjectStore>, String> {
         let stores = self.stores.read().unwrap_or_else(|p| p.into_inner());
         stores.get(name).cloned().ok_or_else(|| {
@@ -344,6 +362,13 @@ pub fn build_azure(secret: &AzureSecret, ca: Option<&str>) -> Result<Arc<object_
         (None, None) => return Err("an account key or a SAS token is required".into()),
     };
     Ok(Arc::new(builder.build().map_err(|e| e.to_string())?))
+}
+
+/// Builds a client for a Google Cloud Storage bucket, signed for by its service account.
+pub fn build_gcs(secret: &GcsSecret, ca: Option<&str>) -> Result<Arc<gcs::GoogleCloudStorage>, String> {
+    let account = gcs::ServiceAccount::from_key_json(&secret.service_account_key)
+        .map_err(|e| format!("credentials.service_account_key_file: {e}"))?;
+    Ok(Arc::new(gcs::GoogleCloudStorage::new(&secret.endpoint, &secret.bucket, Some(account), ca)?))
 }
 
 /// Opens a local folder as an object store, creating it.

@@ -245,6 +245,14 @@ fn lock_workspace(dir: &Path) -> anyhow::Result<std::fs::File> {
     }
 }
 
+/// A network datastore's credentials, from their 0600 file beside the state store.
+fn read_datastore_secret<T: serde::de::DeserializeOwned>(dir: &Path, name: &str) -> anyhow::Result<T> {
+    let path = layout::datastore_secret(dir, name);
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("failed to read the credentials of datastore {name}"))?;
+    serde_json::from_str(&text).with_context(|| format!("{}: not the credentials of datastore {name}", path.display()))
+}
+
 /// Opens the workspace and starts serving. The first start creates the state store, the default
 /// datastore, the `local` compute cluster and the owner token (mode 0600).
 pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
@@ -281,21 +289,20 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
     for ds in store.call_now(|c| store::datastore_list(c))? {
         match (ds.kind.as_str(), &ds.endpoint) {
             ("s3", Some(endpoint)) => {
-                let secret: datastore::S3Secret = serde_json::from_str(
-                    &std::fs::read_to_string(layout::datastore_secret(&dir, &ds.name))
-                        .with_context(|| format!("failed to read the credentials of datastore {}", ds.name))?,
-                )?;
+                let secret: datastore::S3Secret = read_datastore_secret(&dir, &ds.name)?;
                 let bucket = ds.root.trim_start_matches("s3://");
                 let ca = policy.endpoint_ca(&format!("datastore:{}", ds.name)).map_err(anyhow::Error::msg)?;
                 datastores.add_s3(&ds.name, endpoint, bucket, &secret, ca.as_deref()).map_err(anyhow::Error::msg)?;
             }
             ("azure_blob" | "azure_data_lake_gen2", _) => {
-                let secret: datastore::AzureSecret = serde_json::from_str(
-                    &std::fs::read_to_string(layout::datastore_secret(&dir, &ds.name))
-                        .with_context(|| format!("failed to read the credentials of datastore {}", ds.name))?,
-                )?;
+                let secret: datastore::AzureSecret = read_datastore_secret(&dir, &ds.name)?;
                 let ca = policy.endpoint_ca(&format!("datastore:{}", ds.name)).map_err(anyhow::Error::msg)?;
                 datastores.add_azure(&ds.name, &secret, ca.as_deref()).map_err(anyhow::Error::msg)?;
+            }
+            ("gcs", _) => {
+                let secret: datastore::GcsSecret = read_datastore_secret(&dir, &ds.name)?;
+                let ca = policy.endpoint_ca(&format!("datastore:{}", ds.name)).map_err(anyhow::Error::msg)?;
+                datastores.add_gcs(&ds.name, &secret, ca.as_deref()).map_err(anyhow::Error::msg)?;
             }
             _ => datastores
                 .add_local(&ds.name, Path::new(&ds.root))

@@ -1072,11 +1072,10 @@ pub async fn create_datastore(
         "s3" => {}
         "local" => return create_local_datastore(&app, &user, name, req.path.as_deref()).await,
         "azure_blob" | "azure_data_lake_gen2" => return create_azure_datastore(&app, name, req).await,
-        other => {
-            return Err(ApiError::invalid(format!(
-                "type: `{other}` is not a datastore type Cove reaches (azure_blob, azure_data_lake_gen2, s3, local)"
-            )))
-        }
+        "gcs" => return create_gcs_datastore(&app, name, req).await,
+        other => return Err(ApiError::invalid(format!(
+            "type: `{other}` is not a datastore type Cove reaches (azure_blob, azure_data_lake_gen2, gcs, s3, local)"
+        ))),
     }
     check_private_endpoint(&app, &name, "endpoint", &req.endpoint).await?;
     let secret = crate::datastore::S3Secret {
@@ -1142,6 +1141,42 @@ async fn create_azure_datastore(
     };
     let ds = cove_api::Datastore { name: name.clone(), kind: req.kind.clone(), root, endpoint: Some(account_url) };
     register_network_datastore(app, ds, &secret, |d| d.add_azure(&name, &secret, ca.as_deref())).await
+}
+
+/// Registers a Google Cloud Storage bucket (`gcs`), reached at `endpoint` (Google's, or the address of
+/// its private endpoint) with a service account's key.
+async fn create_gcs_datastore(
+    app: &AppRef,
+    name: String,
+    req: cove_api::CreateDatastore,
+) -> ApiResult<(StatusCode, Json<cove_api::Datastore>)> {
+    if req.bucket.is_empty() {
+        return Err(ApiError::invalid("bucket: required"));
+    }
+    let endpoint = match req.endpoint.trim_end_matches('/') {
+        "" => "https://storage.googleapis.com".to_string(),
+        given => given.to_string(),
+    };
+    check_private_endpoint(app, &name, "endpoint", &endpoint).await?;
+    let key = req
+        .service_account_key
+        .clone()
+        .ok_or_else(|| ApiError::invalid("credentials.service_account_key_file: required"))?;
+    let secret = crate::datastore::GcsSecret {
+        endpoint: endpoint.clone(),
+        bucket: req.bucket.clone(),
+        service_account_key: key,
+    };
+    let ca = app.policy.endpoint_ca(&format!("datastore:{name}")).map_err(ApiError::invalid)?;
+    let client = crate::datastore::build_gcs(&secret, ca.as_deref()).map_err(ApiError::invalid)?;
+    probe_datastore(&(client as Arc<dyn ObjectStore>), &format!("bucket `{}` at {endpoint}", req.bucket)).await?;
+    let ds = cove_api::Datastore {
+        name: name.clone(),
+        kind: "gcs".into(),
+        root: format!("gs://{}", req.bucket),
+        endpoint: Some(endpoint),
+    };
+    register_network_datastore(app, ds, &secret, |d| d.add_gcs(&name, &secret, ca.as_deref())).await
 }
 
 /// In a private workspace a network datastore is reached only through its private endpoint: `url`'s
