@@ -13,6 +13,7 @@ mod environments;
 mod faults;
 mod firstrun;
 mod fuzz;
+mod gcs;
 mod invoke;
 mod isolation;
 mod load;

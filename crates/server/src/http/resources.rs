@@ -1073,9 +1073,11 @@ pub async fn create_datastore(
         "local" => return create_local_datastore(&app, &user, name, req.path.as_deref()).await,
         "azure_blob" | "azure_data_lake_gen2" => return create_azure_datastore(&app, name, req).await,
         "gcs" => return create_gcs_datastore(&app, name, req).await,
-        other => return Err(ApiError::invalid(format!(
+        other => {
+            return Err(ApiError::invalid(format!(
             "type: `{other}` is not a datastore type Cove reaches (azure_blob, azure_data_lake_gen2, gcs, s3, local)"
-        ))),
+        )))
+        }
     }
     check_private_endpoint(&app, &name, "endpoint", &req.endpoint).await?;
     let secret = crate::datastore::S3Secret {

@@ -239,7 +239,11 @@ async fn assemble(app: &AppRef, name: &str, output_uri: &str, file_name: &str) -
         return Err(error);
     }
     if still != Some(JobStatus::Finalizing) {
-        writer.abort().await?;
+        // The upload is never completed, so nothing is published whether or not the store takes the
+        // abort; one that refuses it keeps the staged bytes until its own expiry, and the job still ends.
+        if let Err(error) = writer.abort().await {
+            tracing::warn!(job = %name, error = %error, "the store did not take the abandoned upload's abort");
+        }
         return Ok(None);
     }
     writer.finish().await.with_context(|| format!("failed to publish {}", dest.uri()))?;
