@@ -125,6 +125,10 @@ fn gcs_datastores_through_their_private_endpoint() {
         2,
         "endpoint: `https://storage.googleapis.com` is not datastore `gcsdata`'s private endpoint gcs-pe",
     );
+    for bad in ["..", "a", "Upper-Case", "x/../y"] {
+        let named = write("bad.yml", &yaml("gcsdata", bad, &good, &key));
+        ws.cove(&["datastore", "create", "-f", &named]).fails_with(2, &format!("bucket: `{bad}` is not a bucket name"));
+    }
     let missing = write("missing.yml", &yaml("gcsdata", "no-such-bucket", &good, &key));
     ws.cove(&["datastore", "create", "-f", &missing]).fails_with(2, "bucket `no-such-bucket` at");
     let user_key = dir.path().join("user.json");

@@ -144,7 +144,9 @@ impl GoogleCloudStorage {
             return Err(format!("`{endpoint}` is not an http(s)://host[:port] address without a path"));
         }
         cove_tls::install_provider();
+        // Redirects are not followed: every request goes to the store's endpoint and nowhere else.
         let builder = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(std::time::Duration::from_secs(5))
             .read_timeout(std::time::Duration::from_secs(15));
         let client = cove_worker::trusting(builder, ca).map_err(|e| format!("ca_file: {e}"))?;
@@ -366,6 +368,14 @@ impl object_store::ObjectStore for GoogleCloudStorage {
             .and_then(|v| v.to_str().ok())
             .ok_or_else(|| generic("the store started a resumable upload without saying where to send it"))?
             .to_string();
+        // The chunks carry the service account's token: they go to the store's own endpoint (its private
+        // endpoint), never to wherever an answer points.
+        if !session.starts_with(&format!("{}/", s.endpoint)) {
+            return Err(generic(format!(
+                "the store sent the upload to `{session}`, away from its endpoint {}",
+                s.endpoint
+            )));
+        }
         Ok(Box::new(ResumableUpload {
             inner: s.clone(),
             location: location.clone(),
@@ -801,6 +811,37 @@ mod tests {
             Err(object_store::Error::NotFound { path, .. }) => assert_eq!(path, "never.csv"),
             other => panic!("a missing object is not found: {other:?}"),
         }
+    }
+
+    /// A store (or whatever answers at its address) that points a resumable upload elsewhere gets no
+    /// chunk, and so no token, sent there.
+    #[tokio::test]
+    async fn an_upload_is_never_sent_away_from_the_endpoint() {
+        use object_store::ObjectStore;
+        use std::io::{Read, Write};
+        let elsewhere = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        elsewhere.set_nonblocking(true).unwrap();
+        let store_side = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = store_side.local_addr().unwrap().port();
+        let away = format!("http://{}/upload?upload_id=1", elsewhere.local_addr().unwrap());
+        let answered = std::thread::spawn(move || {
+            let (mut conn, _) = store_side.accept().unwrap();
+            let mut request = [0u8; 4096];
+            let n = conn.read(&mut request).unwrap();
+            let reply = format!("HTTP/1.1 200 OK\r\nLocation: {away}\r\nContent-Length: 0\r\n\r\n");
+            conn.write_all(reply.as_bytes()).unwrap();
+            String::from_utf8_lossy(&request[..n]).to_string()
+        });
+        let account = ServiceAccount::from_key_json(&key_file()).unwrap();
+        let store = GoogleCloudStorage::new(&format!("http://127.0.0.1:{port}"), "b", Some(account), None).unwrap();
+        let refused = store.put_multipart(&Path::from("out/p.csv")).await.err().expect("refused");
+        assert!(refused.to_string().contains("away from its endpoint"), "{refused}");
+        let request = answered.join().unwrap();
+        assert!(
+            request.starts_with("POST /upload/storage/v1/b/b/o?uploadType=resumable"),
+            "the store was asked: {request}"
+        );
+        assert!(elsewhere.accept().is_err(), "nothing reached the address the answer pointed at");
     }
 
     #[test]

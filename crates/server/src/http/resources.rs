@@ -1152,8 +1152,18 @@ async fn create_gcs_datastore(
     name: String,
     req: cove_api::CreateDatastore,
 ) -> ApiResult<(StatusCode, Json<cove_api::Datastore>)> {
-    if req.bucket.is_empty() {
-        return Err(ApiError::invalid("bucket: required"));
+    // Google's rule for bucket names; it also keeps a name from being read as a path (`..`) in a URL.
+    let b = req.bucket.as_str();
+    let valid = (3..=222).contains(&b.len())
+        && b.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "-_.".contains(c))
+        && b.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && b.ends_with(|c: char| c.is_ascii_alphanumeric())
+        && !b.contains("..")
+        && b.split('.').all(|part| (1..=63).contains(&part.len()));
+    if !valid {
+        return Err(ApiError::invalid(format!(
+            "bucket: `{b}` is not a bucket name (3 to 63 lowercase letters, digits, `-`, `_` or `.`, starting and ending with a letter or digit)"
+        )));
     }
     let endpoint = match req.endpoint.trim_end_matches('/') {
         "" => "https://storage.googleapis.com".to_string(),
