@@ -26,7 +26,7 @@ impl DataPath {
     }
 
     pub fn object_path(&self) -> ObjectPath {
-        ObjectPath::from(self.path.as_str())
+        object_path_of(&self.path)
     }
 
     pub fn join(&self, rest: &str) -> Result<DataPath, String> {
@@ -38,6 +38,14 @@ impl DataPath {
         };
         Ok(DataPath { datastore: self.datastore.clone(), path })
     }
+}
+
+/// The object path of a datastore-relative path, its characters kept as they are. `Path::from`
+/// percent-encodes some (`#`, `%`, `[`, `{`, `<`, ...), which stored an uploaded `report #3.csv` as
+/// `report%20%233.csv`-like names and looked up names a listing gave under another key. A normalised
+/// path is always accepted by `Path::parse`; anything else keeps the encoding rather than failing.
+pub fn object_path_of(rel: &str) -> ObjectPath {
+    ObjectPath::parse(rel).unwrap_or_else(|_| ObjectPath::from(rel))
 }
 
 /// Reads a file of a local datastore the way nothing in it can redirect (`cove_worker::beneath`). Blocking.

@@ -228,6 +228,52 @@ fn a_job_canceled_while_finalizing_publishes_nothing() {
     assert!(!listing.contains("stalled/predictions.csv"), "a canceled job publishes nothing:\n{listing}");
 }
 
+/// File names with characters `object_store`'s paths would percent-encode (`#`, `%`, `[`, `{`, `^`, ...)
+/// keep their names end to end: uploaded with a local input, read in place from the default datastore
+/// and straight from an S3 store by a signed URL, and written so in the output's lines.
+#[test]
+fn file_names_keep_their_characters_on_every_datastore() {
+    let s3 = S3Server::start();
+    s3.create_bucket("lake-bucket");
+    let (ws, dir) = lake_workspace(&s3);
+    let names = ["report #3.txt", "50% [final].txt", "a{b}^c~d.txt"];
+    let data = dir.path().join("odd");
+    std::fs::create_dir_all(&data).unwrap();
+    for (i, name) in names.iter().enumerate() {
+        std::fs::write(data.join(name), format!("{i}\n")).unwrap();
+        let path = format!("/api/v1/datastores/lake/files/in/{}", name.replace('%', "%25").replace('#', "%23"));
+        let (status, body) = ws.http_bytes("PUT", &path, format!("{i}\n"));
+        assert_eq!(status, 201, "{body}");
+    }
+    let p = Project::new(ws.dir.path(), "odd", LIST_SCRIPT, "mini_batch_size: 2");
+    p.deploy(&ws);
+    let mut expected: Vec<String> = names.iter().enumerate().map(|(i, n)| format!("{n} {}", i * 2)).collect();
+    expected.sort();
+    for input in [data.display().to_string(), "azureml://datastores/lake/paths/in".to_string()] {
+        let run = ws.cove(&["--json", "endpoint", "invoke", "odd", "--input", &input]);
+        let job = ws.wait_job(run.ok().json()["name"].as_str().unwrap());
+        assert_eq!(job["status"], "Completed", "{job:#}");
+        let mut lines = ws.output_lines(&job);
+        lines.sort();
+        assert_eq!(lines, expected, "{input}");
+        if input.starts_with("azureml:") {
+            for a in job["attempts"].as_array().unwrap() {
+                assert_eq!(a["isolation"]["inputs"], "direct from the store", "{a}");
+            }
+        } else {
+            let uploaded =
+                job["input"]["uri"].as_str().unwrap().replace("azureml://datastores/workspaceblobstore/paths/", "");
+            let on_disk = ws.path().join("datastores/workspaceblobstore").join(uploaded);
+            let mut stored: Vec<String> =
+                std::fs::read_dir(&on_disk).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+            stored.sort();
+            let mut want: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+            want.sort();
+            assert_eq!(stored, want, "uploads are stored under their own names");
+        }
+    }
+}
+
 /// A folder of this host as a datastore (`type: local`): jobs read their inputs from it and publish
 /// their outputs to it. It opens the host's files to jobs, so only the owner may register one, and
 /// never a folder that holds the workspace or lies inside it.

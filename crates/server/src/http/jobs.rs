@@ -656,7 +656,7 @@ pub async fn get_output(
             if !published.iter().any(|(p, _)| *p == rel) {
                 return Err(missing());
             }
-            (store, object_store::path::Path::from(format!("{root}/{rel}")))
+            (store, crate::datastore::object_path_of(&format!("{root}/{rel}")))
         }
         OutputRoot::Logs { root } => (app.internal.clone(), object_store::path::Path::from(format!("{root}/{rel}"))),
     };

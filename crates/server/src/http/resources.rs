@@ -484,7 +484,7 @@ async fn mlflow_environment(
 async fn model_file(app: &AppRef, model_uri: &str, name: &str) -> Result<Option<String>, String> {
     let root = parse_uri(model_uri)?;
     let store = app.datastores.get(&root.datastore)?;
-    let mut candidates = vec![object_store::path::Path::from(format!("{}/{name}", root.path))];
+    let mut candidates = vec![crate::datastore::object_path_of(&format!("{}/{name}", root.path))];
     if let Ok(listing) = store.list_with_delimiter(Some(&root.object_path())).await {
         candidates.extend(listing.common_prefixes.iter().map(|p| p.child(name)));
     }
@@ -551,7 +551,7 @@ async fn onnx_model_file(app: &AppRef, model_uri: &str) -> Result<String, String
         let names: Vec<String> =
             listing.objects.iter().filter_map(|o| o.location.filename().map(str::to_string)).collect();
         let name = cove_onnx::find_model_file(names.iter().map(String::as_str)).map_err(|e| format!("model: {e}"))?;
-        (format!("{folder_name}/{name}"), object_store::path::Path::from(format!("{}/{name}", root.path)))
+        (format!("{folder_name}/{name}"), crate::datastore::object_path_of(&format!("{}/{name}", root.path)))
     };
     if !cove_onnx::is_onnx_file(file.rsplit('/').next().unwrap_or(&file)) {
         return Err(format!("model: `{file}` is not an .onnx file"));
@@ -960,7 +960,7 @@ pub async fn upload(
     }
     let store = app.datastores.get(&datastore).map_err(ApiError::not_found)?;
     super::ownership::claim_upload(&app, &user, &datastore, &path).await?;
-    let location = object_store::path::Path::from(path.as_str());
+    let location = crate::datastore::object_path_of(&path);
     if store.head(&location).await.is_ok() {
         return Err(ApiError::conflict(format!("`{path}` already exists in datastore `{datastore}`")));
     }

@@ -140,7 +140,7 @@ async fn sign_inputs(app: &AppRef, input_uri: &str, files: &[String], lease_ms: 
     let mut urls = Vec::with_capacity(files.len());
     for file in files {
         let url = signer
-            .signed_url(axum::http::Method::GET, &object_store::path::Path::from(file.as_str()), valid)
+            .signed_url(axum::http::Method::GET, &crate::datastore::object_path_of(file), valid)
             .await
             .map_err(|e| ApiError::internal("sign an input URL", e.to_string()))?;
         urls.push(url.to_string());
@@ -254,7 +254,7 @@ pub async fn get_files(State(app): State<AppRef>, Worker(w): Worker, Path(lease)
                     .unwrap_or_else(|e| Err(e.to_string()))
                     .map_err(|why| format!("cannot read input file `{file}`: {why}"));
             }
-            let got = store.get(&object_store::path::Path::from(file.as_str())).await;
+            let got = store.get(&crate::datastore::object_path_of(&file)).await;
             match got {
                 Ok(r) => r.bytes().await.map_err(|e| format!("cannot read input file `{file}`: {e}")),
                 Err(e) => Err(format!("cannot read input file `{file}`: {e}")),

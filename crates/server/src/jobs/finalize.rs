@@ -81,7 +81,7 @@ impl Published {
     async fn retract(&self) {
         let Some(store) = &self.store else { return };
         for (rel, _) in &self.files {
-            let _ = store.delete(&object_store::path::Path::from(format!("{}/{rel}", self.root))).await;
+            let _ = store.delete(&crate::datastore::object_path_of(&format!("{}/{rel}", self.root))).await;
         }
     }
 }
