@@ -579,8 +579,11 @@ pub struct CredentialRevoked {
 /// What `cove workspace rotate-certificates` renewed.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RotatedCertificates {
-    /// When the listeners' new certificate expires; none when the user brings it.
+    /// When the listeners' new certificate expires.
     pub server_expires_at: Option<String>,
+    /// The file the listeners' certificate was read again from, when the user brings it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_certificate_from: Option<String>,
     /// The compute clusters on this host whose workers got new certificates.
     pub computes: Vec<String>,
 }

@@ -226,9 +226,12 @@ pub async fn rotate_certificates(client: &Client, out: Output) -> anyhow::Result
     if out.json {
         return print_json(&rotated);
     }
-    match &rotated.server_expires_at {
-        Some(t) => println!("The listeners have a new certificate, valid until {t}; open connections keep theirs"),
-        None => println!("The listeners' certificate is the one the workspace configuration names: renew it there"),
+    let until = rotated.server_expires_at.as_deref().unwrap_or("?");
+    match &rotated.server_certificate_from {
+        Some(file) => println!(
+            "The listeners serve {file} as it is now, valid until {until}; open connections keep the one they had"
+        ),
+        None => println!("The listeners have a new certificate, valid until {until}; open connections keep theirs"),
     }
     for c in &rotated.computes {
         println!("Compute {c}: new worker certificate; running workers keep theirs until it expires");

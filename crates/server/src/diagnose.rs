@@ -254,7 +254,7 @@ async fn certificate_checks(app: &AppRef) -> Result<Vec<Check>, store::StoreErro
         Some(b) => certs.push((
             format!("the listeners' certificate {}", b.certificate.display()),
             pem_expiry(b.certificate.clone()),
-            "replace the certificate named under tls: in the workspace configuration, then restart",
+            "replace the certificate named under tls: in the workspace configuration (its files), then run `cove workspace rotate-certificates`",
         )),
         None => certs.push((
             "the listeners' certificate".into(),

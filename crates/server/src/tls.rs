@@ -91,11 +91,8 @@ pub fn prepare(ws: &Path, policy: &NetworkPolicy, listeners: &[SocketAddr]) -> a
     names.dedup();
     let (key, trust) = match &policy.tls {
         Some(b) => {
-            let read = |p: &Path| cove_tls::read(p).map_err(anyhow::Error::from);
-            let (cert, key, ca) = (read(&b.certificate)?, read(&b.key)?, read(&b.ca)?);
-            let what = format!("the certificate {} with the key {}", b.certificate.display(), b.key.display());
-            cove_tls::certificates(&format!("the CA {}", b.ca.display()), &ca)?;
-            (cove_tls::certified_key(&what, &cert, &key)?, ca)
+            let (key, ca, _) = load_brought(b)?;
+            (key, ca)
         }
         None => {
             let issued = authority.issue_server(&names, cove_tls::SERVER_DAYS)?;
@@ -113,16 +110,45 @@ pub fn prepare(ws: &Path, policy: &NetworkPolicy, listeners: &[SocketAddr]) -> a
     Ok(WorkspaceTls { authority: Arc::new(authority), identity, config, names, brought: policy.tls.clone() })
 }
 
-/// Issues the listeners a new certificate for the same names and serves it to new connections;
-/// returns its expiry (none when the certificate is the user's: they renew it themselves).
-pub fn rotate_server(tls: &WorkspaceTls, ws: &Path) -> anyhow::Result<Option<i64>> {
-    if tls.brought.is_some() {
-        return Ok(None);
+/// Reads the certificate, key and CA the user brought: a key that is not the certificate's, a CA that
+/// is not PEM, or a certificate already expired (every client would refuse it) is an error naming the file.
+/// Returns the key, the CA's PEM and the certificate's expiry.
+fn load_brought(b: &BroughtTls) -> anyhow::Result<(Arc<cove_tls::rustls::sign::CertifiedKey>, String, i64)> {
+    let read = |p: &Path| cove_tls::read(p).map_err(anyhow::Error::from);
+    let (cert, key, ca) = (read(&b.certificate)?, read(&b.key)?, read(&b.ca)?);
+    let what = format!("the certificate {} with the key {}", b.certificate.display(), b.key.display());
+    cove_tls::certificates(&format!("the CA {}", b.ca.display()), &ca)?;
+    let certified = cove_tls::certified_key(&what, &cert, &key)?;
+    let not_after = cove_tls::not_after(&b.certificate.display().to_string(), &cert)?;
+    if not_after <= chrono::Utc::now().timestamp() {
+        anyhow::bail!(
+            "tls.certificate: {} expired at {}, and every client refuses an expired certificate; replace it (and its key) under tls: in the workspace configuration",
+            b.certificate.display(),
+            crate::logs::timestamp(not_after * 1000)
+        );
+    }
+    Ok((certified, ca, not_after))
+}
+
+/// Issues the listeners a new certificate for the same names and serves it to new connections; a
+/// certificate the user brought is read again from its files instead, so replacing those files and
+/// rotating renews it without a restart. Returns the new certificate's expiry.
+pub fn rotate_server(tls: &WorkspaceTls, ws: &Path) -> anyhow::Result<i64> {
+    if let Some(b) = &tls.brought {
+        let (key, ca, not_after) = load_brought(b)?;
+        if ca != std::fs::read_to_string(files::trust(ws)).unwrap_or_default() {
+            anyhow::bail!(
+                "tls.ca: {} is not the CA the workspace started with; clients trust that one, so a new CA needs a restart",
+                b.ca.display()
+            );
+        }
+        tls.identity.replace(key);
+        return Ok(not_after);
     }
     let issued = tls.authority.issue_server(&tls.names, cove_tls::SERVER_DAYS)?;
     write_server(ws, &issued)?;
     tls.identity.replace(cove_tls::certified_key("the listeners' certificate", &issued.cert_pem, &issued.key_pem)?);
-    Ok(Some(issued.not_after))
+    Ok(issued.not_after)
 }
 
 fn write_server(ws: &Path, issued: &Issued) -> anyhow::Result<()> {

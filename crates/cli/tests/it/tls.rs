@@ -188,8 +188,27 @@ fn a_brought_certificate_is_served_and_diagnose_warns_before_it_expires() {
         "{}",
         diag.stdout
     );
+    // Renewed in place: the files are replaced and the certificates rotated, with no restart.
+    let renewed = corp.issue_server(&["127.0.0.1".into()], 60).unwrap();
+    std::fs::write(dir.path().join("api.pem"), &renewed.cert_pem).unwrap();
+    std::fs::write(dir.path().join("api.key"), &renewed.key_pem).unwrap();
     let rotated = ws.cove(&["workspace", "rotate-certificates"]);
-    assert!(rotated.ok().stdout.contains("the one the workspace configuration names"), "{}", rotated.stdout);
+    let said = format!("The listeners serve {} as it is now, valid until", dir.path().join("api.pem").display());
+    assert!(rotated.ok().stdout.contains(&said), "{}", rotated.stdout);
+    assert_eq!(served(&ws.path(), &ws.url, None).unwrap(), renewed.fingerprint, "new connections get the new one");
+    // Files that cannot be served are refused, naming them, and the listeners keep what they serve.
+    let expired = corp.issue_server(&["127.0.0.1".into()], -1).unwrap();
+    std::fs::write(dir.path().join("api.pem"), &expired.cert_pem).unwrap();
+    std::fs::write(dir.path().join("api.key"), &expired.key_pem).unwrap();
+    ws.cove(&["workspace", "rotate-certificates"])
+        .fails_with(2, &format!("tls.certificate: {} expired at", dir.path().join("api.pem").display()));
+    let (other_corp, other_ca) = cove_tls::Authority::create("other").unwrap();
+    let other = other_corp.issue_server(&["127.0.0.1".into()], 60).unwrap();
+    std::fs::write(dir.path().join("api.pem"), &other.cert_pem).unwrap();
+    std::fs::write(dir.path().join("api.key"), &other.key_pem).unwrap();
+    std::fs::write(dir.path().join("corp-ca.pem"), &other_ca.cert_pem).unwrap();
+    ws.cove(&["workspace", "rotate-certificates"]).fails_with(2, "is not the CA the workspace started with");
+    assert_eq!(served(&ws.path(), &ws.url, None).unwrap(), renewed.fingerprint);
 }
 
 #[test]
@@ -200,9 +219,35 @@ fn an_expired_certificate_a_plain_url_and_a_non_owner_are_refused_with_the_reaso
     std::fs::write(dir.path().join("corp-ca.pem"), &ca.cert_pem).unwrap();
     std::fs::write(dir.path().join("api.pem"), &expired.cert_pem).unwrap();
     std::fs::write(dir.path().join("api.key"), &expired.key_pem).unwrap();
-    let config = config_with(dir.path(), "tls:\n  certificate: api.pem\n  key: api.key\n  ca: corp-ca.pem\n");
-    let ws = Workspace::start_with(&["--config", &config.display().to_string()], &[]);
-    ws.cove(&["endpoint", "list"]).fails_with(4, "the server's certificate has expired");
+    // A TLS server the test runs serves the expired certificate: the CLI refuses it, saying why.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut server = std::process::Command::new("openssl")
+        .args(["s_server", "-quiet", "-www", "-accept", &format!("127.0.0.1:{port}"), "-cert"])
+        .arg(dir.path().join("api.pem"))
+        .arg("-key")
+        .arg(dir.path().join("api.key"))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(started.elapsed().as_secs() < 10, "openssl s_server did not start");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let refused = std::process::Command::new(COVE)
+        .args(["endpoint", "list"])
+        .env_remove("COVE_WORKSPACE")
+        .env("COVE_URL", format!("https://127.0.0.1:{port}"))
+        .env("COVE_TOKEN", "unused")
+        .env("COVE_CA_FILE", dir.path().join("corp-ca.pem"))
+        .output()
+        .unwrap();
+    let _ = server.kill();
+    let _ = server.wait();
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(4), "{said}");
+    assert!(said.contains("the server's certificate has expired"), "{said}");
 
     let ws = Workspace::start();
     let plain = std::process::Command::new(COVE)
@@ -261,4 +306,13 @@ fn a_brought_certificate_that_cannot_be_used_stops_cove_up_naming_the_file() {
     );
     let unknown = up("tls:\n  certificate: api.pem\n  key: api.key\n  authority: corp-ca.pem\n");
     assert!(unknown.contains("authority"), "{unknown}");
+    // An expired certificate: every client would refuse it, so the control plane does not start with it.
+    let expired = corp.issue_server(&["127.0.0.1".into()], -1).unwrap();
+    std::fs::write(dir.path().join("api.pem"), &expired.cert_pem).unwrap();
+    std::fs::write(dir.path().join("api.key"), &expired.key_pem).unwrap();
+    let stale = up("tls:\n  certificate: api.pem\n  key: api.key\n  ca: corp-ca.pem\n");
+    assert!(
+        stale.contains(&format!("tls.certificate: {} expired at", dir.path().join("api.pem").display())),
+        "{stale}"
+    );
 }

@@ -295,9 +295,13 @@ pub async fn revoke_compute_credential(
 /// go on; workers started from now on use the new ones.
 pub async fn rotate_certificates(State(app): State<AppRef>, user: User) -> JsonResult<cove_api::RotatedCertificates> {
     user.require(Role::Owner, None)?;
-    let server_expires_at = crate::tls::rotate_server(&app.tls, &app.config.dir)
-        .map_err(|e| ApiError::internal("renew the listeners' certificate", format!("{e:#}")))?
-        .map(|not_after| logs::timestamp(not_after * 1000));
+    let not_after = crate::tls::rotate_server(&app.tls, &app.config.dir).map_err(|e| match &app.tls.brought {
+        // The user's files are what is wrong: said as a refusal, naming them, not as a server fault.
+        Some(_) => ApiError::invalid(format!("{e:#}")),
+        None => ApiError::internal("renew the listeners' certificate", format!("{e:#}")),
+    })?;
+    let server_expires_at = Some(logs::timestamp(not_after * 1000));
+    let server_certificate_from = app.tls.brought.as_ref().map(|b| b.certificate.display().to_string());
     let mut computes = Vec::new();
     let on_this_host = app.store.call(|c| store::compute_list(c)).await?;
     for c in on_this_host {
@@ -307,7 +311,7 @@ pub async fn rotate_certificates(State(app): State<AppRef>, user: User) -> JsonR
             computes.push(c.name);
         }
     }
-    Ok(Json(cove_api::RotatedCertificates { server_expires_at, computes }))
+    Ok(Json(cove_api::RotatedCertificates { server_expires_at, server_certificate_from, computes }))
 }
 
 #[derive(Deserialize)]
