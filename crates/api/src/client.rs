@@ -57,22 +57,37 @@ impl ClientError {
 pub struct Client {
     base: String,
     token: String,
-    http: reqwest::Client,
+    /// Shared by every clone, so a new TLS identity (`reconnect`) reaches them all.
+    http: std::sync::Arc<std::sync::RwLock<reqwest::Client>>,
 }
 
 impl Client {
     /// A client of the control plane at `base` (`https://…`), verifying it with `tls` (which trusts the
     /// workspace's CA, and for a worker presents its compute's certificate).
     pub fn new(base: &str, token: &str, tls: rustls::ClientConfig) -> Self {
-        let http = reqwest::Client::builder()
+        let http = std::sync::Arc::new(std::sync::RwLock::new(Self::http_client(tls)));
+        Self { base: base.trim_end_matches('/').to_string(), token: token.to_string(), http }
+    }
+
+    fn http_client(tls: rustls::ClientConfig) -> reqwest::Client {
+        reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
             .tcp_nodelay(true)
             .no_proxy()
             .https_only(true)
             .tls_backend_preconfigured(tls)
             .build()
-            .expect("a client with a rustls configuration and no proxy always builds");
-        Self { base: base.trim_end_matches('/').to_string(), token: token.to_string(), http }
+            .expect("a client with a rustls configuration and no proxy always builds")
+    }
+
+    /// Makes every clone of this client use `tls` (a renewed client certificate) from the next request
+    /// on, on new connections: the pooled ones, made with the old identity, are dropped with their pool.
+    pub fn reconnect(&self, tls: rustls::ClientConfig) {
+        *self.http.write().unwrap_or_else(|p| p.into_inner()) = Self::http_client(tls);
+    }
+
+    fn http(&self) -> reqwest::Client {
+        self.http.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     pub fn base_url(&self) -> &str {
@@ -110,7 +125,7 @@ impl Client {
         headers: &[(&str, &str)],
     ) -> Result<T, ClientError> {
         let url = format!("{}{}", self.base, path);
-        let mut req = self.http.request(method, &url).bearer_auth(&self.token);
+        let mut req = self.http().request(method, &url).bearer_auth(&self.token);
         for (k, v) in headers {
             req = req.header(*k, *v);
         }
@@ -126,7 +141,7 @@ impl Client {
     pub async fn put_bytes(&self, path: &str, body: Bytes) -> Result<(), ClientError> {
         let url = format!("{}{}", self.base, path);
         let resp = self
-            .http
+            .http()
             .put(&url)
             .bearer_auth(&self.token)
             .body(body)
@@ -150,7 +165,7 @@ impl Client {
     async fn post_body<T: DeserializeOwned>(&self, path: &str, body: reqwest::Body) -> Result<T, ClientError> {
         let url = format!("{}{}", self.base, path);
         let resp = self
-            .http
+            .http()
             .post(&url)
             .bearer_auth(&self.token)
             .body(body)
@@ -172,7 +187,7 @@ impl Client {
     pub async fn get_response(&self, path: &str) -> Result<reqwest::Response, ClientError> {
         let url = format!("{}{}", self.base, path);
         let resp =
-            self.http.get(&url).bearer_auth(&self.token).send().await.map_err(|source| unreachable(&url, source))?;
+            self.http().get(&url).bearer_auth(&self.token).send().await.map_err(|source| unreachable(&url, source))?;
         check(resp).await
     }
 }

@@ -245,6 +245,16 @@ pub struct CompletionAck {
 /// The largest report body: a part beyond this goes first with `PUT part`, streamed.
 pub const REPORT_LIMIT: usize = 16 * 1024 * 1024;
 
+/// `POST /worker/v1/credential`: a new client certificate for the caller's compute, which a worker asks
+/// for before its own expires; the one it has stays valid until then.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RenewedCredential {
+    pub cert_pem: String,
+    pub key_pem: String,
+    /// Unix seconds after which the new certificate is no longer valid.
+    pub not_after: i64,
+}
+
 /// `POST /worker/v1/reports`: the reports of attempts a worker slot ran in turn and, optionally, the
 /// request for its next lease, answered in the same round trip. The body is a [`bundle`]: this as JSON,
 /// then the result part of each report that says it has one, in order.

@@ -7,6 +7,7 @@
 //! fate: it reports what happened and the control plane's policy decides.
 
 pub mod beneath;
+mod credential;
 pub mod environment;
 mod leftovers;
 pub mod sandbox;
@@ -94,6 +95,7 @@ pub async fn run(config: WorkerConfig) -> anyhow::Result<Ended> {
     std::fs::write(&driver, DRIVER).context("failed to write the scorer driver")?;
     let tls = cove_tls::client_config_from_files(&config.ca_file, Some((&config.client_cert, &config.client_key)))?;
     let client = cove_api::Client::new(&config.url, &config.token, tls);
+    let renewing = tokio::spawn(credential::keep_fresh(client.clone(), config.clone()));
     let mut slots = tokio::task::JoinSet::new();
     let hosts = slot::Hosts::default();
     for process in 0..config.concurrency.max(1) {
@@ -114,6 +116,7 @@ pub async fn run(config: WorkerConfig) -> anyhow::Result<Ended> {
         }
     };
     slots.abort_all();
+    renewing.abort();
     kill_all_scorers();
     result
 }

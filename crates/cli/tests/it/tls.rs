@@ -131,6 +131,79 @@ fn revoking_a_compute_credential_refuses_its_workers_at_once() {
     assert_eq!(refused.count(), 2, "both refusals are audited: {audit:#}");
 }
 
+/// A worker that runs for weeks renews its client certificate before it expires: it asks for a new one
+/// with the one it has, writes it over its files (the owner's alone) and uses it from then on. The new
+/// certificate is the compute's like any other, so revoking the compute's credentials refuses it too.
+#[test]
+fn a_worker_renews_its_client_certificate_before_it_expires() {
+    let ws = Workspace::start();
+    let token = ws.credential("local");
+    let folder = ws.dir.path().join("credentials").join("local-0");
+    let issued = file_fingerprint(&folder.join("client.pem"));
+    let mut worker = std::process::Command::new(COVE)
+        .args(["--url", &ws.url, "worker", "--worker-token", &token, "--node", "renewer", "--work-dir"])
+        .arg(ws.dir.path().join("renewer"))
+        .env("COVE_CA_FILE", folder.join("ca.pem"))
+        .env("COVE_CLIENT_CERT", folder.join("client.pem"))
+        .env("COVE_CLIENT_KEY", folder.join("client.key"))
+        // Within a year of expiry, as every worker certificate is: renewed at once.
+        .env("COVE_WORKER_RENEW_WITHIN_SECS", "31536000")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while file_fingerprint(&folder.join("client.pem")) == issued {
+        assert!(started.elapsed().as_secs() < 30, "the worker did not renew its certificate");
+        assert!(worker.try_wait().unwrap().is_none(), "the worker ended");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(worker.try_wait().unwrap().is_none(), "the worker goes on after renewing");
+    crate::support::kill(worker.id(), "TERM");
+    worker.wait().unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    for file in ["client.pem", "client.key"] {
+        let mode = std::fs::metadata(folder.join(file)).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{file}");
+    }
+
+    let ask = json!({"node": "n", "process": 0, "wait_ms": 0, "host": {"sandbox": true}});
+    let lease_with_files = |token: &str| {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let identity = Some((folder.join("client.pem"), folder.join("client.key")));
+            let client = crate::support::https_builder_as(&ws.path(), identity).build().unwrap();
+            let resp =
+                client.post(format!("{}/worker/v1/lease", ws.url)).bearer_auth(token).json(&ask).send().await.unwrap();
+            (resp.status().as_u16(), resp.text().await.unwrap())
+        })
+    };
+    let (status, body) = lease_with_files(&token);
+    assert_eq!(status, 200, "the renewed pair works: {body}");
+    // Only a worker gets one: not the owner's token, nor a worker token without its certificate.
+    let (status, body) = ws.http_as(ws.token().trim(), "POST", "/worker/v1/credential", Some(json!({})), &[]);
+    assert!(status == 401 || status == 403, "{status}: {body}");
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let status = rt.block_on(async {
+        let client = crate::support::https_builder_as(&ws.path(), None).build().unwrap();
+        let url = format!("{}/worker/v1/credential", ws.url);
+        client.post(url).bearer_auth(&token).json(&json!({})).send().await.unwrap().status().as_u16()
+    });
+    assert_eq!(status, 401, "a worker token without its certificate");
+    let renewed = file_fingerprint(&folder.join("client.pem"));
+    let audit = ws.cove(&["--json", "audit", "list"]).ok().json();
+    let issued_to_worker = audit.as_array().unwrap().iter().any(|e| {
+        e["action"] == "POST /worker/v1/credential" && e["detail"].as_str().unwrap_or_default().contains(&renewed)
+    });
+    assert!(issued_to_worker, "the renewal is audited with the certificate it issued: {audit:#}");
+    ws.cove(&["compute", "revoke-credential", "local"]).ok();
+    // A token minted after the revocation shows it is the renewed certificate that is refused.
+    let fresh = ws.cove(&["compute", "token", "local"]).ok().stdout.trim().to_string();
+    let (status, body) = lease_with_files(&fresh);
+    assert_eq!(status, 401, "{body}");
+    assert!(body.contains("not a current worker certificate of this workspace (revoked or expired)"), "{body}");
+}
+
 #[test]
 fn the_listeners_certificate_holds_the_private_dns_name_and_diagnose_reports_every_certificate() {
     let dir = tempfile::tempdir().unwrap();

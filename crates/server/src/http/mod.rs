@@ -88,6 +88,7 @@ pub fn router(app: AppRef) -> Router {
         .route("/api/v1/jobs/{job}/outputs/{output}", get(jobs::list_output))
         .route("/api/v1/jobs/{job}/outputs/{output}/{*path}", get(jobs::get_output))
         .route("/worker/v1/lease", post(worker::lease))
+        .route("/worker/v1/credential", post(worker::renew_credential))
         .route("/worker/v1/leases/{lease}/heartbeat", post(worker::heartbeat))
         .route("/worker/v1/leases/{lease}/complete", post(worker::complete))
         .route("/worker/v1/leases/{lease}/files", get(worker::get_files))

@@ -221,6 +221,45 @@ fn upload_audit(w: &Principal, source: guard::Source, what: String, job: &str, i
     }
 }
 
+/// A new client certificate for the calling worker's compute, recorded as that compute's like every
+/// other, so revoking the compute's credentials revokes it too. Only a worker that already holds a
+/// current certificate and token of the compute gets here (`Worker`), so renewing grants nothing new.
+pub async fn renew_credential(
+    State(app): State<AppRef>,
+    Worker(w): Worker,
+    Extension(source): Extension<guard::Source>,
+) -> JsonResult<cove_api::worker::RenewedCredential> {
+    let compute =
+        w.compute.clone().ok_or_else(|| ApiError::internal("renew a credential", "a worker without a compute"))?;
+    let app2 = app.clone();
+    let issued = tokio::task::spawn_blocking(move || {
+        crate::tls::issue_client_certificate(&app2.tls.authority, &app2.store, &compute)
+    })
+    .await
+    .map_err(|e| ApiError::internal("renew a credential", e.to_string()))?
+    .map_err(|e| ApiError::internal("renew a credential", format!("{e:#}")))?;
+    // Issuing a credential is audited, as the owner's issuing is; other worker requests are not.
+    guard::audit(
+        &app,
+        format!("{} (worker of {})", w.token_id, w.compute.as_deref().unwrap_or("-")),
+        source.0,
+        "POST /worker/v1/credential".into(),
+        format!("compute {}", w.compute.as_deref().unwrap_or("-")),
+        "ok".into(),
+        Some(format!(
+            "certificate {} valid until {}",
+            issued.fingerprint,
+            crate::logs::timestamp(issued.not_after * 1000)
+        )),
+    )
+    .await;
+    Ok(Json(cove_api::worker::RenewedCredential {
+        cert_pem: issued.cert_pem,
+        key_pem: issued.key_pem,
+        not_after: issued.not_after,
+    }))
+}
+
 pub async fn heartbeat(
     State(app): State<AppRef>,
     Worker(w): Worker,
