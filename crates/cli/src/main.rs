@@ -99,6 +99,10 @@ enum Command {
         /// The package index environment builds use (its simple API, at a private endpoint's address).
         #[arg(long, value_name = "URL", conflicts_with = "wheels")]
         package_index: Option<String>,
+        /// The CA (PEM) that issued an HTTPS index's certificate, when its private endpoint does not name
+        /// one with ca_file (a workspace on loopback has no private endpoints to name it on).
+        #[arg(long, value_name = "FILE", requires = "package_index")]
+        package_index_ca: Option<PathBuf>,
         /// A folder of wheels environment builds use instead of an index, for hosts with no network.
         #[arg(long, value_name = "DIR")]
         wheels: Option<PathBuf>,
@@ -640,6 +644,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             python,
             sandbox,
             package_index,
+            package_index_ca,
             wheels,
             interpreters,
             overrides,
@@ -664,6 +669,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
                 sandbox,
                 environments: cove_server::EnvironmentSettings {
                     package_index,
+                    package_index_ca: package_index_ca.map(|f| absolute(&f)).transpose()?,
                     wheels: wheels.map(|w| absolute(&w)).transpose()?,
                     interpreters,
                     overrides,

@@ -33,7 +33,22 @@ pub fn package_source(config: &EnvironmentSettings, policy: &NetworkPolicy) -> R
              with service: package-index, and none has the address {address}"
         ));
     }
-    let ca = endpoint.map_or(Ok(None), crate::netpolicy::PrivateEndpoint::ca)?;
+    let ca = match (&config.package_index_ca, endpoint.and_then(|e| e.ca_file.as_ref())) {
+        (Some(flag), Some(named)) => {
+            return Err(format!(
+                "--package-index-ca {}: the index's private endpoint already names its CA ({}); give it once",
+                flag.display(),
+                named.display()
+            ))
+        }
+        (Some(file), None) => {
+            let what = format!("--package-index-ca {}", file.display());
+            let pem = std::fs::read_to_string(file).map_err(|e| format!("{what}: {e}"))?;
+            cove_tls::certificates(&what, &pem).map_err(|e| e.to_string())?;
+            Some(pem)
+        }
+        (None, _) => endpoint.map_or(Ok(None), crate::netpolicy::PrivateEndpoint::ca)?,
+    };
     Ok(Some(PackageSource::Index { url: url.trim_end_matches('/').to_string(), address, ca }))
 }
 

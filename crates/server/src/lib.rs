@@ -53,6 +53,9 @@ pub struct ServerConfig {
 pub struct EnvironmentSettings {
     /// A package index (the simple API), reached through a private endpoint with `service: package-index`.
     pub package_index: Option<String>,
+    /// The CA (a PEM file) that issued an HTTPS index's certificate, when no private endpoint names it
+    /// (a workspace on loopback has none).
+    pub package_index_ca: Option<PathBuf>,
     /// A folder of wheels on this host, for hosts with no network at all.
     pub wheels: Option<PathBuf>,
     /// Interpreters a `python=X.Y` pin may pick, besides the default.

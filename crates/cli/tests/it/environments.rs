@@ -399,6 +399,33 @@ fn an_https_package_index_is_verified_against_the_ca_of_its_private_endpoint() {
     let diag = ws.cove(&["workspace", "diagnose"]);
     let fail = format!("FAIL package index: {url}: the index's certificate is not issued by the CA this client trusts");
     assert!(diag.stdout.contains(&fail), "{}", diag.stdout);
+    drop(ws);
+
+    // A workspace on loopback has no private endpoint to name the CA on: `--package-index-ca` names it.
+    let ca_file = root.path().join("index-ca.pem").display().to_string();
+    let ws = Workspace::start_with(&["--package-index", &url, "--package-index-ca", &ca_file], &[]);
+    let p = Project::new(&ws.path(), "loopback", PIN_SCRIPT, "mini_batch_size: 2");
+    ws.cove(&["endpoint", "create", "-f", &p.file("endpoint.yml")]).ok();
+    let file = deployment_with_environment(&p, "blue", &conda("covepin==1.0"), "");
+    ws.cove(&["deployment", "create", "-f", &file, "--set-default"]).ok();
+    assert_eq!(ws.output_lines(&invoke(&ws, "loopback", "blue", &p.inputs(1))), ["file-000.txt 1.0"]);
+    drop(ws);
+    // Named twice (the flag and the private endpoint's ca_file), or not a CA: `cove up` refuses, saying which.
+    let up = |args: &[&str]| {
+        let out = std::process::Command::new(crate::support::COVE)
+            .args(["up", "--dir"])
+            .arg(root.path().join("refused"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "cove up started with {args:?}");
+        String::from_utf8_lossy(&out.stderr).to_string()
+    };
+    let twice = up(&["--config", &trusting, "--package-index", &url, "--package-index-ca", &ca_file]);
+    assert!(twice.contains("already names its CA"), "{twice}");
+    let key_file = root.path().join("index.key").display().to_string();
+    let not_ca = up(&["--package-index", &url, "--package-index-ca", &key_file]);
+    assert!(not_ca.contains(&format!("--package-index-ca {key_file}")), "{not_ca}");
 }
 
 #[test]
