@@ -529,31 +529,55 @@ impl std::fmt::Debug for ResumableUpload {
 
 impl ResumableUpload {
     /// Sends `chunk` at the session's offset; `total` is the object's size when this is the last chunk.
+    /// The store may keep less of a chunk than it was sent (its 308 answer's `Range` says how much it
+    /// holds): the rest is sent again, a few times at most.
     async fn send_chunk(
         inner: &Inner,
         location: &Path,
         session: &mut Session,
-        chunk: Bytes,
+        mut chunk: Bytes,
         total: Option<u64>,
     ) -> object_store::Result<reqwest::Response> {
-        let len = chunk.len() as u64;
         let total_text = total.map_or("*".to_string(), |t| t.to_string());
-        let range = match len {
-            0 => format!("bytes */{total_text}"),
-            _ => format!("bytes {}-{}/{total_text}", session.sent, session.sent + len - 1),
-        };
-        let request = inner.request(reqwest::Method::PUT, &session.url).header(reqwest::header::CONTENT_RANGE, range);
-        let response = inner.send(request.body(chunk), location).await?;
-        let complete = response.status().is_success();
-        if complete != total.is_some() {
-            return Err(generic(format!(
-                "the store answered {} to a {} chunk of a resumable upload",
-                response.status(),
-                if total.is_some() { "last" } else { "middle" }
-            )));
+        for _ in 0..4 {
+            let len = chunk.len() as u64;
+            let range = match len {
+                0 => format!("bytes */{total_text}"),
+                _ => format!("bytes {}-{}/{total_text}", session.sent, session.sent + len - 1),
+            };
+            let request =
+                inner.request(reqwest::Method::PUT, &session.url).header(reqwest::header::CONTENT_RANGE, range);
+            let response = inner.send(request.body(chunk.clone()), location).await?;
+            if response.status().is_success() {
+                if total.is_none() {
+                    return Err(generic(format!("the store answered {} to a middle chunk", response.status())));
+                }
+                session.sent += len;
+                return Ok(response);
+            }
+            // 308: the store holds bytes 0..held of the object (none without a `Range`).
+            let held = response.headers().get(reqwest::header::RANGE).and_then(|v| v.to_str().ok());
+            let held_end = match held.map(|h| h.strip_prefix("bytes=0-").and_then(|n| n.parse::<u64>().ok())) {
+                None => 0,
+                Some(Some(last)) => last + 1,
+                Some(None) => return Err(generic(format!("the store answered Range `{}`", held.unwrap_or_default()))),
+            };
+            if held_end < session.sent || held_end > session.sent + len {
+                return Err(generic(format!(
+                    "the store holds {held_end} bytes of the upload, sent {} and then {len} more",
+                    session.sent
+                )));
+            }
+            chunk = chunk.slice((held_end - session.sent) as usize..);
+            session.sent = held_end;
+            if chunk.is_empty() && total.is_none() {
+                return Ok(response);
+            }
         }
-        session.sent += len;
-        Ok(response)
+        Err(generic(format!(
+            "the store kept less of the upload than it was sent, four times, at byte {}",
+            session.sent
+        )))
     }
 }
 
@@ -818,30 +842,87 @@ mod tests {
     #[tokio::test]
     async fn an_upload_is_never_sent_away_from_the_endpoint() {
         use object_store::ObjectStore;
-        use std::io::{Read, Write};
         let elsewhere = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         elsewhere.set_nonblocking(true).unwrap();
-        let store_side = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = store_side.local_addr().unwrap().port();
         let away = format!("http://{}/upload?upload_id=1", elsewhere.local_addr().unwrap());
-        let answered = std::thread::spawn(move || {
-            let (mut conn, _) = store_side.accept().unwrap();
-            let mut request = [0u8; 4096];
-            let n = conn.read(&mut request).unwrap();
-            let reply = format!("HTTP/1.1 200 OK\r\nLocation: {away}\r\nContent-Length: 0\r\n\r\n");
-            conn.write_all(reply.as_bytes()).unwrap();
-            String::from_utf8_lossy(&request[..n]).to_string()
-        });
+        let (endpoint, served) = scripted_store(vec![format!("HTTP/1.1 200 OK\r\nLocation: {away}\r\n")]);
         let account = ServiceAccount::from_key_json(&key_file()).unwrap();
-        let store = GoogleCloudStorage::new(&format!("http://127.0.0.1:{port}"), "b", Some(account), None).unwrap();
+        let store = GoogleCloudStorage::new(&endpoint, "b", Some(account), None).unwrap();
         let refused = store.put_multipart(&Path::from("out/p.csv")).await.err().expect("refused");
         assert!(refused.to_string().contains("away from its endpoint"), "{refused}");
-        let request = answered.join().unwrap();
+        let asked = served.join().unwrap();
         assert!(
-            request.starts_with("POST /upload/storage/v1/b/b/o?uploadType=resumable"),
-            "the store was asked: {request}"
+            asked[0].starts_with("POST /upload/storage/v1/b/b/o?uploadType=resumable"),
+            "the store was asked: {asked:?}"
         );
         assert!(elsewhere.accept().is_err(), "nothing reached the address the answer pointed at");
+    }
+
+    /// A store run by the test that answers each request with the next of `answers` (`{session}` stands
+    /// for the upload session's URL); returns its endpoint and, when done, each request's first line and
+    /// `content-range`.
+    fn scripted_store(answers: Vec<String>) -> (String, std::thread::JoinHandle<Vec<String>>) {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let endpoint = format!("http://{}", listener.local_addr().unwrap());
+        let session = format!("{endpoint}/upload/storage/v1/b/b/o?uploadType=resumable&upload_id=1");
+        let served = std::thread::spawn(move || {
+            let mut asked = Vec::new();
+            for answer in answers {
+                let (mut conn, _) = listener.accept().unwrap();
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") && conn.read(&mut byte).unwrap() == 1 {
+                    head.push(byte[0]);
+                }
+                let head = String::from_utf8_lossy(&head).to_string();
+                let header = |name: &str| {
+                    head.lines().find_map(|l| l.to_ascii_lowercase().strip_prefix(name).map(|v| v.trim().to_string()))
+                };
+                let mut body = vec![0u8; header("content-length:").map_or(0, |v| v.parse().unwrap())];
+                conn.read_exact(&mut body).unwrap();
+                let reply = answer.replace("{session}", &session);
+                conn.write_all(format!("{reply}Content-Length: 0\r\nConnection: close\r\n\r\n").as_bytes()).unwrap();
+                asked.push(format!(
+                    "{} | {}",
+                    head.lines().next().unwrap_or_default(),
+                    header("content-range:").unwrap_or_default()
+                ));
+            }
+            asked
+        });
+        (endpoint, served)
+    }
+
+    /// A store that keeps less of a chunk than it was sent gets the rest again, from where it stopped;
+    /// one that claims to hold what it was never sent fails the upload.
+    #[tokio::test]
+    async fn a_chunk_the_store_kept_part_of_is_sent_again_from_where_it_stopped() {
+        use object_store::ObjectStore;
+        let last = UPLOAD_CHUNK - 1;
+        let (endpoint, served) = scripted_store(vec![
+            "HTTP/1.1 200 OK\r\nLocation: {session}\r\n".into(),
+            "HTTP/1.1 308 Resume Incomplete\r\nRange: bytes=0-262143\r\n".into(),
+            format!("HTTP/1.1 308 Resume Incomplete\r\nRange: bytes=0-{last}\r\n"),
+        ]);
+        let account = ServiceAccount::from_key_json(&key_file()).unwrap();
+        let store = GoogleCloudStorage::new(&endpoint, "b", Some(account), None).unwrap();
+        let mut upload = store.put_multipart(&Path::from("out/p.csv")).await.unwrap();
+        upload.put_part(PutPayload::from(vec![7u8; UPLOAD_CHUNK])).await.unwrap();
+        let asked = served.join().unwrap();
+        assert!(asked[1].ends_with(&format!("| bytes 0-{last}/*")), "{asked:?}");
+        assert!(asked[2].ends_with(&format!("| bytes 262144-{last}/*")), "the rest, again: {asked:?}");
+
+        let (endpoint, served) = scripted_store(vec![
+            "HTTP/1.1 200 OK\r\nLocation: {session}\r\n".into(),
+            format!("HTTP/1.1 308 Resume Incomplete\r\nRange: bytes=0-{}\r\n", UPLOAD_CHUNK + 5),
+        ]);
+        let account = ServiceAccount::from_key_json(&key_file()).unwrap();
+        let store = GoogleCloudStorage::new(&endpoint, "b", Some(account), None).unwrap();
+        let mut upload = store.put_multipart(&Path::from("out/p.csv")).await.unwrap();
+        let failed = upload.put_part(PutPayload::from(vec![7u8; UPLOAD_CHUNK])).await.err().expect("refused");
+        assert!(failed.to_string().contains("the store holds"), "{failed}");
+        served.join().unwrap();
     }
 
     #[test]
