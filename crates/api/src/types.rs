@@ -580,7 +580,7 @@ pub struct CredentialRevoked {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RotatedCertificates {
     /// When the listeners' new certificate expires.
-    pub server_expires_at: Option<String>,
+    pub server_expires_at: String,
     /// The file the listeners' certificate was read again from, when the user brings it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub server_certificate_from: Option<String>,

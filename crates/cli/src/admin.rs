@@ -226,7 +226,7 @@ pub async fn rotate_certificates(client: &Client, out: Output) -> anyhow::Result
     if out.json {
         return print_json(&rotated);
     }
-    let until = rotated.server_expires_at.as_deref().unwrap_or("?");
+    let until = &rotated.server_expires_at;
     match &rotated.server_certificate_from {
         Some(file) => println!(
             "The listeners serve {file} as it is now, valid until {until}; open connections keep the one they had"

@@ -376,7 +376,7 @@ pub fn build_azure(secret: &AzureSecret, ca: Option<&str>) -> Result<Arc<object_
 pub fn build_gcs(secret: &GcsSecret, ca: Option<&str>) -> Result<Arc<gcs::GoogleCloudStorage>, String> {
     let account = gcs::ServiceAccount::from_key_json(&secret.service_account_key)
         .map_err(|e| format!("credentials.service_account_key_file: {e}"))?;
-    Ok(Arc::new(gcs::GoogleCloudStorage::new(&secret.endpoint, &secret.bucket, Some(account), ca)?))
+    Ok(Arc::new(gcs::GoogleCloudStorage::new(&secret.endpoint, &secret.bucket, account, ca)?))
 }
 
 /// Opens a local folder as an object store, creating it.

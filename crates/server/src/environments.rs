@@ -41,12 +41,7 @@ pub fn package_source(config: &EnvironmentSettings, policy: &NetworkPolicy) -> R
                 named.display()
             ))
         }
-        (Some(file), None) => {
-            let what = format!("--package-index-ca {}", file.display());
-            let pem = std::fs::read_to_string(file).map_err(|e| format!("{what}: {e}"))?;
-            cove_tls::certificates(&what, &pem).map_err(|e| e.to_string())?;
-            Some(pem)
-        }
+        (Some(file), None) => Some(crate::netpolicy::read_ca(&format!("--package-index-ca {}", file.display()), file)?),
         (None, _) => endpoint.map_or(Ok(None), crate::netpolicy::PrivateEndpoint::ca)?,
     };
     Ok(Some(PackageSource::Index { url: url.trim_end_matches('/').to_string(), address, ca }))

@@ -290,22 +290,20 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
     };
     let datastores = datastore::Datastores::new(DEFAULT_DATASTORE);
     for ds in store.call_now(|c| store::datastore_list(c))? {
+        let ca = || policy.endpoint_ca(&format!("datastore:{}", ds.name)).map_err(anyhow::Error::msg);
         match (ds.kind.as_str(), &ds.endpoint) {
             ("s3", Some(endpoint)) => {
                 let secret: datastore::S3Secret = read_datastore_secret(&dir, &ds.name)?;
                 let bucket = ds.root.trim_start_matches("s3://");
-                let ca = policy.endpoint_ca(&format!("datastore:{}", ds.name)).map_err(anyhow::Error::msg)?;
-                datastores.add_s3(&ds.name, endpoint, bucket, &secret, ca.as_deref()).map_err(anyhow::Error::msg)?;
+                datastores.add_s3(&ds.name, endpoint, bucket, &secret, ca()?.as_deref()).map_err(anyhow::Error::msg)?;
             }
             ("azure_blob" | "azure_data_lake_gen2", _) => {
                 let secret: datastore::AzureSecret = read_datastore_secret(&dir, &ds.name)?;
-                let ca = policy.endpoint_ca(&format!("datastore:{}", ds.name)).map_err(anyhow::Error::msg)?;
-                datastores.add_azure(&ds.name, &secret, ca.as_deref()).map_err(anyhow::Error::msg)?;
+                datastores.add_azure(&ds.name, &secret, ca()?.as_deref()).map_err(anyhow::Error::msg)?;
             }
             ("gcs", _) => {
                 let secret: datastore::GcsSecret = read_datastore_secret(&dir, &ds.name)?;
-                let ca = policy.endpoint_ca(&format!("datastore:{}", ds.name)).map_err(anyhow::Error::msg)?;
-                datastores.add_gcs(&ds.name, &secret, ca.as_deref()).map_err(anyhow::Error::msg)?;
+                datastores.add_gcs(&ds.name, &secret, ca()?.as_deref()).map_err(anyhow::Error::msg)?;
             }
             _ => datastores
                 .add_local(&ds.name, Path::new(&ds.root))

@@ -75,11 +75,15 @@ impl PrivateEndpoint {
     /// certificate is an error naming the endpoint and the file.
     pub fn ca(&self) -> Result<Option<String>, String> {
         let Some(file) = &self.ca_file else { return Ok(None) };
-        let what = format!("private endpoint {}: ca_file {}", self.name, file.display());
-        let pem = std::fs::read_to_string(file).map_err(|e| format!("{what}: {e}"))?;
-        cove_tls::certificates(&what, &pem).map_err(|e| e.to_string())?;
-        Ok(Some(pem))
+        read_ca(&format!("private endpoint {}: ca_file {}", self.name, file.display()), file).map(Some)
     }
+}
+
+/// A CA file's PEM, refused (naming it as `what`) when it cannot be read or holds no certificate.
+pub fn read_ca(what: &str, file: &std::path::Path) -> Result<String, String> {
+    let pem = std::fs::read_to_string(file).map_err(|e| format!("{what}: {e}"))?;
+    cove_tls::certificates(what, &pem).map_err(|e| e.to_string())?;
+    Ok(pem)
 }
 
 fn external() -> String {

@@ -166,23 +166,7 @@ fn write_public(path: &Path, text: &str) -> anyhow::Result<()> {
 }
 
 fn write_mode(path: &Path, text: &str, mode: u32) -> anyhow::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    // A name of its own (`ca.pem` and `ca.key` must not share one), replaced whole by the rename.
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    let _ = std::fs::remove_file(&tmp);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(&tmp)
-        .with_context(|| format!("failed to write {}", tmp.display()))?;
-    f.write_all(text.as_bytes())?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path).with_context(|| format!("failed to write {}", path.display()))?;
-    Ok(())
+    cove_tls::write_replacing(path, text, mode).with_context(|| format!("failed to write {}", path.display()))
 }
 
 fn restrict(path: &Path, mode: u32) -> anyhow::Result<()> {

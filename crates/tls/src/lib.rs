@@ -153,6 +153,27 @@ pub fn read(path: &Path) -> TlsResult<String> {
     std::fs::read_to_string(path).map_err(|source| TlsError::Read { path: path.display().to_string(), source })
 }
 
+/// Replaces `path` with `text` whole, created with `mode`: written to a name of its own beside it (a
+/// certificate and its key must not share one) and renamed over it, so a reader sees the old file or
+/// the new one, never part of either.
+pub fn write_replacing(path: &Path, text: &str, mode: u32) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let named = |e: std::io::Error, at: &Path| std::io::Error::new(e.kind(), format!("{}: {e}", at.display()));
+    let mut staged = path.as_os_str().to_owned();
+    staged.push(".tmp");
+    let staged = std::path::PathBuf::from(staged);
+    let _ = std::fs::remove_file(&staged);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(&staged)
+        .map_err(|e| named(e, &staged))?;
+    f.write_all(text.as_bytes()).and_then(|()| f.sync_all()).map_err(|e| named(e, &staged))?;
+    std::fs::rename(&staged, path).map_err(|e| named(e, path))
+}
+
 /// The certificates in a PEM text (`what` names it in errors).
 pub fn certificates(what: &str, pem: &str) -> TlsResult<Vec<CertificateDer<'static>>> {
     let certs: Vec<_> = CertificateDer::pem_slice_iter(pem.as_bytes())

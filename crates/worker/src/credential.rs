@@ -6,7 +6,6 @@
 use crate::WorkerConfig;
 use anyhow::Context;
 use cove_api::Client;
-use std::path::Path;
 use std::time::Duration;
 
 /// Renew when less than this is left: a third of a worker certificate's life.
@@ -44,26 +43,11 @@ async fn renew_if_due(client: &Client, config: &WorkerConfig, within: i64) -> an
     let tls = cove_tls::client_config(&what, &ca, Some((&renewed.cert_pem, &renewed.key_pem)))?;
     // The files first, so a worker started again from them has the new pair; then every connection
     // from now on. A certificate that cannot be written still serves this process until it ends.
-    let written = replace_private(&config.client_key, &renewed.key_pem)
-        .and_then(|()| replace_private(&config.client_cert, &renewed.cert_pem));
+    let written = [(&config.client_key, &renewed.key_pem), (&config.client_cert, &renewed.cert_pem)]
+        .into_iter()
+        .try_for_each(|(path, pem)| cove_tls::write_replacing(path, pem, 0o600))
+        .context("writing the new certificate over the old");
     client.reconnect(tls);
     written?;
     Ok(Some(renewed.not_after))
-}
-
-/// Replaces `path` with `text`, readable only by its owner, in one rename.
-fn replace_private(path: &Path, text: &str) -> anyhow::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let staged = path.with_extension("renewing");
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&staged)
-        .with_context(|| format!("failed to write {}", staged.display()))?;
-    file.write_all(text.as_bytes())?;
-    file.sync_all()?;
-    std::fs::rename(&staged, path).with_context(|| format!("failed to replace {}", path.display()))
 }

@@ -28,7 +28,7 @@ impl Azurite {
         let bin = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.cache/azurite/node_modules/.bin/azurite-blob");
         assert!(bin.exists(), "{} is missing: run scripts/setup", bin.display());
         let data = tempfile::tempdir().unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = crate::support::free_port();
         let mut command = Command::new(bin);
         command
             .args(["--blobHost", "127.0.0.1", "--blobPort", &port.to_string(), "--silent", "--skipApiVersionCheck"])
@@ -38,11 +38,7 @@ impl Azurite {
             command.arg("--cert").arg(cert).arg("--key").arg(key);
         }
         let child = command.stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
-        let start = std::time::Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(start.elapsed().as_secs() < 30, "Azurite did not start");
-            std::thread::sleep(std::time::Duration::from_millis(100));
-        }
+        crate::support::wait_for_listener(port, "Azurite");
         Azurite { child, port, ca: tls.map(|(_, _, ca)| ca), _data: data }
     }
 

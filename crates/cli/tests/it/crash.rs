@@ -210,16 +210,8 @@ fn crash_kill_9_before_a_completed_jobs_parts_are_deleted() {
     assert_eq!(pid, cp.pid(), "the control plane itself paused before deleting the parts");
     let shown = cp.cove(&["--json", "job", "show", &job]).ok().json();
     assert_eq!(shown["status"], "Completed", "{shown:#}");
-    let state = cp.dir.join("state/cove.db");
-    let parts_kept = || -> i64 {
-        let db = rusqlite::Connection::open(&state).unwrap();
-        db.query_row(
-            "SELECT COUNT(*) FROM part_bodies WHERE lease_id IN (SELECT lease_id FROM attempts WHERE job = ?1)",
-            [&job],
-            |r| r.get(0),
-        )
-        .unwrap()
-    };
+    let ws_dir = cp.dir.clone();
+    let parts_kept = || support::part_bodies_kept(&ws_dir, &job);
     assert_eq!(parts_kept(), 3, "the three mini-batches' parts are still kept");
     support::kill9_and_confirm(pid);
     cp.kill9();

@@ -11,18 +11,14 @@ struct S3Server {
 
 impl S3Server {
     fn start() -> S3Server {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = crate::support::free_port();
         let child = Command::new("python3")
             .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string()])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("moto's S3 server is installed (scripts/setup)");
-        let start = std::time::Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(start.elapsed().as_secs() < 30, "the S3 server did not start");
-            std::thread::sleep(std::time::Duration::from_millis(100));
-        }
+        crate::support::wait_for_listener(port, "the S3 server");
         S3Server { child, port }
     }
 

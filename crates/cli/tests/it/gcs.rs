@@ -14,7 +14,7 @@ struct GcsServer {
 impl GcsServer {
     /// Starts the server with `bucket` made; `scripts/setup` installs it.
     fn start(bucket: &str) -> GcsServer {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = crate::support::free_port();
         let child = Command::new("python3")
             .args(["-m", "gcp_storage_emulator", "start", "--host", "127.0.0.1", "--in-memory", "-q"])
             .args(["--port", &port.to_string(), "--default-bucket", bucket])
@@ -22,11 +22,7 @@ impl GcsServer {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let start = std::time::Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(start.elapsed().as_secs() < 30, "gcp-storage-emulator did not start: run scripts/setup");
-            std::thread::sleep(std::time::Duration::from_millis(100));
-        }
+        crate::support::wait_for_listener(port, "gcp-storage-emulator (run scripts/setup)");
         GcsServer { child, port }
     }
 

@@ -531,15 +531,7 @@ fn a_jobs_result_parts_are_deleted_once_it_ends() {
     let name = run.ok().json()["name"].as_str().unwrap().to_string();
     let objects = ws.path().join("state/objects/jobs").join(&name).join("parts");
     let objects_stored = || std::fs::read_dir(&objects).map(|d| d.count()).unwrap_or(0);
-    let db = rusqlite::Connection::open(ws.path().join("state/cove.db")).unwrap();
-    let bodies_stored = || -> i64 {
-        db.query_row(
-            "SELECT COUNT(*) FROM part_bodies WHERE lease_id IN (SELECT lease_id FROM attempts WHERE job = ?1)",
-            [&name],
-            |r| r.get(0),
-        )
-        .unwrap()
-    };
+    let bodies_stored = || crate::support::part_bodies_kept(&ws.path(), &name);
     let start = std::time::Instant::now();
     while objects_stored() < 1 || bodies_stored() < 2 {
         assert!(

@@ -560,6 +560,31 @@ pub fn pids_with_args(args: &[&str]) -> Vec<u32> {
     out
 }
 
+/// A loopback port nothing listens on now, for a server the test starts.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Waits until a server the test started (`what`) listens on loopback `port`.
+pub fn wait_for_listener(port: u16, what: &str) {
+    let start = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(start.elapsed() < Duration::from_secs(30), "{what} did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// How many result parts of `job` the state store of the workspace at `ws` keeps.
+pub fn part_bodies_kept(ws: &Path, job: &str) -> i64 {
+    let db = rusqlite::Connection::open(ws.join("state/cove.db")).unwrap();
+    db.query_row(
+        "SELECT COUNT(*) FROM part_bodies WHERE lease_id IN (SELECT lease_id FROM attempts WHERE job = ?1)",
+        [job],
+        |r| r.get(0),
+    )
+    .unwrap()
+}
+
 /// Sends a signal to one process by PID.
 pub fn kill(pid: u32, signal: &str) {
     let ok = Command::new("kill").arg(format!("-{signal}")).arg(pid.to_string()).status().unwrap().success();
@@ -583,7 +608,7 @@ impl ControlPlane {
     }
 
     pub fn start_logging(dir: &Path, log: Option<PathBuf>) -> ControlPlane {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = free_port();
         let mut cp = ControlPlane { dir: dir.to_path_buf(), port, child: None, log, env: Vec::new() };
         cp.restart();
         cp
@@ -631,7 +656,7 @@ impl ControlPlane {
 
     /// Starts it with a pause at `point` (see `cove_api::pause`), its markers written to `dir`.
     pub fn pausing_at(dir: &Path, point: &str, markers: &Path) -> ControlPlane {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = free_port();
         let env = vec![
             ("COVE_PAUSE_AT".to_string(), point.to_string()),
             ("COVE_PAUSE_DIR".to_string(), markers.display().to_string()),

@@ -293,7 +293,7 @@ fn an_expired_certificate_a_plain_url_and_a_non_owner_are_refused_with_the_reaso
     std::fs::write(dir.path().join("api.pem"), &expired.cert_pem).unwrap();
     std::fs::write(dir.path().join("api.key"), &expired.key_pem).unwrap();
     // A TLS server the test runs serves the expired certificate: the CLI refuses it, saying why.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = crate::support::free_port();
     let mut server = std::process::Command::new("openssl")
         .args(["s_server", "-quiet", "-www", "-accept", &format!("127.0.0.1:{port}"), "-cert"])
         .arg(dir.path().join("api.pem"))
@@ -303,11 +303,7 @@ fn an_expired_certificate_a_plain_url_and_a_non_owner_are_refused_with_the_reaso
         .stdout(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let started = std::time::Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(started.elapsed().as_secs() < 10, "openssl s_server did not start");
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    crate::support::wait_for_listener(port, "openssl s_server");
     let refused = std::process::Command::new(COVE)
         .args(["endpoint", "list"])
         .env_remove("COVE_WORKSPACE")

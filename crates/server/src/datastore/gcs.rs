@@ -58,11 +58,12 @@ impl ServiceAccount {
         if key.kind != "service_account" {
             return Err(format!("`type` is `{}`, not `service_account`", key.kind));
         }
-        let (label, der) = pem_body(&key.private_key).ok_or("`private_key` is not a PEM private key")?;
-        let pair = match label.as_str() {
-            "PRIVATE KEY" => ring::signature::RsaKeyPair::from_pkcs8(&der),
-            "RSA PRIVATE KEY" => ring::signature::RsaKeyPair::from_der(&der),
-            other => return Err(format!("`private_key` is a {other}, not an RSA private key")),
+        use cove_tls::rustls::pki_types::PrivateKeyDer;
+        let der = cove_tls::private_key("`private_key`", &key.private_key).map_err(|e| e.to_string())?;
+        let pair = match &der {
+            PrivateKeyDer::Pkcs8(k) => ring::signature::RsaKeyPair::from_pkcs8(k.secret_pkcs8_der()),
+            PrivateKeyDer::Pkcs1(k) => ring::signature::RsaKeyPair::from_der(k.secret_pkcs1_der()),
+            _ => return Err("`private_key` is not an RSA private key".into()),
         }
         .map_err(|e| format!("`private_key` is not a usable RSA key: {e}"))?;
         Ok(ServiceAccount { email: key.client_email, key_id: key.private_key_id, pair })
@@ -90,16 +91,6 @@ impl ServiceAccount {
     }
 }
 
-/// The label and the decoded body of the first PEM block in `text`.
-fn pem_body(text: &str) -> Option<(String, Vec<u8>)> {
-    let start = text.find("-----BEGIN ")?;
-    let rest = &text[start + "-----BEGIN ".len()..];
-    let (label, rest) = rest.split_once("-----")?;
-    let end = rest.find(&format!("-----END {label}-----"))?;
-    let body: String = rest[..end].chars().filter(|c| !c.is_whitespace()).collect();
-    Some((label.to_string(), base64::engine::general_purpose::STANDARD.decode(body).ok()?))
-}
-
 /// A bucket, reached at `endpoint` (`https://storage.googleapis.com`, or its private endpoint's address).
 pub struct GoogleCloudStorage {
     inner: Arc<Inner>,
@@ -110,7 +101,7 @@ struct Inner {
     /// `scheme://host[:port]`, without a path.
     endpoint: String,
     bucket: String,
-    account: Option<ServiceAccount>,
+    account: ServiceAccount,
     /// The JWT in use and the Unix second it expires.
     token: Mutex<Option<(String, i64)>>,
 }
@@ -128,14 +119,14 @@ impl std::fmt::Debug for GoogleCloudStorage {
 }
 
 impl GoogleCloudStorage {
-    /// A client of `bucket` at `endpoint`; requests are signed by `account` when there is one.
+    /// A client of `bucket` at `endpoint`, its requests signed by `account`.
     ///
     /// # Errors
     /// An endpoint that is not `http(s)://host[:port]`, or a CA that is not PEM.
     pub fn new(
         endpoint: &str,
         bucket: &str,
-        account: Option<ServiceAccount>,
+        account: ServiceAccount,
         ca: Option<&str>,
     ) -> Result<GoogleCloudStorage, String> {
         let endpoint = endpoint.trim_end_matches('/');
@@ -200,7 +191,7 @@ impl ObjectResource {
     }
 }
 
-#[derive(serde::Deserialize, Default)]
+#[derive(serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct ListPage {
     #[serde(default)]
@@ -216,26 +207,31 @@ impl Inner {
         format!("{}/storage/v1/b/{}/o/{}", self.endpoint, encode(&self.bucket), encode(location.as_ref()))
     }
 
-    fn bearer(&self) -> Option<String> {
-        let account = self.account.as_ref()?;
+    fn bearer(&self) -> String {
         let now = chrono::Utc::now().timestamp();
         let mut token = self.token.lock().unwrap_or_else(|p| p.into_inner());
         match &*token {
-            Some((jwt, expires)) if *expires - now > 300 => Some(jwt.clone()),
+            Some((jwt, expires)) if *expires - now > 300 => jwt.clone(),
             _ => {
-                let jwt = account.jwt(now);
+                let jwt = self.account.jwt(now);
                 *token = Some((jwt.clone(), now + TOKEN_SECS));
-                Some(jwt)
+                jwt
             }
         }
     }
 
     fn request(&self, method: reqwest::Method, url: &str) -> reqwest::RequestBuilder {
-        let request = self.client.request(method, url);
-        match self.bearer() {
-            Some(jwt) => request.bearer_auth(jwt),
-            None => request,
-        }
+        self.client.request(method, url).bearer_auth(self.bearer())
+    }
+
+    /// Where an object is uploaded to: whole (`media`) or in chunks (`resumable`).
+    fn upload_url(&self, upload_type: &str, location: &Path) -> String {
+        format!(
+            "{}/upload/storage/v1/b/{}/o?uploadType={upload_type}&name={}",
+            self.endpoint,
+            encode(&self.bucket),
+            encode(location.as_ref())
+        )
     }
 
     /// Sends `request`; an answer that is not a success becomes the error `object_store` callers expect.
@@ -330,12 +326,7 @@ impl object_store::ObjectStore for GoogleCloudStorage {
         opts: PutOptions,
     ) -> object_store::Result<PutResult> {
         let s = &self.inner;
-        let mut url = format!(
-            "{}/upload/storage/v1/b/{}/o?uploadType=media&name={}",
-            s.endpoint,
-            encode(&s.bucket),
-            encode(location.as_ref())
-        );
+        let mut url = s.upload_url("media", location);
         if let Some(generation) = Inner::if_generation(&opts.mode)? {
             url += &format!("&ifGenerationMatch={generation}");
         }
@@ -355,12 +346,7 @@ impl object_store::ObjectStore for GoogleCloudStorage {
         _opts: PutMultipartOptions,
     ) -> object_store::Result<Box<dyn MultipartUpload>> {
         let s = &self.inner;
-        let url = format!(
-            "{}/upload/storage/v1/b/{}/o?uploadType=resumable&name={}",
-            s.endpoint,
-            encode(&s.bucket),
-            encode(location.as_ref())
-        );
+        let url = s.upload_url("resumable", location);
         let response = s.send(s.request(reqwest::Method::POST, &url), location).await?;
         let session = response
             .headers()
@@ -637,21 +623,13 @@ impl object_store::signer::Signer for GoogleCloudStorage {
         expires_in: std::time::Duration,
     ) -> object_store::Result<url::Url> {
         let s = &self.inner;
-        let account = s.account.as_ref().ok_or_else(|| generic("a store reached without a key cannot sign URLs"))?;
         let now = chrono::Utc::now();
-        let url = signed_url(s, account, method.as_str(), path, expires_in.as_secs().clamp(1, 604_800), now);
+        let url = signed_url(s, method.as_str(), path, expires_in.as_secs().clamp(1, 604_800), now);
         url::Url::parse(&url).map_err(|e| generic(e.to_string()))
     }
 }
 
-fn signed_url(
-    s: &Inner,
-    account: &ServiceAccount,
-    method: &str,
-    path: &Path,
-    expires_secs: u64,
-    now: chrono::DateTime<chrono::Utc>,
-) -> String {
+fn signed_url(s: &Inner, method: &str, path: &Path, expires_secs: u64, now: chrono::DateTime<chrono::Utc>) -> String {
     use sha2::Digest;
     let host = s.endpoint.split_once("://").map_or(s.endpoint.as_str(), |(_, h)| h);
     let resource =
@@ -661,12 +639,12 @@ fn signed_url(
     // Already in the sorted order the canonical request needs.
     let query = format!(
         "X-Goog-Algorithm=GOOG4-RSA-SHA256&X-Goog-Credential={}&X-Goog-Date={datetime}&X-Goog-Expires={expires_secs}&X-Goog-SignedHeaders=host",
-        encode(&format!("{}/{scope}", account.email))
+        encode(&format!("{}/{scope}", s.account.email))
     );
     let canonical = format!("{method}\n/{resource}\n{query}\nhost:{host}\n\nhost\nUNSIGNED-PAYLOAD");
     let to_sign =
         format!("GOOG4-RSA-SHA256\n{datetime}\n{scope}\n{}", hex(&sha2::Sha256::digest(canonical.as_bytes())));
-    let signature = hex(&account.sign(to_sign.as_bytes()));
+    let signature = hex(&s.account.sign(to_sign.as_bytes()));
     format!("{}/{resource}?{query}&X-Goog-Signature={signature}", s.endpoint)
 }
 
@@ -693,6 +671,14 @@ mod tests {
             "private_key": String::from_utf8(out.stdout).unwrap(),
         })
         .to_string()
+    }
+
+    fn account() -> ServiceAccount {
+        ServiceAccount::from_key_json(&key_file()).unwrap()
+    }
+
+    fn store_at(endpoint: &str, bucket: &str) -> GoogleCloudStorage {
+        GoogleCloudStorage::new(endpoint, bucket, account(), None).unwrap()
     }
 
     fn verify(account: &ServiceAccount, message: &[u8], signature: &[u8]) -> bool {
@@ -723,10 +709,9 @@ mod tests {
 
     #[test]
     fn a_v4_url_signs_its_canonical_request() {
-        let account = ServiceAccount::from_key_json(&key_file()).unwrap();
-        let s = GoogleCloudStorage::new("https://storage.googleapis.com", "my-bucket", None, None).unwrap();
+        let s = store_at("https://storage.googleapis.com", "my-bucket");
         let now = chrono::DateTime::parse_from_rfc3339("2026-11-28T05:06:07Z").unwrap().with_timezone(&chrono::Utc);
-        let url = signed_url(&s.inner, &account, "GET", &Path::from("in/a b+c.csv"), 900, now);
+        let url = signed_url(&s.inner, "GET", &Path::from("in/a b+c.csv"), 900, now);
         let (base, query) = url.split_once('?').unwrap();
         assert_eq!(base, "https://storage.googleapis.com/my-bucket/in/a%20b%2Bc.csv");
         let (unsigned, signature) = query.rsplit_once("&X-Goog-Signature=").unwrap();
@@ -744,7 +729,7 @@ mod tests {
         );
         let signature: Vec<u8> =
             (0..signature.len()).step_by(2).map(|i| u8::from_str_radix(&signature[i..i + 2], 16).unwrap()).collect();
-        assert!(verify(&account, to_sign.as_bytes(), &signature));
+        assert!(verify(&s.inner.account, to_sign.as_bytes(), &signature));
     }
 
     /// gcp-storage-emulator (`scripts/setup` installs it) on a loopback port, with `bucket` made.
@@ -787,8 +772,7 @@ mod tests {
     async fn the_store_speaks_to_a_gcs_server() {
         use object_store::ObjectStore;
         let emulator = Emulator::start("bkt");
-        let account = ServiceAccount::from_key_json(&key_file()).unwrap();
-        let store = GoogleCloudStorage::new(&emulator.endpoint, "bkt", Some(account), None).unwrap();
+        let store = store_at(&emulator.endpoint, "bkt");
 
         let parts: Vec<Vec<u8>> = [UPLOAD_CHUNK + 1000, 3 * UPLOAD_GRANULE + 7, UPLOAD_CHUNK - 5, 12345]
             .iter()
@@ -846,8 +830,7 @@ mod tests {
         elsewhere.set_nonblocking(true).unwrap();
         let away = format!("http://{}/upload?upload_id=1", elsewhere.local_addr().unwrap());
         let (endpoint, served) = scripted_store(vec![format!("HTTP/1.1 200 OK\r\nLocation: {away}\r\n")]);
-        let account = ServiceAccount::from_key_json(&key_file()).unwrap();
-        let store = GoogleCloudStorage::new(&endpoint, "b", Some(account), None).unwrap();
+        let store = store_at(&endpoint, "b");
         let refused = store.put_multipart(&Path::from("out/p.csv")).await.err().expect("refused");
         assert!(refused.to_string().contains("away from its endpoint"), "{refused}");
         let asked = served.join().unwrap();
@@ -905,8 +888,7 @@ mod tests {
             "HTTP/1.1 308 Resume Incomplete\r\nRange: bytes=0-262143\r\n".into(),
             format!("HTTP/1.1 308 Resume Incomplete\r\nRange: bytes=0-{last}\r\n"),
         ]);
-        let account = ServiceAccount::from_key_json(&key_file()).unwrap();
-        let store = GoogleCloudStorage::new(&endpoint, "b", Some(account), None).unwrap();
+        let store = store_at(&endpoint, "b");
         let mut upload = store.put_multipart(&Path::from("out/p.csv")).await.unwrap();
         upload.put_part(PutPayload::from(vec![7u8; UPLOAD_CHUNK])).await.unwrap();
         let asked = served.join().unwrap();
@@ -917,8 +899,7 @@ mod tests {
             "HTTP/1.1 200 OK\r\nLocation: {session}\r\n".into(),
             format!("HTTP/1.1 308 Resume Incomplete\r\nRange: bytes=0-{}\r\n", UPLOAD_CHUNK + 5),
         ]);
-        let account = ServiceAccount::from_key_json(&key_file()).unwrap();
-        let store = GoogleCloudStorage::new(&endpoint, "b", Some(account), None).unwrap();
+        let store = store_at(&endpoint, "b");
         let mut upload = store.put_multipart(&Path::from("out/p.csv")).await.unwrap();
         let failed = upload.put_part(PutPayload::from(vec![7u8; UPLOAD_CHUNK])).await.err().expect("refused");
         assert!(failed.to_string().contains("the store holds"), "{failed}");
@@ -934,7 +915,7 @@ mod tests {
         assert!(ServiceAccount::from_key_json(&key.to_string()).err().unwrap().contains("not a usable RSA key"));
         assert!(ServiceAccount::from_key_json("{").err().unwrap().contains("not a service account key file"));
         for bad in ["ftp://h", "http://h/path", "nonsense"] {
-            assert!(GoogleCloudStorage::new(bad, "b", None, None).is_err(), "{bad}");
+            assert!(GoogleCloudStorage::new(bad, "b", account(), None).is_err(), "{bad}");
         }
     }
 }

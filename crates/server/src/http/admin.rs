@@ -300,7 +300,7 @@ pub async fn rotate_certificates(State(app): State<AppRef>, user: User) -> JsonR
         Some(_) => ApiError::invalid(format!("{e:#}")),
         None => ApiError::internal("renew the listeners' certificate", format!("{e:#}")),
     })?;
-    let server_expires_at = Some(logs::timestamp(not_after * 1000));
+    let server_expires_at = logs::timestamp(not_after * 1000);
     let server_certificate_from = app.tls.brought.as_ref().map(|b| b.certificate.display().to_string());
     let mut computes = Vec::new();
     let on_this_host = app.store.call(|c| store::compute_list(c)).await?;

@@ -207,12 +207,17 @@ fn foreign_lease(lease: &str, compute: &str, w: &Principal) -> ApiError {
     )
 }
 
+/// A worker as the audit log names it: its credential and its compute.
+fn worker_principal(w: &Principal) -> String {
+    format!("{} (worker of {})", w.token_id, w.compute.as_deref().unwrap_or("-"))
+}
+
 /// Writes who uploaded what a job may publish: the compute, its credential, the lease.
 /// Written in the same store trip that records the upload with its attempt.
 fn upload_audit(w: &Principal, source: guard::Source, what: String, job: &str, idx: u64, lease: &str) -> AuditEntry {
     AuditEntry {
         time: String::new(),
-        principal: format!("{} (worker of {})", w.token_id, w.compute.as_deref().unwrap_or("-")),
+        principal: worker_principal(w),
         source: source.0.to_string(),
         action: what,
         resource: format!("job {job} mini-batch {idx}"),
@@ -231,9 +236,9 @@ pub async fn renew_credential(
 ) -> JsonResult<cove_api::worker::RenewedCredential> {
     let compute =
         w.compute.clone().ok_or_else(|| ApiError::internal("renew a credential", "a worker without a compute"))?;
-    let app2 = app.clone();
+    let (issuing, for_compute) = (app.clone(), compute.clone());
     let issued = tokio::task::spawn_blocking(move || {
-        crate::tls::issue_client_certificate(&app2.tls.authority, &app2.store, &compute)
+        crate::tls::issue_client_certificate(&issuing.tls.authority, &issuing.store, &for_compute)
     })
     .await
     .map_err(|e| ApiError::internal("renew a credential", e.to_string()))?
@@ -241,10 +246,10 @@ pub async fn renew_credential(
     // Issuing a credential is audited, as the owner's issuing is; other worker requests are not.
     guard::audit(
         &app,
-        format!("{} (worker of {})", w.token_id, w.compute.as_deref().unwrap_or("-")),
+        worker_principal(&w),
         source.0,
         "POST /worker/v1/credential".into(),
-        format!("compute {}", w.compute.as_deref().unwrap_or("-")),
+        format!("compute {compute}"),
         "ok".into(),
         Some(format!(
             "certificate {} valid until {}",
