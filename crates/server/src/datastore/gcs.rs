@@ -182,7 +182,7 @@ impl ObjectResource {
         let size =
             self.size.parse().map_err(|_| generic(format!("object `{}` has size `{}`", self.name, self.size)))?;
         Ok(ObjectMeta {
-            location: Path::from(self.name),
+            location: crate::datastore::object_path_of(&self.name),
             last_modified: self.updated,
             size,
             e_tag: self.etag,
@@ -453,7 +453,9 @@ impl object_store::ObjectStore for GoogleCloudStorage {
         let mut token = None;
         loop {
             let page = self.inner.list_page(prefix, true, token.as_deref()).await?;
-            result.common_prefixes.extend(page.prefixes.iter().map(|p| Path::from(p.trim_end_matches('/'))));
+            result
+                .common_prefixes
+                .extend(page.prefixes.iter().map(|p| crate::datastore::object_path_of(p.trim_end_matches('/'))));
             for item in page.items {
                 result.objects.push(item.meta()?);
             }
@@ -815,6 +817,15 @@ mod tests {
             Err(object_store::Error::NotFound { .. }) => {}
             other => panic!("a deleted object is not found: {other:?}"),
         }
+        // Listed names are the objects' own: one with `#` or `[` is found again under what the listing says.
+        let odd = crate::datastore::object_path_of("odd/report #3 [1]/x.csv");
+        store.put(&odd, PutPayload::from("x\n")).await.unwrap();
+        let listed: Vec<Path> =
+            store.list(Some(&Path::from("odd"))).map_ok(|m| m.location).try_collect().await.unwrap();
+        assert_eq!(listed.iter().map(|p| p.as_ref()).collect::<Vec<_>>(), ["odd/report #3 [1]/x.csv"]);
+        assert_eq!(store.get(&listed[0]).await.unwrap().bytes().await.unwrap(), "x\n");
+        let level = store.list_with_delimiter(Some(&Path::from("odd"))).await.unwrap();
+        assert_eq!(level.common_prefixes.iter().map(|p| p.as_ref()).collect::<Vec<_>>(), ["odd/report #3 [1]"]);
         match store.get(&Path::from("never.csv")).await {
             Err(object_store::Error::NotFound { path, .. }) => assert_eq!(path, "never.csv"),
             other => panic!("a missing object is not found: {other:?}"),
