@@ -1074,9 +1074,8 @@ pub async fn create_datastore(
         "azure_blob" | "azure_data_lake_gen2" => return create_azure_datastore(&app, name, req).await,
         "gcs" => return create_gcs_datastore(&app, name, req).await,
         other => {
-            return Err(ApiError::invalid(format!(
-            "type: `{other}` is not a datastore type Cove reaches (azure_blob, azure_data_lake_gen2, gcs, s3, local)"
-        )))
+            let known = "azure_blob, azure_data_lake_gen2, gcs, s3, local";
+            return Err(ApiError::invalid(format!("type: `{other}` is not a datastore type Cove reaches ({known})")));
         }
     }
     check_private_endpoint(&app, &name, "endpoint", &req.endpoint).await?;
