@@ -44,8 +44,11 @@ pub async fn check_onnx(exe: &std::path::Path, bytes: bytes::Bytes) -> Result<()
     match out.status.code() {
         Some(0) => Ok(()),
         Some(1) if !said.is_empty() => Err(said),
+        // How it ended is said too: a limit shows as a signal or an allocation failure, and anything
+        // else (a check that could not start its work) is then told apart from a model over its limits.
         _ => Err(format!(
-            "loading the model needed more than {memory_mb} MB of memory or {CPU_SECONDS} s of CPU, and was stopped"
+            "loading the model needed more than {memory_mb} MB of memory or {CPU_SECONDS} s of CPU, and was stopped ({})",
+            out.status
         )),
     }
 }
