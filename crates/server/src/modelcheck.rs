@@ -16,6 +16,8 @@ pub const CHILD_ARG: &str = "__check-onnx-model";
 const BASE_MEMORY_MB: u64 = 1024;
 const CPU_SECONDS: u64 = 60;
 const WALL_TIME: Duration = Duration::from_secs(120);
+/// How much address space the child's allocator reserves at a time, well under [`BASE_MEMORY_MB`].
+const ARENA_RESERVE: &str = "64MiB";
 
 /// Loads `bytes` as a no-code ONNX model in a limited child process of `exe`; the reason it cannot run.
 pub async fn check_onnx(exe: &std::path::Path, bytes: bytes::Bytes) -> Result<(), String> {
@@ -24,6 +26,11 @@ pub async fn check_onnx(exe: &std::path::Path, bytes: bytes::Bytes) -> Result<()
         .arg(CHILD_ARG)
         .arg(memory_mb.to_string())
         .env_clear()
+        // mimalloc reserves its arenas a gigabyte at a time by default. An address-space limit counts
+        // that reservation in full, so the child's first allocations sometimes found no room left under
+        // the limit and aborted on a model a few hundred bytes long. Smaller reservations keep the limit
+        // a measure of what loading the model really takes.
+        .env("MIMALLOC_ARENA_RESERVE", ARENA_RESERVE)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())

@@ -156,3 +156,28 @@ fn models_a_worker_could_not_run_are_refused_at_deployment() {
     let (status, body) = ws.http("GET", "/api/v1/endpoints/tabular/deployments", None, &[]);
     assert_eq!((status, body.as_array().map(Vec::len)), (200, Some(0)), "nothing half-created: {body}");
 }
+
+/// The limited child that checks a model must pass a small model every time: an address-space limit
+/// counts what an allocator reserves, not what it uses, and one reservation too many made one check in
+/// a hundred or so fail on the bundled model.
+#[test]
+fn the_model_check_passes_a_small_model_every_time() {
+    let exe = Path::new(env!("CARGO_BIN_EXE_cove"));
+    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/quickstart/model/heart-risk.onnx");
+    let bytes = bytes::Bytes::from(std::fs::read(&model).unwrap());
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    const CHECKS: usize = 600;
+    let failed: Vec<String> = rt.block_on(async {
+        let mut failed = Vec::new();
+        // Two at a time, one per core: the checks are all the work this test does.
+        for _ in 0..CHECKS / 2 {
+            let (a, b) = tokio::join!(
+                cove_server::modelcheck::check_onnx(exe, bytes.clone()),
+                cove_server::modelcheck::check_onnx(exe, bytes.clone())
+            );
+            failed.extend([a, b].into_iter().filter_map(Result::err));
+        }
+        failed
+    });
+    assert!(failed.is_empty(), "{} of {CHECKS} checks failed, the first: {}", failed.len(), failed[0]);
+}
