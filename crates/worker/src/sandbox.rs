@@ -111,7 +111,14 @@ fn known_interpreters_file() -> Option<PathBuf> {
 struct KnownInterpreter {
     answer: Vec<String>,
     seen: Vec<(String, Option<(i64, i64, u64, u64)>)>,
+    /// When a worker last used the answer (seconds since the epoch, refreshed at most hourly so a
+    /// job's start does not write the file): the least recently used answers go first.
+    #[serde(default)]
+    used: u64,
 }
+
+/// How many answers are kept: the interpreters of one user's workspaces, environments included.
+const KNOWN_INTERPRETERS: usize = 64;
 
 fn fingerprint(python: &str, answer: &[String]) -> Vec<(String, Option<(i64, i64, u64, u64)>)> {
     use std::os::unix::fs::MetadataExt;
@@ -133,35 +140,47 @@ fn interpreter_key(python: &str) -> String {
 fn interpreter_known_in(python: &str, known: Option<&Path>) -> Result<Interpreter, String> {
     type Known = std::collections::BTreeMap<String, KnownInterpreter>;
     let key = interpreter_key(python);
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
     let mut all: Known =
         known.and_then(|f| std::fs::read(f).ok()).and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
-    if let Some(entry) = all.get(&key) {
+    if let Some(entry) = all.get_mut(&key) {
         if entry.seen == fingerprint(python, &entry.answer) {
-            return Ok(from_answer(&entry.answer));
+            let interpreter = from_answer(&entry.answer);
+            if now.saturating_sub(entry.used) >= 3600 {
+                entry.used = now;
+                keep_known(known, &all);
+            }
+            return Ok(interpreter);
         }
     }
     let answer = ask_interpreter(python)?;
-    if let Some(file) = known {
-        let seen = fingerprint(python, &answer);
-        all.insert(key, KnownInterpreter { answer: answer.clone(), seen });
-        while all.len() > 64 {
-            all.pop_first();
-        }
-        // Written whole and renamed into place: workers starting together never read half of it.
-        if let (Some(dir), Ok(bytes)) = (file.parent(), serde_json::to_vec(&all)) {
-            let tmp = dir.join(format!("interpreters.{}.tmp", std::process::id()));
-            let written = std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(dir)
-                .and_then(|()| std::fs::write(&tmp, bytes))
-                .and_then(|()| std::fs::rename(&tmp, file));
-            if written.is_err() {
-                let _ = std::fs::remove_file(&tmp);
-            }
+    let seen = fingerprint(python, &answer);
+    all.insert(key.clone(), KnownInterpreter { answer: answer.clone(), seen, used: now });
+    // The least recently used go, never the answer just learned (the first in key order once was).
+    while all.len() > KNOWN_INTERPRETERS {
+        let oldest = all.iter().filter(|(k, _)| **k != key).min_by_key(|(_, e)| e.used).map(|(k, _)| k.clone());
+        all.remove(&oldest.expect("more than one answer is kept"));
+    }
+    keep_known(known, &all);
+    Ok(from_answer(&answer))
+}
+
+/// Writes the kept answers whole and renames them into place, so workers starting together never read
+/// half of the file. Keeping is an optimisation: a failure only means asking again next time.
+fn keep_known(known: Option<&Path>, all: &std::collections::BTreeMap<String, KnownInterpreter>) {
+    let Some(file) = known else { return };
+    if let (Some(dir), Ok(bytes)) = (file.parent(), serde_json::to_vec(all)) {
+        let tmp = dir.join(format!("interpreters.{}.tmp", std::process::id()));
+        let written = std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .and_then(|()| std::fs::write(&tmp, bytes))
+            .and_then(|()| std::fs::rename(&tmp, file));
+        if written.is_err() {
+            let _ = std::fs::remove_file(&tmp);
         }
     }
-    Ok(from_answer(&answer))
 }
 
 /// Starts the interpreter to ask for its executable, prefixes and path.
@@ -303,5 +322,27 @@ mod interpreter_tests {
         // Without a place to keep answers, it is asked every time.
         interpreter_known_in(python, None).unwrap();
         assert_eq!(times_asked(), 4);
+
+        // A full file: the least recently used answer goes, never the one just learned, even when its
+        // key comes first in order (the benchmark's interpreter was asked at every job start so).
+        let others: std::collections::BTreeMap<String, serde_json::Value> = (0..KNOWN_INTERPRETERS)
+            .map(|i| {
+                (
+                    format!("/zz/{i:02}/python\n\n\n"),
+                    serde_json::json!({"answer": ["/zz"], "seen": [], "used": 100 + i}),
+                )
+            })
+            .collect();
+        assert!(others.keys().all(|k| *k > interpreter_key(python)), "the new key sorts first");
+        std::fs::write(&known, serde_json::to_vec(&others).unwrap()).unwrap();
+        interpreter_known_in(python, Some(&known)).unwrap();
+        assert_eq!(times_asked(), 5);
+        interpreter_known_in(python, Some(&known)).unwrap();
+        assert_eq!(times_asked(), 5, "the answer just learned was kept");
+        let kept: std::collections::BTreeMap<String, serde_json::Value> =
+            serde_json::from_slice(&std::fs::read(&known).unwrap()).unwrap();
+        assert_eq!(kept.len(), KNOWN_INTERPRETERS);
+        assert!(!kept.contains_key("/zz/00/python\n\n\n"), "the least recently used went");
+        assert!(kept.contains_key("/zz/01/python\n\n\n"));
     }
 }
