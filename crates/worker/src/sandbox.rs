@@ -110,7 +110,7 @@ fn known_interpreters_file() -> Option<PathBuf> {
 #[derive(Serialize, Deserialize, PartialEq)]
 struct KnownInterpreter {
     answer: Vec<String>,
-    seen: Vec<(String, Option<(i64, i64, u64, u64)>)>,
+    seen: Fingerprint,
     /// When a worker last used the answer (seconds since the epoch, refreshed at most hourly so a
     /// job's start does not write the file): the least recently used answers go first.
     #[serde(default)]
@@ -120,7 +120,10 @@ struct KnownInterpreter {
 /// How many answers are kept: the interpreters of one user's workspaces, environments included.
 const KNOWN_INTERPRETERS: usize = 64;
 
-fn fingerprint(python: &str, answer: &[String]) -> Vec<(String, Option<(i64, i64, u64, u64)>)> {
+/// Each file or folder an answer depends on, with its modification time, size and inode (none: absent).
+type Fingerprint = Vec<(String, Option<(i64, i64, u64, u64)>)>;
+
+fn fingerprint(python: &str, answer: &[String]) -> Fingerprint {
     use std::os::unix::fs::MetadataExt;
     let stat = |m: std::io::Result<std::fs::Metadata>| m.ok().map(|m| (m.mtime(), m.mtime_nsec(), m.size(), m.ino()));
     let mut seen = vec![
