@@ -157,21 +157,28 @@ pub fn read(path: &Path) -> TlsResult<String> {
 /// certificate and its key must not share one) and renamed over it, so a reader sees the old file or
 /// the new one, never part of either.
 pub fn write_replacing(path: &Path, text: &str, mode: u32) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let named = |e: std::io::Error, at: &Path| std::io::Error::new(e.kind(), format!("{}: {e}", at.display()));
+    let staged = write_staged(path, text, mode)?;
+    std::fs::rename(&staged, path).map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", path.display())))
+}
+
+/// Where [`write_staged`] puts the text that is to replace `path`.
+pub fn staged_name(path: &Path) -> std::path::PathBuf {
     let mut staged = path.as_os_str().to_owned();
     staged.push(".tmp");
-    let staged = std::path::PathBuf::from(staged);
+    std::path::PathBuf::from(staged)
+}
+
+/// Writes `text` to [`staged_name`]`(path)`, created with `mode` and synced to disk, for the caller
+/// to rename over `path` when it is ready; returns that name.
+pub fn write_staged(path: &Path, text: &str, mode: u32) -> std::io::Result<std::path::PathBuf> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let staged = staged_name(path);
+    let named = |e: std::io::Error| std::io::Error::new(e.kind(), format!("{}: {e}", staged.display()));
     let _ = std::fs::remove_file(&staged);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(&staged)
-        .map_err(|e| named(e, &staged))?;
-    f.write_all(text.as_bytes()).and_then(|()| f.sync_all()).map_err(|e| named(e, &staged))?;
-    std::fs::rename(&staged, path).map_err(|e| named(e, path))
+    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(mode).open(&staged).map_err(named)?;
+    f.write_all(text.as_bytes()).and_then(|()| f.sync_all()).map_err(named)?;
+    Ok(staged)
 }
 
 /// The certificates in a PEM text (`what` names it in errors).

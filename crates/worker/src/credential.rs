@@ -43,11 +43,112 @@ async fn renew_if_due(client: &Client, config: &WorkerConfig, within: i64) -> an
     let tls = cove_tls::client_config(&what, &ca, Some((&renewed.cert_pem, &renewed.key_pem)))?;
     // The files first, so a worker started again from them has the new pair; then every connection
     // from now on. A certificate that cannot be written still serves this process until it ends.
-    let written = [(&config.client_key, &renewed.key_pem), (&config.client_cert, &renewed.cert_pem)]
-        .into_iter()
-        .try_for_each(|(path, pem)| cove_tls::write_replacing(path, pem, 0o600))
-        .context("writing the new certificate over the old");
+    let written =
+        replace_pair(config, &renewed.key_pem, &renewed.cert_pem).context("writing the new certificate over the old");
     client.reconnect(tls);
     written?;
     Ok(Some(renewed.not_after))
+}
+
+/// Writes a new key and certificate over the worker's files, so that a worker stopped at any point
+/// leaves a pair [`finish_replacing`] can make whole: both are written beside the old ones first, then
+/// the key is renamed into place and then the certificate. A staged certificate with no staged key
+/// beside it is therefore complete, and belongs to the key in place.
+fn replace_pair(config: &WorkerConfig, key_pem: &str, cert_pem: &str) -> std::io::Result<()> {
+    let staged_key = cove_tls::write_staged(&config.client_key, key_pem, 0o600)?;
+    let staged_cert = cove_tls::write_staged(&config.client_cert, cert_pem, 0o600)?;
+    rename(&staged_key, &config.client_key)?;
+    rename(&staged_cert, &config.client_cert)
+}
+
+/// Finishes a replacement [`replace_pair`] began and a stop cut short, before the worker reads its pair:
+/// with the new key in place, the new certificate is put beside it; before that, the old pair is whole
+/// and what was staged goes.
+pub fn finish_replacing(config: &WorkerConfig) -> std::io::Result<()> {
+    let staged_key = cove_tls::staged_name(&config.client_key);
+    let staged_cert = cove_tls::staged_name(&config.client_cert);
+    if staged_key.exists() {
+        let _ = std::fs::remove_file(&staged_cert);
+        return std::fs::remove_file(&staged_key);
+    }
+    if staged_cert.exists() {
+        tracing::info!(cert = %config.client_cert.display(), "finishing a certificate renewal a stop cut short");
+        return rename(&staged_cert, &config.client_cert);
+    }
+    Ok(())
+}
+
+fn rename(from: &std::path::Path, to: &std::path::Path) -> std::io::Result<()> {
+    std::fs::rename(from, to).map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", to.display())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config_in(dir: &std::path::Path) -> WorkerConfig {
+        WorkerConfig {
+            url: String::new(),
+            token: String::new(),
+            job: None,
+            node: "n".into(),
+            concurrency: 1,
+            work_dir: dir.into(),
+            ca_file: dir.join("ca.pem"),
+            client_cert: dir.join("client.pem"),
+            client_key: dir.join("client.key"),
+        }
+    }
+
+    fn pair(config: &WorkerConfig) -> (String, String) {
+        let read = |p: &std::path::Path| std::fs::read_to_string(p).unwrap();
+        (read(&config.client_key), read(&config.client_cert))
+    }
+
+    /// Every point a stop can cut a renewal at leaves a whole pair once the next start has finished it:
+    /// the old one before the key's rename, the new one after it.
+    #[test]
+    fn a_renewal_cut_short_anywhere_leaves_a_whole_pair() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = config_in(dir.path());
+        let old = || {
+            std::fs::write(&config.client_key, "old key").unwrap();
+            std::fs::write(&config.client_cert, "old cert").unwrap();
+        };
+        let staged_key = cove_tls::staged_name(&config.client_key);
+        let staged_cert = cove_tls::staged_name(&config.client_cert);
+        let no_staged = || assert!(!staged_key.exists() && !staged_cert.exists());
+        let whole =
+            |pair: (String, String)| ["old", "new"].iter().any(|a| pair == (format!("{a} key"), format!("{a} cert")));
+
+        // Stopped while the certificate was being staged: part of it written.
+        old();
+        std::fs::write(&staged_key, "new key").unwrap();
+        std::fs::write(&staged_cert, "new ce").unwrap();
+        finish_replacing(&config).unwrap();
+        assert_eq!(pair(&config), ("old key".into(), "old cert".into()));
+        no_staged();
+        // Stopped with both staged, before the renames.
+        std::fs::write(&staged_key, "new key").unwrap();
+        std::fs::write(&staged_cert, "new cert").unwrap();
+        finish_replacing(&config).unwrap();
+        assert_eq!(pair(&config), ("old key".into(), "old cert".into()));
+        no_staged();
+        // Stopped between the two renames: the new key beside the old certificate.
+        std::fs::write(&config.client_key, "new key").unwrap();
+        std::fs::write(&staged_cert, "new cert").unwrap();
+        assert!(!whole(pair(&config)), "the pair a stop left does not match");
+        finish_replacing(&config).unwrap();
+        assert_eq!(pair(&config), ("new key".into(), "new cert".into()));
+        no_staged();
+        // A renewal that ran through, and a start with nothing to finish.
+        old();
+        replace_pair(&config, "new key", "new cert").unwrap();
+        finish_replacing(&config).unwrap();
+        assert_eq!(pair(&config), ("new key".into(), "new cert".into()));
+        no_staged();
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&config.client_key).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+    }
 }

@@ -93,6 +93,7 @@ pub async fn run(config: WorkerConfig) -> anyhow::Result<Ended> {
         .with_context(|| format!("failed to create {}", config.work_dir.display()))?;
     let driver = config.work_dir.join("cove_driver.py");
     std::fs::write(&driver, DRIVER).context("failed to write the scorer driver")?;
+    credential::finish_replacing(&config).context("finishing an interrupted certificate renewal")?;
     let tls = cove_tls::client_config_from_files(&config.ca_file, Some((&config.client_cert, &config.client_key)))?;
     let client = cove_api::Client::new(&config.url, &config.token, tls);
     let renewing = tokio::spawn(credential::keep_fresh(client.clone(), config.clone()));

@@ -140,18 +140,22 @@ fn a_worker_renews_its_client_certificate_before_it_expires() {
     let token = ws.credential("local");
     let folder = ws.dir.path().join("credentials").join("local-0");
     let issued = file_fingerprint(&folder.join("client.pem"));
-    let mut worker = std::process::Command::new(COVE)
-        .args(["--url", &ws.url, "worker", "--worker-token", &token, "--node", "renewer", "--work-dir"])
-        .arg(ws.dir.path().join("renewer"))
-        .env("COVE_CA_FILE", folder.join("ca.pem"))
-        .env("COVE_CLIENT_CERT", folder.join("client.pem"))
-        .env("COVE_CLIENT_KEY", folder.join("client.key"))
-        // Within a year of expiry, as every worker certificate is: renewed at once.
-        .env("COVE_WORKER_RENEW_WITHIN_SECS", "31536000")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let issued_pem = std::fs::read(folder.join("client.pem")).unwrap();
+    let start_worker = |node: &str, renew_within: &str| {
+        std::process::Command::new(COVE)
+            .args(["--url", &ws.url, "worker", "--worker-token", &token, "--node", node, "--work-dir"])
+            .arg(ws.dir.path().join(node))
+            .env("COVE_CA_FILE", folder.join("ca.pem"))
+            .env("COVE_CLIENT_CERT", folder.join("client.pem"))
+            .env("COVE_CLIENT_KEY", folder.join("client.key"))
+            .env("COVE_WORKER_RENEW_WITHIN_SECS", renew_within)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    // Within a year of expiry, as every worker certificate is: renewed at once.
+    let mut worker = start_worker("renewer", "31536000");
     let started = std::time::Instant::now();
     while file_fingerprint(&folder.join("client.pem")) == issued {
         assert!(started.elapsed().as_secs() < 30, "the worker did not renew its certificate");
@@ -180,6 +184,27 @@ fn a_worker_renews_its_client_certificate_before_it_expires() {
     };
     let (status, body) = lease_with_files(&token);
     assert_eq!(status, 200, "the renewed pair works: {body}");
+
+    // A renewal cut short between its two renames: the new key in place, the old certificate beside
+    // it, the new one staged. The next start puts the new certificate in place and dials in with it.
+    let renewed_pem = std::fs::read(folder.join("client.pem")).unwrap();
+    std::fs::write(folder.join("client.pem.tmp"), &renewed_pem).unwrap();
+    std::fs::write(folder.join("client.pem"), &issued_pem).unwrap();
+    let mut again = start_worker("restarted", "0");
+    let started = std::time::Instant::now();
+    loop {
+        let checks = ws.cove(&["workspace", "diagnose"]).stdout.clone();
+        if checks.contains("the host of worker restarted") {
+            break;
+        }
+        assert!(again.try_wait().unwrap().is_none(), "the restarted worker ended: {checks}");
+        assert!(started.elapsed().as_secs() < 30, "the restarted worker never dialled in");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    crate::support::kill(again.id(), "TERM");
+    again.wait().unwrap();
+    assert_eq!(std::fs::read(folder.join("client.pem")).unwrap(), renewed_pem);
+    assert!(!folder.join("client.pem.tmp").exists());
     // Only a worker gets one: not the owner's token, nor a worker token without its certificate.
     let (status, body) = ws.http_as(ws.token().trim(), "POST", "/worker/v1/credential", Some(json!({})), &[]);
     assert!(status == 401 || status == 403, "{status}: {body}");
