@@ -18,36 +18,109 @@ pub async fn keep_fresh(client: Client, config: WorkerConfig) {
     // `COVE_WORKER_RENEW_WITHIN_SECS` moves the threshold (a site that wants renewals sooner, or a test).
     let within =
         std::env::var("COVE_WORKER_RENEW_WITHIN_SECS").ok().and_then(|v| v.parse().ok()).unwrap_or(RENEW_WITHIN_SECS);
+    // `COVE_WORKER_CREDENTIAL_CHECK_SECS` moves how often (a test).
+    let every = std::env::var("COVE_WORKER_CREDENTIAL_CHECK_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map_or(CHECK_EVERY, Duration::from_secs);
+    // The certificate this worker connects with: the one its files held when it started.
+    let mut in_use = cove_tls::read(&config.client_cert).unwrap_or_default();
     loop {
-        match renew_if_due(&client, &config, within).await {
-            Ok(Some(not_after)) => tracing::info!(not_after, "renewed the worker's client certificate"),
+        match renew_if_due(&client, &config, within, &mut in_use).await {
+            Ok(Some(Kept::Renewed(not_after))) => tracing::info!(not_after, "renewed the worker's client certificate"),
+            Ok(Some(Kept::Taken(not_after))) => {
+                tracing::info!(not_after, "using the client certificate another worker renewed into the same files")
+            }
             Ok(None) => {}
             Err(error) => tracing::warn!(error = format!("{error:#}"), "the client certificate was not renewed"),
         }
-        tokio::time::sleep(CHECK_EVERY).await;
+        tokio::time::sleep(every).await;
     }
 }
 
-/// Renews the certificate when less than `within` seconds of it are left; returns the new expiry.
-async fn renew_if_due(client: &Client, config: &WorkerConfig, within: i64) -> anyhow::Result<Option<i64>> {
-    let current = cove_tls::read(&config.client_cert)?;
-    let not_after = cove_tls::not_after(&config.client_cert.display().to_string(), &current)?;
+/// What a check did, with the expiry of the certificate now in use.
+#[derive(Debug, PartialEq)]
+enum Kept {
+    /// This worker renewed its certificate.
+    Renewed(i64),
+    /// Another worker sharing its files renewed it: this one connects with what they now hold.
+    Taken(i64),
+}
+
+/// Renews the certificate when less than `within` seconds of it are left, unless another worker that
+/// shares the files renewed it first (the control plane renews a certificate once): then the pair
+/// they hold is taken up.
+async fn renew_if_due(
+    client: &Client,
+    config: &WorkerConfig,
+    within: i64,
+    in_use: &mut String,
+) -> anyhow::Result<Option<Kept>> {
+    if let Some(not_after) = take_renewed_files(client, config, in_use)? {
+        return Ok(Some(Kept::Taken(not_after)));
+    }
+    let not_after = cove_tls::not_after(&config.client_cert.display().to_string(), in_use)?;
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
     if not_after - now > within {
         return Ok(None);
     }
-    let renewed: cove_api::worker::RenewedCredential =
-        client.post("/worker/v1/credential", &serde_json::json!({})).await.context("asking for a new certificate")?;
-    let ca = cove_tls::read(&config.ca_file)?;
-    let what = format!("the CA file {}", config.ca_file.display());
-    let tls = cove_tls::client_config(&what, &ca, Some((&renewed.cert_pem, &renewed.key_pem)))?;
+    let asked: Result<cove_api::worker::RenewedCredential, _> =
+        client.post("/worker/v1/credential", &serde_json::json!({})).await;
+    let renewed = match asked {
+        Ok(renewed) => renewed,
+        Err(cove_api::ClientError::Api { status: 409, message, .. }) => {
+            // Renewed already: by a worker sharing these files, which writes them once it has the answer.
+            for _ in 0..20 {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                if let Some(not_after) = take_renewed_files(client, config, in_use)? {
+                    return Ok(Some(Kept::Taken(not_after)));
+                }
+            }
+            anyhow::bail!("the control plane refused to renew the certificate: {message}");
+        }
+        Err(e) => return Err(anyhow::Error::new(e).context("asking for a new certificate")),
+    };
+    let tls = client_config_for(config, &renewed.cert_pem, &renewed.key_pem)?;
     // The files first, so a worker started again from them has the new pair; then every connection
     // from now on. A certificate that cannot be written still serves this process until it ends.
     let written =
         replace_pair(config, &renewed.key_pem, &renewed.cert_pem).context("writing the new certificate over the old");
     client.reconnect(tls);
+    *in_use = renewed.cert_pem;
     written?;
-    Ok(Some(renewed.not_after))
+    Ok(Some(Kept::Renewed(renewed.not_after)))
+}
+
+/// When the worker's files hold a whole pair other than the one in use, and one that expires later,
+/// connects with it from now on; returns its expiry.
+fn take_renewed_files(client: &Client, config: &WorkerConfig, in_use: &mut String) -> anyhow::Result<Option<i64>> {
+    let Ok(on_disk) = cove_tls::read(&config.client_cert) else { return Ok(None) };
+    if on_disk == *in_use {
+        return Ok(None);
+    }
+    let Ok(key) = cove_tls::read(&config.client_key) else { return Ok(None) };
+    let name = config.client_cert.display().to_string();
+    let (Ok(theirs), Ok(ours)) = (cove_tls::not_after(&name, &on_disk), cove_tls::not_after(&name, in_use)) else {
+        return Ok(None);
+    };
+    // A pair caught between its two renames does not load, and is looked at again next time.
+    let Ok(tls) = client_config_for(config, &on_disk, &key) else { return Ok(None) };
+    if theirs < ours {
+        return Ok(None);
+    }
+    client.reconnect(tls);
+    *in_use = on_disk;
+    Ok(Some(theirs))
+}
+
+fn client_config_for(
+    config: &WorkerConfig,
+    cert_pem: &str,
+    key_pem: &str,
+) -> anyhow::Result<cove_tls::rustls::ClientConfig> {
+    let ca = cove_tls::read(&config.ca_file)?;
+    let what = format!("the CA file {}", config.ca_file.display());
+    Ok(cove_tls::client_config(&what, &ca, Some((cert_pem, key_pem)))?)
 }
 
 /// Writes a new key and certificate over the worker's files, so that a worker stopped at any point

@@ -141,6 +141,29 @@ fn a_worker_renews_its_client_certificate_before_it_expires() {
     let folder = ws.dir.path().join("credentials").join("local-0");
     let issued = file_fingerprint(&folder.join("client.pem"));
     let issued_pem = std::fs::read(folder.join("client.pem")).unwrap();
+    // The issued pair kept aside, to ask with it again after it was renewed.
+    let old = ws.dir.path().join("old-pair");
+    std::fs::create_dir_all(&old).unwrap();
+    for file in ["client.pem", "client.key"] {
+        std::fs::copy(folder.join(file), old.join(file)).unwrap();
+    }
+    let renew_with = |pair: &Path| {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let identity = Some((pair.join("client.pem"), pair.join("client.key")));
+            let client = crate::support::https_builder_as(&ws.path(), identity).build().unwrap();
+            let url = format!("{}/worker/v1/credential", ws.url);
+            let resp = client.post(url).bearer_auth(&token).json(&json!({})).send().await.unwrap();
+            (resp.status().as_u16(), resp.text().await.unwrap())
+        })
+    };
+    // A certificate is renewable once a third of its life has passed, so a worker cannot mint
+    // certificates one after another.
+    let (status, body) = renew_with(&folder);
+    assert_eq!(status, 409, "{body}");
+    assert!(body.contains("this certificate is renewable from"), "{body}");
+    let logs = ws.dir.path().join("worker-logs");
+    std::fs::create_dir_all(&logs).unwrap();
     let start_worker = |node: &str, renew_within: &str| {
         std::process::Command::new(COVE)
             .args(["--url", &ws.url, "worker", "--worker-token", &token, "--node", node, "--work-dir"])
@@ -149,27 +172,57 @@ fn a_worker_renews_its_client_certificate_before_it_expires() {
             .env("COVE_CLIENT_CERT", folder.join("client.pem"))
             .env("COVE_CLIENT_KEY", folder.join("client.key"))
             .env("COVE_WORKER_RENEW_WITHIN_SECS", renew_within)
+            .env("COVE_WORKER_CREDENTIAL_CHECK_SECS", "1")
+            .env("RUST_LOG", "cove_worker=info")
             .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
+            .stderr(std::fs::File::create(logs.join(node)).unwrap())
             .spawn()
             .unwrap()
     };
-    // Within a year of expiry, as every worker certificate is: renewed at once.
-    let mut worker = start_worker("renewer", "31536000");
-    let started = std::time::Instant::now();
-    while file_fingerprint(&folder.join("client.pem")) == issued {
-        assert!(started.elapsed().as_secs() < 30, "the worker did not renew its certificate");
-        assert!(worker.try_wait().unwrap().is_none(), "the worker ended");
-        std::thread::sleep(std::time::Duration::from_millis(100));
+    // Two workers sharing the files, within a year of expiry as every worker certificate is, so both
+    // ask, and both are refused while the certificate is young: both hold the issued pair.
+    let mut workers = [start_worker("renewer", "31536000"), start_worker("sharer", "31536000")];
+    let log_of = |node: &str| std::fs::read_to_string(logs.join(node)).unwrap_or_default();
+    let wait_for = |what: &dyn Fn(&str) -> bool, workers: &mut [std::process::Child]| {
+        let started = std::time::Instant::now();
+        while !["renewer", "sharer"].iter().all(|n| what(&log_of(n))) {
+            assert!(started.elapsed().as_secs() < 30, "{} / {}", log_of("renewer"), log_of("sharer"));
+            assert!(workers.iter_mut().all(|w| w.try_wait().unwrap().is_none()), "a worker ended");
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    };
+    wait_for(&|log| log.contains("this certificate is renewable from"), &mut workers);
+    // Eleven days on, one renews, and the other, refused or finding the files changed first, takes up
+    // the pair the first wrote.
+    let db = rusqlite::Connection::open(ws.path().join("state/cove.db")).unwrap();
+    let eleven_days_older =
+        "UPDATE worker_certificates SET created_ms = created_ms - 11 * 86400000 WHERE fingerprint = ?1";
+    assert_eq!(db.execute(eleven_days_older, [&issued]).unwrap(), 1, "the issued certificate is recorded");
+    let renewal = |log: &str| log.contains("renewed the worker's client certificate");
+    let taking = |log: &str| log.contains("using the client certificate another worker renewed");
+    wait_for(&|log| renewal(log) || taking(log), &mut workers);
+    let said: Vec<String> = ["renewer", "sharer"].iter().map(|n| log_of(n)).collect();
+    let renewers = said.iter().filter(|l| renewal(l)).count();
+    let takers = said.iter().filter(|l| taking(l)).count();
+    assert_eq!((renewers, takers), (1, 1), "{said:#?}");
+    assert_ne!(file_fingerprint(&folder.join("client.pem")), issued);
+    for worker in &mut workers {
+        assert!(worker.try_wait().unwrap().is_none(), "the worker goes on after renewing");
+        crate::support::kill(worker.id(), "TERM");
+        worker.wait().unwrap();
     }
-    assert!(worker.try_wait().unwrap().is_none(), "the worker goes on after renewing");
-    crate::support::kill(worker.id(), "TERM");
-    worker.wait().unwrap();
     use std::os::unix::fs::PermissionsExt;
     for file in ["client.pem", "client.key"] {
         let mode = std::fs::metadata(folder.join(file)).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600, "{file}");
     }
+    // Each certificate is renewed once: the old pair is refused now, and the renewed one is young.
+    let (status, body) = renew_with(&old);
+    assert_eq!(status, 409, "{body}");
+    assert!(body.contains("this certificate was renewed already"), "{body}");
+    let (status, body) = renew_with(&folder);
+    assert_eq!(status, 409, "{body}");
+    assert!(body.contains("this certificate is renewable from"), "{body}");
 
     let ask = json!({"node": "n", "process": 0, "wait_ms": 0, "host": {"sandbox": true}});
     let lease_with_files = |token: &str| {
@@ -217,10 +270,14 @@ fn a_worker_renews_its_client_certificate_before_it_expires() {
     assert_eq!(status, 401, "a worker token without its certificate");
     let renewed = file_fingerprint(&folder.join("client.pem"));
     let audit = ws.cove(&["--json", "audit", "list"]).ok().json();
-    let issued_to_worker = audit.as_array().unwrap().iter().any(|e| {
-        e["action"] == "POST /worker/v1/credential" && e["detail"].as_str().unwrap_or_default().contains(&renewed)
-    });
-    assert!(issued_to_worker, "the renewal is audited with the certificate it issued: {audit:#}");
+    let asked: Vec<&serde_json::Value> =
+        audit.as_array().unwrap().iter().filter(|e| e["action"] == "POST /worker/v1/credential").collect();
+    let renewals: Vec<&&serde_json::Value> = asked.iter().filter(|e| e["outcome"] == "ok").collect();
+    assert_eq!(renewals.len(), 1, "one renewal: {audit:#}");
+    // The workers were refused a renewal every second, and none of that grew the store.
+    assert!(asked.iter().all(|e| !e["outcome"].as_str().unwrap_or_default().contains("409")), "{audit:#}");
+    let detail = renewals[0]["detail"].as_str().unwrap_or_default();
+    assert!(detail.contains(&renewed), "the renewal is audited with the certificate it issued: {audit:#}");
     ws.cove(&["compute", "revoke-credential", "local"]).ok();
     // A token minted after the revocation shows it is the renewed certificate that is refused.
     let fresh = ws.cove(&["compute", "token", "local"]).ok().stdout.trim().to_string();

@@ -233,16 +233,37 @@ pub async fn renew_credential(
     State(app): State<AppRef>,
     Worker(w): Worker,
     Extension(source): Extension<guard::Source>,
+    Extension(presented): Extension<guard::ClientCertificate>,
 ) -> JsonResult<cove_api::worker::RenewedCredential> {
     let compute =
         w.compute.clone().ok_or_else(|| ApiError::internal("renew a credential", "a worker without a compute"))?;
+    // The `Worker` extractor let only a current certificate of this compute through.
+    let presented = presented.0.ok_or_else(|| ApiError::internal("renew a credential", "no client certificate"))?;
+    let marking = presented.clone();
+    // A third of a worker certificate's life, as workers wait for its last third.
+    let min_age_ms = cove_tls::CLIENT_DAYS * 86_400_000 / 3;
+    let renewable =
+        app.store.call(move |c| store::worker_certificate_renewing(c, &marking, store::now_ms(), min_age_ms)).await?;
+    if let Err(why) = renewable {
+        // Logged, not audited: a worker asking again and again must not grow the store.
+        tracing::warn!(compute, certificate = presented, source = %source.0, why, "a worker certificate renewal was refused");
+        return Err(ApiError::conflict(why));
+    }
     let (issuing, for_compute) = (app.clone(), compute.clone());
     let issued = tokio::task::spawn_blocking(move || {
         crate::tls::issue_client_certificate(&issuing.tls.authority, &issuing.store, &for_compute)
     })
     .await
-    .map_err(|e| ApiError::internal("renew a credential", e.to_string()))?
-    .map_err(|e| ApiError::internal("renew a credential", format!("{e:#}")))?;
+    .map_err(|e| ApiError::internal("renew a credential", e.to_string()))
+    .and_then(|r| r.map_err(|e| ApiError::internal("renew a credential", format!("{e:#}"))));
+    let issued = match issued {
+        Ok(issued) => issued,
+        Err(e) => {
+            // Nothing was issued: the certificate may be renewed again.
+            app.store.call(move |c| store::worker_certificate_not_renewed(c, &presented)).await?;
+            return Err(e);
+        }
+    };
     // Issuing a credential is audited, as the owner's issuing is; other worker requests are not.
     guard::audit(
         &app,

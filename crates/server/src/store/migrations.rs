@@ -168,6 +168,10 @@ const MIGRATIONS: &[&str] = &[
         body BLOB NOT NULL
     );
     "#,
+    // 11: when a worker certificate was renewed (`POST /worker/v1/credential`): each is renewed once.
+    r#"
+    ALTER TABLE worker_certificates ADD COLUMN renewed_ms INTEGER;
+    "#,
 ];
 
 /// Brings the schema up to date, one transaction per migration.

@@ -139,6 +139,51 @@ pub fn worker_certificate_compute(conn: &Connection, fingerprint: &str, now_ms: 
         .optional()?)
 }
 
+/// Marks a worker certificate renewed, if it may be: a certificate is renewed once, and only once it
+/// is `min_age_ms` old, so a worker holding one cannot mint certificates without bound. The reason
+/// when it may not.
+pub fn worker_certificate_renewing(
+    conn: &Connection,
+    fingerprint: &str,
+    now_ms: i64,
+    min_age_ms: i64,
+) -> StoreResult<Result<(), String>> {
+    let row: Option<(i64, Option<i64>)> = conn
+        .query_row(
+            "SELECT created_ms, renewed_ms FROM worker_certificates WHERE fingerprint = ?1 AND not_after_ms > ?2",
+            rusqlite::params![fingerprint, now_ms],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?;
+    let Some((created, renewed)) = row else {
+        return Ok(Err("the certificate presented is not a current worker certificate".into()));
+    };
+    if let Some(renewed) = renewed {
+        return Ok(Err(format!(
+            "this certificate was renewed already, at {}: use the renewed one (the files the renewing worker wrote)",
+            crate::logs::timestamp(renewed)
+        )));
+    }
+    let renewable_from = created + min_age_ms;
+    if now_ms < renewable_from {
+        return Ok(Err(format!(
+            "this certificate is renewable from {} on, once a third of its life has passed",
+            crate::logs::timestamp(renewable_from)
+        )));
+    }
+    conn.execute(
+        "UPDATE worker_certificates SET renewed_ms = ?2 WHERE fingerprint = ?1",
+        rusqlite::params![fingerprint, now_ms],
+    )?;
+    Ok(Ok(()))
+}
+
+/// Undoes [`worker_certificate_renewing`] when no certificate could be issued after all.
+pub fn worker_certificate_not_renewed(conn: &Connection, fingerprint: &str) -> StoreResult<()> {
+    conn.execute("UPDATE worker_certificates SET renewed_ms = NULL WHERE fingerprint = ?1", [fingerprint])?;
+    Ok(())
+}
+
 /// Revokes every client certificate of a compute's workers; returns how many there were.
 pub fn worker_certificates_revoke(conn: &Connection, compute: &str) -> StoreResult<usize> {
     Ok(conn.execute("DELETE FROM worker_certificates WHERE compute = ?1", [compute])?)
