@@ -711,6 +711,25 @@ fn a_worker_of_another_compute_can_do_nothing_with_a_lease() {
         .filter(|e| e["source"] == "127.0.0.4" && e["outcome"].as_str().unwrap().contains(foreign))
         .count();
     assert_eq!(refusals, 8, "every refused worker call is audited: {entries:#?}");
+    // Its own compute writes only the user logs of the process the lease went to (node `test-node`,
+    // process 7): not another process's, not the control plane's, and no file of its own naming, so
+    // a worker cannot forge logs or fill the disk with files the job never had.
+    let own = format!("{l}/logs/user/stdout/test-node/process007.stdout.txt");
+    let got = call(&ws, "127.0.0.1", &local, "PUT", &own, Body::Bytes(b"scored\n".to_vec()));
+    assert_eq!(got.0, 204, "{}", got.1);
+    for other in [
+        "user/stdout/local-0/process000.stdout.txt",
+        "user/stderr/test-node/process008.stderr.txt",
+        "sys/node/test-node/process007.txt",
+        "user/stdout/test-node/process007.stdout.txt.1",
+        "user/junk/0001.txt",
+    ] {
+        let got = call(&ws, "127.0.0.1", &local, "PUT", &format!("{l}/logs/{other}"), Body::Bytes(b"forged".to_vec()));
+        refused(got, 400, "is not a worker's to write: only the user logs of the lease's own process are");
+    }
+    let logs = ws.path().join("state/objects/jobs").join(&job).join("logs");
+    assert_eq!(std::fs::read(logs.join("user/stdout/test-node/process007.stdout.txt")).unwrap(), b"scored\n");
+    assert!(!logs.join("sys").exists() && !logs.join("user/junk").exists());
     ws.cove(&["job", "cancel", &job]).ok();
 }
 

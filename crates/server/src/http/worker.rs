@@ -453,8 +453,9 @@ pub async fn put_output(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// A worker's per-process log file, through the lease it ran. Only `user/...` and `sys/node/...`
-/// paths are the worker's to write.
+/// A worker's per-process log file, through the lease it ran: only the three user logs of the node and
+/// process the lease was granted to, so a worker writes no other process's logs, none of the control
+/// plane's (`sys/`), and no more files than a job has processes.
 pub async fn put_log(
     State(app): State<AppRef>,
     Worker(w): Worker,
@@ -463,8 +464,21 @@ pub async fn put_log(
 ) -> ApiResult<StatusCode> {
     let info = current(&app, &lease, &w).await?;
     let rel = normalise(&path).map_err(ApiError::invalid)?;
-    if !(rel.starts_with("user/") || rel.starts_with("sys/node/")) || rel == "user/error.txt" {
-        return Err(ApiError::invalid(format!("log path `{rel}` is not a worker's to write")));
+    let id = lease.clone();
+    let holder = app.store.call(move |c| store::lease_holder(c, &id)).await?;
+    let own = holder.is_some_and(|(node, process)| {
+        let p = format!("process{process:03}");
+        [
+            format!("user/stdout/{node}/{p}.stdout.txt"),
+            format!("user/stderr/{node}/{p}.stderr.txt"),
+            format!("user/error/{node}/{p}.txt"),
+        ]
+        .contains(&rel)
+    });
+    if !own {
+        return Err(ApiError::invalid(format!(
+            "log path `{rel}` is not a worker's to write: only the user logs of the lease's own process are"
+        )));
     }
     super::upload::stream_to(app.internal.as_ref(), &logs::log_key(&info.job, &rel), body, super::UPLOAD_LIMIT).await?;
     Ok(StatusCode::NO_CONTENT)

@@ -492,6 +492,13 @@ pub fn lease_current(conn: &Connection, lease_id: &str) -> StoreResult<Option<Le
     }))
 }
 
+/// The worker node and process a lease was granted to.
+pub fn lease_holder(conn: &Connection, lease_id: &str) -> StoreResult<Option<(String, u32)>> {
+    Ok(conn
+        .row("SELECT node, process FROM attempts WHERE lease_id = ?1", [lease_id], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?)
+}
+
 /// The compute cluster of the job a lease (current or not) was granted for.
 pub fn lease_compute(conn: &Connection, lease_id: &str) -> StoreResult<Option<String>> {
     Ok(conn
