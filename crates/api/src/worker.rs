@@ -245,6 +245,12 @@ pub struct CompletionAck {
 /// The largest report body: a part beyond this goes first with `PUT part`, streamed.
 pub const REPORT_LIMIT: usize = 16 * 1024 * 1024;
 
+/// The most files one attempt may leave in `AZUREML_BI_OUTPUT_PATH`, and their largest total size:
+/// what a scorer writes is hostile input, and neither the worker nor the control plane may take it
+/// without a bound.
+pub const MAX_OUTPUT_FILES: u64 = 10_000;
+pub const MAX_OUTPUT_BYTES: u64 = 4 * 1024 * 1024 * 1024;
+
 /// `POST /worker/v1/credential`: a new client certificate for the caller's compute, which a worker asks
 /// for before its own expires; the one it has stays valid until then.
 #[derive(Debug, Clone, Serialize, Deserialize)]

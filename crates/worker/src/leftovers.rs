@@ -70,6 +70,15 @@ fn open_plain(path: &Path) -> Result<(std::fs::File, u64), Refused> {
     Ok((file, meta.len()))
 }
 
+/// The size of a scorer-written file, if it is one the worker would read (see [`read`]).
+pub fn checked_size(path: &Path, limit: u64) -> Result<u64, Refused> {
+    let (_, size) = open_plain(path)?;
+    if size > limit {
+        return Err(Refused::TooLarge { size, limit });
+    }
+    Ok(size)
+}
+
 /// Reads a whole scorer-written file of at most `limit` bytes.
 pub fn read(path: &Path, limit: u64) -> Result<Vec<u8>, Refused> {
     let (file, size) = open_plain(path)?;

@@ -600,27 +600,41 @@ impl Slot {
     /// Sends what `run()` left behind: the result part, then the files the script wrote to
     /// `AZUREML_BI_OUTPUT_PATH`, which the control plane stages with this attempt and publishes only if
     /// the attempt is committed and the job completes. Everything is read as hostile input
-    /// (`leftovers`); a file that is not a plain regular file within the limit fails the attempt,
-    /// naming it, and nothing of it is sent.
+    /// (`leftovers`): a file that is not a plain regular file within the limit, or more files or bytes
+    /// than an attempt may leave, fails the attempt, naming why, before any of them is sent. They are
+    /// then read and sent one at a time, so the worker holds one of them at most.
     async fn send_results(
         &mut self,
         lease: &Lease,
         part: Option<&Path>,
         output_dir: &Path,
     ) -> anyhow::Result<Result<(), String>> {
+        use cove_api::worker::{MAX_OUTPUT_BYTES, MAX_OUTPUT_FILES};
         let mut outputs = Vec::new();
+        let mut total = 0u64;
         if let Ok(entries) = std::fs::read_dir(output_dir) {
             for entry in entries {
                 let entry = entry.context("failed to list the scorer's output folder")?;
                 let name = entry.file_name().to_string_lossy().to_string();
-                match leftovers::read(&entry.path(), FILE_LIMIT) {
-                    Ok(bytes) => outputs.push((entry.path(), name, bytes)),
+                if outputs.len() as u64 == MAX_OUTPUT_FILES {
+                    return Ok(Err(format!(
+                        "run() left more than {MAX_OUTPUT_FILES} files in AZUREML_BI_OUTPUT_PATH, the most one mini-batch may leave"
+                    )));
+                }
+                match leftovers::checked_size(&entry.path(), FILE_LIMIT) {
+                    Ok(size) => total += size,
                     Err(why) => {
                         return Ok(Err(format!(
                             "the output file `{name}` that run() left in AZUREML_BI_OUTPUT_PATH was refused: {why}"
                         )))
                     }
                 }
+                if total > MAX_OUTPUT_BYTES {
+                    return Ok(Err(format!(
+                        "the files run() left in AZUREML_BI_OUTPUT_PATH hold more than {MAX_OUTPUT_BYTES} bytes, the most one mini-batch may leave"
+                    )));
+                }
+                outputs.push((entry.path(), name));
             }
         }
         if let Some(part) = part {
@@ -631,9 +645,17 @@ impl Slot {
             let _ = std::fs::remove_file(part);
             self.part = Some(Bytes::from(bytes));
         }
-        for (file, name, bytes) in outputs {
+        for (file, name) in outputs {
+            // Read again as it is now: a file changed since it was counted is held to the same limits.
+            let bytes = match leftovers::read(&file, FILE_LIMIT) {
+                Ok(bytes) => Bytes::from(bytes),
+                Err(why) => {
+                    return Ok(Err(format!(
+                        "the output file `{name}` that run() left in AZUREML_BI_OUTPUT_PATH was refused: {why}"
+                    )))
+                }
+            };
             let path = format!("/worker/v1/leases/{}/outputs/{}", lease.lease_id, encode(&name));
-            let bytes = Bytes::from(bytes);
             retrying(|| self.client.put_bytes(&path, bytes.clone())).await?;
             std::fs::remove_file(file)?;
         }

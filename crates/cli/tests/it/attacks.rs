@@ -167,6 +167,15 @@ def run(mini_batch):
     elif kind == "output-huge":
         with open(os.path.join(OUT, "huge.bin"), "wb") as f:
             f.truncate(600 * 1024 * 1024)
+    elif kind == "output-many":
+        for i in range(10001):
+            with open(os.path.join(OUT, f"{i}.txt"), "w") as f:
+                f.write("x")
+    elif kind == "output-heavy":
+        # Each file within the limit, together more than an attempt may leave (sparse: no disk used).
+        for i in range(9):
+            with open(os.path.join(OUT, f"{i}.bin"), "wb") as f:
+                f.truncate(500 * 1024 * 1024)
     elif kind == "write-outside":
         for target in [TOKEN, os.path.join(os.path.dirname(TOKEN), "state", "cove.db")]:
             try:
@@ -180,7 +189,8 @@ def run(mini_batch):
 "#;
 
 /// Hole 1: what a scorer leaves behind (its stdout log, its result part, the files in
-/// `AZUREML_BI_OUTPUT_PATH`) is hostile input; links, hard links, FIFOs and huge files are refused, so
+/// `AZUREML_BI_OUTPUT_PATH`) is hostile input; links, hard links, FIFOs, huge files, and more files or
+/// bytes than an attempt may leave are refused before the worker reads any of them, so
 /// no link to the owner token is ever followed by the worker outside the sandbox.
 #[test]
 fn scoring_code_cannot_make_the_worker_read_for_it() {
@@ -202,6 +212,8 @@ fn scoring_code_cannot_make_the_worker_read_for_it() {
         "output-hardlink",
         "output-fifo",
         "output-huge",
+        "output-many",
+        "output-heavy",
         "write-outside",
     ];
     let data = p.dir.join("data");
@@ -239,7 +251,21 @@ fn scoring_code_cannot_make_the_worker_read_for_it() {
         reason("output-fifo").contains("`pipe` that run() left in AZUREML_BI_OUTPUT_PATH was refused: it is a FIFO")
     );
     assert!(reason("output-huge").contains("it is 629145600 bytes, more than the limit of 536870912"));
-    assert_eq!(reasons.len(), 5, "exactly the five hostile results failed: {reasons:?}");
+    assert!(
+        reason("output-many").starts_with(
+            "run() left more than 10000 files in AZUREML_BI_OUTPUT_PATH, the most one mini-batch may leave"
+        ),
+        "{}",
+        reason("output-many")
+    );
+    assert!(
+        reason("output-heavy").starts_with(
+            "the files run() left in AZUREML_BI_OUTPUT_PATH hold more than 4294967296 bytes, the most one mini-batch may leave"
+        ),
+        "{}",
+        reason("output-heavy")
+    );
+    assert_eq!(reasons.len(), 7, "exactly the seven hostile results failed: {reasons:?}");
     // The attacks on the stdout log really happened: the script says so in its stderr log.
     let stderr = ws.log(name, "user/stderr/local-0/process000.stderr.txt");
     for said in ["attack: the stdout log is a link", "attack: the stdout log is a fifo", "attack: the part is a link"] {
@@ -730,6 +756,23 @@ fn a_worker_of_another_compute_can_do_nothing_with_a_lease() {
     let logs = ws.path().join("state/objects/jobs").join(&job).join("logs");
     assert_eq!(std::fs::read(logs.join("user/stdout/test-node/process007.stdout.txt")).unwrap(), b"scored\n");
     assert!(!logs.join("sys").exists() && !logs.join("user/junk").exists());
+    // Nor stage more script-written files, or bytes, than one attempt may leave, however it asks: the
+    // control plane counts them itself (set here as if the worker had sent that many).
+    let output =
+        |name: &str| call(&ws, "127.0.0.1", &local, "PUT", &format!("{l}/outputs/{name}"), Body::Bytes(b"x".to_vec()));
+    assert_eq!(output("first.txt").0, 204);
+    let db = rusqlite::Connection::open(ws.path().join("state/cove.db")).unwrap();
+    let counted: (i64, i64) = db
+        .query_row("SELECT outputs, output_bytes FROM attempts WHERE lease_id = ?1", [&lease], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .unwrap();
+    assert_eq!(counted, (1, 1), "the control plane counted the file and its byte");
+    for (files, bytes) in [(10_000i64, 1i64), (1, 4 * 1024 * 1024 * 1024)] {
+        let set = "UPDATE attempts SET outputs = ?2, output_bytes = ?3 WHERE lease_id = ?1";
+        assert_eq!(db.execute(set, rusqlite::params![lease, files, bytes]).unwrap(), 1);
+        refused(output("one-more.txt"), 413, "one attempt may leave at most 10000 files and 4294967296 bytes");
+    }
     ws.cove(&["job", "cancel", &job]).ok();
 }
 

@@ -439,6 +439,19 @@ pub async fn put_output(
             "`{name}` is the job's output file name; the scorer cannot write it directly"
         )));
     }
+    // An attempt's files are bounded in number and bytes, as the worker bounds them, so a worker that
+    // does not cannot fill the disk: the last file may pass the byte limit by its own size at most.
+    let id = lease.clone();
+    let (files, bytes) = app.store.call(move |c| store::attempt_outputs(c, &id)).await?;
+    use cove_api::worker::{MAX_OUTPUT_BYTES, MAX_OUTPUT_FILES};
+    if files >= MAX_OUTPUT_FILES || bytes >= MAX_OUTPUT_BYTES {
+        return Err(ApiError::new(
+            ErrorCode::TooLarge,
+            format!(
+                "this attempt has staged {files} files of {bytes} bytes; one attempt may leave at most {MAX_OUTPUT_FILES} files and {MAX_OUTPUT_BYTES} bytes"
+            ),
+        ));
+    }
     let key = format!("{}/{name}", store::staged_outputs_prefix(&info.job, &lease));
     let size = super::upload::stream_to(
         app.internal.as_ref(),
@@ -449,7 +462,9 @@ pub async fn put_output(
     .await?;
     let entry = upload_audit(&w, source, format!("PUT output `{name}` ({size} bytes)"), &info.job, info.idx, &lease);
     let id = lease.clone();
-    app.store.call(move |c| store::attempt_add_output(c, &id).and_then(|()| store::audit_append(c, &entry))).await?;
+    app.store
+        .call(move |c| store::attempt_add_output(c, &id, size).and_then(|()| store::audit_append(c, &entry)))
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -531,9 +531,23 @@ pub fn attempt_mark_part(conn: &Connection, lease_id: &str) -> StoreResult<()> {
 }
 
 /// Counts a file the attempt's script wrote to `AZUREML_BI_OUTPUT_PATH`, staged with the attempt.
-pub fn attempt_add_output(conn: &Connection, lease_id: &str) -> StoreResult<()> {
-    conn.exec("UPDATE attempts SET outputs = outputs + 1 WHERE lease_id = ?1", [lease_id])?;
+pub fn attempt_add_output(conn: &Connection, lease_id: &str, bytes: u64) -> StoreResult<()> {
+    conn.exec(
+        "UPDATE attempts SET outputs = outputs + 1, output_bytes = output_bytes + ?2 WHERE lease_id = ?1",
+        rusqlite::params![lease_id, bytes as i64],
+    )?;
     Ok(())
+}
+
+/// How many script-written files an attempt has staged, and their bytes.
+pub fn attempt_outputs(conn: &Connection, lease_id: &str) -> StoreResult<(u64, u64)> {
+    let (files, bytes): (i64, i64) = conn
+        .row("SELECT outputs, output_bytes FROM attempts WHERE lease_id = ?1", [lease_id], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .optional()?
+        .unwrap_or((0, 0));
+    Ok((files as u64, bytes as u64))
 }
 
 /// Where an attempt's script-written files are staged in Cove's own store until the job completes.

@@ -172,6 +172,10 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE worker_certificates ADD COLUMN renewed_ms INTEGER;
     "#,
+    // 12: the bytes of the files an attempt's script wrote, bounded like their number.
+    r#"
+    ALTER TABLE attempts ADD COLUMN output_bytes INTEGER NOT NULL DEFAULT 0;
+    "#,
 ];
 
 /// Brings the schema up to date, one transaction per migration.
