@@ -131,6 +131,8 @@ pub(crate) struct App {
     pub compute: compute::LocalCompute,
     pub url: String,
     pub policy: netpolicy::NetworkPolicy,
+    /// How many refusals the audit log takes one by one (`http::refusals`).
+    pub refusals: http::refusals::RefusalBudget,
     /// Per compute cluster, the address and time of the last worker call that was admitted.
     pub worker_contact: std::sync::Mutex<std::collections::HashMap<String, (std::net::IpAddr, i64)>>,
     /// The named clusters on this host (`type: amlcompute`), started on their first job.
@@ -382,6 +384,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
         shutdown: shutdown_rx.clone(),
         policy,
         followed: std::sync::Mutex::new(std::collections::HashSet::new()),
+        refusals: Default::default(),
         worker_contact: std::sync::Mutex::new(std::collections::HashMap::new()),
         worker_hosts: std::sync::Mutex::new(std::collections::HashMap::new()),
         clusters: std::sync::Mutex::new(std::collections::HashMap::new()),
@@ -400,6 +403,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
     });
     jobs::resume_all(&app).await?;
     tokio::spawn(jobs::reap_expired_leases(app.clone()));
+    tokio::spawn(http::guard::write_counted_refusals(app.clone()));
     let router = http::router(app.clone());
     let mut servers = tokio::task::JoinSet::new();
     for listener in tcp {
@@ -409,6 +413,8 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
         while let Some(done) = servers.join_next().await {
             done.context("server task panicked")?.context("server failed")?;
         }
+        // What was counted and not yet written goes in before the control plane stops.
+        http::guard::close_refusal_window(&app).await;
         app.compute.stop_all().await;
         let clusters: Vec<compute::LocalCompute> =
             app.clusters.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();

@@ -251,3 +251,43 @@ fn diagnose_fails_with_the_fix_when_a_compute_network_cannot_reach_the_api() {
     assert!(String::from_utf8_lossy(&out.stderr)
         .contains("field `private_endpoints.api.address`: 127.0.0.7 is not in network `workspace`"));
 }
+
+/// Anyone who reaches a listener can be refused as often as they like. The audit log takes the first
+/// refusals of each minute one by one and counts the rest into one row per source, written when the
+/// minute ends or the control plane stops: a flood of bad tokens cannot grow the store without bound,
+/// and none of it goes unrecorded.
+#[test]
+fn a_flood_of_refusals_is_counted_not_written_one_by_one() {
+    let mut ws = Workspace::start();
+    const FLOOD: usize = 600;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let refused = rt.block_on(async {
+        let client = https_builder_as(&ws.path(), None).build().unwrap();
+        let mut refused = 0;
+        for _ in 0..FLOOD {
+            let resp = client.get(format!("{}/api/v1/endpoints", ws.url)).bearer_auth("cove_0_forged").send().await;
+            refused += usize::from(resp.unwrap().status() == 401);
+        }
+        refused
+    });
+    assert_eq!(refused, FLOOD, "every request of the flood was refused");
+    ws.stop_server();
+    let db = rusqlite::Connection::open(ws.path().join("state/cove.db")).unwrap();
+    let one_by_one: i64 =
+        db.query_row("SELECT COUNT(*) FROM audit WHERE outcome LIKE 'refused (401)%'", [], |r| r.get(0)).unwrap();
+    let summaries: Vec<String> = db
+        .prepare("SELECT outcome FROM audit WHERE action = 'refusals counted, not written one by one' AND source = '127.0.0.1'")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let counted: i64 = summaries
+        .iter()
+        .map(|s| s.strip_prefix("refused ").and_then(|s| s.split(' ').next()).unwrap().parse::<i64>().unwrap())
+        .sum();
+    // A minute has a budget of 100; the flood may have straddled two minutes.
+    assert!((100..=200).contains(&one_by_one), "{one_by_one} refusals written one by one");
+    assert_eq!(one_by_one + counted, FLOOD as i64, "every refusal is recorded: {summaries:?}");
+    assert!(summaries.iter().all(|s| s.contains("the last: refused (401)")), "{summaries:?}");
+}

@@ -312,8 +312,11 @@ impl Workspace {
 
 impl Drop for Workspace {
     fn drop(&mut self) {
-        let _ = nix_kill(self.server.id());
-        let _ = self.server.wait();
+        // Only a control plane still running: the PID of one already waited for may be another's now.
+        if let Ok(None) = self.server.try_wait() {
+            let _ = nix_kill(self.server.id());
+            let _ = self.server.wait();
+        }
     }
 }
 

@@ -271,9 +271,39 @@ pub async fn audit(
     outcome: String,
     detail: Option<String>,
 ) {
+    // Refusals past the minute's budget are counted and written as one summary per source.
+    if !outcome.starts_with("ok") && !app.refusals.admit(source, &action, &outcome) {
+        return;
+    }
     let entry =
         AuditEntry { time: String::new(), principal, source: source.to_string(), action, resource, outcome, detail };
     if let Err(error) = app.store.call(move |c| store::audit_append(c, &entry)).await {
+        tracing::error!(%error, "failed to write the audit log");
+    }
+}
+
+/// Writes the refusals counted in each window, for as long as the control plane runs.
+pub async fn write_counted_refusals(app: AppRef) {
+    let mut shutdown = app.shutdown.clone();
+    loop {
+        let stopping = async {
+            let _ = shutdown.wait_for(|stopping| *stopping).await;
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(super::refusals::WINDOW) => close_refusal_window(&app).await,
+            _ = stopping => return,
+        }
+    }
+}
+
+/// Ends the refusal window: its summaries go into the audit log.
+pub async fn close_refusal_window(app: &AppRef) {
+    let summaries = app.refusals.close_window();
+    if summaries.is_empty() {
+        return;
+    }
+    let written = app.store.call(move |c| summaries.iter().try_for_each(|e| store::audit_append(c, e))).await;
+    if let Err(error) = written {
         tracing::error!(%error, "failed to write the audit log");
     }
 }

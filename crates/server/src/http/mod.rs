@@ -7,6 +7,7 @@ mod error;
 pub mod guard;
 mod jobs;
 mod ownership;
+pub mod refusals;
 mod resources;
 pub(crate) mod studio;
 mod upload;
