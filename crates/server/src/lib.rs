@@ -131,6 +131,8 @@ pub(crate) struct App {
     pub compute: compute::LocalCompute,
     pub url: String,
     pub policy: netpolicy::NetworkPolicy,
+    /// The connections the listeners hold open, per source (`http::connections`).
+    pub connections: Arc<http::connections::Connections>,
     /// How many refusals the audit log takes one by one (`http::refusals`).
     pub refusals: http::refusals::RefusalBudget,
     /// Per compute cluster, the address and time of the last worker call that was admitted.
@@ -384,6 +386,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
         shutdown: shutdown_rx.clone(),
         policy,
         followed: std::sync::Mutex::new(std::collections::HashSet::new()),
+        connections: Default::default(),
         refusals: Default::default(),
         worker_contact: std::sync::Mutex::new(std::collections::HashMap::new()),
         worker_hosts: std::sync::Mutex::new(std::collections::HashMap::new()),

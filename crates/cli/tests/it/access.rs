@@ -291,3 +291,53 @@ fn a_flood_of_refusals_is_counted_not_written_one_by_one() {
     assert_eq!(one_by_one + counted, FLOOD as i64, "every refusal is recorded: {summaries:?}");
     assert!(summaries.iter().all(|s| s.contains("the last: refused (401)")), "{summaries:?}");
 }
+
+/// Any host of the private networks can open connections without a token and hold them: one address
+/// holds at most 256 at once, so it cannot take every descriptor the control plane has, and the others
+/// are served meanwhile; a closed connection gives its place back.
+#[test]
+fn one_address_cannot_hold_every_connection() {
+    use std::io::Read;
+    let ws = Workspace::start();
+    let port: u16 = ws.url.rsplit(':').next().unwrap().parse().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let connect_from = |source: &str| {
+        rt.block_on(async {
+            let socket = tokio::net::TcpSocket::new_v4().unwrap();
+            socket.bind(format!("{source}:0").parse().unwrap()).unwrap();
+            let stream = socket.connect((std::net::Ipv4Addr::LOCALHOST, port).into()).await.unwrap();
+            let stream = stream.into_std().unwrap();
+            stream.set_nonblocking(false).unwrap();
+            stream
+        })
+    };
+    let held: Vec<std::net::TcpStream> = (0..256).map(|_| connect_from("127.0.0.5")).collect();
+    // The next one from that address is closed at once, before a byte is read.
+    let mut one_more = connect_from("127.0.0.5");
+    one_more.set_read_timeout(Some(std::time::Duration::from_secs(5))).unwrap();
+    let mut byte = [0u8; 1];
+    let read = one_more.read(&mut byte);
+    let closed =
+        matches!(&read, Ok(0)) || read.as_ref().is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset);
+    assert!(closed, "the 257th connection was held open: {read:?}");
+    // Another address is served meanwhile.
+    let get_from = |source: &str| {
+        rt.block_on(async {
+            let client = https_builder_as(&ws.path(), None)
+                .local_address(source.parse::<std::net::IpAddr>().unwrap())
+                .build()
+                .unwrap();
+            let resp = client.get(format!("{}/api/v1/endpoints", ws.url)).bearer_auth(ws.token().trim()).send().await;
+            resp.map(|r| r.status().as_u16()).map_err(|e| e.to_string())
+        })
+    };
+    assert_eq!(get_from("127.0.0.6"), Ok(200));
+    assert!(audited(&ws, "connect", "127.0.0.5 holds 256 connections already"), "{:#?}", audit(&ws));
+    // Closed, they give their places back.
+    drop(held);
+    let started = std::time::Instant::now();
+    while get_from("127.0.0.5") != Ok(200) {
+        assert!(started.elapsed().as_secs() < 10, "the closed connections kept their places");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}

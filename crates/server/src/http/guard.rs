@@ -57,9 +57,20 @@ pub async fn serve(
         if !admit(&app, &listener, &stream, peer).await {
             continue;
         }
+        let per_source = !app.policy.is_trusted_proxy(peer.ip());
+        let held = match app.connections.open(peer.ip(), per_source) {
+            Ok(held) => held,
+            Err(why) => {
+                let local = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+                audit(&app, "-".into(), peer.ip(), "connect".into(), local, format!("refused: {why}"), None).await;
+                continue;
+            }
+        };
         let (acceptor, router, app) = (acceptor.clone(), router.clone(), app.clone());
         let watcher = graceful.watcher();
         tokio::spawn(async move {
+            // Counted for as long as this task holds the connection.
+            let _held = held;
             let Some((tls, cert)) = handshake(&acceptor, stream, &app).await else { return };
             let service = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
                 req.extensions_mut().insert(ConnectInfo(peer));

@@ -2,6 +2,7 @@
 //! protocol under `/worker/v1`. Handlers parse, authorise, call the store or the job lifecycle, and render.
 
 mod admin;
+pub mod connections;
 mod environments;
 mod error;
 pub mod guard;
