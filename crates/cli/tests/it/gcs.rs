@@ -1,6 +1,6 @@
 //! Google Cloud Storage datastores against gcp-storage-emulator, a GCS API server, on loopback: reached
 //! only through their private endpoint, read and written by jobs, and publishing nothing when the store
-//! stalls in the middle of a job.
+//! stalls in the middle of a job; and over HTTPS, verified against their private endpoint's CA.
 
 use crate::support::{kill, Project, Workspace, LIST_SCRIPT};
 use std::path::{Path, PathBuf};
@@ -188,4 +188,161 @@ fn gcs_datastores_through_their_private_endpoint() {
     assert!(diag.stdout.contains("OK   datastore gcsdata: reached through its private endpoint"), "{}", diag.stdout);
     // A datastore a job's output names cannot be deleted; one nothing references can.
     ws.cove(&["datastore", "delete", "-n", "gcsdata"]).fails_with(2, "datastore `gcsdata` is in use");
+}
+
+/// A TLS-terminating reverse proxy in front of the emulator, as a private endpoint serving a store over
+/// HTTPS would be. The emulator serves plain HTTP and names its upload sessions with its own `http://`
+/// address, so the proxy gives them its own `https://` one (as a proxy's `proxy_redirect` does).
+const TLS_PROXY: &str = r#"
+import http.client, http.server, socketserver, ssl, sys
+
+listen, upstream, cert, key = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
+inside, outside = f"http://127.0.0.1:{upstream}", f"https://127.0.0.1:{listen}"
+HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "proxy-connection"}
+
+class Forward(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def body(self):
+        if self.headers.get("transfer-encoding", "").lower() == "chunked":
+            out = b""
+            while True:
+                size = int(self.rfile.readline().split(b";")[0], 16)
+                if size == 0:
+                    self.rfile.readline()
+                    return out
+                out += self.rfile.read(size)
+                self.rfile.readline()
+        return self.rfile.read(int(self.headers.get("content-length", 0)))
+
+    def forward(self):
+        data = self.body()
+        conn = http.client.HTTPConnection("127.0.0.1", upstream, timeout=60)
+        headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP}
+        conn.request(self.command, self.path, body=data, headers=headers)
+        resp = conn.getresponse()
+        payload = resp.read()
+        self.send_response(resp.status, resp.reason)
+        for k, v in resp.getheaders():
+            if k.lower() in HOP or k.lower() == "content-length":
+                continue
+            if k.lower() == "location":
+                # The emulator names the session after the Host it was asked as (the proxy's, or its own).
+                v = v.replace(inside, outside).replace(f"http://127.0.0.1:{listen}", outside)
+            self.send_header(k, v)
+        self.send_header("content-length", str(len(payload)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(payload)
+        conn.close()
+
+    do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = do_PATCH = forward
+
+    def log_message(self, *args):
+        pass
+
+class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
+    daemon_threads = True
+
+server = Server(("127.0.0.1", listen), Forward)
+context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+context.load_cert_chain(cert, key)
+server.socket = context.wrap_socket(server.socket, server_side=True)
+server.serve_forever()
+"#;
+
+struct TlsProxy {
+    child: Child,
+    port: u16,
+}
+
+impl TlsProxy {
+    fn start(upstream: u16, cert: &Path, key: &Path) -> TlsProxy {
+        let port = crate::support::free_port();
+        let child = Command::new("python3")
+            .args(["-c", TLS_PROXY, &port.to_string(), &upstream.to_string()])
+            .args([cert, key])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        crate::support::wait_for_listener(port, "the TLS proxy");
+        TlsProxy { child, port }
+    }
+}
+
+impl Drop for TlsProxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A GCS store served over HTTPS is verified against the CA its private endpoint names (`ca_file`), by
+/// the control plane and by workers reading straight from it through signed URLs; without that CA, its
+/// certificate is refused.
+#[test]
+fn a_gcs_store_over_https_is_verified_against_the_ca_of_its_private_endpoint() {
+    let server = GcsServer::start("secure-data");
+    let dir = tempfile::tempdir().unwrap();
+    let (authority, ca) = cove_tls::Authority::create("storage").unwrap();
+    let cert = authority.issue_server(&["127.0.0.1".into()], 2).unwrap();
+    let file = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let (cert_file, key_file) = (file("store.pem", &cert.cert_pem), file("store.key", &cert.key_pem));
+    file("store-ca.pem", &ca.cert_pem);
+    let proxy = TlsProxy::start(server.port, &cert_file, &key_file);
+    let network = dir.path().join("network.yml");
+    let port = proxy.port;
+    std::fs::write(
+        &network,
+        format!(
+            "networks:\n  - name: workspace\n    address_space: [127.0.0.0/8]\nprivate_endpoints:\n  - name: api\n    service: api\n    \
+             address: 127.0.0.1:0\n    network: workspace\n  - name: gcs-pe\n    service: 'datastore:gcsdata'\n    \
+             address: 127.0.0.1:{port}\n    network: workspace\n    ca_file: store-ca.pem\n  - name: plain-pe\n    \
+             service: 'datastore:plain'\n    address: 127.0.0.1:{port}\n    network: workspace\n"
+        ),
+    )
+    .unwrap();
+    let ws = Workspace::start_with(&["--config", &network.display().to_string()], &[]);
+    let key = service_account_key(dir.path());
+    let url = format!("https://127.0.0.1:{port}");
+    // Without the CA, the store's certificate is not trusted: creation fails, saying why.
+    let plain = file("plain.yml", &yaml("plain", "secure-data", &url, &key));
+    let refused = ws.cove(&["datastore", "create", "-f", &plain.display().to_string()]);
+    assert_eq!(refused.code, 2, "{}{}", refused.stdout, refused.stderr);
+    assert!(
+        refused.stderr.contains("the store's certificate is not issued by the CA this client trusts"),
+        "{}",
+        refused.stderr
+    );
+    let gcs = file("gcs.yml", &yaml("gcsdata", "secure-data", &url, &key));
+    ws.cove(&["datastore", "create", "-f", &gcs.display().to_string()]).ok();
+    for i in 0..3 {
+        let (s, body) =
+            ws.http_bytes("PUT", &format!("/api/v1/datastores/gcsdata/files/in/file-{i:03}.txt"), format!("{i}\n"));
+        assert_eq!(s, 201, "{body}");
+    }
+    assert_eq!(server.object_names("secure-data"), ["in/file-000.txt", "in/file-001.txt", "in/file-002.txt"]);
+    let p = Project::new(ws.dir.path(), "securejob", LIST_SCRIPT, "mini_batch_size: 2");
+    p.deploy(&ws);
+    let (input, output) = ("azureml://datastores/gcsdata/paths/in", "azureml://datastores/gcsdata/paths/out");
+    let run = ws.cove(&["--json", "endpoint", "invoke", "securejob", "--input", input, "--output-path", output]);
+    let job = ws.wait_job(run.ok().json()["name"].as_str().unwrap());
+    assert_eq!(job["status"], "Completed", "{job:#}");
+    // The workers read straight from the store over HTTPS, verifying it with the CA the lease carried,
+    // and the output was published through a resumable upload whose session the proxy named.
+    for a in job["attempts"].as_array().unwrap() {
+        assert_eq!(a["isolation"]["inputs"], "direct from the store", "{a}");
+    }
+    assert!(server.object_names("secure-data").contains(&"out/predictions.csv".to_string()));
+    let dl = dir.path().join("dl");
+    ws.cove(&["job", "download", job["name"].as_str().unwrap(), "--download-path", &dl.display().to_string()]).ok();
+    let predictions = std::fs::read_to_string(dl.join("named-outputs/score/predictions.csv")).unwrap();
+    assert_eq!(predictions, "file-000.txt 0\nfile-001.txt 2\nfile-002.txt 4\n");
+    let diag = ws.cove(&["workspace", "diagnose"]);
+    assert!(diag.stdout.contains("OK   datastore gcsdata: reached through its private endpoint"), "{}", diag.stdout);
 }
