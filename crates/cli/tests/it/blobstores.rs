@@ -222,28 +222,15 @@ fn azure_blob_and_adls_gen2_datastores_through_their_private_endpoints() {
 #[test]
 fn an_https_store_is_verified_against_the_ca_of_its_private_endpoint() {
     let dir = tempfile::tempdir().unwrap();
-    let (authority, ca) = cove_tls::Authority::create("storage").unwrap();
-    let cert = authority.issue_server(&["127.0.0.1".into()], 2).unwrap();
     let file = |name: &str, text: &str| {
         let path = dir.path().join(name);
         std::fs::write(&path, text).unwrap();
         path
     };
-    let tls = (file("store.pem", &cert.cert_pem), file("store.key", &cert.key_pem), file("store-ca.pem", &ca.cert_pem));
-    let azurite = Azurite::start_with_tls(Some(tls));
+    let tls = crate::support::tls_files(dir.path(), "store");
+    let azurite = Azurite::start_with_tls(Some((tls.cert, tls.key, tls.ca)));
     azurite.create_container("secure");
-    let network = dir.path().join("network.yml");
-    let port = azurite.port;
-    std::fs::write(
-        &network,
-        format!(
-            "networks:\n  - name: workspace\n    address_space: [127.0.0.0/8]\nprivate_endpoints:\n  - name: api\n    service: api\n    \
-             address: 127.0.0.1:0\n    network: workspace\n  - name: blob-pe\n    service: 'datastore:blob'\n    address: 127.0.0.1:{port}\n    \
-             network: workspace\n    ca_file: store-ca.pem\n  - name: plain-pe\n    service: 'datastore:plain'\n    address: 127.0.0.1:{port}\n    \
-             network: workspace\n"
-        ),
-    )
-    .unwrap();
+    let network = crate::support::https_store_network(dir.path(), "blob", azurite.port);
     let ws = Workspace::start_with(&["--config", &network.display().to_string()], &[]);
     let key = secret_file(dir.path(), "account.key", ACCOUNT_KEY);
     let key_line = format!("account_key_file: {}", key.display());

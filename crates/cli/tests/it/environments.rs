@@ -350,16 +350,8 @@ fn an_https_package_index_is_verified_against_the_ca_of_its_private_endpoint() {
     let root = tempfile::tempdir().unwrap();
     let index = root.path().join("index");
     tiny_wheel(&index.join("simple/covepin"), "covepin", "1.0");
-    let (authority, ca) = cove_tls::Authority::create("packages").unwrap();
-    let cert = authority.issue_server(&["127.0.0.1".into()], 2).unwrap();
-    let write = |name: &str, text: &str| {
-        let path = root.path().join(name);
-        std::fs::write(&path, text).unwrap();
-        path
-    };
-    let (cert_file, key_file) = (write("index.pem", &cert.cert_pem), write("index.key", &cert.key_pem));
-    write("index-ca.pem", &ca.cert_pem);
-    let server = FileServer::start_tls(&index, &cert_file, &key_file);
+    let tls = crate::support::tls_files(root.path(), "index");
+    let server = FileServer::start_tls(&index, &tls.cert, &tls.key);
     let url = format!("https://127.0.0.1:{}/simple", server.port);
     let network = |name: &str, ca_line: &str| {
         let text = format!(
@@ -368,7 +360,9 @@ fn an_https_package_index_is_verified_against_the_ca_of_its_private_endpoint() {
              address: 127.0.0.1:{}\n    network: workspace\n{ca_line}",
             server.port
         );
-        write(name, &text).display().to_string()
+        let path = root.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path.display().to_string()
     };
 
     let trusting = network("trusting.yml", "    ca_file: index-ca.pem\n");

@@ -2,32 +2,32 @@
 //! only through their private endpoint, read and written by jobs, and publishing nothing when the store
 //! stalls in the middle of a job; and over HTTPS, verified against their private endpoint's CA.
 
-use crate::support::{kill, Project, Workspace, LIST_SCRIPT};
+use crate::support::{kill, ChildServer, Project, Workspace, LIST_SCRIPT};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 
-struct GcsServer {
-    child: Child,
-    port: u16,
-}
+struct GcsServer(ChildServer);
 
 impl GcsServer {
     /// Starts the server with `bucket` made; `scripts/setup` installs it.
     fn start(bucket: &str) -> GcsServer {
         let port = crate::support::free_port();
-        let child = Command::new("python3")
-            .args(["-m", "gcp_storage_emulator", "start", "--host", "127.0.0.1", "--in-memory", "-q"])
-            .args(["--port", &port.to_string(), "--default-bucket", bucket])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        crate::support::wait_for_listener(port, "gcp-storage-emulator (run scripts/setup)");
-        GcsServer { child, port }
+        let mut command = Command::new("python3");
+        command.args(["-m", "gcp_storage_emulator", "start", "--host", "127.0.0.1", "--in-memory", "-q"]).args([
+            "--port",
+            &port.to_string(),
+            "--default-bucket",
+            bucket,
+        ]);
+        GcsServer(ChildServer::start(&mut command, port, "gcp-storage-emulator (run scripts/setup)"))
+    }
+
+    fn port(&self) -> u16 {
+        self.0.port
     }
 
     fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        format!("http://127.0.0.1:{}", self.port())
     }
 
     /// The names of the bucket's objects, listed by the JSON API.
@@ -39,13 +39,6 @@ impl GcsServer {
         let out = Command::new("python3").args(["-c", code, &url]).output().unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8(out.stdout).unwrap().lines().map(str::to_string).collect()
-    }
-}
-
-impl Drop for GcsServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -79,6 +72,32 @@ fn yaml(name: &str, bucket: &str, endpoint: &str, key: &Path) -> String {
     )
 }
 
+/// Uploads three files into datastore `gcsdata` through the API, scores them with a job of a new
+/// endpoint whose workers read them straight from the store, and checks the published output.
+fn score_through(ws: &Workspace, server: &GcsServer, bucket: &str, endpoint: &str, dir: &Path) {
+    for i in 0..3 {
+        let (s, body) =
+            ws.http_bytes("PUT", &format!("/api/v1/datastores/gcsdata/files/in/file-{i:03}.txt"), format!("{i}\n"));
+        assert_eq!(s, 201, "{body}");
+    }
+    assert_eq!(server.object_names(bucket), ["in/file-000.txt", "in/file-001.txt", "in/file-002.txt"]);
+    let p = Project::new(ws.dir.path(), endpoint, LIST_SCRIPT, "mini_batch_size: 2");
+    p.deploy(ws);
+    let (input, output) = ("azureml://datastores/gcsdata/paths/in", "azureml://datastores/gcsdata/paths/out");
+    let run = ws.cove(&["--json", "endpoint", "invoke", endpoint, "--input", input, "--output-path", output]);
+    let job = ws.wait_job(run.ok().json()["name"].as_str().unwrap());
+    assert_eq!(job["status"], "Completed", "{job:#}");
+    // The service account's key signs a URL per file, and workers read straight from the store.
+    for a in job["attempts"].as_array().unwrap() {
+        assert_eq!(a["isolation"]["inputs"], "direct from the store", "{a}");
+    }
+    assert!(server.object_names(bucket).contains(&"out/predictions.csv".to_string()));
+    let dl = dir.join(format!("{endpoint}-download"));
+    ws.cove(&["job", "download", job["name"].as_str().unwrap(), "--download-path", &dl.display().to_string()]).ok();
+    let predictions = std::fs::read_to_string(dl.join("named-outputs/score/predictions.csv")).unwrap();
+    assert_eq!(predictions, "file-000.txt 0\nfile-001.txt 2\nfile-002.txt 4\n");
+}
+
 #[test]
 fn gcs_datastores_through_their_private_endpoint() {
     let server = GcsServer::start("scoring-data");
@@ -90,7 +109,7 @@ fn gcs_datastores_through_their_private_endpoint() {
             "networks:\n  - name: workspace\n    address_space: [127.0.0.0/8]\nprivate_endpoints:\n  - name: api\n    service: api\n    \
              address: 127.0.0.1:0\n    network: workspace\n  - name: gcs-pe\n    service: 'datastore:gcsdata'\n    \
              address: 127.0.0.1:{}\n    network: workspace\n",
-            server.port
+            server.port()
         ),
     )
     .unwrap();
@@ -110,7 +129,7 @@ fn gcs_datastores_through_their_private_endpoint() {
     let gcs = write("gcs.yml", &yaml("gcsdata", "scoring-data", &good, &key));
     ws.cove(&["datastore", "create", "-f", &gcs]).fails_with(2, "is readable by others");
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let elsewhere = format!("http://127.0.0.2:{}", server.port);
+    let elsewhere = format!("http://127.0.0.2:{}", server.port());
     let outside = write("outside.yml", &yaml("gcsdata", "scoring-data", &elsewhere, &key));
     ws.cove(&["datastore", "create", "-f", &outside])
         .fails_with(2, &format!("endpoint: `{elsewhere}` is not datastore `gcsdata`'s private endpoint gcs-pe"));
@@ -146,27 +165,7 @@ fn gcs_datastores_through_their_private_endpoint() {
     let shown = ws.cove(&["datastore", "show", "-n", "gcsdata"]).ok().stdout.clone();
     assert!(shown.contains("gs://scoring-data"), "{shown}");
 
-    for i in 0..3 {
-        let (s, body) =
-            ws.http_bytes("PUT", &format!("/api/v1/datastores/gcsdata/files/in/file-{i:03}.txt"), format!("{i}\n"));
-        assert_eq!(s, 201, "{body}");
-    }
-    assert_eq!(server.object_names("scoring-data"), ["in/file-000.txt", "in/file-001.txt", "in/file-002.txt"]);
-    let p = Project::new(ws.dir.path(), "gcsjob", LIST_SCRIPT, "mini_batch_size: 2");
-    p.deploy(&ws);
-    let (input, output) = ("azureml://datastores/gcsdata/paths/in", "azureml://datastores/gcsdata/paths/out");
-    let run = ws.cove(&["--json", "endpoint", "invoke", "gcsjob", "--input", input, "--output-path", output]);
-    let job = ws.wait_job(run.ok().json()["name"].as_str().unwrap());
-    assert_eq!(job["status"], "Completed", "{job:#}");
-    // The service account's key signs a URL per file, and workers read straight from the store.
-    for a in job["attempts"].as_array().unwrap() {
-        assert_eq!(a["isolation"]["inputs"], "direct from the store", "{a}");
-    }
-    assert!(server.object_names("scoring-data").contains(&"out/predictions.csv".to_string()));
-    let dl = dir.path().join("dl");
-    ws.cove(&["job", "download", job["name"].as_str().unwrap(), "--download-path", &dl.display().to_string()]).ok();
-    let predictions = std::fs::read_to_string(dl.join("named-outputs/score/predictions.csv")).unwrap();
-    assert_eq!(predictions, "file-000.txt 0\nfile-001.txt 2\nfile-002.txt 4\n");
+    score_through(&ws, &server, "scoring-data", "gcsjob", dir.path());
 
     // The store stalls while the output is being published: the job is canceled and publishes nothing.
     let slow = LIST_SCRIPT.replace("def run(mini_batch):", "def run(mini_batch):\n    import time; time.sleep(1.5)");
@@ -175,11 +174,11 @@ fn gcs_datastores_through_their_private_endpoint() {
     let inputs = slow.inputs(4).display().to_string();
     let stalled = "azureml://datastores/gcsdata/paths/stalled";
     let run = ws.cove(&["--json", "endpoint", "invoke", "gcsslow", "--input", &inputs, "--output-path", stalled]);
-    kill(server.child.id(), "STOP");
+    kill(server.0.child.id(), "STOP");
     let name = run.ok().json()["name"].as_str().unwrap().to_string();
     ws.wait_status(&name, "Finalizing");
     ws.cove(&["job", "cancel", &name]).ok();
-    kill(server.child.id(), "CONT");
+    kill(server.0.child.id(), "CONT");
     assert_eq!(ws.wait_job(&name)["status"], "Canceled");
     let names = server.object_names("scoring-data");
     assert!(!names.iter().any(|n| n.starts_with("stalled/")), "a canceled job publishes nothing: {names:?}");
@@ -251,31 +250,12 @@ server.socket = context.wrap_socket(server.socket, server_side=True)
 server.serve_forever()
 "#;
 
-struct TlsProxy {
-    child: Child,
-    port: u16,
-}
-
-impl TlsProxy {
-    fn start(upstream: u16, cert: &Path, key: &Path) -> TlsProxy {
-        let port = crate::support::free_port();
-        let child = Command::new("python3")
-            .args(["-c", TLS_PROXY, &port.to_string(), &upstream.to_string()])
-            .args([cert, key])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        crate::support::wait_for_listener(port, "the TLS proxy");
-        TlsProxy { child, port }
-    }
-}
-
-impl Drop for TlsProxy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// Starts [`TLS_PROXY`] in front of the emulator on `upstream`, serving `tls`'s certificate.
+fn tls_proxy(upstream: u16, tls: &crate::support::TlsFiles) -> ChildServer {
+    let port = crate::support::free_port();
+    let mut command = Command::new("python3");
+    command.args(["-c", TLS_PROXY, &port.to_string(), &upstream.to_string()]).args([&tls.cert, &tls.key]);
+    ChildServer::start(&mut command, port, "the TLS proxy")
 }
 
 /// A GCS store served over HTTPS is verified against the CA its private endpoint names (`ca_file`), by
@@ -285,64 +265,29 @@ impl Drop for TlsProxy {
 fn a_gcs_store_over_https_is_verified_against_the_ca_of_its_private_endpoint() {
     let server = GcsServer::start("secure-data");
     let dir = tempfile::tempdir().unwrap();
-    let (authority, ca) = cove_tls::Authority::create("storage").unwrap();
-    let cert = authority.issue_server(&["127.0.0.1".into()], 2).unwrap();
-    let file = |name: &str, text: &str| {
-        let path = dir.path().join(name);
-        std::fs::write(&path, text).unwrap();
-        path
-    };
-    let (cert_file, key_file) = (file("store.pem", &cert.cert_pem), file("store.key", &cert.key_pem));
-    file("store-ca.pem", &ca.cert_pem);
-    let proxy = TlsProxy::start(server.port, &cert_file, &key_file);
-    let network = dir.path().join("network.yml");
-    let port = proxy.port;
-    std::fs::write(
-        &network,
-        format!(
-            "networks:\n  - name: workspace\n    address_space: [127.0.0.0/8]\nprivate_endpoints:\n  - name: api\n    service: api\n    \
-             address: 127.0.0.1:0\n    network: workspace\n  - name: gcs-pe\n    service: 'datastore:gcsdata'\n    \
-             address: 127.0.0.1:{port}\n    network: workspace\n    ca_file: store-ca.pem\n  - name: plain-pe\n    \
-             service: 'datastore:plain'\n    address: 127.0.0.1:{port}\n    network: workspace\n"
-        ),
-    )
-    .unwrap();
+    let tls = crate::support::tls_files(dir.path(), "store");
+    let proxy = tls_proxy(server.port(), &tls);
+    let network = crate::support::https_store_network(dir.path(), "gcsdata", proxy.port);
     let ws = Workspace::start_with(&["--config", &network.display().to_string()], &[]);
     let key = service_account_key(dir.path());
-    let url = format!("https://127.0.0.1:{port}");
+    let url = format!("https://127.0.0.1:{}", proxy.port);
     // Without the CA, the store's certificate is not trusted: creation fails, saying why.
-    let plain = file("plain.yml", &yaml("plain", "secure-data", &url, &key));
-    let refused = ws.cove(&["datastore", "create", "-f", &plain.display().to_string()]);
+    let yml = |name: &str, store: &str| {
+        let path = dir.path().join(format!("{name}.yml"));
+        std::fs::write(&path, yaml(name, store, &url, &key)).unwrap();
+        path.display().to_string()
+    };
+    let refused = ws.cove(&["datastore", "create", "-f", &yml("plain", "secure-data")]);
     assert_eq!(refused.code, 2, "{}{}", refused.stdout, refused.stderr);
     assert!(
         refused.stderr.contains("the store's certificate is not issued by the CA this client trusts"),
         "{}",
         refused.stderr
     );
-    let gcs = file("gcs.yml", &yaml("gcsdata", "secure-data", &url, &key));
-    ws.cove(&["datastore", "create", "-f", &gcs.display().to_string()]).ok();
-    for i in 0..3 {
-        let (s, body) =
-            ws.http_bytes("PUT", &format!("/api/v1/datastores/gcsdata/files/in/file-{i:03}.txt"), format!("{i}\n"));
-        assert_eq!(s, 201, "{body}");
-    }
-    assert_eq!(server.object_names("secure-data"), ["in/file-000.txt", "in/file-001.txt", "in/file-002.txt"]);
-    let p = Project::new(ws.dir.path(), "securejob", LIST_SCRIPT, "mini_batch_size: 2");
-    p.deploy(&ws);
-    let (input, output) = ("azureml://datastores/gcsdata/paths/in", "azureml://datastores/gcsdata/paths/out");
-    let run = ws.cove(&["--json", "endpoint", "invoke", "securejob", "--input", input, "--output-path", output]);
-    let job = ws.wait_job(run.ok().json()["name"].as_str().unwrap());
-    assert_eq!(job["status"], "Completed", "{job:#}");
-    // The workers read straight from the store over HTTPS, verifying it with the CA the lease carried,
-    // and the output was published through a resumable upload whose session the proxy named.
-    for a in job["attempts"].as_array().unwrap() {
-        assert_eq!(a["isolation"]["inputs"], "direct from the store", "{a}");
-    }
-    assert!(server.object_names("secure-data").contains(&"out/predictions.csv".to_string()));
-    let dl = dir.path().join("dl");
-    ws.cove(&["job", "download", job["name"].as_str().unwrap(), "--download-path", &dl.display().to_string()]).ok();
-    let predictions = std::fs::read_to_string(dl.join("named-outputs/score/predictions.csv")).unwrap();
-    assert_eq!(predictions, "file-000.txt 0\nfile-001.txt 2\nfile-002.txt 4\n");
+    ws.cove(&["datastore", "create", "-f", &yml("gcsdata", "secure-data")]).ok();
+    // The control plane uploads and publishes through resumable sessions the proxy named, and workers
+    // read over HTTPS, verifying the store with the CA the lease carried.
+    score_through(&ws, &server, "secure-data", "securejob", dir.path());
     let diag = ws.cove(&["workspace", "diagnose"]);
     assert!(diag.stdout.contains("OK   datastore gcsdata: reached through its private endpoint"), "{}", diag.stdout);
 }

@@ -577,6 +577,70 @@ pub fn wait_for_listener(port: u16, what: &str) {
     }
 }
 
+/// A server a test runs as a child process on a loopback port; ended, by its PID, when dropped.
+pub struct ChildServer {
+    pub child: std::process::Child,
+    pub port: u16,
+}
+
+impl ChildServer {
+    /// Starts `command` (which listens on `port`) and waits until it does; `what` names it if it never does.
+    pub fn start(command: &mut Command, port: u16, what: &str) -> ChildServer {
+        let child = command.stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+        let server = ChildServer { child, port };
+        wait_for_listener(port, what);
+        server
+    }
+}
+
+impl Drop for ChildServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A certificate for `127.0.0.1` and its key, issued by a CA of its own, written to `<stem>.pem`,
+/// `<stem>.key` and `<stem>-ca.pem` in `dir`: a store or an index serving HTTPS on loopback.
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub ca: PathBuf,
+}
+
+pub fn tls_files(dir: &Path, stem: &str) -> TlsFiles {
+    let (authority, ca) = cove_tls::Authority::create(stem).unwrap();
+    let issued = authority.issue_server(&["127.0.0.1".into()], 2).unwrap();
+    let write = |name: String, text: &str| {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    TlsFiles {
+        cert: write(format!("{stem}.pem"), &issued.cert_pem),
+        key: write(format!("{stem}.key"), &issued.key_pem),
+        ca: write(format!("{stem}-ca.pem"), &ca.cert_pem),
+    }
+}
+
+/// Writes `network.yml` in `dir` for a workspace on loopback whose datastore `datastore` is served over
+/// HTTPS at `port`, its private endpoint naming the CA in `store-ca.pem` ([`tls_files`] with stem
+/// `store`), and whose datastore `plain` is reached at the same address with no CA named.
+pub fn https_store_network(dir: &Path, datastore: &str, port: u16) -> PathBuf {
+    let network = dir.join("network.yml");
+    std::fs::write(
+        &network,
+        format!(
+            "networks:\n  - name: workspace\n    address_space: [127.0.0.0/8]\nprivate_endpoints:\n  - name: api\n    service: api\n    \
+             address: 127.0.0.1:0\n    network: workspace\n  - name: {datastore}-pe\n    service: 'datastore:{datastore}'\n    \
+             address: 127.0.0.1:{port}\n    network: workspace\n    ca_file: store-ca.pem\n  - name: plain-pe\n    \
+             service: 'datastore:plain'\n    address: 127.0.0.1:{port}\n    network: workspace\n"
+        ),
+    )
+    .unwrap();
+    network
+}
+
 /// How many result parts of `job` the state store of the workspace at `ws` keeps.
 pub fn part_bodies_kept(ws: &Path, job: &str) -> i64 {
     let db = rusqlite::Connection::open(ws.join("state/cove.db")).unwrap();
