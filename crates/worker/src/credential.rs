@@ -128,6 +128,7 @@ fn client_config_for(
 /// the key is renamed into place and then the certificate. A staged certificate with no staged key
 /// beside it is therefore complete, and belongs to the key in place.
 fn replace_pair(config: &WorkerConfig, key_pem: &str, cert_pem: &str) -> std::io::Result<()> {
+    let _replacing = pair_lock(config)?;
     let staged_key = cove_tls::write_staged(&config.client_key, key_pem, 0o600)?;
     let staged_cert = cove_tls::write_staged(&config.client_cert, cert_pem, 0o600)?;
     rename(&staged_key, &config.client_key)?;
@@ -140,6 +141,13 @@ fn replace_pair(config: &WorkerConfig, key_pem: &str, cert_pem: &str) -> std::io
 pub fn finish_replacing(config: &WorkerConfig) -> std::io::Result<()> {
     let staged_key = cove_tls::staged_name(&config.client_key);
     let staged_cert = cove_tls::staged_name(&config.client_cert);
+    // Nothing staged, nothing to finish: a folder the worker may not write (a read-only mount) is fine.
+    if !staged_key.exists() && !staged_cert.exists() {
+        return Ok(());
+    }
+    // Not while a worker sharing the files is in the middle of replacing them: what it staged would
+    // look like what a stop left behind. Once it is done, its staged files are gone.
+    let _replacing = pair_lock(config)?;
     if staged_key.exists() {
         let _ = std::fs::remove_file(&staged_cert);
         return std::fs::remove_file(&staged_key);
@@ -149,6 +157,16 @@ pub fn finish_replacing(config: &WorkerConfig) -> std::io::Result<()> {
         return rename(&staged_cert, &config.client_cert);
     }
     Ok(())
+}
+
+/// An exclusive lock on `<key>.lock` beside the key, held while the pair is replaced or finished.
+fn pair_lock(config: &WorkerConfig) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut path = config.client_key.as_os_str().to_owned();
+    path.push(".lock");
+    let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).mode(0o600).open(&path)?;
+    file.lock()?;
+    Ok(file)
 }
 
 fn rename(from: &std::path::Path, to: &std::path::Path) -> std::io::Result<()> {
@@ -212,6 +230,24 @@ mod tests {
         std::fs::write(&staged_cert, "new cert").unwrap();
         assert!(!whole(pair(&config)), "the pair a stop left does not match");
         finish_replacing(&config).unwrap();
+        assert_eq!(pair(&config), ("new key".into(), "new cert".into()));
+        no_staged();
+        // A worker sharing the files, in the middle of its renewal: a start waits for it, and then
+        // finds nothing to undo.
+        old();
+        let renewing = pair_lock(&config).unwrap();
+        std::fs::write(&staged_key, "new key").unwrap();
+        std::fs::write(&staged_cert, "new cert").unwrap();
+        let starting = std::thread::spawn({
+            let config = config.clone();
+            move || finish_replacing(&config)
+        });
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        assert!(!starting.is_finished(), "the start waits for the renewal");
+        rename(&staged_key, &config.client_key).unwrap();
+        rename(&staged_cert, &config.client_cert).unwrap();
+        drop(renewing);
+        starting.join().unwrap().unwrap();
         assert_eq!(pair(&config), ("new key".into(), "new cert".into()));
         no_staged();
         // A renewal that ran through, and a start with nothing to finish.
