@@ -400,6 +400,9 @@ fn only_committed_attempts_of_completed_jobs_publish() {
         .map(|f| f.file_name().unwrap().to_string_lossy().to_string())
         .collect();
     assert_eq!(on_disk.len(), 3, "{on_disk:?}");
+    // The two committed attempts' files were staged (a failed attempt's never leaves its worker), and
+    // neither staged copy is kept once the job has ended.
+    staged_then_collected(&ws, name, 2);
 
     let bad = folder("bad", &[("a.txt", "ok"), ("c.txt", "fail")]);
     let run = ws.cove(&["--json", "endpoint", "invoke", "staging", "--input", &bad, "--set", "error_threshold=0"]);
@@ -408,10 +411,9 @@ fn only_committed_attempts_of_completed_jobs_publish() {
     let name = job["name"].as_str().unwrap();
     let left = files_under(&ws.path().join("datastores/workspaceblobstore/azureml").join(name));
     assert!(left.is_empty(), "a failed job published {left:?}");
-    // The succeeded mini-batch's file was staged (so there was something to publish), and not published.
-    let staged = files_under(&ws.path().join("state/objects/jobs").join(name).join("outputs"));
-    assert_eq!(staged.len(), 1, "{staged:?}");
-    assert!(staged[0].ends_with("from-a.txt-1"), "{staged:?}");
+    // The succeeded mini-batch's file was staged (so there was something to publish), and not
+    // published; with the job ended, the staged copy is gone too.
+    staged_then_collected(&ws, name, 1);
     let (status, listed) = ws.http("GET", &format!("/api/v1/jobs/{name}/outputs/score"), None, &[]);
     assert_eq!((status, listed), (200, json!([])));
     refused(
@@ -427,6 +429,20 @@ fn only_committed_attempts_of_completed_jobs_publish() {
         "is not in output `score`",
     );
     assert_nothing_leaked(&ws, &job);
+}
+
+/// Checks that `files` script-written files of `job` were staged, and that none of them is left now
+/// that the job has ended (its end deletes them, soon after the job's status changes).
+fn staged_then_collected(ws: &Workspace, job: &str, files: i64) {
+    let db = rusqlite::Connection::open(ws.path().join("state/cove.db")).unwrap();
+    let staged: i64 = db.query_row("SELECT SUM(outputs) FROM attempts WHERE job = ?1", [job], |r| r.get(0)).unwrap();
+    assert_eq!(staged, files, "files staged by the job's attempts");
+    let outputs = ws.path().join("state/objects/jobs").join(job).join("outputs");
+    let started = std::time::Instant::now();
+    while !files_under(&outputs).is_empty() {
+        assert!(started.elapsed().as_secs() < 10, "an ended job's staged files stay: {:?}", files_under(&outputs));
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
 }
 
 /// Holes 2 and 3: an invoker scoped to one endpoint changes only what the reference lets a caller

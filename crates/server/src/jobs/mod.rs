@@ -172,13 +172,17 @@ pub fn ended(app: AppRef, job: String) {
     });
 }
 
-/// Deletes a job's result parts, as objects and in the state store: only finalizing reads them, and an
-/// ended job's output is published or never will be.
+/// Deletes a job's result parts, as objects and in the state store, and the files its attempts' scripts
+/// wrote, as staged: only finalizing reads them, and an ended job's output is published or never will
+/// be. The staged files go first, so a stop in between leaves parts, which the next start collects
+/// with them (`store::jobs_with_parts_left`).
 async fn collect_parts(app: &AppRef, job: &str) -> anyhow::Result<()> {
     use futures::{StreamExt, TryStreamExt};
-    let prefix = object_store::path::Path::from(store::parts_prefix(job));
-    let parts = app.internal.list(Some(&prefix)).map_ok(|meta| meta.location).boxed();
-    app.internal.delete_stream(parts).try_collect::<Vec<_>>().await?;
+    for prefix in [store::staged_outputs_root(job), store::parts_prefix(job)] {
+        let prefix = object_store::path::Path::from(prefix);
+        let objects = app.internal.list(Some(&prefix)).map_ok(|meta| meta.location).boxed();
+        app.internal.delete_stream(objects).try_collect::<Vec<_>>().await?;
+    }
     let j = job.to_string();
     app.store.call(move |c| store::parts_forget(c, &j)).await?;
     Ok(())

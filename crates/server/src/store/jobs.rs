@@ -552,7 +552,12 @@ pub fn attempt_outputs(conn: &Connection, lease_id: &str) -> StoreResult<(u64, u
 
 /// Where an attempt's script-written files are staged in Cove's own store until the job completes.
 pub fn staged_outputs_prefix(job: &str, lease_id: &str) -> String {
-    format!("jobs/{job}/outputs/{lease_id}")
+    format!("{}/{lease_id}", staged_outputs_root(job))
+}
+
+/// Where all of a job's script-written files are staged.
+pub fn staged_outputs_root(job: &str) -> String {
+    format!("jobs/{job}/outputs")
 }
 
 /// The committed attempts that staged script-written files: (mini-batch index, lease), in index order.
