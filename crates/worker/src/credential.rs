@@ -39,7 +39,6 @@ pub async fn keep_fresh(client: Client, config: WorkerConfig) {
 }
 
 /// What a check did, with the expiry of the certificate now in use.
-#[derive(Debug, PartialEq)]
 enum Kept {
     /// This worker renewed its certificate.
     Renewed(i64),
@@ -56,7 +55,7 @@ async fn renew_if_due(
     within: i64,
     in_use: &mut String,
 ) -> anyhow::Result<Option<Kept>> {
-    if let Some(not_after) = take_renewed_files(client, config, in_use)? {
+    if let Some(not_after) = take_renewed_files(client, config, in_use) {
         return Ok(Some(Kept::Taken(not_after)));
     }
     let not_after = cove_tls::not_after(&config.client_cert.display().to_string(), in_use)?;
@@ -72,7 +71,7 @@ async fn renew_if_due(
             // Renewed already: by a worker sharing these files, which writes them once it has the answer.
             for _ in 0..20 {
                 tokio::time::sleep(Duration::from_millis(250)).await;
-                if let Some(not_after) = take_renewed_files(client, config, in_use)? {
+                if let Some(not_after) = take_renewed_files(client, config, in_use) {
                     return Ok(Some(Kept::Taken(not_after)));
                 }
             }
@@ -91,26 +90,19 @@ async fn renew_if_due(
     Ok(Some(Kept::Renewed(renewed.not_after)))
 }
 
-/// When the worker's files hold a whole pair other than the one in use, and one that expires later,
+/// When the worker's files hold a whole pair other than the one in use, expiring no sooner than it,
 /// connects with it from now on; returns its expiry.
-fn take_renewed_files(client: &Client, config: &WorkerConfig, in_use: &mut String) -> anyhow::Result<Option<i64>> {
-    let Ok(on_disk) = cove_tls::read(&config.client_cert) else { return Ok(None) };
-    if on_disk == *in_use {
-        return Ok(None);
-    }
-    let Ok(key) = cove_tls::read(&config.client_key) else { return Ok(None) };
+fn take_renewed_files(client: &Client, config: &WorkerConfig, in_use: &mut String) -> Option<i64> {
+    let on_disk = cove_tls::read(&config.client_cert).ok().filter(|pem| pem != in_use)?;
+    let key = cove_tls::read(&config.client_key).ok()?;
     let name = config.client_cert.display().to_string();
-    let (Ok(theirs), Ok(ours)) = (cove_tls::not_after(&name, &on_disk), cove_tls::not_after(&name, in_use)) else {
-        return Ok(None);
-    };
+    let theirs = cove_tls::not_after(&name, &on_disk).ok()?;
+    let ours = cove_tls::not_after(&name, in_use).ok()?;
     // A pair caught between its two renames does not load, and is looked at again next time.
-    let Ok(tls) = client_config_for(config, &on_disk, &key) else { return Ok(None) };
-    if theirs < ours {
-        return Ok(None);
-    }
+    let tls = client_config_for(config, &on_disk, &key).ok().filter(|_| theirs >= ours)?;
     client.reconnect(tls);
     *in_use = on_disk;
-    Ok(Some(theirs))
+    Some(theirs)
 }
 
 fn client_config_for(

@@ -610,6 +610,9 @@ impl Slot {
         output_dir: &Path,
     ) -> anyhow::Result<Result<(), String>> {
         use cove_api::worker::{MAX_OUTPUT_BYTES, MAX_OUTPUT_FILES};
+        let refused = |name: &str, why: leftovers::Refused| {
+            format!("the output file `{name}` that run() left in AZUREML_BI_OUTPUT_PATH was refused: {why}")
+        };
         let mut outputs = Vec::new();
         let mut total = 0u64;
         if let Ok(entries) = std::fs::read_dir(output_dir) {
@@ -623,11 +626,7 @@ impl Slot {
                 }
                 match leftovers::checked_size(&entry.path(), FILE_LIMIT) {
                     Ok(size) => total += size,
-                    Err(why) => {
-                        return Ok(Err(format!(
-                            "the output file `{name}` that run() left in AZUREML_BI_OUTPUT_PATH was refused: {why}"
-                        )))
-                    }
+                    Err(why) => return Ok(Err(refused(&name, why))),
                 }
                 if total > MAX_OUTPUT_BYTES {
                     return Ok(Err(format!(
@@ -649,11 +648,7 @@ impl Slot {
             // Read again as it is now: a file changed since it was counted is held to the same limits.
             let bytes = match leftovers::read(&file, FILE_LIMIT) {
                 Ok(bytes) => Bytes::from(bytes),
-                Err(why) => {
-                    return Ok(Err(format!(
-                        "the output file `{name}` that run() left in AZUREML_BI_OUTPUT_PATH was refused: {why}"
-                    )))
-                }
+                Err(why) => return Ok(Err(refused(&name, why))),
             };
             let path = format!("/worker/v1/leases/{}/outputs/{}", lease.lease_id, encode(&name));
             retrying(|| self.client.put_bytes(&path, bytes.clone())).await?;
