@@ -4,6 +4,7 @@
 mod client;
 pub mod exit_code;
 pub mod pause;
+pub mod redact;
 mod types;
 pub mod worker;
 

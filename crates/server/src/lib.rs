@@ -406,6 +406,11 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
     });
     jobs::resume_all(&app).await?;
     tokio::spawn(jobs::reap_expired_leases(app.clone()));
+    // Refusals a killed control plane counted and never summarised are summarised now.
+    let recovered = app.store.call(|c| store::refusal_counts_close(c, None)).await?;
+    if recovered > 0 {
+        tracing::warn!(recovered, "wrote the counts of refusals an earlier run kept and did not summarise");
+    }
     tokio::spawn(http::guard::write_counted_refusals(app.clone()));
     let router = http::router(app.clone());
     let mut servers = tokio::task::JoinSet::new();

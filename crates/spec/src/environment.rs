@@ -53,9 +53,11 @@ pub(crate) fn definition_from_fields(env: &Fields<'_>) -> Result<EnvironmentDefi
         build.check_keys(&["path", "dockerfile_path"])?;
     }
     let overrides = env.string_list("overrides", "a list of requirements like `scikit-learn>=1.3`")?;
-    for (i, line) in overrides.iter().enumerate() {
-        check_requirement(line).map_err(|why| env.error(&format!("overrides.{i}"), why))?;
-    }
+    let overrides = overrides
+        .iter()
+        .enumerate()
+        .map(|(i, line)| check_requirement(line).map_err(|why| env.error(&format!("overrides.{i}"), why)))
+        .collect::<Result<Vec<_>, _>>()?;
     Ok(EnvironmentDefinition {
         name: env.string("name")?,
         version: env.scalar("version")?,
@@ -227,7 +229,9 @@ fn conda_entry(entry: &str, out: &mut Requirements) -> Result<(), String> {
     if let Some(p) = mapped {
         out.notes.push(format!("`{name}` is `{p}` on the package index"));
     }
-    out.packages.push(format!("{}{version}", mapped.unwrap_or(name)));
+    let requirement = crate::pep508::canonical(&format!("{}{version}", mapped.unwrap_or(name)))
+        .map_err(|why| format!("the conda file: `{entry}`: {why}"))?;
+    out.packages.push(requirement);
     Ok(())
 }
 
@@ -265,12 +269,12 @@ fn pip_entry(place: &str, line: &str, out: &mut Requirements) -> Result<(), Stri
             "{place}: `{line}` is a pip option; builds use only the workspace's package index and options, so remove it"
         ));
     }
-    check_requirement(line).map_err(|why| format!("{place}: {why}"))?;
-    if requirement_name(line).to_ascii_lowercase().starts_with("azureml") {
+    let requirement = check_requirement(line).map_err(|why| format!("{place}: {why}"))?;
+    if requirement_name(&requirement).to_ascii_lowercase().starts_with("azureml") {
         out.notes.push(format!("`{line}`: the reference's runtime, which Cove does not need, skipped"));
         return Ok(());
     }
-    out.packages.push(line.to_string());
+    out.packages.push(requirement);
     Ok(())
 }
 
@@ -280,18 +284,15 @@ pub fn requirement_name(req: &str) -> &str {
     &req[..end]
 }
 
-/// Checks that `line` names a package from the index: not a URL, a path or a VCS checkout, which would
-/// reach somewhere other than the workspace's package index.
-pub fn check_requirement(line: &str) -> Result<(), String> {
-    let first = line.chars().next().unwrap_or(' ');
-    if !first.is_ascii_alphanumeric() {
-        return Err(format!("`{line}` is not a requirement like `name==1.2`"));
-    }
+/// Checks that `line` is one requirement of a package from the index (not a URL, a path, a VCS
+/// checkout or a pip option, which would reach somewhere other than the workspace's package index);
+/// returns it in canonical form, the only form that reaches a requirements file.
+pub fn check_requirement(line: &str) -> Result<String, String> {
     let head = line.split(';').next().unwrap_or(line);
     if head.contains("://") || head.contains('@') {
-        return Err(format!("`{line}` names a URL; builds install only from the workspace's package index"));
+        return Err(format!("`{}` names a URL; builds install only from the workspace's package index", line.trim()));
     }
-    Ok(())
+    crate::pep508::canonical(line)
 }
 
 /// Whether an interpreter version (`3.11.7`) satisfies a conda `python` entry.

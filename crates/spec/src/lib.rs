@@ -9,6 +9,7 @@ mod errors;
 mod guard;
 mod locate;
 mod names;
+mod pep508;
 mod settings;
 mod yaml;
 

@@ -183,15 +183,18 @@ impl DeploymentSettings {
             return Ok(());
         }
         match key {
-            "mini_batch_size" | "settings.mini_batch_size" => self.mini_batch_size = count(int_text(value)?)?,
+            "mini_batch_size" | "settings.mini_batch_size" => {
+                self.mini_batch_size = at_most(count(int_text(value)?)?, MAX_JOB_MINI_BATCH_SIZE, "")?;
+            }
             "instance_count" | "settings.instance_count" | "compute.instance_count" | "resources.instance_count" => {
                 self.instance_count = count(int_text(value)?)?;
             }
             "max_retries" | "retry_settings.max_retries" | "settings.retry_settings.max_retries" => {
-                self.retry_settings.max_retries = count(int_text(value)?)?;
+                self.retry_settings.max_retries = at_most(count(int_text(value)?)?, MAX_JOB_RETRIES, "")?;
             }
             "timeout" | "retry_settings.timeout" | "settings.retry_settings.timeout" => {
-                self.retry_settings.timeout_secs = parse_timeout(value)?;
+                self.retry_settings.timeout_secs =
+                    at_most(parse_timeout(value)?, MAX_JOB_TIMEOUT_SECS, " seconds (a day)")?;
             }
             "error_threshold" | "settings.error_threshold" => self.error_threshold = threshold(int_text(value)?),
             "output_file_name" | "settings.output_file_name" => {
@@ -374,6 +377,22 @@ fn owner<'f, 'a>(key: &str, places: [Option<&'f Fields<'a>>; 3]) -> Result<Optio
 
 fn int_text(text: &str) -> Result<i64, String> {
     text.trim().parse().map_err(|_| format!("expected a whole number, got `{text}`"))
+}
+
+/// The largest `timeout` a per-job override may set: a caller cannot make a job's leases, and the
+/// signed URLs that live with them, last longer than this.
+pub const MAX_JOB_TIMEOUT_SECS: u64 = 86_400;
+/// The most retries a per-job override may ask for.
+pub const MAX_JOB_RETRIES: u32 = 100;
+/// The largest mini-batch a per-job override may ask for.
+pub const MAX_JOB_MINI_BATCH_SIZE: u32 = 1_000_000;
+
+/// `n`, or why a per-job override may not set it that high (`unit` follows the bound).
+fn at_most<T: PartialOrd + std::fmt::Display>(n: T, max: T, unit: &str) -> Result<T, String> {
+    if n > max {
+        return Err(format!("a per-job override may set at most {max}{unit}, got {n}"));
+    }
+    Ok(n)
 }
 
 fn count(n: i64) -> Result<u32, String> {
@@ -612,6 +631,21 @@ mod tests {
             assert!(err.contains("can never be set per job"), "{name}: {err}");
         }
         assert!(refused("max_concurrency_per_instance", "4").starts_with("unknown setting"));
+        // Bounded: a caller cannot make a job's leases (and the URLs signed for them) live for years.
+        assert_eq!(
+            refused("timeout", "P3650D"),
+            "a per-job override may set at most 86400 seconds (a day), got 315360000"
+        );
+        assert_eq!(
+            refused("retry_settings.timeout", "86401"),
+            "a per-job override may set at most 86400 seconds (a day), got 86401"
+        );
+        assert_eq!(refused("max_retries", "101"), "a per-job override may set at most 100, got 101");
+        assert_eq!(refused("mini_batch_size", "1000001"), "a per-job override may set at most 1000000, got 1000001");
+        let mut settings = DeploymentSettings::default();
+        settings.apply_override("timeout", "P1D").unwrap();
+        settings.apply_override("max_retries", "100").unwrap();
+        assert_eq!((settings.retry_settings.timeout_secs, settings.retry_settings.max_retries), (86_400, 100));
     }
 
     #[test]

@@ -134,14 +134,19 @@ struct ToolRun<'a> {
     cache: PathBuf,
 }
 
-/// The package source as uv and pip both spell it.
-fn source_args(source: &PackageSource, allow_source_builds: bool) -> Vec<String> {
+/// The package source as uv and pip both spell it, and unless source builds are allowed, the
+/// installer's own refusal to build any source distribution: pip's `--only-binary :all:`, and uv's
+/// `--no-build`, which holds while resolving too (where a build backend would run to learn a package's
+/// metadata).
+fn source_args(source: &PackageSource, allow_source_builds: bool, uv: bool) -> Vec<String> {
     let mut a = match source {
         PackageSource::Index { url, .. } => vec!["--index-url".to_string(), url.clone()],
         PackageSource::Wheels { dir } => vec!["--no-index".into(), "--find-links".into(), dir.clone()],
     };
-    if !allow_source_builds {
-        a.extend(["--only-binary".into(), ":all:".into()]);
+    match (allow_source_builds, uv) {
+        (true, _) => {}
+        (false, true) => a.push("--no-build".into()),
+        (false, false) => a.extend(["--only-binary".into(), ":all:".into()]),
     }
     a
 }
@@ -258,7 +263,7 @@ impl Toolchain {
                     std::fs::write(&file, overrides.join("\n") + "\n").map_err(|e| e.to_string())?;
                     args.extend(["--override".into(), file.display().to_string()]);
                 }
-                args.extend(source_args(source, allow_source_builds));
+                args.extend(source_args(source, allow_source_builds, true));
                 ToolRun {
                     program: uv.clone(),
                     args,
@@ -293,7 +298,7 @@ impl Toolchain {
                     std::fs::write(&file, constraints.join("\n") + "\n").map_err(|e| e.to_string())?;
                     args.extend(["-c".into(), file.display().to_string()]);
                 }
-                args.extend(source_args(source, allow_source_builds));
+                args.extend(source_args(source, allow_source_builds, false));
                 ToolRun {
                     program: PathBuf::from(python),
                     args,
@@ -372,7 +377,7 @@ impl Toolchain {
                 let cache = cache_dir(root, "uv-cache", build.allow_source_builds, &private_cache);
                 let mut sync: Vec<String> = vec!["pip".into(), "sync".into(), lock_file.display().to_string()];
                 sync.extend(["--python".into(), venv_python]);
-                sync.extend(source_args(&build.source, build.allow_source_builds));
+                sync.extend(source_args(&build.source, build.allow_source_builds, true));
                 let venv = vec!["venv".into(), "--python".into(), build.python.clone(), dir.display().to_string()];
                 vec![(uv.clone(), venv, Vec::new(), cache.clone()), (uv.clone(), sync, vec![lock_file.clone()], cache)]
             }
@@ -385,7 +390,7 @@ impl Toolchain {
                     .map(|s| s.to_string())
                     .collect();
                 install.extend(["-r".into(), lock_file.display().to_string()]);
-                install.extend(source_args(&build.source, build.allow_source_builds));
+                install.extend(source_args(&build.source, build.allow_source_builds, false));
                 let base = PathBuf::from(&build.python);
                 vec![(base.clone(), venv, Vec::new(), cache.clone()), (base, install, vec![lock_file.clone()], cache)]
             }
@@ -614,14 +619,18 @@ mod tests {
     #[test]
     fn builds_take_wheels_only_unless_the_environment_allows_source_builds() {
         let wheels = PackageSource::Wheels { dir: "/w".into() };
-        assert_eq!(source_args(&wheels, false), ["--no-index", "--find-links", "/w", "--only-binary", ":all:"]);
-        assert_eq!(source_args(&wheels, true), ["--no-index", "--find-links", "/w"]);
+        assert_eq!(source_args(&wheels, false, false), ["--no-index", "--find-links", "/w", "--only-binary", ":all:"]);
+        assert_eq!(source_args(&wheels, false, true), ["--no-index", "--find-links", "/w", "--no-build"]);
+        assert_eq!(source_args(&wheels, true, true), ["--no-index", "--find-links", "/w"]);
         let index = PackageSource::Index {
             url: "http://198.18.0.5/simple".into(),
             address: "198.18.0.5:80".parse().unwrap(),
             ca: None,
         };
-        assert_eq!(source_args(&index, false), ["--index-url", "http://198.18.0.5/simple", "--only-binary", ":all:"]);
+        assert_eq!(
+            source_args(&index, false, false),
+            ["--index-url", "http://198.18.0.5/simple", "--only-binary", ":all:"]
+        );
     }
 
     #[test]

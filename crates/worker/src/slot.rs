@@ -471,7 +471,27 @@ impl Slot {
                 urls.len(),
                 lease.files.len()
             );
-            let read = read_signed(urls, &lease.files, lease.signed_inputs_ca.as_deref()).await?;
+            let ca = lease.signed_inputs_ca.as_deref();
+            let mut read = read_signed(urls, &lease.files, ca).await?;
+            // A URL lives for a lease's life (an hour at most): one reached after a long wait in this
+            // slot may have expired, which the store answers with 403. New ones are asked for once.
+            let refused: Vec<usize> = (0..read.len()).filter(|&i| matches!(&read[i], Err(f) if f.refused)).collect();
+            if !refused.is_empty() {
+                let path = format!("/worker/v1/leases/{}/signed-inputs", lease.lease_id);
+                let fresh: Vec<String> = self.client.get(&path).await?;
+                anyhow::ensure!(
+                    fresh.len() == urls.len(),
+                    "the lease signed {} URLs for {} files",
+                    fresh.len(),
+                    urls.len()
+                );
+                let pick = |of: &[String]| refused.iter().map(|&i| of[i].clone()).collect::<Vec<_>>();
+                let again = read_signed(&pick(&fresh), &pick(&lease.files), ca).await?;
+                for (i, result) in refused.into_iter().zip(again) {
+                    read[i] = result;
+                }
+            }
+            let read = read.into_iter().map(|r| r.map_err(|f| f.reason)).collect();
             return Ok(("direct from the store", read));
         }
         let bundle = self.client.get_bytes(&format!("/worker/v1/leases/{}/files", lease.lease_id)).await?;
@@ -900,11 +920,18 @@ const IN_PLACE: &str = "in place";
 
 /// Reads each file from the store itself, through the URL the control plane signed for it, verifying
 /// an HTTPS store against the system's CAs and `ca`, its private endpoint's.
+/// Why a signed URL could not be read.
+struct ReadFailure {
+    /// The store refused the URL (403): its signature expired, or was never good.
+    refused: bool,
+    reason: String,
+}
+
 async fn read_signed(
     urls: &[String],
     names: &[String],
     ca: Option<&str>,
-) -> anyhow::Result<Vec<Result<Bytes, String>>> {
+) -> anyhow::Result<Vec<Result<Bytes, ReadFailure>>> {
     use futures::StreamExt;
     // One client (and its pooled connections) per CA, for the worker's life.
     static CLIENTS: Mutex<Option<HashMap<Option<String>, reqwest::Client>>> = Mutex::new(None);
@@ -930,11 +957,18 @@ async fn read_signed(
     Ok(futures::stream::iter(reads).buffered(8).collect().await)
 }
 
-async fn read_one(client: reqwest::Client, url: String, name: String) -> Result<Bytes, String> {
-    let fail = |why: String| format!("cannot read input file `{name}` from the store: {why}");
-    let response = client.get(&url).send().await.map_err(|e| fail(e.to_string()))?;
-    if !response.status().is_success() {
-        return Err(fail(format!("HTTP {}", response.status())));
+/// Reads one signed URL. Its failure names the file and the store's address, never the URL's query:
+/// that is the signature, and the reason reaches the job's status and logs, which any reader sees.
+async fn read_one(client: reqwest::Client, url: String, name: String) -> Result<Bytes, ReadFailure> {
+    let fail = |why: String, refused: bool| {
+        let why = cove_api::redact::url_queries(&why);
+        ReadFailure { refused, reason: format!("cannot read input file `{name}` from the store: {why}") }
+    };
+    let response = client.get(&url).send().await.map_err(|e| fail(e.without_url().to_string(), false))?;
+    let status = response.status();
+    if !status.is_success() {
+        let refused = status == reqwest::StatusCode::FORBIDDEN;
+        return Err(fail(format!("HTTP {status} from {}", cove_api::redact::url_queries(&url)), refused));
     }
-    response.bytes().await.map_err(|e| fail(e.to_string()))
+    response.bytes().await.map_err(|e| fail(e.without_url().to_string(), false))
 }

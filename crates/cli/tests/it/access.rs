@@ -253,43 +253,71 @@ fn diagnose_fails_with_the_fix_when_a_compute_network_cannot_reach_the_api() {
 }
 
 /// Anyone who reaches a listener can be refused as often as they like. The audit log takes the first
-/// refusals of each minute one by one and counts the rest into one row per source, written when the
-/// minute ends or the control plane stops: a flood of bad tokens cannot grow the store without bound,
-/// and none of it goes unrecorded.
+/// refusals of each minute of each principal (or source without one) one by one and counts the rest
+/// into one row each: a flood of bad tokens cannot grow the store without bound, it cannot hide another
+/// principal's refusals, and none of it goes unrecorded, even when the control plane is killed before
+/// the minute ends (the counts are kept as they grow, and the next start writes them).
 #[test]
 fn a_flood_of_refusals_is_counted_not_written_one_by_one() {
     let mut ws = Workspace::start();
-    const FLOOD: usize = 600;
+    let reader = token(&ws, "reader", &[]);
+    const FLOOD: usize = 300;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    let refused = rt.block_on(async {
+    let statuses = |token: &'static str, n: usize, path: &'static str| {
         let client = https_builder_as(&ws.path(), None).build().unwrap();
-        let mut refused = 0;
-        for _ in 0..FLOOD {
-            let resp = client.get(format!("{}/api/v1/endpoints", ws.url)).bearer_auth("cove_0_forged").send().await;
-            refused += usize::from(resp.unwrap().status() == 401);
-        }
-        refused
-    });
-    assert_eq!(refused, FLOOD, "every request of the flood was refused");
-    ws.stop_server();
+        let url = format!("{}{path}", ws.url);
+        rt.block_on(async move {
+            let mut refused = 0;
+            for _ in 0..n {
+                let resp = client.post(&url).bearer_auth(token).json(&json!({"role": "owner"})).send().await;
+                refused += usize::from([401, 403].contains(&resp.unwrap().status().as_u16()));
+            }
+            refused
+        })
+    };
+    assert_eq!(statuses("cove_0_forged", FLOOD, "/api/v1/tokens"), FLOOD, "every request of the flood was refused");
+    // Another principal, flooding too, still has its own refusals written one by one.
+    let reader: &'static str = Box::leak(reader.into_boxed_str());
+    assert_eq!(statuses(reader, 30, "/api/v1/tokens"), 30, "the reader may not create tokens");
+    // Killed before the minute ends: nothing was summarised yet, and nothing is lost.
+    ws.kill_server();
     let db = rusqlite::Connection::open(ws.path().join("state/cove.db")).unwrap();
-    let one_by_one: i64 =
-        db.query_row("SELECT COUNT(*) FROM audit WHERE outcome LIKE 'refused (401)%'", [], |r| r.get(0)).unwrap();
-    let summaries: Vec<String> = db
-        .prepare("SELECT outcome FROM audit WHERE action = 'refusals counted, not written one by one' AND source = '127.0.0.1'")
-        .unwrap()
-        .query_map([], |r| r.get(0))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap();
-    let counted: i64 = summaries
-        .iter()
-        .map(|s| s.strip_prefix("refused ").and_then(|s| s.split(' ').next()).unwrap().parse::<i64>().unwrap())
-        .sum();
-    // A minute has a budget of 100; the flood may have straddled two minutes.
-    assert!((100..=200).contains(&one_by_one), "{one_by_one} refusals written one by one");
-    assert_eq!(one_by_one + counted, FLOOD as i64, "every refusal is recorded: {summaries:?}");
-    assert!(summaries.iter().all(|s| s.contains("the last: refused (401)")), "{summaries:?}");
+    let kept: i64 = db.query_row("SELECT COUNT(*) FROM refusal_counts", [], |r| r.get(0)).unwrap();
+    assert_eq!(kept, 2, "the counts of both floods were kept as they grew");
+    ws.serve_again(&[]);
+    ws.stop_server();
+    let rows = |sql: &str| -> Vec<(String, String)> {
+        db.prepare(sql)
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    };
+    let one_by_one = rows(
+        "SELECT principal, outcome FROM audit WHERE outcome LIKE 'refused (40%' AND action = 'POST /api/v1/tokens'",
+    );
+    let summaries =
+        rows("SELECT principal, outcome FROM audit WHERE action = 'refusals counted, not written one by one'");
+    let count_of = |who: &dyn Fn(&str) -> bool| -> (usize, i64) {
+        let written = one_by_one.iter().filter(|(p, _)| who(p)).count();
+        let counted = summaries
+            .iter()
+            .filter(|(p, _)| who(p))
+            .map(|(_, s)| s.strip_prefix("refused ").and_then(|s| s.split(' ').next()).unwrap().parse::<i64>().unwrap())
+            .sum();
+        (written, counted)
+    };
+    let anonymous = count_of(&|p: &str| p.starts_with('-'));
+    let of_reader = count_of(&|p: &str| p.ends_with("(reader)"));
+    // Each has a budget of 20 a minute; a flood may straddle two minutes.
+    for (who, (written, counted), sent) in [("the forged token", anonymous, FLOOD), ("the reader", of_reader, 30)] {
+        assert!((20..=40).contains(&written), "{who}: {written} refusals written one by one");
+        assert_eq!(written as i64 + counted, sent as i64, "{who}: every refusal is recorded: {summaries:?}");
+    }
+    assert!(summaries.iter().all(|(_, s)| s.contains("the last: refused (40")), "{summaries:?}");
+    let left: i64 = db.query_row("SELECT COUNT(*) FROM refusal_counts", [], |r| r.get(0)).unwrap();
+    assert_eq!(left, 0, "the start wrote the counts it found, once");
 }
 
 /// Any host of the private networks can open connections without a token and hold them: one address

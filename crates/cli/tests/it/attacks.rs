@@ -753,6 +753,16 @@ fn a_worker_of_another_compute_can_do_nothing_with_a_lease() {
         .filter(|e| e["source"] == "127.0.0.4" && e["outcome"].as_str().unwrap().contains(foreign))
         .count();
     assert_eq!(refusals, 8, "every refused worker call is audited: {entries:#?}");
+    // So are its own compute's refused calls: the report of one lease twice (400), the flood (413).
+    for (status, why) in [(400, "is reported twice"), (413, "the report is larger than the limit")] {
+        let found = entries.iter().find(|e| {
+            e["action"] == "POST /worker/v1/reports"
+                && e["outcome"].as_str().unwrap().starts_with(&format!("refused ({status}): "))
+                && e["outcome"].as_str().unwrap().contains(why)
+        });
+        let found = found.unwrap_or_else(|| panic!("no audit entry for the {status} refusal: {entries:#?}"));
+        assert!(found["principal"].as_str().unwrap().ends_with("(worker)"), "{found}");
+    }
     // Its own compute writes only the user logs of the process the lease went to (node `test-node`,
     // process 7): not another process's, not the control plane's, and no file of its own naming, so
     // a worker cannot forge logs or fill the disk with files the job never had.
@@ -974,4 +984,87 @@ fn a_workspace_that_predates_location_records_gets_them_at_start() {
         Body::Json(json!({"input": input, "output_path": inside})),
     );
     refused(got, 409, &format!("is the output location of job `{}`", job["name"].as_str().unwrap()));
+}
+
+/// Asks for one lease of `job` as a worker of the `local` compute would; returns its id.
+fn hold_lease(ws: &Workspace, token: &str, job: &str, process: u32) -> String {
+    let ask = json!({"node": "test-node", "process": process, "job": job, "wait_ms": 10000, "host": {"sandbox": true}});
+    let (status, granted) = call(ws, "127.0.0.1", token, "POST", "/worker/v1/lease", Body::Json(ask));
+    assert_eq!(status, 200, "{granted}");
+    granted["lease"]["lease_id"].as_str().unwrap_or_else(|| panic!("no lease: {granted}")).to_string()
+}
+
+/// The bytes a mini-batch committed: its part in the state store, or its object.
+fn committed_bytes(ws: &Workspace, lease: &str) -> Vec<u8> {
+    let db = rusqlite::Connection::open(ws.path().join("state/cove.db")).unwrap();
+    let part: String = db
+        .query_row(
+            "SELECT b.committed_part FROM batches b JOIN attempts a ON a.job = b.job AND a.idx = b.idx
+             WHERE a.lease_id = ?1 AND b.state = 'succeeded'",
+            [lease],
+            |r| r.get(0),
+        )
+        .unwrap_or_else(|e| panic!("lease {lease} committed no part: {e}"));
+    match part.strip_prefix("inline:") {
+        Some(id) => db.query_row("SELECT body FROM part_bodies WHERE lease_id = ?1", [id], |r| r.get(0)).unwrap(),
+        None => std::fs::read(ws.path().join("state/objects").join(&part)).unwrap(),
+    }
+}
+
+/// Hole 8: a mini-batch's committed part never changes. A report replayed after its attempt committed,
+/// with other bytes, small (kept in the state store) or large (kept as an object), stores nothing and is
+/// audited as refused; two reports of one lease racing commit one part, the one that was stored.
+#[test]
+fn a_committed_part_never_changes() {
+    let ws = Workspace::start();
+    let p = Project::new(ws.dir.path(), "slow", SLOW_SCRIPT, "mini_batch_size: 1\nretry_settings:\n    timeout: 120");
+    p.deploy(&ws);
+    let run = ws.cove(&["--json", "endpoint", "invoke", "slow", "--input", &p.inputs(8).display().to_string()]);
+    let job = run.ok().json()["name"].as_str().unwrap().to_string();
+    let local = std::fs::read_to_string(ws.path().join("state/worker-local.token")).unwrap().trim().to_string();
+    let report = |lease: &str, part: &[u8]| {
+        let body = report_bundle(&[lease], std::str::from_utf8(part).unwrap());
+        call(&ws, "127.0.0.1", &local, "POST", "/worker/v1/reports", Body::Bytes(body))
+    };
+    let large = |fill: char| format!("{}\n", String::from(fill).repeat(100 * 1024)).into_bytes();
+    for (name, first, forged) in
+        [("small", b"file-001.txt 2\n".to_vec(), b"forged rows\n".to_vec()), ("large", large('a'), large('z'))]
+    {
+        let lease = hold_lease(&ws, &local, &job, 7);
+        let (status, ack) = report(&lease, &first);
+        assert_eq!((status, ack["acks"][0]["committed"].clone()), (200, json!(true)), "{name}: {ack}");
+        assert_eq!(committed_bytes(&ws, &lease), first, "{name}: the report's part was committed");
+        let (status, ack) = report(&lease, &forged);
+        assert_eq!((status, ack["acks"][0]["committed"].clone()), (200, json!(false)), "{name}: {ack}");
+        assert_eq!(committed_bytes(&ws, &lease), first, "{name}: the replay changed the committed part");
+        let audit = ws.cove(&["--json", "audit", "list"]).ok().json();
+        let late = audit
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| {
+                e["detail"] == format!("lease {lease}")
+                    && e["outcome"].as_str().unwrap().starts_with(&format!("refused: lease `{lease}` is not current"))
+            })
+            .count();
+        assert_eq!(late, 1, "{name}: the replay is audited as refused: {audit:#}");
+    }
+    // Two reports of one lease at once, with other bytes: one commits, and its bytes are what the
+    // mini-batch keeps; the other is refused (409) or discarded, never stored over it.
+    let lease = hold_lease(&ws, &local, &job, 7);
+    let (one, two) = (large('b'), large('c'));
+    let (a, b) = std::thread::scope(|s| {
+        let a = s.spawn(|| report(&lease, &one));
+        let b = s.spawn(|| report(&lease, &two));
+        (a.join().unwrap(), b.join().unwrap())
+    });
+    let won = |got: &(u16, Value)| got.0 == 200 && got.1["acks"][0]["committed"] == json!(true);
+    assert!(won(&a) ^ won(&b), "exactly one report commits: {a:?} {b:?}");
+    let (winner, loser) = if won(&a) { (&one, &b) } else { (&two, &a) };
+    assert!(
+        loser.0 == 409 || (loser.0 == 200 && loser.1["acks"][0]["committed"] == json!(false)),
+        "the other report is refused or discarded: {loser:?}"
+    );
+    assert_eq!(&committed_bytes(&ws, &lease), winner, "the mini-batch keeps the bytes of the report that committed");
+    ws.cove(&["job", "cancel", &job]).ok();
 }

@@ -446,3 +446,93 @@ fn inputs_the_worker_host_sees_are_scored_in_place_read_only() {
         }
     }
 }
+
+/// The seconds a signed S3 URL is valid for (its `X-Amz-Expires`).
+fn signed_for(url: &str) -> u64 {
+    let query = url.split_once('?').map(|(_, q)| q).unwrap_or_else(|| panic!("not a signed URL: {url}"));
+    let expires = query.split('&').find_map(|kv| kv.strip_prefix("X-Amz-Expires="));
+    expires.unwrap_or_else(|| panic!("no X-Amz-Expires in {url}")).parse().unwrap()
+}
+
+/// Hole 1: signed input URLs. However long a job's timeout, a URL is valid for an hour at most (a
+/// worker asks for new ones for a current lease), a per-job override cannot set a timeout past a day,
+/// and no failure to read one puts its query (the access key id and signature) in what a reader sees:
+/// the job's status, its logs, the audit log.
+#[test]
+fn signed_input_urls_live_an_hour_at_most_and_never_reach_a_reader() {
+    let mut s3 = S3Server::start();
+    s3.create_bucket("lake-bucket");
+    let (ws, _dir) = lake_workspace(&s3);
+    for i in 0..6 {
+        let (s, body) =
+            ws.http_bytes("PUT", &format!("/api/v1/datastores/lake/files/in/file-{i:03}.txt"), format!("{i}\n"));
+        assert_eq!(s, 201, "{body}");
+    }
+    let slow = LIST_SCRIPT.replace("def run(mini_batch):", "def run(mini_batch):\n    import time; time.sleep(2)");
+    let settings = "mini_batch_size: 1\nretry_settings:\n    timeout: 86400\n    max_retries: 2";
+    let p = Project::new(ws.dir.path(), "lakeside", &slow, settings);
+    p.deploy(&ws);
+    let input = "azureml://datastores/lake/paths/in";
+    ws.cove(&["endpoint", "invoke", "lakeside", "--input", input, "--set", "timeout=P3650D"])
+        .fails_with(2, "--set timeout: a per-job override may set at most 86400 seconds (a day), got 315360000");
+    let run = ws.cove(&["--json", "endpoint", "invoke", "lakeside", "--input", input]);
+    let job = run.ok().json()["name"].as_str().unwrap().to_string();
+
+    // The test holds a lease as a worker of the `local` compute would: its URLs are valid for an hour,
+    // not for the day the lease may last, and they read the file.
+    let local = std::fs::read_to_string(ws.path().join("state/worker-local.token")).unwrap().trim().to_string();
+    let ask =
+        serde_json::json!({"node": "test-node", "process": 7, "job": job, "wait_ms": 10000, "host": {"sandbox": true}});
+    let (status, granted) = ws.http_as(&local, "POST", "/worker/v1/lease", Some(ask), &[]);
+    assert_eq!(status, 200, "{granted}");
+    let lease = &granted["lease"];
+    let lease_id = lease["lease_id"].as_str().unwrap_or_else(|| panic!("no lease: {granted}"));
+    assert!(lease["expires_in_ms"].as_u64().unwrap() > 86_400_000, "the lease lasts the day: {lease}");
+    let url = lease["signed_inputs"][0].as_str().unwrap_or_else(|| panic!("no signed URL: {lease}")).to_string();
+    assert_eq!(signed_for(&url), 3600, "{url}");
+    let (status, fresh) = ws.http_as(&local, "GET", &format!("/worker/v1/leases/{lease_id}/signed-inputs"), None, &[]);
+    assert_eq!(status, 200, "{fresh}");
+    let fresh = fresh[0].as_str().unwrap().to_string();
+    assert_eq!(signed_for(&fresh), 3600, "{fresh}");
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let read = rt.block_on(async {
+        let resp = crate::support::plain_http().get(&fresh).send().await.unwrap();
+        (resp.status().as_u16(), resp.text().await.unwrap())
+    });
+    let file = lease["files"][0].as_str().unwrap();
+    let index: u32 = file.trim_start_matches("file-").trim_end_matches(".txt").parse().unwrap();
+    assert_eq!(read, (200, format!("{index}\n")), "a renewed URL reads the lease's file");
+    // A failure whose reason quotes a signed URL is kept from its query, whoever reports it.
+    let quoted = format!("could not fetch {url} in time");
+    let failed = serde_json::json!({"outcome": "failed", "elapsed_ms": 1, "pid": 1, "reason": quoted});
+    let (status, ack) =
+        ws.http_as(&local, "POST", &format!("/worker/v1/leases/{lease_id}/complete"), Some(failed), &[]);
+    assert_eq!(status, 200, "{ack}");
+
+    // The store goes away while the job runs: the workers' reads of the mini-batches still to come fail
+    // at the connection, with errors that would quote the URLs they failed on.
+    s3.child.kill().unwrap();
+    s3.child.wait().unwrap();
+    let ended = ws.wait_job(&job);
+    let logs = ws.path().join("state/objects/jobs").join(&job).join("logs");
+    let mut seen = vec![("job show".to_string(), ended.to_string())];
+    let audit = ws.cove(&["--json", "audit", "list"]);
+    seen.push(("audit list".into(), audit.ok().stdout.clone()));
+    let mut stack = vec![logs.clone()];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).unwrap().flatten() {
+            match e.file_type().unwrap().is_dir() {
+                true => stack.push(e.path()),
+                false => seen.push((e.path().display().to_string(), std::fs::read_to_string(e.path()).unwrap())),
+            }
+        }
+    }
+    let all: String = seen.iter().map(|(_, text)| text.as_str()).collect();
+    assert!(all.contains("could not fetch http://127.0.0.1:"), "the quoted URL was reported: {ended:#}");
+    assert!(all.contains("cannot read input file `file-"), "a worker failed to read a URL: {ended:#}");
+    for (what, text) in &seen {
+        for secret in ["X-Amz-", "x-amz-", &url[url.find('?').unwrap()..]] {
+            assert!(!text.contains(secret), "{what} carries a signed URL's query ({secret}):\n{text}");
+        }
+    }
+}

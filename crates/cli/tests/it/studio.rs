@@ -77,10 +77,26 @@ fn studio_sessions_need_the_csrf_token_for_changes_and_end_at_sign_out() {
         with_cookie(&ws, "POST", "/studio/session", "", None, Some(json!({"token": ws.token()})));
     assert_eq!(status, 201, "{body}");
     let set = headers["set-cookie"].to_str().unwrap().to_string();
+    // `__Host-`: a browser takes it only from this host, over HTTPS, for every path, with no Domain, so
+    // no sibling host can set one for it.
+    assert!(set.starts_with("__Host-cove_session="), "{set}");
     for attr in ["HttpOnly", "Secure", "SameSite=Strict", "Path=/"] {
         assert!(set.contains(attr), "{set}");
     }
+    assert!(!set.to_ascii_lowercase().contains("domain="), "{set}");
     let cookie = set.split(';').next().unwrap().to_string();
+    // A second session cookie beside it (a live session of someone else's, planted by another page)
+    // never wins, whichever comes first: the request is refused rather than either one believed.
+    let (status, other, _) = with_cookie(&ws, "POST", "/studio/session", "", None, Some(json!({"token": ws.token()})));
+    assert_eq!(status, 201);
+    let planted = other["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_string();
+    assert_eq!(with_cookie(&ws, "GET", "/studio/session", &planted, None, None).0, 200, "the planted session is live");
+    for both in [format!("{planted}; {cookie}"), format!("{cookie}; {planted}")] {
+        let (status, _, text) = with_cookie(&ws, "GET", "/studio/session", &both, None, None);
+        assert_eq!(status, 401, "{text}");
+        assert!(text.contains("more than one studio session cookie"), "{text}");
+    }
+    assert_eq!(with_cookie(&ws, "GET", "/studio/session", &cookie, None, None).0, 200, "the cookie alone is good");
     let csrf = serde_json::from_str::<serde_json::Value>(&body).unwrap()["csrf"].as_str().unwrap().to_string();
     assert!(!body.contains(&ws.token()), "the token never comes back to the page");
     // A form posted from another page (text/plain, shaped like JSON) cannot sign anyone in.

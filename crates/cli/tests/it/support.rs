@@ -141,6 +141,13 @@ impl Workspace {
         self.server.wait().unwrap();
     }
 
+    /// Kills the control plane with SIGKILL, confirms it is gone and reaps it; `serve_again` starts it.
+    pub fn kill_server(&mut self) {
+        assert!(self.netns.is_none(), "restarts are for workspaces on the test's own network");
+        kill9_and_confirm(self.server.id());
+        self.server.wait().unwrap();
+    }
+
     /// Starts the control plane again on the same workspace, with `args`.
     pub fn serve_again(&mut self, args: &[&str]) {
         let mut server = Command::new(COVE)

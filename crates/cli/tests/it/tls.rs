@@ -274,8 +274,11 @@ fn a_worker_renews_its_client_certificate_before_it_expires() {
         audit.as_array().unwrap().iter().filter(|e| e["action"] == "POST /worker/v1/credential").collect();
     let renewals: Vec<&&serde_json::Value> = asked.iter().filter(|e| e["outcome"] == "ok").collect();
     assert_eq!(renewals.len(), 1, "one renewal: {audit:#}");
-    // The workers were refused a renewal every second, and none of that grew the store.
-    assert!(asked.iter().all(|e| !e["outcome"].as_str().unwrap_or_default().contains("409")), "{audit:#}");
+    // The workers were refused a renewal every second: each refusal is audited, and the store grew by
+    // no more than the budget of their principal (20 a minute one by one; a run may straddle two).
+    let too_early = asked.iter().filter(|e| e["outcome"].as_str().unwrap_or_default().starts_with("refused (409)"));
+    let too_early = too_early.count();
+    assert!((1..=40).contains(&too_early), "{too_early} refusals written one by one: {audit:#}");
     let detail = renewals[0]["detail"].as_str().unwrap_or_default();
     assert!(detail.contains(&renewed), "the renewal is audited with the certificate it issued: {audit:#}");
     ws.cove(&["compute", "revoke-credential", "local"]).ok();

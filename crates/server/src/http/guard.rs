@@ -282,9 +282,13 @@ pub async fn audit(
     outcome: String,
     detail: Option<String>,
 ) {
-    // Refusals past the minute's budget are counted and written as one summary per source.
-    if !outcome.starts_with("ok") && !app.refusals.admit(source, &action, &outcome) {
-        return;
+    // Refusals past the minute's budget of their principal (or source) are counted, and written as
+    // one summary each; the refused caller waits until the store holds its count.
+    if !outcome.starts_with("ok") {
+        if let super::refusals::Admission::Counted(seq) = app.refusals.admit(&principal, source, &action, &outcome) {
+            app.refusals.durable(seq).await;
+            return;
+        }
     }
     let entry =
         AuditEntry { time: String::new(), principal, source: source.to_string(), action, resource, outcome, detail };
@@ -293,8 +297,10 @@ pub async fn audit(
     }
 }
 
-/// Writes the refusals counted in each window, for as long as the control plane runs.
+/// Writes the refusals counted in each window, for as long as the control plane runs: the counts as
+/// they grow, and their summaries when the window ends.
 pub async fn write_counted_refusals(app: AppRef) {
+    let keeper = tokio::spawn(keep_refusal_counts(app.clone()));
     let mut shutdown = app.shutdown.clone();
     loop {
         let stopping = async {
@@ -302,21 +308,40 @@ pub async fn write_counted_refusals(app: AppRef) {
         };
         tokio::select! {
             _ = tokio::time::sleep(super::refusals::WINDOW) => close_refusal_window(&app).await,
-            _ = stopping => return,
+            _ = stopping => break,
         }
+    }
+    keeper.abort();
+}
+
+/// Keeps the counts of refusals in the store as they grow: one transaction takes every count that
+/// changed while the one before it was written.
+async fn keep_refusal_counts(app: AppRef) {
+    loop {
+        app.refusals.changed().await;
+        let _writing = app.refusals.writing.lock().await;
+        let (seq, counts) = app.refusals.take_changed();
+        if !counts.is_empty() {
+            if let Err(error) = app.store.call(move |c| store::refusal_counts_put(c, &counts)).await {
+                tracing::error!(%error, "failed to keep the counts of refusals");
+            }
+        }
+        app.refusals.mark_durable(seq);
     }
 }
 
-/// Ends the refusal window: its summaries go into the audit log.
+/// Ends the refusal window: its summaries go into the audit log, and the counts kept for it are
+/// cleared, in one transaction.
 pub async fn close_refusal_window(app: &AppRef) {
-    let summaries = app.refusals.close_window();
-    if summaries.is_empty() {
-        return;
+    let _writing = app.refusals.writing.lock().await;
+    let (seq, summaries) = app.refusals.close_window();
+    if !summaries.is_empty() {
+        let written = app.store.call(move |c| store::refusal_counts_close(c, Some(&summaries))).await;
+        if let Err(error) = written {
+            tracing::error!(%error, "failed to write the audit log");
+        }
     }
-    let written = app.store.call(move |c| summaries.iter().try_for_each(|e| store::audit_append(c, e))).await;
-    if let Err(error) = written {
-        tracing::error!(%error, "failed to write the audit log");
-    }
+    app.refusals.mark_durable(seq);
 }
 
 /// The client a trusted proxy forwarded: the right-most address in `X-Forwarded-For` that is not
@@ -355,9 +380,13 @@ pub async fn guard(
     req.extensions_mut().insert(Source(source));
     let resp = next.run(req).await;
     let status = resp.status();
-    let refused = matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN);
+    let refused = matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN)
+        || (path.starts_with("/worker/") && status.is_client_error());
+    // Every refusal is audited, the worker protocol's included (a replayed report, a lease that is not
+    // current, a body over its limit); a worker's successful calls are too many to write one by one,
+    // and those that upload what a job may publish write their own entries.
     let should_audit = if path.starts_with("/worker/") {
-        refused
+        status.is_client_error()
     } else {
         method != Method::GET || refused || matches!(status, StatusCode::BAD_REQUEST | StatusCode::PAYLOAD_TOO_LARGE)
     };

@@ -94,6 +94,7 @@ pub fn router(app: AppRef) -> Router {
         .route("/worker/v1/leases/{lease}/heartbeat", post(worker::heartbeat))
         .route("/worker/v1/leases/{lease}/complete", post(worker::complete))
         .route("/worker/v1/leases/{lease}/files", get(worker::get_files))
+        .route("/worker/v1/leases/{lease}/signed-inputs", get(worker::signed_inputs))
         .route("/worker/v1/leases/{lease}/assets/{kind}", get(worker::list_asset))
         .route("/worker/v1/leases/{lease}/assets/{kind}/{*path}", get(worker::get_asset))
         .layer(DefaultBodyLimit::max(JSON_BODY_LIMIT))

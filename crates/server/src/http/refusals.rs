@@ -1,36 +1,73 @@
 //! How many refusals the audit log takes one by one. Every refusal is audited, and anyone who can
 //! reach a listener can be refused as often as they like: written one row each, a flood of refused
-//! connections or bad tokens would grow the store without bound. So the log takes the first
-//! [`WRITTEN_PER_WINDOW`] refusals of each minute as they come, and counts the rest, per source, into
-//! one summary row per source when the minute ends (and when the control plane stops). Nothing goes
-//! unrecorded, and a flood costs at most a few hundred rows a minute.
+//! connections or bad tokens would grow the store without bound. So each principal (a token the
+//! workspace issued) and each source address without one has a budget of [`WRITTEN_PER_KEY`] refusals a
+//! minute written as they come; the rest are counted, and each count becomes one summary row when the
+//! minute ends (and when the control plane stops). A noisy principal spends only its own budget, so it
+//! cannot hide another's refusals.
+//!
+//! A count is durable before the refusal is answered: counts are kept in the store as they grow
+//! (`store::refusal_counts_put`, one transaction for every refusal counted while the last one was
+//! written), and a refused caller waits for the write that holds its refusal ([`RefusalBudget::durable`]).
+//! A start writes the counts a killed control plane left as their summaries.
 
 use cove_api::AuditEntry;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::Duration;
 
-/// How often the counted refusals are written out, and the budget renewed.
+/// How often the counted refusals are written out, and the budgets renewed.
 pub const WINDOW: Duration = Duration::from_secs(60);
-/// Refusals written one by one in each window, across all sources.
-const WRITTEN_PER_WINDOW: u32 = 100;
-/// Sources counted one by one in each window; refusals from any further source share one count.
-const SOURCES_COUNTED: usize = 100;
+/// Refusals written one by one in each window, per principal or source.
+pub const WRITTEN_PER_KEY: u32 = 20;
+/// Sources without a principal counted one by one in each window; refusals from any further source
+/// share one key (and one budget).
+pub const SOURCES_COUNTED: usize = 100;
+
+/// Whom a refusal is charged to.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum Key {
+    Principal(String),
+    Source(IpAddr),
+    OtherSources,
+}
+
+impl Key {
+    fn name(&self) -> String {
+        match self {
+            Key::Principal(p) => format!("principal {p}"),
+            Key::Source(s) => format!("source {s}"),
+            Key::OtherSources => "(other sources)".into(),
+        }
+    }
+}
 
 #[derive(Default)]
 pub struct RefusalBudget {
     window: Mutex<Window>,
+    /// Set when a count changed that the store does not hold yet.
+    dirty: tokio::sync::Notify,
+    /// The sequence number of the last count the store holds.
+    flushed: tokio::sync::watch::Sender<u64>,
+    /// Held while counts are written, so a window's end and a write of its counts never interleave.
+    pub writing: tokio::sync::Mutex<()>,
 }
 
 #[derive(Default)]
 struct Window {
-    written: u32,
-    /// Per source (none: the sources past [`SOURCES_COUNTED`]), the refusals not written one by one.
-    counted: BTreeMap<Option<IpAddr>, Counted>,
+    written: BTreeMap<Key, u32>,
+    counted: BTreeMap<Key, Counted>,
+    /// Keys whose counts changed since they were last taken for the store.
+    changed: BTreeSet<Key>,
+    sources: usize,
+    /// Numbers every count, across windows.
+    seq: u64,
 }
 
 struct Counted {
+    principal: String,
+    source: IpAddr,
     times: u64,
     first_ms: i64,
     last_ms: i64,
@@ -39,20 +76,41 @@ struct Counted {
     last_outcome: String,
 }
 
+/// What becomes of one refusal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// Written as its own row now.
+    Written,
+    /// Counted: durable once the store holds this sequence number.
+    Counted(u64),
+}
+
 impl RefusalBudget {
-    /// Whether a refusal from `source` is written now; when it is not, it is counted for the summary.
-    pub fn admit(&self, source: IpAddr, action: &str, outcome: &str) -> bool {
+    /// Whether a refusal of `principal` (`-…` when there is none) from `source` is written now; when it
+    /// is not, it is counted for the summary.
+    pub fn admit(&self, principal: &str, source: IpAddr, action: &str, outcome: &str) -> Admission {
         let mut w = self.window.lock().unwrap_or_else(|p| p.into_inner());
-        if w.written < WRITTEN_PER_WINDOW {
-            w.written += 1;
-            return true;
-        }
-        let key = match w.counted.contains_key(&Some(source)) || w.counted.len() < SOURCES_COUNTED {
-            true => Some(source),
-            false => None,
+        let key = if principal.starts_with('-') {
+            if w.counted.contains_key(&Key::Source(source)) || w.written.contains_key(&Key::Source(source)) {
+                Key::Source(source)
+            } else if w.sources < SOURCES_COUNTED {
+                w.sources += 1;
+                Key::Source(source)
+            } else {
+                Key::OtherSources
+            }
+        } else {
+            Key::Principal(principal.to_string())
         };
+        let written = w.written.entry(key.clone()).or_default();
+        if *written < WRITTEN_PER_KEY {
+            *written += 1;
+            return Admission::Written;
+        }
         let now = crate::store::now_ms();
-        let c = w.counted.entry(key).or_insert_with(|| Counted {
+        let c = w.counted.entry(key.clone()).or_insert_with(|| Counted {
+            principal: if principal.starts_with('-') { "-".into() } else { principal.to_string() },
+            source,
             times: 0,
             first_ms: now,
             last_ms: now,
@@ -61,36 +119,76 @@ impl RefusalBudget {
         });
         c.times += 1;
         c.last_ms = now;
+        c.source = source;
         c.last_action = action.to_string();
         c.last_outcome = outcome.to_string();
-        false
+        w.changed.insert(key);
+        w.seq += 1;
+        let seq = w.seq;
+        drop(w);
+        self.dirty.notify_one();
+        Admission::Counted(seq)
     }
 
-    /// Ends the window: the summaries of what was counted, and a new budget.
-    pub fn close_window(&self) -> Vec<AuditEntry> {
-        let counted = {
-            let mut w = self.window.lock().unwrap_or_else(|p| p.into_inner());
-            w.written = 0;
-            std::mem::take(&mut w.counted)
-        };
-        counted
-            .into_iter()
-            .map(|(source, c)| AuditEntry {
-                time: String::new(),
-                principal: "-".into(),
-                source: source.map_or_else(|| "(other sources)".to_string(), |s| s.to_string()),
-                action: "refusals counted, not written one by one".into(),
-                resource: c.last_action,
-                outcome: format!(
-                    "refused {} times from {} to {}; the last: {}",
-                    c.times,
-                    crate::logs::timestamp(c.first_ms),
-                    crate::logs::timestamp(c.last_ms),
-                    c.last_outcome
-                ),
-                detail: None,
-            })
-            .collect()
+    /// Waits until a count of [`Admission::Counted`] is held by the store.
+    pub async fn durable(&self, seq: u64) {
+        let mut flushed = self.flushed.subscribe();
+        let _ = flushed.wait_for(|f| *f >= seq).await;
+    }
+
+    /// Waits until some count changed that the store does not hold.
+    pub async fn changed(&self) {
+        self.dirty.notified().await;
+    }
+
+    /// The counts that changed since last taken, as their summaries keyed for the store, and the
+    /// sequence number they bring the store to.
+    pub fn take_changed(&self) -> (u64, Vec<(String, AuditEntry)>) {
+        let mut w = self.window.lock().unwrap_or_else(|p| p.into_inner());
+        let changed = std::mem::take(&mut w.changed);
+        let rows = changed.into_iter().map(|k| (k.name(), summary(&k, &w.counted[&k]))).collect();
+        (w.seq, rows)
+    }
+
+    /// Records that the store holds every count up to `seq`.
+    pub fn mark_durable(&self, seq: u64) {
+        self.flushed.send_if_modified(|f| {
+            let newer = seq > *f;
+            *f = (*f).max(seq);
+            newer
+        });
+    }
+
+    /// Ends the window: the summaries of what was counted, the sequence number they cover, and new
+    /// budgets.
+    pub fn close_window(&self) -> (u64, Vec<AuditEntry>) {
+        let mut w = self.window.lock().unwrap_or_else(|p| p.into_inner());
+        let seq = w.seq;
+        let counted = std::mem::take(&mut w.counted);
+        *w = Window { seq, ..Window::default() };
+        (seq, counted.iter().map(|(k, c)| summary(k, c)).collect())
+    }
+}
+
+/// The summary row of one key's counted refusals.
+fn summary(key: &Key, c: &Counted) -> AuditEntry {
+    AuditEntry {
+        time: String::new(),
+        principal: c.principal.clone(),
+        source: match key {
+            Key::OtherSources => "(other sources)".into(),
+            _ => c.source.to_string(),
+        },
+        action: "refusals counted, not written one by one".into(),
+        resource: c.last_action.clone(),
+        outcome: format!(
+            "refused {} times from {} to {}; the last: {}",
+            c.times,
+            crate::logs::timestamp(c.first_ms),
+            crate::logs::timestamp(c.last_ms),
+            c.last_outcome
+        ),
+        detail: None,
     }
 }
 
@@ -98,25 +196,47 @@ impl RefusalBudget {
 mod tests {
     use super::*;
 
+    fn written(a: Admission) -> bool {
+        a == Admission::Written
+    }
+
     #[test]
-    fn a_flood_is_written_up_to_the_budget_and_counted_past_it() {
+    fn a_flood_is_written_up_to_each_budget_and_counted_past_it() {
         let budget = RefusalBudget::default();
         let attacker: IpAddr = "198.18.0.9".parse().unwrap();
-        let written = (0..1000).filter(|_| budget.admit(attacker, "GET /api/v1/endpoints", "refused (401)")).count();
-        assert_eq!(written, WRITTEN_PER_WINDOW as usize);
-        // Many sources: the first ones counted apart, the rest together.
+        let n = (0..1000)
+            .filter(|_| written(budget.admit("-", attacker, "GET /api/v1/endpoints", "refused (401)")))
+            .count();
+        assert_eq!(n, WRITTEN_PER_KEY as usize);
+        // A noisy principal spends its own budget only: another principal's refusals are still written,
+        // from the same address too.
+        let noisy =
+            (0..500).filter(|_| written(budget.admit("tok-a (reader)", attacker, "POST /x", "refused (403)"))).count();
+        assert_eq!(noisy, WRITTEN_PER_KEY as usize);
+        assert!(written(budget.admit("tok-b (worker of local)", attacker, "POST /w", "refused (409)")));
+        // Many sources: the first ones counted apart, the rest together, with one budget between them.
         for i in 0..(SOURCES_COUNTED as u32 + 50) {
             let source = IpAddr::from(std::net::Ipv4Addr::from(0xC612_1000 + i));
-            assert!(!budget.admit(source, "connect", "refused: not a private network"));
+            for _ in 0..=WRITTEN_PER_KEY {
+                budget.admit("-", source, "connect", "refused: not a private network");
+            }
         }
-        let summaries = budget.close_window();
-        assert_eq!(summaries.len(), SOURCES_COUNTED + 1, "one row per source counted, and one for the rest");
-        let of = |source: &str| summaries.iter().find(|s| s.source == source).unwrap();
-        assert!(of("198.18.0.9").outcome.starts_with("refused 900 times from "), "{}", of("198.18.0.9").outcome);
-        assert!(of("(other sources)").outcome.starts_with("refused 51 times"), "{}", of("(other sources)").outcome);
-        assert!(of("(other sources)").outcome.ends_with("the last: refused: not a private network"));
-        // A new window has a new budget, and nothing left to summarize.
-        assert!(budget.admit(attacker, "GET /", "refused (401)"));
-        assert!(budget.close_window().is_empty());
+        let (seq, changed) = budget.take_changed();
+        assert_eq!(seq, 980 + 480 + (SOURCES_COUNTED as u64 - 1) + 51 * 21 - 20, "every count is numbered");
+        assert!(budget.take_changed().1.is_empty(), "taken once");
+        assert_eq!(changed.len(), 2 + (SOURCES_COUNTED - 1) + 1, "the two floods, each source and the rest");
+        let (closed_at, summaries) = budget.close_window();
+        assert_eq!(closed_at, seq);
+        let of = |source: &str, principal: &str| {
+            summaries.iter().find(|s| s.source == source && s.principal == principal).unwrap().outcome.clone()
+        };
+        assert!(of("198.18.0.9", "-").starts_with("refused 980 times from "));
+        assert!(of("198.18.0.9", "tok-a (reader)").starts_with("refused 480 times from "));
+        let rest = of("(other sources)", "-");
+        assert!(rest.starts_with(&format!("refused {} times", 51 * 21 - 20)), "{rest}");
+        assert!(rest.ends_with("the last: refused: not a private network"));
+        // A new window has new budgets, and nothing left to summarize.
+        assert!(written(budget.admit("-", attacker, "GET /", "refused (401)")));
+        assert!(budget.close_window().1.is_empty());
     }
 }

@@ -21,8 +21,9 @@ const INDEX: &str = include_str!("studio/index.html");
 const SCRIPT: &str = include_str!("studio/studio.js");
 const STYLE: &str = include_str!("studio/studio.css");
 
-/// The session cookie's name.
-pub const COOKIE: &str = "cove_session";
+/// The session cookie's name. The `__Host-` prefix makes a browser take it only from this very host,
+/// over HTTPS, with `Path=/` and no `Domain`, so a sibling host cannot set one for it.
+pub const COOKIE: &str = "__Host-cove_session";
 /// The header a cookie-authenticated change must carry.
 pub const CSRF_HEADER: &str = "x-cove-csrf";
 /// How long a session lasts (the token's own expiry and revocation apply too).
@@ -77,22 +78,32 @@ fn random_hex() -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// The session id in a request's cookie header.
-fn session_id(headers: &HeaderMap) -> Option<String> {
-    headers
+/// The session id in a request's cookie headers. Two session cookies are refused rather than one
+/// chosen: whichever came first could be one planted by another page, signing the user in as someone
+/// else.
+fn session_id(headers: &HeaderMap) -> ApiResult<Option<String>> {
+    let mut ids = headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(k, _)| *k == COOKIE)
-        .map(|(_, v)| v.to_string())
+        .filter(|(k, _)| *k == COOKIE)
+        .map(|(_, v)| v.to_string());
+    let first = ids.next();
+    if ids.next().is_some() {
+        return Err(ApiError::new(
+            ErrorCode::Unauthenticated,
+            "the request carries more than one studio session cookie; sign in again",
+        ));
+    }
+    Ok(first)
 }
 
 /// The token secret a request's session stands for, when it has one: a cookie-authenticated change
 /// (anything but GET and HEAD) must carry the session's CSRF token, or it is refused.
 pub fn session_secret(app: &AppRef, method: &Method, headers: &HeaderMap) -> ApiResult<Option<String>> {
-    let Some(id) = session_id(headers) else { return Ok(None) };
+    let Some(id) = session_id(headers)? else { return Ok(None) };
     let Some((secret, csrf)) = app.sessions.get(&id) else {
         return Err(ApiError::new(ErrorCode::Unauthenticated, "the studio session has ended; sign in again"));
     };
@@ -175,7 +186,7 @@ pub async fn sign_in(State(app): State<AppRef>, headers: HeaderMap, body: Bytes)
 
 /// `GET /studio/session`: the signed-in user, or 401.
 pub async fn whoami(State(app): State<AppRef>, headers: HeaderMap) -> ApiResult<Json<Me>> {
-    let id = session_id(&headers).ok_or_else(|| ApiError::new(ErrorCode::Unauthenticated, "not signed in"))?;
+    let id = session_id(&headers)?.ok_or_else(|| ApiError::new(ErrorCode::Unauthenticated, "not signed in"))?;
     let (secret, csrf) = app
         .sessions
         .get(&id)
@@ -190,7 +201,7 @@ pub async fn whoami(State(app): State<AppRef>, headers: HeaderMap) -> ApiResult<
 /// `DELETE /studio/session`: signs out (needs the CSRF token, as every change does).
 pub async fn sign_out(State(app): State<AppRef>, method: Method, headers: HeaderMap) -> ApiResult<Response> {
     session_secret(&app, &method, &headers)?;
-    if let Some(id) = session_id(&headers) {
+    if let Some(id) = session_id(&headers)? {
         app.sessions.remove(&id);
     }
     let mut resp = StatusCode::NO_CONTENT.into_response();

@@ -20,8 +20,7 @@ pub async fn stream_to(
     body: Body,
     limit: u64,
 ) -> ApiResult<u64> {
-    let unavailable =
-        |e: object_store::Error| ApiError::new(ErrorCode::Unavailable, format!("cannot store `{location}`: {e}"));
+    let unavailable = |e| cannot_store(location, e);
     let upload = store.put_multipart(location).await.map_err(unavailable)?;
     let mut writer = WriteMultipart::new(upload);
     let mut stream = body.into_data_stream();
@@ -81,4 +80,84 @@ pub async fn chunks_of(body: Body, limit: usize, what: &str) -> ApiResult<Vec<by
         chunks.push(chunk);
     }
     Ok(chunks)
+}
+
+fn cannot_store(location: &object_store::path::Path, e: object_store::Error) -> ApiError {
+    ApiError::new(ErrorCode::Unavailable, format!("cannot store `{location}`: {e}"))
+}
+
+/// Why a second, different upload to a write-once location is refused.
+pub fn written_once(location: &object_store::path::Path) -> ApiError {
+    ApiError::conflict(format!("`{location}` was already stored with other bytes; what was stored there never changes"))
+}
+
+/// Stores `payload` at `location` unless something is there already. The same bytes again (a retry of
+/// a request whose answer was lost) are taken as stored; other bytes are refused with 409, and the
+/// object keeps the bytes first stored.
+pub async fn put_once(
+    store: &dyn ObjectStore,
+    location: &object_store::path::Path,
+    payload: object_store::PutPayload,
+) -> ApiResult<()> {
+    let unavailable = |e| cannot_store(location, e);
+    let offered = digest_of_payload(&payload);
+    match store.put_opts(location, payload, object_store::PutMode::Create.into()).await {
+        Ok(_) => Ok(()),
+        Err(object_store::Error::AlreadyExists { .. }) => {
+            match digest_of(store, location).await.map_err(unavailable)? {
+                kept if kept == offered => Ok(()),
+                _ => Err(written_once(location)),
+            }
+        }
+        Err(e) => Err(unavailable(e)),
+    }
+}
+
+/// [`stream_to`] for a write-once location, as [`put_once`]: the body is streamed beside it first, then
+/// moved into place only if nothing is there yet.
+pub async fn stream_once(
+    store: &dyn ObjectStore,
+    location: &object_store::path::Path,
+    body: Body,
+    limit: u64,
+) -> ApiResult<u64> {
+    let unavailable = |e| cannot_store(location, e);
+    let staged = object_store::path::Path::from(format!("{location}.upload-{}", uuid::Uuid::new_v4().simple()));
+    let size = stream_to(store, &staged, body, limit).await?;
+    let moved = store.rename_if_not_exists(&staged, location).await;
+    let outcome = match moved {
+        Ok(()) => return Ok(size),
+        Err(object_store::Error::AlreadyExists { .. }) => {
+            match (digest_of(store, &staged).await, digest_of(store, location).await) {
+                (Ok(offered), Ok(kept)) if offered == kept => Ok(size),
+                (Ok(_), Ok(_)) => Err(written_once(location)),
+                (Err(e), _) | (_, Err(e)) => Err(unavailable(e)),
+            }
+        }
+        Err(e) => Err(unavailable(e)),
+    };
+    if let Err(e) = store.delete(&staged).await {
+        tracing::warn!(error = %e, %staged, "could not delete a staged upload");
+    }
+    outcome
+}
+
+fn digest_of_payload(payload: &object_store::PutPayload) -> [u8; 32] {
+    use sha2::Digest;
+    let mut hash = sha2::Sha256::new();
+    for chunk in payload.iter() {
+        hash.update(chunk);
+    }
+    hash.finalize().into()
+}
+
+/// The sha256 of an object, read as a stream.
+async fn digest_of(store: &dyn ObjectStore, location: &object_store::path::Path) -> object_store::Result<[u8; 32]> {
+    use sha2::Digest;
+    let mut hash = sha2::Sha256::new();
+    let mut stream = store.get(location).await?.into_stream();
+    while let Some(chunk) = stream.next().await {
+        hash.update(chunk?);
+    }
+    Ok(hash.finalize().into())
 }

@@ -128,15 +128,24 @@ async fn leases_of(app: &AppRef, g: store::LeaseGrant) -> ApiResult<Vec<Lease>> 
     Ok(leases)
 }
 
-/// Signs a URL per input file for reading that file only, valid as long as the lease (plus the time a
-/// slow store may take to answer).
+/// How long a signed input URL stays valid: the lease's life plus the time a slow store may take to
+/// answer, and never more than [`SIGNED_URL_MAX`], whatever the job's timeout. A worker that reaches a
+/// lease after its URLs expired asks for new ones (`signed_inputs`).
+pub fn signed_url_life(lease_ms: u64) -> Duration {
+    (Duration::from_millis(lease_ms) + Duration::from_secs(60)).min(SIGNED_URL_MAX)
+}
+
+/// The longest a signed input URL lives.
+pub const SIGNED_URL_MAX: Duration = Duration::from_secs(3600);
+
+/// Signs a URL per input file for reading that file only, for [`signed_url_life`].
 async fn sign_inputs(app: &AppRef, input_uri: &str, files: &[String], lease_ms: u64) -> ApiResult<Vec<String>> {
     let input = parse_uri(input_uri).map_err(ApiError::invalid)?;
     let signer = app
         .datastores
         .signer(&input.datastore)
         .ok_or_else(|| ApiError::internal("sign input URLs", format!("datastore `{}` cannot sign", input.datastore)))?;
-    let valid = Duration::from_millis(lease_ms) + Duration::from_secs(60);
+    let valid = signed_url_life(lease_ms);
     let mut urls = Vec::with_capacity(files.len());
     for file in files {
         let url = signer
@@ -299,6 +308,24 @@ pub async fn heartbeat(
     Ok(Json(serde_json::json!({ "lease": lease })))
 }
 
+/// `GET /worker/v1/leases/{lease}/signed-inputs`: new signed URLs for a current lease's files, for a
+/// worker that reached the lease after the URLs it was granted with expired.
+pub async fn signed_inputs(
+    State(app): State<AppRef>,
+    Worker(w): Worker,
+    Path(lease): Path<String>,
+) -> JsonResult<Vec<String>> {
+    let info = current(&app, &lease, &w).await?;
+    if !info.record.inputs_direct {
+        return Err(ApiError::conflict(format!("lease `{lease}` reads its inputs through the control plane")));
+    }
+    let files = batch_files(&app, &info.job, info.manifest_offset, info.manifest_len)
+        .await
+        .map_err(|e| ApiError::internal("read the manifest", format!("{e:#}")))?;
+    let lease_ms = info.record.settings.retry_settings.timeout_secs * 1000 + LEASE_GRACE_MS as u64;
+    Ok(Json(sign_inputs(&app, &info.record.input.uri, &files, lease_ms).await?))
+}
+
 /// All of a lease's files in one bundle (see `cove_api::worker::bundle`); a file that cannot be read
 /// travels as its reason, so the worker fails that item and scores the others.
 pub async fn get_files(State(app): State<AppRef>, Worker(w): Worker, Path(lease): Path<String>) -> ApiResult<Body> {
@@ -320,9 +347,12 @@ pub async fn get_files(State(app): State<AppRef>, Worker(w): Worker, Path(lease)
                     .map_err(|why| format!("cannot read input file `{file}`: {why}"));
             }
             let got = store.get(&crate::datastore::object_path_of(&file)).await;
+            let failed = |e: object_store::Error| {
+                cove_api::redact::url_queries(&format!("cannot read input file `{file}`: {e}"))
+            };
             match got {
-                Ok(r) => r.bytes().await.map_err(|e| format!("cannot read input file `{file}`: {e}")),
-                Err(e) => Err(format!("cannot read input file `{file}`: {e}")),
+                Ok(r) => r.bytes().await.map_err(failed),
+                Err(e) => Err(failed(e)),
             }
         }
     });
@@ -412,7 +442,9 @@ pub async fn put_part(
 ) -> ApiResult<StatusCode> {
     let info = current(&app, &lease, &w).await?;
     let key = object_store::path::Path::from(store::part_key(&info.job, info.idx, &lease));
-    let size = super::upload::stream_to(app.internal.as_ref(), &key, body, super::UPLOAD_LIMIT).await?;
+    // Written once: a second upload for the lease with other bytes is refused, so the part that an
+    // attempt commits is the part it uploaded.
+    let size = super::upload::stream_once(app.internal.as_ref(), &key, body, super::UPLOAD_LIMIT).await?;
     let (id, entry) =
         (lease.clone(), upload_audit(&w, source, format!("PUT part ({size} bytes)"), &info.job, info.idx, &lease));
     app.store.call(move |c| store::attempt_mark_part(c, &id).and_then(|()| store::audit_append(c, &entry))).await?;
@@ -568,16 +600,19 @@ pub async fn reports(
         let failed = r.completion.outcome != ReportedOutcome::Succeeded;
         brought.push((owner.job.clone(), owner.idx, large, failed));
         let (mut part_audit, mut inline_part) = (None, None);
-        if let Some(part) = part.filter(|_| owner.current) {
+        if let Some(part) = part {
+            // A part of a lease no longer current is not stored; the report records its refusal.
             let what = format!("PUT part ({} bytes)", part.len());
             part_audit = Some(upload_audit(&w, source, what, &owner.job, owner.idx, &r.lease_id));
-            if part.len() <= store::INLINE_PART_LIMIT {
-                inline_part = Some(part.to_bytes());
-            } else {
-                let key = object_store::path::Path::from(store::part_key(&owner.job, owner.idx, &r.lease_id));
-                let internal = app.internal.clone();
-                let payload: object_store::PutPayload = part.0.into_iter().collect();
-                stores.push(async move { internal.put(&key, payload).await });
+            match (owner.current, part.len() <= store::INLINE_PART_LIMIT) {
+                (false, _) => {}
+                (true, true) => inline_part = Some(part.to_bytes()),
+                (true, false) => {
+                    let key = object_store::path::Path::from(store::part_key(&owner.job, owner.idx, &r.lease_id));
+                    let internal = app.internal.clone();
+                    let payload: object_store::PutPayload = part.0.into_iter().collect();
+                    stores.push(async move { super::upload::put_once(internal.as_ref(), &key, payload).await });
+                }
             }
         }
         applied.push(store::AttemptReported {
@@ -590,7 +625,7 @@ pub async fn reports(
         });
     }
     for stored in futures::future::join_all(stores).await {
-        stored.map_err(|e| ApiError::internal("store the part", e))?;
+        stored?;
     }
     let results = app.store.call(move |c| store::reports_apply(c, &applied)).await?;
     app.work_available.notify_waiters();
@@ -623,7 +658,10 @@ pub async fn reports(
 }
 
 fn attempt_outcome(report: &Completion) -> AttemptOutcome {
-    let reason = || report.reason.clone().unwrap_or_else(|| "no reason given".to_string());
+    // A reason is shown to every reader of the job: whatever quotes a URL is kept from its query,
+    // where a signed URL keeps its signature.
+    let reason =
+        || report.reason.as_deref().map_or_else(|| "no reason given".to_string(), cove_api::redact::url_queries);
     match report.outcome {
         ReportedOutcome::Succeeded => {
             AttemptOutcome::Succeeded { items_ok: report.items_ok, items_failed: report.items_failed }

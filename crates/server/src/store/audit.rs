@@ -32,3 +32,38 @@ pub fn audit_since(conn: &Connection, since_ms: i64, limit: u32) -> StoreResult<
     })?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
+
+/// Keeps the current counts of refusals not written one by one (`http::refusals`): each as the summary
+/// entry it becomes when its minute ends, replaced as its count grows.
+pub fn refusal_counts_put(conn: &mut Connection, counts: &[(String, AuditEntry)]) -> StoreResult<()> {
+    let tx = conn.transaction()?;
+    {
+        let mut stmt = tx.prepare_cached("INSERT OR REPLACE INTO refusal_counts (key, summary) VALUES (?1, ?2)")?;
+        for (key, summary) in counts {
+            stmt.execute(params![key, serde_json::to_string(summary).expect("an audit entry serialises")])?;
+        }
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+/// Ends a window of counted refusals: its summaries go into the audit log and the kept counts are
+/// cleared, in one transaction. With no summaries given, the counts kept in the store are written
+/// (those a control plane killed in the middle of a minute left behind); returns how many were.
+pub fn refusal_counts_close(conn: &mut Connection, summaries: Option<&[AuditEntry]>) -> StoreResult<usize> {
+    let tx = conn.transaction()?;
+    let kept: Vec<AuditEntry> = match summaries {
+        Some(s) => s.to_vec(),
+        None => {
+            let mut stmt = tx.prepare("SELECT summary FROM refusal_counts ORDER BY key")?;
+            let rows = stmt.query_map([], |r| r.get::<_, String>(0))?.collect::<Result<Vec<_>, _>>()?;
+            rows.iter().filter_map(|text| serde_json::from_str(text).ok()).collect()
+        }
+    };
+    for entry in &kept {
+        audit_append(&tx, entry)?;
+    }
+    tx.execute("DELETE FROM refusal_counts", [])?;
+    tx.commit()?;
+    Ok(kept.len())
+}

@@ -9,7 +9,7 @@
 
 use super::{location_claim, locations_overlapping, now_ms, Cached, Location, StoreResult};
 use cove_api::worker::RunSpec;
-use cove_api::JobInput;
+use cove_api::{AuditEntry, JobInput};
 use cove_model::{
     after_attempt, job_verdict, AttemptOutcome, BatchNext, JobCounters, JobPolicy, JobStatus, JobVerdict,
 };
@@ -525,9 +525,24 @@ pub fn lease_heartbeat(conn: &Connection, lease_id: &str, compute: &str, grace_m
     Ok(true)
 }
 
+/// Records that the attempt's part was stored, while the attempt is still open: a part that arrives
+/// after its attempt ended changes nothing.
 pub fn attempt_mark_part(conn: &Connection, lease_id: &str) -> StoreResult<()> {
-    conn.exec("UPDATE attempts SET part_uploaded = 1 WHERE lease_id = ?1", [lease_id])?;
+    conn.exec("UPDATE attempts SET part_uploaded = 1 WHERE lease_id = ?1 AND outcome IS NULL", [lease_id])?;
     Ok(())
+}
+
+/// Whether the attempt of `lease_id` is still open: no outcome recorded, its mini-batch still leased by
+/// it, and its job still taking leases. Only an open attempt's report may store a part.
+fn attempt_open(conn: &Connection, lease_id: &str) -> StoreResult<bool> {
+    Ok(conn.row(
+        "SELECT EXISTS (SELECT 1 FROM attempts a JOIN batches b ON b.job = a.job AND b.idx = a.idx
+                        JOIN jobs j ON j.name = a.job
+                        WHERE a.lease_id = ?1 AND a.outcome IS NULL AND b.state = 'leased' AND b.lease_id = ?1
+                          AND j.status IN ('Queued', 'Running'))",
+        [lease_id],
+        |r| r.get(0),
+    )?)
 }
 
 /// Counts a file the attempt's script wrote to `AZUREML_BI_OUTPUT_PATH`, staged with the attempt.
@@ -707,19 +722,31 @@ pub fn reports_apply(conn: &mut Connection, reports: &[AttemptReported]) -> Stor
     let mut results = Vec::with_capacity(reports.len());
     for r in reports {
         if let Some(entry) = &r.part_audit {
-            if let Some(body) = &r.inline_part {
-                tx.exec(
-                    "INSERT OR REPLACE INTO part_bodies (lease_id, body) VALUES (?1, ?2)",
-                    params![r.lease_id, &body[..]],
-                )?;
+            // Checked first, then written: a report of an attempt that already ended (a replay, a
+            // duplicate, one that lost a race) never touches the part its attempt committed.
+            if attempt_open(&tx, &r.lease_id)? {
+                if let Some(body) = &r.inline_part {
+                    tx.exec(
+                        "INSERT INTO part_bodies (lease_id, body) VALUES (?1, ?2)",
+                        params![r.lease_id, &body[..]],
+                    )?;
+                }
+                attempt_mark_part(&tx, &r.lease_id)?;
+                super::audit_append(&tx, entry)?;
+            } else {
+                let refused = AuditEntry { outcome: format!("refused: {}", late_report(&r.lease_id)), ..entry.clone() };
+                super::audit_append(&tx, &refused)?;
             }
-            attempt_mark_part(&tx, &r.lease_id)?;
-            super::audit_append(&tx, entry)?;
         }
         results.push(complete_in(&tx, &r.lease_id, &r.outcome, Some(r.pid), r.isolation.as_deref())?);
     }
     tx.commit()?;
     Ok(results)
+}
+
+/// Why the part of a report was not stored.
+pub fn late_report(lease_id: &str) -> String {
+    format!("lease `{lease_id}` is not current (its attempt ended, or its job did); the part it brought was not stored")
 }
 
 /// [`lease_complete_with`] within the caller's transaction.
@@ -1241,10 +1268,21 @@ mod tests {
         assert!(results.iter().all(|r| r.committed && r.job_active), "{results:?}");
         let done = (first.len() + 3) as u64;
         assert_eq!(job_get(&c, "j").unwrap().unwrap().counters.batches_succeeded, done);
-        // A report of a lease already reported changes nothing.
-        let again = reports_apply(&mut c, &reports[..1]).unwrap();
+        // A report of a lease already reported changes nothing: not its counters, and not the part its
+        // attempt committed, whatever bytes the replay brings; the replay is audited as refused.
+        let mut replay = reports[0].clone();
+        replay.inline_part = Some(bytes::Bytes::from_static(b"forged rows\n"));
+        let again = reports_apply(&mut c, &[replay]).unwrap();
         assert!(!again[0].committed);
         assert_eq!(job_get(&c, "j").unwrap().unwrap().counters.batches_succeeded, done);
+        let kept = part_bodies(&c, &[&reports[0].lease_id]).unwrap();
+        assert_eq!(kept, vec![(reports[0].lease_id.clone(), b"row of 0\n".to_vec())]);
+        let refused: String = c
+            .query_row("SELECT outcome FROM audit WHERE outcome LIKE 'refused:%' ORDER BY id DESC LIMIT 1", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!(refused, format!("refused: {}", late_report(&reports[0].lease_id)));
         // A slot that still holds work gets more only out of plenty pending: never at the job's end.
         let pending = 40 - done;
         let reserve = lease_holding(&mut c, "j", 2, 1);

@@ -176,6 +176,14 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE attempts ADD COLUMN output_bytes INTEGER NOT NULL DEFAULT 0;
     "#,
+    // 13: refusals counted and not yet written one by one (`http::refusals`), kept as they are counted,
+    // so a control plane killed in the middle of a minute loses none of them.
+    r#"
+    CREATE TABLE refusal_counts (
+        key TEXT PRIMARY KEY,
+        summary TEXT NOT NULL
+    );
+    "#,
 ];
 
 /// Brings the schema up to date, one transaction per migration.
