@@ -613,3 +613,90 @@ fn environments_build_with_pip_where_uv_is_absent() {
     let old = deployment_with_environment(&p, "old", &conda("covepin==0.9"), "");
     ws.cove(&["deployment", "create", "-f", &old]).fails_with(2, "the nearest versions that can: 1.0, 2.0");
 }
+
+/// Writes `covebuild-1.0.tar.gz`, a source distribution whose build backend, whenever it runs, says so
+/// on stderr, leaves a `cove-backend-ran` file in every folder it is given (home, caches, temporary),
+/// and fails.
+fn marking_sdist(dir: &Path) {
+    let code = r#"
+import io, sys, tarfile
+out = sys.argv[1]
+backend = '''
+import os, sys
+def _ran(*args, **kwargs):
+    sys.stderr.write("COVE-BACKEND-RAN\\n")
+    for var in ("HOME", "UV_CACHE_DIR", "PIP_CACHE_DIR", "TMPDIR", "XDG_CACHE_HOME"):
+        folder = os.environ.get(var)
+        if folder:
+            try:
+                open(os.path.join(folder, "cove-backend-ran"), "w").write("x")
+            except OSError:
+                pass
+    raise RuntimeError("COVE-BACKEND-RAN: this backend never builds")
+get_requires_for_build_wheel = prepare_metadata_for_build_wheel = build_wheel = _ran
+get_requires_for_build_sdist = build_sdist = _ran
+'''
+files = {
+    "pyproject.toml": '[build-system]\nrequires = []\nbuild-backend = "backend"\nbackend-path = ["."]\n',
+    "backend.py": backend,
+    "PKG-INFO": "Metadata-Version: 2.1\nName: covebuild\nVersion: 1.0\n",
+}
+with tarfile.open(f"{out}/covebuild-1.0.tar.gz", "w:gz") as t:
+    for name, text in files.items():
+        data = text.encode()
+        info = tarfile.TarInfo(f"covebuild-1.0/{name}")
+        info.size = len(data)
+        t.addfile(info, io.BytesIO(data))
+"#;
+    let status = Command::new("python3").args(["-c", code, &dir.display().to_string()]).status();
+    assert!(status.unwrap().success(), "the test's source distribution was written");
+}
+
+/// Files named `name` anywhere under `dir`.
+fn found_named(dir: &Path, name: &str) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = e.path();
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            out.extend(found_named(&path, name));
+        } else if e.file_name() == name {
+            out.push(path);
+        }
+    }
+    out
+}
+
+/// Hole 3: a conda `pip:` entry or an override is one requirement, parsed: an entry that smuggles a
+/// second line with requirement-file options (`--no-binary :all:`, `-e`) is refused at creation, naming
+/// the file and entry. A wheel-only build of a package the index has only as a source distribution
+/// fails in the resolver, and the package's build backend never runs, so nothing reaches the package
+/// cache other builds share; allowed source builds do run it (which shows the test's backend works).
+#[test]
+fn requirements_are_parsed_and_wheel_only_builds_never_run_a_build_backend() {
+    let wheels = tempfile::tempdir().unwrap();
+    tiny_wheel(wheels.path(), "covepin", "1.0");
+    marking_sdist(wheels.path());
+    let ws = Workspace::start_with(&["--wheels", &wheels.path().display().to_string()], &[]);
+    let p = Project::new(&ws.path(), "parsed", PIN_SCRIPT, "");
+    ws.cove(&["endpoint", "create", "-f", &p.file("endpoint.yml")]).ok();
+    let smuggled = conda("covepin==1.0") + "    - \"covepin==1.0\\n--no-binary :all:\"\n";
+    let file = deployment_with_environment(&p, "blue", &smuggled, "");
+    ws.cove(&["deployment", "create", "-f", &file])
+        .fails_with(2, "the conda file's pip section: `covepin==1.0\n--no-binary :all:` is not a requirement like `name==1.2`: nothing more was expected, found a control character ('\\n') at column 13");
+    let file =
+        deployment_with_environment(&p, "blue", &conda("covepin==1.0"), "  overrides: [\"covepin>=1\\n-e .\"]\n");
+    ws.cove(&["deployment", "create", "-f", &file]).fails_with(2, "overrides.0");
+    let list = ws.cove(&["--json", "deployment", "list", "-e", "parsed"]).ok().json();
+    assert_eq!(list.as_array().unwrap().len(), 0, "no refused deployment was created");
+
+    let file = deployment_with_environment(&p, "blue", &conda("covebuild==1.0"), "");
+    let refused = ws.cove(&["deployment", "create", "-f", &file]);
+    refused.fails_with(2, "covebuild");
+    assert!(!refused.stderr.contains("COVE-BACKEND-RAN"), "a wheel-only build ran the backend: {}", refused.stderr);
+    assert_eq!(found_named(&ws.path(), "cove-backend-ran"), Vec::<PathBuf>::new());
+    let file = deployment_with_environment(&p, "green", &conda("covebuild==1.0"), "  allow_source_builds: true\n");
+    let built = ws.cove(&["deployment", "create", "-f", &file]);
+    built.fails_with(2, "COVE-BACKEND-RAN");
+    // What it left, it left in the private cache of a run that may build from source, removed after it.
+    assert_eq!(found_named(&ws.path(), "cove-backend-ran"), Vec::<PathBuf>::new());
+}
