@@ -73,7 +73,7 @@ pub fn prepare(ws: &Path, policy: &NetworkPolicy, listeners: &[SocketAddr]) -> a
         (Ok(cert), Ok(key)) => Authority::load(&cert, &key).with_context(|| format!("in {}", dir.display()))?,
         _ => {
             let name = ws.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-            let (authority, ca) = Authority::create(&name)?;
+            let (authority, ca) = Authority::create(&name, &ca_scope(policy, listeners))?;
             write_private(&files::ca_key(ws), &ca.key_pem)?;
             write_public(&files::ca_cert(ws), &ca.cert_pem)?;
             authority
@@ -108,6 +108,24 @@ pub fn prepare(ws: &Path, policy: &NetworkPolicy, listeners: &[SocketAddr]) -> a
     let config = Arc::new(cove_tls::server_config(identity.clone(), &authority.cert_pem)?);
     let names = if policy.tls.is_some() { Vec::new() } else { names };
     Ok(WorkspaceTls { authority: Arc::new(authority), identity, config, names, brought: policy.tls.clone() })
+}
+
+/// What the workspace CA may vouch for (its name constraints, set when it is created): the address
+/// ranges of the workspace's networks, loopback, the listeners' own addresses, `localhost` and the host
+/// names of the API's private endpoints. So the CA that users import for the studio can sign nothing a
+/// browser would accept for another host.
+fn ca_scope(policy: &NetworkPolicy, listeners: &[SocketAddr]) -> cove_tls::NameScope {
+    let mut ip: Vec<(std::net::IpAddr, u8)> =
+        policy.networks.iter().flat_map(|n| n.address_space.iter().map(|r| (r.network(), r.prefix_len()))).collect();
+    ip.extend([("127.0.0.0".parse().expect("valid"), 8), ("::1".parse().expect("valid"), 128)]);
+    ip.extend(listeners.iter().map(|a| (a.ip(), if a.is_ipv4() { 32 } else { 128 })));
+    ip.sort();
+    ip.dedup();
+    let mut dns = vec!["localhost".to_string()];
+    dns.extend(policy.api_endpoints().iter().filter_map(|pe| pe.host_name.clone()));
+    dns.sort();
+    dns.dedup();
+    cove_tls::NameScope { dns, ip }
 }
 
 /// Reads the certificate, key and CA the user brought: a key that is not the certificate's, a CA that

@@ -6,8 +6,8 @@
 //! rustls with the ring provider, no OpenSSL.
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose,
+    BasicConstraints, CertificateParams, CidrSubnet, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
+    GeneralSubtree, IsCa, Issuer, KeyPair, KeyUsagePurpose, NameConstraints,
 };
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -55,18 +55,106 @@ pub struct Issued {
     pub fingerprint: String,
 }
 
+/// What a workspace CA may vouch for: X.509 name constraints, so that a CA that users import into
+/// their browsers for the studio can never sign a certificate that a browser or client accepts for
+/// another host. DNS names match themselves and their subdomains; addresses match their range.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NameScope {
+    pub dns: Vec<String>,
+    pub ip: Vec<(std::net::IpAddr, u8)>,
+}
+
+impl NameScope {
+    /// This host's loopback: `localhost`, 127.0.0.0/8 and ::1.
+    pub fn loopback() -> NameScope {
+        NameScope {
+            dns: vec!["localhost".into()],
+            ip: vec![(std::net::Ipv4Addr::new(127, 0, 0, 0).into(), 8), (std::net::Ipv6Addr::LOCALHOST.into(), 128)],
+        }
+    }
+
+    /// Whether `name` (a DNS name or an IP address) lies within the scope.
+    pub fn permits(&self, name: &str) -> bool {
+        match name.parse::<std::net::IpAddr>() {
+            Ok(ip) => self.ip.iter().any(|(net, prefix)| in_range(ip, *net, *prefix)),
+            Err(_) => {
+                let name = name.trim_end_matches('.').to_ascii_lowercase();
+                self.dns.iter().any(|d| {
+                    let d = d.trim_end_matches('.').to_ascii_lowercase();
+                    name == d || name.ends_with(&format!(".{d}"))
+                })
+            }
+        }
+    }
+
+    fn constraints(&self) -> NameConstraints {
+        let mut permitted: Vec<GeneralSubtree> = self.dns.iter().map(|d| GeneralSubtree::DnsName(d.clone())).collect();
+        permitted.extend(
+            self.ip.iter().map(|(ip, prefix)| GeneralSubtree::IpAddress(CidrSubnet::from_addr_prefix(*ip, *prefix))),
+        );
+        NameConstraints { permitted_subtrees: permitted, excluded_subtrees: Vec::new() }
+    }
+
+    /// The scope a CA certificate's name constraints give (none: it may vouch for anything).
+    fn of(cert_pem: &str) -> TlsResult<Option<NameScope>> {
+        use x509_parser::extensions::GeneralName;
+        let what = "the workspace CA certificate";
+        let certs = certificates(what, cert_pem)?;
+        let (_, cert) = x509_parser::parse_x509_certificate(&certs[0])
+            .map_err(|e| invalid(what, format!("not an X.509 certificate: {e}")))?;
+        let constraints = cert.name_constraints().map_err(|e| invalid(what, format!("its name constraints: {e}")))?;
+        let Some(permitted) = constraints.and_then(|c| c.value.permitted_subtrees.clone()) else { return Ok(None) };
+        let mut scope = NameScope::default();
+        let prefix = |mask: &[u8]| mask.iter().map(|b| b.count_ones()).sum::<u32>() as u8;
+        for subtree in permitted {
+            match subtree.base {
+                GeneralName::DNSName(d) => scope.dns.push(d.to_string()),
+                GeneralName::IPAddress(b) if b.len() == 8 => {
+                    let addr: [u8; 4] = b[..4].try_into().expect("4 bytes");
+                    scope.ip.push((std::net::IpAddr::from(addr), prefix(&b[4..])));
+                }
+                GeneralName::IPAddress(b) if b.len() == 32 => {
+                    let addr: [u8; 16] = b[..16].try_into().expect("16 bytes");
+                    scope.ip.push((std::net::IpAddr::from(addr), prefix(&b[16..])));
+                }
+                _ => {}
+            }
+        }
+        Ok(Some(scope))
+    }
+}
+
+fn in_range(ip: std::net::IpAddr, net: std::net::IpAddr, prefix: u8) -> bool {
+    let bits = |a: std::net::IpAddr| -> u128 {
+        match a {
+            std::net::IpAddr::V4(v4) => u128::from(u32::from(v4)) << 96,
+            std::net::IpAddr::V6(v6) => u128::from(v6),
+        }
+    };
+    if ip.is_ipv4() != net.is_ipv4() {
+        return false;
+    }
+    let width = if net.is_ipv4() { 32 } else { 128 };
+    let prefix = u32::from(prefix.min(width));
+    let mask = if prefix == 0 { 0 } else { u128::MAX << (128 - prefix) };
+    bits(ip) & mask == bits(net) & mask
+}
+
 /// The workspace's certificate authority.
 pub struct Authority {
     issuer: Issuer<'static, KeyPair>,
     pub cert_pem: String,
+    /// What it may vouch for (none for a CA made before name constraints, which may vouch for anything).
+    pub scope: Option<NameScope>,
 }
 
 impl Authority {
-    /// A new self-signed CA named after the workspace.
-    pub fn create(workspace: &str) -> TlsResult<(Authority, Issued)> {
+    /// A new self-signed CA named after the workspace, which may vouch only for the names of `scope`.
+    pub fn create(workspace: &str, scope: &NameScope) -> TlsResult<(Authority, Issued)> {
         let mut params = CertificateParams::default();
         params.distinguished_name = name(&format!("Cove workspace CA ({workspace})"));
         params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        params.name_constraints = Some(scope.constraints());
         params.key_usages =
             vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
         let (not_before, not_after) = validity(CA_DAYS);
@@ -80,22 +168,39 @@ impl Authority {
             not_after: not_after.unix_timestamp(),
             fingerprint: fingerprint(cert.der()),
         };
-        let authority = Authority { issuer: Issuer::new(params, key), cert_pem: issued.cert_pem.clone() };
+        let authority = Authority {
+            issuer: Issuer::new(params, key),
+            cert_pem: issued.cert_pem.clone(),
+            scope: Some(scope.clone()),
+        };
         Ok((authority, issued))
     }
 
     /// The CA kept in a workspace.
     pub fn load(cert_pem: &str, key_pem: &str) -> TlsResult<Authority> {
         let key = KeyPair::from_pem(key_pem).map_err(|e| invalid("the workspace CA key", e))?;
+        let scope = NameScope::of(cert_pem)?;
         let issuer = Issuer::from_ca_cert_pem(cert_pem, key).map_err(|e| invalid("the workspace CA certificate", e))?;
-        Ok(Authority { issuer, cert_pem: cert_pem.to_string() })
+        Ok(Authority { issuer, cert_pem: cert_pem.to_string(), scope })
     }
 
-    /// A server certificate for the given IP addresses and DNS names.
+    /// A server certificate for the given IP addresses and DNS names, each of which must lie within
+    /// the CA's scope (a certificate outside it would be refused by every client anyway).
     pub fn issue_server(&self, names: &[String], days: i64) -> TlsResult<Issued> {
+        if let Some(outside) = names.iter().find(|n| self.scope.as_ref().is_some_and(|s| !s.permits(n))) {
+            return Err(invalid(
+                "the listeners' certificate",
+                format!(
+                    "the workspace CA may vouch only for the names it was created for, and `{outside}` is not one of them; \
+                     a CA cannot be widened: move tls/ca.pem and tls/ca.key aside to create a new one (clients then trust the new tls/trust.pem)"
+                ),
+            ));
+        }
         let mut params =
             CertificateParams::new(names.to_vec()).map_err(|e| invalid("the server certificate's names", e))?;
-        params.distinguished_name = name(names.first().map_or("cove", String::as_str));
+        // Not a name or an address: OpenSSL checks a common name that looks like a host name against
+        // the CA's DNS name constraints, and the names are in the subject alternative names anyway.
+        params.distinguished_name = name("Cove workspace API");
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         self.sign(params, days)
     }
@@ -336,6 +441,7 @@ fn describe_text(text: &str) -> String {
         ("not valid for name", C_NAME),
         ("Expired", C_EXPIRED),
         ("expired", C_EXPIRED),
+        ("NameConstraintViolation", C_CONSTRAINED),
     ];
     match known.iter().find(|(needle, _)| text.contains(needle)) {
         Some((_, said)) => said.to_string(),
@@ -346,6 +452,8 @@ fn describe_text(text: &str) -> String {
 const C_UNKNOWN: &str = "the server's certificate is not issued by the CA this client trusts";
 const C_NAME: &str = "the server's certificate is not valid for the address or name this client connected to";
 const C_EXPIRED: &str = "the server's certificate has expired";
+const C_CONSTRAINED: &str =
+    "the server's certificate names a host its CA may not vouch for (outside the CA's name constraints)";
 
 fn describe(e: &rustls::Error) -> String {
     use rustls::CertificateError as C;
@@ -354,6 +462,7 @@ fn describe(e: &rustls::Error) -> String {
         rustls::Error::InvalidCertificate(C::NotValidForName | C::NotValidForNameContext { .. }) => C_NAME.into(),
         rustls::Error::InvalidCertificate(C::Expired | C::ExpiredContext { .. }) => C_EXPIRED.into(),
         rustls::Error::AlertReceived(alert) => format!("the server refused this client's TLS ({alert:?})"),
+        other if format!("{other:?}").contains("NameConstraintViolation") => C_CONSTRAINED.into(),
         other => format!("TLS failed: {other}"),
     }
 }
@@ -363,9 +472,13 @@ mod tests {
     use super::*;
     use rustls::client::danger::ServerCertVerifier;
 
+    fn scope() -> NameScope {
+        NameScope { dns: vec!["cove.internal".into()], ip: vec![("127.0.0.0".parse().unwrap(), 8)] }
+    }
+
     #[test]
     fn a_loaded_authority_issues_certificates_its_roots_verify() {
-        let (_, ca) = Authority::create("w").unwrap();
+        let (_, ca) = Authority::create("w", &scope()).unwrap();
         let loaded = Authority::load(&ca.cert_pem, &ca.key_pem).unwrap();
         let server = loaded.issue_server(&["127.0.0.1".into(), "api.cove.internal".into()], 1).unwrap();
         let roots = roots("ca", &ca.cert_pem).unwrap();
@@ -386,8 +499,8 @@ mod tests {
 
     #[test]
     fn a_certificate_of_another_authority_is_refused() {
-        let (ours, _) = Authority::create("ours").unwrap();
-        let (_, theirs) = Authority::create("theirs").unwrap();
+        let (ours, _) = Authority::create("ours", &scope()).unwrap();
+        let (_, theirs) = Authority::create("theirs", &scope()).unwrap();
         let client = ours.issue_client("gpu", 1).unwrap();
         let verifier = WebPkiClientVerifier::builder_with_provider(
             Arc::new(roots("theirs", &theirs.cert_pem).unwrap()),
@@ -398,6 +511,68 @@ mod tests {
         let cert = &certificates("client", &client.cert_pem).unwrap()[0];
         let now = rustls::pki_types::UnixTime::now();
         assert!(verifier.verify_client_cert(cert, &[], now).is_err());
+    }
+
+    /// The CA's key signs a certificate for a name outside its scope, as a thief of the key would: every
+    /// client that trusts the CA refuses it, and the CA itself will not issue it.
+    #[test]
+    fn the_workspace_ca_vouches_only_for_its_own_names() {
+        let (_, ca) = Authority::create("w", &scope()).unwrap();
+        let loaded = Authority::load(&ca.cert_pem, &ca.key_pem).unwrap();
+        assert_eq!(loaded.scope, Some(scope()), "the scope is read back from the CA certificate");
+        let refused = loaded.issue_server(&["127.0.0.1".into(), "bank.example".into()], 1).unwrap_err().to_string();
+        assert!(refused.contains("`bank.example` is not one of them"), "{refused}");
+        let trusted = roots("ca", &ca.cert_pem).unwrap();
+        let verifier =
+            rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(trusted), provider()).build().unwrap();
+        let now = rustls::pki_types::UnixTime::now();
+        for (names, name, good) in [
+            (vec!["api.cove.internal"], "api.cove.internal", true),
+            (vec!["127.0.0.9"], "127.0.0.9", true),
+            (vec!["bank.example"], "bank.example", false),
+            (vec!["api.cove.internal", "bank.example"], "api.cove.internal", false),
+            (vec!["198.18.0.1"], "198.18.0.1", false),
+            (vec!["cove.internal.example"], "cove.internal.example", false),
+        ] {
+            let params = CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
+            let issued = loaded.sign(params, 1).unwrap();
+            let cert = &certificates("server", &issued.cert_pem).unwrap()[0];
+            let sn = rustls::pki_types::ServerName::try_from(name).unwrap();
+            let verdict = verifier.verify_server_cert(cert, &[], &sn, &[], now);
+            assert_eq!(verdict.is_ok(), good, "{names:?} as {name}: {verdict:?}");
+            if !good {
+                let why = format!("{:?}", verdict.unwrap_err());
+                assert!(why.contains("NameConstraintViolation"), "{names:?}: {why}");
+            }
+        }
+        // Client certificates (no names) of the same CA still verify.
+        let client = loaded.issue_client("gpu", 1).unwrap();
+        let verifier =
+            WebPkiClientVerifier::builder_with_provider(Arc::new(roots("ca", &ca.cert_pem).unwrap()), provider())
+                .build()
+                .unwrap();
+        verifier.verify_client_cert(&certificates("client", &client.cert_pem).unwrap()[0], &[], now).unwrap();
+    }
+
+    #[test]
+    fn scopes_match_names_subdomains_and_ranges() {
+        let s = NameScope {
+            dns: vec!["localhost".into(), "cove.internal".into()],
+            ip: vec![("198.18.1.0".parse().unwrap(), 24), ("::1".parse().unwrap(), 128)],
+        };
+        for (name, permitted) in [
+            ("localhost", true),
+            ("api.cove.internal", true),
+            ("API.Cove.Internal.", true),
+            ("evilcove.internal", false),
+            ("198.18.1.255", true),
+            ("198.18.2.1", false),
+            ("::1", true),
+            ("::2", false),
+            ("127.0.0.1", false),
+        ] {
+            assert_eq!(s.permits(name), permitted, "{name}");
+        }
     }
 
     #[test]

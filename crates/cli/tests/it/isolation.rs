@@ -209,7 +209,7 @@ fn a_private_workspace_serves_its_networks_and_refuses_everyone_else() {
     record("jump (198.18.2.10)", "plain HTTP", "refused");
     // A client that trusts another CA does not talk to the workspace (a man in the middle would look
     // like this to Cove's own clients).
-    let (_, other_ca) = cove_tls::Authority::create("elsewhere").unwrap();
+    let (_, other_ca) = cove_tls::Authority::create("elsewhere", &cove_tls::NameScope::loopback()).unwrap();
     let other_ca_file = dir.path().join("other-ca.pem");
     std::fs::write(&other_ca_file, &other_ca.cert_pem).unwrap();
     let distrust = cove_trusting(&bed, "jump", &other_ca_file, &owner, &["endpoint", "list"]);
@@ -241,7 +241,7 @@ fn a_private_workspace_serves_its_networks_and_refuses_everyone_else() {
     // A certificate the workspace CA did not issue does not even finish the handshake's verification.
     let forged = other_ca_file.with_file_name("forged");
     std::fs::create_dir_all(&forged).unwrap();
-    let (other_authority, _) = cove_tls::Authority::create("forger").unwrap();
+    let (other_authority, _) = cove_tls::Authority::create("forger", &cove_tls::NameScope::loopback()).unwrap();
     let fake = other_authority.issue_client("cluster", 1).unwrap();
     std::fs::write(forged.join("client.pem"), &fake.cert_pem).unwrap();
     std::fs::write(forged.join("client.key"), &fake.key_pem).unwrap();

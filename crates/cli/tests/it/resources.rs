@@ -167,7 +167,7 @@ fn the_cli_reaches_a_control_plane_by_url_and_token() {
     assert_eq!(unverified.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&unverified.stderr).contains("no CA to verify it: set COVE_CA_FILE"));
     // A CA that did not issue the control plane's certificate is refused with the reason, never skipped.
-    let (_, other) = cove_tls::Authority::create("other").unwrap();
+    let (_, other) = cove_tls::Authority::create("other", &cove_tls::NameScope::loopback()).unwrap();
     let other_file = ws.dir.path().join("other-ca.pem");
     std::fs::write(&other_file, &other.cert_pem).unwrap();
     let mistrusted = run_trusting(&ws.token(), Some(&other_file));

@@ -616,7 +616,7 @@ pub struct TlsFiles {
 }
 
 pub fn tls_files(dir: &Path, stem: &str) -> TlsFiles {
-    let (authority, ca) = cove_tls::Authority::create(stem).unwrap();
+    let (authority, ca) = cove_tls::Authority::create(stem, &cove_tls::NameScope::loopback()).unwrap();
     let issued = authority.issue_server(&["127.0.0.1".into()], 2).unwrap();
     let write = |name: String, text: &str| {
         let path = dir.join(name);

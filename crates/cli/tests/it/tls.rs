@@ -321,7 +321,7 @@ fn the_listeners_certificate_holds_the_private_dns_name_and_diagnose_reports_eve
 #[test]
 fn a_brought_certificate_is_served_and_diagnose_warns_before_it_expires() {
     let dir = tempfile::tempdir().unwrap();
-    let (corp, ca) = cove_tls::Authority::create("corp").unwrap();
+    let (corp, ca) = cove_tls::Authority::create("corp", &cove_tls::NameScope::loopback()).unwrap();
     let cert = corp.issue_server(&["127.0.0.1".into()], 2).unwrap();
     std::fs::write(dir.path().join("corp-ca.pem"), &ca.cert_pem).unwrap();
     std::fs::write(dir.path().join("api.pem"), &cert.cert_pem).unwrap();
@@ -360,7 +360,7 @@ fn a_brought_certificate_is_served_and_diagnose_warns_before_it_expires() {
     std::fs::write(dir.path().join("api.key"), &expired.key_pem).unwrap();
     ws.cove(&["workspace", "rotate-certificates"])
         .fails_with(2, &format!("tls.certificate: {} expired at", dir.path().join("api.pem").display()));
-    let (other_corp, other_ca) = cove_tls::Authority::create("other").unwrap();
+    let (other_corp, other_ca) = cove_tls::Authority::create("other", &cove_tls::NameScope::loopback()).unwrap();
     let other = other_corp.issue_server(&["127.0.0.1".into()], 60).unwrap();
     std::fs::write(dir.path().join("api.pem"), &other.cert_pem).unwrap();
     std::fs::write(dir.path().join("api.key"), &other.key_pem).unwrap();
@@ -372,7 +372,7 @@ fn a_brought_certificate_is_served_and_diagnose_warns_before_it_expires() {
 #[test]
 fn an_expired_certificate_a_plain_url_and_a_non_owner_are_refused_with_the_reason() {
     let dir = tempfile::tempdir().unwrap();
-    let (corp, ca) = cove_tls::Authority::create("corp").unwrap();
+    let (corp, ca) = cove_tls::Authority::create("corp", &cove_tls::NameScope::loopback()).unwrap();
     let expired = corp.issue_server(&["127.0.0.1".into()], -1).unwrap();
     std::fs::write(dir.path().join("corp-ca.pem"), &ca.cert_pem).unwrap();
     std::fs::write(dir.path().join("api.pem"), &expired.cert_pem).unwrap();
@@ -432,7 +432,7 @@ fn an_expired_certificate_a_plain_url_and_a_non_owner_are_refused_with_the_reaso
 #[test]
 fn a_brought_certificate_that_cannot_be_used_stops_cove_up_naming_the_file() {
     let dir = tempfile::tempdir().unwrap();
-    let (corp, ca) = cove_tls::Authority::create("corp").unwrap();
+    let (corp, ca) = cove_tls::Authority::create("corp", &cove_tls::NameScope::loopback()).unwrap();
     let cert = corp.issue_server(&["127.0.0.1".into()], 2).unwrap();
     std::fs::write(dir.path().join("corp-ca.pem"), &ca.cert_pem).unwrap();
     std::fs::write(dir.path().join("api.pem"), &cert.cert_pem).unwrap();
@@ -469,4 +469,86 @@ fn a_brought_certificate_that_cannot_be_used_stops_cove_up_naming_the_file() {
         stale.contains(&format!("tls.certificate: {} expired at", dir.path().join("api.pem").display())),
         "{stale}"
     );
+}
+
+/// Signs a server certificate for `sans` (openssl's `subjectAltName` syntax) with the workspace CA's
+/// own key, as someone holding the key would, and serves it on a loopback port with `openssl s_server`;
+/// returns what the CLI says when it connects there trusting the workspace's `tls/trust.pem`.
+fn cli_against_forged(ws: &Workspace, dir: &Path, stem: &str, sans: &str) -> (Option<i32>, String) {
+    let tls = ws.path().join("tls");
+    let (key, csr, cert) =
+        (dir.join(format!("{stem}.key")), dir.join(format!("{stem}.csr")), dir.join(format!("{stem}.pem")));
+    let openssl = |args: &[&str]| {
+        let out = std::process::Command::new("openssl").args(args).output().unwrap();
+        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    let (key_s, csr_s, cert_s) = (key.display().to_string(), csr.display().to_string(), cert.display().to_string());
+    openssl(&["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", &key_s]);
+    openssl(&["req", "-new", "-key", &key_s, "-subj", &format!("/CN={stem}"), "-out", &csr_s]);
+    let ext = dir.join(format!("{stem}.ext"));
+    std::fs::write(&ext, format!("subjectAltName={sans}\nextendedKeyUsage=serverAuth\n")).unwrap();
+    let (ca, ca_key) = (tls.join("ca.pem").display().to_string(), tls.join("ca.key").display().to_string());
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        &csr_s,
+        "-CA",
+        &ca,
+        "-CAkey",
+        &ca_key,
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-out",
+        &cert_s,
+        "-extfile",
+        &ext.display().to_string(),
+    ]);
+    let port = crate::support::free_port();
+    let mut server = std::process::Command::new("openssl")
+        .args(["s_server", "-quiet", "-www", "-accept", &format!("127.0.0.1:{port}"), "-cert", &cert_s, "-key", &key_s])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    crate::support::wait_for_listener(port, "openssl s_server");
+    let out = std::process::Command::new(COVE)
+        .args(["endpoint", "list"])
+        .env_remove("COVE_WORKSPACE")
+        .env("COVE_URL", format!("https://127.0.0.1:{port}"))
+        .env("COVE_TOKEN", "unused")
+        .env("COVE_CA_FILE", tls.join("trust.pem"))
+        .output()
+        .unwrap();
+    server.kill().unwrap();
+    server.wait().unwrap();
+    (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// Hole 4: users import the workspace CA into their browsers for the studio, so it must not be able to
+/// vouch for any other host. It carries name constraints (the workspace's networks, loopback, its
+/// listeners and private DNS names): a certificate its own key signs for another name is refused.
+#[test]
+fn the_workspace_ca_cannot_vouch_for_another_host() {
+    let dir = tempfile::tempdir().unwrap();
+    let ws = Workspace::start_with(&["--config", &config_with(dir.path(), "").display().to_string()], &[]);
+    let ca = cove_tls::Authority::load(
+        &std::fs::read_to_string(ws.path().join("tls/ca.pem")).unwrap(),
+        &std::fs::read_to_string(ws.path().join("tls/ca.key")).unwrap(),
+    )
+    .unwrap();
+    let scope = ca.scope.expect("the workspace CA carries name constraints");
+    assert_eq!(scope.dns, ["api.cove.internal", "localhost"]);
+    let ranges: Vec<String> = scope.ip.iter().map(|(ip, prefix)| format!("{ip}/{prefix}")).collect();
+    assert_eq!(ranges, ["127.0.0.0/8", "127.0.0.1/32", "::1/128"]);
+    // The same key signs for this host's address alone: the CLI gets past TLS (and finds no API there).
+    let (code, said) = cli_against_forged(&ws, dir.path(), "own", "IP:127.0.0.1");
+    assert!(!said.contains("certificate"), "{code:?} {said}");
+    // And for the address and a bank's name: refused, whatever address it is served on.
+    for (stem, sans) in [("bank", "IP:127.0.0.1,DNS:bank.example"), ("elsewhere", "IP:127.0.0.1,IP:198.18.0.1")] {
+        let (code, said) = cli_against_forged(&ws, dir.path(), stem, sans);
+        assert_eq!(code, Some(4), "{stem}: {said}");
+        assert!(said.contains("the server's certificate names a host its CA may not vouch for"), "{stem}: {said}");
+    }
 }
