@@ -151,11 +151,18 @@ pub fn normalise(path: &str) -> Result<String, String> {
             s if s.chars().any(|c| c.is_control() || c == '\\') => {
                 return Err("paths cannot contain control characters or backslashes".to_string())
             }
+            s if parts.is_empty() && s == PUBLISHING => {
+                return Err(format!("`{PUBLISHING}` is where Cove stages outputs it publishes; no path may name it"))
+            }
             s => parts.push(s),
         }
     }
     Ok(parts.join("/"))
 }
+
+/// The folder at a local datastore's root where finalizing writes a job's output set before renaming
+/// it into place whole (`jobs::finalize`). No path a caller gives may lie in it.
+pub const PUBLISHING: &str = ".cove-publishing";
 
 /// The workspace's datastores, by name. Datastores are added while the control plane runs.
 pub struct Datastores {

@@ -4,7 +4,7 @@
 //! runs more, and `COVE_CRASH_SEED=N` replays one.
 
 use crate::support::{self, pids_with_args, ControlPlane};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 /// A small deterministic generator (xorshift), so a printed seed replays the same run.
@@ -307,4 +307,114 @@ fn crash_sigterm_stops_the_control_plane_and_leaves_no_process_behind() {
     let shown = cp.cove(&["--json", "job", "show", &job]).ok().json();
     assert!(["Running", "Queued"].contains(&shown["status"].as_str().unwrap()), "{shown:#}");
     cp.cove(&["job", "cancel", &job]).ok();
+}
+
+/// The crash script, also writing a file per input to `AZUREML_BI_OUTPUT_PATH`, so a job publishes a
+/// set of several files.
+const WRITING_SCRIPT: &str = r#"
+import os
+
+def init():
+    pass
+
+def run(mini_batch):
+    out = []
+    for path in mini_batch:
+        name = os.path.basename(path)
+        content = open(path).read().strip()
+        with open(os.path.join(os.environ["AZUREML_BI_OUTPUT_PATH"], f"extra-{name}"), "w") as f:
+            f.write(f"extra {content}\n")
+        out.append(f"{name} {content}")
+    return out
+"#;
+
+/// A control plane paused in the middle of publishing a job's set (after its first file), with the
+/// job's output folder and its private staging folder.
+fn paused_mid_publish(dir: &Path) -> (ControlPlane, String, PathBuf, PathBuf) {
+    let markers = dir.join("markers");
+    std::fs::create_dir_all(&markers).unwrap();
+    let cp = ControlPlane::pausing_at(&dir.join("ws"), "publishing", &markers);
+    let project = support::Project::new(dir, "publishing", WRITING_SCRIPT, "mini_batch_size: 2");
+    cp.cove(&["endpoint", "create", "-f", &project.file("endpoint.yml")]).ok();
+    cp.cove(&["deployment", "create", "-f", &project.file("deployment.yml"), "--set-default"]).ok();
+    let data = project.inputs(4).display().to_string();
+    let run = cp.cove(&["--json", "endpoint", "invoke", "publishing", "--input", &data]).ok().json();
+    let job = run["name"].as_str().unwrap().to_string();
+    let pid = support::paused_at(&markers, "publishing");
+    assert_eq!(pid, cp.pid(), "the control plane itself paused while publishing");
+    let datastore = cp.dir.join("datastores/workspaceblobstore");
+    let (output, staging) =
+        (datastore.join("azureml").join(&job).join("score"), datastore.join(".cove-publishing").join(&job));
+    // Between two files of the set: one is written, in the job's private folder, and no reader of the
+    // output location sees anything.
+    let shown = cp.cove(&["--json", "job", "show", &job]).ok().json();
+    assert_eq!(shown["status"], "Finalizing", "{shown:#}");
+    let staged: Vec<String> =
+        std::fs::read_dir(&staging).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into()).collect();
+    assert_eq!(staged, ["extra-file-000.txt"], "one file of the set is written, in the private folder");
+    assert!(!output.exists(), "a reader sees part of the set at {}", output.display());
+    (cp, job, output, staging)
+}
+
+/// The files of a folder, with their contents, sorted by name.
+fn contents(dir: &Path) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| (e.file_name().to_string_lossy().into(), std::fs::read_to_string(e.path()).unwrap()))
+        .collect();
+    out.sort();
+    out
+}
+
+/// `kill -9` of the control plane between two files of a job's published set, on the default (local)
+/// datastore: no reader ever sees part of the set, and the restart publishes it whole, once.
+#[test]
+fn crash_kill_9_mid_publish_publishes_the_whole_set_once() {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let (mut cp, job, output, staging) = paused_mid_publish(dir.path());
+    support::kill9_and_confirm(cp.pid());
+    cp.kill9();
+    cp.env.clear();
+    cp.restart();
+    completes_exactly_once(&cp, &job, 4);
+    let mut expected: Vec<(String, String)> =
+        (0..4).map(|i| (format!("extra-file-{i:03}.txt"), format!("extra {i}\n"))).collect();
+    expected.push(("predictions.csv".into(), (0..4).map(|i| format!("file-{i:03}.txt {i}\n")).collect()));
+    assert_eq!(contents(&output), expected, "the whole set, each file once");
+    assert!(!staging.exists(), "the private folder is gone");
+    let shown = cp.cove(&["--json", "job", "show", &job]).ok().json();
+    let download = dir.path().join("download");
+    cp.cove(&["job", "download", &job, "--download-path", &download.display().to_string()]).ok();
+    assert_eq!(contents(&download.join("named-outputs/score")), expected, "{shown:#}");
+}
+
+/// A cancel that arrives while a set is being published, then `kill -9`: the restart publishes nothing
+/// and deletes what was written, and the job ends Canceled.
+#[test]
+fn crash_kill_9_mid_publish_after_a_cancel_publishes_nothing() {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let (mut cp, job, output, staging) = paused_mid_publish(dir.path());
+    let canceled = cp.cove(&["--json", "job", "cancel", &job]).ok().json();
+    assert_eq!(canceled["status"], "CancelRequested", "{canceled:#}");
+    support::kill9_and_confirm(cp.pid());
+    cp.kill9();
+    cp.env.clear();
+    cp.restart();
+    let start = Instant::now();
+    let shown = loop {
+        let shown = cp.cove(&["--json", "job", "show", &job]).ok().json();
+        if shown["status"] != "CancelRequested" {
+            break shown;
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "the cancel never took: {shown:#}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(shown["status"], "Canceled", "{shown:#}");
+    assert!(
+        !output.exists() && !staging.exists(),
+        "a canceled job left files at {} or {}",
+        output.display(),
+        staging.display()
+    );
 }

@@ -148,10 +148,15 @@ fn datastores_are_reached_only_through_their_private_endpoints() {
 /// A workspace whose network configuration gives datastore `lake` a private endpoint at the S3
 /// server, with the datastore registered; the temporary folder holds its configuration and secret.
 fn lake_workspace(s3: &S3Server) -> (Workspace, tempfile::TempDir) {
+    lake_workspace_with(s3, &[])
+}
+
+/// [`lake_workspace`] with environment variables for `cove up`.
+fn lake_workspace_with(s3: &S3Server, env: &[(&str, &str)]) -> (Workspace, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("network.yml");
     std::fs::write(&config, lake_config(s3.port)).unwrap();
-    let ws = Workspace::start_with(&["--config", &config.display().to_string()], &[]);
+    let ws = Workspace::start_with(&["--config", &config.display().to_string()], env);
     let secret = dir.path().join("secret");
     std::fs::write(&secret, "test-secret\n").unwrap();
     use std::os::unix::fs::PermissionsExt;
@@ -535,4 +540,80 @@ fn signed_input_urls_live_an_hour_at_most_and_never_reach_a_reader() {
             assert!(!text.contains(secret), "{what} carries a signed URL's query ({secret}):\n{text}");
         }
     }
+}
+
+/// The keys of a bucket of the S3 server under `prefix`, as it lists them.
+fn keys_under(s3: &S3Server, bucket: &str, prefix: &str) -> Vec<String> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let listing = rt.block_on(async {
+        let url = format!("http://127.0.0.1:{}/{bucket}?list-type=2&prefix={prefix}", s3.port);
+        crate::support::plain_http().get(url).send().await.unwrap().text().await.unwrap()
+    });
+    assert!(listing.contains("<ListBucketResult"), "{listing}");
+    listing.split("<Key>").skip(1).map(|k| k.split("</Key>").next().unwrap().to_string()).collect()
+}
+
+/// Hole 7 on an object store, which has no rename: the set's files are written in place and its
+/// manifest last, so a reader that waits for the manifest never takes part of a set. `kill -9` of the
+/// control plane between two files of the set, then a restart: the set ends complete, once, with its
+/// manifest naming every file.
+#[test]
+fn a_set_published_to_an_object_store_is_complete_with_its_manifest_after_a_kill_9() {
+    let s3 = S3Server::start();
+    s3.create_bucket("lake-bucket");
+    let markers = tempfile::tempdir().unwrap();
+    let pausing = [
+        ("COVE_PAUSE_AT", "publishing"),
+        ("COVE_PAUSE_DIR", markers.path().to_str().unwrap()),
+        ("COVE_PAUSE_MS", "8000"),
+    ];
+    let (mut ws, dir) = lake_workspace_with(&s3, &pausing);
+    let writing = LIST_SCRIPT.replace(
+        "def run(mini_batch):\n",
+        "def run(mini_batch):\n    for path in mini_batch:\n        open(os.path.join(os.environ['AZUREML_BI_OUTPUT_PATH'], 'extra-' + os.path.basename(path)), 'w').write('extra')\n",
+    );
+    assert_ne!(writing, LIST_SCRIPT);
+    let p = Project::new(ws.dir.path(), "manifest", &writing, "mini_batch_size: 2");
+    p.deploy(&ws);
+    let output = "azureml://datastores/lake/paths/published";
+    let run = ws.cove(&[
+        "--json",
+        "endpoint",
+        "invoke",
+        "manifest",
+        "--input",
+        &p.inputs(4).display().to_string(),
+        "--output-path",
+        output,
+    ]);
+    let job = run.ok().json()["name"].as_str().unwrap().to_string();
+    let pid = crate::support::paused_at(markers.path(), "publishing");
+    assert_eq!(pid, ws.server_pid(), "the control plane paused between two files of the set");
+    assert_eq!(keys_under(&s3, "lake-bucket", "published/"), ["published/extra-file-000.txt"], "one file, no manifest");
+    ws.kill_server();
+    ws.serve_again(&["--config", &dir.path().join("network.yml").display().to_string()]);
+    let done = ws.wait_job(&job);
+    assert_eq!(done["status"], "Completed", "{done:#}");
+    let mut expected: Vec<String> = (0..4).map(|i| format!("published/extra-file-{i:03}.txt")).collect();
+    expected.extend(["published/.cove-published".to_string(), "published/predictions.csv".to_string()]);
+    expected.sort();
+    assert_eq!(keys_under(&s3, "lake-bucket", "published/"), expected);
+    // Read as a reader of the bucket would, with its credentials (boto3, which moto's server comes with).
+    let read = std::process::Command::new("python3")
+        .args(["-c", "import boto3, sys; s3 = boto3.client('s3', endpoint_url=sys.argv[1], aws_access_key_id='test', aws_secret_access_key='test-secret', region_name='us-east-1'); sys.stdout.write(s3.get_object(Bucket='lake-bucket', Key='published/.cove-published')['Body'].read().decode())"])
+        .arg(format!("http://127.0.0.1:{}", s3.port))
+        .output()
+        .unwrap();
+    assert!(read.status.success(), "{}", String::from_utf8_lossy(&read.stderr));
+    let manifest: serde_json::Value = serde_json::from_slice(&read.stdout).unwrap();
+    let named: Vec<String> =
+        manifest["files"].as_array().unwrap().iter().map(|f| f[0].as_str().unwrap().to_string()).collect();
+    let mut set: Vec<String> = (0..4).map(|i| format!("extra-file-{i:03}.txt")).collect();
+    set.push("predictions.csv".into());
+    assert_eq!(named, set, "the manifest names the whole set: {manifest:#}");
+    assert_eq!(manifest["job"], job.as_str());
+    let dl = dir.path().join("dl");
+    ws.cove(&["job", "download", &job, "--download-path", &dl.display().to_string()]).ok();
+    let predictions = std::fs::read_to_string(dl.join("named-outputs/score/predictions.csv")).unwrap();
+    assert_eq!(predictions, "file-000.txt 0\nfile-001.txt 2\nfile-002.txt 4\nfile-003.txt 6\n");
 }

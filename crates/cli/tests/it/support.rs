@@ -688,32 +688,36 @@ impl ControlPlane {
         cp
     }
 
+    /// Starts `cove up` once: a start that fails fails the test, showing what `cove up` said (its
+    /// stderr goes to `log`, or to `<dir>.stderr`, appended, so every start's words are kept).
     pub fn restart(&mut self) {
-        let start = Instant::now();
-        loop {
-            let mut child = Command::new(COVE)
-                .args(["up", "--dir"])
-                .arg(&self.dir)
-                .args(["--listen", &format!("127.0.0.1:{}", self.port)])
-                .envs(self.env.iter().map(|(k, v)| (k, v)))
-                .stdout(Stdio::piped())
-                .stderr(match &self.log {
-                    Some(log) => Stdio::from(std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap()),
-                    None => Stdio::null(),
-                })
-                .spawn()
-                .unwrap();
-            let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-            if lines.any(|l| l.map(|l| l.starts_with("API and scoring URIs")).unwrap_or(false)) {
-                std::thread::spawn(move || for _ in lines {});
-                self.child = Some(child);
-                return;
-            }
-            // The port may still be held by the killed process's last connections.
-            let _ = child.wait();
-            assert!(start.elapsed() < Duration::from_secs(30), "the control plane did not come back");
-            std::thread::sleep(Duration::from_millis(200));
+        let log = self.log.clone().unwrap_or_else(|| {
+            let mut name = self.dir.clone().into_os_string();
+            name.push(".stderr");
+            PathBuf::from(name)
+        });
+        let said_before = std::fs::metadata(&log).map_or(0, |m| m.len());
+        let mut child = Command::new(COVE)
+            .args(["up", "--dir"])
+            .arg(&self.dir)
+            .args(["--listen", &format!("127.0.0.1:{}", self.port)])
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap()))
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        if lines.any(|l| l.map(|l| l.starts_with("API and scoring URIs")).unwrap_or(false)) {
+            std::thread::spawn(move || for _ in lines {});
+            self.child = Some(child);
+            return;
         }
+        let status = child.wait().unwrap();
+        let said = std::fs::read(&log).unwrap_or_default();
+        panic!(
+            "the control plane did not come back ({status}):\n{}",
+            String::from_utf8_lossy(&said[said_before as usize..])
+        );
     }
 
     /// Stops it with SIGTERM; returns how it ended.

@@ -1,35 +1,46 @@
-//! Output commit: assemble the committed parts in mini-batch order and publish them atomically, with
-//! the files the committed attempts' scripts wrote to `AZUREML_BI_OUTPUT_PATH`.
+//! Output commit: assemble the committed parts in mini-batch order and publish them, with the files
+//! the committed attempts' scripts wrote to `AZUREML_BI_OUTPUT_PATH`, as one set.
 //!
-//! Every object is written through a multipart upload that becomes visible only when it completes (on
-//! a local datastore: a staging file renamed into place), and the job turns Completed, recording what
-//! it published, in the transaction after them. If anything fails, or a cancel wins, everything just
-//! published is deleted, so a failed or canceled job publishes nothing. A crash in between leaves the
-//! job Finalizing; running this again rewrites the same bytes, so the published output never holds a
-//! partial or duplicated row, nor a file of an attempt that was not committed.
+//! On a local datastore the set is written under the job's private folder at the datastore's root
+//! (`.cove-publishing/<job>`, which no caller's path may name) and renamed into place as one directory: a reader sees no output, or all of
+//! it. An object store has no rename, so each file is written in place through a multipart upload that
+//! appears only when complete, and a manifest naming the set (`.cove-published`) is written last: a
+//! reader who waits for it never takes a partial set, and Cove's own downloads serve only what the job
+//! recorded as published, in the transaction that turns it Completed. If anything fails, or a cancel
+//! wins, what was published is deleted, so a failed or canceled job publishes nothing. A crash in
+//! between leaves the job Finalizing: the restart finds a set already renamed into place and takes it as
+//! published, or deletes a staging folder and writes the set again (the same bytes), so the set ends
+//! complete exactly once; a job whose cancel arrived meanwhile has its output deleted instead.
 
-use crate::datastore::parse_uri;
+use crate::datastore::{parse_uri, DataPath};
 use crate::store;
 use crate::AppRef;
 use anyhow::Context;
 use cove_model::JobStatus;
 use futures::TryStreamExt;
 use object_store::{ObjectStore, WriteMultipart};
+use std::path::PathBuf;
+
+/// The manifest an object-store output is complete with, written after every file of the set.
+pub const MANIFEST: &str = ".cove-published";
 
 pub(crate) async fn finalize(app: &AppRef, name: &str) -> anyhow::Result<()> {
     let Some(job) = super::get(app, name).await? else {
         return Ok(());
     };
+    let output_file_name = job.record.output_file_name.as_deref();
+    let mut published = Published::of(app, name, &job.record.output_uri)?;
     if job.status == JobStatus::CancelRequested {
+        // Resumed after a stop: an earlier run may have published some or all of the set.
+        published.files = planned_files(app, name, output_file_name).await?.into_keys().map(|f| (f, 0)).collect();
+        published.retract().await;
         cancel_now(app, name).await?;
         return Ok(());
     }
     if job.status != JobStatus::Finalizing {
         return Ok(());
     }
-    let mut published = Published::default();
-    let written =
-        publish(app, name, &job.record.output_uri, job.record.output_file_name.as_deref(), &mut published).await;
+    let written = publish(app, name, output_file_name, &mut published).await;
     match written {
         Ok(true) => {}
         Ok(false) => {
@@ -68,38 +79,76 @@ pub(crate) async fn finalize(app: &AppRef, name: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// What finalizing has published so far, so that it can be taken back.
-#[derive(Default)]
+/// Where finalizing publishes a job's output, and what it has published so far, so that it can be
+/// taken back.
 struct Published {
-    store: Option<std::sync::Arc<dyn ObjectStore>>,
-    root: String,
+    store: std::sync::Arc<dyn ObjectStore>,
+    /// The output location.
+    root: DataPath,
+    /// The job's private folder on a local datastore (under `datastore::PUBLISHING`).
+    staging_rel: String,
+    /// On a local datastore: the output folder and the private folder its set is written in first.
+    local: Option<(PathBuf, PathBuf)>,
     /// Paths relative to the output location, with their sizes.
     files: Vec<(String, u64)>,
 }
 
 impl Published {
+    fn of(app: &AppRef, job: &str, output_uri: &str) -> anyhow::Result<Published> {
+        let root = parse_uri(output_uri).map_err(anyhow::Error::msg)?;
+        let store = app.datastores.get(&root.datastore).map_err(anyhow::Error::msg)?;
+        let staging_rel = format!("{}/{job}", crate::datastore::PUBLISHING);
+        let local = match app.datastores.local_root(&root.datastore) {
+            Some(fs_root) if !root.path.is_empty() => Some((fs_root.join(&root.path), fs_root.join(&staging_rel))),
+            _ => None,
+        };
+        Ok(Published { store, root, staging_rel, local, files: Vec::new() })
+    }
+
+    /// Where the set's files are written: the private folder on a local datastore, else in place.
+    fn writing_root(&self) -> DataPath {
+        match &self.local {
+            Some(_) => DataPath { datastore: self.root.datastore.clone(), path: self.staging_rel.clone() },
+            None => self.root.clone(),
+        }
+    }
+
+    /// Deletes what was published, or was being: on a local datastore both folders whole, on an object
+    /// store the manifest first (so the set stops being complete at once), then each file.
     async fn retract(&self) {
-        let Some(store) = &self.store else { return };
-        for (rel, _) in &self.files {
-            let _ = store.delete(&crate::datastore::object_path_of(&format!("{}/{rel}", self.root))).await;
+        if let Some((output, staging)) = self.local.clone() {
+            let removed = tokio::task::spawn_blocking(move || {
+                for dir in [staging, output] {
+                    match std::fs::remove_dir_all(&dir) {
+                        Ok(()) => {}
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                        Err(e) => {
+                            tracing::error!(dir = %dir.display(), error = %e, "could not delete an unpublished output")
+                        }
+                    }
+                }
+            });
+            let _ = removed.await;
+            return;
+        }
+        let manifest = self.root.join(MANIFEST).map(|m| m.object_path());
+        let files = self.files.iter().filter_map(|(rel, _)| self.root.join(rel).ok().map(|p| p.object_path()));
+        for path in manifest.into_iter().chain(files) {
+            match self.store.delete(&path).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => tracing::error!(%path, error = %e, "could not delete an unpublished output"),
+            }
         }
     }
 }
 
-/// Publishes the committed attempts' script-written files (in mini-batch order; a later mini-batch's
-/// file of the same name wins), then the output file. Returns false when the job stopped finalizing
-/// meanwhile.
-async fn publish(
+/// The files the committed attempts' scripts wrote, by name (a later mini-batch's file of the same
+/// name wins), with where each is staged; never one named as the output file.
+async fn planned_files(
     app: &AppRef,
     name: &str,
-    output_uri: &str,
     output_file_name: Option<&str>,
-    published: &mut Published,
-) -> anyhow::Result<bool> {
-    let root = parse_uri(output_uri).map_err(anyhow::Error::msg)?;
-    let store = app.datastores.get(&root.datastore).map_err(anyhow::Error::msg)?;
-    published.store = Some(store.clone());
-    published.root = root.path.clone();
+) -> anyhow::Result<std::collections::BTreeMap<String, object_store::path::Path>> {
     let n = name.to_string();
     let staged = app.store.call(move |c| store::committed_outputs(c, &n)).await?;
     let mut files: std::collections::BTreeMap<String, object_store::path::Path> = Default::default();
@@ -112,6 +161,47 @@ async fn publish(
                 files.insert(file, meta.location.clone());
             }
         }
+    }
+    if let Some(file) = output_file_name {
+        // Named so that a retraction knows it; its bytes come from the committed parts.
+        files.insert(file.to_string(), object_store::path::Path::from(""));
+    }
+    Ok(files)
+}
+
+/// Publishes the set: the committed attempts' script-written files, then the output file, then makes
+/// them visible as one (see the module's comment). Returns false when the job stopped finalizing
+/// meanwhile.
+async fn publish(
+    app: &AppRef,
+    name: &str,
+    output_file_name: Option<&str>,
+    published: &mut Published,
+) -> anyhow::Result<bool> {
+    if let Some((output, staging)) = published.local.clone() {
+        let found = tokio::task::spawn_blocking(move || -> std::io::Result<Option<Vec<(String, u64)>>> {
+            if output.is_dir() {
+                // An earlier run renamed the whole set into place and stopped before the job completed.
+                return Ok(Some(files_of(&output)?));
+            }
+            match std::fs::remove_dir_all(&staging) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+            Ok(None)
+        })
+        .await??;
+        if let Some(files) = found {
+            published.files = files;
+            return Ok(true);
+        }
+    }
+    let root = published.writing_root();
+    let store = published.store.clone();
+    let mut files = planned_files(app, name, output_file_name).await?;
+    if let Some(file) = output_file_name {
+        files.remove(file);
     }
     for (file, source) in files {
         let dest = root.join(&file).map_err(anyhow::Error::msg)?;
@@ -129,15 +219,62 @@ async fn publish(
         }
         writer.finish().await.with_context(|| format!("failed to publish {}", dest.uri()))?;
         published.files.push((file, size));
+        if let Some(pause) = cove_api::pause::pause_at("publishing") {
+            tokio::time::sleep(pause).await;
+        }
     }
     if let Some(file_name) = output_file_name {
-        match assemble(app, name, output_uri, file_name).await? {
+        match assemble(app, name, &root, file_name).await? {
             Some(size) => published.files.push((file_name.to_string(), size)),
             None => return Ok(false),
         }
     }
     published.files.sort();
+    if status_of(app, name).await? != Some(JobStatus::Finalizing) {
+        return Ok(false);
+    }
+    match published.local.clone() {
+        Some((output, staging)) => {
+            let renamed = tokio::task::spawn_blocking(move || {
+                if !staging.exists() {
+                    // Nothing to publish (no output file and no script-written file): no folder either.
+                    return Ok(());
+                }
+                std::fs::create_dir_all(output.parent().expect("under the datastore's root"))?;
+                std::fs::rename(&staging, &output)
+            });
+            renamed.await?.context("failed to move the output into place")?;
+        }
+        None => {
+            let manifest = serde_json::json!({ "job": name, "files": published.files });
+            let path = published.root.join(MANIFEST).map_err(anyhow::Error::msg)?;
+            store
+                .put(&path.object_path(), serde_json::to_vec_pretty(&manifest)?.into())
+                .await
+                .with_context(|| format!("failed to publish {}", path.uri()))?;
+        }
+    }
     Ok(true)
+}
+
+/// The files under `dir`, relative to it, with their sizes. Blocking.
+fn files_of(dir: &std::path::Path) -> std::io::Result<Vec<(String, u64)>> {
+    let mut out = Vec::new();
+    let mut stack = vec![(dir.to_path_buf(), String::new())];
+    while let Some((folder, prefix)) = stack.pop() {
+        for entry in std::fs::read_dir(&folder)? {
+            let entry = entry?;
+            let rel = format!("{prefix}{}", entry.file_name().to_string_lossy());
+            let kind = entry.file_type()?;
+            if kind.is_dir() {
+                stack.push((entry.path(), format!("{rel}/")));
+            } else if kind.is_file() {
+                out.push((rel, entry.metadata()?.len()));
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
 }
 
 async fn cancel_now(app: &AppRef, name: &str) -> anyhow::Result<()> {
@@ -206,8 +343,8 @@ async fn copy_committed(app: &AppRef, parts: Vec<(u64, String)>, writer: &mut Wr
 /// into place on a local datastore that shares the state folder's filesystem, else streamed from its
 /// file), otherwise the committed parts streamed in order. Returns its size once published, or `None`
 /// when the job stopped finalizing meanwhile (nothing is published then).
-async fn assemble(app: &AppRef, name: &str, output_uri: &str, file_name: &str) -> anyhow::Result<Option<u64>> {
-    let dest = parse_uri(output_uri).map_err(anyhow::Error::msg)?.join(file_name).map_err(anyhow::Error::msg)?;
+async fn assemble(app: &AppRef, name: &str, root: &DataPath, file_name: &str) -> anyhow::Result<Option<u64>> {
+    let dest = root.join(file_name).map_err(anyhow::Error::msg)?;
     let store = app.datastores.get(&dest.datastore).map_err(anyhow::Error::msg)?;
     let path = dest.object_path();
     let assembled = super::assembly::take(app, name).await;
