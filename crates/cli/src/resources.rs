@@ -265,7 +265,9 @@ pub async fn deployment_show(client: &Client, endpoint: &str, name: &str, out: O
         for n in &e.notes {
             println!("  note:                       {n}");
         }
-        println!("  packages:                   {}", e.build.lock.lines().collect::<Vec<_>>().join(" "));
+        // The lock's lines without their hashes.
+        let packages: Vec<&str> = e.build.lock.lines().filter_map(|l| l.split_whitespace().next()).collect();
+        println!("  packages:                   {}", packages.join(" "));
         println!("  build log:                  {}", e.log);
     }
     println!("Sandbox:                      {}", d.sandbox);

@@ -135,7 +135,7 @@ pub async fn prepare<'a>(
         .resolve(&interpreter.executable, &packages, &overrides, &source, req.allow_source_builds, &scratch)
         .await
         .map_err(|e| format!("the requirements cannot be resolved from {source}: {e}"))?;
-    let key = environment_key(&lock, &interpreter);
+    let key = environment_key(&lock, &interpreter, req.allow_source_builds);
     app.building.lock().unwrap_or_else(|p| p.into_inner()).insert(key.clone());
     let pinned = Pinned { app, key: key.clone() };
     let build = EnvironmentBuild {

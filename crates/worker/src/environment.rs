@@ -114,9 +114,14 @@ pub fn interpreter_info(python: &str) -> Result<InterpreterInfo, String> {
 }
 
 /// The content address of an environment: what is installed, from which interpreter, on which platform.
-pub fn environment_key(lock: &str, interpreter: &InterpreterInfo) -> String {
+/// The lock carries every file's sha256, so the package source (index or wheel folder) is covered by
+/// the bytes it served; whether source builds were allowed changes what is built from those bytes.
+pub fn environment_key(lock: &str, interpreter: &InterpreterInfo, allow_source_builds: bool) -> String {
     let mut h = Sha256::new();
-    for part in ["cove-environment-1", &interpreter.executable, &interpreter.version, std::env::consts::ARCH, lock] {
+    let builds = if allow_source_builds { "source-builds" } else { "wheels-only" };
+    for part in
+        ["cove-environment-2", &interpreter.executable, &interpreter.version, std::env::consts::ARCH, builds, lock]
+    {
         h.update(part.as_bytes());
         h.update([0]);
     }
@@ -257,6 +262,8 @@ impl Toolchain {
             Installer::Uv(uv) => {
                 let mut args: Vec<String> = vec!["pip".into(), "compile".into(), requirements.display().to_string()];
                 args.extend(["--python".into(), python.into(), "--no-header".into(), "--no-annotate".into()]);
+                // The lock pins every file's bytes, so a build installs exactly what was resolved.
+                args.push("--generate-hashes".into());
                 args.push("--quiet".into());
                 if !overrides.is_empty() {
                     let file = work.join("overrides.txt");
@@ -315,9 +322,7 @@ impl Toolchain {
         let (ok, stdout, stderr) = result?;
         if ok {
             let lines: Vec<String> = match self.installer {
-                Installer::Uv(_) => {
-                    stdout.lines().map(str::trim).filter(|l| !l.is_empty()).map(str::to_string).collect()
-                }
+                Installer::Uv(_) => uv_lock_lines(&stdout),
                 Installer::Pip => pip_report_lock(&report.map_err(|e| format!("pip wrote no report: {e}"))?)?,
             };
             return Ok(lines.join("\n") + "\n");
@@ -378,6 +383,7 @@ impl Toolchain {
                 let mut sync: Vec<String> = vec!["pip".into(), "sync".into(), lock_file.display().to_string()];
                 sync.extend(["--python".into(), venv_python]);
                 sync.extend(source_args(&build.source, build.allow_source_builds, true));
+                sync.push("--require-hashes".into());
                 let venv = vec!["venv".into(), "--python".into(), build.python.clone(), dir.display().to_string()];
                 vec![(uv.clone(), venv, Vec::new(), cache.clone()), (uv.clone(), sync, vec![lock_file.clone()], cache)]
             }
@@ -389,7 +395,7 @@ impl Toolchain {
                     .iter()
                     .map(|s| s.to_string())
                     .collect();
-                install.extend(["-r".into(), lock_file.display().to_string()]);
+                install.extend(["-r".into(), lock_file.display().to_string(), "--require-hashes".into()]);
                 install.extend(source_args(&build.source, build.allow_source_builds, false));
                 let base = PathBuf::from(&build.python);
                 vec![(base.clone(), venv, Vec::new(), cache.clone()), (base, install, vec![lock_file.clone()], cache)]
@@ -463,17 +469,31 @@ fn append_log(log: &Path, text: &str) -> std::io::Result<()> {
 /// The lock of a pip resolution: `name==version` per package, names normalised and sorted, as uv writes it.
 fn pip_report_lock(report: &str) -> Result<Vec<String>, String> {
     let doc: serde_json::Value = serde_json::from_str(report).map_err(|e| format!("pip's report is not JSON: {e}"))?;
-    let mut lines: Vec<String> = doc["install"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|i| {
-            let m = &i["metadata"];
-            Some(format!("{}=={}", normalise_name(m["name"].as_str()?), m["version"].as_str()?))
-        })
-        .collect();
+    let mut lines = Vec::new();
+    for item in doc["install"].as_array().into_iter().flatten() {
+        let m = &item["metadata"];
+        let (Some(name), Some(version)) = (m["name"].as_str(), m["version"].as_str()) else { continue };
+        let archive = &item["download_info"]["archive_info"];
+        let sha256 = archive["hashes"]["sha256"]
+            .as_str()
+            .map(str::to_string)
+            .or_else(|| archive["hash"].as_str().and_then(|h| h.strip_prefix("sha256=")).map(str::to_string))
+            .ok_or_else(|| format!("pip's report gives no sha256 of {name} {version}"))?;
+        lines.push(format!("{}=={version} --hash=sha256:{sha256}", normalise_name(name)));
+    }
     lines.sort();
     Ok(lines)
+}
+
+/// uv's compiled requirements as lock lines: each requirement with its hashes on one line
+/// (`name==1.0 --hash=sha256:…`), joining uv's continuation lines.
+fn uv_lock_lines(stdout: &str) -> Vec<String> {
+    let joined = stdout.replace("\\\n", " ");
+    joined
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect()
 }
 
 /// A failed build: why, and where its log is.
@@ -631,6 +651,32 @@ mod tests {
             source_args(&index, false, false),
             ["--index-url", "http://198.18.0.5/simple", "--only-binary", ":all:"]
         );
+    }
+
+    #[test]
+    fn locks_pin_every_file_by_its_sha256_and_keys_cover_how_it_was_built() {
+        let uv =
+            "covepin==1.0 \\\n    --hash=sha256:aa \\\n    --hash=sha256:bb\ncovedep==2.0 \\\n    --hash=sha256:cc\n";
+        assert_eq!(
+            uv_lock_lines(uv),
+            ["covepin==1.0 --hash=sha256:aa --hash=sha256:bb", "covedep==2.0 --hash=sha256:cc"]
+        );
+        let report = r#"{"install": [
+            {"metadata": {"name": "CovePin", "version": "1.0"}, "download_info": {"archive_info": {"hashes": {"sha256": "aa"}}}},
+            {"metadata": {"name": "covedep", "version": "2.0"}, "download_info": {"archive_info": {"hash": "sha256=cc"}}}
+        ]}"#;
+        assert_eq!(
+            pip_report_lock(report).unwrap(),
+            ["covedep==2.0 --hash=sha256:cc", "covepin==1.0 --hash=sha256:aa"]
+        );
+        let unhashed = r#"{"install": [{"metadata": {"name": "x", "version": "1"}, "download_info": {}}]}"#;
+        assert_eq!(pip_report_lock(unhashed).unwrap_err(), "pip's report gives no sha256 of x 1");
+        let python = InterpreterInfo { executable: "/usr/bin/python3".into(), version: "3.11.7".into() };
+        let key = |lock: &str, source_builds: bool| environment_key(lock, &python, source_builds);
+        let lock = "covepin==1.0 --hash=sha256:aa\n";
+        assert_eq!(key(lock, false), key(lock, false));
+        assert_ne!(key(lock, false), key(lock, true), "how it was built is part of the key");
+        assert_ne!(key(lock, false), key("covepin==1.0 --hash=sha256:ab\n", false), "so are the bytes installed");
     }
 
     #[test]

@@ -606,7 +606,8 @@ fn environments_build_with_pip_where_uv_is_absent() {
     let file = deployment_with_environment(&p, "blue", &conda("covepin==1.0"), "  overrides: [covepin==2.0]\n");
     ws.cove(&["deployment", "create", "-f", &file, "--set-default"]).ok();
     let d = show(&ws, "pipped", "blue");
-    assert_eq!(d["environment"]["build"]["lock"], "covepin==2.0\n");
+    let lock = d["environment"]["build"]["lock"].as_str().unwrap();
+    assert!(lock.starts_with("covepin==2.0 --hash=sha256:") && lock.lines().count() == 1, "{lock}");
     let log = std::fs::read_to_string(d["environment"]["log"].as_str().unwrap()).unwrap();
     assert!(log.contains(" -I -m pip --python ") && !log.contains("bin/uv "), "{log}");
     assert_eq!(ws.output_lines(&invoke(&ws, "pipped", "blue", &data)), ["file-000.txt 2.0"]);
@@ -699,4 +700,46 @@ fn requirements_are_parsed_and_wheel_only_builds_never_run_a_build_backend() {
     built.fails_with(2, "COVE-BACKEND-RAN");
     // What it left, it left in the private cache of a run that may build from source, removed after it.
     assert_eq!(found_named(&ws.path(), "cove-backend-ran"), Vec::<PathBuf>::new());
+}
+
+/// Hole 9: an environment's lock pins every file by its sha256, and a build installs a file only if its
+/// bytes are the lock's: a wheel replaced in the wheel folder after the environment was resolved (same
+/// name, same version, other bytes) fails the build that would install it, naming the hash.
+#[test]
+fn builds_install_only_the_bytes_their_lock_names() {
+    let wheels = tempfile::tempdir().unwrap();
+    tiny_wheel(wheels.path(), "covepin", "1.0");
+    let ws = Workspace::start_with(&["--wheels", &wheels.path().display().to_string()], &[]);
+    let p = Project::new(&ws.path(), "hashed", PIN_SCRIPT, "mini_batch_size: 2\nretry_settings:\n    max_retries: 1");
+    let data = p.inputs(2);
+    ws.cove(&["endpoint", "create", "-f", &p.file("endpoint.yml")]).ok();
+    let blue = deployment_with_environment(&p, "blue", &conda("covepin==1.0"), "");
+    ws.cove(&["deployment", "create", "-f", &blue, "--set-default"]).ok();
+    let shown = show(&ws, "hashed", "blue");
+    let lock = shown["environment"]["build"]["lock"].as_str().unwrap().to_string();
+    assert!(lock.starts_with("covepin==1.0 --hash=sha256:"), "{lock}");
+    let text = ws.cove(&["deployment", "show", "-e", "hashed", "blue"]).ok().stdout.clone();
+    assert!(text.contains("packages:                   covepin==1.0\n"), "{text}");
+    let job = invoke(&ws, "hashed", "blue", &data);
+    assert_eq!(ws.output_lines(&job), ["file-000.txt 1.0", "file-001.txt 1.0"]);
+
+    // The build goes, and the wheel is replaced by one with other bytes: the next job's worker builds
+    // the environment again from the lock, and refuses the wheel.
+    let key = shown["environment"]["key"].as_str().unwrap();
+    let built = ws.path().join("state/environments").join(key);
+    assert!(built.join(".cove-built").exists(), "{} was built", built.display());
+    std::fs::remove_dir_all(&built).unwrap();
+    // The shared package cache goes too (it holds the wheel as first read, whose bytes match the lock).
+    let cache = ws.path().join("state/environments/uv-cache");
+    assert!(cache.is_dir(), "{} is the shared cache", cache.display());
+    std::fs::remove_dir_all(&cache).unwrap();
+    let wheel = wheels.path().join("covepin-1.0-py3-none-any.whl");
+    let append = "import sys, zipfile\nwith zipfile.ZipFile(sys.argv[1], 'a') as z:\n    z.writestr('covepin_extra.py', 'planted = True\\n')\n";
+    let status = Command::new("python3").args(["-c", append]).arg(&wheel).status().unwrap();
+    assert!(status.success(), "the wheel was changed");
+    let run = ws.cove(&["--json", "endpoint", "invoke", "hashed", "--input", &data.display().to_string()]).ok().json();
+    let failed = ws.wait_job(run["name"].as_str().unwrap());
+    assert_eq!(failed["status"], "Failed", "{failed:#}");
+    assert!(failed.to_string().to_lowercase().contains("hash"), "the failure names the hash: {failed:#}");
+    assert!(!built.join(".cove-built").exists(), "nothing was built from the changed wheel");
 }
