@@ -151,8 +151,8 @@ pub fn normalise(path: &str) -> Result<String, String> {
             s if s.chars().any(|c| c.is_control() || c == '\\') => {
                 return Err("paths cannot contain control characters or backslashes".to_string())
             }
-            s if parts.is_empty() && s == PUBLISHING => {
-                return Err(format!("`{PUBLISHING}` is where Cove stages outputs it publishes; no path may name it"))
+            s if s.starts_with(PUBLISHING) => {
+                return Err(format!("`{s}`: folders named `{PUBLISHING}…` are where Cove stages the outputs it publishes; no path may name one"))
             }
             s => parts.push(s),
         }
@@ -160,8 +160,9 @@ pub fn normalise(path: &str) -> Result<String, String> {
     Ok(parts.join("/"))
 }
 
-/// The folder at a local datastore's root where finalizing writes a job's output set before renaming
-/// it into place whole (`jobs::finalize`). No path a caller gives may lie in it.
+/// How the folder begins, beside a job's output location on a local datastore, where finalizing writes
+/// the job's output set before renaming it into place whole (`jobs::finalize`): beside it, so on the
+/// same filesystem. No path a caller gives may name one, at any depth.
 pub const PUBLISHING: &str = ".cove-publishing";
 
 /// The workspace's datastores, by name. Datastores are added while the control plane runs.
@@ -418,9 +419,14 @@ mod tests {
             "cove:///etc/passwd",
             "file:///etc/passwd",
             "/etc/passwd",
+            "azureml://datastores/ws/paths/.cove-publishing-job1",
+            "cove://ws/azureml/job1/.cove-publishing-job1/x.csv",
         ] {
             assert!(parse_uri(bad).is_err(), "{bad} must be refused");
         }
+        // Finalizing's staging folders are named by no caller, at any depth.
+        let staging = parse_uri("cove://ws/out/.cove-publishing-j/a").unwrap_err();
+        assert!(staging.contains("no path may name one"), "{staging}");
         assert!(parse_uri("azureml:mydata:1").unwrap_err().contains("data assets"));
     }
 }

@@ -8,7 +8,9 @@ use crate::support::{https_builder_as, identity_of, Project, Workspace, LIST_SCR
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 
-/// Every secret of the workspace: the owner token and every worker credential and datastore secret.
+/// Every secret of the workspace: the owner token, every worker credential and datastore secret, and
+/// every private key under `tls/` (the CA's, the listeners', each compute's), each searched for by every
+/// line of its PEM body, so a key leaked in part is found too.
 fn secrets(ws: &Workspace) -> Vec<String> {
     let mut out = vec![ws.token()];
     for entry in std::fs::read_dir(ws.path().join("state")).unwrap().flatten() {
@@ -17,6 +19,15 @@ fn secrets(ws: &Workspace) -> Vec<String> {
             out.push(std::fs::read_to_string(entry.path()).unwrap().trim().to_string());
         }
     }
+    let mut keys = 0;
+    for entry in std::fs::read_dir(ws.path().join("tls")).unwrap().flatten() {
+        if entry.file_name().to_string_lossy().ends_with(".key") {
+            keys += 1;
+            let pem = std::fs::read_to_string(entry.path()).unwrap();
+            out.extend(pem.lines().filter(|l| !l.starts_with("-----") && l.len() >= 16).map(str::to_string));
+        }
+    }
+    assert!(keys >= 2, "the CA's and the listeners' keys are among the secrets");
     assert!(out.iter().all(|s| s.len() >= 16), "every secret is long enough to search for: {out:?}");
     out
 }

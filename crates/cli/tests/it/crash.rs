@@ -343,8 +343,10 @@ fn paused_mid_publish(dir: &Path) -> (ControlPlane, String, PathBuf, PathBuf) {
     let pid = support::paused_at(&markers, "publishing");
     assert_eq!(pid, cp.pid(), "the control plane itself paused while publishing");
     let datastore = cp.dir.join("datastores/workspaceblobstore");
-    let (output, staging) =
-        (datastore.join("azureml").join(&job).join("score"), datastore.join(".cove-publishing").join(&job));
+    let (output, staging) = (
+        datastore.join("azureml").join(&job).join("score"),
+        datastore.join("azureml").join(&job).join(format!(".cove-publishing-{job}")),
+    );
     // Between two files of the set: one is written, in the job's private folder, and no reader of the
     // output location sees anything.
     let shown = cp.cove(&["--json", "job", "show", &job]).ok().json();

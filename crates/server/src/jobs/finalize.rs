@@ -1,8 +1,9 @@
 //! Output commit: assemble the committed parts in mini-batch order and publish them, with the files
 //! the committed attempts' scripts wrote to `AZUREML_BI_OUTPUT_PATH`, as one set.
 //!
-//! On a local datastore the set is written under the job's private folder at the datastore's root
-//! (`.cove-publishing/<job>`, which no caller's path may name) and renamed into place as one directory: a reader sees no output, or all of
+//! On a local datastore the set is written under the job's private folder beside the output location
+//! (`.cove-publishing-<job>`, on the same filesystem; no caller's path may name one) and renamed into
+//! place as one directory: a reader sees no output, or all of
 //! it. An object store has no rename, so each file is written in place through a multipart upload that
 //! appears only when complete, and a manifest naming the set (`.cove-published`) is written last: a
 //! reader who waits for it never takes a partial set, and Cove's own downloads serve only what the job
@@ -85,7 +86,7 @@ struct Published {
     store: std::sync::Arc<dyn ObjectStore>,
     /// The output location.
     root: DataPath,
-    /// The job's private folder on a local datastore (under `datastore::PUBLISHING`).
+    /// The job's private folder on a local datastore, beside the output location (`datastore::PUBLISHING`).
     staging_rel: String,
     /// On a local datastore: the output folder and the private folder its set is written in first.
     local: Option<(PathBuf, PathBuf)>,
@@ -97,7 +98,10 @@ impl Published {
     fn of(app: &AppRef, job: &str, output_uri: &str) -> anyhow::Result<Published> {
         let root = parse_uri(output_uri).map_err(anyhow::Error::msg)?;
         let store = app.datastores.get(&root.datastore).map_err(anyhow::Error::msg)?;
-        let staging_rel = format!("{}/{job}", crate::datastore::PUBLISHING);
+        let staging_rel = match root.path.rsplit_once('/') {
+            Some((parent, _)) => format!("{parent}/{}-{job}", crate::datastore::PUBLISHING),
+            None => format!("{}-{job}", crate::datastore::PUBLISHING),
+        };
         let local = match app.datastores.local_root(&root.datastore) {
             Some(fs_root) if !root.path.is_empty() => Some((fs_root.join(&root.path), fs_root.join(&staging_rel))),
             _ => None,
