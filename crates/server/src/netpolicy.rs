@@ -319,6 +319,19 @@ impl NetworkPolicy {
         }
     }
 
+    /// Whether a worker of `compute`, a cluster with no network of its own whose workers run on the
+    /// control plane's host, may connect from `ip`: only from an address of the API's own listeners.
+    pub fn admits_from_this_host(&self, compute: &str, ip: IpAddr) -> Result<(), String> {
+        let own =
+            |pe: &&PrivateEndpoint| pe.address.ip() == ip || (pe.address.ip().is_unspecified() && ip.is_loopback());
+        if self.api_endpoints().iter().any(own) {
+            return Ok(());
+        }
+        Err(format!(
+            "worker credentials of compute `{compute}`, which has no network of its own, are accepted only from this host's API address, not from {ip}; declare the compute's network to run its workers elsewhere"
+        ))
+    }
+
     /// The CA (PEM) of the private endpoint for `service` (`datastore:NAME`, `package-index`), when its
     /// configuration names one; an unreadable file is an error naming it.
     pub fn endpoint_ca(&self, service: &str) -> Result<Option<String>, String> {

@@ -1079,3 +1079,20 @@ fn a_committed_part_never_changes() {
     assert_eq!(&committed_bytes(&ws, &lease), winner, "the mini-batch keeps the bytes of the report that committed");
     ws.cove(&["job", "cancel", &job]).ok();
 }
+
+/// A named `amlcompute` cluster has no network of its own: the control plane starts its workers on its
+/// own host. Its worker credential, taken elsewhere, is refused from any other address of the private
+/// network, and accepted from the API's own address, where its workers are.
+#[test]
+fn a_named_clusters_worker_credential_works_only_from_the_control_planes_host() {
+    let ws = Workspace::start();
+    let yaml = ws.dir.path().join("cluster.yml");
+    std::fs::write(&yaml, "name: gpu-cluster\ntype: amlcompute\nmin_instances: 0\nmax_instances: 1\n").unwrap();
+    ws.cove(&["compute", "create", "-f", &yaml.display().to_string()]).ok();
+    let token = ws.credential("gpu-cluster");
+    let ask = json!({"node": "n", "process": 0, "wait_ms": 0, "host": {"sandbox": true}});
+    let elsewhere = call(&ws, "127.0.0.4", &token, "POST", "/worker/v1/lease", Body::Json(ask.clone()));
+    refused(elsewhere, 403, "worker credentials of compute `gpu-cluster`, which has no network of its own, are accepted only from this host's API address, not from 127.0.0.4");
+    let (status, answer) = call(&ws, "127.0.0.1", &token, "POST", "/worker/v1/lease", Body::Json(ask));
+    assert_eq!((status, answer["lease"].clone()), (200, Value::Null), "{answer}");
+}

@@ -187,11 +187,14 @@ impl FromRequestParts<AppRef> for Worker {
                 Some(c) => Some(c.network.clone()),
                 None => registered_network,
             };
-            if let Some(network) = network {
-                app.policy
-                    .admits_from(compute, &network, ip)
-                    .map_err(|why| ApiError::new(ErrorCode::PermissionDenied, why))?;
-            }
+            let admitted = match network {
+                Some(network) => app.policy.admits_from(compute, &network, ip),
+                // A cluster with no network of its own (a named `amlcompute` cluster, a Slurm compute
+                // whose YAML names none) has its workers on this host: they reach the API from the
+                // API's own address, and from nowhere else.
+                None => app.policy.admits_from_this_host(compute, ip),
+            };
+            admitted.map_err(|why| ApiError::new(ErrorCode::PermissionDenied, why))?;
         }
         let presented = parts.extensions.get::<guard::ClientCertificate>().and_then(|c| c.0.as_deref());
         let compute = p.compute.as_deref().unwrap_or_default();
