@@ -1096,3 +1096,41 @@ fn a_named_clusters_worker_credential_works_only_from_the_control_planes_host() 
     let (status, answer) = call(&ws, "127.0.0.1", &token, "POST", "/worker/v1/lease", Body::Json(ask));
     assert_eq!((status, answer["lease"].clone()), (200, Value::Null), "{answer}");
 }
+
+/// Someone who can write a local datastore's folder swaps a published output file for a link to the
+/// owner's files: the outputs route opens published files without following any link, so it serves
+/// the link's target to no one.
+#[test]
+fn a_link_planted_in_a_published_output_is_never_followed() {
+    let ws = Workspace::start();
+    let p = Project::new(ws.dir.path(), "linked", LIST_SCRIPT, "mini_batch_size: 2");
+    p.deploy(&ws);
+    let run = ws.cove(&["--json", "endpoint", "invoke", "linked", "--input", &p.inputs(2).display().to_string()]);
+    let job = ws.wait_job(run.ok().json()["name"].as_str().unwrap());
+    assert_eq!(job["status"], "Completed", "{job:#}");
+    let name = job["name"].as_str().unwrap();
+    let route = format!("/api/v1/jobs/{name}/outputs/score/predictions.csv");
+    let token = ws.token();
+    let (status, served) = call(&ws, "127.0.0.1", &token, "GET", &route, Body::None);
+    assert_eq!((status, served.clone()), (200, Value::String("file-000.txt 0\nfile-001.txt 2\n".into())));
+    let secret = ws.dir.path().join("owner-secret.txt");
+    std::fs::write(&secret, "the owner's secret\n").unwrap();
+    let published = ws.path().join("datastores/workspaceblobstore/azureml").join(name).join("score");
+    // The file itself, then the folder it is in, replaced by links.
+    let file = published.join("predictions.csv");
+    std::fs::remove_file(&file).unwrap();
+    std::os::unix::fs::symlink(&secret, &file).unwrap();
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "the owner's secret\n", "the link was planted");
+    let (status, served) = call(&ws, "127.0.0.1", &token, "GET", &route, Body::None);
+    assert_eq!(status, 404, "{served}");
+    assert!(!served.to_string().contains("secret"), "{served}");
+    let elsewhere = ws.dir.path().join("elsewhere");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    std::fs::copy(&secret, elsewhere.join("predictions.csv")).unwrap();
+    std::fs::remove_dir_all(&published).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, &published).unwrap();
+    assert!(std::fs::read_to_string(published.join("predictions.csv")).unwrap().contains("secret"));
+    let (status, served) = call(&ws, "127.0.0.1", &token, "GET", &route, Body::None);
+    assert_eq!(status, 404, "{served}");
+    assert!(!served.to_string().contains("secret"), "{served}");
+}

@@ -580,6 +580,8 @@ enum OutputRoot {
     /// The job's output location and exactly what the job published there (nothing unless it completed).
     Score {
         store: std::sync::Arc<dyn ObjectStore>,
+        /// The folder of a local datastore, whose files are opened through `cove_worker::beneath`.
+        local: Option<std::path::PathBuf>,
         root: String,
         published: Vec<(String, u64)>,
     },
@@ -601,7 +603,8 @@ async fn output_root(app: &AppRef, row: &JobRow, output: &str) -> ApiResult<Outp
             let name = row.name.clone();
             let published = app.store.call(move |c| store::published_of(c, &name)).await?;
             let store = app.datastores.get(&p.datastore).map_err(ApiError::invalid)?;
-            Ok(OutputRoot::Score { store, root: p.path, published })
+            let local = app.datastores.local_root(&p.datastore);
+            Ok(OutputRoot::Score { store, local, root: p.path, published })
         }
         "logs" => Ok(OutputRoot::Logs { root: logs::logs_prefix(&row.name).to_string() }),
         other => Err(ApiError::not_found(format!("job `{}` has no output `{other}` (outputs: score, logs)", row.name))),
@@ -652,9 +655,19 @@ pub async fn get_output(
     let rel = crate::datastore::normalise(&path).map_err(|e| ApiError::invalid(format!("path: {e}")))?;
     let missing = || ApiError::not_found(format!("`{rel}` is not in output `{output}`"));
     let (store, location) = match output_root(&app, &row, &output).await? {
-        OutputRoot::Score { store, root, published } => {
+        OutputRoot::Score { store, local, root, published } => {
             if !published.iter().any(|(p, _)| *p == rel) {
                 return Err(missing());
+            }
+            if let Some(fs_root) = local {
+                // Never through a link: someone who can write the folder could swap a published
+                // folder for one whose file links to the owner's files.
+                let at = format!("{root}/{rel}");
+                let opened = tokio::task::spawn_blocking(move || cove_worker::beneath::open(&fs_root, &at)).await;
+                let file = opened.map_err(|e| ApiError::internal("open an output file", e))?.map_err(|why| {
+                    ApiError::not_found(format!("`{rel}` of output `{output}` cannot be read: {why}"))
+                })?;
+                return Ok(Body::from_stream(file_chunks(tokio::fs::File::from_std(file))));
             }
             (store, crate::datastore::object_path_of(&format!("{root}/{rel}")))
         }
@@ -662,6 +675,17 @@ pub async fn get_output(
     };
     let got = store.get(&location).await.map_err(|_| missing())?;
     Ok(Body::from_stream(got.into_stream()))
+}
+
+/// A file's bytes as a stream of chunks, read as the body is sent.
+fn file_chunks(file: tokio::fs::File) -> impl futures::Stream<Item = std::io::Result<Bytes>> {
+    futures::stream::try_unfold(file, |mut file| async move {
+        use tokio::io::AsyncReadExt;
+        let mut chunk = vec![0u8; 256 * 1024];
+        let n = file.read(&mut chunk).await?;
+        chunk.truncate(n);
+        Ok((n > 0).then(|| (Bytes::from(chunk), file)))
+    })
 }
 
 #[derive(Deserialize, Default)]
