@@ -48,6 +48,11 @@ fn roles_and_scopes_refuse_what_they_do_not_allow_and_every_refusal_is_audited()
         .to_string();
     ws.cove(&["token", "revoke", &id]).ok();
     assert_eq!(ws.http_as(&doomed, "GET", "/api/v1/endpoints", None, &[]).0, 401);
+    // An expired token: good while it lasts, refused once it has expired.
+    let brief = token(&ws, "reader", &["--expires-in", "2s"]);
+    assert_eq!(ws.http_as(&brief, "GET", "/api/v1/endpoints", None, &[]).0, 200, "good while it lasts");
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    assert_eq!(ws.http_as(&brief, "GET", "/api/v1/endpoints", None, &[]).0, 401, "refused once expired");
 
     // 403 by role.
     let (s, e) = ws.http_as(&reader, "POST", "/endpoints/aaa/jobs", Some(body.clone()), &[]);

@@ -216,14 +216,32 @@ pub fn job_transition(
         return Ok(false);
     }
     let finished = to.is_terminal().then(now_ms);
-    conn.exec(
-        "UPDATE jobs SET status = ?2, error = COALESCE(?3, error), finished_ms = COALESCE(?4, finished_ms) WHERE name = ?1",
-        params![name, to.as_str(), error, finished],
-    )?;
-    if to.is_terminal() {
-        release_unfinished(conn, name)?;
+    atomically(conn, || {
+        conn.exec(
+            "UPDATE jobs SET status = ?2, error = COALESCE(?3, error), finished_ms = COALESCE(?4, finished_ms) WHERE name = ?1",
+            params![name, to.as_str(), error, finished],
+        )?;
+        if to.is_terminal() {
+            release_unfinished(conn, name)?;
+        }
+        Ok(true)
+    })
+}
+
+/// Runs `f` as one unit, so a job's status and what it releases change together or not at all: within
+/// the caller's transaction when it holds one, else in a transaction of its own (a savepoint is both).
+fn atomically<T>(conn: &Connection, f: impl FnOnce() -> StoreResult<T>) -> StoreResult<T> {
+    conn.execute_batch("SAVEPOINT cove_atomically")?;
+    match f() {
+        Ok(value) => {
+            conn.execute_batch("RELEASE cove_atomically")?;
+            Ok(value)
+        }
+        Err(error) => {
+            conn.execute_batch("ROLLBACK TO cove_atomically; RELEASE cove_atomically")?;
+            Err(error)
+        }
     }
-    Ok(true)
 }
 
 /// When a job ends, its mini-batches that did not run to the end are `not_run` and their leases are
@@ -923,14 +941,16 @@ pub fn job_cancel(conn: &Connection, name: &str) -> StoreResult<Option<JobStatus
     }
     let to = if row.status == JobStatus::Finalizing { JobStatus::CancelRequested } else { JobStatus::Canceled };
     let finished = to.is_terminal().then(now_ms);
-    conn.exec(
-        "UPDATE jobs SET status = ?2, error = 'canceled by user', finished_ms = ?3 WHERE name = ?1",
-        params![name, to.as_str(), finished],
-    )?;
-    if to.is_terminal() {
-        release_unfinished(conn, name)?;
-    }
-    Ok(Some(to))
+    atomically(conn, || {
+        conn.exec(
+            "UPDATE jobs SET status = ?2, error = 'canceled by user', finished_ms = ?3 WHERE name = ?1",
+            params![name, to.as_str(), finished],
+        )?;
+        if to.is_terminal() {
+            release_unfinished(conn, name)?;
+        }
+        Ok(Some(to))
+    })
 }
 
 /// The committed part of every succeeded mini-batch, in mini-batch order.
@@ -1401,6 +1421,40 @@ mod tests {
         let r = succeed(&mut c, &a.lease_id);
         assert!(!r.committed && !r.job_active);
         assert!(committed_parts(&c, "j").unwrap().is_empty());
+    }
+
+    /// A job's end and the release of what it holds are one change: when releasing fails, the job has
+    /// not ended either (with or without a transaction of the caller's).
+    #[test]
+    fn a_job_ends_and_releases_its_mini_batches_in_one_change() {
+        let mut c = conn();
+        planned_job(&mut c, "j", 2, 3);
+        let held = lease(&mut c, "j");
+        c.execute_batch(
+            "CREATE TRIGGER refuse_release BEFORE UPDATE OF state ON batches WHEN NEW.state = 'not_run'
+             BEGIN SELECT RAISE(ABORT, 'release refused'); END;",
+        )
+        .unwrap();
+        let status = |c: &Connection| job_get(c, "j").unwrap().unwrap().status;
+        let before = status(&c);
+        assert!(job_transition(&c, "j", &[before], JobStatus::Failed, Some("x")).is_err());
+        assert_eq!(status(&c), before, "the job did not end without releasing");
+        assert!(job_cancel(&c, "j").is_err());
+        assert_eq!(status(&c), before);
+        let tx = c.transaction().unwrap();
+        assert!(job_cancel(&tx, "j").is_err());
+        assert_eq!(status(&tx), before, "nor within the caller's transaction");
+        tx.commit().unwrap();
+        c.execute_batch("DROP TRIGGER refuse_release").unwrap();
+        assert_eq!(job_cancel(&c, "j").unwrap(), Some(JobStatus::Canceled));
+        let state: String = c
+            .query_row(
+                "SELECT state FROM batches WHERE lease_id IS NULL AND job = 'j' AND idx = ?1",
+                [held.idx as i64],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(state, "not_run");
     }
 
     #[test]

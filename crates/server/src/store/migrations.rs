@@ -200,6 +200,24 @@ pub fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
 
 #[cfg(test)]
 mod tests {
+    /// The audit log is append-only in the schema itself: no statement changes or removes an entry.
+    #[test]
+    fn the_audit_log_refuses_changes_and_deletions() {
+        let mut conn = rusqlite::Connection::open_in_memory().unwrap();
+        super::migrate(&mut conn).unwrap();
+        conn.execute(
+            "INSERT INTO audit (ts_ms, principal, source, action, resource, outcome) VALUES (1, 'p', 's', 'a', 'r', 'ok')",
+            [],
+        )
+        .unwrap();
+        for change in ["UPDATE audit SET outcome = 'forged'", "DELETE FROM audit"] {
+            let refused = conn.execute(change, []).unwrap_err().to_string();
+            assert!(refused.contains("the audit log is append-only"), "{change}: {refused}");
+        }
+        let kept: String = conn.query_row("SELECT outcome FROM audit", [], |r| r.get(0)).unwrap();
+        assert_eq!(kept, "ok");
+    }
+
     #[test]
     fn migrating_twice_is_a_no_op() {
         let mut conn = rusqlite::Connection::open_in_memory().unwrap();
