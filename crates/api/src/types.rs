@@ -302,6 +302,10 @@ pub struct Model {
     /// Archived versions stay usable by name and version but are never `latest`.
     #[serde(default)]
     pub archived: bool,
+    /// The digest of its files when registered (`sha256:` over each file's path, size and sha256): a
+    /// job of a version whose files no longer match is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
 }
 
 /// A data asset: a named, versioned datastore location, as the reference's `az ml data` registers it.
@@ -318,6 +322,9 @@ pub struct DataAsset {
     #[serde(default)]
     pub tags: BTreeMap<String, String>,
     pub created_at: String,
+    /// The digest of its files when registered, as a model version's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
 }
 
 /// A registered environment: the reference's environment YAML with its files' contents.

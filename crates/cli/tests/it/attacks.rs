@@ -568,12 +568,9 @@ fn an_invoker_reaches_nothing_its_scope_does_not_own() {
     // Uploads: never into registered files or another token's upload, whoever asks.
     let model_rel = victim_model.strip_prefix(root).unwrap();
     let into_model = format!("/api/v1/datastores/workspaceblobstore/files/{model_rel}/evil.txt");
-    for token in [&mal, &owner] {
-        refused(
-            call(&ws, "127.0.0.1", token, "PUT", &into_model, Body::Bytes(b"evil".to_vec())),
-            403,
-            "holds the registered files of model",
-        );
+    // (A registered model's files lie outside any upload folder, where an invoker may not upload at all.)
+    for (token, why) in [(&mal, "needs the contributor role"), (&owner, "holds the registered files of model")] {
+        refused(call(&ws, "127.0.0.1", token, "PUT", &into_model, Body::Bytes(b"evil".to_vec())), 403, why);
     }
     let victim_rel = victim_input.strip_prefix(root).unwrap();
     let into_upload = format!("/api/v1/datastores/workspaceblobstore/files/{victim_rel}/evil.txt");
@@ -1133,4 +1130,53 @@ fn a_link_planted_in_a_published_output_is_never_followed() {
     let (status, served) = call(&ws, "127.0.0.1", &token, "GET", &route, Body::None);
     assert_eq!(status, 404, "{served}");
     assert!(!served.to_string().contains("secret"), "{served}");
+}
+
+/// Hole 2: an invoker uploads files, and a contributor registers exactly that upload folder as a data
+/// asset and as a model. The registered versions are copies out of the uploader's reach: writing the
+/// upload folder again changes neither; and a version whose files changed anyway (outside Cove, on
+/// the datastore's disk) is refused for jobs, with the reason.
+#[test]
+fn files_registered_from_an_upload_are_out_of_the_uploaders_reach() {
+    let ws = Workspace::start();
+    let p = Project::new(ws.dir.path(), "held", LIST_SCRIPT, "mini_batch_size: 5");
+    p.deploy(&ws);
+    let (status, token) = ws.http("POST", "/api/v1/tokens", Some(json!({"role": "invoker"})), &[]);
+    assert_eq!(status, 201, "{token}");
+    let uploader = token["secret"].as_str().unwrap().to_string();
+    let put = |rel: &str, bytes: &[u8]| {
+        let path = format!("/api/v1/datastores/workspaceblobstore/files/LocalUpload/shared/{rel}");
+        call(&ws, "127.0.0.1", &uploader, "PUT", &path, Body::Bytes(bytes.to_vec()))
+    };
+    assert_eq!(put("file-000.txt", b"1\n").0, 201);
+    assert_eq!(put("weights.txt", b"2\n").0, 201);
+    let folder = "azureml://datastores/workspaceblobstore/paths/LocalUpload/shared";
+    let data = ws.cove(&["--json", "data", "create", "-n", "shared-data", "-p", folder]).ok().json();
+    let model = ws.cove(&["--json", "model", "create", "--name", "shared-model", "--path", folder]).ok().json();
+    for registered in [&data, &model] {
+        let path = registered["path"].as_str().unwrap();
+        assert!(path.starts_with("azureml://datastores/workspaceblobstore/paths/registered/"), "{registered}");
+        assert!(registered["digest"].as_str().unwrap().starts_with("sha256:"), "{registered}");
+    }
+    // The uploader still adds files to its folder (it is theirs), and the registered versions do not change.
+    assert_eq!(put("file-001.txt", b"999\n").0, 201);
+    let upload = ws.path().join("datastores/workspaceblobstore/LocalUpload/shared");
+    assert_eq!(std::fs::read_to_string(upload.join("file-001.txt")).unwrap(), "999\n", "the upload folder grew");
+    let run = ws.cove(&["--json", "endpoint", "invoke", "held", "--input", "azureml:shared-data:1"]);
+    let job = ws.wait_job(run.ok().json()["name"].as_str().unwrap());
+    assert_eq!(job["status"], "Completed", "{job:#}");
+    assert_eq!(ws.output_lines(&job), ["file-000.txt 2", "weights.txt 4"], "the data asset's files as registered");
+    let shown = ws.cove(&["--json", "model", "show", "shared-model", "--version", "1"]).ok().json();
+    let model_dir =
+        shown["path"].as_str().unwrap().strip_prefix("azureml://datastores/workspaceblobstore/paths/").unwrap();
+    let weights = ws.path().join("datastores/workspaceblobstore").join(model_dir).join("weights.txt");
+    assert_eq!(std::fs::read_to_string(&weights).unwrap(), "2\n", "the model's bytes as registered");
+    assert!(!weights.with_file_name("file-001.txt").exists(), "the model's files as registered");
+    // Changed on disk, outside Cove: a job of that version is refused, saying why.
+    let data_dir =
+        data["path"].as_str().unwrap().strip_prefix("azureml://datastores/workspaceblobstore/paths/").unwrap();
+    let file = ws.path().join("datastores/workspaceblobstore").join(data_dir).join("file-000.txt");
+    std::fs::write(&file, "3\n").unwrap();
+    ws.cove(&["endpoint", "invoke", "held", "--input", "azureml:shared-data:1"])
+        .fails_with(2, "input: data asset `shared-data` version 1: its files changed since it was registered");
 }

@@ -110,6 +110,8 @@ pub async fn invoke(
         req.input.clone().ok_or_else(|| ApiError::invalid("input: required (a datastore URI of a folder or file)"))?;
     if let Some((name, version)) = data_asset_reference(&input.uri)? {
         let asset = super::resources::data_asset(&app, name, version).await?;
+        let what = format!("input: data asset `{}` version {}", asset.name, asset.version);
+        super::resources::check_unchanged(&app, &what, &asset.path, asset.digest.as_deref()).await?;
         input = JobInput { uri: asset.path, input_type: asset.kind };
     }
     let input_path = parse_uri(&input.uri).map_err(|e| ApiError::invalid(format!("input: {e}")))?;
@@ -155,6 +157,8 @@ pub async fn invoke(
         app.store.call(move |c| store::model_get(c, &model_key.name, Some(model_key.version))).await?.ok_or_else(
             || ApiError::invalid(format!("model `{}` version {} no longer exists", dep.model.name, dep.model.version)),
         )?;
+    let what = format!("model `{}` version {}", model.name, model.version);
+    super::resources::check_unchanged(&app, &what, &model.path, model.digest.as_deref()).await?;
     let model_dir_name = model.path.rsplit('/').next().unwrap_or("model").to_string();
     let inputs_in_place = compute.as_ref().and_then(|c| sees_in_place(&app, c, &input_path.datastore));
     let inputs_direct = compute.as_ref().is_some_and(|c| reaches_store(&app, c, &input_path.datastore));

@@ -103,6 +103,14 @@ pub async fn claim_upload(app: &AppRef, user: &User, datastore: &str, path: &str
     }
 }
 
+/// Whether an upload folder lies at, in or around `at`: its uploader may write there for as long as
+/// it is theirs, so files registered from it must first be taken out of reach.
+pub async fn within_an_upload(app: &AppRef, at: &DataPath) -> ApiResult<bool> {
+    let (ds, path) = (at.datastore.clone(), at.path.clone());
+    let held = app.store.call(move |c| store::locations_overlapping(c, &ds, &path)).await?;
+    Ok(held.iter().any(|l| l.kind == LocationKind::Upload))
+}
+
 /// Records that `at` holds registered files (a model version, a deployment's code), which no upload
 /// or job may change from now on.
 pub async fn claim_asset(app: &AppRef, at: &DataPath, owner: String) -> ApiResult<()> {

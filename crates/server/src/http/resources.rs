@@ -2,7 +2,7 @@
 
 use super::{parse_json, ApiError, ApiResult, JsonResult, User};
 use crate::auth::Role;
-use crate::datastore::{normalise, parse_uri};
+use crate::datastore::{normalise, parse_uri, DataPath};
 use crate::store;
 use crate::{envcheck, AppRef};
 use axum::body::{Body, Bytes};
@@ -217,6 +217,7 @@ pub async fn create_deployment(
             let at = parse_uri(&path).map_err(ApiError::invalid)?;
             super::ownership::check_read(&app, &user, "model.path", &at, false).await?;
             refuse_unrunnable(*model_type, "model.type")?;
+            let uploaded = at.clone();
             // Deploying again with the same model files registers no new version: the latest one is
             // used, and the fresh upload of the same bytes is dropped.
             let key = model_name.clone();
@@ -234,15 +235,20 @@ pub async fn create_deployment(
                     (latest, false)
                 }
                 _ => {
+                    let (at, digest) = out_of_reach(&app, at, "model.path").await?;
+                    if at != uploaded {
+                        drop_upload(&app, &uploaded).await;
+                    }
                     let model = Model {
                         name: model_name,
                         version: 0,
-                        path,
+                        path: at.uri(),
                         model_type: *model_type,
                         description: description.clone(),
                         created_at: now(),
                         tags: Default::default(),
                         archived: false,
+                        digest: Some(digest),
                     };
                     (model, true)
                 }
@@ -687,15 +693,17 @@ pub async fn create_model(State(app): State<AppRef>, user: User, body: Bytes) ->
     if req.version == Some(0) {
         return Err(ApiError::invalid("version: must be at least 1"));
     }
+    let (at, digest) = out_of_reach(&app, at, "path").await?;
     let model = Model {
         name: name.clone(),
         version: req.version.unwrap_or(0),
-        path,
+        path: at.uri(),
         model_type: req.model_type,
         description: req.description,
         created_at: now(),
         tags: req.tags,
         archived: false,
+        digest: Some(digest),
     };
     let model = match req.version {
         None => app.store.call(move |c| store::model_create(c, model)).await?,
@@ -731,6 +739,75 @@ async fn files_digest(app: &AppRef, uri: &str) -> Option<Vec<(String, u64, Vec<u
         out.push((rel, meta.size, hash.finalize().to_vec()));
     }
     Some(out)
+}
+
+/// The digest of the files at `uri` (a file, or a folder's files): `sha256:` over each file's path
+/// relative to it, size and sha256, in path order.
+pub(crate) async fn version_digest(app: &AppRef, uri: &str) -> Result<String, String> {
+    use sha2::Digest;
+    let files = files_digest(app, uri).await.ok_or_else(|| format!("the files of `{uri}` cannot be read"))?;
+    let mut hash = sha2::Sha256::new();
+    for (rel, size, sha) in files {
+        hash.update(rel.as_bytes());
+        hash.update([0]);
+        hash.update(size.to_le_bytes());
+        hash.update(&sha);
+    }
+    Ok(format!("sha256:{}", hash.finalize().iter().map(|b| format!("{b:02x}")).collect::<String>()))
+}
+
+/// Where files being registered are kept, out of every principal's reach, with their digest. Files
+/// in an upload folder (whose uploader may write there for as long as it is theirs) are copied first
+/// to a location of the registration's own, `registered/<id>/<name>`, which no upload or job may write
+/// and nobody else holds; files elsewhere stay where they are, since the registration's claim keeps
+/// every upload and job out from then on. `field` names the path in errors.
+async fn out_of_reach(app: &AppRef, at: DataPath, field: &str) -> ApiResult<(DataPath, String)> {
+    let at = if super::ownership::within_an_upload(app, &at).await? {
+        let store = app.datastores.get(&at.datastore).map_err(|e| ApiError::invalid(format!("{field}: {e}")))?;
+        let leaf = at.path.rsplit('/').next().unwrap_or("files").to_string();
+        let copy = DataPath {
+            datastore: at.datastore.clone(),
+            path: format!("registered/{}/{leaf}", uuid::Uuid::new_v4().simple()),
+        };
+        let single = store.head(&at.object_path()).await.is_ok();
+        let files: Vec<object_store::ObjectMeta> = match single {
+            true => vec![store
+                .head(&at.object_path())
+                .await
+                .map_err(|e| ApiError::internal("read the files to register", e))?],
+            false => store
+                .list(Some(&at.object_path()))
+                .try_collect()
+                .await
+                .map_err(|e| ApiError::internal("list the files to register", e))?,
+        };
+        for meta in files {
+            let rel = meta.location.as_ref().strip_prefix(at.path.as_str()).unwrap_or("").trim_start_matches('/');
+            let to = if rel.is_empty() { copy.clone() } else { copy.join(rel).map_err(ApiError::invalid)? };
+            store
+                .copy(&meta.location, &to.object_path())
+                .await
+                .map_err(|e| ApiError::internal("copy the files to register out of their upload", e))?;
+        }
+        copy
+    } else {
+        at
+    };
+    let digest = version_digest(app, &at.uri()).await.map_err(|e| ApiError::invalid(format!("{field}: {e}")))?;
+    Ok((at, digest))
+}
+
+/// Refuses a job of a registered version whose files no longer have the digest they were registered
+/// with. `what` names the version.
+pub(crate) async fn check_unchanged(app: &AppRef, what: &str, uri: &str, digest: Option<&str>) -> ApiResult<()> {
+    let Some(recorded) = digest else { return Ok(()) };
+    let now = version_digest(app, uri).await.unwrap_or_else(|why| why);
+    if now != recorded {
+        return Err(ApiError::conflict(format!(
+            "{what}: its files changed since it was registered ({recorded}, now {now}); register them again as a new version"
+        )));
+    }
+    Ok(())
 }
 
 /// Deletes an upload that turned out not to be needed: its files are registered already.
@@ -841,6 +918,7 @@ pub async fn create_data(
         }
         _ => return Err(ApiError::invalid(format!("path: `{}` holds no file or folder", at.uri()))),
     }
+    let (at, digest) = out_of_reach(&app, at, "path").await?;
     let asset = cove_api::DataAsset {
         name: name.clone(),
         version: req.version.unwrap_or(0),
@@ -849,6 +927,7 @@ pub async fn create_data(
         description: req.description,
         tags: req.tags,
         created_at: now(),
+        digest: Some(digest),
     };
     let version = req.version;
     let created =
