@@ -1,8 +1,9 @@
 """Cove's scoring script for an MLflow model deployed with no scoring script (the reference's no-code path).
 
 init() loads the model's python_function flavour once per scorer process. run() calls predict() once per
-file: .csv, .parquet and .pqt files are read into DataFrames with the signature's column types enforced,
-images into arrays. Each output line is `row,prediction,file` for tabular files (row is the index within
+file: .csv, .parquet and .pqt files are read into DataFrames as they are, and the model's signature is
+enforced by MLflow's own pyfunc predict(), as it documents (a missing column or a type that cannot be
+converted safely fails the file; extra columns are ignored); images are read into arrays. Each output line is `row,prediction,file` for tabular files (row is the index within
 the file) and `prediction,file` for images. A file that cannot be read or scored fails alone, with the
 reason in the log; a mini-batch in which every file fails raises, as the reference's does.
 """
@@ -19,7 +20,6 @@ TABULAR = {".csv", ".parquet", ".pqt"}
 IMAGES = {".png", ".jpg", ".jpeg", ".tiff", ".bmp", ".gif"}
 
 model = None
-column_types = {}
 tensor_spec = None
 
 # Read by Cove's driver after each run(): how many files of the mini-batch failed.
@@ -39,31 +39,20 @@ def find_model_dir(root):
 
 
 def init():
-    global model, column_types, tensor_spec
+    global model, tensor_spec
     path = find_model_dir(os.environ["AZUREML_MODEL_DIR"])
     model = mlflow.pyfunc.load_model(path)
     schema = model.metadata.get_input_schema()
-    if schema is not None and not schema.is_tensor_spec():
-        for name, kind in zip(schema.input_names(), schema.input_types()):
-            if name is not None and hasattr(kind, "to_pandas"):
-                column_types[name] = kind.to_pandas()
-    elif schema is not None:
+    if schema is not None and schema.is_tensor_spec():
         tensor_spec = schema.inputs[0]
     log.info("loaded MLflow model from %s", path)
 
 
 def read_table(path, ext):
+    # No conversion here: predict() enforces the signature as MLflow does for every pyfunc model.
     if ext == ".csv":
-        frame = pd.read_csv(path)
-    else:
-        frame = pd.read_parquet(path)
-    for name, kind in column_types.items():
-        if name in frame.columns:
-            try:
-                frame[name] = frame[name].astype(kind)
-            except (TypeError, ValueError) as e:
-                raise ValueError(f"column '{name}' does not hold {kind}: {e}") from e
-    return frame
+        return pd.read_csv(path)
+    return pd.read_parquet(path)
 
 
 def read_image(path):

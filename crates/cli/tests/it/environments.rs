@@ -448,7 +448,7 @@ fn mlflow_models_deploy_with_no_scoring_script() {
     assert!(d["environment"]["build"]["lock"].as_str().unwrap().contains("scikit-learn==1.9.1"));
 
     // Far from the decision boundary (a ≈ 2.5), so the labels are certain.
-    std::fs::write(data.join("one.csv"), "a,b\n0,1\n5,0\n10,1\n").unwrap();
+    std::fs::write(data.join("one.csv"), "a,b\n0.0,1.0\n5.0,0.0\n10.0,1.0\n").unwrap();
     let python = d["python"].as_str().unwrap();
     let parquet = data.join("two.parquet").display().to_string();
     let wrote = Command::new(python)
@@ -461,16 +461,23 @@ fn mlflow_models_deploy_with_no_scoring_script() {
         .unwrap();
     assert!(wrote.success(), "the test's parquet file was written");
     std::fs::write(data.join("three.txt"), "not a table\n").unwrap();
-    // The signature says `a` is a double: a file whose `a` is not fails alone.
-    std::fs::write(data.join("four.csv"), "a,b\nnot-a-number,1\n").unwrap();
+    // The signature (`a` and `b`, doubles) is enforced as MLflow's pyfunc does, which the reference's
+    // driver relies on too: text and 64-bit integers do not convert safely to doubles, a missing column
+    // fails the file, an extra one is ignored.
+    std::fs::write(data.join("four.csv"), "a,b\nnot-a-number,1.0\n").unwrap();
+    std::fs::write(data.join("five.csv"), "a\n10.0\n").unwrap();
+    std::fs::write(data.join("six.csv"), "a,b,extra\n10.0,1.0,ignored\n").unwrap();
+    std::fs::write(data.join("seven.csv"), "a,b\n10,1\n").unwrap();
     let job = invoke(&ws, "mlflow-ep", "nocode", &data);
     let mut lines = ws.output_lines(&job);
     lines.sort();
-    assert_eq!(lines, ["0,0,one.csv", "0,0,two.parquet", "1,1,one.csv", "2,1,one.csv"]);
-    assert_eq!(job["progress"]["items_failed"], 2, "{job:#}");
+    assert_eq!(lines, ["0,0,one.csv", "0,0,two.parquet", "0,1,six.csv", "1,1,one.csv", "2,1,one.csv"]);
+    assert_eq!(job["progress"]["items_failed"], 4, "{job:#}");
     let logs = ws.log(job["name"].as_str().unwrap(), "user/stdout/local-0/process000.stdout.txt");
     assert!(logs.contains("ValueError: File type 'txt' is not supported"), "{logs}");
-    assert!(logs.contains("ValueError: column 'a' does not hold float64"), "{logs}");
+    assert!(logs.contains("Incompatible input types for column a"), "{logs}");
+    assert!(logs.contains("missing inputs") && logs.contains("'b'"), "{logs}");
+    assert!(logs.contains("Can not safely convert int64 to float64"), "{logs}");
     for a in job["attempts"].as_array().unwrap() {
         assert_eq!(a["isolation"]["sandbox"], "namespaces", "{a}");
     }
