@@ -825,6 +825,20 @@ fn hostile_models_conda_files_and_uploads_are_met_within_bounds() {
     refused_model.fails_with(2, "loading the model needed more than 1028 MB of memory or 60 s of CPU, and was stopped");
     let after = peak_rss_mb(ws.server_pid());
     assert!(after < before + 200, "the control plane's peak memory grew from {before} to {after} MiB");
+    // The check's child, run as the control plane runs it, measured from outside (its peak resident
+    // memory, as its parent's rusage says): stopped by its limit, never holding the 1.8 GB the model asks.
+    let model = ws.dir.path().join("bomb.onnx");
+    std::fs::write(&model, &bomb).unwrap();
+    let measure = "import resource, subprocess, sys\n\
+        with open(sys.argv[2], 'rb') as model:\n\
+        \x20   done = subprocess.run([sys.argv[1], '__check-onnx-model', '1028'], stdin=model, capture_output=True, env={'MIMALLOC_ARENA_RESERVE': '64MiB'})\n\
+        print(done.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss // 1024)\n";
+    let out = std::process::Command::new("python3").args(["-c", measure, crate::support::COVE]).arg(&model).output().unwrap();
+    let said = String::from_utf8_lossy(&out.stdout).to_string();
+    let (code, peak_mb) = said.trim().split_once(' ').unwrap_or_else(|| panic!("{said} {}", String::from_utf8_lossy(&out.stderr)));
+    let (code, peak_mb): (i32, u64) = (code.parse().unwrap(), peak_mb.parse().unwrap());
+    assert!(code != 0 && code != 1, "the child was stopped by a limit, not done loading: exit {code}");
+    assert!(peak_mb < 1028, "the child held {peak_mb} MB, more than its limit");
 
     // A conda file that multiplies itself through aliases is refused before it is parsed.
     let p = Project::new(ws.dir.path(), "aliased", LIST_SCRIPT, "");
