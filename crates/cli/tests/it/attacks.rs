@@ -808,6 +808,8 @@ fn a_worker_of_another_compute_can_do_nothing_with_a_lease() {
         refused(output("one-more.txt"), 413, "one attempt may leave at most 10000 files and 4294967296 bytes");
     }
     ws.cove(&["job", "cancel", &job]).ok();
+    let ended = ws.wait_job(&job);
+    assert_nothing_leaked(&ws, &ended);
 }
 
 /// Hole 5: a contributor's hostile model and conda file, and anyone's huge upload, cannot make the
@@ -833,9 +835,11 @@ fn hostile_models_conda_files_and_uploads_are_met_within_bounds() {
         with open(sys.argv[2], 'rb') as model:\n\
         \x20   done = subprocess.run([sys.argv[1], '__check-onnx-model', '1028'], stdin=model, capture_output=True, env={'MIMALLOC_ARENA_RESERVE': '64MiB'})\n\
         print(done.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss // 1024)\n";
-    let out = std::process::Command::new("python3").args(["-c", measure, crate::support::COVE]).arg(&model).output().unwrap();
+    let out =
+        std::process::Command::new("python3").args(["-c", measure, crate::support::COVE]).arg(&model).output().unwrap();
     let said = String::from_utf8_lossy(&out.stdout).to_string();
-    let (code, peak_mb) = said.trim().split_once(' ').unwrap_or_else(|| panic!("{said} {}", String::from_utf8_lossy(&out.stderr)));
+    let (code, peak_mb) =
+        said.trim().split_once(' ').unwrap_or_else(|| panic!("{said} {}", String::from_utf8_lossy(&out.stderr)));
     let (code, peak_mb): (i32, u64) = (code.parse().unwrap(), peak_mb.parse().unwrap());
     assert!(code != 0 && code != 1, "the child was stopped by a limit, not done loading: exit {code}");
     assert!(peak_mb < 1028, "the child held {peak_mb} MB, more than its limit");
@@ -885,6 +889,7 @@ fn a_local_user_reads_nothing_of_the_workspace() {
     let run = ws.cove(&["--json", "endpoint", "invoke", "private", "--input", &p.inputs(3).display().to_string()]);
     let job = ws.wait_job(run.ok().json()["name"].as_str().unwrap());
     assert_eq!(job["status"], "Completed");
+    assert_nothing_leaked(&ws, &job);
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(std::fs::metadata(ws.path()).unwrap().permissions().mode() & 0o777, 0o700);
     let mut checked = 0;
@@ -950,6 +955,7 @@ fn scoring_code_runs_only_where_the_host_can_sandbox_it() {
     );
     assert!(error.contains("install bubblewrap there"), "{error}");
     assert_eq!(job["progress"]["items_ok"], 0, "no scoring code ran");
+    assert_nothing_leaked(&ws, &job);
 
     // The quickstart's kind of deployment: no-code ONNX, no sandbox needed.
     let root = no_code_project(&ws, "nocode", &cove_onnx::synth::random_mlp(5, 2, 4, 2).to_onnx());
@@ -962,6 +968,7 @@ fn scoring_code_runs_only_where_the_host_can_sandbox_it() {
     let job = ws.wait_job(run.ok().json()["name"].as_str().unwrap());
     assert_eq!(job["status"], "Completed", "{job:#}");
     assert_eq!(ws.output_lines(&job).len(), 2);
+    assert_nothing_leaked(&ws, &job);
 }
 
 /// A workspace from before datastore locations were recorded: when its control plane starts, its
@@ -1006,6 +1013,7 @@ fn a_workspace_that_predates_location_records_gets_them_at_start() {
         Body::Json(json!({"input": input, "output_path": inside})),
     );
     refused(got, 409, &format!("is the output location of job `{}`", job["name"].as_str().unwrap()));
+    assert_nothing_leaked(&ws, &job);
 }
 
 /// Asks for one lease of `job` as a worker of the `local` compute would; returns its id.
@@ -1089,6 +1097,8 @@ fn a_committed_part_never_changes() {
     );
     assert_eq!(&committed_bytes(&ws, &lease), winner, "the mini-batch keeps the bytes of the report that committed");
     ws.cove(&["job", "cancel", &job]).ok();
+    let ended = ws.wait_job(&job);
+    assert_nothing_leaked(&ws, &ended);
 }
 
 /// A named `amlcompute` cluster has no network of its own: the control plane starts its workers on its
@@ -1180,6 +1190,7 @@ fn files_registered_from_an_upload_are_out_of_the_uploaders_reach() {
     let job = ws.wait_job(run.ok().json()["name"].as_str().unwrap());
     assert_eq!(job["status"], "Completed", "{job:#}");
     assert_eq!(ws.output_lines(&job), ["file-000.txt 2", "weights.txt 4"], "the data asset's files as registered");
+    assert_nothing_leaked(&ws, &job);
     let shown = ws.cove(&["--json", "model", "show", "shared-model", "--version", "1"]).ok().json();
     let model_dir =
         shown["path"].as_str().unwrap().strip_prefix("azureml://datastores/workspaceblobstore/paths/").unwrap();
