@@ -1,6 +1,7 @@
 //! Pause points for the crash tests: named moments where a process stops for a while so that a test
-//! can kill it exactly there (during planning, between a part's upload and its report, while
-//! finalizing, before an ended job's parts are deleted). With `COVE_PAUSE_AT=<point>` and
+//! can kill it exactly there (during planning, before a worker's report, between a large part's
+//! storing and its report's applying, while finalizing, between two files of a published set, before
+//! an ended job's parts are deleted). With `COVE_PAUSE_AT=<point>` and
 //! `COVE_PAUSE_DIR=<folder>` in its environment, a process that reaches `<point>` for the first time writes `<folder>/<point>.<pid>` (so the test
 //! knows whom to kill, and when) and pauses for `COVE_PAUSE_MS` (5000 by default). Without them,
 //! which is always outside the tests, a pause point costs one look at a value read once.

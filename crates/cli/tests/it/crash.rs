@@ -168,10 +168,10 @@ fn crash_kill_9_while_planning() {
     completes_exactly_once(&cp, &job, 6);
 }
 
-/// `kill -9` of a worker between a part's upload and its report: the lease expires, the mini-batch
-/// is scored again, and the orphan part never reaches the output.
+/// `kill -9` of a worker after its attempt succeeded and before its report: the lease expires, and the
+/// mini-batch is scored again.
 #[test]
-fn crash_kill_9_between_a_part_upload_and_its_report() {
+fn crash_kill_9_between_an_attempt_and_its_report() {
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let (cp, job, markers) = paused_job("before-report", dir.path(), 6);
     let pid = support::paused_at(&markers, "before-report");
@@ -181,6 +181,87 @@ fn crash_kill_9_between_a_part_upload_and_its_report() {
     let shown = cp.cove(&["--json", "job", "show", &job]).ok().json();
     let expired = shown["attempts"].as_array().unwrap().iter().filter(|a| a["outcome"] == "lease_expired").count();
     assert!(expired >= 1, "the killed worker's lease expired and its mini-batch ran again: {shown:#}");
+}
+
+/// A script whose result lines are long, so each mini-batch's part is stored as an object (over 64 KiB).
+const LONG_LINES_SCRIPT: &str = r#"
+import os
+
+def init():
+    pass
+
+def run(mini_batch):
+    return [f"{os.path.basename(p)} {open(p).read().strip()} " + "x" * 40000 for p in mini_batch]
+"#;
+
+/// `kill -9` of the control plane and the job's workers after a large part was stored and before its
+/// report was applied: the part is an orphan (stored, committed by no attempt); the restart scores its
+/// mini-batch again, the orphan never reaches the output, and it is deleted with the job's parts.
+#[test]
+fn crash_kill_9_between_a_part_stored_and_its_report_applied() {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let markers = dir.path().join("markers");
+    std::fs::create_dir_all(&markers).unwrap();
+    let mut cp = ControlPlane::pausing_at(&dir.path().join("ws"), "part-stored", &markers);
+    let project = support::Project::new(
+        dir.path(),
+        "orphans",
+        LONG_LINES_SCRIPT,
+        "mini_batch_size: 2
+retry_settings:
+    max_retries: 10
+    timeout: 2",
+    );
+    cp.cove(&["endpoint", "create", "-f", &project.file("endpoint.yml")]).ok();
+    cp.cove(&["deployment", "create", "-f", &project.file("deployment.yml"), "--set-default"]).ok();
+    let data = project.inputs(6).display().to_string();
+    let job = cp.cove(&["--json", "endpoint", "invoke", "orphans", "--input", &data]).ok().json()["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let pid = support::paused_at(&markers, "part-stored");
+    assert_eq!(pid, cp.pid(), "the control plane paused between storing a part and applying its report");
+    let parts = cp.dir.join("state/objects/jobs").join(&job).join("parts");
+    let stored: Vec<String> =
+        std::fs::read_dir(&parts).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into()).collect();
+    let db = rusqlite::Connection::open(cp.dir.join("state/cove.db")).unwrap();
+    let committed: i64 = db
+        .query_row("SELECT COUNT(*) FROM batches WHERE job = ?1 AND committed_part IS NOT NULL", [&job], |r| r.get(0))
+        .unwrap();
+    assert_eq!(committed, 0, "no part is committed yet");
+    assert!(!stored.is_empty(), "a part was stored before its report: an orphan until the report is applied");
+    let workers = pids_with_args(&["worker", "--job", &job]);
+    assert!(!workers.is_empty(), "the job's workers run");
+    support::kill9_and_confirm(pid);
+    for worker in workers {
+        support::kill9_and_confirm(worker);
+    }
+    cp.kill9();
+    cp.env.clear();
+    cp.restart();
+    let start = Instant::now();
+    let done = loop {
+        let shown = cp.cove(&["--json", "job", "show", &job]).ok().json();
+        if ["Completed", "Failed", "Canceled"].contains(&shown["status"].as_str().unwrap()) {
+            break shown;
+        }
+        assert!(start.elapsed() < Duration::from_secs(120), "the job did not end: {shown:#}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(done["status"], "Completed", "{done:#}");
+    let out = cp.dir.join("datastores/workspaceblobstore/azureml").join(&job).join("score/predictions.csv");
+    let names: Vec<String> = std::fs::read_to_string(&out)
+        .unwrap()
+        .lines()
+        .map(|l| l.split(' ').take(2).collect::<Vec<_>>().join(" "))
+        .collect();
+    let expected: Vec<String> = (0..6).map(|i| format!("file-{i:03}.txt {i}")).collect();
+    assert_eq!(names, expected, "every item once, in order, and nothing of the orphan");
+    let start = Instant::now();
+    while parts.exists() && std::fs::read_dir(&parts).unwrap().next().is_some() {
+        assert!(start.elapsed() < Duration::from_secs(30), "the orphan part was never deleted");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// `kill -9` of the control plane while it finalizes (the output published, the job not yet

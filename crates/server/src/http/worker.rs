@@ -624,8 +624,14 @@ pub async fn reports(
             inline_part,
         });
     }
+    let stored_objects = !stores.is_empty();
     for stored in futures::future::join_all(stores).await {
         stored?;
+    }
+    if stored_objects {
+        if let Some(pause) = cove_api::pause::pause_at("part-stored") {
+            tokio::time::sleep(pause).await;
+        }
     }
     let results = app.store.call(move |c| store::reports_apply(c, &applied)).await?;
     app.work_available.notify_waiters();
