@@ -66,3 +66,39 @@ fn diagnose_warns_when_the_workspace_runs_scoring_code_unsandboxed() {
     );
     assert!(diag.stdout.contains("fix: start the workspace without --sandbox none"), "{}", diag.stdout);
 }
+
+/// The certificate check fails on a certificate that cannot be read and on one that has expired, and
+/// the package-source check on a wheel folder that is gone; each with its fix. (A private workspace's
+/// listeners are its private endpoints by construction: `cove up` refuses any other, so the public
+/// network access check has nothing to fail on and only warns when access is enabled, above.)
+#[test]
+fn diagnose_fails_certificates_and_package_sources_that_cannot_serve() {
+    let wheels = tempfile::tempdir().unwrap();
+    std::fs::write(wheels.path().join("placeholder.txt"), "").unwrap();
+    let ws = Workspace::start_with(&["--wheels", &wheels.path().display().to_string()], &[]);
+    let diag = ws.cove(&["workspace", "diagnose"]);
+    assert_eq!(diag.code, 0, "{}", diag.stdout);
+    assert!(diag.stdout.contains("OK   certificates: the listeners' certificate is valid until"), "{}", diag.stdout);
+    let cert = ws.path().join("tls/server.pem");
+    std::fs::write(&cert, "not a certificate\n").unwrap();
+    let diag = ws.cove(&["workspace", "diagnose"]);
+    assert_eq!(diag.code, 1, "{}", diag.stdout);
+    let unreadable = "FAIL certificates: the listeners' certificate: ";
+    assert!(diag.stdout.contains(unreadable), "{}", diag.stdout);
+    assert!(diag.stdout.contains("fix: run `cove workspace rotate-certificates`"), "{}", diag.stdout);
+    let ca = cove_tls::Authority::load(
+        &std::fs::read_to_string(ws.path().join("tls/ca.pem")).unwrap(),
+        &std::fs::read_to_string(ws.path().join("tls/ca.key")).unwrap(),
+    )
+    .unwrap();
+    std::fs::write(&cert, ca.issue_server(&["127.0.0.1".into()], -1).unwrap().cert_pem).unwrap();
+    let diag = ws.cove(&["workspace", "diagnose"]);
+    assert_eq!(diag.code, 1, "{}", diag.stdout);
+    assert!(diag.stdout.contains("FAIL certificates: the listeners' certificate expired at"), "{}", diag.stdout);
+    let folder = wheels.path().display().to_string();
+    drop(wheels);
+    let diag = ws.cove(&["workspace", "diagnose"]);
+    let gone = format!("FAIL package index: the wheel folder {folder} cannot be read");
+    assert!(diag.stdout.contains(&gone), "{}", diag.stdout);
+    assert!(diag.stdout.contains("fix: fix --wheels"), "{}", diag.stdout);
+}
