@@ -186,9 +186,15 @@ fn the_studio_in_a_real_browser() {
         .collect();
     let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("studio");
     let _ = std::fs::remove_dir_all(&out);
+    // Servers with certificates the workspace CA's key signed: one for this host's address alone, one
+    // for it and a bank's name, which the CA's name constraints forbid.
+    let own = crate::support::ForgedServer::start(&ws.path(), root, "own", "IP:127.0.0.1");
+    let bank = crate::support::ForgedServer::start(&ws.path(), root, "bank", "IP:127.0.0.1,DNS:bank.example");
     let config = json!({
         "url": ws.url,
-        "ca_cert": ws.path().join("tls/server.pem"),
+        "trust": ws.path().join("tls/trust.pem"),
+        "within_constraints": own.url(),
+        "outside_constraints": bank.url(),
         "owner": ws.token(),
         "scoped": scoped,
         "endpoint": "studio",
@@ -229,6 +235,7 @@ fn the_studio_in_a_real_browser() {
         "job",
         "hostile-names",
         "forbidden",
+        "name-constraints",
     ] {
         let found = shots.iter().find(|s| s.ends_with(&format!("-{page}.png")));
         let found = found.unwrap_or_else(|| panic!("no screenshot of the {page} page: {shots:?}"));

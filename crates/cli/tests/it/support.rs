@@ -765,3 +765,66 @@ impl Drop for ControlPlane {
         }
     }
 }
+
+/// An HTTPS server on loopback (`openssl s_server -www`) whose certificate the workspace CA's own key
+/// signed for `sans` (openssl's `subjectAltName` syntax), as someone holding the key would.
+pub struct ForgedServer {
+    child: Child,
+    pub port: u16,
+}
+
+impl ForgedServer {
+    pub fn start(ws: &Path, dir: &Path, stem: &str, sans: &str) -> ForgedServer {
+        let tls = ws.join("tls");
+        let file = |ext: &str| dir.join(format!("{stem}.{ext}")).display().to_string();
+        let (key, csr, cert, ext) = (file("key"), file("csr"), file("pem"), file("ext"));
+        let openssl = |args: &[&str]| {
+            let out = Command::new("openssl").args(args).output().unwrap();
+            assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        };
+        openssl(&["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", &key]);
+        openssl(&["req", "-new", "-key", &key, "-subj", &format!("/CN={stem}"), "-out", &csr]);
+        std::fs::write(&ext, format!("subjectAltName={sans}\nextendedKeyUsage=serverAuth\n")).unwrap();
+        let (ca, ca_key) = (tls.join("ca.pem").display().to_string(), tls.join("ca.key").display().to_string());
+        let serial = file("srl");
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            &ca,
+            "-CAkey",
+            &ca_key,
+            "-CAserial",
+            &serial,
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-out",
+            &cert,
+            "-extfile",
+            &ext,
+        ]);
+        let port = free_port();
+        let child = Command::new("openssl")
+            .args(["s_server", "-quiet", "-www", "-accept", &format!("127.0.0.1:{port}"), "-cert", &cert, "-key", &key])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        wait_for_listener(port, "openssl s_server");
+        ForgedServer { child, port }
+    }
+
+    pub fn url(&self) -> String {
+        format!("https://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for ForgedServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

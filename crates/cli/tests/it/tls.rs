@@ -471,58 +471,19 @@ fn a_brought_certificate_that_cannot_be_used_stops_cove_up_naming_the_file() {
     );
 }
 
-/// Signs a server certificate for `sans` (openssl's `subjectAltName` syntax) with the workspace CA's
-/// own key, as someone holding the key would, and serves it on a loopback port with `openssl s_server`;
-/// returns what the CLI says when it connects there trusting the workspace's `tls/trust.pem`.
+/// What the CLI says when it connects to a server whose certificate the workspace CA's own key signed
+/// for `sans` (`support::ForgedServer`), trusting the workspace's `tls/trust.pem`.
 fn cli_against_forged(ws: &Workspace, dir: &Path, stem: &str, sans: &str) -> (Option<i32>, String) {
-    let tls = ws.path().join("tls");
-    let (key, csr, cert) =
-        (dir.join(format!("{stem}.key")), dir.join(format!("{stem}.csr")), dir.join(format!("{stem}.pem")));
-    let openssl = |args: &[&str]| {
-        let out = std::process::Command::new("openssl").args(args).output().unwrap();
-        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    };
-    let (key_s, csr_s, cert_s) = (key.display().to_string(), csr.display().to_string(), cert.display().to_string());
-    openssl(&["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", &key_s]);
-    openssl(&["req", "-new", "-key", &key_s, "-subj", &format!("/CN={stem}"), "-out", &csr_s]);
-    let ext = dir.join(format!("{stem}.ext"));
-    std::fs::write(&ext, format!("subjectAltName={sans}\nextendedKeyUsage=serverAuth\n")).unwrap();
-    let (ca, ca_key) = (tls.join("ca.pem").display().to_string(), tls.join("ca.key").display().to_string());
-    openssl(&[
-        "x509",
-        "-req",
-        "-in",
-        &csr_s,
-        "-CA",
-        &ca,
-        "-CAkey",
-        &ca_key,
-        "-CAcreateserial",
-        "-days",
-        "2",
-        "-out",
-        &cert_s,
-        "-extfile",
-        &ext.display().to_string(),
-    ]);
-    let port = crate::support::free_port();
-    let mut server = std::process::Command::new("openssl")
-        .args(["s_server", "-quiet", "-www", "-accept", &format!("127.0.0.1:{port}"), "-cert", &cert_s, "-key", &key_s])
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    crate::support::wait_for_listener(port, "openssl s_server");
+    let server = crate::support::ForgedServer::start(&ws.path(), dir, stem, sans);
     let out = std::process::Command::new(COVE)
         .args(["endpoint", "list"])
         .env_remove("COVE_WORKSPACE")
-        .env("COVE_URL", format!("https://127.0.0.1:{port}"))
+        .env("COVE_URL", server.url())
         .env("COVE_TOKEN", "unused")
-        .env("COVE_CA_FILE", tls.join("trust.pem"))
+        .env("COVE_CA_FILE", ws.path().join("tls/trust.pem"))
         .output()
         .unwrap();
-    server.kill().unwrap();
-    server.wait().unwrap();
+    drop(server);
     (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
 }
 

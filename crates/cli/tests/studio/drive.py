@@ -4,16 +4,17 @@ may not see, and a job whose names, logs and reasons carry markup. Saves a scree
 
     python3 drive.py CONFIG.json
 
-CONFIG holds: url, ca_cert (the listeners' certificate, pinned by its key), owner, scoped (a token
+CONFIG holds: url, trust (the workspace CA, imported into the browser's own trust store as a user
+would), within_constraints and outside_constraints (URLs of servers with certificates the CA's key
+signed for this host, and for this host and another name), owner, scoped (a token
 scoped to `endpoint`), endpoint (its description is markup: `description`), other_endpoint, inputs
 (files to upload), expected_rows, hostile_job, hostile_texts, shots (a folder), downloads (a folder).
 Exits non-zero, saying why, at the first check that fails.
 """
 
-import base64
-import hashlib
 import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -22,8 +23,6 @@ import time
 os.environ["SE_OFFLINE"] = "true"
 os.environ["SE_AVOID_STATS"] = "true"
 
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
@@ -35,11 +34,15 @@ os.makedirs(cfg["shots"], exist_ok=True)
 os.makedirs(cfg["downloads"], exist_ok=True)
 
 
-def spki_pin(pem_path: str) -> str:
-    """The base64 SHA-256 of the certificate's public key, which Chromium is told to accept."""
-    cert = x509.load_pem_x509_certificate(open(pem_path, "rb").read())
-    spki = cert.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-    return base64.b64encode(hashlib.sha256(spki).digest()).decode()
+def import_ca(trust_pem: str) -> str:
+    """A home folder whose NSS database (where Chromium on Linux keeps the user's trusted CAs) holds the
+    workspace CA, trusted for servers, as `certutil` or the browser's settings page would import it."""
+    home = tempfile.mkdtemp(prefix="cove-studio-home-")
+    nssdb = os.path.join(home, ".pki", "nssdb")
+    os.makedirs(nssdb)
+    for args in (["-N", "--empty-password"], ["-A", "-n", "cove workspace", "-t", "C,,", "-i", trust_pem]):
+        subprocess.run(["certutil", "-d", f"sql:{nssdb}", *args], check=True, capture_output=True)
+    return home
 
 
 def check(cond, what):
@@ -71,6 +74,8 @@ def no_injection():
     check(not driver.find_elements(By.CSS_SELECTOR, "img[src=x], #injected, b#injected"), "a hostile string became an element")
 
 
+# Chromium (started by chromedriver, with this environment) reads the user's trust store under HOME.
+os.environ["HOME"] = import_ca(cfg["trust"])
 profile = tempfile.mkdtemp(prefix="cove-studio-chromium-")
 opts = webdriver.ChromeOptions()
 opts.binary_location = "/usr/bin/chromium"
@@ -81,8 +86,6 @@ for arg in [
     "--disable-dev-shm-usage",
     "--window-size=1360,1000",
     f"--user-data-dir={profile}",
-    # The workspace's certificate is trusted by its key only, as a pinned certificate would be.
-    f"--ignore-certificate-errors-spki-list={spki_pin(cfg['ca_cert'])}",
     "--no-proxy-server",
     # The browser talks to the workspace on loopback and nowhere else: no background services, and
     # every host name but the workspace's address resolves to nothing.
@@ -130,8 +133,11 @@ try:
         no_injection()
         shot(page)
     go("audit", "#audit-list table")
+    rows = lambda: [r.text for r in driver.find_elements(By.CSS_SELECTOR, "#audit-list tbody tr")]
+    check(any("ok (" in r for r in rows()) and any("refused" in r for r in rows()), f"the audit log holds both: {rows()}")
     Select(driver.find_element(By.ID, "audit-outcome")).select_by_value("refused")
-    check("refused" in driver.find_element(By.ID, "audit-list").text, "the audit filter shows the refused sign-in call")
+    WebDriverWait(driver, 10).until(lambda d: rows() and not any("ok (" in r for r in rows()))
+    check(all("refused" in r for r in rows()), f"the audit filter shows refusals only: {rows()}")
 
     # Invoke from the browser: upload files, set an override, start, watch it complete without a reload.
     go("invoke", "#invoke-form")
@@ -195,6 +201,15 @@ try:
     go(f"endpoints/{cfg['other_endpoint']}", "#forbidden")
     check("scoped to endpoint" in driver.find_element(By.ID, "forbidden").text, "the forbidden page says why")
     shot("forbidden")
+
+    # The workspace CA, trusted as a user trusts it, vouches for this host, and for nothing else: its
+    # name constraints make Chromium refuse a certificate its own key signed for another name.
+    driver.get(cfg["within_constraints"] + "/")
+    check("s_server" in driver.find_element(By.TAG_NAME, "body").text, "a certificate within the CA's names is trusted")
+    driver.get(cfg["outside_constraints"] + "/")
+    body = driver.find_element(By.TAG_NAME, "body").text
+    check("s_server" not in body and "ERR_CERT" in body, "a certificate for another name is refused")
+    shot("name-constraints")
     print(json.dumps({"screenshots": shots}))
 finally:
     driver.quit()
