@@ -55,9 +55,41 @@ fn the_readme_tour_names_only_commands_that_exist() {
         checked += 1;
     }
     assert!(checked >= 10, "only {checked} tour lines were found");
+    assert!(readme.contains("## Studio"), "the README describes the studio");
     let ws = crate::support::Workspace::start();
-    let (status, _) = ws.http("GET", "/", None, &[]);
-    if status == 404 {
-        assert!(!readme.to_lowercase().contains("studio"), "the README mentions a studio, which does not exist");
+    let (status, page) = ws.http("GET", "/", None, &[]);
+    assert_eq!(status, 200, "the control plane serves the studio the README describes");
+    assert!(page.to_string().contains("Cove studio"), "{page}");
+}
+
+/// Lines of the Rust files under `dir` (but `except`) that contain any of `needles`.
+fn lines_with(dir: &Path, except: Option<&Path>, needles: &[&str]) -> Vec<String> {
+    let mut files = Vec::new();
+    rust_files(dir, &mut files);
+    let mut found = Vec::new();
+    for f in files.iter().filter(|f| except.is_none_or(|e| !f.starts_with(e))) {
+        for (n, line) in std::fs::read_to_string(f).unwrap().lines().enumerate() {
+            if needles.iter().any(|needle| line.contains(needle)) {
+                found.push(format!("{}:{}: {}", f.display(), n + 1, line.trim()));
+            }
+        }
+    }
+    found
+}
+
+/// ARCHITECTURE.md's invariants that the layout keeps: only `cove_server::store` holds SQL, and
+/// `cove-model` and `cove-spec` do no IO (no files, sockets, processes or runtime).
+#[test]
+fn sql_stays_in_the_store_and_the_vocabulary_crates_do_no_io() {
+    let root = repo();
+    let server = root.join("crates/server/src");
+    let sql = ["SELECT ", "INSERT ", "UPDATE ", "DELETE FROM", "CREATE TABLE", "CREATE TRIGGER", "PRAGMA "];
+    let outside = lines_with(&server, Some(&server.join("store")), &sql);
+    assert!(outside.is_empty(), "SQL outside cove_server::store: {outside:#?}");
+    assert!(!lines_with(&server.join("store"), None, &sql).is_empty(), "the store's SQL is found where it is");
+    let io = ["std::fs", "std::net", "std::process", "tokio", "File::", "std::env::var", "reqwest"];
+    for krate in ["crates/model/src", "crates/spec/src"] {
+        let found = lines_with(&root.join(krate), None, &io);
+        assert!(found.is_empty(), "{krate} does IO: {found:#?}");
     }
 }
