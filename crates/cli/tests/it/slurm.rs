@@ -175,9 +175,7 @@ fn slurm_node_down_mid_job_loses_its_tasks_and_the_job_still_scores_every_file_o
     let show = || ws.cove(&["--json", "job", "show", &name]).ok().json();
     wait_for("two mini-batches", 60, || show()["progress"]["batches_succeeded"].as_u64().unwrap() >= 2);
     let first = slurm_job_id(&show()).expect("the job runs as a Slurm job");
-    let node = node();
-    let out = scontrol(&["update", &format!("NodeName={node}"), "State=DOWN", "Reason=cove-test"]);
-    assert!(!out.contains("error"), "{out}");
+    let taken = NodeOut::take(&node(), "DOWN");
     let down = std::time::Instant::now();
     // The lease of the mini-batch the lost task held comes back at once: a lease lasts timeout (20 s)
     // plus 10 s of grace from the task's last heartbeat.
@@ -186,12 +184,37 @@ fn slurm_node_down_mid_job_loses_its_tasks_and_the_job_still_scores_every_file_o
     });
     assert!(down.elapsed().as_secs() < 15);
     wait_for("the array job to be submitted again", 30, || slurm_job_id(&show()).is_some_and(|id| id != first));
-    let _ = scontrol(&["update", &format!("NodeName={node}"), "State=RESUME"]);
+    drop(taken);
     let job = ws.wait_job(&name);
     assert_eq!(job["status"], "Completed", "{job:#}");
     let expected: Vec<String> = (0..8).map(|i| format!("file-{i:03}.txt")).collect();
     assert_eq!(ws.output_lines(&job), expected, "every file exactly once");
     wait_for("the node to be idle again", 60, node_idle);
+}
+
+/// The cluster's node taken out of service for a test, and put back when the test ends however it
+/// ends (a failed assertion included), so one failing test never leaves the node out for the others.
+struct NodeOut(String);
+
+impl NodeOut {
+    fn take(node: &str, state: &str) -> NodeOut {
+        let out = scontrol(&["update", &format!("NodeName={node}"), &format!("State={state}"), "Reason=cove-test"]);
+        assert!(!out.contains("error"), "{out}");
+        NodeOut(node.to_string())
+    }
+}
+
+impl Drop for NodeOut {
+    fn drop(&mut self) {
+        // A down node whose slurmd answers may have come back by itself (ReturnToService=2); Slurm
+        // then refuses RESUME, and what matters is that the node is in service.
+        let out = scontrol(&["update", &format!("NodeName={}", self.0), "State=RESUME"]);
+        let state = Command::new("sinfo").args(["-h", "-o", "%T"]).env("SLURM_CONF", SLURM_CONF).output().unwrap();
+        let state = String::from_utf8_lossy(&state.stdout).to_lowercase();
+        if (state.contains("drain") || state.contains("down")) && !std::thread::panicking() {
+            panic!("the node {} is still out of service ({state}): {out}", self.0);
+        }
+    }
 }
 
 fn node_idle() -> bool {
@@ -211,15 +234,13 @@ fn slurm_a_node_kept_down_fails_the_job_for_lack_of_capacity() {
     ws.cove(&["compute", "create", "-f", &file.display().to_string()]).ok();
     let p = Project::new(ws.dir.path(), "nocap", LIST_SCRIPT, "mini_batch_size: 1").on(Backend::Slurm);
     p.deploy(&ws);
-    let node = node();
     // Drained rather than down: a down node whose slurmd still answers comes back by itself here
     // (ReturnToService=2), a drained one stays out until resumed.
-    let out = scontrol(&["update", &format!("NodeName={node}"), "State=DRAIN", "Reason=cove-test"]);
-    assert!(!out.contains("error"), "{out}");
+    let taken = NodeOut::take(&node(), "DRAIN");
     let run = ws.cove(&["--json", "endpoint", "invoke", "nocap", "--input", &p.inputs(2).display().to_string()]);
     let name = run.ok().json()["name"].as_str().unwrap().to_string();
     let job = ws.wait_job(&name);
-    let _ = scontrol(&["update", &format!("NodeName={node}"), "State=RESUME"]);
+    drop(taken);
     assert_eq!(job["status"], "Failed", "{job:#}");
     let error = job["error"].as_str().unwrap();
     assert!(error.starts_with("no Slurm capacity: the workers waited 5 s (capacity_wait) for nodes that are down, drained or reserved: task 0 PENDING"), "{error}");
