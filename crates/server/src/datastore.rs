@@ -160,6 +160,32 @@ pub fn normalise(path: &str) -> Result<String, String> {
     Ok(parts.join("/"))
 }
 
+/// Refuses a write to `rel` under the local datastore folder `root` when a folder on its way is a
+/// symbolic link: someone who can write the folder could plant one to send Cove's writes (an upload, a
+/// job's output) outside the datastore. Each existing part of the path is looked at without following
+/// links; the parts that do not exist yet, Cove creates. Blocking. (A link planted between this look
+/// and the write is not seen: the look narrows the window to that moment.)
+pub fn refuse_links_on_the_way(root: &std::path::Path, rel: &str) -> Result<(), String> {
+    let mut at = root.to_path_buf();
+    let mut walked = Vec::new();
+    for part in rel.split('/').filter(|p| !p.is_empty()) {
+        at.push(part);
+        walked.push(part);
+        match std::fs::symlink_metadata(&at) {
+            Ok(meta) if meta.file_type().is_symlink() => {
+                return Err(format!(
+                    "`{}` is a symbolic link; Cove never writes through one into a local datastore",
+                    walked.join("/")
+                ))
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(format!("`{}` cannot be looked at: {e}", walked.join("/"))),
+        }
+    }
+    Ok(())
+}
+
 /// How the folder begins, beside a job's output location on a local datastore, where finalizing writes
 /// the job's output set before renaming it into place whole (`jobs::finalize`): beside it, so on the
 /// same filesystem. No path a caller gives may name one, at any depth.

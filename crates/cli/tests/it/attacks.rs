@@ -1205,3 +1205,47 @@ fn files_registered_from_an_upload_are_out_of_the_uploaders_reach() {
     ws.cove(&["endpoint", "invoke", "held", "--input", "azureml:shared-data:1"])
         .fails_with(2, "input: data asset `shared-data` version 1: its files changed since it was registered");
 }
+
+/// Someone who can write a local datastore's folder plants a folder link on the way to where Cove will
+/// write: an upload, a job's output location at invocation, and the output location of a job already
+/// running. Cove writes through none of them, and nothing reaches the folder the links point to.
+#[test]
+fn writes_into_a_local_datastore_never_follow_a_planted_folder_link() {
+    let ws = Workspace::start();
+    let slow = LIST_SCRIPT.replace("def run(mini_batch):", "def run(mini_batch):\n    import time; time.sleep(2)");
+    let p = Project::new(ws.dir.path(), "planted", &slow, "mini_batch_size: 5");
+    p.deploy(&ws);
+    let outside = ws.dir.path().join("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    let datastore = ws.path().join("datastores/workspaceblobstore");
+    let plant = |rel: &str| {
+        let at = datastore.join(rel);
+        std::fs::create_dir_all(at.parent().unwrap()).unwrap();
+        std::os::unix::fs::symlink(&outside, &at).unwrap();
+        assert!(std::fs::symlink_metadata(&at).unwrap().file_type().is_symlink(), "the link was planted");
+    };
+    plant("LocalUpload/planted");
+    let got = call(
+        &ws,
+        "127.0.0.1",
+        &ws.token(),
+        "PUT",
+        "/api/v1/datastores/workspaceblobstore/files/LocalUpload/planted/x.txt",
+        Body::Bytes(b"x".to_vec()),
+    );
+    refused(got, 400, "path: `LocalUpload/planted` is a symbolic link; Cove never writes through one");
+    plant("linked");
+    let input = p.inputs(2).display().to_string();
+    let uri = |rel: &str| format!("azureml://datastores/workspaceblobstore/paths/{rel}");
+    ws.cove(&["endpoint", "invoke", "planted", "--input", &input, "--output-path", &uri("linked/out")])
+        .fails_with(2, "output_path: `linked` is a symbolic link");
+    // Planted while the job runs: the job fails saying why, and writes nothing there.
+    let run =
+        ws.cove(&["--json", "endpoint", "invoke", "planted", "--input", &input, "--output-path", &uri("later/out")]);
+    let job = run.ok().json()["name"].as_str().unwrap().to_string();
+    plant("later");
+    let ended = ws.wait_job(&job);
+    assert_eq!(ended["status"], "Failed", "{ended:#}");
+    assert!(ended["error"].as_str().unwrap().contains("`later` is a symbolic link"), "{ended:#}");
+    assert_eq!(files_under(&outside), Vec::<PathBuf>::new(), "nothing was written where the links point");
+}

@@ -152,6 +152,7 @@ pub async fn invoke(
         output.join(file).map_err(|e| ApiError::invalid(format!("output_file_name: {e}")))?;
     }
     check_output_is_new(output_store.as_ref(), &output).await?;
+    super::resources::refuse_planted_links(&app, &output.datastore, &output.path, "output_path").await?;
     let model_key = dep.model.clone();
     let model =
         app.store.call(move |c| store::model_get(c, &model_key.name, Some(model_key.version))).await?.ok_or_else(

@@ -1039,12 +1039,24 @@ pub async fn upload(
     }
     let store = app.datastores.get(&datastore).map_err(ApiError::not_found)?;
     super::ownership::claim_upload(&app, &user, &datastore, &path).await?;
+    refuse_planted_links(&app, &datastore, &path, "path").await?;
     let location = crate::datastore::object_path_of(&path);
     if store.head(&location).await.is_ok() {
         return Err(ApiError::conflict(format!("`{path}` already exists in datastore `{datastore}`")));
     }
     super::upload::stream_to(store.as_ref(), &location, body, super::UPLOAD_LIMIT).await?;
     Ok(StatusCode::CREATED)
+}
+
+/// On a local datastore, refuses a write to `path` through a folder that is a symbolic link
+/// (`datastore::refuse_links_on_the_way`); `field` names the path in the error.
+pub(crate) async fn refuse_planted_links(app: &AppRef, datastore: &str, path: &str, field: &str) -> ApiResult<()> {
+    let Some(root) = app.datastores.local_root(datastore) else { return Ok(()) };
+    let rel = path.to_string();
+    let looked = tokio::task::spawn_blocking(move || crate::datastore::refuse_links_on_the_way(&root, &rel)).await;
+    looked
+        .map_err(|e| ApiError::internal("look at the datastore folder", e))?
+        .map_err(|why| ApiError::invalid(format!("{field}: {why}")))
 }
 
 /// A folder of this host (or of a filesystem mounted at the same place on every node) as a datastore.

@@ -182,6 +182,17 @@ async fn publish(
     output_file_name: Option<&str>,
     published: &mut Published,
 ) -> anyhow::Result<bool> {
+    if let Some(fs_root) = app.datastores.local_root(&published.root.datastore) {
+        // A folder on the way to the output planted as a link since the job was accepted would send
+        // the set elsewhere; looked at again just before anything is written (and before the rename).
+        let (rel, staging) = (published.root.path.clone(), published.staging_rel.clone());
+        tokio::task::spawn_blocking(move || {
+            crate::datastore::refuse_links_on_the_way(&fs_root, &rel)
+                .and_then(|()| crate::datastore::refuse_links_on_the_way(&fs_root, &staging))
+        })
+        .await?
+        .map_err(anyhow::Error::msg)?;
+    }
     if let Some((output, staging)) = published.local.clone() {
         let found = tokio::task::spawn_blocking(move || -> std::io::Result<Option<Vec<(String, u64)>>> {
             if output.is_dir() {
@@ -239,7 +250,11 @@ async fn publish(
     }
     match published.local.clone() {
         Some((output, staging)) => {
+            let (fs_root, rel) = (app.datastores.local_root(&published.root.datastore), published.root.path.clone());
             let renamed = tokio::task::spawn_blocking(move || {
+                if let Some(fs_root) = fs_root {
+                    crate::datastore::refuse_links_on_the_way(&fs_root, &rel).map_err(std::io::Error::other)?;
+                }
                 if !staging.exists() {
                     // Nothing to publish (no output file and no script-written file): no folder either.
                     return Ok(());
