@@ -92,11 +92,24 @@ fn roles_and_scopes_refuse_what_they_do_not_allow_and_every_refusal_is_audited()
     let entry = audit(&ws).into_iter().find(|e| e["outcome"].as_str().unwrap().contains("scoped to endpoint")).unwrap();
     assert_eq!(entry["source"], "127.0.0.1");
     assert!(entry["principal"].as_str().unwrap().ends_with("(invoker)"), "{entry}");
-    // Only hashes are stored: no secret appears in the state database.
-    let db = std::fs::read(ws.path().join("state/cove.db")).unwrap();
-    for secret in [&reader, &invoker_a, &contributor] {
-        assert!(!db.windows(secret.len()).any(|w| w == secret.as_bytes()), "a token secret is stored");
+    // Only hashes are stored: no secret appears in the state database, its write-ahead log included
+    // (where rows written while the control plane runs are), nor anywhere else under `state/` but the
+    // files that hold the workspace's own credentials.
+    let wal = ws.path().join("state/cove.db-wal");
+    assert!(std::fs::metadata(&wal).is_ok_and(|m| m.len() > 0), "the write-ahead log holds the recent rows");
+    let mut scanned = 0;
+    for entry in std::fs::read_dir(ws.path().join("state")).unwrap().flatten() {
+        let name = entry.file_name().to_string_lossy().to_string();
+        if !entry.file_type().unwrap().is_file() || name.ends_with(".token") || name.ends_with(".secret") {
+            continue;
+        }
+        let bytes = std::fs::read(entry.path()).unwrap();
+        for secret in [&reader, &invoker_a, &contributor] {
+            assert!(!bytes.windows(secret.len()).any(|w| w == secret.as_bytes()), "a token secret is in {name}");
+        }
+        scanned += 1;
     }
+    assert!(scanned >= 2, "the database and its log were scanned");
 }
 
 const NETWORK: &str = "

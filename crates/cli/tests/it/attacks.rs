@@ -282,9 +282,14 @@ fn scoring_code_cannot_make_the_worker_read_for_it() {
     for said in ["attack: the stdout log is a link", "attack: the stdout log is a fifo", "attack: the part is a link"] {
         assert!(stderr.contains(said), "{said:?} missing from stderr:\n{stderr}");
     }
-    assert!(stderr.contains("attack: cannot write outside"), "{stderr}");
-    assert!(!stderr.contains("attack: wrote"), "the sandbox let the script write outside its view:\n{stderr}");
+    // Both writes outside its view were tried. What the script thinks happened is not the test: with the
+    // workspace under /tmp, a write may land in the sandbox's own private /tmp and look like success.
+    // The files themselves are: the token and the state store are as they were.
+    let tried = stderr.matches("attack: cannot write outside").count() + stderr.matches("attack: wrote").count();
+    assert_eq!(tried, 2, "both writes were tried:\n{stderr}");
     assert_eq!(std::fs::read_to_string(&token_path).unwrap().trim(), ws.token().trim());
+    let db = std::fs::read(ws.path().join("state/cove.db")).unwrap();
+    assert!(!db.ends_with(b"pwned"), "the script wrote into the state store");
     assert_nothing_leaked(&ws, &job);
 }
 

@@ -510,6 +510,49 @@ fn mlflow_models_deploy_with_no_scoring_script() {
     std::fs::write(dir.join("custom.yml"), custom).unwrap();
     ws.cove(&["deployment", "create", "-f", &file("custom.yml")])
         .fails_with(2, "a scoring script for an mlflow_model needs an environment, as in the reference");
+
+    // A model without the python_function flavour cannot be deployed with no scoring script.
+    let flavourless = dir.join("flavourless");
+    std::fs::create_dir_all(&flavourless).unwrap();
+    std::fs::write(
+        flavourless.join("MLmodel"),
+        "flavors:
+  sklearn:
+    pickled_model: model.pkl
+",
+    )
+    .unwrap();
+    let refused = deployment
+        .replace("name: nocode", "name: flavourless")
+        .replace("name: sk-mlflow", "name: flavourless")
+        .replace(&model.display().to_string(), &flavourless.display().to_string());
+    std::fs::write(dir.join("flavourless.yml"), refused).unwrap();
+    ws.cove(&["deployment", "create", "-f", &file("flavourless.yml")]).fails_with(
+        2,
+        "model: the MLflow model has no python_function flavour (it has: sklearn); deploying it with no scoring script needs that flavour",
+    );
+
+    // A mini-batch whose every file fails raises, as the reference's driver does: the attempt fails.
+    let failing = dir.join("failing");
+    std::fs::create_dir_all(&failing).unwrap();
+    for name in ["a.txt", "b.txt"] {
+        std::fs::write(failing.join(name), "not a table\n").unwrap();
+    }
+    let run = ws.cove(&[
+        "--json",
+        "endpoint",
+        "invoke",
+        "mlflow-ep",
+        "-d",
+        "nocode",
+        "--input",
+        &failing.display().to_string(),
+        "--set",
+        "max_retries=1",
+    ]);
+    let failed = ws.wait_job(run.ok().json()["name"].as_str().unwrap());
+    assert_eq!(failed["progress"]["items_ok"], 0, "{failed:#}");
+    assert!(failed.to_string().contains("No objects to concatenate"), "the mini-batch failed, saying why: {failed:#}");
 }
 
 /// On a Slurm cluster with an environment cache, the first worker that needs an environment builds it
