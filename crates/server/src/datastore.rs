@@ -201,6 +201,8 @@ pub struct Datastores {
     signers: std::sync::RwLock<BTreeMap<String, Arc<dyn object_store::signer::Signer>>>,
     /// The CA (PEM) each HTTPS datastore's client trusts besides the system's: its private endpoint's.
     cas: std::sync::RwLock<BTreeMap<String, String>>,
+    /// Registered datastores left closed at start, with why (`close`).
+    closed: std::sync::RwLock<BTreeMap<String, String>>,
     pub default_name: String,
 }
 
@@ -241,8 +243,14 @@ impl Datastores {
             local_roots: std::sync::RwLock::new(BTreeMap::new()),
             signers: std::sync::RwLock::new(BTreeMap::new()),
             cas: std::sync::RwLock::new(BTreeMap::new()),
+            closed: std::sync::RwLock::new(BTreeMap::new()),
             default_name: default_name.to_string(),
         }
+    }
+
+    /// Leaves a registered datastore closed: every use of it is refused with `why`.
+    pub fn close(&self, name: &str, why: String) {
+        self.closed.write().unwrap_or_else(|p| p.into_inner()).insert(name.to_string(), why);
     }
 
     pub fn insert(&self, name: &str, store: Arc<dyn ObjectStore>) {
@@ -330,6 +338,9 @@ impl Datastores {
     }
 
     pub fn get(&self, name: &str) -> Result<Arc<dyn ObjectStore>, String> {
+        if let Some(why) = self.closed.read().unwrap_or_else(|p| p.into_inner()).get(name) {
+            return Err(format!("datastore `{name}` is not open: {why}"));
+        }
         let stores = self.stores.read().unwrap_or_else(|p| p.into_inner());
         stores.get(name).cloned().ok_or_else(|| {
             let known: Vec<&str> = stores.keys().map(String::as_str).collect();

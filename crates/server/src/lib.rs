@@ -294,6 +294,22 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
     };
     let datastores = datastore::Datastores::new(DEFAULT_DATASTORE);
     for ds in store.call_now(|c| store::datastore_list(c))? {
+        let service = format!("datastore:{}", ds.name);
+        if ds.kind != "local"
+            && !policy.public_network_access
+            && !policy.private_endpoints.iter().any(|p| p.service == service)
+        {
+            // Checked when it was created, and again at every start: a configuration that no longer
+            // declares its private endpoint leaves it closed rather than reached some other way.
+            tracing::warn!(datastore = %ds.name, "left closed: no private endpoint declares it");
+            datastores.close(
+                &ds.name,
+                format!(
+                    "the workspace configuration declares no private endpoint for it (service: {service}), and a private workspace reaches datastores only through one"
+                ),
+            );
+            continue;
+        }
         let ca = || policy.endpoint_ca(&format!("datastore:{}", ds.name)).map_err(anyhow::Error::msg);
         match (ds.kind.as_str(), &ds.endpoint) {
             ("s3", Some(endpoint)) => {

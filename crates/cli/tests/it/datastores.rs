@@ -123,6 +123,11 @@ fn datastores_are_reached_only_through_their_private_endpoints() {
     assert_eq!(diag.code, 1, "{}", diag.stdout);
     let expected = "FAIL datastore lake: s3://lake-bucket is reached outside a private endpoint\n     fix: declare a private endpoint with service: datastore:lake";
     assert!(diag.stdout.contains(expected), "{}", diag.stdout);
+    // And the store is not reached at all: it stays closed until its private endpoint is declared again.
+    ws.cove(&["endpoint", "invoke", "lakeside", "--input", "azureml://datastores/lake/paths/in"]).fails_with(
+        2,
+        "datastore `lake` is not open: the workspace configuration declares no private endpoint for it (service: datastore:lake)",
+    );
     drop(ws);
 
     let plain = Workspace::start();
