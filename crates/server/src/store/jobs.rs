@@ -1423,6 +1423,45 @@ mod tests {
         assert!(committed_parts(&c, "j").unwrap().is_empty());
     }
 
+    /// The reports of one request are applied all or not at all: when one of them cannot be applied,
+    /// the ones before it in the same request are undone too (their parts, attempts and counters).
+    #[test]
+    fn a_request_s_reports_are_applied_together_or_not_at_all() {
+        let mut c = conn();
+        planned_job(&mut c, "j", 4, 3);
+        let (a, b) = (lease(&mut c, "j"), lease(&mut c, "j"));
+        let report = |lease: &str| AttemptReported {
+            lease_id: lease.to_string(),
+            outcome: AttemptOutcome::Succeeded { items_ok: 1, items_failed: 0 },
+            pid: 1,
+            isolation: None,
+            part_audit: Some(cove_api::AuditEntry {
+                time: String::new(),
+                principal: "w".into(),
+                source: "127.0.0.1".into(),
+                action: "PUT part".into(),
+                resource: "r".into(),
+                outcome: "ok".into(),
+                detail: None,
+            }),
+            inline_part: Some(bytes::Bytes::from(format!("rows of {lease}\n"))),
+        };
+        c.execute_batch(&format!(
+            "CREATE TRIGGER refuse_second BEFORE UPDATE OF outcome ON attempts WHEN OLD.lease_id = '{}'
+             BEGIN SELECT RAISE(ABORT, 'second report refused'); END;",
+            b.lease_id
+        ))
+        .unwrap();
+        assert!(reports_apply(&mut c, &[report(&a.lease_id), report(&b.lease_id)]).is_err());
+        let counters = job_get(&c, "j").unwrap().unwrap().counters;
+        assert_eq!(counters.batches_succeeded, 0, "the first report was undone with the second");
+        assert!(part_bodies(&c, &[&a.lease_id]).unwrap().is_empty(), "and its part");
+        c.execute_batch("DROP TRIGGER refuse_second").unwrap();
+        let applied = reports_apply(&mut c, &[report(&a.lease_id), report(&b.lease_id)]).unwrap();
+        assert!(applied.iter().all(|r| r.committed), "{applied:?}");
+        assert_eq!(job_get(&c, "j").unwrap().unwrap().counters.batches_succeeded, 2);
+    }
+
     /// A job's end and the release of what it holds are one change: when releasing fails, the job has
     /// not ended either (with or without a transaction of the caller's).
     #[test]
