@@ -81,4 +81,19 @@ mod tests {
         let open = connections.open.lock().unwrap();
         assert_eq!((open.total, open.by_source.get(&one), open.by_source.get(&proxy)), (2, Some(&1), None));
     }
+
+    /// All sources together hold at most the total, a trusted proxy's connections included, and a
+    /// connection that closes gives its place back.
+    #[test]
+    fn all_sources_together_hold_at_most_the_total() {
+        let connections = Arc::new(Connections::default());
+        let proxy: IpAddr = "198.18.0.3".parse().unwrap();
+        let mut held: Vec<Held> = (0..TOTAL).map(|_| connections.open(proxy, false).unwrap()).collect();
+        let refused = connections.open("198.18.0.9".parse().unwrap(), true).err().expect("past the total");
+        assert_eq!(refused, "the control plane holds 8192 connections already");
+        assert!(connections.open(proxy, false).is_err(), "a trusted proxy is held to the total too");
+        held.pop();
+        let _again =
+            connections.open("198.18.0.9".parse().unwrap(), true).expect("a closed connection gives its place back");
+    }
 }
