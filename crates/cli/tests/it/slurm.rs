@@ -78,6 +78,20 @@ fn slurm_runs_a_job_on_two_instances_and_scales_to_zero() {
     assert_eq!(job["status"], "Completed", "{job:#}");
     let expected: Vec<String> = (0..6).map(|i| format!("file-{i:03}.txt {}", i * 2)).collect();
     assert_eq!(ws.output_lines(&job), expected);
+    // The nodes read the cluster's credential from a copy in the job's folder: the same bytes, readable
+    // by the workspace's owner alone.
+    let name = job["name"].as_str().unwrap();
+    let copies = ws.path().join("compute/hpc").join(name).join("credential");
+    use std::os::unix::fs::PermissionsExt;
+    for (copy, original) in
+        [("client.key", "compute-hpc.key"), ("client.pem", "compute-hpc.pem"), ("ca.pem", "trust.pem")]
+    {
+        let path = copies.join(copy);
+        let mode = std::fs::metadata(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())).permissions().mode();
+        assert_eq!(mode & 0o077, 0, "{} is mode {:o}", path.display(), mode & 0o777);
+        let source = std::fs::read(ws.path().join("tls").join(original)).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), source, "{copy} is a copy of tls/{original}");
+    }
     let state = job["compute_state"].as_str().unwrap().to_string();
     assert!(state.starts_with("slurm job "), "{state}");
     let id = state.trim_start_matches("slurm job ").split(':').next().unwrap().to_string();
