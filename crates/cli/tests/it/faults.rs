@@ -105,7 +105,12 @@ fn rerun_failed_only_scores_just_the_failed_items() {
     // The bad file is mended where the job read it, then only it is scored again.
     let input =
         first["input"]["uri"].as_str().unwrap().strip_prefix("azureml://datastores/workspaceblobstore/paths/").unwrap();
-    std::fs::write(ws.path().join("datastores/workspaceblobstore").join(input).join("file-002.txt"), "2\n").unwrap();
+    let folder = ws.path().join("datastores/workspaceblobstore").join(input);
+    std::fs::write(folder.join("file-002.txt"), "2\n").unwrap();
+    // The folder changes meanwhile: a file that sorts before the failed one, and one of the files that
+    // succeeded is gone. The rerun's plan is the failed files themselves, not the folder as it is now.
+    std::fs::write(folder.join("file-0015.txt"), "15\n").unwrap();
+    std::fs::remove_file(folder.join("file-000.txt")).unwrap();
     let rerun = ws.cove(&["--json", "job", "rerun", first["name"].as_str().unwrap(), "--failed-only"]);
     let second = ws.wait_job(rerun.ok().json()["name"].as_str().unwrap());
     assert_eq!(second["status"], "Completed", "{second:#}");
@@ -114,7 +119,7 @@ fn rerun_failed_only_scores_just_the_failed_items() {
     // A whole rerun scores every input again, into its own output.
     let all = ws.cove(&["--json", "job", "rerun", first["name"].as_str().unwrap()]);
     let third = ws.wait_job(all.ok().json()["name"].as_str().unwrap());
-    assert_eq!(ws.output_lines(&third).len(), 4);
+    assert_eq!(ws.output_lines(&third), vec!["file-001.txt 1", "file-0015.txt 15", "file-002.txt 2", "file-003.txt 3"]);
     ws.cove(&["job", "rerun", second["name"].as_str().unwrap(), "--failed-only"])
         .fails_with(2, "has no failed mini-batch to rerun");
 }
