@@ -646,3 +646,42 @@ fn a_scorer_killed_at_its_timeout_takes_no_other_scorer_of_its_host_with_it() {
     let again = &pids_by_process[&stopped];
     assert!(!again.is_empty() && !again.contains(other.1.first().unwrap()), "{pids_by_process:?}");
 }
+
+/// A script that returns the names of its environment's variables, one line.
+const ENV_NAMES_SCRIPT: &str = r#"
+import os
+
+def init():
+    pass
+
+def run(mini_batch):
+    return [" ".join(sorted(os.environ)), "HOME=" + os.environ.get("HOME", "")]
+"#;
+
+/// The scorer's environment is the reference's variables, the deployment's own, `PATH`, and the host's
+/// locale, time zone and numeric-library tuning: nothing else of the worker's environment reaches it.
+#[test]
+fn a_scorer_sees_no_variable_of_the_workers_environment() {
+    let ws = Workspace::start_with(&[], &[("COVE_TEST_WORKER_ONLY", "leaked"), ("TZ", "UTC")]);
+    let p = Project::new(
+        ws.dir.path(),
+        "envnames",
+        ENV_NAMES_SCRIPT,
+        "mini_batch_size: 1\nenvironment_variables:\n    GREETING: hello",
+    );
+    p.deploy(&ws);
+    let job = invoke(&ws, "envnames", &p.inputs(1), &[]);
+    assert_eq!(job["status"], "Completed", "{job:#}");
+    let names: Vec<String> = ws.output_lines(&job)[0].split_whitespace().map(str::to_string).collect();
+    assert!(names.contains(&"GREETING".to_string()) && names.contains(&"TZ".to_string()), "{names:?}");
+    // HOME and PWD are the sandbox's own (its private home and its working folder), not the worker's.
+    let home = ws.output_lines(&job)[1].clone();
+    let worker_home = std::env::var("HOME").unwrap_or_default();
+    assert!(home != format!("HOME={worker_home}") && !home.contains(ws.path().to_str().unwrap()), "{home}");
+    let passed = ["PATH", "HOME", "PWD", "GREETING", "LANG", "LC_ALL", "TZ", "OMP_NUM_THREADS", "MKL_NUM_THREADS"];
+    let unexpected: Vec<&String> = names
+        .iter()
+        .filter(|n| !n.starts_with("AZUREML_") && !n.starts_with("OPENBLAS_") && !passed.contains(&n.as_str()))
+        .collect();
+    assert!(unexpected.is_empty(), "the scorer sees variables it should not: {unexpected:?} (all: {names:?})");
+}
