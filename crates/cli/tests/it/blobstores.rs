@@ -211,6 +211,28 @@ fn azure_blob_and_adls_gen2_datastores_through_their_private_endpoints() {
         let names = azurite.blob_names(container);
         assert!(!names.iter().any(|n| n.starts_with("stalled/")), "a canceled job publishes nothing: {names:?}");
     }
+    // A URL is signed for one file: Azurite, which checks signatures, serves that file with it and
+    // refuses any other. (The test takes a lease as a worker of the `local` compute would.)
+    let held = Project::new(ws.dir.path(), "azsign", crate::support::SLEEPER, "mini_batch_size: 1");
+    held.deploy(&ws);
+    let run = ws.cove(&["--json", "endpoint", "invoke", "azsign", "--input", "azureml://datastores/blob/paths/in"]);
+    let job = run.ok().json()["name"].as_str().unwrap().to_string();
+    let local = std::fs::read_to_string(ws.path().join("state/worker-local.token")).unwrap().trim().to_string();
+    let ask =
+        serde_json::json!({"node": "test-node", "process": 7, "job": job, "wait_ms": 10000, "host": {"sandbox": true}});
+    let (status, granted) = ws.http_as(&local, "POST", "/worker/v1/lease", Some(ask), &[]);
+    assert_eq!(status, 200, "{granted}");
+    let file = granted["lease"]["files"][0].as_str().unwrap_or_else(|| panic!("no lease: {granted}")).to_string();
+    let url = granted["lease"]["signed_inputs"][0].as_str().unwrap().to_string();
+    let other = ["file-000.txt", "file-001.txt", "file-002.txt"].into_iter().find(|f| *f != file).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let get =
+        |u: &str| rt.block_on(async { crate::support::plain_http().get(u).send().await.unwrap().status().as_u16() });
+    assert_eq!(get(&url), 200, "the URL reads its file {file}");
+    let forged = url.replace(&file, other);
+    assert_ne!(forged, url);
+    assert_eq!(get(&forged), 403, "a URL signed for {file} reads {other}");
+    ws.cove(&["job", "cancel", &job]).ok();
     let diag = ws.cove(&["workspace", "diagnose"]);
     assert!(diag.stdout.contains("OK   datastore blob: reached through its private endpoint"), "{}", diag.stdout);
     assert!(diag.stdout.contains("OK   datastore lake2: reached through its private endpoint"), "{}", diag.stdout);
