@@ -1021,14 +1021,6 @@ fn a_workspace_that_predates_location_records_gets_them_at_start() {
     assert_nothing_leaked(&ws, &job);
 }
 
-/// Asks for one lease of `job` as a worker of the `local` compute would; returns its id.
-fn hold_lease(ws: &Workspace, token: &str, job: &str, process: u32) -> String {
-    let ask = json!({"node": "test-node", "process": process, "job": job, "wait_ms": 10000, "host": {"sandbox": true}});
-    let (status, granted) = call(ws, "127.0.0.1", token, "POST", "/worker/v1/lease", Body::Json(ask));
-    assert_eq!(status, 200, "{granted}");
-    granted["lease"]["lease_id"].as_str().unwrap_or_else(|| panic!("no lease: {granted}")).to_string()
-}
-
 /// The bytes a mini-batch committed: its part in the state store, or its object.
 fn committed_bytes(ws: &Workspace, lease: &str) -> Vec<u8> {
     let db = rusqlite::Connection::open(ws.path().join("state/cove.db")).unwrap();
@@ -1056,7 +1048,7 @@ fn a_committed_part_never_changes() {
     p.deploy(&ws);
     let run = ws.cove(&["--json", "endpoint", "invoke", "slow", "--input", &p.inputs(8).display().to_string()]);
     let job = run.ok().json()["name"].as_str().unwrap().to_string();
-    let local = std::fs::read_to_string(ws.path().join("state/worker-local.token")).unwrap().trim().to_string();
+    let local = ws.local_worker_token();
     let report = |lease: &str, part: &[u8]| {
         let body = report_bundle(&[lease], std::str::from_utf8(part).unwrap());
         call(&ws, "127.0.0.1", &local, "POST", "/worker/v1/reports", Body::Bytes(body))
@@ -1065,7 +1057,7 @@ fn a_committed_part_never_changes() {
     for (name, first, forged) in
         [("small", b"file-001.txt 2\n".to_vec(), b"forged rows\n".to_vec()), ("large", large('a'), large('z'))]
     {
-        let lease = hold_lease(&ws, &local, &job, 7);
+        let lease = ws.lease_as_local_worker(&job)["lease_id"].as_str().unwrap().to_string();
         let (status, ack) = report(&lease, &first);
         assert_eq!((status, ack["acks"][0]["committed"].clone()), (200, json!(true)), "{name}: {ack}");
         assert_eq!(committed_bytes(&ws, &lease), first, "{name}: the report's part was committed");
@@ -1086,7 +1078,7 @@ fn a_committed_part_never_changes() {
     }
     // Two reports of one lease at once, with other bytes: one commits, and its bytes are what the
     // mini-batch keeps; the other is refused (409) or discarded, never stored over it.
-    let lease = hold_lease(&ws, &local, &job, 7);
+    let lease = ws.lease_as_local_worker(&job)["lease_id"].as_str().unwrap().to_string();
     let (one, two) = (large('b'), large('c'));
     let (a, b) = std::thread::scope(|s| {
         let a = s.spawn(|| report(&lease, &one));

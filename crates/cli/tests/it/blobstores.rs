@@ -217,13 +217,9 @@ fn azure_blob_and_adls_gen2_datastores_through_their_private_endpoints() {
     held.deploy(&ws);
     let run = ws.cove(&["--json", "endpoint", "invoke", "azsign", "--input", "azureml://datastores/blob/paths/in"]);
     let job = run.ok().json()["name"].as_str().unwrap().to_string();
-    let local = std::fs::read_to_string(ws.path().join("state/worker-local.token")).unwrap().trim().to_string();
-    let ask =
-        serde_json::json!({"node": "test-node", "process": 7, "job": job, "wait_ms": 10000, "host": {"sandbox": true}});
-    let (status, granted) = ws.http_as(&local, "POST", "/worker/v1/lease", Some(ask), &[]);
-    assert_eq!(status, 200, "{granted}");
-    let file = granted["lease"]["files"][0].as_str().unwrap_or_else(|| panic!("no lease: {granted}")).to_string();
-    let url = granted["lease"]["signed_inputs"][0].as_str().unwrap().to_string();
+    let lease = ws.lease_as_local_worker(&job);
+    let file = lease["files"][0].as_str().unwrap().to_string();
+    let url = lease["signed_inputs"][0].as_str().unwrap_or_else(|| panic!("no signed URL: {lease}")).to_string();
     let other = ["file-000.txt", "file-001.txt", "file-002.txt"].into_iter().find(|f| *f != file).unwrap();
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let get =

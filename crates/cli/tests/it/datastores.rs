@@ -490,13 +490,9 @@ fn signed_input_urls_live_an_hour_at_most_and_never_reach_a_reader() {
 
     // The test holds a lease as a worker of the `local` compute would: its URLs are valid for an hour,
     // not for the day the lease may last, and they read the file.
-    let local = std::fs::read_to_string(ws.path().join("state/worker-local.token")).unwrap().trim().to_string();
-    let ask =
-        serde_json::json!({"node": "test-node", "process": 7, "job": job, "wait_ms": 10000, "host": {"sandbox": true}});
-    let (status, granted) = ws.http_as(&local, "POST", "/worker/v1/lease", Some(ask), &[]);
-    assert_eq!(status, 200, "{granted}");
-    let lease = &granted["lease"];
-    let lease_id = lease["lease_id"].as_str().unwrap_or_else(|| panic!("no lease: {granted}"));
+    let local = ws.local_worker_token();
+    let lease = &ws.lease_as_local_worker(&job);
+    let lease_id = lease["lease_id"].as_str().unwrap();
     assert!(lease["expires_in_ms"].as_u64().unwrap() > 86_400_000, "the lease lasts the day: {lease}");
     let url = lease["signed_inputs"][0].as_str().unwrap_or_else(|| panic!("no signed URL: {lease}")).to_string();
     assert_eq!(signed_for(&url), 3600, "{url}");

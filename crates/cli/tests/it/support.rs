@@ -204,6 +204,21 @@ impl Workspace {
         std::fs::read_to_string(folder.join("token")).unwrap().trim().to_string()
     }
 
+    /// The token of the `local` compute's workers.
+    pub fn local_worker_token(&self) -> String {
+        std::fs::read_to_string(self.path().join("state/worker-local.token")).unwrap().trim().to_string()
+    }
+
+    /// Takes one lease of `job` as a worker of the `local` compute would (node `test-node`, process 7);
+    /// returns the lease as granted.
+    pub fn lease_as_local_worker(&self, job: &str) -> serde_json::Value {
+        let ask = serde_json::json!({"node": "test-node", "process": 7, "job": job, "wait_ms": 10000, "host": {"sandbox": true}});
+        let (status, granted) = self.http_as(&self.local_worker_token(), "POST", "/worker/v1/lease", Some(ask), &[]);
+        assert_eq!(status, 200, "{granted}");
+        assert!(granted["lease"]["lease_id"].is_string(), "no lease: {granted}");
+        granted["lease"].clone()
+    }
+
     /// Sends one HTTP request with the owner token; returns (status, JSON body).
     pub fn http(
         &self,

@@ -723,10 +723,7 @@ async fn files_digest(app: &AppRef, uri: &str) -> Option<Vec<(String, u64, Vec<u
     use sha2::Digest;
     let root = parse_uri(uri).ok()?;
     let store = app.datastores.get(&root.datastore).ok()?;
-    let mut files: Vec<object_store::ObjectMeta> = match store.head(&root.object_path()).await {
-        Ok(meta) => vec![meta],
-        Err(_) => store.list(Some(&root.object_path())).try_collect().await.ok()?,
-    };
+    let mut files = files_at(store.as_ref(), &root).await.ok()?;
     files.sort_by(|a, b| a.location.cmp(&b.location));
     let mut out = Vec::with_capacity(files.len());
     for meta in files {
@@ -769,18 +766,8 @@ async fn out_of_reach(app: &AppRef, at: DataPath, field: &str) -> ApiResult<(Dat
             datastore: at.datastore.clone(),
             path: format!("registered/{}/{leaf}", uuid::Uuid::new_v4().simple()),
         };
-        let single = store.head(&at.object_path()).await.is_ok();
-        let files: Vec<object_store::ObjectMeta> = match single {
-            true => vec![store
-                .head(&at.object_path())
-                .await
-                .map_err(|e| ApiError::internal("read the files to register", e))?],
-            false => store
-                .list(Some(&at.object_path()))
-                .try_collect()
-                .await
-                .map_err(|e| ApiError::internal("list the files to register", e))?,
-        };
+        let files =
+            files_at(store.as_ref(), &at).await.map_err(|e| ApiError::internal("list the files to register", e))?;
         for meta in files {
             let rel = meta.location.as_ref().strip_prefix(at.path.as_str()).unwrap_or("").trim_start_matches('/');
             let to = if rel.is_empty() { copy.clone() } else { copy.join(rel).map_err(ApiError::invalid)? };
@@ -810,13 +797,18 @@ pub(crate) async fn check_unchanged(app: &AppRef, what: &str, uri: &str, digest:
     Ok(())
 }
 
+/// The files at `at`: the file itself, or every file under the folder.
+async fn files_at(store: &dyn ObjectStore, at: &DataPath) -> object_store::Result<Vec<object_store::ObjectMeta>> {
+    match store.head(&at.object_path()).await {
+        Ok(meta) => Ok(vec![meta]),
+        Err(_) => store.list(Some(&at.object_path())).try_collect().await,
+    }
+}
+
 /// Deletes an upload that turned out not to be needed: its files are registered already.
 async fn drop_upload(app: &AppRef, at: &crate::datastore::DataPath) {
     let Ok(store) = app.datastores.get(&at.datastore) else { return };
-    let listed: Vec<object_store::ObjectMeta> = match store.head(&at.object_path()).await {
-        Ok(meta) => vec![meta],
-        Err(_) => store.list(Some(&at.object_path())).try_collect().await.unwrap_or_default(),
-    };
+    let listed = files_at(store.as_ref(), at).await.unwrap_or_default();
     for meta in listed {
         let _ = store.delete(&meta.location).await;
     }

@@ -1267,22 +1267,7 @@ mod tests {
         let reports: Vec<AttemptReported> = first
             .iter()
             .chain(&three)
-            .map(|b| AttemptReported {
-                lease_id: b.lease_id.clone(),
-                outcome: AttemptOutcome::Succeeded { items_ok: 1, items_failed: 0 },
-                pid: 1,
-                isolation: None,
-                part_audit: Some(cove_api::AuditEntry {
-                    time: String::new(),
-                    principal: "w".into(),
-                    source: "127.0.0.1".into(),
-                    action: "PUT part".into(),
-                    resource: format!("mini-batch {}", b.idx),
-                    outcome: "ok".into(),
-                    detail: None,
-                }),
-                inline_part: (b.idx % 2 == 0).then(|| bytes::Bytes::from(format!("row of {}\n", b.idx))),
-            })
+            .map(|b| reported(&b.lease_id, (b.idx % 2 == 0).then(|| format!("row of {}\n", b.idx))))
             .collect();
         let results = reports_apply(&mut c, &reports).unwrap();
         assert!(results.iter().all(|r| r.committed && r.job_active), "{results:?}");
@@ -1326,6 +1311,27 @@ mod tests {
             }
         }
         assert!(lease_up_to(&mut c, "j", 1000).is_empty());
+    }
+
+    /// A worker's report that the attempt of `lease` succeeded, with its part (kept in the state store
+    /// when `inline` is given) and the part's audit entry.
+    fn reported(lease: &str, inline: Option<String>) -> AttemptReported {
+        AttemptReported {
+            lease_id: lease.to_string(),
+            outcome: AttemptOutcome::Succeeded { items_ok: 1, items_failed: 0 },
+            pid: 1,
+            isolation: None,
+            part_audit: Some(cove_api::AuditEntry {
+                time: String::new(),
+                principal: "w".into(),
+                source: "127.0.0.1".into(),
+                action: "PUT part".into(),
+                resource: format!("lease {lease}"),
+                outcome: "ok".into(),
+                detail: None,
+            }),
+            inline_part: inline.map(bytes::Bytes::from),
+        }
     }
 
     fn succeed(c: &mut Connection, lease: &str) -> CompleteResult {
@@ -1430,22 +1436,7 @@ mod tests {
         let mut c = conn();
         planned_job(&mut c, "j", 4, 3);
         let (a, b) = (lease(&mut c, "j"), lease(&mut c, "j"));
-        let report = |lease: &str| AttemptReported {
-            lease_id: lease.to_string(),
-            outcome: AttemptOutcome::Succeeded { items_ok: 1, items_failed: 0 },
-            pid: 1,
-            isolation: None,
-            part_audit: Some(cove_api::AuditEntry {
-                time: String::new(),
-                principal: "w".into(),
-                source: "127.0.0.1".into(),
-                action: "PUT part".into(),
-                resource: "r".into(),
-                outcome: "ok".into(),
-                detail: None,
-            }),
-            inline_part: Some(bytes::Bytes::from(format!("rows of {lease}\n"))),
-        };
+        let report = |lease: &str| reported(lease, Some(format!("rows of {lease}\n")));
         c.execute_batch(&format!(
             "CREATE TRIGGER refuse_second BEFORE UPDATE OF outcome ON attempts WHEN OLD.lease_id = '{}'
              BEGIN SELECT RAISE(ABORT, 'second report refused'); END;",
