@@ -33,7 +33,8 @@ pub(crate) async fn finalize(app: &AppRef, name: &str) -> anyhow::Result<()> {
     let mut published = Published::of(app, name, &job.record.output_uri)?;
     if job.status == JobStatus::CancelRequested {
         // Resumed after a stop: an earlier run may have published some or all of the set.
-        published.files = planned_files(app, name, output_file_name).await?.into_keys().map(|f| (f, 0)).collect();
+        let files = script_files(app, name, output_file_name).await?.into_keys();
+        published.files = files.chain(output_file_name.map(str::to_string)).map(|f| (f, 0)).collect();
         published.retract().await;
         cancel_now(app, name).await?;
         return Ok(());
@@ -148,7 +149,7 @@ impl Published {
 
 /// The files the committed attempts' scripts wrote, by name (a later mini-batch's file of the same
 /// name wins), with where each is staged; never one named as the output file.
-async fn planned_files(
+async fn script_files(
     app: &AppRef,
     name: &str,
     output_file_name: Option<&str>,
@@ -165,10 +166,6 @@ async fn planned_files(
                 files.insert(file, meta.location.clone());
             }
         }
-    }
-    if let Some(file) = output_file_name {
-        // Named so that a retraction knows it; its bytes come from the committed parts.
-        files.insert(file.to_string(), object_store::path::Path::from(""));
     }
     Ok(files)
 }
@@ -214,11 +211,7 @@ async fn publish(
     }
     let root = published.writing_root();
     let store = published.store.clone();
-    let mut files = planned_files(app, name, output_file_name).await?;
-    if let Some(file) = output_file_name {
-        files.remove(file);
-    }
-    for (file, source) in files {
+    for (file, source) in script_files(app, name, output_file_name).await? {
         let dest = root.join(&file).map_err(anyhow::Error::msg)?;
         let upload = store
             .put_multipart(&dest.object_path())
