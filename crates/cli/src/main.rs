@@ -554,8 +554,13 @@ enum JobCommand {
 fn main() {
     // The model-checking child: before anything else, so it runs with no runtime and no threads.
     let args: Vec<String> = std::env::args().collect();
-    if args.len() == 3 && args[1] == cove_server::modelcheck::CHILD_ARG {
-        std::process::exit(cove_server::modelcheck::child_main(&args[2]));
+    if args.len() == 3 && args[1] == cove_common::children::model_check::ARG {
+        std::process::exit(cove_worker::children::model_check_main(&args[2]));
+    }
+    // The environment child: builds with the worker's toolchain on the control plane's behalf.
+    if args.len() == 2 && args[1] == cove_common::children::ENVIRONMENT_ARG {
+        cove_tls::install_provider();
+        std::process::exit(cove_worker::children::environment_main());
     }
     let cli = Cli::parse();
     init_tracing();

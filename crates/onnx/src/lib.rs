@@ -34,21 +34,4 @@ impl Scored {
     }
 }
 
-/// The model file inside a registered model: the path itself when it is a `.onnx` file, otherwise the
-/// one `.onnx` file directly inside the folder.
-///
-/// # Errors
-/// A message naming the problem when there is no `.onnx` file or more than one.
-pub fn find_model_file<'a>(files: impl IntoIterator<Item = &'a str>) -> Result<&'a str, String> {
-    let found: Vec<&str> = files.into_iter().filter(|f| is_onnx_file(f)).collect();
-    match found.as_slice() {
-        [one] => Ok(one),
-        [] => Err("the model holds no .onnx file".into()),
-        many => Err(format!("the model holds {} .onnx files ({}); keep exactly one", many.len(), many.join(", "))),
-    }
-}
-
-/// Whether `name`, a file directly in a model folder, is an ONNX model file.
-pub fn is_onnx_file(name: &str) -> bool {
-    !name.contains('/') && name.to_ascii_lowercase().ends_with(".onnx")
-}
+pub use cove_common::{find_model_file, is_onnx_file};

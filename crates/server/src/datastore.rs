@@ -48,9 +48,9 @@ pub fn object_path_of(rel: &str) -> ObjectPath {
     ObjectPath::parse(rel).unwrap_or_else(|_| ObjectPath::from(rel))
 }
 
-/// Reads a file of a local datastore the way nothing in it can redirect (`cove_worker::beneath`). Blocking.
+/// Reads a file of a local datastore the way nothing in it can redirect (`cove_common::beneath`). Blocking.
 pub fn read_local(root: &std::path::Path, rel: &str) -> Result<bytes::Bytes, String> {
-    cove_worker::beneath::read(root, rel)
+    cove_common::beneath::read(root, rel)
 }
 
 /// The files directly in the folder `rel` of a local datastore, as datastore-relative paths, unsorted;
@@ -60,7 +60,7 @@ pub fn read_local(root: &std::path::Path, rel: &str) -> Result<bytes::Bytes, Str
 /// the folder: `object_store` walks every level beneath and calls `stat` three times per file, which
 /// made listing a folder of many small files the largest part of planning. Blocking.
 pub fn list_local_folder(root: &std::path::Path, rel: &str, keep: bool) -> Result<(usize, Vec<String>), String> {
-    let dir = match cove_worker::beneath::open_dir(root, rel) {
+    let dir = match cove_common::beneath::open_dir(root, rel) {
         Ok(dir) => dir,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((0, Vec::new())),
         Err(e) if e.raw_os_error() == Some(nix::libc::ELOOP) => {

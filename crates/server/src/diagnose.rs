@@ -101,7 +101,7 @@ pub async fn run(app: &AppRef) -> Result<Vec<Check>, store::StoreError> {
         let reported = app.worker_hosts.lock().unwrap_or_else(|e| e.into_inner()).get(&c.name).cloned();
         let (host, verdict) = match reported {
             Some((node, caps)) => (format!("the host of worker {node}"), caps.sandbox_problem.map_or(Ok(()), Err)),
-            None if c.kind == "local" => ("this host".to_string(), cove_worker::sandbox::available()),
+            None if c.kind == "local" => ("this host".to_string(), cove_common::sandbox_probe::available()),
             None => continue,
         };
         match verdict {
@@ -198,7 +198,7 @@ pub async fn run(app: &AppRef) -> Result<Vec<Check>, store::StoreError> {
 /// An index served over HTTPS answers its simple API with a certificate the builds will accept.
 async fn index_tls_check(name: &str, url: &str, address: std::net::SocketAddr, ca: Option<&str>) -> Check {
     let fix = "name the CA that issued the index's certificate with ca_file on its private endpoint";
-    let client = match cove_worker::environment::index_client(ca) {
+    let client = match cove_common::environment::index_client(ca) {
         Ok(c) => c,
         Err(e) => return check(name, "fail", format!("{url}: {e}"), Some(fix.into())),
     };

@@ -1,13 +1,14 @@
 //! Environments at the control plane: where builds get packages, which interpreter a deployment's
-//! `python` pin picks, resolving and building what a deployment runs in (with `cove_worker::environment`),
-//! and removing builds nothing uses any more.
+//! `python` pin picks, resolving and building what a deployment runs in (the worker's toolchain, run in
+//! a child process: `cove_common::children`), and removing builds nothing uses any more.
 
 use crate::netpolicy::NetworkPolicy;
 use crate::{layout, store, App, AppRef, EnvironmentSettings};
 use cove_api::worker::{EnvironmentBuild, PackageSource};
 use cove_api::DeploymentEnvironment;
 use cove_spec::requirement_name;
-use cove_worker::environment::{environment_key, interpreter_info, normalise_name, InterpreterInfo, Toolchain};
+use cove_common::children::{EnvironmentAnswer, EnvironmentTask, ENVIRONMENT_ARG};
+use cove_common::environment::{environment_key, interpreter_info, normalise_name, InterpreterInfo};
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -123,18 +124,36 @@ pub async fn prepare<'a>(
          (reached through a private endpoint with service: package-index) or --wheels DIR (a folder of wheels)"
             .to_string()
     })?;
-    let settings = &app.config.environments;
-    let (interpreter, mut warnings) = pick_interpreter(&app.config.python, settings, reqs.python.as_deref())?;
+    let settings = app.config.environments.clone();
+    let (default, pin) = (app.config.python.clone(), reqs.python.clone());
+    // Asking interpreters what they are starts processes: off the async workers.
+    let (interpreter, mut warnings) =
+        tokio::task::spawn_blocking(move || pick_interpreter(&default, &settings, pin.as_deref()))
+            .await
+            .map_err(|e| format!("the interpreter check failed: {e}"))??;
     if let Some(image) = req.image {
         warnings.push(format!("image `{image}` is not used: Cove builds environments from their conda and pip files"));
     }
-    let overrides: Vec<String> = settings.overrides.iter().chain(req.overrides).cloned().collect();
-    let tools = Toolchain::find(&app.config.python, app.config.sandbox)?;
+    let overrides: Vec<String> = app.config.environments.overrides.iter().chain(req.overrides).cloned().collect();
     let scratch = layout::environments(&app.config.dir).join(".resolve");
-    let lock = tools
-        .resolve(&interpreter.executable, &packages, &overrides, &source, req.allow_source_builds, &scratch)
-        .await
-        .map_err(|e| format!("the requirements cannot be resolved from {source}: {e}"))?;
+    let resolve = EnvironmentTask::Resolve {
+        python: app.config.python.clone(),
+        sandbox: app.config.sandbox,
+        interpreter: interpreter.executable.clone(),
+        packages: packages.clone(),
+        overrides: overrides.clone(),
+        source: source.clone(),
+        allow_source_builds: req.allow_source_builds,
+        scratch,
+    };
+    let lock = match run_child(&app.config.worker_exe, &resolve).await? {
+        EnvironmentAnswer::Resolved { lock } => lock,
+        EnvironmentAnswer::NoToolchain { message } => return Err(message),
+        EnvironmentAnswer::Failed { message, .. } => {
+            return Err(format!("the requirements cannot be resolved from {source}: {message}"))
+        }
+        EnvironmentAnswer::Built => return Err("the environment child answered a resolve with a build".into()),
+    };
     let key = environment_key(&lock, &interpreter, req.allow_source_builds);
     app.building.lock().unwrap_or_else(|p| p.into_inner()).insert(key.clone());
     let pinned = Pinned { app, key: key.clone() };
@@ -146,11 +165,21 @@ pub async fn prepare<'a>(
         source,
         allow_source_builds: req.allow_source_builds,
     };
-    let log = root.join(format!("{key}.log"));
+    let log = log_of(&root, &key);
     if build_now {
-        tools.ensure(&build).await.map_err(|f| {
-            format!("the environment could not be built: {} (build log: {})", f.message, f.log.display())
-        })?;
+        let ensure =
+            EnvironmentTask::Ensure { python: app.config.python.clone(), sandbox: app.config.sandbox, build: build.clone() };
+        match run_child(&app.config.worker_exe, &ensure).await? {
+            EnvironmentAnswer::Built => {}
+            EnvironmentAnswer::NoToolchain { message } => return Err(message),
+            EnvironmentAnswer::Failed { message, log } => {
+                let log = log.unwrap_or_else(|| log_of(&root, &key));
+                return Err(format!("the environment could not be built: {message} (build log: {})", log.display()));
+            }
+            EnvironmentAnswer::Resolved { .. } => {
+                return Err("the environment child answered a build with a resolve".into())
+            }
+        }
     }
     let installed: HashSet<String> = lock.lines().map(|l| normalise_name(requirement_name(l))).collect();
     let overrides_applied =
@@ -168,6 +197,34 @@ pub async fn prepare<'a>(
         build,
     };
     Ok((record, pinned))
+}
+
+fn log_of(root: &std::path::Path, key: &str) -> PathBuf {
+    root.join(format!("{key}.log"))
+}
+
+/// Runs one task in the environment child (the `cove` binary's worker side), which builds with the
+/// same toolchain a worker uses; its stderr is the control plane's.
+async fn run_child(exe: &std::path::Path, task: &EnvironmentTask) -> Result<EnvironmentAnswer, String> {
+    use std::process::Stdio;
+    use tokio::io::AsyncWriteExt;
+    let request = serde_json::to_vec(task).map_err(|e| format!("the environment task: {e}"))?;
+    let mut child = tokio::process::Command::new(exe)
+        .arg(ENVIRONMENT_ARG)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("cannot start the environment build ({}): {e}", exe.display()))?;
+    let mut stdin = child.stdin.take().expect("stdin is piped");
+    stdin.write_all(&request).await.map_err(|e| format!("the environment build's input: {e}"))?;
+    drop(stdin);
+    let out = child.wait_with_output().await.map_err(|e| format!("the environment build failed: {e}"))?;
+    if !out.status.success() {
+        return Err(format!("the environment build ended without an answer ({})", out.status));
+    }
+    serde_json::from_slice(&out.stdout).map_err(|e| format!("the environment build's answer: {e}"))
 }
 
 /// The interpreter a `python` pin picks: the default when it matches (or there is no pin), else the
@@ -202,8 +259,13 @@ fn pick_interpreter(
 pub async fn collect_unused(app: &AppRef) {
     let Ok(in_use) = app.store.call(|c| store::environment_keys_in_use(c)).await else { return };
     let root = layout::environments(&app.config.dir);
-    let Ok(entries) = std::fs::read_dir(&root) else { return };
     let building = app.building.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    // A walk and whole trees removed: on the blocking pool.
+    let _ = tokio::task::spawn_blocking(move || remove_builds_except(&root, &in_use, &building)).await;
+}
+
+fn remove_builds_except(root: &std::path::Path, in_use: &[String], building: &HashSet<String>) {
+    let Ok(entries) = std::fs::read_dir(root) else { return };
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
         let key = name.split('.').next().unwrap_or_default().to_string();

@@ -266,7 +266,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
     let dir = config.dir.clone();
     // Probed once, off the way of the first job: the workers started on this host then skip their own
     // probe (`compute::local`).
-    tokio::task::spawn_blocking(|| cove_worker::sandbox::available());
+    tokio::task::spawn_blocking(|| cove_common::sandbox_probe::available());
     // The workspace is its owner's alone on this host too: everything this process and the workers it
     // starts create is readable only by the owner, and the folder itself admits nobody else (which
     // also closes a workspace created before this rule).

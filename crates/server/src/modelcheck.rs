@@ -2,19 +2,18 @@
 //! the control plane: a tiny ONNX file (a `ConstantOfShape` of a huge shape, say) can make its loader
 //! allocate gigabytes, and the control plane must not allocate without bound for anyone.
 //!
-//! The child is the `cove` binary itself, started with [`CHILD_ARG`] before anything else runs in it
-//! (no runtime, no threads): it limits its own address space and CPU time, reads the model from stdin,
-//! loads it, and says why it cannot run.
+//! The child is the `cove` binary itself, started with `cove_common::children::model_check::ARG` before
+//! anything else runs in it (no runtime, no threads): it limits its own address space and CPU time,
+//! reads the model from stdin, loads it, and says why it cannot run (`cove_worker::children`). The
+//! control plane links none of the model runtime.
 
 use std::process::Stdio;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 
-/// The first argument that makes `cove` the model-checking child.
-pub const CHILD_ARG: &str = "__check-onnx-model";
+use cove_common::children::model_check::{ARG as CHILD_ARG, CPU_SECONDS};
 /// Address space for loading a model: this much, plus four times the model's size.
 const BASE_MEMORY_MB: u64 = 1024;
-const CPU_SECONDS: u64 = 60;
 const WALL_TIME: Duration = Duration::from_secs(120);
 /// How much address space the child's allocator reserves at a time, well under [`BASE_MEMORY_MB`].
 const ARENA_RESERVE: &str = "64MiB";
@@ -57,30 +56,5 @@ pub async fn check_onnx(exe: &std::path::Path, bytes: bytes::Bytes) -> Result<()
             "loading the model needed more than {memory_mb} MB of memory or {CPU_SECONDS} s of CPU, and was stopped ({})",
             out.status
         )),
-    }
-}
-
-/// The child's side: limits itself, reads the model from stdin, loads it. Exit code 0: it can run;
-/// 1: it cannot, with the reason on stdout; anything else: it was stopped by a limit.
-pub fn child_main(memory_mb: &str) -> i32 {
-    use nix::sys::resource::{setrlimit, Resource};
-    use std::io::{Read, Write};
-    let Ok(memory_mb) = memory_mb.parse::<u64>() else { return 2 };
-    let memory = memory_mb.saturating_mul(1024 * 1024);
-    if setrlimit(Resource::RLIMIT_AS, memory, memory).is_err()
-        || setrlimit(Resource::RLIMIT_CPU, CPU_SECONDS, CPU_SECONDS + 1).is_err()
-    {
-        return 2;
-    }
-    let mut bytes = Vec::new();
-    if std::io::stdin().read_to_end(&mut bytes).is_err() {
-        return 2;
-    }
-    match cove_onnx::OnnxModel::load(&bytes) {
-        Ok(_) => 0,
-        Err(reason) => {
-            let _ = writeln!(std::io::stdout(), "{reason}");
-            1
-        }
     }
 }

@@ -6,8 +6,9 @@
 //! part and the logs, report the outcome. The worker does not decide anything about retries or the job's
 //! fate: it reports what happened and the control plane's policy decides.
 
-pub mod beneath;
+pub use cove_common::beneath;
 mod credential;
+pub mod children;
 pub mod environment;
 mod leftovers;
 pub mod sandbox;
@@ -23,7 +24,7 @@ pub use scorer::DRIVER;
 
 /// Cove's scoring script for MLflow models deployed with no scoring script.
 pub const MLFLOW_SCRIPT: &str = include_str!("mlflow_score.py");
-pub const MLFLOW_SCRIPT_NAME: &str = "cove_mlflow_score.py";
+pub use cove_common::MLFLOW_SCRIPT_NAME;
 
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
@@ -65,17 +66,7 @@ fn kill_all_scorers() {
     }
 }
 
-/// Builds a client of a service in the private network (a datastore, the package index) that verifies
-/// HTTPS against the system's CAs and `ca`, the CA its private endpoint names; it never uses a proxy.
-pub fn trusting(builder: reqwest::ClientBuilder, ca: Option<&str>) -> reqwest::Result<reqwest::Client> {
-    let mut builder = builder.no_proxy();
-    if let Some(pem) = ca {
-        for cert in reqwest::Certificate::from_pem_bundle(pem.as_bytes())? {
-            builder = builder.add_root_certificate(cert);
-        }
-    }
-    builder.build()
-}
+pub use cove_common::trusting;
 
 /// How a worker ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -254,10 +254,10 @@ fn spawn(spec: &WorkerSpec) -> std::io::Result<tokio::process::Child> {
         .arg(&spec.work_dir)
         .envs((spec.credential)().map_err(std::io::Error::other)?.env())
         .env_remove("COVE_TOKEN")
-        .env_remove(cove_worker::sandbox::PROBED_ON_THIS_HOST)
+        .env_remove(cove_common::sandbox_probe::PROBED_ON_THIS_HOST)
         .envs(
-            matches!(cove_worker::sandbox::probed(), Some(Ok(())))
-                .then_some((cove_worker::sandbox::PROBED_ON_THIS_HOST, "1")),
+            matches!(cove_common::sandbox_probe::probed(), Some(Ok(())))
+                .then_some((cove_common::sandbox_probe::PROBED_ON_THIS_HOST, "1")),
         )
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)

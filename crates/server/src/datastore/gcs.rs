@@ -140,7 +140,7 @@ impl GoogleCloudStorage {
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(std::time::Duration::from_secs(5))
             .read_timeout(std::time::Duration::from_secs(15));
-        let client = cove_worker::trusting(builder, ca).map_err(|e| format!("ca_file: {e}"))?;
+        let client = cove_common::trusting(builder, ca).map_err(|e| format!("ca_file: {e}"))?;
         let inner = Inner {
             client,
             endpoint: endpoint.to_string(),

@@ -585,7 +585,7 @@ enum OutputRoot {
     /// The job's output location and exactly what the job published there (nothing unless it completed).
     Score {
         store: std::sync::Arc<dyn ObjectStore>,
-        /// The folder of a local datastore, whose files are opened through `cove_worker::beneath`.
+        /// The folder of a local datastore, whose files are opened through `cove_common::beneath`.
         local: Option<std::path::PathBuf>,
         root: String,
         published: Vec<(String, u64)>,
@@ -668,7 +668,7 @@ pub async fn get_output(
                 // Never through a link: someone who can write the folder could swap a published
                 // folder for one whose file links to the owner's files.
                 let at = format!("{root}/{rel}");
-                let opened = tokio::task::spawn_blocking(move || cove_worker::beneath::open(&fs_root, &at)).await;
+                let opened = tokio::task::spawn_blocking(move || cove_common::beneath::open(&fs_root, &at)).await;
                 let file = opened.map_err(|e| ApiError::internal("open an output file", e))?.map_err(|why| {
                     ApiError::not_found(format!("`{rel}` of output `{output}` cannot be read: {why}"))
                 })?;

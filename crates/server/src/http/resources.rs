@@ -293,7 +293,7 @@ pub async fn create_deployment(
         }
         None if model.model_type == ModelType::MlflowModel => {
             builtin_script = Some("mlflow".to_string());
-            (None, Some(cove_worker::MLFLOW_SCRIPT_NAME.to_string()))
+            (None, Some(cove_common::MLFLOW_SCRIPT_NAME.to_string()))
         }
         None if model.model_type == ModelType::OnnxModel => {
             if spec.environment.is_some() {
@@ -556,10 +556,10 @@ async fn onnx_model_file(app: &AppRef, model_uri: &str) -> Result<String, String
             .map_err(|e| format!("model: cannot list `{model_uri}`: {e}"))?;
         let names: Vec<String> =
             listing.objects.iter().filter_map(|o| o.location.filename().map(str::to_string)).collect();
-        let name = cove_onnx::find_model_file(names.iter().map(String::as_str)).map_err(|e| format!("model: {e}"))?;
+        let name = cove_common::find_model_file(names.iter().map(String::as_str)).map_err(|e| format!("model: {e}"))?;
         (format!("{folder_name}/{name}"), crate::datastore::object_path_of(&format!("{}/{name}", root.path)))
     };
-    if !cove_onnx::is_onnx_file(file.rsplit('/').next().unwrap_or(&file)) {
+    if !cove_common::is_onnx_file(file.rsplit('/').next().unwrap_or(&file)) {
         return Err(format!("model: `{file}` is not an .onnx file"));
     }
     let bytes = store
