@@ -87,15 +87,15 @@ pub async fn compute_list(client: &Client, out: Output) -> anyhow::Result<()> {
 pub async fn compute_create(client: &Client, file: &std::path::Path, out: Output) -> anyhow::Result<()> {
     let text = crate::resources::read_yaml(file)?;
     cove_spec::check_untrusted_yaml(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
-    let doc: serde_yaml::Value = serde_yaml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
-    let bad = |e: serde_yaml::Error| anyhow::anyhow!("{}: {e}", file.display());
+    let doc: serde_norway::Value = serde_norway::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+    let bad = |e: serde_norway::Error| anyhow::anyhow!("{}: {e}", file.display());
     let compute: Compute = match doc.get("type").and_then(|t| t.as_str()) {
         Some("amlcompute") => {
-            let spec: cove_api::AmlComputeSpec = serde_yaml::from_value(doc).map_err(bad)?;
+            let spec: cove_api::AmlComputeSpec = serde_norway::from_value(doc).map_err(bad)?;
             client.post("/api/v1/computes", &spec).await?
         }
         Some("slurm") => {
-            let spec: cove_api::ComputeSpec = serde_yaml::from_value(doc).map_err(bad)?;
+            let spec: cove_api::ComputeSpec = serde_norway::from_value(doc).map_err(bad)?;
             client.post("/api/v1/computes", &spec).await?
         }
         // The control plane names the types it runs.
@@ -316,7 +316,7 @@ struct DatastoreYaml {
     #[serde(default, rename = "description")]
     _description: Option<String>,
     #[serde(default, rename = "tags")]
-    _tags: Option<serde_yaml::Value>,
+    _tags: Option<serde_norway::Value>,
     #[serde(default)]
     path: Option<String>,
     #[serde(default)]
@@ -368,7 +368,7 @@ struct CredentialsYaml {
 pub fn datastore_from_yaml(file: &std::path::Path) -> anyhow::Result<CreateDatastore> {
     let text = crate::resources::read_yaml(file)?;
     cove_spec::check_untrusted_yaml(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
-    let y: DatastoreYaml = serde_yaml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+    let y: DatastoreYaml = serde_norway::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
     let base = file.parent().unwrap_or(std::path::Path::new("."));
     let field = |name: &str, v: Option<String>| {
         v.ok_or_else(|| anyhow::anyhow!("{}: field `{name}`: required for type: {}", file.display(), y.kind))

@@ -17,7 +17,7 @@ struct DataYaml {
     _schema: Option<String>,
     name: String,
     #[serde(default)]
-    version: Option<serde_yaml::Value>,
+    version: Option<serde_norway::Value>,
     #[serde(rename = "type", default = "uri_folder")]
     kind: String,
     path: String,
@@ -48,7 +48,7 @@ impl DataCreate {
     pub fn from_yaml(file: &Path) -> anyhow::Result<DataCreate> {
         let text = crate::resources::read_yaml(file)?;
         cove_spec::check_untrusted_yaml(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
-        let y: DataYaml = serde_yaml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+        let y: DataYaml = serde_norway::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
         let version = crate::resources::yaml_version(file, y.version.as_ref())?;
         Ok(DataCreate {
             name: y.name,

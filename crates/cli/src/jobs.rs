@@ -94,7 +94,7 @@ struct NamedData {
 fn read_invocation(file: &Path, args: &mut InvokeArgs) -> anyhow::Result<()> {
     let text = crate::resources::read_yaml(file)?;
     cove_spec::check_untrusted_yaml(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
-    let y: InvocationYaml = serde_yaml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+    let y: InvocationYaml = serde_norway::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
     let base = file.parent().unwrap_or(Path::new(".")).to_path_buf();
     apply_named(&file.display().to_string(), y.inputs, y.outputs, &base, args)
 }

@@ -311,7 +311,7 @@ struct ModelYaml {
     _schema: Option<String>,
     name: String,
     #[serde(default)]
-    version: Option<serde_yaml::Value>,
+    version: Option<serde_norway::Value>,
     path: String,
     #[serde(rename = "type", default = "custom_model")]
     model_type: ModelType,
@@ -335,7 +335,7 @@ impl ModelCreate {
     pub fn from_yaml(file: &Path) -> anyhow::Result<ModelCreate> {
         let text = read_yaml(file)?;
         cove_spec::check_untrusted_yaml(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
-        let y: ModelYaml = serde_yaml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+        let y: ModelYaml = serde_norway::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
         let version = yaml_version(file, y.version.as_ref())?;
         let path =
             if y.path.contains("://") { y.path } else { local_path(file, "path", &y.path)?.display().to_string() };
@@ -351,7 +351,7 @@ impl ModelCreate {
 }
 
 /// The `version:` of an asset's YAML (the reference writes `1` or `"1"`): a whole number from 1.
-pub fn yaml_version(file: &Path, version: Option<&serde_yaml::Value>) -> anyhow::Result<Option<u32>> {
+pub fn yaml_version(file: &Path, version: Option<&serde_norway::Value>) -> anyhow::Result<Option<u32>> {
     let Some(v) = version else { return Ok(None) };
     let n = v.as_u64().or_else(|| v.as_str().and_then(|s| s.parse().ok())).and_then(|n| u32::try_from(n).ok());
     let n = n.filter(|n| *n > 0);

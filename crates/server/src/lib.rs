@@ -1,162 +1,30 @@
-//! Cove's control plane: the state store, the REST API, the job lifecycle and the compute backends.
+//! Cove's control plane: opens a workspace and wires its parts together (the state store in
+//! `cove-store`, datastores in `cove-datastore`, the workspace's rules in `cove-workspace`, compute
+//! backends in `cove-compute`, the job lifecycle in `cove-jobs`, the HTTP surface in `cove-http`).
 //!
 //! Entry point: [`start`] opens (or creates) a workspace under a directory, resumes its unfinished
 //! jobs, and serves the API on a listener. It does not run user code: that is the worker's job, in
 //! processes the compute backend starts.
 
-mod auth;
-mod compute;
-mod datastore;
-mod diagnose;
-mod envcheck;
-mod environments;
-mod http;
-mod jobs;
-mod logs;
-pub mod modelcheck;
-pub mod netpolicy;
-pub mod store;
-pub mod tls;
-
 use anyhow::Context;
+use cove_datastore as datastore;
+use cove_http::App;
+use cove_jobs::Control;
+use cove_workspace::{
+    credential_source, ensure_worker_credential, read_datastore_secret, write_secret, DEFAULT_DATASTORE,
+    DEFAULT_LISTEN, LOCAL_COMPUTE,
+};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Notify};
 
-pub use datastore::{normalise, parse_uri, DataPath};
-pub use jobs::finalize::copy_parts;
-
-/// How to start a control plane.
-#[derive(Debug, Clone)]
-pub struct ServerConfig {
-    /// The workspace directory: state, datastores, tokens.
-    pub dir: PathBuf,
-    /// The address to listen on (port 0 picks a free one); with a network configuration, the API's
-    /// private endpoints are the listeners and this must be one of them or absent.
-    pub listen: Option<SocketAddr>,
-    /// The workspace's network configuration file; none means private to this host's loopback.
-    pub network_config: Option<PathBuf>,
-    /// The workspace's default Python interpreter.
-    pub python: String,
-    /// The `cove` executable the local compute backend runs as `cove worker`.
-    pub worker_exe: PathBuf,
-    /// Whether scoring code runs in the sandbox (the default) or, by explicit choice, without one.
-    pub sandbox: cove_api::worker::SandboxMode,
-    /// How deployments' environments are built.
-    pub environments: EnvironmentSettings,
-}
-
-/// Where environment builds get packages and which interpreters they may use.
-#[derive(Debug, Clone, Default)]
-pub struct EnvironmentSettings {
-    /// A package index (the simple API), reached through a private endpoint with `service: package-index`.
-    pub package_index: Option<String>,
-    /// The CA (a PEM file) that issued an HTTPS index's certificate, when no private endpoint names it
-    /// (a workspace on loopback has none).
-    pub package_index_ca: Option<PathBuf>,
-    /// A folder of wheels on this host, for hosts with no network at all.
-    pub wheels: Option<PathBuf>,
-    /// Interpreters a `python=X.Y` pin may pick, besides the default.
-    pub interpreters: Vec<String>,
-    /// Requirements that replace any pin of the same package in every environment (uv's overrides).
-    pub overrides: Vec<String>,
-    /// Refuse a deployment whose `python` pin no interpreter matches, instead of warning.
-    pub strict_python: bool,
-}
-
-/// Files a workspace keeps under its directory.
-pub mod layout {
-    use std::path::{Path, PathBuf};
-    pub fn state_db(dir: &Path) -> PathBuf {
-        dir.join("state").join("cove.db")
-    }
-    pub fn internal_objects(dir: &Path) -> PathBuf {
-        dir.join("state").join("objects")
-    }
-    /// Outputs being assembled while their jobs run (`jobs::assembly`).
-    pub fn assemblies(dir: &Path) -> PathBuf {
-        dir.join("state").join("assembly")
-    }
-    pub fn datastore(dir: &Path, name: &str) -> PathBuf {
-        dir.join("datastores").join(name)
-    }
-    pub fn owner_token(dir: &Path) -> PathBuf {
-        dir.join("owner.token")
-    }
-    pub fn datastore_secret(dir: &Path, name: &str) -> PathBuf {
-        dir.join("state").join(format!("datastore-{name}.secret"))
-    }
-    pub fn worker_token(dir: &Path, compute: &str) -> PathBuf {
-        dir.join("state").join(format!("worker-{compute}.token"))
-    }
-    /// Environments built on this host, each under its content address.
-    pub fn environments(dir: &Path) -> PathBuf {
-        dir.join("state").join("environments")
-    }
-    pub fn compute_dir(dir: &Path, compute: &str) -> PathBuf {
-        dir.join("compute").join(compute)
-    }
-    /// Held locked by the one control plane serving the workspace; says which it is.
-    pub fn lock_file(dir: &Path) -> PathBuf {
-        dir.join("state").join("lock")
-    }
-    /// Where `cove up` records the URL it serves, for `--workspace DIR` clients.
-    pub fn url_file(dir: &Path) -> PathBuf {
-        dir.join("state").join("url")
-    }
-}
-
-pub const DEFAULT_DATASTORE: &str = "workspaceblobstore";
-pub const LOCAL_COMPUTE: &str = "local";
-/// Where a workspace without a network configuration listens.
-pub const DEFAULT_LISTEN: &str = "127.0.0.1:8470";
-
-/// Shared state of a running control plane.
-pub(crate) struct App {
-    pub config: ServerConfig,
-    pub store: store::Store,
-    pub datastores: datastore::Datastores,
-    /// Cove's own objects (manifests, parts, logs), apart from every user-addressable datastore.
-    pub internal: Arc<dyn object_store::ObjectStore>,
-    /// The output files of running jobs, assembled as their parts commit.
-    pub assemblies: jobs::assembly::Assemblies,
-    /// Woken whenever new work may be leasable, for long-polling workers.
-    pub work_available: Notify,
-    /// Notified when a job's status changes, for callers waiting on a job (`GET /api/v1/jobs/{job}?wait_ms`).
-    pub job_events: Notify,
-    /// Woken whenever a lease is granted, so the reaper can sleep until the earliest deadline.
-    pub leases_changed: Notify,
-    pub compute: compute::LocalCompute,
-    pub url: String,
-    pub policy: netpolicy::NetworkPolicy,
-    /// The connections the listeners hold open, per source (`http::connections`).
-    pub connections: Arc<http::connections::Connections>,
-    /// How many refusals the audit log takes one by one (`http::refusals`).
-    pub refusals: http::refusals::RefusalBudget,
-    /// Per compute cluster, the address and time of the last worker call that was admitted.
-    pub worker_contact: std::sync::Mutex<std::collections::HashMap<String, (std::net::IpAddr, i64)>>,
-    /// The named clusters on this host (`type: amlcompute`), started on their first job.
-    pub clusters: std::sync::Mutex<std::collections::HashMap<String, compute::LocalCompute>>,
-    /// Per compute cluster, what the host of its last worker to ask for work said it can do.
-    pub worker_hosts: std::sync::Mutex<std::collections::HashMap<String, (String, cove_api::worker::HostCapabilities)>>,
-    /// Jobs whose cluster-scheduler submission a tracker follows (so each has one tracker).
-    pub followed: std::sync::Mutex<std::collections::HashSet<String>>,
-    /// The addresses the API actually listens on.
-    pub listeners: Vec<SocketAddr>,
-    /// Where environment builds get packages; none configured means deployments cannot ask for one.
-    pub package_source: Option<cove_api::worker::PackageSource>,
-    /// Environments being prepared for deployments not stored yet: never collected.
-    pub building: std::sync::Mutex<std::collections::HashSet<String>>,
-    pub shutdown: watch::Receiver<bool>,
-    /// The workspace CA, the listeners' certificate and their TLS configuration.
-    pub tls: tls::WorkspaceTls,
-    /// The studio's signed-in sessions.
-    pub sessions: http::studio::Sessions,
-}
-
-pub(crate) type AppRef = Arc<App>;
+pub use cove_datastore::{normalise, parse_uri, DataPath};
+pub use cove_http::modelcheck;
+pub use cove_jobs::copy_parts;
+pub use cove_store as store;
+pub use cove_workspace::{layout, netpolicy, tls, EnvironmentSettings, ServerConfig};
 
 /// A running control plane.
 pub struct Running {
@@ -252,14 +120,6 @@ fn lock_workspace(dir: &Path) -> anyhow::Result<std::fs::File> {
     }
 }
 
-/// A network datastore's credentials, from their 0600 file beside the state store.
-fn read_datastore_secret<T: serde::de::DeserializeOwned>(dir: &Path, name: &str) -> anyhow::Result<T> {
-    let path = layout::datastore_secret(dir, name);
-    let text = std::fs::read_to_string(&path)
-        .with_context(|| format!("failed to read the credentials of datastore {name}"))?;
-    serde_json::from_str(&text).with_context(|| format!("{}: not the credentials of datastore {name}", path.display()))
-}
-
 /// Opens the workspace and starts serving. The first start creates the state store, the default
 /// datastore, the `local` compute cluster and the owner token (mode 0600).
 pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
@@ -331,10 +191,10 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
         }
     }
     let internal = datastore::local_store(&layout::internal_objects(&dir))?;
-    let assemblies = jobs::assembly::Assemblies::open(layout::assemblies(&dir))
+    let assemblies = cove_jobs::assembly::Assemblies::open(layout::assemblies(&dir))
         .with_context(|| format!("failed to prepare {}", layout::assemblies(&dir).display()))?;
 
-    let package_source = environments::package_source(&config.environments, &policy).map_err(anyhow::Error::msg)?;
+    let package_source = cove_http::environment_builds::package_source(&config.environments, &policy).map_err(anyhow::Error::msg)?;
     let mut addresses: Vec<SocketAddr> = policy.api_endpoints().iter().map(|p| p.address).collect();
     if let Some(listen) = config.listen {
         if !addresses.contains(&listen) {
@@ -354,7 +214,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
     let listeners: Vec<SocketAddr> = tcp.iter().map(|l| l.local_addr()).collect::<Result<_, _>>()?;
     let addr = listeners[0];
     let url = format!("https://{addr}");
-    let workspace_tls = tls::prepare(&dir, &policy, &listeners)?;
+    let workspace_tls = cove_workspace::tls::prepare(&dir, &policy, &listeners)?;
     ensure_worker_credential(&store, &workspace_tls.authority, &dir, LOCAL_COMPUTE)?;
     let worker_credential = credential_source(&store, &workspace_tls.authority, &dir, LOCAL_COMPUTE);
     store.call_now(|c| {
@@ -380,7 +240,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
         write!(lock, "pid {}, serving {url}", std::process::id())?;
     }
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let (compute, mut lost_jobs) = compute::LocalCompute::new(
+    let (compute, mut lost_jobs) = cove_compute::LocalCompute::new(
         config.worker_exe.clone(),
         url.clone(),
         worker_credential,
@@ -388,7 +248,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
         LOCAL_COMPUTE,
         policy.computes.iter().find(|c| c.kind == "local").map_or(8, |c| c.max_instances),
     );
-    let app = Arc::new(App {
+    let control = Arc::new(Control {
         config,
         store,
         datastores,
@@ -398,49 +258,42 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
         job_events: Notify::new(),
         leases_changed: Notify::new(),
         compute,
+        clusters: Default::default(),
+        followed: Default::default(),
         url: url.clone(),
-        shutdown: shutdown_rx.clone(),
         policy,
-        followed: std::sync::Mutex::new(std::collections::HashSet::new()),
-        connections: Default::default(),
-        refusals: Default::default(),
-        worker_contact: std::sync::Mutex::new(std::collections::HashMap::new()),
-        worker_hosts: std::sync::Mutex::new(std::collections::HashMap::new()),
-        clusters: std::sync::Mutex::new(std::collections::HashMap::new()),
-        listeners: listeners.clone(),
-        package_source,
-        building: std::sync::Mutex::new(std::collections::HashSet::new()),
         tls: workspace_tls,
-        sessions: Default::default(),
+        shutdown: shutdown_rx.clone(),
     });
-    environments::collect_unused(&app).await;
-    let lost_app = app.clone();
+    let app = Arc::new(App::new(control, listeners.clone(), package_source));
+    cove_http::environment_builds::collect_unused(&app).await;
+    let lost_app = app.control.clone();
     tokio::spawn(async move {
         while let Some((job, reason)) = lost_jobs.recv().await {
-            jobs::fail_lost(&lost_app, job, reason).await;
+            cove_jobs::fail_lost(&lost_app, job, reason).await;
         }
     });
-    jobs::resume_all(&app).await?;
-    tokio::spawn(jobs::reap_expired_leases(app.clone()));
+    cove_jobs::resume_all(&app.control).await?;
+    tokio::spawn(cove_jobs::reap_expired_leases(app.control.clone()));
     // Refusals a killed control plane counted and never summarised are summarised now.
     let recovered = app.store.call(|c| store::refusal_counts_close(c, None)).await?;
     if recovered > 0 {
         tracing::warn!(recovered, "wrote the counts of refusals an earlier run kept and did not summarise");
     }
-    tokio::spawn(http::guard::write_counted_refusals(app.clone()));
-    let router = http::router(app.clone());
+    tokio::spawn(cove_http::guard::write_counted_refusals(app.clone()));
+    let router = cove_http::router(app.clone());
     let mut servers = tokio::task::JoinSet::new();
     for listener in tcp {
-        servers.spawn(http::guard::serve(listener, app.clone(), router.clone(), shutdown_rx.clone()));
+        servers.spawn(cove_http::guard::serve(listener, app.clone(), router.clone(), shutdown_rx.clone()));
     }
     let served = tokio::spawn(async move {
         while let Some(done) = servers.join_next().await {
             done.context("server task panicked")?.context("server failed")?;
         }
         // What was counted and not yet written goes in before the control plane stops.
-        http::guard::close_refusal_window(&app).await;
+        cove_http::guard::close_refusal_window(&app).await;
         app.compute.stop_all().await;
-        let clusters: Vec<compute::LocalCompute> =
+        let clusters: Vec<cove_compute::LocalCompute> =
             app.clusters.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
         for cluster in clusters {
             cluster.stop_all().await;
@@ -468,7 +321,7 @@ fn init_workspace(store: &store::Store, dir: &Path) -> anyhow::Result<Option<Str
                     endpoint: None,
                 },
             )?;
-            let (_, secret) = auth::mint(&tx, auth::TokenKind::User, auth::Role::Owner, None, None, None)?;
+            let (_, secret) = store::auth::mint(&tx, store::auth::TokenKind::User, store::auth::Role::Owner, None, None, None)?;
             store::meta_set(&tx, "created", &store::now_ms().to_string())?;
             tx.commit()?;
             Ok(Some(secret))
@@ -476,52 +329,3 @@ fn init_workspace(store: &store::Store, dir: &Path) -> anyhow::Result<Option<Str
         .context("failed to initialise the workspace")
 }
 
-/// A compute cluster's worker credential on this host: its token and its client certificate (issued
-/// anew when missing, revoked or aging), as files the compute backend hands to the workers it starts.
-pub(crate) fn ensure_worker_credential(
-    store: &store::Store,
-    authority: &cove_tls::Authority,
-    dir: &Path,
-    compute: &str,
-) -> anyhow::Result<tls::WorkerCredential> {
-    let token = ensure_worker_token(store, dir, compute)?;
-    tls::ensure_worker_certificate(authority, store, dir, compute)?;
-    Ok(tls::WorkerCredential {
-        token,
-        cert: tls::files::compute_cert(dir, compute),
-        key: tls::files::compute_key(dir, compute),
-        trust: tls::files::trust(dir),
-    })
-}
-
-/// The credential of a cluster whose workers this control plane starts, looked up (and renewed if
-/// revoked or aging) at each worker start.
-pub(crate) fn credential_source(
-    store: &store::Store,
-    authority: &Arc<cove_tls::Authority>,
-    dir: &Path,
-    compute: &str,
-) -> compute::local::CredentialSource {
-    let (store, authority, dir, compute) = (store.clone(), authority.clone(), dir.to_path_buf(), compute.to_string());
-    Arc::new(move || ensure_worker_credential(&store, &authority, &dir, &compute))
-}
-
-/// Returns the compute cluster's worker credential, minting it on first use. Only its hash is in the
-/// state store; the secret sits in a 0600 file that the compute backend hands to the workers it starts.
-pub(crate) fn ensure_worker_token(store: &store::Store, dir: &Path, compute: &str) -> anyhow::Result<String> {
-    let path = layout::worker_token(dir, compute);
-    if let Ok(secret) = std::fs::read_to_string(&path) {
-        let secret = secret.trim().to_string();
-        if store.call_now(|c| auth::resolve(c, &secret))?.is_some() {
-            return Ok(secret);
-        }
-    }
-    let (_, secret) = store
-        .call_now(|c| auth::mint(c, auth::TokenKind::Worker, auth::Role::Worker, None, Some(compute.into()), None))?;
-    write_secret(&path, &secret)?;
-    Ok(secret)
-}
-
-pub(crate) fn write_secret(path: &Path, secret: &str) -> anyhow::Result<()> {
-    tls::write_private(path, &format!("{secret}\n"))
-}

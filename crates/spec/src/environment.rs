@@ -3,7 +3,7 @@
 //! and requirements for the Python package index. No IO: the build itself is the worker's.
 
 use serde::{Deserialize, Serialize};
-use serde_yaml::Value;
+use serde_norway::Value;
 
 use crate::errors::SpecError;
 use crate::yaml::{Doc, Fields};
@@ -144,7 +144,7 @@ pub fn requirements(conda: Option<&str>, pip: Option<&str>) -> Result<Requiremen
     let mut out = Requirements::default();
     if let Some(conda) = conda {
         crate::check_untrusted_yaml(conda).map_err(|e| format!("the conda file is refused: {e}"))?;
-        let doc: Value = serde_yaml::from_str(conda).map_err(|e| format!("the conda file is not valid YAML: {e}"))?;
+        let doc: Value = serde_norway::from_str(conda).map_err(|e| format!("the conda file is not valid YAML: {e}"))?;
         let deps = match doc.get("dependencies") {
             None | Some(Value::Null) => Vec::new(),
             Some(Value::Sequence(items)) => items.clone(),

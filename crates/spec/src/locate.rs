@@ -1,5 +1,5 @@
 //! Finds the 1-based line of a dotted field path (`settings.retry_settings.timeout`) in YAML text.
-//! serde_yaml's `Value` forgets positions, so rules checked after parsing point at their key through this walk.
+//! serde_norway's `Value` forgets positions, so rules checked after parsing point at their key through this walk.
 //! It follows block-mapping indentation only; flow mappings and sequences are not entered, and callers fall back to the nearest ancestor.
 
 struct Line<'a> {
@@ -40,7 +40,7 @@ pub(crate) fn locate_nearest(text: &str, path: &str) -> Option<usize> {
 }
 
 /// Returns the line of the second `key` in the block mapping whose first key starts at `line`:`column` (1-based),
-/// since serde_yaml reports a duplicate key at the start of its mapping rather than at the repeat.
+/// since serde_norway reports a duplicate key at the start of its mapping rather than at the repeat.
 pub(crate) fn locate_duplicate(text: &str, line: usize, column: usize, key: &str) -> Option<usize> {
     let col = column.checked_sub(1)?;
     let mut seen = 0;

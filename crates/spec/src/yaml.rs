@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use serde_yaml::{Mapping, Value};
+use serde_norway::{Mapping, Value};
 
 use crate::errors::SpecError;
 use crate::guard;
@@ -38,9 +38,9 @@ impl<'a> Doc<'a> {
     /// Refuses hostile input, parses the text and returns its top-level mapping.
     pub fn load(&self) -> Result<Mapping, SpecError> {
         guard::check(self.text).map_err(|(line, message)| self.document_error(line, message))?;
-        let value: Value = serde_yaml::from_str(self.text).map_err(|err| {
+        let value: Value = serde_norway::from_str(self.text).map_err(|err| {
             let text = err.to_string();
-            // The location is reported in its own slot, so drop serde_yaml's " at line N column M" suffix.
+            // The location is reported in its own slot, so drop serde_norway's " at line N column M" suffix.
             let message = text.split(" at line ").next().unwrap_or(&text);
             let line = err.location().map(|at| at.line());
             match (duplicate_key(message), err.location()) {
@@ -62,7 +62,7 @@ impl<'a> Doc<'a> {
     }
 }
 
-/// Splits serde_yaml's `settings: duplicate entry with key "x"` into the mapping path and the key.
+/// Splits serde_norway's `settings: duplicate entry with key "x"` into the mapping path and the key.
 fn duplicate_key(message: &str) -> Option<(&str, &str)> {
     const MARK: &str = "duplicate entry with key \"";
     let at = message.find(MARK)?;
