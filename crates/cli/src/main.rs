@@ -75,72 +75,78 @@ pub struct Output {
     pub json: bool,
 }
 
+#[derive(clap::Args)]
+struct UpArgs {
+    /// The workspace directory (created if needed).
+    #[arg(long)]
+    dir: PathBuf,
+    /// The address to listen on (127.0.0.1:8470 by default; port 0 picks a free port). A private
+    /// workspace listens only on its API private endpoints.
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// The network configuration: private networks, peerings, private endpoints, computes.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// The default Python interpreter for deployments.
+    #[arg(long, default_value = "python3")]
+    python: String,
+    /// `namespaces` runs scoring code in the sandbox (no network, its own file view); `none` runs it
+    /// without one, which every deployment and `cove workspace show` then report as a warning.
+    #[arg(long, default_value = "namespaces", value_parser = parse_sandbox)]
+    sandbox: cove_api::worker::SandboxMode,
+    /// The package index environment builds use (its simple API, at a private endpoint's address).
+    #[arg(long, value_name = "URL", conflicts_with = "wheels")]
+    package_index: Option<String>,
+    /// The CA (PEM) that issued an HTTPS index's certificate, when its private endpoint does not name
+    /// one with ca_file (a workspace on loopback has no private endpoints to name it on).
+    #[arg(long, value_name = "FILE", requires = "package_index")]
+    package_index_ca: Option<PathBuf>,
+    /// A folder of wheels environment builds use instead of an index, for hosts with no network.
+    #[arg(long, value_name = "DIR")]
+    wheels: Option<PathBuf>,
+    /// Another interpreter a deployment's `python=X.Y` pin may pick (repeatable).
+    #[arg(long = "interpreter", value_name = "PATH")]
+    interpreters: Vec<String>,
+    /// A requirement that replaces any pin of the same package in every environment (repeatable).
+    #[arg(long = "environment-override", value_name = "REQUIREMENT")]
+    overrides: Vec<String>,
+    /// Refuse a deployment whose `python` pin no interpreter matches (the default warns and uses
+    /// the default interpreter).
+    #[arg(long)]
+    strict_python: bool,
+}
+
+#[derive(clap::Args)]
+struct WorkerArgs {
+    /// The compute cluster's worker credential.
+    #[arg(long = "worker-token", env = "COVE_WORKER_TOKEN", hide_env_values = true)]
+    worker_token: String,
+    /// The compute's client certificate (PEM), which the control plane requires of workers.
+    #[arg(long, env = "COVE_CLIENT_CERT")]
+    client_cert: PathBuf,
+    /// The key of that certificate (PEM).
+    #[arg(long, env = "COVE_CLIENT_KEY")]
+    client_key: PathBuf,
+    /// Work only on this job and exit when it has no more work.
+    #[arg(long)]
+    job: Option<String>,
+    /// This instance's name, as it appears in log paths.
+    #[arg(long, default_value = "node-0")]
+    node: String,
+    /// Scorer processes on this instance (max_concurrency_per_instance).
+    #[arg(long, default_value_t = 1)]
+    concurrency: u32,
+    #[arg(long)]
+    work_dir: PathBuf,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Start a workspace's control plane and serve until stopped.
-    Up {
-        /// The workspace directory (created if needed).
-        #[arg(long)]
-        dir: PathBuf,
-        /// The address to listen on (127.0.0.1:8470 by default; port 0 picks a free port). A private
-        /// workspace listens only on its API private endpoints.
-        #[arg(long)]
-        listen: Option<SocketAddr>,
-        /// The network configuration: private networks, peerings, private endpoints, computes.
-        #[arg(long)]
-        config: Option<PathBuf>,
-        /// The default Python interpreter for deployments.
-        #[arg(long, default_value = "python3")]
-        python: String,
-        /// `namespaces` runs scoring code in the sandbox (no network, its own file view); `none` runs it
-        /// without one, which every deployment and `cove workspace show` then report as a warning.
-        #[arg(long, default_value = "namespaces", value_parser = parse_sandbox)]
-        sandbox: cove_api::worker::SandboxMode,
-        /// The package index environment builds use (its simple API, at a private endpoint's address).
-        #[arg(long, value_name = "URL", conflicts_with = "wheels")]
-        package_index: Option<String>,
-        /// The CA (PEM) that issued an HTTPS index's certificate, when its private endpoint does not name
-        /// one with ca_file (a workspace on loopback has no private endpoints to name it on).
-        #[arg(long, value_name = "FILE", requires = "package_index")]
-        package_index_ca: Option<PathBuf>,
-        /// A folder of wheels environment builds use instead of an index, for hosts with no network.
-        #[arg(long, value_name = "DIR")]
-        wheels: Option<PathBuf>,
-        /// Another interpreter a deployment's `python=X.Y` pin may pick (repeatable).
-        #[arg(long = "interpreter", value_name = "PATH")]
-        interpreters: Vec<String>,
-        /// A requirement that replaces any pin of the same package in every environment (repeatable).
-        #[arg(long = "environment-override", value_name = "REQUIREMENT")]
-        overrides: Vec<String>,
-        /// Refuse a deployment whose `python` pin no interpreter matches (the default warns and uses
-        /// the default interpreter).
-        #[arg(long)]
-        strict_python: bool,
-    },
+    Up(UpArgs),
     /// Run a worker that leases mini-batches from a control plane.
     /// The control plane is given by the global --url (or COVE_URL).
-    Worker {
-        /// The compute cluster's worker credential.
-        #[arg(long = "worker-token", env = "COVE_WORKER_TOKEN", hide_env_values = true)]
-        worker_token: String,
-        /// The compute's client certificate (PEM), which the control plane requires of workers.
-        #[arg(long, env = "COVE_CLIENT_CERT")]
-        client_cert: PathBuf,
-        /// The key of that certificate (PEM).
-        #[arg(long, env = "COVE_CLIENT_KEY")]
-        client_key: PathBuf,
-        /// Work only on this job and exit when it has no more work.
-        #[arg(long)]
-        job: Option<String>,
-        /// This instance's name, as it appears in log paths.
-        #[arg(long, default_value = "node-0")]
-        node: String,
-        /// Scorer processes on this instance (max_concurrency_per_instance).
-        #[arg(long, default_value_t = 1)]
-        concurrency: u32,
-        #[arg(long)]
-        work_dir: PathBuf,
-    },
+    Worker(WorkerArgs),
     /// Score the bundled sample data with the bundled model in a throwaway workspace.
     Quickstart {
         /// Keep the workspace here instead of a new temporary folder.
@@ -637,326 +643,345 @@ fn job_exit(job: &cove_api::Job) -> i32 {
 
 async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
     let out = Output { json: cli.json };
-    if !matches!(cli.command, Command::Up { .. } | Command::Worker { .. } | Command::Quickstart { .. }) {
+    if !matches!(cli.command, Command::Up(_) | Command::Worker(_) | Command::Quickstart { .. }) {
         end_quietly_on_a_closed_pipe();
     }
     let target = cli.target;
     match cli.command {
-        Command::Up {
-            dir,
-            listen,
-            config,
-            python,
-            sandbox,
-            package_index,
-            package_index_ca,
-            wheels,
-            interpreters,
-            overrides,
-            strict_python,
-        } => {
-            let worker_exe = std::env::current_exe()?;
-            // Paths given here end up in other processes that change directory (workers, sandboxes),
-            // so they are made absolute once, now.
-            let dir = absolute(&dir)?;
-            let config = config.as_deref().map(absolute).transpose()?;
-            let python = if python.contains('/') {
-                absolute(std::path::Path::new(&python))?.display().to_string()
-            } else {
-                python
-            };
-            let config = cove_server::ServerConfig {
-                dir: dir.clone(),
-                listen,
-                network_config: config,
-                python,
-                worker_exe,
-                sandbox,
-                environments: cove_server::EnvironmentSettings {
-                    package_index,
-                    package_index_ca: package_index_ca.map(|f| absolute(&f)).transpose()?,
-                    wheels: wheels.map(|w| absolute(&w)).transpose()?,
-                    interpreters,
-                    overrides,
-                    strict_python,
-                },
-            };
-            for o in &config.environments.overrides {
-                cove_spec::check_requirement(o).map_err(|e| anyhow::anyhow!("--environment-override: {e}"))?;
-            }
-            let running = cove_server::start(config).await?;
-            println!("Cove workspace {} is up", dir.display());
-            println!("API and scoring URIs: {}", running.url);
-            println!("Owner token: {}", cove_server::layout::owner_token(&dir).display());
-            running.wait_for_signal().await?;
-            Ok(exit_code::OK)
-        }
-        Command::Worker { worker_token, client_cert, client_key, job, node, concurrency, work_dir } => {
-            let work_dir = absolute(&work_dir)?;
-            let control_plane =
-                target.url.clone().ok_or_else(|| anyhow::anyhow!("cove worker needs --url (or COVE_URL)"))?;
-            let ca_file = target
-                .ca_file
-                .clone()
-                .ok_or_else(|| anyhow::anyhow!("cove worker needs --ca-file (or COVE_CA_FILE): the workspace CA"))?;
-            let ended = cove_worker::run(cove_worker::WorkerConfig {
-                url: control_plane,
-                token: worker_token,
-                job,
-                node,
-                concurrency,
-                work_dir,
-                ca_file,
-                client_cert,
-                client_key,
-            })
-            .await?;
-            // A stopped worker exits as a process ended by SIGTERM would, so schedulers see it was stopped.
-            Ok(match ended {
-                cove_worker::Ended::Finished => exit_code::OK,
-                cove_worker::Ended::Stopped => 128 + 15,
-            })
-        }
+        Command::Up(args) => up(args).await,
+        Command::Worker(args) => worker(args, target).await,
         Command::Quickstart { dir } => quickstart::run(dir.as_deref().map(absolute).transpose()?, out).await,
-        Command::Workspace { command: WorkspaceCommand::Show } => {
-            resources::workspace_show(&target.client()?, out).await?;
-            Ok(exit_code::OK)
-        }
-        Command::Workspace { command: WorkspaceCommand::Diagnose } => admin::diagnose(&target.client()?, out).await,
-        Command::Workspace { command: WorkspaceCommand::RotateCertificates } => {
-            admin::rotate_certificates(&target.client()?, out).await?;
-            Ok(exit_code::OK)
-        }
-        Command::Token { command } => {
-            let client = target.client()?;
-            match command {
-                TokenCommand::Create { role, endpoint_name, expires_in } => {
-                    admin::token_create(&client, role, endpoint_name, expires_in, out).await?
-                }
-                TokenCommand::List => admin::token_list(&client, out).await?,
-                TokenCommand::Revoke { id } => admin::token_revoke(&client, &id).await?,
-            }
-            Ok(exit_code::OK)
-        }
-        Command::Datastore { command } => {
-            let client = target.client()?;
-            match command {
-                DatastoreCommand::Create {
-                    file: None,
-                    name: Some(name),
-                    endpoint: Some(endpoint),
-                    bucket: Some(bucket),
-                    region,
-                    access_key_id: Some(access_key_id),
-                    secret_access_key_file: Some(secret_file),
-                } => {
-                    let secret_access_key = admin::read_secret_file(&secret_file)?;
-                    let req = cove_api::CreateDatastore {
-                        name,
-                        kind: "s3".into(),
-                        path: None,
-                        endpoint,
-                        bucket,
-                        region,
-                        access_key_id,
-                        secret_access_key,
-                        ..Default::default()
-                    };
-                    admin::datastore_create(&client, &req, out).await?
-                }
-                DatastoreCommand::Create { file: Some(file), .. } => {
-                    let req = admin::datastore_from_yaml(&file)?;
-                    admin::datastore_create(&client, &req, out).await?
-                }
-                DatastoreCommand::Create { .. } => unreachable!("clap requires --file or every S3 flag"),
-                DatastoreCommand::List => admin::datastore_list(&client, out).await?,
-                DatastoreCommand::Show { name } => {
-                    let ds: cove_api::Datastore =
-                        client.get(&format!("/api/v1/datastores/{}", cove_api::encode(&name))).await?;
-                    if out.json {
-                        print_json(&ds)?;
-                    } else {
-                        println!("Name:      {}\nKind:      {}\nRoot:      {}", ds.name, ds.kind, ds.root);
-                        if let Some(e) = &ds.endpoint {
-                            println!("Endpoint:  {e}");
-                        }
-                    }
-                }
-                DatastoreCommand::Delete { name } => {
-                    let path = format!("/api/v1/datastores/{}", cove_api::encode(&name));
-                    let _: serde_json::Value = client.json(cove_api::Method::DELETE, &path, None::<&()>, &[]).await?;
-                    println!("Deleted datastore {name}");
-                }
-            }
-            Ok(exit_code::OK)
-        }
-        Command::Compute { command } => {
-            let client = target.client()?;
-            match command {
-                ComputeCommand::List => admin::compute_list(&client, out).await?,
-                ComputeCommand::Create { file } => admin::compute_create(&client, &file, out).await?,
-                ComputeCommand::Show { name } => admin::compute_show(&client, &name, out).await?,
-                ComputeCommand::Delete { name } => admin::compute_delete(&client, &name, out).await?,
-                ComputeCommand::Token { name } => admin::compute_token(&client, &name, out).await?,
-                ComputeCommand::Credential { name, out: folder } => {
-                    admin::compute_credential(&client, &name, &folder, out).await?
-                }
-                ComputeCommand::RevokeCredential { name } => admin::revoke_credential(&client, &name, out).await?,
-            }
-            Ok(exit_code::OK)
-        }
+        Command::Workspace { command } => workspace_command(&target.client()?, command, out).await,
+        Command::Token { command } => token_command(&target.client()?, command, out).await,
+        Command::Datastore { command } => datastore_command(&target.client()?, command, out).await,
+        Command::Compute { command } => compute_command(&target.client()?, command, out).await,
         Command::Audit { command: AuditCommand::List { since } } => {
             admin::audit_list(&target.client()?, since.as_deref(), out).await?;
             Ok(exit_code::OK)
         }
-        Command::Endpoint { command } => {
-            let client = target.client()?;
-            match command {
-                EndpointCommand::Create { file, name } => resources::endpoint_create(&client, &file, name, out).await?,
-                EndpointCommand::List => resources::endpoint_list(&client, out).await?,
-                EndpointCommand::Show { name } => resources::endpoint_show(&client, &name.get(), out).await?,
-                EndpointCommand::ListJobs { name } => jobs::list(&client, Some(&name.get()), None, out).await?,
-                EndpointCommand::Update { name, sets } => {
-                    resources::endpoint_update(&client, &name, &sets, out).await?
-                }
-                EndpointCommand::Delete { name, yes } => {
-                    let name = name.get();
-                    if !yes && !confirm(&format!("Delete endpoint {name} and its deployments (its jobs are kept)?"))? {
-                        eprintln!("Kept endpoint {name}");
-                        return Ok(exit_code::OK);
-                    }
-                    resources::endpoint_delete(&client, &name).await?
-                }
-                EndpointCommand::Invoke { args } => {
-                    let stream = args.stream;
-                    let job = jobs::invoke(&client, args, out).await?;
-                    if stream {
-                        return Ok(job_exit(&job));
-                    }
-                }
-            }
-            Ok(exit_code::OK)
+        Command::Endpoint { command } => endpoint_command(&target.client()?, command, out).await,
+        Command::Deployment { command } => deployment_command(&target.client()?, command, out).await,
+        Command::Model { command } => model_command(&target.client()?, command, out).await,
+        Command::Environment { command } => environment_command(&target.client()?, command, out).await,
+        Command::Data { command } => data_command(&target.client()?, command, out).await,
+        Command::Job { command } => job_command(&target.client()?, command, out).await,
+    }
+}
+
+/// `cove up`: serves the workspace until SIGINT or SIGTERM.
+async fn up(args: UpArgs) -> anyhow::Result<i32> {
+    let UpArgs {
+        dir,
+        listen,
+        config,
+        python,
+        sandbox,
+        package_index,
+        package_index_ca,
+        wheels,
+        interpreters,
+        overrides,
+        strict_python,
+    } = args;
+    let worker_exe = std::env::current_exe()?;
+    // Paths given here end up in other processes that change directory (workers, sandboxes),
+    // so they are made absolute once, now.
+    let dir = absolute(&dir)?;
+    let config = config.as_deref().map(absolute).transpose()?;
+    let python = if python.contains('/') {
+        absolute(std::path::Path::new(&python))?.display().to_string()
+    } else {
+        python
+    };
+    let config = cove_server::ServerConfig {
+        dir: dir.clone(),
+        listen,
+        network_config: config,
+        python,
+        worker_exe,
+        sandbox,
+        environments: cove_server::EnvironmentSettings {
+            package_index,
+            package_index_ca: package_index_ca.map(|f| absolute(&f)).transpose()?,
+            wheels: wheels.map(|w| absolute(&w)).transpose()?,
+            interpreters,
+            overrides,
+            strict_python,
+        },
+    };
+    for o in &config.environments.overrides {
+        cove_spec::check_requirement(o).map_err(|e| anyhow::anyhow!("--environment-override: {e}"))?;
+    }
+    let running = cove_server::start(config).await?;
+    println!("Cove workspace {} is up", dir.display());
+    println!("API and scoring URIs: {}", running.url);
+    println!("Owner token: {}", cove_server::layout::owner_token(&dir).display());
+    running.wait_for_signal().await?;
+    Ok(exit_code::OK)
+}
+
+/// `cove worker`: leases and scores mini-batches until stopped (or, with `--job`, until the job has no
+/// more work).
+async fn worker(args: WorkerArgs, target: connect::Target) -> anyhow::Result<i32> {
+    let WorkerArgs { worker_token, client_cert, client_key, job, node, concurrency, work_dir } = args;
+    let work_dir = absolute(&work_dir)?;
+    let control_plane =
+        target.url.clone().ok_or_else(|| anyhow::anyhow!("cove worker needs --url (or COVE_URL)"))?;
+    let ca_file = target
+        .ca_file
+        .clone()
+        .ok_or_else(|| anyhow::anyhow!("cove worker needs --ca-file (or COVE_CA_FILE): the workspace CA"))?;
+    let ended = cove_worker::run(cove_worker::WorkerConfig {
+        url: control_plane,
+        token: worker_token,
+        job,
+        node,
+        concurrency,
+        work_dir,
+        ca_file,
+        client_cert,
+        client_key,
+    })
+    .await?;
+    // A stopped worker exits as a process ended by SIGTERM would, so schedulers see it was stopped.
+    Ok(match ended {
+        cove_worker::Ended::Finished => exit_code::OK,
+        cove_worker::Ended::Stopped => 128 + 15,
+    })
+}
+
+async fn workspace_command(client: &cove_api::Client, command: WorkspaceCommand, out: Output) -> anyhow::Result<i32> {
+    match command {
+        WorkspaceCommand::Show => resources::workspace_show(client, out).await?,
+        WorkspaceCommand::Diagnose => return admin::diagnose(client, out).await,
+        WorkspaceCommand::RotateCertificates => admin::rotate_certificates(client, out).await?,
+    }
+    Ok(exit_code::OK)
+}
+
+async fn token_command(client: &cove_api::Client, command: TokenCommand, out: Output) -> anyhow::Result<i32> {
+    match command {
+        TokenCommand::Create { role, endpoint_name, expires_in } => {
+            admin::token_create(&client, role, endpoint_name, expires_in, out).await?
         }
-        Command::Deployment { command } => {
-            let client = target.client()?;
-            match command {
-                DeploymentCommand::Create { file, endpoint_name, name, set_default, skip_script_validation } => {
-                    let args =
-                        resources::DeploymentCreate { file, endpoint_name, name, set_default, skip_script_validation };
-                    resources::deployment_create(&client, args, out).await?
-                }
-                DeploymentCommand::Update { file: Some(file), endpoint_name, name, .. } => {
-                    let args = resources::DeploymentCreate {
-                        file,
-                        endpoint_name,
-                        name,
-                        set_default: false,
-                        skip_script_validation: false,
-                    };
-                    resources::deployment_create(&client, args, out).await?
-                }
-                DeploymentCommand::Update { file: None, name, endpoint_name, sets } => {
-                    let (name, endpoint) = (name.expect("clap requires it"), endpoint_name.expect("clap requires it"));
-                    resources::deployment_update(&client, &endpoint, &name, &sets, out).await?
-                }
-                DeploymentCommand::List { endpoint_name } => {
-                    resources::deployment_list(&client, &endpoint_name, out).await?
-                }
-                DeploymentCommand::Show { name, endpoint_name } => {
-                    resources::deployment_show(&client, &endpoint_name, &name.get(), out).await?
-                }
-                DeploymentCommand::Delete { name, endpoint_name, yes: _ } => {
-                    resources::deployment_delete(&client, &endpoint_name, &name.get()).await?
-                }
-            }
-            Ok(exit_code::OK)
+        TokenCommand::List => admin::token_list(&client, out).await?,
+        TokenCommand::Revoke { id } => admin::token_revoke(&client, &id).await?,
+    }
+    Ok(exit_code::OK)
+}
+
+async fn datastore_command(client: &cove_api::Client, command: DatastoreCommand, out: Output) -> anyhow::Result<i32> {
+    match command {
+        DatastoreCommand::Create {
+            file: None,
+            name: Some(name),
+            endpoint: Some(endpoint),
+            bucket: Some(bucket),
+            region,
+            access_key_id: Some(access_key_id),
+            secret_access_key_file: Some(secret_file),
+        } => {
+            let secret_access_key = admin::read_secret_file(&secret_file)?;
+            let req = cove_api::CreateDatastore {
+                name,
+                kind: "s3".into(),
+                path: None,
+                endpoint,
+                bucket,
+                region,
+                access_key_id,
+                secret_access_key,
+                ..Default::default()
+            };
+            admin::datastore_create(&client, &req, out).await?
         }
-        Command::Model { command } => {
-            let client = target.client()?;
-            match command {
-                ModelCommand::Create { file, name, path, model_type, version, description } => {
-                    let req = match file {
-                        Some(file) => resources::ModelCreate::from_yaml(&file)?,
-                        None => resources::ModelCreate {
-                            name: name.expect("clap requires it"),
-                            version,
-                            path: path.expect("clap requires it"),
-                            model_type,
-                            description,
-                            tags: Default::default(),
-                        },
-                    };
-                    resources::model_create(&client, req, out).await?
-                }
-                ModelCommand::Archive { name, version, restore } => {
-                    resources::model_archive(&client, &name, version, !restore, out).await?
-                }
-                ModelCommand::Delete { name, version } => resources::model_delete(&client, &name, version, out).await?,
-                ModelCommand::List { name } => resources::model_list(&client, name.as_deref(), out).await?,
-                ModelCommand::Show { name, version } => resources::model_show(&client, &name, version, out).await?,
-            }
-            Ok(exit_code::OK)
+        DatastoreCommand::Create { file: Some(file), .. } => {
+            let req = admin::datastore_from_yaml(&file)?;
+            admin::datastore_create(&client, &req, out).await?
         }
-        Command::Environment { command } => {
-            let client = target.client()?;
-            match command {
-                EnvironmentCommand::Create { file } => environment::create(&client, &absolute(&file)?, out).await?,
-                EnvironmentCommand::List { name } => environment::list(&client, name.as_deref(), out).await?,
-                EnvironmentCommand::Show { name, version } => {
-                    environment::show(&client, &name.get(), version.as_deref(), out).await?
+        DatastoreCommand::Create { .. } => unreachable!("clap requires --file or every S3 flag"),
+        DatastoreCommand::List => admin::datastore_list(&client, out).await?,
+        DatastoreCommand::Show { name } => {
+            let ds: cove_api::Datastore =
+                client.get(&format!("/api/v1/datastores/{}", cove_api::encode(&name))).await?;
+            if out.json {
+                print_json(&ds)?;
+            } else {
+                println!("Name:      {}\nKind:      {}\nRoot:      {}", ds.name, ds.kind, ds.root);
+                if let Some(e) = &ds.endpoint {
+                    println!("Endpoint:  {e}");
                 }
             }
-            Ok(exit_code::OK)
         }
-        Command::Data { command } => {
-            let client = target.client()?;
-            match command {
-                DataCommand::Create { file, name, path, kind, version, description } => {
-                    let req = match file {
-                        Some(file) => data::DataCreate::from_yaml(&file)?,
-                        None => data::DataCreate {
-                            name: name.expect("clap requires it"),
-                            version,
-                            kind,
-                            path: path.expect("clap requires it"),
-                            base: PathBuf::from("."),
-                            description,
-                            tags: Default::default(),
-                        },
-                    };
-                    data::create(&client, req, out).await?
-                }
-                DataCommand::List { name } => data::list(&client, name.as_deref(), out).await?,
-                DataCommand::Show { name, version } => data::show(&client, &name, version.as_deref(), out).await?,
-            }
-            Ok(exit_code::OK)
-        }
-        Command::Job { command } => {
-            let client = target.client()?;
-            match command {
-                JobCommand::List { endpoint_name, deployment_name } => {
-                    jobs::list(&client, endpoint_name.as_deref(), deployment_name.as_deref(), out).await?
-                }
-                JobCommand::Show { name } => {
-                    jobs::show(&client, &name.get(), out).await?;
-                }
-                JobCommand::Stream { name } => {
-                    let job = jobs::stream(&client, &name.get(), out).await?;
-                    return Ok(job_exit(&job));
-                }
-                JobCommand::Cancel { name } => jobs::cancel(&client, &name.get(), out).await?,
-                JobCommand::Rerun { name, failed_only, stream } => {
-                    let job = jobs::rerun(&client, &name, failed_only, stream, out).await?;
-                    if stream {
-                        return Ok(job_exit(&job));
-                    }
-                }
-                JobCommand::Download { name, output_name, all, download_path } => {
-                    let outputs: Vec<&str> = if all { vec!["score", "logs"] } else { vec![output_name.as_str()] };
-                    jobs::download(&client, &name.get(), &outputs, &download_path, out).await?;
-                }
-            }
-            Ok(exit_code::OK)
+        DatastoreCommand::Delete { name } => {
+            let path = format!("/api/v1/datastores/{}", cove_api::encode(&name));
+            let _: serde_json::Value = client.json(cove_api::Method::DELETE, &path, None::<&()>, &[]).await?;
+            println!("Deleted datastore {name}");
         }
     }
+    Ok(exit_code::OK)
+}
+
+async fn compute_command(client: &cove_api::Client, command: ComputeCommand, out: Output) -> anyhow::Result<i32> {
+    match command {
+        ComputeCommand::List => admin::compute_list(&client, out).await?,
+        ComputeCommand::Create { file } => admin::compute_create(&client, &file, out).await?,
+        ComputeCommand::Show { name } => admin::compute_show(&client, &name, out).await?,
+        ComputeCommand::Delete { name } => admin::compute_delete(&client, &name, out).await?,
+        ComputeCommand::Token { name } => admin::compute_token(&client, &name, out).await?,
+        ComputeCommand::Credential { name, out: folder } => {
+            admin::compute_credential(&client, &name, &folder, out).await?
+        }
+        ComputeCommand::RevokeCredential { name } => admin::revoke_credential(&client, &name, out).await?,
+    }
+    Ok(exit_code::OK)
+}
+
+async fn endpoint_command(client: &cove_api::Client, command: EndpointCommand, out: Output) -> anyhow::Result<i32> {
+    match command {
+        EndpointCommand::Create { file, name } => resources::endpoint_create(&client, &file, name, out).await?,
+        EndpointCommand::List => resources::endpoint_list(&client, out).await?,
+        EndpointCommand::Show { name } => resources::endpoint_show(&client, &name.get(), out).await?,
+        EndpointCommand::ListJobs { name } => jobs::list(&client, Some(&name.get()), None, out).await?,
+        EndpointCommand::Update { name, sets } => {
+            resources::endpoint_update(&client, &name, &sets, out).await?
+        }
+        EndpointCommand::Delete { name, yes } => {
+            let name = name.get();
+            if !yes && !confirm(&format!("Delete endpoint {name} and its deployments (its jobs are kept)?"))? {
+                eprintln!("Kept endpoint {name}");
+                return Ok(exit_code::OK);
+            }
+            resources::endpoint_delete(&client, &name).await?
+        }
+        EndpointCommand::Invoke { args } => {
+            let stream = args.stream;
+            let job = jobs::invoke(&client, args, out).await?;
+            if stream {
+                return Ok(job_exit(&job));
+            }
+        }
+    }
+    Ok(exit_code::OK)
+}
+
+async fn deployment_command(client: &cove_api::Client, command: DeploymentCommand, out: Output) -> anyhow::Result<i32> {
+    match command {
+        DeploymentCommand::Create { file, endpoint_name, name, set_default, skip_script_validation } => {
+            let args =
+                resources::DeploymentCreate { file, endpoint_name, name, set_default, skip_script_validation };
+            resources::deployment_create(&client, args, out).await?
+        }
+        DeploymentCommand::Update { file: Some(file), endpoint_name, name, .. } => {
+            let args = resources::DeploymentCreate {
+                file,
+                endpoint_name,
+                name,
+                set_default: false,
+                skip_script_validation: false,
+            };
+            resources::deployment_create(&client, args, out).await?
+        }
+        DeploymentCommand::Update { file: None, name, endpoint_name, sets } => {
+            let (name, endpoint) = (name.expect("clap requires it"), endpoint_name.expect("clap requires it"));
+            resources::deployment_update(&client, &endpoint, &name, &sets, out).await?
+        }
+        DeploymentCommand::List { endpoint_name } => {
+            resources::deployment_list(&client, &endpoint_name, out).await?
+        }
+        DeploymentCommand::Show { name, endpoint_name } => {
+            resources::deployment_show(&client, &endpoint_name, &name.get(), out).await?
+        }
+        DeploymentCommand::Delete { name, endpoint_name, yes: _ } => {
+            resources::deployment_delete(&client, &endpoint_name, &name.get()).await?
+        }
+    }
+    Ok(exit_code::OK)
+}
+
+async fn model_command(client: &cove_api::Client, command: ModelCommand, out: Output) -> anyhow::Result<i32> {
+    match command {
+        ModelCommand::Create { file, name, path, model_type, version, description } => {
+            let req = match file {
+                Some(file) => resources::ModelCreate::from_yaml(&file)?,
+                None => resources::ModelCreate {
+                    name: name.expect("clap requires it"),
+                    version,
+                    path: path.expect("clap requires it"),
+                    model_type,
+                    description,
+                    tags: Default::default(),
+                },
+            };
+            resources::model_create(&client, req, out).await?
+        }
+        ModelCommand::Archive { name, version, restore } => {
+            resources::model_archive(&client, &name, version, !restore, out).await?
+        }
+        ModelCommand::Delete { name, version } => resources::model_delete(&client, &name, version, out).await?,
+        ModelCommand::List { name } => resources::model_list(&client, name.as_deref(), out).await?,
+        ModelCommand::Show { name, version } => resources::model_show(&client, &name, version, out).await?,
+    }
+    Ok(exit_code::OK)
+}
+
+async fn environment_command(client: &cove_api::Client, command: EnvironmentCommand, out: Output) -> anyhow::Result<i32> {
+    match command {
+        EnvironmentCommand::Create { file } => environment::create(&client, &absolute(&file)?, out).await?,
+        EnvironmentCommand::List { name } => environment::list(&client, name.as_deref(), out).await?,
+        EnvironmentCommand::Show { name, version } => {
+            environment::show(&client, &name.get(), version.as_deref(), out).await?
+        }
+    }
+    Ok(exit_code::OK)
+}
+
+async fn data_command(client: &cove_api::Client, command: DataCommand, out: Output) -> anyhow::Result<i32> {
+    match command {
+        DataCommand::Create { file, name, path, kind, version, description } => {
+            let req = match file {
+                Some(file) => data::DataCreate::from_yaml(&file)?,
+                None => data::DataCreate {
+                    name: name.expect("clap requires it"),
+                    version,
+                    kind,
+                    path: path.expect("clap requires it"),
+                    base: PathBuf::from("."),
+                    description,
+                    tags: Default::default(),
+                },
+            };
+            data::create(&client, req, out).await?
+        }
+        DataCommand::List { name } => data::list(&client, name.as_deref(), out).await?,
+        DataCommand::Show { name, version } => data::show(&client, &name, version.as_deref(), out).await?,
+    }
+    Ok(exit_code::OK)
+}
+
+async fn job_command(client: &cove_api::Client, command: JobCommand, out: Output) -> anyhow::Result<i32> {
+    match command {
+        JobCommand::List { endpoint_name, deployment_name } => {
+            jobs::list(&client, endpoint_name.as_deref(), deployment_name.as_deref(), out).await?
+        }
+        JobCommand::Show { name } => {
+            jobs::show(&client, &name.get(), out).await?;
+        }
+        JobCommand::Stream { name } => {
+            let job = jobs::stream(&client, &name.get(), out).await?;
+            return Ok(job_exit(&job));
+        }
+        JobCommand::Cancel { name } => jobs::cancel(&client, &name.get(), out).await?,
+        JobCommand::Rerun { name, failed_only, stream } => {
+            let job = jobs::rerun(&client, &name, failed_only, stream, out).await?;
+            if stream {
+                return Ok(job_exit(&job));
+            }
+        }
+        JobCommand::Download { name, output_name, all, download_path } => {
+            let outputs: Vec<&str> = if all { vec!["score", "logs"] } else { vec![output_name.as_str()] };
+            jobs::download(&client, &name.get(), &outputs, &download_path, out).await?;
+        }
+    }
+    Ok(exit_code::OK)
 }

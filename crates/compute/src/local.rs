@@ -276,3 +276,17 @@ async fn terminate(pid: Option<u32>, child: &mut tokio::process::Child) {
         let _ = child.wait().await;
     }
 }
+
+#[async_trait::async_trait]
+impl crate::Backend for LocalCompute {
+    /// Starts the workers (or queues the job for capacity) before it returns: callers that await it
+    /// have the job's workers on their way, in order with any later stop.
+    async fn start(&self, w: crate::JobWorkers<'_>) -> Result<Option<String>, crate::ComputeError> {
+        self.launch(w.job, w.instances, w.concurrency);
+        Ok(None)
+    }
+
+    async fn stop(&self, job: &str, _reference: Option<&str>) {
+        LocalCompute::stop(self, job).await
+    }
+}

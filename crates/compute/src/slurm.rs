@@ -5,8 +5,10 @@
 //! Nothing runs on the cluster between jobs. This is the scheduler's client; the tracker that follows
 //! each submitted array job for its Cove job is `cove_jobs::slurm`.
 
+use crate::{ComputeError, JobWorkers};
 use cove_api::ComputeSpec;
-use std::path::Path;
+use cove_workspace::CredentialSource;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tokio::process::Command;
 
@@ -19,16 +21,18 @@ fn command(spec: &ComputeSpec, program: &str) -> Command {
     c
 }
 
-async fn run(mut c: Command, what: &str) -> Result<String, String> {
+async fn run(mut c: Command, what: &str) -> Result<String, ComputeError> {
     let out = tokio::time::timeout(Duration::from_secs(30), c.output())
         .await
-        .map_err(|_| format!("`{what}` did not answer within 30 s"))?
-        .map_err(|e| format!("`{what}` cannot be run (are Slurm's client commands installed?): {e}"))?;
+        .map_err(|_| ComputeError::Unreachable(format!("`{what}` did not answer within 30 s")))?
+        .map_err(|e| {
+            ComputeError::Unreachable(format!("`{what}` cannot be run (are Slurm's client commands installed?): {e}"))
+        })?;
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
     } else {
         let err = String::from_utf8_lossy(&out.stderr);
-        Err(err.trim().lines().last().unwrap_or("failed").to_string())
+        Err(ComputeError::Refused(err.trim().lines().last().unwrap_or("failed").to_string()))
     }
 }
 
@@ -53,19 +57,24 @@ fn resources(spec: &ComputeSpec) -> Vec<String> {
 }
 
 /// Checks that the controller answers, the partition exists, and it accepts the limits.
-pub async fn validate(spec: &ComputeSpec) -> Result<(), String> {
+pub async fn validate(spec: &ComputeSpec) -> Result<(), ComputeError> {
     let mut c = command(spec, "sinfo");
     c.args(["-h", "-o", "%R"]);
-    let partitions = run(c, "sinfo").await.map_err(|e| format!("cannot reach slurmctld: {e}"))?;
+    let partitions =
+        run(c, "sinfo").await.map_err(|e| ComputeError::Unreachable(format!("cannot reach slurmctld: {e}")))?;
     let names: Vec<&str> = partitions.lines().map(str::trim).collect();
     if !names.contains(&spec.partition.as_str()) {
-        return Err(format!("partition `{}` does not exist (partitions: {})", spec.partition, names.join(", ")));
+        return Err(ComputeError::Invalid(format!(
+            "partition `{}` does not exist (partitions: {})",
+            spec.partition,
+            names.join(", ")
+        )));
     }
     let mut c = command(spec, "sbatch");
     c.arg("--test-only").args(resources(spec)).args(["--wrap", "true"]);
     run(c, "sbatch --test-only")
         .await
-        .map_err(|e| format!("partition `{}` refuses these limits: {e}", spec.partition))?;
+        .map_err(|e| ComputeError::Invalid(format!("partition `{}` refuses these limits: {e}", spec.partition)))?;
     Ok(())
 }
 
@@ -100,8 +109,10 @@ fn shared_credential(s: &Submission<'_>) -> Result<cove_workspace::WorkerCredent
 }
 
 /// Submits the job's workers as an array job; returns the Slurm job id.
-pub async fn submit(spec: &ComputeSpec, s: &Submission<'_>) -> Result<String, String> {
-    std::fs::create_dir_all(s.dir).map_err(|e| format!("cannot create {}: {e}", s.dir.display()))?;
+pub async fn submit(spec: &ComputeSpec, s: &Submission<'_>) -> Result<String, ComputeError> {
+    tokio::fs::create_dir_all(s.dir)
+        .await
+        .map_err(|e| ComputeError::Credential(format!("cannot create {}: {e}", s.dir.display())))?;
     let script = format!(
         "exec '{}' worker --job '{}' --node slurm-$SLURM_ARRAY_TASK_ID --concurrency {} --work-dir '{}'/task-$SLURM_ARRAY_TASK_ID",
         s.exe.display(),
@@ -120,9 +131,9 @@ pub async fn submit(spec: &ComputeSpec, s: &Submission<'_>) -> Result<String, St
         .arg(format!("--chdir={}", s.dir.display()))
         .args(["--wrap", &script])
         .env("COVE_URL", s.url)
-        .envs(shared_credential(s)?.env())
+        .envs(shared_credential(s).map_err(ComputeError::Credential)?.env())
         .env_remove("COVE_TOKEN");
-    let out = run(c, "sbatch").await.map_err(|e| format!("sbatch refused the job: {e}"))?;
+    let out = run(c, "sbatch").await.map_err(|e| ComputeError::Refused(format!("sbatch refused the job: {e}")))?;
     Ok(out.split(';').next().unwrap_or(&out).trim().to_string())
 }
 
@@ -186,13 +197,13 @@ pub fn parse_tasks(text: &str) -> Vec<Task> {
         .collect()
 }
 
-pub async fn tasks(spec: &ComputeSpec, id: &str) -> Result<Vec<Task>, String> {
+pub async fn tasks(spec: &ComputeSpec, id: &str) -> Result<Vec<Task>, ComputeError> {
     let mut c = command(spec, "scontrol");
     c.args(["-o", "show", "job", id]);
     match run(c, "scontrol").await {
         Ok(text) => Ok(parse_tasks(&text)),
         // A job Slurm no longer knows (purged) has no live task.
-        Err(e) if e.contains("Invalid job id") => Ok(Vec::new()),
+        Err(ComputeError::Refused(e)) if e.contains("Invalid job id") => Ok(Vec::new()),
         Err(e) => Err(e),
     }
 }
@@ -215,6 +226,44 @@ pub fn describe(id: &str, tasks: &[Task]) -> String {
         })
         .collect();
     format!("slurm job {id}: {}", if parts.is_empty() { "gone".to_string() } else { parts.join("; ") })
+}
+
+/// A Slurm cluster as a backend: a job's workers are one array job, submitted with the cluster's
+/// current worker credential.
+pub struct Slurm {
+    pub spec: ComputeSpec,
+    /// The `cove` executable the tasks run as `cove worker`.
+    pub exe: PathBuf,
+    /// The control plane's URL, as the workers reach it.
+    pub url: String,
+    pub credential: CredentialSource,
+    /// The compute's folder; each job's submission gets its own folder in it.
+    pub dir: PathBuf,
+}
+
+#[async_trait::async_trait]
+impl crate::Backend for Slurm {
+    async fn start(&self, w: JobWorkers<'_>) -> Result<Option<String>, ComputeError> {
+        let credential = (self.credential)()
+            .map_err(|e| ComputeError::Credential(format!("the compute's worker credential is missing: {e:#}")))?;
+        let dir = self.dir.join(w.job);
+        let submission = Submission {
+            job: w.job,
+            instances: w.instances,
+            concurrency: w.concurrency,
+            exe: &self.exe,
+            url: &self.url,
+            credential: &credential,
+            dir: &dir,
+        };
+        submit(&self.spec, &submission).await.map(Some)
+    }
+
+    async fn stop(&self, _job: &str, reference: Option<&str>) {
+        if let Some(id) = reference {
+            cancel(&self.spec, id).await;
+        }
+    }
 }
 
 #[cfg(test)]

@@ -12,6 +12,30 @@ use object_store::ObjectStore;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+/// Why a datastore, or a place in one, cannot be used. Each names what is wrong in words a user acts
+/// on; none is an internal failure.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DatastoreError {
+    /// A URI or path that names no place inside a datastore (or one Cove keeps for itself).
+    #[error("{0}")]
+    BadPath(String),
+    /// A datastore the workspace does not have.
+    #[error("datastore `{name}` does not exist (known: {known})")]
+    Unknown { name: String, known: String },
+    /// A datastore the workspace has but left closed, and why.
+    #[error("datastore `{name}` is not open: {why}")]
+    Closed { name: String, why: String },
+    /// A place that cannot be reached beneath the datastore's root: a link on the way, a name that is
+    /// not UTF-8, a file that cannot be read.
+    #[error("{0}")]
+    Unreachable(String),
+    /// A network store's client cannot be built from its credentials or CA.
+    #[error("{0}")]
+    Client(String),
+}
+
+pub type DatastoreResult<T> = Result<T, DatastoreError>;
+
 /// A location inside a named datastore.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DataPath {
@@ -29,7 +53,7 @@ impl DataPath {
         object_path_of(&self.path)
     }
 
-    pub fn join(&self, rest: &str) -> Result<DataPath, String> {
+    pub fn join(&self, rest: &str) -> DatastoreResult<DataPath> {
         let rest = normalise(rest)?;
         let path = match (self.path.is_empty(), rest.is_empty()) {
             (true, _) => rest,
@@ -49,8 +73,8 @@ pub fn object_path_of(rel: &str) -> ObjectPath {
 }
 
 /// Reads a file of a local datastore the way nothing in it can redirect (`cove_common::beneath`). Blocking.
-pub fn read_local(root: &std::path::Path, rel: &str) -> Result<bytes::Bytes, String> {
-    cove_common::beneath::read(root, rel)
+pub fn read_local(root: &std::path::Path, rel: &str) -> DatastoreResult<bytes::Bytes> {
+    cove_common::beneath::read(root, rel).map_err(DatastoreError::Unreachable)
 }
 
 /// The files directly in the folder `rel` of a local datastore, as datastore-relative paths, unsorted;
@@ -59,7 +83,11 @@ pub fn read_local(root: &std::path::Path, rel: &str) -> Result<bytes::Bytes, Str
 /// files are not listed; a link to a file is listed, and fails its item when read), from one pass over
 /// the folder: `object_store` walks every level beneath and calls `stat` three times per file, which
 /// made listing a folder of many small files the largest part of planning. Blocking.
-pub fn list_local_folder(root: &std::path::Path, rel: &str, keep: bool) -> Result<(usize, Vec<String>), String> {
+pub fn list_local_folder(root: &std::path::Path, rel: &str, keep: bool) -> DatastoreResult<(usize, Vec<String>)> {
+    list_folder(root, rel, keep).map_err(DatastoreError::Unreachable)
+}
+
+fn list_folder(root: &std::path::Path, rel: &str, keep: bool) -> Result<(usize, Vec<String>), String> {
     let dir = match cove_common::beneath::open_dir(root, rel) {
         Ok(dir) => dir,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((0, Vec::new())),
@@ -107,7 +135,11 @@ pub fn list_local_folder(root: &std::path::Path, rel: &str, keep: bool) -> Resul
 ///
 /// # Errors
 /// A message naming the problem: an unknown scheme, a missing datastore name, or a path that escapes.
-pub fn parse_uri(uri: &str) -> Result<DataPath, String> {
+pub fn parse_uri(uri: &str) -> DatastoreResult<DataPath> {
+    parse(uri).map_err(DatastoreError::BadPath)
+}
+
+fn parse(uri: &str) -> Result<DataPath, String> {
     // The long form names the subscription, resource group and workspace too: within one workspace
     // those say nothing, so only its datastore and path are used.
     let long = uri
@@ -135,12 +167,16 @@ pub fn parse_uri(uri: &str) -> Result<DataPath, String> {
     if datastore.is_empty() || datastore.contains(['/', '\\']) {
         return Err(format!("`{uri}` names no datastore"));
     }
-    let path = normalise(path).map_err(|e| format!("`{uri}`: {e}"))?;
+    let path = normalised(path).map_err(|e| format!("`{uri}`: {e}"))?;
     Ok(DataPath { datastore: datastore.to_string(), path })
 }
 
 /// Normalises a relative path, refusing any segment that could leave its root.
-pub fn normalise(path: &str) -> Result<String, String> {
+pub fn normalise(path: &str) -> DatastoreResult<String> {
+    normalised(path).map_err(DatastoreError::BadPath)
+}
+
+fn normalised(path: &str) -> Result<String, String> {
     let mut parts = Vec::new();
     for seg in path.split('/') {
         match seg {
@@ -165,7 +201,11 @@ pub fn normalise(path: &str) -> Result<String, String> {
 /// job's output) outside the datastore. Each existing part of the path is looked at without following
 /// links; the parts that do not exist yet, Cove creates. Blocking. (A link planted between this look
 /// and the write is not seen: the look narrows the window to that moment.)
-pub fn refuse_links_on_the_way(root: &std::path::Path, rel: &str) -> Result<(), String> {
+pub fn refuse_links_on_the_way(root: &std::path::Path, rel: &str) -> DatastoreResult<()> {
+    links_on_the_way(root, rel).map_err(DatastoreError::Unreachable)
+}
+
+fn links_on_the_way(root: &std::path::Path, rel: &str) -> Result<(), String> {
     let mut at = root.to_path_buf();
     let mut walked = Vec::new();
     for part in rel.split('/').filter(|p| !p.is_empty()) {
@@ -298,8 +338,8 @@ impl Datastores {
         bucket: &str,
         secret: &S3Secret,
         ca: Option<&str>,
-    ) -> Result<(), String> {
-        self.insert_signing(name, build_s3(endpoint, bucket, secret, ca)?);
+    ) -> DatastoreResult<()> {
+        self.insert_signing(name, build_s3(endpoint, bucket, secret, ca).map_err(DatastoreError::Client)?);
         self.set_ca(name, ca);
         Ok(())
     }
@@ -319,8 +359,8 @@ impl Datastores {
     }
 
     /// Adds an Azure Blob datastore; one reached with the account key can sign URLs (a SAS cannot).
-    pub fn add_azure(&self, name: &str, secret: &AzureSecret, ca: Option<&str>) -> Result<(), String> {
-        let store = build_azure(secret, ca)?;
+    pub fn add_azure(&self, name: &str, secret: &AzureSecret, ca: Option<&str>) -> DatastoreResult<()> {
+        let store = build_azure(secret, ca).map_err(DatastoreError::Client)?;
         self.set_ca(name, ca);
         if secret.account_key.is_some() {
             self.insert_signing(name, store);
@@ -331,20 +371,20 @@ impl Datastores {
     }
 
     /// Adds a Google Cloud Storage datastore; its service account's key signs URLs too.
-    pub fn add_gcs(&self, name: &str, secret: &GcsSecret, ca: Option<&str>) -> Result<(), String> {
-        self.insert_signing(name, build_gcs(secret, ca)?);
+    pub fn add_gcs(&self, name: &str, secret: &GcsSecret, ca: Option<&str>) -> DatastoreResult<()> {
+        self.insert_signing(name, build_gcs(secret, ca).map_err(DatastoreError::Client)?);
         self.set_ca(name, ca);
         Ok(())
     }
 
-    pub fn get(&self, name: &str) -> Result<Arc<dyn ObjectStore>, String> {
+    pub fn get(&self, name: &str) -> DatastoreResult<Arc<dyn ObjectStore>> {
         if let Some(why) = self.closed.read().unwrap_or_else(|p| p.into_inner()).get(name) {
-            return Err(format!("datastore `{name}` is not open: {why}"));
+            return Err(DatastoreError::Closed { name: name.to_string(), why: why.clone() });
         }
         let stores = self.stores.read().unwrap_or_else(|p| p.into_inner());
         stores.get(name).cloned().ok_or_else(|| {
             let known: Vec<&str> = stores.keys().map(String::as_str).collect();
-            format!("datastore `{name}` does not exist (known: {})", known.join(", "))
+            DatastoreError::Unknown { name: name.to_string(), known: known.join(", ") }
         })
     }
 }
@@ -463,7 +503,8 @@ mod tests {
         }
         // Finalizing's staging folders are named by no caller, at any depth.
         let staging = parse_uri("cove://ws/out/.cove-publishing-j/a").unwrap_err();
-        assert!(staging.contains("no path may name one"), "{staging}");
-        assert!(parse_uri("azureml:mydata:1").unwrap_err().contains("data assets"));
+        assert!(staging.to_string().contains("no path may name one"), "{staging}");
+        assert!(matches!(staging, DatastoreError::BadPath(_)), "{staging:?}");
+        assert!(parse_uri("azureml:mydata:1").unwrap_err().to_string().contains("data assets"));
     }
 }

@@ -251,7 +251,8 @@ pub async fn compute_credential(
         app.store.call(move |c| auth::mint(c, TokenKind::Worker, Role::Worker, None, Some(compute), None)).await?;
     let issued = cove_workspace::tls::issue_client_certificate(&app.tls.authority, &app.store, &name)
         .map_err(|e| ApiError::internal("issue the compute's client certificate", format!("{e:#}")))?;
-    let ca = std::fs::read_to_string(cove_workspace::tls::files::trust(&app.config.dir))
+    let ca = tokio::fs::read_to_string(cove_workspace::tls::files::trust(&app.config.dir))
+        .await
         .map_err(|e| ApiError::internal("read the workspace CA", e.to_string()))?;
     Ok((
         StatusCode::CREATED,

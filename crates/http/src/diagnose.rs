@@ -10,32 +10,46 @@ fn check(name: &str, status: &str, detail: String, fix: Option<String>) -> Check
 }
 
 pub async fn run(app: &AppRef) -> Result<Vec<Check>, store::StoreError> {
-    let policy = &app.policy;
-    let mut out = Vec::new();
+    let computes = app.store.call(|c| store::compute_list(c)).await?;
+    let mut out = vec![listener_check(app)];
+    out.extend(compute_network_checks(app, &computes).await?);
+    out.extend(sandbox_checks(app, &computes).await);
+    out.push(workspace_mode_check(app).await);
+    out.push(token_expiry_check(app).await?);
+    // Where environment builds get packages: a wheel folder, or an index that answers at its private endpoint.
+    out.push(package_index_check(app).await);
+    out.extend(datastore_checks(app).await?);
+    out.extend(certificate_checks(app).await?);
+    Ok(out)
+}
 
-    // Every listener is a private endpoint of a private workspace.
-    if policy.public_network_access {
-        out.push(check(
+/// Every listener is a private endpoint of a private workspace.
+fn listener_check(app: &AppRef) -> Check {
+    if app.policy.public_network_access {
+        check(
             "public network access",
             "warn",
             "enabled: any source address may connect".into(),
             Some("set public_network_access: disabled in the workspace config".into()),
-        ));
+        )
     } else {
         // `cove up` refuses to listen anywhere but the API's private endpoints of a private workspace,
         // so there is nothing here that could fail.
         let list: Vec<String> = app.listeners.iter().map(|a| a.to_string()).collect();
-        out.push(check(
+        check(
             "public network access",
             "ok",
             format!("disabled: listening only on private endpoints {}", list.join(", ")),
             None,
-        ));
+        )
     }
+}
 
-    // Every compute network can use the API's private endpoint. (The control plane cannot probe from
-    // inside another network; the evidence that it really works is a worker that reached it, below.)
-    let (computes, endpoints) = app.store.call(|c| Ok((store::compute_list(c)?, store::endpoint_list(c)?))).await?;
+/// Every compute network can use the API's private endpoint. (The control plane cannot probe from inside
+/// another network; the evidence that it really works is a worker that reached it.)
+async fn compute_network_checks(app: &AppRef, computes: &[cove_api::Compute]) -> Result<Vec<Check>, store::StoreError> {
+    let mut out = Vec::new();
+    let endpoints = app.store.call(|c| store::endpoint_list(c)).await?;
     let mut used_computes: Vec<String> = Vec::new();
     for ep in &endpoints {
         let name = ep.spec.name.clone();
@@ -45,8 +59,9 @@ pub async fn run(app: &AppRef) -> Result<Vec<Check>, store::StoreError> {
             }
         }
     }
+    let policy = &app.policy;
     let allowed = policy.allowed_networks();
-    for c in &computes {
+    for c in computes {
         let Some(net) = policy.computes.iter().find(|x| x.name == c.name) else { continue };
         let used = if used_computes.contains(&c.name) { " (used by deployments)" } else { "" };
         if policy.public_network_access || allowed.contains(&net.network.as_str()) {
@@ -83,10 +98,14 @@ pub async fn run(app: &AppRef) -> Result<Vec<Check>, store::StoreError> {
             )),
         }
     }
+    Ok(out)
+}
 
-    // Scoring code can be sandboxed where it runs: as the hosts of each compute's workers said when they
-    // last asked for work, or, for the local compute before any worker ran, this host.
-    for c in &computes {
+/// Scoring code can be sandboxed where it runs: as the hosts of each compute's workers said when they
+/// last asked for work, or, for the local compute before any worker ran, this host.
+async fn sandbox_checks(app: &AppRef, computes: &[cove_api::Compute]) -> Vec<Check> {
+    let mut out = Vec::new();
+    for c in computes {
         let name = format!("scoring sandbox on compute {}", c.name);
         if app.config.sandbox == SandboxMode::None {
             out.push(check(
@@ -101,7 +120,11 @@ pub async fn run(app: &AppRef) -> Result<Vec<Check>, store::StoreError> {
         let reported = app.worker_hosts.lock().unwrap_or_else(|e| e.into_inner()).get(&c.name).cloned();
         let (host, verdict) = match reported {
             Some((node, caps)) => (format!("the host of worker {node}"), caps.sandbox_problem.map_or(Ok(()), Err)),
-            None if c.kind == "local" => ("this host".to_string(), cove_common::sandbox_probe::available()),
+            None if c.kind == "local" => {
+                // Probed once per process; the first call runs the probe.
+                let here = tokio::task::spawn_blocking(cove_common::sandbox_probe::available).await;
+                ("this host".to_string(), here.unwrap_or_else(|e| Err(format!("the probe failed: {e}"))))
+            }
             None => continue,
         };
         match verdict {
@@ -114,36 +137,35 @@ pub async fn run(app: &AppRef) -> Result<Vec<Check>, store::StoreError> {
             )),
         }
     }
+    out
+}
 
-    // The workspace is its owner's alone on this host.
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let dir = &app.config.dir;
-        let open: Vec<String> = [dir.clone(), cove_workspace::layout::owner_token(dir), cove_workspace::layout::state_db(dir)]
-            .into_iter()
-            .filter_map(|p| {
-                let mode = std::fs::metadata(&p).ok()?.permissions().mode() & 0o777;
-                (mode & 0o077 != 0).then(|| format!("{} is mode {mode:o}", p.display()))
-            })
-            .collect();
-        if open.is_empty() {
-            out.push(check(
-                "workspace private on this host",
-                "ok",
-                format!("{} is its owner's alone", dir.display()),
-                None,
-            ));
-        } else {
-            out.push(check(
-                "workspace private on this host",
-                "fail",
-                format!("other users of this host can reach it: {}", open.join(", ")),
-                Some(format!("chmod 700 {} (cove up does this when it starts)", dir.display())),
-            ));
+/// The workspace is its owner's alone on this host.
+async fn workspace_mode_check(app: &AppRef) -> Check {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = app.config.dir.clone();
+    let mut open: Vec<String> = Vec::new();
+    for p in [dir.clone(), cove_workspace::layout::owner_token(&dir), cove_workspace::layout::state_db(&dir)] {
+        let Ok(meta) = tokio::fs::metadata(&p).await else { continue };
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            open.push(format!("{} is mode {mode:o}", p.display()));
         }
     }
+    if open.is_empty() {
+        check("workspace private on this host", "ok", format!("{} is its owner's alone", dir.display()), None)
+    } else {
+        check(
+            "workspace private on this host",
+            "fail",
+            format!("other users of this host can reach it: {}", open.join(", ")),
+            Some(format!("chmod 700 {} (cove up does this when it starts)", dir.display())),
+        )
+    }
+}
 
-    // Tokens that never expire.
+/// Tokens that never expire.
+async fn token_expiry_check(app: &AppRef) -> Result<Check, store::StoreError> {
     let forever: Vec<String> = app
         .store
         .call(|c| store::token_list(c))
@@ -152,21 +174,21 @@ pub async fn run(app: &AppRef) -> Result<Vec<Check>, store::StoreError> {
         .filter(|t| t.kind == "user" && !t.revoked && t.expires_ms.is_none())
         .map(|t| format!("{} ({})", t.id, t.role))
         .collect();
-    if forever.is_empty() {
-        out.push(check("token expiry", "ok", "every user token expires".into(), None));
+    Ok(if forever.is_empty() {
+        check("token expiry", "ok", "every user token expires".into(), None)
     } else {
-        out.push(check(
+        check(
             "token expiry",
             "warn",
             format!("tokens that never expire: {}", forever.join(", ")),
             Some("create tokens with --expires-in and revoke these (cove token revoke ID)".into()),
-        ));
-    }
+        )
+    })
+}
 
-    // Where environment builds get packages: a wheel folder, or an index that answers at its private endpoint.
-    out.push(package_index_check(app).await);
-
-    // Datastores reached outside a private endpoint.
+/// Datastores reached outside a private endpoint.
+async fn datastore_checks(app: &AppRef) -> Result<Vec<Check>, store::StoreError> {
+    let mut out = Vec::new();
     for ds in app.store.call(|c| store::datastore_list(c)).await? {
         if ds.kind == "local" {
             out.push(check(
@@ -175,7 +197,7 @@ pub async fn run(app: &AppRef) -> Result<Vec<Check>, store::StoreError> {
                 "a folder on the control plane's host; no network involved".into(),
                 None,
             ));
-        } else if policy.private_endpoints.iter().any(|p| p.service == format!("datastore:{}", ds.name)) {
+        } else if app.policy.private_endpoints.iter().any(|p| p.service == format!("datastore:{}", ds.name)) {
             out.push(check(
                 &format!("datastore {}", ds.name),
                 "ok",
@@ -191,7 +213,6 @@ pub async fn run(app: &AppRef) -> Result<Vec<Check>, store::StoreError> {
             ));
         }
     }
-    out.extend(certificate_checks(app).await?);
     Ok(out)
 }
 
@@ -283,6 +304,16 @@ async fn certificate_checks(app: &AppRef) -> Result<Vec<Check>, store::StoreErro
         .collect())
 }
 
+/// How many wheels the folder holds.
+async fn wheels_in(dir: &str) -> std::io::Result<usize> {
+    let mut entries = tokio::fs::read_dir(dir).await?;
+    let mut wheels = 0;
+    while let Some(e) = entries.next_entry().await? {
+        wheels += usize::from(e.file_name().to_string_lossy().ends_with(".whl"));
+    }
+    Ok(wheels)
+}
+
 async fn package_index_check(app: &AppRef) -> Check {
     use cove_api::worker::PackageSource;
     let name = "package index";
@@ -293,11 +324,8 @@ async fn package_index_check(app: &AppRef) -> Check {
             "none configured: deployments with an environment (or an MLflow model and no script) are refused".into(),
             Some("start the workspace with --package-index URL (a private endpoint with service: package-index) or --wheels DIR".into()),
         ),
-        Some(PackageSource::Wheels { dir }) => match std::fs::read_dir(dir) {
-            Ok(entries) => {
-                let wheels = entries.flatten().filter(|e| e.file_name().to_string_lossy().ends_with(".whl")).count();
-                check(name, "ok", format!("the wheel folder {dir} ({wheels} wheels); builds use no network"), None)
-            }
+        Some(PackageSource::Wheels { dir }) => match wheels_in(dir).await {
+            Ok(wheels) => check(name, "ok", format!("the wheel folder {dir} ({wheels} wheels); builds use no network"), None),
             Err(e) => check(name, "fail", format!("the wheel folder {dir} cannot be read: {e}"), Some("fix --wheels".into())),
         },
         Some(PackageSource::Index { url, address, ca }) => {

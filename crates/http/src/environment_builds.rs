@@ -44,8 +44,11 @@ pub fn package_source(config: &EnvironmentSettings, policy: &NetworkPolicy) -> R
                 named.display()
             ))
         }
-        (Some(file), None) => Some(cove_workspace::netpolicy::read_ca(&format!("--package-index-ca {}", file.display()), file)?),
-        (None, _) => endpoint.map_or(Ok(None), cove_workspace::netpolicy::PrivateEndpoint::ca)?,
+        (Some(file), None) => Some(
+            cove_workspace::netpolicy::read_ca(&format!("--package-index-ca {}", file.display()), file)
+                .map_err(|e| e.to_string())?,
+        ),
+        (None, _) => endpoint.map_or(Ok(None), cove_workspace::netpolicy::PrivateEndpoint::ca).map_err(|e| e.to_string())?,
     };
     Ok(Some(PackageSource::Index { url: url.trim_end_matches('/').to_string(), address, ca }))
 }

@@ -81,6 +81,27 @@ impl From<cove_store::StoreError> for ApiError {
     }
 }
 
+/// A datastore or a place in one that cannot be used is the caller's to fix.
+impl From<cove_datastore::DatastoreError> for ApiError {
+    fn from(err: cove_datastore::DatastoreError) -> Self {
+        Self::invalid(err.to_string())
+    }
+}
+
+/// A network configuration (or a CA file it names) that cannot be used is the caller's to fix.
+impl From<cove_workspace::netpolicy::ConfigError> for ApiError {
+    fn from(err: cove_workspace::netpolicy::ConfigError) -> Self {
+        Self::invalid(err.to_string())
+    }
+}
+
+/// A source the network policy does not admit is refused, whoever it is.
+impl From<cove_workspace::netpolicy::Refusal> for ApiError {
+    fn from(err: cove_workspace::netpolicy::Refusal) -> Self {
+        Self::new(ErrorCode::PermissionDenied, err.to_string())
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = ErrorBody { code: self.code.as_str().to_string(), message: self.message };

@@ -71,50 +71,10 @@ pub async fn invoke(
 ) -> ApiResult<(StatusCode, Json<Job>)> {
     let endpoint_name = endpoint_name.to_ascii_lowercase();
     user.require(Role::Invoker, Some(&endpoint_name))?;
-    let raw: Value = parse_json(&body)?;
-    let mut req =
-        if lowercase_keys(&raw).get("properties").is_some() { azure_body(&raw)? } else { parse_json::<Invoke>(&body)? };
-    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
-    if req.deployment_name.is_none() {
-        req.deployment_name = header(DEPLOYMENT_HEADER);
-    }
-    let idempotency_key = IDEMPOTENCY_HEADERS.iter().find_map(|h| header(h));
-    if let Some(key) = &idempotency_key {
-        if key.is_empty() || key.len() > 128 {
-            return Err(ApiError::invalid("idempotency key: must be 1 to 128 characters"));
-        }
-    }
-    let ep = endpoint(&app, &endpoint_name).await?;
-    let dep_name = req.deployment_name.clone().or(ep.spec.default_deployment.clone()).ok_or_else(|| {
-        ApiError::invalid(format!(
-            "No valid deployments to route to: endpoint `{endpoint_name}` has no default deployment. \
-             Set one (cove endpoint update {endpoint_name} --set defaults.deployment_name=NAME) or name a deployment \
-             (--deployment-name, or the {DEPLOYMENT_HEADER} header)"
-        ))
-    })?;
-    let dep = deployment(&app, &endpoint_name, &dep_name).await?;
-    let mut settings = dep.settings.clone();
-    for (k, v) in &req.overrides {
-        settings.apply_override(k, v).map_err(|e| ApiError::invalid(format!("override `{k}`: {e}")))?;
-    }
-    let compute_key = dep.compute.clone();
-    let compute = app.store.call(move |c| store::compute_get(c, &compute_key)).await?;
-    if let Some(c) = &compute {
-        if settings.instance_count > c.max_instances {
-            return Err(ApiError::invalid(format!(
-                "instance_count: {} is more than compute `{}` allows ({})",
-                settings.instance_count, c.name, c.max_instances
-            )));
-        }
-    }
-    let mut input =
-        req.input.clone().ok_or_else(|| ApiError::invalid("input: required (a datastore URI of a folder or file)"))?;
-    if let Some((name, version)) = data_asset_reference(&input.uri)? {
-        let asset = super::resources::data_asset(&app, name, version).await?;
-        let what = format!("input: data asset `{}` version {}", asset.name, asset.version);
-        super::resources::check_unchanged(&app, &what, &asset.path, asset.digest.as_deref()).await?;
-        input = JobInput { uri: asset.path, input_type: asset.kind };
-    }
+    let (req, idempotency_key) = read_invocation(&body, &headers)?;
+    let dep = route(&app, &endpoint_name, &req).await?;
+    let (settings, compute) = job_settings(&app, &dep, &req).await?;
+    let input = job_input(&app, &req).await?;
     let input_path = parse_uri(&input.uri).map_err(|e| ApiError::invalid(format!("input: {e}")))?;
     let input_store =
         app.datastores.get(&input_path.datastore).map_err(|e| ApiError::invalid(format!("input: {e}")))?;
@@ -133,19 +93,8 @@ pub async fn invoke(
     let output_store =
         app.datastores.get(&output.datastore).map_err(|e| ApiError::invalid(format!("output_path: {e}")))?;
     // Replaying a known idempotency key must not depend on the input still being there.
-    if let Some(key) = &idempotency_key {
-        let (e, k) = (endpoint_name.clone(), key.clone());
-        let existing = app
-            .store
-            .call(move |c| {
-                Ok(store::job_list(c, Some(&e), None, u32::MAX)?
-                    .into_iter()
-                    .find(|j| j.idempotency_key.as_deref() == Some(&k)))
-            })
-            .await?;
-        if let Some(job) = existing {
-            return Ok((StatusCode::OK, Json(render(&app, job, false, false).await?)));
-        }
+    if let Some(job) = replayed(&app, &endpoint_name, idempotency_key.as_deref()).await? {
+        return Ok((StatusCode::OK, Json(job)));
     }
     super::ownership::check_read(&app, &user, "input", &input_path, true).await?;
     check_input_exists(input_store.as_ref(), app.datastores.local_root(&input_path.datastore), &input).await?;
@@ -154,43 +103,14 @@ pub async fn invoke(
     }
     check_output_is_new(output_store.as_ref(), &output).await?;
     super::resources::refuse_planted_links(&app, &output.datastore, &output.path, "output_path").await?;
-    let model_key = dep.model.clone();
-    let model =
-        app.store.call(move |c| store::model_get(c, &model_key.name, Some(model_key.version))).await?.ok_or_else(
-            || ApiError::invalid(format!("model `{}` version {} no longer exists", dep.model.name, dep.model.version)),
-        )?;
-    let what = format!("model `{}` version {}", model.name, model.version);
-    super::resources::check_unchanged(&app, &what, &model.path, model.digest.as_deref()).await?;
-    let model_dir_name = model.path.rsplit('/').next().unwrap_or("model").to_string();
-    let inputs_in_place = compute.as_ref().and_then(|c| sees_in_place(&app, c, &input_path.datastore));
-    let inputs_direct = compute.as_ref().is_some_and(|c| reaches_store(&app, c, &input_path.datastore));
+    let model = deployed_model(&app, &dep).await?;
     let record = JobRecord {
-        inputs_in_place,
-        inputs_direct,
+        inputs_in_place: compute.as_ref().and_then(|c| sees_in_place(&app, c, &input_path.datastore)),
+        inputs_direct: compute.as_ref().is_some_and(|c| reaches_store(&app, c, &input_path.datastore)),
         input: JobInput { uri: input_path.uri(), input_type: input.input_type },
         output_uri: output.uri(),
         output_file_name: settings.output_file_name.clone(),
-        run: RunSpec {
-            snapshot: format!("{}-{}", dep.name, dep.created_at),
-            scoring_script: dep.scoring_script.clone(),
-            onnx_model: dep.onnx_model.clone(),
-            model_dir_name,
-            python: dep.python.clone(),
-            environment: dep.environment.as_ref().map(|e| e.build.clone()),
-            builtin_script: dep.builtin_script.clone(),
-            environment_variables: settings.environment_variables.clone(),
-            logging_level: settings.logging_level,
-            output_action: settings.output_action,
-            timeout_secs: settings.retry_settings.timeout_secs,
-            limits: settings.limits,
-            sandbox: app.config.sandbox,
-            egress: dep
-                .egress
-                .iter()
-                .filter_map(|name| app.policy.private_endpoints.iter().find(|p| &p.name == name))
-                .map(|p| EgressTarget { name: p.name.clone(), address: p.address })
-                .collect(),
-        },
+        run: run_spec(&app, &dep, &settings, &model),
         settings,
         model_uri: model.path.clone(),
         code_uri: dep.code_uri.clone(),
@@ -213,6 +133,128 @@ pub async fn invoke(
         JobInsert::Existing(row) => Ok((StatusCode::OK, Json(render(&app, row, false, false).await?))),
         JobInsert::NameTaken => Err(ApiError::conflict(format!("job_name: a job named `{job_name}` already exists"))),
         JobInsert::OutputTaken(held) => Err(output_taken(&held)),
+    }
+}
+
+/// The invocation (Cove's body or the Azure ML one), with the deployment header and the idempotency key.
+fn read_invocation(body: &Bytes, headers: &HeaderMap) -> ApiResult<(Invoke, Option<String>)> {
+    let raw: Value = parse_json(body)?;
+    let mut req =
+        if lowercase_keys(&raw).get("properties").is_some() { azure_body(&raw)? } else { parse_json::<Invoke>(body)? };
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
+    if req.deployment_name.is_none() {
+        req.deployment_name = header(DEPLOYMENT_HEADER);
+    }
+    let idempotency_key = IDEMPOTENCY_HEADERS.iter().find_map(|h| header(h));
+    if let Some(key) = &idempotency_key {
+        if key.is_empty() || key.len() > 128 {
+            return Err(ApiError::invalid("idempotency key: must be 1 to 128 characters"));
+        }
+    }
+    Ok((req, idempotency_key))
+}
+
+/// The deployment an invocation goes to: the one it names, else the endpoint's default.
+async fn route(app: &AppRef, endpoint_name: &str, req: &Invoke) -> ApiResult<cove_api::Deployment> {
+    let ep = endpoint(app, endpoint_name).await?;
+    let dep_name = req.deployment_name.clone().or(ep.spec.default_deployment.clone()).ok_or_else(|| {
+        ApiError::invalid(format!(
+            "No valid deployments to route to: endpoint `{endpoint_name}` has no default deployment. \
+             Set one (cove endpoint update {endpoint_name} --set defaults.deployment_name=NAME) or name a deployment \
+             (--deployment-name, or the {DEPLOYMENT_HEADER} header)"
+        ))
+    })?;
+    deployment(app, endpoint_name, &dep_name).await
+}
+
+/// The deployment's settings with the invocation's overrides, and the compute they run on (whose
+/// size bounds `instance_count`).
+async fn job_settings(
+    app: &AppRef,
+    dep: &cove_api::Deployment,
+    req: &Invoke,
+) -> ApiResult<(cove_spec::DeploymentSettings, Option<cove_api::Compute>)> {
+    let mut settings = dep.settings.clone();
+    for (k, v) in &req.overrides {
+        settings.apply_override(k, v).map_err(|e| ApiError::invalid(format!("override `{k}`: {e}")))?;
+    }
+    let compute_key = dep.compute.clone();
+    let compute = app.store.call(move |c| store::compute_get(c, &compute_key)).await?;
+    if let Some(c) = &compute {
+        if settings.instance_count > c.max_instances {
+            return Err(ApiError::invalid(format!(
+                "instance_count: {} is more than compute `{}` allows ({})",
+                settings.instance_count, c.name, c.max_instances
+            )));
+        }
+    }
+    Ok((settings, compute))
+}
+
+/// The job's input: a datastore URI, or a data asset's path (whose files must still be those it
+/// registered).
+async fn job_input(app: &AppRef, req: &Invoke) -> ApiResult<JobInput> {
+    let input =
+        req.input.clone().ok_or_else(|| ApiError::invalid("input: required (a datastore URI of a folder or file)"))?;
+    let Some((name, version)) = data_asset_reference(&input.uri)? else { return Ok(input) };
+    let asset = super::resources::data_asset(app, name, version).await?;
+    let what = format!("input: data asset `{}` version {}", asset.name, asset.version);
+    super::resources::check_unchanged(app, &what, &asset.path, asset.digest.as_deref()).await?;
+    Ok(JobInput { uri: asset.path, input_type: asset.kind })
+}
+
+/// The job an earlier invocation with this idempotency key started on the endpoint, if any.
+async fn replayed(app: &AppRef, endpoint_name: &str, key: Option<&str>) -> ApiResult<Option<Job>> {
+    let Some(key) = key else { return Ok(None) };
+    let (e, k) = (endpoint_name.to_string(), key.to_string());
+    let existing = app
+        .store
+        .call(move |c| {
+            Ok(store::job_list(c, Some(&e), None, u32::MAX)?
+                .into_iter()
+                .find(|j| j.idempotency_key.as_deref() == Some(&k)))
+        })
+        .await?;
+    match existing {
+        Some(job) => Ok(Some(render(app, job, false, false).await?)),
+        None => Ok(None),
+    }
+}
+
+/// The deployment's model version, whose files must still be those it registered.
+async fn deployed_model(app: &AppRef, dep: &cove_api::Deployment) -> ApiResult<cove_api::Model> {
+    let model_key = dep.model.clone();
+    let model =
+        app.store.call(move |c| store::model_get(c, &model_key.name, Some(model_key.version))).await?.ok_or_else(
+            || ApiError::invalid(format!("model `{}` version {} no longer exists", dep.model.name, dep.model.version)),
+        )?;
+    let what = format!("model `{}` version {}", model.name, model.version);
+    super::resources::check_unchanged(app, &what, &model.path, model.digest.as_deref()).await?;
+    Ok(model)
+}
+
+/// What every attempt of the job runs, as the deployment and the job's settings say.
+fn run_spec(app: &AppRef, dep: &cove_api::Deployment, settings: &cove_spec::DeploymentSettings, model: &cove_api::Model) -> RunSpec {
+    RunSpec {
+        snapshot: format!("{}-{}", dep.name, dep.created_at),
+        scoring_script: dep.scoring_script.clone(),
+        onnx_model: dep.onnx_model.clone(),
+        model_dir_name: model.path.rsplit('/').next().unwrap_or("model").to_string(),
+        python: dep.python.clone(),
+        environment: dep.environment.as_ref().map(|e| e.build.clone()),
+        builtin_script: dep.builtin_script.clone(),
+        environment_variables: settings.environment_variables.clone(),
+        logging_level: settings.logging_level,
+        output_action: settings.output_action,
+        timeout_secs: settings.retry_settings.timeout_secs,
+        limits: settings.limits,
+        sandbox: app.config.sandbox,
+        egress: dep
+            .egress
+            .iter()
+            .filter_map(|name| app.policy.private_endpoints.iter().find(|p| &p.name == name))
+            .map(|p| EgressTarget { name: p.name.clone(), address: p.address })
+            .collect(),
     }
 }
 
@@ -273,7 +315,7 @@ async fn check_input_exists(
     local_root: Option<std::path::PathBuf>,
     input: &JobInput,
 ) -> ApiResult<()> {
-    let path = parse_uri(&input.uri).map_err(ApiError::invalid)?;
+    let path = parse_uri(&input.uri).map_err(ApiError::from)?;
     let found = match input.input_type {
         InputType::UriFile => store.head(&path.object_path()).await.is_ok(),
         InputType::UriFolder if local_root.is_some() => {
@@ -605,10 +647,10 @@ async fn output_root(app: &AppRef, row: &JobRow, output: &str) -> ApiResult<Outp
                     row.name, row.status
                 )));
             }
-            let p = parse_uri(&row.record.output_uri).map_err(ApiError::invalid)?;
+            let p = parse_uri(&row.record.output_uri).map_err(ApiError::from)?;
             let name = row.name.clone();
             let published = app.store.call(move |c| store::published_of(c, &name)).await?;
-            let store = app.datastores.get(&p.datastore).map_err(ApiError::invalid)?;
+            let store = app.datastores.get(&p.datastore).map_err(ApiError::from)?;
             let local = app.datastores.local_root(&p.datastore);
             Ok(OutputRoot::Score { store, local, root: p.path, published })
         }

@@ -250,7 +250,7 @@ impl FromRequestParts<AppRef> for Worker {
                 // API's own address, and from nowhere else.
                 None => app.policy.admits_from_this_host(compute, ip),
             };
-            admitted.map_err(|why| ApiError::new(ErrorCode::PermissionDenied, why))?;
+            admitted?;
         }
         let presented = parts.extensions.get::<guard::ClientCertificate>().and_then(|c| c.0.as_deref());
         let compute = p.compute.as_deref().unwrap_or_default();

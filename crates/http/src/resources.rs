@@ -178,7 +178,7 @@ pub async fn create_deployment(
     let endpoint_name = endpoint_name.to_ascii_lowercase();
     user.require(Role::Contributor, Some(&endpoint_name))?;
     let req: CreateDeployment = parse_json(&body)?;
-    let spec = req.spec;
+    let spec = &req.spec;
     let mut ep = endpoint(&app, &endpoint_name).await?;
     if let Some(named) = &spec.endpoint_name {
         if *named != endpoint_name {
@@ -188,9 +188,98 @@ pub async fn create_deployment(
         }
     }
     let name = cove_spec::validate_resource_name("name", &spec.name).map_err(ApiError::invalid)?;
-    // An inline model is registered in the same transaction as the deployment, so a deployment that
-    // fails validation leaves no model version behind.
-    let (model, new_model) = match &spec.model {
+    let (model, new_model) = deployment_model(&app, &user, &req, &endpoint_name, &name).await?;
+    let compute = deployment_compute(&app, &spec.compute).await?;
+    let runner = deployment_runner(&app, &user, &req, &model).await?;
+    let files = (req.conda_file.as_deref(), req.pip_file.as_deref());
+    let environment =
+        deployment_environment(&app, spec, files, &model.path, runner.builtin_script.is_some(), &compute).await?;
+    check_egress(&app, &spec.egress)?;
+    let is_default = req.set_default || ep.spec.default_deployment.as_deref() == Some(name.as_str());
+    let dep = Deployment {
+        name: name.clone(),
+        endpoint_name: endpoint_name.clone(),
+        description: spec.description.clone(),
+        tags: spec.tags.clone(),
+        model: ModelVersionRef { name: model.name.clone(), version: model.version },
+        code_uri: runner.code_uri,
+        scoring_script: runner.scoring_script,
+        builtin_script: runner.builtin_script,
+        python: environment.as_ref().map_or(app.config.python.clone(), |(e, _)| {
+            PathBuf::from(&e.build.root).join(&e.build.key).join("bin").join("python").display().to_string()
+        }),
+        environment: environment.as_ref().map(|(e, _)| e.clone()),
+        compute: spec.compute.clone(),
+        sandbox: sandbox_label(&app, runner.onnx_model.is_some()),
+        onnx_model: runner.onnx_model,
+        egress: spec.egress.clone(),
+        settings: spec.settings.clone(),
+        provisioning_state: "Succeeded".into(),
+        is_default,
+        created_at: now(),
+    };
+    if req.set_default {
+        ep.spec.default_deployment = Some(name.clone());
+    }
+    let model_uri = model.path.clone();
+    let dep = store_deployment(&app, dep, new_model.then_some(model), req.set_default.then_some(ep)).await?;
+    claim_deployment_files(&app, &dep, &model_uri).await?;
+    drop(environment);
+    // A deployment replaced with another environment leaves its old one unused.
+    crate::environment_builds::collect_unused(&app).await;
+    Ok((StatusCode::CREATED, Json(dep)))
+}
+
+/// Stores a deployment, with its new model version and its endpoint's new default, in one transaction.
+async fn store_deployment(
+    app: &AppRef,
+    mut dep: Deployment,
+    new_model: Option<Model>,
+    new_default: Option<cove_api::Endpoint>,
+) -> ApiResult<Deployment> {
+    Ok(app
+        .store
+        .call(move |c| {
+            let tx = c.transaction()?;
+            if let Some(model) = new_model {
+                let registered = store::model_create(&tx, model)?;
+                dep.model = ModelVersionRef { name: registered.name, version: registered.version };
+            }
+            store::deployment_put(&tx, &dep)?;
+            if let Some(ep) = &new_default {
+                store::endpoint_put(&tx, ep)?;
+            }
+            tx.commit()?;
+            Ok(dep)
+        })
+        .await?)
+}
+
+/// From now on the model's and the code's files never change: no upload or job may write there.
+async fn claim_deployment_files(app: &AppRef, dep: &Deployment, model_uri: &str) -> ApiResult<()> {
+    let model_at = parse_uri(model_uri).map_err(ApiError::from)?;
+    let owner = format!("model `{}` version {}", dep.model.name, dep.model.version);
+    super::ownership::claim_asset(app, &model_at, owner).await?;
+    if let Some(code) = &dep.code_uri {
+        let code_at = parse_uri(code).map_err(ApiError::from)?;
+        let owner = format!("the code of deployment `{}/{}`", dep.endpoint_name, dep.name);
+        super::ownership::claim_asset(app, &code_at, owner).await?;
+    }
+    Ok(())
+}
+
+/// The model a deployment runs: a registered version, or an inline model's uploaded files, which
+/// become a new version (returned with `true`, registered in the deployment's own transaction, so a
+/// deployment that fails validation leaves no model version behind) unless they are the latest
+/// version's files again.
+async fn deployment_model(
+    app: &AppRef,
+    user: &User,
+    req: &CreateDeployment,
+    endpoint_name: &str,
+    name: &str,
+) -> ApiResult<(Model, bool)> {
+    Ok(match &req.spec.model {
         ModelRef::Registered { name: model_name, version } => {
             let v = match version {
                 ModelVersion::Latest => None,
@@ -213,9 +302,9 @@ pub async fn create_deployment(
             })?;
             let model_name = model_name.clone().unwrap_or_else(|| format!("{endpoint_name}-{name}-model"));
             let model_name = cove_spec::validate_resource_name("model.name", &model_name).map_err(ApiError::invalid)?;
-            let path = model_path(&app, upload).await.map_err(|e| ApiError::invalid(format!("model.path: {e}")))?;
-            let at = parse_uri(&path).map_err(ApiError::invalid)?;
-            super::ownership::check_read(&app, &user, "model.path", &at, false).await?;
+            let path = model_path(app, upload).await.map_err(|e| ApiError::invalid(format!("model.path: {e}")))?;
+            let at = parse_uri(&path).map_err(ApiError::from)?;
+            super::ownership::check_read(app, user, "model.path", &at, false).await?;
             refuse_unrunnable(*model_type, "model.type")?;
             let uploaded = at.clone();
             // Deploying again with the same model files registers no new version: the latest one is
@@ -224,20 +313,20 @@ pub async fn create_deployment(
             let latest = app.store.call(move |c| store::model_get(c, &key, None)).await?;
             let unchanged = match &latest {
                 Some(m) if m.model_type == *model_type => {
-                    let (a, b) = (files_digest(&app, &m.path).await, files_digest(&app, &path).await);
+                    let (a, b) = (files_digest(app, &m.path).await, files_digest(app, &path).await);
                     a.is_some() && a == b
                 }
                 _ => false,
             };
             match latest {
                 Some(latest) if unchanged => {
-                    drop_upload(&app, &at).await;
+                    drop_upload(app, &at).await;
                     (latest, false)
                 }
                 _ => {
-                    let (at, digest) = out_of_reach(&app, at, "model.path").await?;
+                    let (at, digest) = out_of_reach(app, at, "model.path").await?;
                     if at != uploaded {
-                        drop_upload(&app, &uploaded).await;
+                        drop_upload(app, &uploaded).await;
                     }
                     let model = Model {
                         name: model_name,
@@ -254,27 +343,46 @@ pub async fn create_deployment(
                 }
             }
         }
-    };
+    })
+}
+
+/// The compute a deployment names, which must exist.
+async fn deployment_compute(app: &AppRef, name: &str) -> ApiResult<cove_api::Compute> {
     let computes = app.store.call(|c| store::compute_list(c)).await?;
-    let Some(compute) = computes.iter().find(|c| c.name == spec.compute).cloned() else {
+    let Some(compute) = computes.iter().find(|c| c.name == name).cloned() else {
         let known: Vec<&str> = computes.iter().map(|c| c.name.as_str()).collect();
         return Err(ApiError::invalid(format!(
             "compute: `{}` does not exist (known: {}); create it first: cove compute create -f compute.yml, \
              with the reference's `type: amlcompute` YAML (a cluster of workers on this host) or `type: slurm`",
-            spec.compute,
+            name,
             known.join(", ")
         )));
     };
+    Ok(compute)
+}
+
+/// What a deployment runs on each mini-batch: its scoring script in its code folder (checked to
+/// parse and define `init()` and `run()` unless asked not to), the MLflow driver, or a no-code ONNX
+/// model.
+struct Runner {
+    code_uri: Option<String>,
+    scoring_script: Option<String>,
+    builtin_script: Option<String>,
+    onnx_model: Option<String>,
+}
+
+async fn deployment_runner(app: &AppRef, user: &User, req: &CreateDeployment, model: &Model) -> ApiResult<Runner> {
     let mut onnx_model = None;
     let mut builtin_script = None;
+    let spec = &req.spec;
     let (code_uri, scoring_script) = match &spec.code {
         Some(code) => {
             let dir = parse_uri(&code.code).map_err(|e| ApiError::invalid(format!("code_configuration.code: {e}")))?;
-            super::ownership::check_read(&app, &user, "code_configuration.code", &dir, false).await?;
+            super::ownership::check_read(app, user, "code_configuration.code", &dir, false).await?;
             let script = dir
                 .join(&code.scoring_script)
                 .map_err(|e| ApiError::invalid(format!("code_configuration.scoring_script: {e}")))?;
-            let store = app.datastores.get(&dir.datastore).map_err(ApiError::invalid)?;
+            let store = app.datastores.get(&dir.datastore).map_err(ApiError::from)?;
             let source = match store.get(&script.object_path()).await {
                 Ok(r) => r.bytes().await.map_err(|e| ApiError::internal("read the scoring script", e))?,
                 Err(_) => {
@@ -301,7 +409,7 @@ pub async fn create_deployment(
                     "environment: a no-code ONNX deployment runs no Python, so it has no environment; remove it",
                 ));
             }
-            onnx_model = Some(onnx_model_file(&app, &model.path).await.map_err(ApiError::invalid)?);
+            onnx_model = Some(onnx_model_file(app, &model.path).await.map_err(ApiError::invalid)?);
             (None, None)
         }
         None => {
@@ -317,10 +425,12 @@ pub async fn create_deployment(
              (or remove code_configuration to use the MLflow driver, which builds one from the model's files)",
         ));
     }
-    let files = (req.conda_file.as_deref(), req.pip_file.as_deref());
-    let environment =
-        deployment_environment(&app, &spec, files, &model.path, builtin_script.is_some(), &compute).await?;
-    for target in &spec.egress {
+    Ok(Runner { code_uri, scoring_script, builtin_script, onnx_model })
+}
+
+/// Every egress target a deployment names is a private endpoint with `service: egress`.
+fn check_egress(app: &AppRef, egress: &[String]) -> ApiResult<()> {
+    for target in egress {
         let found = app.policy.private_endpoints.iter().any(|p| &p.name == target && p.service == "egress");
         if !found {
             let names: Vec<&str> = app
@@ -336,64 +446,7 @@ pub async fn create_deployment(
             )));
         }
     }
-    let is_default = req.set_default || ep.spec.default_deployment.as_deref() == Some(name.as_str());
-    let dep = Deployment {
-        name: name.clone(),
-        endpoint_name: endpoint_name.clone(),
-        description: spec.description.clone(),
-        tags: spec.tags.clone(),
-        model: ModelVersionRef { name: model.name.clone(), version: model.version },
-        code_uri,
-        scoring_script,
-        builtin_script,
-        python: environment.as_ref().map_or(app.config.python.clone(), |(e, _)| {
-            PathBuf::from(&e.build.root).join(&e.build.key).join("bin").join("python").display().to_string()
-        }),
-        environment: environment.as_ref().map(|(e, _)| e.clone()),
-        compute: spec.compute.clone(),
-        sandbox: sandbox_label(&app, onnx_model.is_some()),
-        onnx_model,
-        egress: spec.egress.clone(),
-        settings: spec.settings.clone(),
-        provisioning_state: "Succeeded".into(),
-        is_default,
-        created_at: now(),
-    };
-    if req.set_default {
-        ep.spec.default_deployment = Some(name.clone());
-    }
-    let mut dep = dep;
-    let set_default = req.set_default;
-    let model_uri = model.path.clone();
-    let dep = app
-        .store
-        .call(move |c| {
-            let tx = c.transaction()?;
-            if new_model {
-                let registered = store::model_create(&tx, model)?;
-                dep.model = ModelVersionRef { name: registered.name, version: registered.version };
-            }
-            store::deployment_put(&tx, &dep)?;
-            if set_default {
-                store::endpoint_put(&tx, &ep)?;
-            }
-            tx.commit()?;
-            Ok(dep)
-        })
-        .await?;
-    // From now on the model's and the code's files never change: no upload or job may write there.
-    let model_at = parse_uri(&model_uri).map_err(ApiError::invalid)?;
-    let owner = format!("model `{}` version {}", dep.model.name, dep.model.version);
-    super::ownership::claim_asset(&app, &model_at, owner).await?;
-    if let Some(code) = &dep.code_uri {
-        let code_at = parse_uri(code).map_err(ApiError::invalid)?;
-        let owner = format!("the code of deployment `{}/{}`", dep.endpoint_name, dep.name);
-        super::ownership::claim_asset(&app, &code_at, owner).await?;
-    }
-    drop(environment);
-    // A deployment replaced with another environment leaves its old one unused.
-    crate::environment_builds::collect_unused(&app).await;
-    Ok((StatusCode::CREATED, Json(dep)))
+    Ok(())
 }
 
 /// Builds what a deployment runs in: its inline or registered environment, or for an MLflow model
@@ -488,8 +541,8 @@ async fn mlflow_environment(
 
 /// A small text file of a model: at the model's root, or in its one sub-folder that holds it.
 async fn model_file(app: &AppRef, model_uri: &str, name: &str) -> Result<Option<String>, String> {
-    let root = parse_uri(model_uri)?;
-    let store = app.datastores.get(&root.datastore)?;
+    let root = parse_uri(model_uri).map_err(|e| e.to_string())?;
+    let store = app.datastores.get(&root.datastore).map_err(|e| e.to_string())?;
     let mut candidates = vec![cove_datastore::object_path_of(&format!("{}/{name}", root.path))];
     if let Ok(listing) = store.list_with_delimiter(Some(&root.object_path())).await {
         candidates.extend(listing.common_prefixes.iter().map(|p| p.child(name)));
@@ -544,8 +597,8 @@ const NO_CODE_SANDBOX: &str = "not needed (no-code ONNX: no user code runs)";
 /// otherwise the one `.onnx` file directly in its folder. The model is loaded here, so a model the
 /// worker could not run is refused at deployment, with tract's reason.
 async fn onnx_model_file(app: &AppRef, model_uri: &str) -> Result<String, String> {
-    let root = parse_uri(model_uri)?;
-    let store = app.datastores.get(&root.datastore)?;
+    let root = parse_uri(model_uri).map_err(|e| e.to_string())?;
+    let store = app.datastores.get(&root.datastore).map_err(|e| e.to_string())?;
     let folder_name = root.path.rsplit('/').next().unwrap_or(&root.path).to_string();
     let (file, location) = if store.head(&root.object_path()).await.is_ok() {
         (folder_name.clone(), root.object_path())
@@ -687,7 +740,7 @@ pub async fn create_model(State(app): State<AppRef>, user: User, body: Bytes) ->
     let req: CreateModel = parse_json(&body)?;
     let name = cove_spec::validate_resource_name("name", &req.name).map_err(ApiError::invalid)?;
     let path = model_path(&app, &req.path).await.map_err(|e| ApiError::invalid(format!("path: {e}")))?;
-    let at = parse_uri(&path).map_err(ApiError::invalid)?;
+    let at = parse_uri(&path).map_err(ApiError::from)?;
     super::ownership::check_read(&app, &user, "path", &at, false).await?;
     refuse_unrunnable(req.model_type, "type")?;
     if req.version == Some(0) {
@@ -770,7 +823,7 @@ async fn out_of_reach(app: &AppRef, at: DataPath, field: &str) -> ApiResult<(Dat
             files_at(store.as_ref(), &at).await.map_err(|e| ApiError::internal("list the files to register", e))?;
         for meta in files {
             let rel = meta.location.as_ref().strip_prefix(at.path.as_str()).unwrap_or("").trim_start_matches('/');
-            let to = if rel.is_empty() { copy.clone() } else { copy.join(rel).map_err(ApiError::invalid)? };
+            let to = if rel.is_empty() { copy.clone() } else { copy.join(rel).map_err(ApiError::from)? };
             store
                 .copy(&meta.location, &to.object_path())
                 .await
@@ -871,8 +924,8 @@ pub async fn delete_model(
 
 /// Checks that a model's files exist at a datastore URI; returns the normalised URI.
 async fn model_path(app: &AppRef, uri: &str) -> Result<String, String> {
-    let path = parse_uri(uri)?;
-    let store = app.datastores.get(&path.datastore)?;
+    let path = parse_uri(uri).map_err(|e| e.to_string())?;
+    let store = app.datastores.get(&path.datastore).map_err(|e| e.to_string())?;
     let exists = store.head(&path.object_path()).await.is_ok()
         || store.list(Some(&path.object_path())).try_next().await.ok().flatten().is_some();
     if path.path.is_empty() || !exists {
@@ -1029,7 +1082,7 @@ pub async fn upload(
     } else {
         user.require(Role::Contributor, None)?;
     }
-    let store = app.datastores.get(&datastore).map_err(ApiError::not_found)?;
+    let store = app.datastores.get(&datastore).map_err(|e| ApiError::not_found(e.to_string()))?;
     super::ownership::claim_upload(&app, &user, &datastore, &path).await?;
     refuse_planted_links(&app, &datastore, &path, "path").await?;
     let location = cove_datastore::object_path_of(&path);
@@ -1067,12 +1120,13 @@ async fn create_local_datastore(
     if !given.is_absolute() {
         return Err(ApiError::invalid(format!("path: `{path}` is not absolute")));
     }
-    let folder =
-        std::fs::canonicalize(given).map_err(|e| ApiError::invalid(format!("path: `{path}` cannot be opened: {e}")))?;
-    if !folder.is_dir() {
+    let folder = tokio::fs::canonicalize(given)
+        .await
+        .map_err(|e| ApiError::invalid(format!("path: `{path}` cannot be opened: {e}")))?;
+    if !tokio::fs::metadata(&folder).await.is_ok_and(|m| m.is_dir()) {
         return Err(ApiError::invalid(format!("path: `{path}` is not a folder")));
     }
-    let workspace = std::fs::canonicalize(&app.config.dir).unwrap_or_else(|_| app.config.dir.clone());
+    let workspace = tokio::fs::canonicalize(&app.config.dir).await.unwrap_or_else(|_| app.config.dir.clone());
     if workspace.starts_with(&folder) || folder.starts_with(&workspace) {
         return Err(ApiError::invalid(format!(
             "path: `{}` {} the workspace folder {}; a datastore never reaches the workspace's own files",
@@ -1117,7 +1171,7 @@ pub async fn delete_datastore(
     match app.store.call(move |c| store::datastore_delete(c, &key)).await? {
         Ok(true) => {
             app.datastores.remove(&name);
-            let _ = std::fs::remove_file(cove_workspace::layout::datastore_secret(&app.config.dir, &name));
+            let _ = tokio::fs::remove_file(cove_workspace::layout::datastore_secret(&app.config.dir, &name)).await;
             Ok(Json(serde_json::json!({ "deleted": name })))
         }
         Ok(false) => Err(ApiError::not_found(format!("datastore `{name}` does not exist"))),
@@ -1167,7 +1221,7 @@ pub async fn create_datastore(
         secret_access_key: req.secret_access_key.clone(),
         region: req.region.clone().unwrap_or_else(|| "us-east-1".into()),
     };
-    let ca = app.policy.endpoint_ca(&format!("datastore:{name}")).map_err(ApiError::invalid)?;
+    let ca = app.policy.endpoint_ca(&format!("datastore:{name}")).map_err(ApiError::from)?;
     let client = cove_datastore::build_s3(&req.endpoint, &req.bucket, &secret, ca.as_deref())
         .map_err(|e| ApiError::invalid(format!("endpoint: {e}")))?;
     probe_datastore(&(client as Arc<dyn ObjectStore>), &format!("bucket `{}` at {}", req.bucket, req.endpoint)).await?;
@@ -1210,7 +1264,7 @@ async fn create_azure_datastore(
         account_key: req.account_key.clone(),
         sas_token: req.sas_token.clone(),
     };
-    let ca = app.policy.endpoint_ca(&format!("datastore:{name}")).map_err(ApiError::invalid)?;
+    let ca = app.policy.endpoint_ca(&format!("datastore:{name}")).map_err(ApiError::from)?;
     let client = cove_datastore::build_azure(&secret, ca.as_deref())
         .map_err(|e| ApiError::invalid(format!("credentials: {e}")))?;
     probe_datastore(
@@ -1261,7 +1315,7 @@ async fn create_gcs_datastore(
         bucket: req.bucket.clone(),
         service_account_key: key,
     };
-    let ca = app.policy.endpoint_ca(&format!("datastore:{name}")).map_err(ApiError::invalid)?;
+    let ca = app.policy.endpoint_ca(&format!("datastore:{name}")).map_err(ApiError::from)?;
     let client = cove_datastore::build_gcs(&secret, ca.as_deref()).map_err(ApiError::invalid)?;
     probe_datastore(&(client as Arc<dyn ObjectStore>), &format!("bucket `{}` at {endpoint}", req.bucket)).await?;
     let ds = cove_api::Datastore {
@@ -1332,7 +1386,7 @@ async fn register_network_datastore(
     app: &AppRef,
     ds: cove_api::Datastore,
     secret: &impl serde::Serialize,
-    add: impl FnOnce(&cove_datastore::Datastores) -> Result<(), String>,
+    add: impl FnOnce(&cove_datastore::Datastores) -> cove_datastore::DatastoreResult<()>,
 ) -> ApiResult<(StatusCode, Json<cove_api::Datastore>)> {
     let name = ds.name.clone();
     let path = cove_workspace::layout::datastore_secret(&app.config.dir, &name);

@@ -97,7 +97,7 @@ async fn leases_of(app: &AppRef, g: store::LeaseGrant) -> ApiResult<Vec<Lease>> 
     let expires_in_ms = g.record.settings.retry_settings.timeout_secs * 1000 + LEASE_GRACE_MS as u64;
     let direct_ca = match g.record.inputs_direct {
         true => {
-            let store = parse_uri(&g.record.input.uri).map_err(ApiError::invalid)?.datastore;
+            let store = parse_uri(&g.record.input.uri).map_err(ApiError::from)?.datastore;
             Some(app.datastores.ca(&store))
         }
         false => None,
@@ -141,7 +141,7 @@ pub const SIGNED_URL_MAX: Duration = Duration::from_secs(3600);
 
 /// Signs a URL per input file for reading that file only, for [`signed_url_life`].
 async fn sign_inputs(app: &AppRef, input_uri: &str, files: &[String], lease_ms: u64) -> ApiResult<Vec<String>> {
-    let input = parse_uri(input_uri).map_err(ApiError::invalid)?;
+    let input = parse_uri(input_uri).map_err(ApiError::from)?;
     let signer = app
         .datastores
         .signer(&input.datastore)
@@ -334,8 +334,8 @@ pub async fn get_files(State(app): State<AppRef>, Worker(w): Worker, Path(lease)
     let files = batch_files(&app, &info.job, info.manifest_offset, info.manifest_len)
         .await
         .map_err(|e| ApiError::internal("read the manifest", format!("{e:#}")))?;
-    let input = parse_uri(&info.record.input.uri).map_err(ApiError::invalid)?;
-    let store = app.datastores.get(&input.datastore).map_err(ApiError::invalid)?;
+    let input = parse_uri(&info.record.input.uri).map_err(ApiError::from)?;
+    let store = app.datastores.get(&input.datastore).map_err(ApiError::from)?;
     let local = app.datastores.local_root(&input.datastore);
     let reads = files.into_iter().map(|file| {
         let (store, local) = (store.clone(), local.clone());
@@ -344,7 +344,7 @@ pub async fn get_files(State(app): State<AppRef>, Worker(w): Worker, Path(lease)
                 let name = file.clone();
                 return tokio::task::spawn_blocking(move || cove_datastore::read_local(&root, &name))
                     .await
-                    .unwrap_or_else(|e| Err(e.to_string()))
+                    .unwrap_or_else(|e| Err(cove_datastore::DatastoreError::Unreachable(e.to_string())))
                     .map_err(|why| format!("cannot read input file `{file}`: {why}"));
             }
             let got = store.get(&cove_datastore::object_path_of(&file)).await;
@@ -374,7 +374,7 @@ fn asset_root(info: &LeaseInfo, kind: &str) -> ApiResult<(DataPath, String)> {
         "code" => info.record.code_uri.as_ref().ok_or_else(|| ApiError::not_found("the deployment has no code"))?,
         other => return Err(ApiError::not_found(format!("no asset kind `{other}` (model, code)"))),
     };
-    let path = parse_uri(uri).map_err(ApiError::invalid)?;
+    let path = parse_uri(uri).map_err(ApiError::from)?;
     let base = if kind == "model" {
         path.path.rsplit_once('/').map_or(String::new(), |(p, _)| p.to_string())
     } else {
@@ -390,7 +390,7 @@ pub async fn list_asset(
 ) -> JsonResult<AssetListing> {
     let info = current(&app, &lease, &w).await?;
     let (root, base) = asset_root(&info, &kind)?;
-    let store = app.datastores.get(&root.datastore).map_err(ApiError::invalid)?;
+    let store = app.datastores.get(&root.datastore).map_err(ApiError::from)?;
     let relative = |p: &str| p.strip_prefix(base.as_str()).unwrap_or(p).trim_start_matches('/').to_string();
     let mut files: Vec<FileEntry> = store
         .list(Some(&root.object_path()))
@@ -414,7 +414,7 @@ pub async fn get_asset(
 ) -> ApiResult<Body> {
     let info = current(&app, &lease, &w).await?;
     let (root, base) = asset_root(&info, &kind)?;
-    let rel = normalise(&path).map_err(ApiError::invalid)?;
+    let rel = normalise(&path).map_err(ApiError::from)?;
     let location = if base.is_empty() { rel.clone() } else { format!("{base}/{rel}") };
     if !(location == root.path || location.starts_with(&format!("{}/", root.path))) {
         return Err(ApiError::not_found(format!("`{rel}` is not part of the {kind}")));
@@ -426,7 +426,7 @@ pub async fn get_asset(
             .map_err(|why| ApiError::not_found(format!("`{rel}` of the {kind} cannot be read: {why}")))?;
         return Ok(Body::from(bytes));
     }
-    let store = app.datastores.get(&root.datastore).map_err(ApiError::invalid)?;
+    let store = app.datastores.get(&root.datastore).map_err(ApiError::from)?;
     let got = store
         .get(&object_store::path::Path::from(location))
         .await
@@ -511,7 +511,7 @@ pub async fn put_log(
     body: Body,
 ) -> ApiResult<StatusCode> {
     let info = current(&app, &lease, &w).await?;
-    let rel = normalise(&path).map_err(ApiError::invalid)?;
+    let rel = normalise(&path).map_err(ApiError::from)?;
     let id = lease.clone();
     let holder = app.store.call(move |c| store::lease_holder(c, &id)).await?;
     let own = holder.is_some_and(|(node, process)| {

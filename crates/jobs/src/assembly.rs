@@ -96,7 +96,7 @@ pub async fn advance(app: ControlRef, job: String, fresh: Vec<(u64, Pieces)>) {
             tracing::warn!(%job, error = format!("{error:#}"), "the output will be assembled when the job finalizes");
             assembly.closed = true;
             assembly.file = None;
-            let _ = std::fs::remove_file(app.assemblies.path(&job));
+            let _ = tokio::fs::remove_file(app.assemblies.path(&job)).await;
         }
     }
 }
@@ -219,8 +219,8 @@ async fn append(app: &ControlRef, job: &str, assembly: &mut Assembly, parts: Vec
         Some(file) => file.clone(),
         None => {
             let path = app.assemblies.path(job);
-            let file =
-                Arc::new(std::fs::File::create(&path).with_context(|| format!("failed to create {}", path.display()))?);
+            let created = tokio::fs::File::create(&path).await;
+            let file = Arc::new(created.with_context(|| format!("failed to create {}", path.display()))?.into_std().await);
             assembly.file = Some(file.clone());
             file
         }

@@ -13,6 +13,7 @@ pub mod slurm;
 
 pub use finalize::{copy_parts, finalize};
 
+use cove_compute::{Backend, JobWorkers};
 use cove_store::{self as store, JobRow};
 use cove_model::{AttemptOutcome, JobStatus};
 use std::sync::{Arc, Mutex};
@@ -91,14 +92,14 @@ async fn advance_now(app: &ControlRef, name: &str) -> anyhow::Result<()> {
             // Workers on this host start while the job is planned (they wait for its first mini-batch),
             // so their start-up overlaps planning; a job that fails planning stops them as it ends.
             if on_this_host(app, &job) {
-                launch(app, &job);
+                launch(app, &job).await;
             }
             if plan::plan(app, &job).await? {
                 app.work_available.notify_waiters();
-                launch(app, &job);
+                launch(app, &job).await;
             }
         }
-        JobStatus::Queued | JobStatus::Running => launch(app, &job),
+        JobStatus::Queued | JobStatus::Running => launch(app, &job).await,
         JobStatus::Finalizing | JobStatus::CancelRequested => finalize(app, name).await?,
         JobStatus::Completed | JobStatus::Failed | JobStatus::Canceled => {}
     }
@@ -110,19 +111,25 @@ fn on_this_host(app: &ControlRef, job: &JobRow) -> bool {
     app.policy.computes.iter().any(|c| c.name == job.compute && c.kind == "local")
 }
 
-fn launch(app: &ControlRef, job: &JobRow) {
+/// Starts the job's workers on its compute's backend: on this host at once (in order with any later
+/// stop), elsewhere in the background.
+async fn launch(app: &ControlRef, job: &JobRow) {
     let s = &job.record.settings;
+    let (instances, concurrency) = (s.instance_count, s.max_concurrency_per_instance);
     if on_this_host(app, job) {
-        app.compute.launch(&job.name, s.instance_count, s.max_concurrency_per_instance);
+        let workers = JobWorkers { job: &job.name, instances, concurrency };
+        // Starting workers on this host does not fail: a worker that cannot start is reported lost.
+        let _ = app.compute.start(workers).await;
         return;
     }
-    let (instances, concurrency) = (s.instance_count, s.max_concurrency_per_instance);
     let (app, name, compute) = (app.clone(), job.name.clone(), job.compute.clone());
     tokio::spawn(async move {
         let Ok(Some(c)) = app.store.call(move |conn| store::compute_get(conn, &compute)).await else { return };
         if c.kind == "amlcompute" {
             match named_cluster(&app, &c) {
-                Ok(cluster) => cluster.launch(&name, instances, concurrency),
+                Ok(cluster) => {
+                    let _ = cluster.start(JobWorkers { job: &name, instances, concurrency }).await;
+                }
                 Err(error) => {
                     fail_lost(&app, name, format!("compute `{}` could not start workers: {error:#}", c.name)).await
                 }
@@ -132,7 +139,7 @@ fn launch(app: &ControlRef, job: &JobRow) {
         let Some(spec) = c.slurm else { return };
         let first = app.followed.lock().unwrap_or_else(|p| p.into_inner()).insert(name.clone());
         if first {
-            crate::slurm::follow(app.clone(), name.clone(), spec).await;
+            crate::slurm::follow(app.clone(), name.clone(), c.name.clone(), spec).await;
             app.followed.lock().unwrap_or_else(|p| p.into_inner()).remove(&name);
         }
     });
@@ -186,11 +193,11 @@ pub fn ended(app: ControlRef, job: String) {
     app.job_events.notify_waiters();
     app.assemblies.forget(&job);
     tokio::spawn(async move {
-        app.compute.stop(&job).await;
+        Backend::stop(&app.compute, &job, None).await;
         let clusters: Vec<cove_compute::LocalCompute> =
             app.clusters.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
         for cluster in clusters {
-            cluster.stop(&job).await;
+            Backend::stop(&cluster, &job, None).await;
         }
         if let Err(error) = crate::logs::write_job_logs(&app, &job, None).await {
             tracing::error!(%job, error = format!("{error:#}"), "failed to write job logs");

@@ -24,7 +24,7 @@ pub async fn list_inputs(
     input_uri: &str,
     input_type: InputType,
 ) -> Result<Vec<String>, String> {
-    let input = parse_uri(input_uri)?;
+    let input = parse_uri(input_uri).map_err(|e| e.to_string())?;
     match input_type {
         InputType::UriFile => {
             store.head(&input.object_path()).await.map_err(|_| format!("input file `{input_uri}` does not exist"))?;
@@ -84,7 +84,7 @@ pub async fn plan(app: &ControlRef, job: &JobRow) -> anyhow::Result<bool> {
             let local = app.datastores.local_root(&ds.datastore);
             list_inputs(store.as_ref(), local, &input.uri, input.input_type).await
         }
-        (_, Err(e)) => Err(e),
+        (_, Err(e)) => Err(e.to_string()),
     };
     let files = match files {
         Ok(files) => files,

@@ -4,7 +4,8 @@
 
 use crate::ControlRef;
 use cove_api::ComputeSpec;
-use cove_compute::slurm::{cancel, describe, submit, tasks, Submission, Task};
+use cove_compute::slurm::{describe, tasks, Task};
+use cove_compute::{Backend, ComputeError, JobWorkers, Slurm};
 use cove_model::AttemptOutcome;
 use cove_store as store;
 use std::time::Duration;
@@ -13,7 +14,14 @@ use std::time::Duration;
 const MAX_SUBMISSIONS: u32 = 3;
 
 /// Submits (unless already submitted) and follows a job's array job until the Cove job ends.
-pub async fn follow(app: ControlRef, job: String, spec: ComputeSpec) {
+pub async fn follow(app: ControlRef, job: String, compute: String, spec: ComputeSpec) {
+    let backend = Slurm {
+        spec: spec.clone(),
+        exe: app.config.worker_exe.clone(),
+        url: app.url.clone(),
+        credential: cove_workspace::credential_source(&app.store, &app.tls.authority, &app.config.dir, &compute),
+        dir: cove_workspace::layout::compute_dir(&app.config.dir, &compute),
+    };
     let mut lost_handled: Vec<String> = Vec::new();
     // Since when every live task has been waiting for nodes that are not there.
     let mut without_nodes: Option<std::time::Instant> = None;
@@ -21,7 +29,7 @@ pub async fn follow(app: ControlRef, job: String, spec: ComputeSpec) {
         let Ok(Some(row)) = crate::get(&app, &job).await else { return };
         if row.status.is_terminal() || row.status == cove_model::JobStatus::CancelRequested {
             if let Some(id) = &row.compute_ref {
-                cancel(&spec, id).await;
+                backend.stop(&job, Some(id)).await;
                 // Record how the tasks ended, once Slurm has finished ending them.
                 for _ in 0..30 {
                     let Ok(t) = tasks(&spec, id).await else { break };
@@ -38,7 +46,7 @@ pub async fn follow(app: ControlRef, job: String, spec: ComputeSpec) {
         }
         let id = match &row.compute_ref {
             Some(id) => id.clone(),
-            None => match submit_for(&app, &row, &spec).await {
+            None => match submit_for(&app, &row, &backend).await {
                 Ok(id) => id,
                 Err(reason) => {
                     crate::fail_lost(
@@ -70,7 +78,7 @@ pub async fn follow(app: ControlRef, job: String, spec: ComputeSpec) {
                 if !live.is_empty() && live.iter().all(|t| t.lacks_nodes()) {
                     let since = *without_nodes.get_or_insert_with(std::time::Instant::now);
                     if accepting && since.elapsed().as_secs() >= spec.capacity_wait {
-                        cancel(&spec, &id).await;
+                        backend.stop(&job, Some(&id)).await;
                         let states: Vec<String> =
                             live.iter().map(|t| format!("task {} {} ({})", t.index, t.state, t.reason)).collect();
                         crate::fail_lost(
@@ -104,7 +112,7 @@ pub async fn follow(app: ControlRef, job: String, spec: ComputeSpec) {
                         .await;
                         return;
                     }
-                    if let Err(reason) = submit_for(&app, &row, &spec).await {
+                    if let Err(reason) = submit_for(&app, &row, &backend).await {
                         crate::fail_lost(
                             &app,
                             job.clone(),
@@ -121,23 +129,15 @@ pub async fn follow(app: ControlRef, job: String, spec: ComputeSpec) {
     }
 }
 
-async fn submit_for(app: &ControlRef, row: &store::JobRow, spec: &ComputeSpec) -> Result<String, String> {
-    let credential = cove_workspace::ensure_worker_credential(&app.store, &app.tls.authority, &app.config.dir, &row.compute)
-        .map_err(|e| format!("the compute's worker credential is missing: {e:#}"))?;
-    let dir = cove_workspace::layout::compute_dir(&app.config.dir, &row.compute).join(&row.name);
+async fn submit_for(app: &ControlRef, row: &store::JobRow, backend: &Slurm) -> Result<String, ComputeError> {
     let s = &row.record.settings;
-    let submission = Submission {
-        job: &row.name,
-        instances: s.instance_count,
-        concurrency: s.max_concurrency_per_instance,
-        exe: &app.config.worker_exe,
-        url: &app.url,
-        credential: &credential,
-        dir: &dir,
-    };
-    let id = submit(spec, &submission).await?;
+    let workers = JobWorkers { job: &row.name, instances: s.instance_count, concurrency: s.max_concurrency_per_instance };
+    let id = backend.start(workers).await?.unwrap_or_default();
     let (name, reference) = (row.name.clone(), id.clone());
-    app.store.call(move |c| store::job_set_compute_ref(c, &name, &reference)).await.map_err(|e| e.to_string())?;
+    app.store
+        .call(move |c| store::job_set_compute_ref(c, &name, &reference))
+        .await
+        .map_err(|e| ComputeError::Refused(e.to_string()))?;
     Ok(id)
 }
 

@@ -123,128 +123,35 @@ fn lock_workspace(dir: &Path) -> anyhow::Result<std::fs::File> {
 /// Opens the workspace and starts serving. The first start creates the state store, the default
 /// datastore, the `local` compute cluster and the owner token (mode 0600).
 pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
-    let dir = config.dir.clone();
     // Probed once, off the way of the first job: the workers started on this host then skip their own
-    // probe (`compute::local`).
-    tokio::task::spawn_blocking(|| cove_common::sandbox_probe::available());
-    // The workspace is its owner's alone on this host too: everything this process and the workers it
-    // starts create is readable only by the owner, and the folder itself admits nobody else (which
-    // also closes a workspace created before this rule).
-    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
-    std::fs::create_dir_all(dir.join("state"))
-        .with_context(|| format!("failed to create workspace directory {}", dir.display()))?;
-    for private in [dir.clone(), dir.join("state")] {
-        std::fs::set_permissions(&private, std::os::unix::fs::PermissionsExt::from_mode(0o700))
-            .with_context(|| format!("failed to make {} private", private.display()))?;
-    }
-    let mut lock = lock_workspace(&dir)?;
-    let store = store::Store::open(&layout::state_db(&dir)).context("failed to open the state store")?;
-    let owner_token = init_workspace(&store, &dir)?;
-    if let Some(token) = owner_token {
-        write_secret(&layout::owner_token(&dir), &token)?;
-    }
-    record_owned_locations(&store)?;
-    let policy = match &config.network_config {
-        Some(file) => {
-            let text = std::fs::read_to_string(file).with_context(|| format!("failed to read {}", file.display()))?;
-            netpolicy::NetworkPolicy::parse(&file.display().to_string(), &text).map_err(anyhow::Error::msg)?
-        }
-        None => netpolicy::NetworkPolicy::loopback(config.listen.unwrap_or(DEFAULT_LISTEN.parse().expect("valid")))
-            .map_err(anyhow::Error::msg)?,
+    // probe (`cove_compute::local`).
+    tokio::task::spawn_blocking(cove_common::sandbox_probe::available);
+    let opened = {
+        let config = config.clone();
+        tokio::task::spawn_blocking(move || open_workspace(&config)).await??
     };
-    let datastores = datastore::Datastores::new(DEFAULT_DATASTORE);
-    for ds in store.call_now(|c| store::datastore_list(c))? {
-        let service = format!("datastore:{}", ds.name);
-        if ds.kind != "local"
-            && !policy.public_network_access
-            && !policy.private_endpoints.iter().any(|p| p.service == service)
-        {
-            // Checked when it was created, and again at every start: a configuration that no longer
-            // declares its private endpoint leaves it closed rather than reached some other way.
-            tracing::warn!(datastore = %ds.name, "left closed: no private endpoint declares it");
-            datastores.close(
-                &ds.name,
-                format!(
-                    "the workspace configuration declares no private endpoint for it (service: {service}), and a private workspace reaches datastores only through one"
-                ),
-            );
-            continue;
-        }
-        let ca = || policy.endpoint_ca(&format!("datastore:{}", ds.name)).map_err(anyhow::Error::msg);
-        match (ds.kind.as_str(), &ds.endpoint) {
-            ("s3", Some(endpoint)) => {
-                let secret: datastore::S3Secret = read_datastore_secret(&dir, &ds.name)?;
-                let bucket = ds.root.trim_start_matches("s3://");
-                datastores.add_s3(&ds.name, endpoint, bucket, &secret, ca()?.as_deref()).map_err(anyhow::Error::msg)?;
-            }
-            ("azure_blob" | "azure_data_lake_gen2", _) => {
-                let secret: datastore::AzureSecret = read_datastore_secret(&dir, &ds.name)?;
-                datastores.add_azure(&ds.name, &secret, ca()?.as_deref()).map_err(anyhow::Error::msg)?;
-            }
-            ("gcs", _) => {
-                let secret: datastore::GcsSecret = read_datastore_secret(&dir, &ds.name)?;
-                datastores.add_gcs(&ds.name, &secret, ca()?.as_deref()).map_err(anyhow::Error::msg)?;
-            }
-            _ => datastores
-                .add_local(&ds.name, Path::new(&ds.root))
-                .with_context(|| format!("failed to open datastore {}", ds.name))?,
-        }
-    }
-    let internal = datastore::local_store(&layout::internal_objects(&dir))?;
-    let assemblies = cove_jobs::assembly::Assemblies::open(layout::assemblies(&dir))
-        .with_context(|| format!("failed to prepare {}", layout::assemblies(&dir).display()))?;
-
-    let package_source = cove_http::environment_builds::package_source(&config.environments, &policy).map_err(anyhow::Error::msg)?;
-    let mut addresses: Vec<SocketAddr> = policy.api_endpoints().iter().map(|p| p.address).collect();
-    if let Some(listen) = config.listen {
-        if !addresses.contains(&listen) {
-            if !policy.public_network_access {
-                anyhow::bail!(
-                    "--listen {listen}: a private workspace listens only on its API private endpoints ({})",
-                    addresses.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", ")
-                );
-            }
-            addresses.push(listen);
-        }
-    }
-    let mut tcp = Vec::new();
-    for a in &addresses {
-        tcp.push(TcpListener::bind(a).await.with_context(|| format!("failed to listen on {a}"))?);
-    }
+    let tcp = bind_listeners(&config, &opened.policy).await?;
     let listeners: Vec<SocketAddr> = tcp.iter().map(|l| l.local_addr()).collect::<Result<_, _>>()?;
-    let addr = listeners[0];
-    let url = format!("https://{addr}");
-    let workspace_tls = cove_workspace::tls::prepare(&dir, &policy, &listeners)?;
-    ensure_worker_credential(&store, &workspace_tls.authority, &dir, LOCAL_COMPUTE)?;
-    let worker_credential = credential_source(&store, &workspace_tls.authority, &dir, LOCAL_COMPUTE);
-    store.call_now(|c| {
-        for comp in &policy.computes {
-            store::compute_upsert(
-                c,
-                &cove_api::Compute {
-                    name: comp.name.clone(),
-                    kind: comp.kind.clone(),
-                    max_instances: comp.max_instances,
-                    slurm: None,
-                    aml: None,
-                },
-            )?;
-        }
-        Ok(())
-    })?;
-    std::fs::write(layout::url_file(&dir), &url)?;
-    {
-        use std::io::{Seek, Write};
-        lock.set_len(0)?;
-        lock.rewind()?;
-        write!(lock, "pid {}, serving {url}", std::process::id())?;
-    }
+    let (addr, url) = (listeners[0], format!("https://{}", listeners[0]));
+    let Opened { mut lock, store, policy, datastores, internal, assemblies, package_source } = opened;
+    let (workspace_tls, worker_credential, lock, store, policy) = {
+        let (dir, url, listeners) = (config.dir.clone(), url.clone(), listeners.clone());
+        tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+            let workspace_tls = cove_workspace::tls::prepare(&dir, &policy, &listeners)?;
+            ensure_worker_credential(&store, &workspace_tls.authority, &dir, LOCAL_COMPUTE)?;
+            let credential = credential_source(&store, &workspace_tls.authority, &dir, LOCAL_COMPUTE);
+            register_computes(&store, &policy)?;
+            announce(&mut lock, &dir, &url)?;
+            Ok((workspace_tls, credential, lock, store, policy))
+        })
+        .await??
+    };
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let (compute, mut lost_jobs) = cove_compute::LocalCompute::new(
+    let (compute, lost_jobs) = cove_compute::LocalCompute::new(
         config.worker_exe.clone(),
         url.clone(),
         worker_credential,
-        layout::compute_dir(&dir, LOCAL_COMPUTE),
+        layout::compute_dir(&config.dir, LOCAL_COMPUTE),
         LOCAL_COMPUTE,
         policy.computes.iter().find(|c| c.kind == "local").map_or(8, |c| c.max_instances),
     );
@@ -265,42 +172,212 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
         tls: workspace_tls,
         shutdown: shutdown_rx.clone(),
     });
-    let app = Arc::new(App::new(control, listeners.clone(), package_source));
-    cove_http::environment_builds::collect_unused(&app).await;
-    let lost_app = app.control.clone();
+    let app = Arc::new(App::new(control, listeners, package_source));
+    resume(&app, lost_jobs).await?;
+    let served = tokio::spawn(serve(app, tcp, shutdown_rx));
+    Ok(Running { url, addr, shutdown: shutdown_tx, served, _lock: lock })
+}
+
+/// What a start prepares before anything listens.
+struct Opened {
+    lock: std::fs::File,
+    store: store::Store,
+    policy: netpolicy::NetworkPolicy,
+    datastores: datastore::Datastores,
+    internal: Arc<dyn object_store::ObjectStore>,
+    assemblies: cove_jobs::assembly::Assemblies,
+    package_source: Option<cove_api::worker::PackageSource>,
+}
+
+/// Takes the workspace folder for this process and opens what it holds. Blocking.
+fn open_workspace(config: &ServerConfig) -> anyhow::Result<Opened> {
+    let dir = &config.dir;
+    make_private(dir)?;
+    let lock = lock_workspace(dir)?;
+    let store = store::Store::open(&layout::state_db(dir)).context("failed to open the state store")?;
+    if let Some(owner_token) = init_workspace(&store, dir)? {
+        write_secret(&layout::owner_token(dir), &owner_token)?;
+    }
+    record_owned_locations(&store)?;
+    let policy = read_policy(config)?;
+    let datastores = open_datastores(&store, &policy, dir)?;
+    let internal = datastore::local_store(&layout::internal_objects(dir))?;
+    let assemblies = cove_jobs::assembly::Assemblies::open(layout::assemblies(dir))
+        .with_context(|| format!("failed to prepare {}", layout::assemblies(dir).display()))?;
+    let package_source =
+        cove_http::environment_builds::package_source(&config.environments, &policy).map_err(anyhow::Error::msg)?;
+    Ok(Opened { lock, store, policy, datastores, internal, assemblies, package_source })
+}
+
+/// The workspace is its owner's alone on this host too: everything this process and the workers it
+/// starts create is readable only by the owner, and the folder itself admits nobody else (which also
+/// closes a workspace created before this rule).
+fn make_private(dir: &Path) -> anyhow::Result<()> {
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+    std::fs::create_dir_all(dir.join("state"))
+        .with_context(|| format!("failed to create workspace directory {}", dir.display()))?;
+    for private in [dir.to_path_buf(), dir.join("state")] {
+        std::fs::set_permissions(&private, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            .with_context(|| format!("failed to make {} private", private.display()))?;
+    }
+    Ok(())
+}
+
+/// The workspace's network configuration, or loopback only when it has none.
+fn read_policy(config: &ServerConfig) -> anyhow::Result<netpolicy::NetworkPolicy> {
+    match &config.network_config {
+        Some(file) => {
+            let text = std::fs::read_to_string(file).with_context(|| format!("failed to read {}", file.display()))?;
+            netpolicy::NetworkPolicy::parse(&file.display().to_string(), &text).map_err(anyhow::Error::msg)
+        }
+        None => netpolicy::NetworkPolicy::loopback(config.listen.unwrap_or(DEFAULT_LISTEN.parse().expect("valid")))
+            .map_err(anyhow::Error::msg),
+    }
+}
+
+/// Every datastore of the workspace by name, each network one through its private endpoint.
+fn open_datastores(
+    store: &store::Store,
+    policy: &netpolicy::NetworkPolicy,
+    dir: &Path,
+) -> anyhow::Result<datastore::Datastores> {
+    let datastores = datastore::Datastores::new(DEFAULT_DATASTORE);
+    for ds in store.call_now(|c| store::datastore_list(c))? {
+        let service = format!("datastore:{}", ds.name);
+        if ds.kind != "local"
+            && !policy.public_network_access
+            && !policy.private_endpoints.iter().any(|p| p.service == service)
+        {
+            // Checked when it was created, and again at every start: a configuration that no longer
+            // declares its private endpoint leaves it closed rather than reached some other way.
+            tracing::warn!(datastore = %ds.name, "left closed: no private endpoint declares it");
+            datastores.close(
+                &ds.name,
+                format!(
+                    "the workspace configuration declares no private endpoint for it (service: {service}), and a private workspace reaches datastores only through one"
+                ),
+            );
+            continue;
+        }
+        let ca = || policy.endpoint_ca(&service).map_err(anyhow::Error::msg);
+        match (ds.kind.as_str(), &ds.endpoint) {
+            ("s3", Some(endpoint)) => {
+                let secret: datastore::S3Secret = read_datastore_secret(dir, &ds.name)?;
+                let bucket = ds.root.trim_start_matches("s3://");
+                datastores.add_s3(&ds.name, endpoint, bucket, &secret, ca()?.as_deref()).map_err(anyhow::Error::msg)?;
+            }
+            ("azure_blob" | "azure_data_lake_gen2", _) => {
+                let secret: datastore::AzureSecret = read_datastore_secret(dir, &ds.name)?;
+                datastores.add_azure(&ds.name, &secret, ca()?.as_deref()).map_err(anyhow::Error::msg)?;
+            }
+            ("gcs", _) => {
+                let secret: datastore::GcsSecret = read_datastore_secret(dir, &ds.name)?;
+                datastores.add_gcs(&ds.name, &secret, ca()?.as_deref()).map_err(anyhow::Error::msg)?;
+            }
+            _ => datastores
+                .add_local(&ds.name, Path::new(&ds.root))
+                .with_context(|| format!("failed to open datastore {}", ds.name))?,
+        }
+    }
+    Ok(datastores)
+}
+
+/// Listens on the API's private endpoints (and on `--listen`, which a private workspace allows only
+/// as one of them).
+async fn bind_listeners(config: &ServerConfig, policy: &netpolicy::NetworkPolicy) -> anyhow::Result<Vec<TcpListener>> {
+    let mut addresses: Vec<SocketAddr> = policy.api_endpoints().iter().map(|p| p.address).collect();
+    if let Some(listen) = config.listen {
+        if !addresses.contains(&listen) {
+            if !policy.public_network_access {
+                anyhow::bail!(
+                    "--listen {listen}: a private workspace listens only on its API private endpoints ({})",
+                    addresses.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", ")
+                );
+            }
+            addresses.push(listen);
+        }
+    }
+    let mut tcp = Vec::new();
+    for a in &addresses {
+        tcp.push(TcpListener::bind(a).await.with_context(|| format!("failed to listen on {a}"))?);
+    }
+    Ok(tcp)
+}
+
+/// Records the computes the network configuration declares.
+fn register_computes(store: &store::Store, policy: &netpolicy::NetworkPolicy) -> anyhow::Result<()> {
+    store.call_now(|c| {
+        for comp in &policy.computes {
+            store::compute_upsert(
+                c,
+                &cove_api::Compute {
+                    name: comp.name.clone(),
+                    kind: comp.kind.clone(),
+                    max_instances: comp.max_instances,
+                    slurm: None,
+                    aml: None,
+                },
+            )?;
+        }
+        Ok(())
+    })?;
+    Ok(())
+}
+
+/// Says where this control plane serves: in the URL file for `--workspace DIR` clients, and in the
+/// lock file for a second `cove up` to name.
+fn announce(lock: &mut std::fs::File, dir: &Path, url: &str) -> anyhow::Result<()> {
+    use std::io::{Seek, Write};
+    std::fs::write(layout::url_file(dir), url)?;
+    lock.set_len(0)?;
+    lock.rewind()?;
+    write!(lock, "pid {}, serving {url}", std::process::id())?;
+    Ok(())
+}
+
+/// Takes up where the last run stopped: collects unused environment builds, fails the jobs whose
+/// workers are lost, resumes unfinished jobs, starts the lease reaper, and summarises refusals a killed
+/// run counted.
+async fn resume(
+    app: &Arc<App>,
+    mut lost_jobs: tokio::sync::mpsc::UnboundedReceiver<(String, String)>,
+) -> anyhow::Result<()> {
+    cove_http::environment_builds::collect_unused(app).await;
+    let control = app.control.clone();
     tokio::spawn(async move {
         while let Some((job, reason)) = lost_jobs.recv().await {
-            cove_jobs::fail_lost(&lost_app, job, reason).await;
+            cove_jobs::fail_lost(&control, job, reason).await;
         }
     });
     cove_jobs::resume_all(&app.control).await?;
     tokio::spawn(cove_jobs::reap_expired_leases(app.control.clone()));
-    // Refusals a killed control plane counted and never summarised are summarised now.
     let recovered = app.store.call(|c| store::refusal_counts_close(c, None)).await?;
     if recovered > 0 {
         tracing::warn!(recovered, "wrote the counts of refusals an earlier run kept and did not summarise");
     }
     tokio::spawn(cove_http::guard::write_counted_refusals(app.clone()));
+    Ok(())
+}
+
+/// Serves every listener until shutdown, then writes what was counted and stops the workers.
+async fn serve(app: Arc<App>, tcp: Vec<TcpListener>, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
     let router = cove_http::router(app.clone());
     let mut servers = tokio::task::JoinSet::new();
     for listener in tcp {
-        servers.spawn(cove_http::guard::serve(listener, app.clone(), router.clone(), shutdown_rx.clone()));
+        servers.spawn(cove_http::guard::serve(listener, app.clone(), router.clone(), shutdown.clone()));
     }
-    let served = tokio::spawn(async move {
-        while let Some(done) = servers.join_next().await {
-            done.context("server task panicked")?.context("server failed")?;
-        }
-        // What was counted and not yet written goes in before the control plane stops.
-        cove_http::guard::close_refusal_window(&app).await;
-        app.compute.stop_all().await;
-        let clusters: Vec<cove_compute::LocalCompute> =
-            app.clusters.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
-        for cluster in clusters {
-            cluster.stop_all().await;
-        }
-        Ok(())
-    });
-    Ok(Running { url, addr, shutdown: shutdown_tx, served, _lock: lock })
+    while let Some(done) = servers.join_next().await {
+        done.context("server task panicked")?.context("server failed")?;
+    }
+    // What was counted and not yet written goes in before the control plane stops.
+    cove_http::guard::close_refusal_window(&app).await;
+    app.compute.stop_all().await;
+    let clusters: Vec<cove_compute::LocalCompute> =
+        app.clusters.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
+    for cluster in clusters {
+        cluster.stop_all().await;
+    }
+    Ok(())
 }
 
 /// Creates the workspace's first resources on its first start; returns the new owner token then.

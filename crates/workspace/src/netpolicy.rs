@@ -11,6 +11,17 @@ use serde::{Deserialize, Serialize};
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
+/// Why a source may not connect here: the network it is on and why that is not enough.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Refusal(pub String);
+
+/// A network configuration, or a file it names, that cannot be used; the message names the file,
+/// field or flag.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
@@ -74,7 +85,7 @@ pub struct ComputeNetwork {
 impl PrivateEndpoint {
     /// The CA (PEM) its `ca_file` names, when it names one; an unreadable file or one holding no
     /// certificate is an error naming the endpoint and the file.
-    pub fn ca(&self) -> Result<Option<String>, String> {
+    pub fn ca(&self) -> Result<Option<String>, ConfigError> {
         let Some(file) = &self.ca_file else { return Ok(None) };
         read_ca(&format!("private endpoint {}: ca_file {}", self.name, file.display()), file).map(Some)
     }
@@ -90,7 +101,11 @@ pub struct BroughtTls {
 }
 
 /// A CA file's PEM, refused (naming it as `what`) when it cannot be read or holds no certificate.
-pub fn read_ca(what: &str, file: &std::path::Path) -> Result<String, String> {
+pub fn read_ca(what: &str, file: &std::path::Path) -> Result<String, ConfigError> {
+    read_pem(what, file).map_err(ConfigError)
+}
+
+fn read_pem(what: &str, file: &std::path::Path) -> Result<String, String> {
     let pem = std::fs::read_to_string(file).map_err(|e| format!("{what}: {e}"))?;
     cove_tls::certificates(what, &pem).map_err(|e| e.to_string())?;
     Ok(pem)
@@ -121,13 +136,13 @@ pub const LOOPBACK_NETWORK: &str = "loopback";
 impl NetworkPolicy {
     /// The embedded default: a private workspace whose private network is this host's loopback, with
     /// its API on `listen` and the `local` compute cluster on the same network.
-    pub fn loopback(listen: SocketAddr) -> Result<Self, String> {
+    pub fn loopback(listen: SocketAddr) -> Result<Self, ConfigError> {
         if !listen.ip().is_loopback() {
-            return Err(format!(
+            return Err(ConfigError(format!(
                 "--listen {listen}: a workspace without a network configuration is private to this host's loopback; \
                  give --config FILE declaring the private network of {} (or public_network_access: enabled)",
                 listen.ip()
-            ));
+            )));
         }
         Ok(NetworkPolicy {
             public_network_access: false,
@@ -156,7 +171,11 @@ impl NetworkPolicy {
     }
 
     /// Parses and checks a configuration file; errors name the file and the field.
-    pub fn parse(file: &str, text: &str) -> Result<Self, String> {
+    pub fn parse(file: &str, text: &str) -> Result<Self, ConfigError> {
+        Self::parse_text(file, text).map_err(ConfigError)
+    }
+
+    fn parse_text(file: &str, text: &str) -> Result<Self, String> {
         let raw: RawConfig = serde_norway::from_str(text).map_err(|e| format!("{file}: {e}"))?;
         let err = |field: &str, msg: String| format!("{file}: field `{field}`: {msg}");
         if let Some(v) = raw.version {
@@ -297,21 +316,21 @@ impl NetworkPolicy {
     }
 
     /// Whether a connection from `ip` is accepted; `Err` says why not.
-    pub fn admits(&self, ip: IpAddr) -> Result<(), String> {
+    pub fn admits(&self, ip: IpAddr) -> Result<(), Refusal> {
         if self.public_network_access {
             return Ok(());
         }
         match self.network_of(ip) {
             Some(n) if self.allowed_networks().contains(&n.name.as_str()) => Ok(()),
             Some(n) => {
-                Err(format!("source {ip} is on network `{}`, which is not peered with the workspace's network", n.name))
+                Err(Refusal(format!("source {ip} is on network `{}`, which is not peered with the workspace's network", n.name)))
             }
-            None => Err(format!("source {ip} is outside the workspace's private networks")),
+            None => Err(Refusal(format!("source {ip} is outside the workspace's private networks"))),
         }
     }
 
     /// Whether a worker of `compute` may connect from `ip`.
-    pub fn admits_worker(&self, compute: &str, ip: IpAddr) -> Result<(), String> {
+    pub fn admits_worker(&self, compute: &str, ip: IpAddr) -> Result<(), Refusal> {
         match self.computes.iter().find(|c| c.name == compute) {
             Some(c) => self.admits_from(compute, &c.network, ip),
             None => Ok(()),
@@ -319,32 +338,32 @@ impl NetworkPolicy {
     }
 
     /// Whether a worker of `compute`, whose nodes are on `network`, may connect from `ip`.
-    pub fn admits_from(&self, compute: &str, network: &str, ip: IpAddr) -> Result<(), String> {
+    pub fn admits_from(&self, compute: &str, network: &str, ip: IpAddr) -> Result<(), Refusal> {
         let net = self.networks.iter().find(|n| n.name == network);
         match net {
             Some(n) if n.address_space.iter().any(|r| r.contains(&ip)) => Ok(()),
-            _ => Err(format!(
+            _ => Err(Refusal(format!(
                 "worker credentials of compute `{compute}` are accepted only from network `{network}`, not from {ip}"
-            )),
+            ))),
         }
     }
 
     /// Whether a worker of `compute`, a cluster with no network of its own whose workers run on the
     /// control plane's host, may connect from `ip`: only from an address of the API's own listeners.
-    pub fn admits_from_this_host(&self, compute: &str, ip: IpAddr) -> Result<(), String> {
+    pub fn admits_from_this_host(&self, compute: &str, ip: IpAddr) -> Result<(), Refusal> {
         let own =
             |pe: &&PrivateEndpoint| pe.address.ip() == ip || (pe.address.ip().is_unspecified() && ip.is_loopback());
         if self.api_endpoints().iter().any(own) {
             return Ok(());
         }
-        Err(format!(
+        Err(Refusal(format!(
             "worker credentials of compute `{compute}`, which has no network of its own, are accepted only from this host's API address, not from {ip}; declare the compute's network to run its workers elsewhere"
-        ))
+        )))
     }
 
     /// The CA (PEM) of the private endpoint for `service` (`datastore:NAME`, `package-index`), when its
     /// configuration names one; an unreadable file is an error naming it.
-    pub fn endpoint_ca(&self, service: &str) -> Result<Option<String>, String> {
+    pub fn endpoint_ca(&self, service: &str) -> Result<Option<String>, ConfigError> {
         self.private_endpoints.iter().find(|p| p.service == service).map_or(Ok(None), PrivateEndpoint::ca)
     }
 
@@ -387,8 +406,8 @@ computes:
         assert!(p.admits("198.18.1.20".parse().unwrap()).is_ok());
         assert!(p.admits("198.18.2.10".parse().unwrap()).is_ok());
         assert!(p.admits("198.18.4.10".parse().unwrap()).is_ok());
-        assert!(p.admits("198.18.5.10".parse().unwrap()).unwrap_err().contains("not peered"));
-        assert!(p.admits("198.19.0.10".parse().unwrap()).unwrap_err().contains("outside"));
+        assert!(p.admits("198.18.5.10".parse().unwrap()).unwrap_err().0.contains("not peered"));
+        assert!(p.admits("198.19.0.10".parse().unwrap()).unwrap_err().0.contains("outside"));
         assert!(p.admits_worker("cluster", "198.18.4.10".parse().unwrap()).is_ok());
         assert!(p.admits_worker("cluster", "198.18.2.10".parse().unwrap()).is_err());
         assert_eq!(p.computes.iter().find(|c| c.name == "local").unwrap().network, "workspace");
@@ -398,15 +417,16 @@ computes:
     fn configuration_errors_name_the_field() {
         let bad = CONFIG.replace("address: 198.18.1.10:8470", "address: 198.18.9.10:8470");
         assert_eq!(
-            NetworkPolicy::parse("ws.yml", &bad).unwrap_err(),
+            NetworkPolicy::parse("ws.yml", &bad).unwrap_err().0,
             "ws.yml: field `private_endpoints.api.address`: 198.18.9.10 is not in network `workspace`"
         );
         let bad = CONFIG.replace("[workspace, jump]", "[workspace, nowhere]");
         assert!(NetworkPolicy::parse("ws.yml", &bad)
             .unwrap_err()
+            .0
             .contains("field `peerings`: network `nowhere` is not declared"));
         let bad = CONFIG.replace("public_network_access: disabled", "public_network_acess: disabled");
-        assert!(NetworkPolicy::parse("ws.yml", &bad).unwrap_err().contains("unknown field `public_network_acess`"));
+        assert!(NetworkPolicy::parse("ws.yml", &bad).unwrap_err().0.contains("unknown field `public_network_acess`"));
         assert!(NetworkPolicy::loopback("198.18.1.1:80".parse().unwrap()).is_err());
     }
 }

@@ -100,3 +100,127 @@ fn sql_stays_in_the_store_and_the_vocabulary_crates_do_no_io() {
         assert!(found.is_empty(), "{krate} does IO: {found:#?}");
     }
 }
+
+/// What blocks a runtime thread when called straight from async code: file-system calls, processes
+/// waited for, sleeps, and the interpreter probe (which runs one).
+const BLOCKING: &[&str] = &["std::fs::", "std::process::Command", "std::thread::sleep", "interpreter_info(", ".canonicalize()"];
+
+/// Lines (1-based, with their text) where `source` calls something of [`BLOCKING`] directly in an
+/// async body, rather than in a closure handed to the blocking pool (`spawn_blocking`, or the state
+/// store's `call`, which runs on it). Tests (from `#[cfg(test)]` on) are not looked at.
+fn blocking_in_async(source: &str) -> Vec<(usize, String)> {
+    #[derive(Clone, Copy, PartialEq)]
+    enum Body {
+        Async,
+        Sync,
+        Pool,
+    }
+    let source = source.split("#[cfg(test)]").next().unwrap_or("");
+    let text: Vec<char> = source.chars().collect();
+    let at = |i: usize, word: &str| text[i..].iter().take(word.len()).copied().eq(word.chars());
+    // What the next opening brace starts, and the bodies (and parentheses) open at this point.
+    let mut pending: Option<Body> = None;
+    let mut open: Vec<Body> = Vec::new();
+    let (mut line, mut found) = (1, Vec::new());
+    let mut i = 0;
+    while i < text.len() {
+        let c = text[i];
+        let skip_to = if at(i, "//") {
+            text[i..].iter().position(|&ch| ch == '\n').map_or(text.len(), |n| i + n)
+        } else if c == '"' {
+            let mut j = i + 1;
+            while j < text.len() && text[j] != '"' {
+                j += if text[j] == '\\' { 2 } else { 1 };
+            }
+            j + 1
+        } else if c == '\'' && i + 2 < text.len() && (text[i + 2] == '\'' || text[i + 1] == '\\') {
+            i + if text[i + 1] == '\\' { 4 } else { 3 }
+        } else {
+            i
+        };
+        if skip_to > i {
+            line += text[i..skip_to.min(text.len())].iter().filter(|&&ch| ch == '\n').count();
+            i = skip_to;
+            continue;
+        }
+        if open.last() == Some(&Body::Async) && BLOCKING.iter().any(|b| at(i, b)) {
+            found.push(line);
+        }
+        let word_start = i == 0 || !(text[i - 1].is_alphanumeric() || text[i - 1] == '_');
+        if word_start && (at(i, "async fn ") || at(i, "async move") || at(i, "async {")) {
+            pending = Some(Body::Async);
+        } else if word_start && at(i, "fn ") && pending.is_none() {
+            pending = Some(Body::Sync);
+        } else if at(i, "spawn_blocking(") || at(i, ".call(") || at(i, "call_now(") {
+            i += text[i..].iter().position(|&ch| ch == '(').unwrap();
+            open.push(Body::Pool);
+            i += 1;
+            continue;
+        }
+        match c {
+            '\n' => line += 1,
+            '{' => open.push(pending.take().or(open.last().copied()).unwrap_or(Body::Sync)),
+            '(' => open.push(open.last().copied().unwrap_or(Body::Sync)),
+            '}' | ')' => {
+                open.pop();
+            }
+            ';' => pending = None,
+            _ => {}
+        }
+        i += 1;
+    }
+    let lines: Vec<&str> = source.lines().collect();
+    found.dedup();
+    found.into_iter().map(|n| (n, lines[n - 1].trim().to_string())).collect()
+}
+
+#[test]
+fn the_scanner_finds_blocking_calls_in_async_bodies_and_only_there() {
+    let sample = r#"
+async fn handler(app: &App) -> Result<(), E> {
+    let dir = app.dir.clone();
+    let n = tokio::task::spawn_blocking(move || std::fs::read_dir(&dir).map(|d| d.count())).await?;
+    let s = format!("{n} {{");
+    std::fs::remove_dir_all(&app.dir)?;
+    app.store.call(move |c| { std::fs::write("x", "}")?; Ok(()) }).await?;
+    Ok(())
+}
+
+fn helper() {
+    std::fs::remove_file("y").ok();
+}
+
+async fn spawner() {
+    tokio::spawn(async move {
+        let t = '{';
+        std::thread::sleep(D);
+    });
+}
+"#;
+    let found: Vec<usize> = blocking_in_async(sample).into_iter().map(|(n, _)| n).collect();
+    assert_eq!(found, vec![6, 18], "{:?}", blocking_in_async(sample));
+}
+
+/// The control plane's async code hands file-system walks, deletions and process probes to the
+/// blocking pool: none of [`BLOCKING`] is called straight from an async body in its crates.
+#[test]
+fn the_control_plane_blocks_no_runtime_thread() {
+    let root = repo();
+    let mut files = Vec::new();
+    for krate in ["server", "http", "jobs", "compute", "datastore", "workspace", "store"] {
+        rust_files(&root.join("crates").join(krate).join("src"), &mut files);
+    }
+    let mut async_files = 0;
+    let mut found = Vec::new();
+    for f in &files {
+        let source = std::fs::read_to_string(f).unwrap();
+        if source.contains("async fn") {
+            async_files += 1;
+        }
+        for (n, line) in blocking_in_async(&source) {
+            found.push(format!("{}:{n}: {line}", f.display()));
+        }
+    }
+    assert!(async_files >= 15, "only {async_files} files with async code were read");
+    assert!(found.is_empty(), "blocking calls in async bodies: {found:#?}");
+}
