@@ -75,7 +75,7 @@ impl Client {
             .tcp_nodelay(true)
             .no_proxy()
             .https_only(true)
-            .tls_backend_preconfigured(tls)
+            .use_preconfigured_tls(tls)
             .build()
             .expect("a client with a rustls configuration and no proxy always builds")
     }

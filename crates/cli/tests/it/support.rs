@@ -369,7 +369,7 @@ pub fn https_builder_as(ws: &Path, identity: Option<(PathBuf, PathBuf)>) -> reqw
     let identity = identity.map(|(c, k)| (std::fs::read_to_string(c).unwrap(), std::fs::read_to_string(k).unwrap()));
     let pair = identity.as_ref().map(|(c, k)| (c.as_str(), k.as_str()));
     let tls = cove_tls::client_config("the workspace CA", &ca, pair).unwrap();
-    reqwest::Client::builder().tls_backend_preconfigured(tls)
+    reqwest::Client::builder().use_preconfigured_tls(tls)
 }
 
 /// The client certificate a worker token is used with, as a worker host holds them together: the
