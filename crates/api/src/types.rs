@@ -595,6 +595,20 @@ pub struct RotatedCertificates {
     pub computes: Vec<String>,
 }
 
+/// `GET /readyz`: whether the control plane can do its work now, check by check.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Readiness {
+    pub ready: bool,
+    pub checks: Vec<ReadinessCheck>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReadinessCheck {
+    pub name: String,
+    pub ready: bool,
+    pub detail: String,
+}
+
 /// One line of `cove workspace diagnose`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Check {

@@ -35,8 +35,18 @@ struct Cli {
     /// Print JSON instead of tables.
     #[arg(long, global = true)]
     json: bool,
+    /// How log lines are written to stderr: `json` (one object per line) or `text`; by default JSON
+    /// when stdout is not a terminal (a service, a pipe), else text. `RUST_LOG` filters them.
+    #[arg(long, global = true, value_enum, env = "COVE_LOG_FORMAT")]
+    log_format: Option<LogFormat>,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Json,
+    Text,
 }
 
 /// A resource's name, given as `az ml` takes it (`-n/--name NAME`) or as a plain argument.
@@ -114,6 +124,10 @@ struct UpArgs {
     /// the default interpreter).
     #[arg(long)]
     strict_python: bool,
+    /// On SIGTERM or SIGINT, how long (seconds) to wait for workers to report the mini-batches they
+    /// hold before the leases still open are ended (without spending an attempt) and Cove stops.
+    #[arg(long, value_name = "SECONDS", default_value_t = 30, env = "COVE_SHUTDOWN_GRACE")]
+    shutdown_grace: u64,
 }
 
 #[derive(clap::Args)]
@@ -569,7 +583,7 @@ fn main() {
         std::process::exit(cove_worker::children::environment_main());
     }
     let cli = Cli::parse();
-    init_tracing();
+    init_tracing(cli.log_format, matches!(cli.command, Command::Up(_) | Command::Worker(_)));
     // Every TLS client and server in the process uses ring (no OpenSSL, no second provider).
     cove_tls::install_provider();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("a Tokio runtime starts");
@@ -603,9 +617,18 @@ fn absolute(path: &std::path::Path) -> anyhow::Result<PathBuf> {
     std::path::absolute(path).map_err(|e| anyhow::anyhow!("cannot make {} absolute: {e}", path.display()))
 }
 
-fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| "warn".into());
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+/// Logs go to stderr. Services (`cove up`, `cove worker`) log their lifecycle at info level, client
+/// commands only warnings; `RUST_LOG` overrides either. Colour codes only ever go to a terminal.
+fn init_tracing(format: Option<LogFormat>, service: bool) {
+    use std::io::IsTerminal;
+    let default = if service { "info" } else { "warn" };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| default.into());
+    let format = format.unwrap_or(if std::io::stdout().is_terminal() { LogFormat::Text } else { LogFormat::Json });
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).try_init(),
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).try_init(),
+    };
 }
 
 fn is_broken_pipe(err: &anyhow::Error) -> bool {
@@ -682,6 +705,7 @@ async fn up(args: UpArgs) -> anyhow::Result<i32> {
         interpreters,
         overrides,
         strict_python,
+        shutdown_grace,
     } = args;
     let worker_exe = std::env::current_exe()?;
     // Paths given here end up in other processes that change directory (workers, sandboxes),
@@ -708,6 +732,7 @@ async fn up(args: UpArgs) -> anyhow::Result<i32> {
             overrides,
             strict_python,
         },
+        shutdown_grace: std::time::Duration::from_secs(shutdown_grace),
     };
     for o in &config.environments.overrides {
         cove_spec::check_requirement(o).map_err(|e| anyhow::anyhow!("--environment-override: {e}"))?;
@@ -762,10 +787,10 @@ async fn workspace_command(client: &cove_api::Client, command: WorkspaceCommand,
 async fn token_command(client: &cove_api::Client, command: TokenCommand, out: Output) -> anyhow::Result<i32> {
     match command {
         TokenCommand::Create { role, endpoint_name, expires_in } => {
-            admin::token_create(&client, role, endpoint_name, expires_in, out).await?
+            admin::token_create(client, role, endpoint_name, expires_in, out).await?
         }
-        TokenCommand::List => admin::token_list(&client, out).await?,
-        TokenCommand::Revoke { id } => admin::token_revoke(&client, &id).await?,
+        TokenCommand::List => admin::token_list(client, out).await?,
+        TokenCommand::Revoke { id } => admin::token_revoke(client, &id).await?,
     }
     Ok(exit_code::OK)
 }
@@ -793,14 +818,14 @@ async fn datastore_command(client: &cove_api::Client, command: DatastoreCommand,
                 secret_access_key,
                 ..Default::default()
             };
-            admin::datastore_create(&client, &req, out).await?
+            admin::datastore_create(client, &req, out).await?
         }
         DatastoreCommand::Create { file: Some(file), .. } => {
             let req = admin::datastore_from_yaml(&file)?;
-            admin::datastore_create(&client, &req, out).await?
+            admin::datastore_create(client, &req, out).await?
         }
         DatastoreCommand::Create { .. } => unreachable!("clap requires --file or every S3 flag"),
-        DatastoreCommand::List => admin::datastore_list(&client, out).await?,
+        DatastoreCommand::List => admin::datastore_list(client, out).await?,
         DatastoreCommand::Show { name } => {
             let ds: cove_api::Datastore =
                 client.get(&format!("/api/v1/datastores/{}", cove_api::encode(&name))).await?;
@@ -824,27 +849,27 @@ async fn datastore_command(client: &cove_api::Client, command: DatastoreCommand,
 
 async fn compute_command(client: &cove_api::Client, command: ComputeCommand, out: Output) -> anyhow::Result<i32> {
     match command {
-        ComputeCommand::List => admin::compute_list(&client, out).await?,
-        ComputeCommand::Create { file } => admin::compute_create(&client, &file, out).await?,
-        ComputeCommand::Show { name } => admin::compute_show(&client, &name, out).await?,
-        ComputeCommand::Delete { name } => admin::compute_delete(&client, &name, out).await?,
-        ComputeCommand::Token { name } => admin::compute_token(&client, &name, out).await?,
+        ComputeCommand::List => admin::compute_list(client, out).await?,
+        ComputeCommand::Create { file } => admin::compute_create(client, &file, out).await?,
+        ComputeCommand::Show { name } => admin::compute_show(client, &name, out).await?,
+        ComputeCommand::Delete { name } => admin::compute_delete(client, &name, out).await?,
+        ComputeCommand::Token { name } => admin::compute_token(client, &name, out).await?,
         ComputeCommand::Credential { name, out: folder } => {
-            admin::compute_credential(&client, &name, &folder, out).await?
+            admin::compute_credential(client, &name, &folder, out).await?
         }
-        ComputeCommand::RevokeCredential { name } => admin::revoke_credential(&client, &name, out).await?,
+        ComputeCommand::RevokeCredential { name } => admin::revoke_credential(client, &name, out).await?,
     }
     Ok(exit_code::OK)
 }
 
 async fn endpoint_command(client: &cove_api::Client, command: EndpointCommand, out: Output) -> anyhow::Result<i32> {
     match command {
-        EndpointCommand::Create { file, name } => resources::endpoint_create(&client, &file, name, out).await?,
-        EndpointCommand::List => resources::endpoint_list(&client, out).await?,
-        EndpointCommand::Show { name } => resources::endpoint_show(&client, &name.get(), out).await?,
-        EndpointCommand::ListJobs { name } => jobs::list(&client, Some(&name.get()), None, out).await?,
+        EndpointCommand::Create { file, name } => resources::endpoint_create(client, &file, name, out).await?,
+        EndpointCommand::List => resources::endpoint_list(client, out).await?,
+        EndpointCommand::Show { name } => resources::endpoint_show(client, &name.get(), out).await?,
+        EndpointCommand::ListJobs { name } => jobs::list(client, Some(&name.get()), None, out).await?,
         EndpointCommand::Update { name, sets } => {
-            resources::endpoint_update(&client, &name, &sets, out).await?
+            resources::endpoint_update(client, &name, &sets, out).await?
         }
         EndpointCommand::Delete { name, yes } => {
             let name = name.get();
@@ -852,11 +877,11 @@ async fn endpoint_command(client: &cove_api::Client, command: EndpointCommand, o
                 eprintln!("Kept endpoint {name}");
                 return Ok(exit_code::OK);
             }
-            resources::endpoint_delete(&client, &name).await?
+            resources::endpoint_delete(client, &name).await?
         }
         EndpointCommand::Invoke { args } => {
             let stream = args.stream;
-            let job = jobs::invoke(&client, args, out).await?;
+            let job = jobs::invoke(client, args, out).await?;
             if stream {
                 return Ok(job_exit(&job));
             }
@@ -870,7 +895,7 @@ async fn deployment_command(client: &cove_api::Client, command: DeploymentComman
         DeploymentCommand::Create { file, endpoint_name, name, set_default, skip_script_validation } => {
             let args =
                 resources::DeploymentCreate { file, endpoint_name, name, set_default, skip_script_validation };
-            resources::deployment_create(&client, args, out).await?
+            resources::deployment_create(client, args, out).await?
         }
         DeploymentCommand::Update { file: Some(file), endpoint_name, name, .. } => {
             let args = resources::DeploymentCreate {
@@ -880,20 +905,20 @@ async fn deployment_command(client: &cove_api::Client, command: DeploymentComman
                 set_default: false,
                 skip_script_validation: false,
             };
-            resources::deployment_create(&client, args, out).await?
+            resources::deployment_create(client, args, out).await?
         }
         DeploymentCommand::Update { file: None, name, endpoint_name, sets } => {
             let (name, endpoint) = (name.expect("clap requires it"), endpoint_name.expect("clap requires it"));
-            resources::deployment_update(&client, &endpoint, &name, &sets, out).await?
+            resources::deployment_update(client, &endpoint, &name, &sets, out).await?
         }
         DeploymentCommand::List { endpoint_name } => {
-            resources::deployment_list(&client, &endpoint_name, out).await?
+            resources::deployment_list(client, &endpoint_name, out).await?
         }
         DeploymentCommand::Show { name, endpoint_name } => {
-            resources::deployment_show(&client, &endpoint_name, &name.get(), out).await?
+            resources::deployment_show(client, &endpoint_name, &name.get(), out).await?
         }
         DeploymentCommand::Delete { name, endpoint_name, yes: _ } => {
-            resources::deployment_delete(&client, &endpoint_name, &name.get()).await?
+            resources::deployment_delete(client, &endpoint_name, &name.get()).await?
         }
     }
     Ok(exit_code::OK)
@@ -913,24 +938,24 @@ async fn model_command(client: &cove_api::Client, command: ModelCommand, out: Ou
                     tags: Default::default(),
                 },
             };
-            resources::model_create(&client, req, out).await?
+            resources::model_create(client, req, out).await?
         }
         ModelCommand::Archive { name, version, restore } => {
-            resources::model_archive(&client, &name, version, !restore, out).await?
+            resources::model_archive(client, &name, version, !restore, out).await?
         }
-        ModelCommand::Delete { name, version } => resources::model_delete(&client, &name, version, out).await?,
-        ModelCommand::List { name } => resources::model_list(&client, name.as_deref(), out).await?,
-        ModelCommand::Show { name, version } => resources::model_show(&client, &name, version, out).await?,
+        ModelCommand::Delete { name, version } => resources::model_delete(client, &name, version, out).await?,
+        ModelCommand::List { name } => resources::model_list(client, name.as_deref(), out).await?,
+        ModelCommand::Show { name, version } => resources::model_show(client, &name, version, out).await?,
     }
     Ok(exit_code::OK)
 }
 
 async fn environment_command(client: &cove_api::Client, command: EnvironmentCommand, out: Output) -> anyhow::Result<i32> {
     match command {
-        EnvironmentCommand::Create { file } => environment::create(&client, &absolute(&file)?, out).await?,
-        EnvironmentCommand::List { name } => environment::list(&client, name.as_deref(), out).await?,
+        EnvironmentCommand::Create { file } => environment::create(client, &absolute(&file)?, out).await?,
+        EnvironmentCommand::List { name } => environment::list(client, name.as_deref(), out).await?,
         EnvironmentCommand::Show { name, version } => {
-            environment::show(&client, &name.get(), version.as_deref(), out).await?
+            environment::show(client, &name.get(), version.as_deref(), out).await?
         }
     }
     Ok(exit_code::OK)
@@ -951,10 +976,10 @@ async fn data_command(client: &cove_api::Client, command: DataCommand, out: Outp
                     tags: Default::default(),
                 },
             };
-            data::create(&client, req, out).await?
+            data::create(client, req, out).await?
         }
-        DataCommand::List { name } => data::list(&client, name.as_deref(), out).await?,
-        DataCommand::Show { name, version } => data::show(&client, &name, version.as_deref(), out).await?,
+        DataCommand::List { name } => data::list(client, name.as_deref(), out).await?,
+        DataCommand::Show { name, version } => data::show(client, &name, version.as_deref(), out).await?,
     }
     Ok(exit_code::OK)
 }
@@ -962,25 +987,25 @@ async fn data_command(client: &cove_api::Client, command: DataCommand, out: Outp
 async fn job_command(client: &cove_api::Client, command: JobCommand, out: Output) -> anyhow::Result<i32> {
     match command {
         JobCommand::List { endpoint_name, deployment_name } => {
-            jobs::list(&client, endpoint_name.as_deref(), deployment_name.as_deref(), out).await?
+            jobs::list(client, endpoint_name.as_deref(), deployment_name.as_deref(), out).await?
         }
         JobCommand::Show { name } => {
-            jobs::show(&client, &name.get(), out).await?;
+            jobs::show(client, &name.get(), out).await?;
         }
         JobCommand::Stream { name } => {
-            let job = jobs::stream(&client, &name.get(), out).await?;
+            let job = jobs::stream(client, &name.get(), out).await?;
             return Ok(job_exit(&job));
         }
-        JobCommand::Cancel { name } => jobs::cancel(&client, &name.get(), out).await?,
+        JobCommand::Cancel { name } => jobs::cancel(client, &name.get(), out).await?,
         JobCommand::Rerun { name, failed_only, stream } => {
-            let job = jobs::rerun(&client, &name, failed_only, stream, out).await?;
+            let job = jobs::rerun(client, &name, failed_only, stream, out).await?;
             if stream {
                 return Ok(job_exit(&job));
             }
         }
         JobCommand::Download { name, output_name, all, download_path } => {
             let outputs: Vec<&str> = if all { vec!["score", "logs"] } else { vec![output_name.as_str()] };
-            jobs::download(&client, &name.get(), &outputs, &download_path, out).await?;
+            jobs::download(client, &name.get(), &outputs, &download_path, out).await?;
         }
     }
     Ok(exit_code::OK)

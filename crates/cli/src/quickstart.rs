@@ -49,6 +49,7 @@ pub async fn run(dir: Option<PathBuf>, out: Output) -> anyhow::Result<i32> {
         worker_exe: std::env::current_exe()?,
         sandbox: cove_api::worker::SandboxMode::Namespaces,
         environments: Default::default(),
+        shutdown_grace: std::time::Duration::from_secs(30),
     })
     .await?;
     let token = std::fs::read_to_string(cove_server::layout::owner_token(&workspace))?;

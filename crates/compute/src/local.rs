@@ -116,6 +116,7 @@ impl LocalCompute {
                     url: self.inner.url.clone(),
                     credential: self.inner.credential.clone(),
                     job: job.clone(),
+                    compute: self.inner.node_prefix.clone(),
                     node: format!("{}-{k}", self.inner.node_prefix),
                     concurrency,
                     work_dir: self.inner.dir.join(&job).join(format!("{}-{k}", self.inner.node_prefix)),
@@ -177,6 +178,8 @@ struct WorkerSpec {
     url: String,
     credential: CredentialSource,
     job: String,
+    /// The cluster's name, for the logs.
+    compute: String,
     node: String,
     concurrency: u32,
     work_dir: PathBuf,
@@ -203,6 +206,7 @@ async fn keep_alive(
             }
         };
         let pid = child.id();
+        tracing::info!(job = %spec.job, compute = %spec.compute, node = %spec.node, pid, "worker started");
         let exit = tokio::select! {
             status = child.wait() => Some(status),
             _ = stop.wait_for(|s| *s) => None,
@@ -210,9 +214,13 @@ async fn keep_alive(
         match exit {
             None => {
                 terminate(pid, &mut child).await;
+                tracing::info!(job = %spec.job, compute = %spec.compute, node = %spec.node, pid, "worker stopped");
                 return;
             }
-            Some(Ok(s)) if s.success() => return,
+            Some(Ok(s)) if s.success() => {
+                tracing::info!(job = %spec.job, compute = %spec.compute, node = %spec.node, pid, "worker finished");
+                return;
+            }
             Some(Ok(s)) => {
                 tracing::warn!(job = %spec.job, node = %spec.node, status = %s, "worker exited, starting it again")
             }

@@ -78,6 +78,13 @@ pub async fn validate(spec: &ComputeSpec) -> Result<(), ComputeError> {
     Ok(())
 }
 
+/// Whether the cluster's controller answers `sinfo` (within 30 s).
+pub async fn reachable(spec: &ComputeSpec) -> Result<(), ComputeError> {
+    let mut c = command(spec, "sinfo");
+    c.args(["-h", "-o", "%R"]);
+    run(c, "sinfo").await.map(|_| ()).map_err(|e| ComputeError::Unreachable(format!("cannot reach slurmctld: {e}")))
+}
+
 pub struct Submission<'a> {
     pub job: &'a str,
     pub instances: u32,

@@ -243,9 +243,13 @@ const EXPIRY_WARNING_MS: i64 = 14 * 86_400_000;
 
 /// Every certificate the workspace serves or trusts, with how long it has left: the CA, the listeners'
 /// certificate (issued or brought) and each compute's current worker certificate.
-async fn certificate_checks(app: &AppRef) -> Result<Vec<Check>, store::StoreError> {
+/// Every certificate the workspace depends on: what it is, when it expires (or why that cannot be
+/// read), and what renews it.
+pub async fn certificate_expiries(
+    app: &AppRef,
+) -> Result<Vec<(String, Result<i64, String>, &'static str)>, store::StoreError> {
     let now = store::now_ms();
-    let mut certs: Vec<(String, Result<i64, String>, &str)> = Vec::new();
+    let mut certs: Vec<(String, Result<i64, String>, &'static str)> = Vec::new();
     let ws = &app.config.dir;
     let pem_expiry = |path: std::path::PathBuf| {
         cove_tls::read(&path)
@@ -278,6 +282,12 @@ async fn certificate_checks(app: &AppRef) -> Result<Vec<Check>, store::StoreErro
             "run `cove workspace rotate-certificates` (clusters on this host) or `cove compute credential` (others)",
         ));
     }
+    Ok(certs)
+}
+
+async fn certificate_checks(app: &AppRef) -> Result<Vec<Check>, store::StoreError> {
+    let now = store::now_ms();
+    let certs = certificate_expiries(app).await?;
     Ok(certs
         .into_iter()
         .map(|(what, until, fix)| match until {

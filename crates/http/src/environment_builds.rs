@@ -106,6 +106,19 @@ pub async fn prepare<'a>(
     root: PathBuf,
     build_now: bool,
 ) -> Result<(DeploymentEnvironment, Pinned<'a>), String> {
+    let started = std::time::Instant::now();
+    let prepared = prepare_now(app, req, root, build_now).await;
+    let outcome = if prepared.is_ok() { "ok" } else { "failed" };
+    app.metrics.environment_builds.with_label_values(&[outcome]).observe(started.elapsed().as_secs_f64());
+    prepared
+}
+
+async fn prepare_now<'a>(
+    app: &'a App,
+    req: EnvironmentRequest<'_>,
+    root: PathBuf,
+    build_now: bool,
+) -> Result<(DeploymentEnvironment, Pinned<'a>), String> {
     let reqs = cove_spec::requirements(req.conda, req.pip)?;
     let mut notes = reqs.notes.clone();
     let mut packages: Vec<String> = Vec::new();

@@ -372,7 +372,10 @@ pub async fn guard(
         .and_then(|h| h.strip_prefix("Bearer "))
         .map(|t| t.trim().to_string())
         .or_else(|| super::studio::session_secret(&app, &Method::GET, req.headers()).ok().flatten());
+    let route = req.extensions().get::<axum::extract::MatchedPath>().map(|m| m.as_str().to_string());
     if let Err(why) = app.policy.admits(source) {
+        app.metrics.refusals.with_label_values(&["network"]).inc();
+        super::metrics::count_request(&app, method.as_str(), route.as_deref(), 403);
         audit(&app, "-".into(), source, action, path, format!("refused: {why}"), None).await;
         return ApiError::new(super::ErrorCode::PermissionDenied, format!("refused by network policy: {why}"))
             .into_response();
@@ -382,6 +385,15 @@ pub async fn guard(
     let status = resp.status();
     let refused = matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN)
         || (path.starts_with("/worker/") && status.is_client_error());
+    super::metrics::count_request(&app, method.as_str(), route.as_deref(), status.as_u16());
+    if refused {
+        let reason = match status {
+            StatusCode::UNAUTHORIZED => "unauthenticated",
+            StatusCode::FORBIDDEN => "forbidden",
+            _ => "worker_protocol",
+        };
+        app.metrics.refusals.with_label_values(&[reason]).inc();
+    }
     // Every refusal is audited, the worker protocol's included (a replayed report, a lease that is not
     // current, a body over its limit); a worker's successful calls are too many to write one by one,
     // and those that upload what a job may publish write their own entries.

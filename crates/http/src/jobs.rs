@@ -127,6 +127,13 @@ pub async fn invoke(
     };
     match app.store.call(move |c| store::job_insert(c, new)).await? {
         JobInsert::Created(row) => {
+            tracing::info!(
+                job = %row.name,
+                endpoint = %row.endpoint,
+                deployment = %row.deployment,
+                compute = %row.compute,
+                "job accepted"
+            );
             cove_jobs::advance(app.control.clone(), row.name.clone());
             Ok((StatusCode::CREATED, Json(render(&app, row, false, false).await?)))
         }

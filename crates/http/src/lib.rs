@@ -9,6 +9,8 @@ pub mod environment_builds;
 mod environments;
 mod error;
 pub mod guard;
+mod health;
+mod metrics;
 mod jobs;
 mod ownership;
 pub mod refusals;
@@ -102,6 +104,9 @@ pub fn router(app: AppRef) -> Router {
         .route("/studio/studio.css", get(studio::style))
         .route("/studio/session", post(studio::sign_in).get(studio::whoami).delete(studio::sign_out))
         .route("/api/v1/openapi.json", get(openapi))
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/metrics", get(metrics::metrics))
         .route("/api/v1/workspace", get(resources::workspace))
         .route("/api/v1/workspace/diagnose", get(admin::diagnose))
         .route("/api/v1/tokens", post(admin::create_token).get(admin::list_tokens))

@@ -1089,7 +1089,8 @@ pub async fn upload(
     if store.head(&location).await.is_ok() {
         return Err(ApiError::conflict(format!("`{path}` already exists in datastore `{datastore}`")));
     }
-    super::upload::stream_to(store.as_ref(), &location, body, super::UPLOAD_LIMIT).await?;
+    let written = super::upload::stream_to(store.as_ref(), &location, body, super::UPLOAD_LIMIT).await?;
+    app.metrics.datastore_bytes.with_label_values(&["written"]).inc_by(written);
     Ok(StatusCode::CREATED)
 }
 

@@ -53,11 +53,24 @@ async fn lease_for(app: &AppRef, w: &Principal, req: &LeaseRequest) -> ApiResult
         let notified = app.work_available.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
+        if app.draining.load(std::sync::atomic::Ordering::SeqCst) {
+            // A planned stop: nothing more is granted; the worker waits out its poll rather than asking
+            // again at once. (`drain` sets the flag before it wakes the waiters, so none is granted after.)
+            let mut shutdown = app.shutdown.clone();
+            let _ = tokio::time::timeout_at(deadline, shutdown.wait_for(|s| *s)).await;
+            return Ok((Vec::new(), false));
+        }
         let (job, compute, node) = (req.job.clone(), w.compute.clone(), req.node.clone());
         let (process, host_can_sandbox, want, holding) = (req.process, req.host.sandbox, req.batches, req.holding);
+        let draining = app.draining.clone();
         let answer = app
             .store
             .call(move |c| {
+                // Looked at under the store's lock, which `drain`'s look at the open leases also takes:
+                // a lease granted before the stop began is seen there, and none is granted after.
+                if draining.load(std::sync::atomic::Ordering::SeqCst) {
+                    return Ok(LeaseAnswer::Nothing { job_done: false });
+                }
                 let ask = store::LeaseAsk {
                     job: job.as_deref(),
                     compute: compute.as_deref(),
@@ -74,6 +87,14 @@ async fn lease_for(app: &AppRef, w: &Principal, req: &LeaseRequest) -> ApiResult
         match answer {
             LeaseAnswer::Granted(g) => {
                 app.leases_changed.notify_one();
+                tracing::info!(
+                    job = %g.job,
+                    compute = w.compute.as_deref().unwrap_or_default(),
+                    node = %req.node,
+                    leases = g.batches.len(),
+                    first_batch = g.batches[0].idx,
+                    "leases granted"
+                );
                 return Ok((leases_of(app, g).await?, false));
             }
             LeaseAnswer::Nothing { job_done } => {
@@ -359,6 +380,8 @@ pub async fn get_files(State(app): State<AppRef>, Worker(w): Worker, Path(lease)
     });
     use futures::StreamExt;
     let contents: Vec<Result<Bytes, String>> = futures::stream::iter(reads).buffered(8).collect().await;
+    let read: usize = contents.iter().filter_map(|c| c.as_ref().ok()).map(|b| b.len()).sum();
+    app.metrics.datastore_bytes.with_label_values(&["read"]).inc_by(read as u64);
     let mut out = Vec::with_capacity(contents.iter().map(|c| c.as_ref().map_or(64, |b| b.len()) + 9).sum());
     for item in &contents {
         cove_api::worker::bundle::push(&mut out, item.as_ref().map(|b| &b[..]).map_err(String::as_str));

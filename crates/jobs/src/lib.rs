@@ -8,6 +8,7 @@
 pub mod assembly;
 pub mod finalize;
 pub mod logs;
+pub mod metrics;
 pub mod plan;
 pub mod slurm;
 
@@ -47,6 +48,10 @@ pub struct Control {
     /// The workspace CA, the listeners' certificate and their TLS configuration.
     pub tls: cove_workspace::tls::WorkspaceTls,
     pub shutdown: watch::Receiver<bool>,
+    /// Set when a planned stop begins: no lease is granted from then on.
+    pub draining: Arc<std::sync::atomic::AtomicBool>,
+    /// What `/metrics` reports of this process (the rest it reads from the store at each scrape).
+    pub metrics: metrics::Metrics,
 }
 
 pub type ControlRef = Arc<Control>;
@@ -96,6 +101,7 @@ async fn advance_now(app: &ControlRef, name: &str) -> anyhow::Result<()> {
             }
             if plan::plan(app, &job).await? {
                 app.work_available.notify_waiters();
+                log_step(app, name, "job planned").await;
                 launch(app, &job).await;
             }
         }
@@ -116,6 +122,14 @@ fn on_this_host(app: &ControlRef, job: &JobRow) -> bool {
 async fn launch(app: &ControlRef, job: &JobRow) {
     let s = &job.record.settings;
     let (instances, concurrency) = (s.instance_count, s.max_concurrency_per_instance);
+    tracing::info!(
+        job = %job.name,
+        deployment = %job.deployment,
+        compute = %job.compute,
+        instances,
+        concurrency,
+        "starting workers"
+    );
     if on_this_host(app, job) {
         let workers = JobWorkers { job: &job.name, instances, concurrency };
         // Starting workers on this host does not fail: a worker that cannot start is reported lost.
@@ -182,9 +196,27 @@ pub async fn get(app: &ControlRef, name: &str) -> anyhow::Result<Option<JobRow>>
 pub fn on_status(app: &ControlRef, job: &str, status: JobStatus) {
     app.job_events.notify_waiters();
     match status {
-        JobStatus::Finalizing => advance(app.clone(), job.to_string()),
+        JobStatus::Finalizing => {
+            let (logging, name) = (app.clone(), job.to_string());
+            tokio::spawn(async move { log_step(&logging, &name, "job finalizing").await });
+            advance(app.clone(), job.to_string())
+        }
         s if s.is_terminal() => ended(app.clone(), job.to_string()),
         _ => {}
+    }
+}
+
+/// Logs a job's lifecycle step with the fields an operator filters on.
+pub async fn log_step(app: &ControlRef, job: &str, step: &str) {
+    if let Ok(Some(row)) = get(app, job).await {
+        tracing::info!(
+            job = %row.name,
+            endpoint = %row.endpoint,
+            deployment = %row.deployment,
+            compute = %row.compute,
+            status = %row.status,
+            "{step}"
+        );
     }
 }
 
@@ -193,6 +225,7 @@ pub fn ended(app: ControlRef, job: String) {
     app.job_events.notify_waiters();
     app.assemblies.forget(&job);
     tokio::spawn(async move {
+        log_step(&app, &job, "job ended").await;
         Backend::stop(&app.compute, &job, None).await;
         let clusters: Vec<cove_compute::LocalCompute> =
             app.clusters.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
@@ -240,6 +273,36 @@ pub async fn fail_lost(app: &ControlRef, job: String, reason: String) {
     }
 }
 
+/// A planned stop: grants no more leases, waits up to `grace` for the workers to report every
+/// mini-batch they hold, then ends the leases still open as interrupted, which spends no attempt of
+/// their mini-batches (they go back to the queue for the next start).
+pub async fn drain(app: &ControlRef, grace: Duration) {
+    app.draining.store(true, std::sync::atomic::Ordering::SeqCst);
+    // Lease requests waiting for work learn that none will come.
+    app.work_available.notify_waiters();
+    let until = tokio::time::Instant::now() + grace;
+    let open = loop {
+        let open = app.store.call(|c| store::leases_open(c)).await.unwrap_or_default();
+        if open.is_empty() || tokio::time::Instant::now() >= until {
+            break open;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    tracing::info!(interrupted = open.len(), grace_secs = grace.as_secs(), "stopping: workers drained");
+    for lease in open {
+        let id = lease.clone();
+        match app.store.call(move |c| store::lease_complete(c, &id, &AttemptOutcome::Interrupted, None)).await {
+            Ok(r) => {
+                tracing::info!(%lease, job = r.job.as_deref().unwrap_or_default(), "lease interrupted by the stop");
+                if let (Some(status), Some(job)) = (r.job_status, r.job) {
+                    on_status(app, &job, status);
+                }
+            }
+            Err(error) => tracing::error!(%lease, %error, "failed to interrupt a lease"),
+        }
+    }
+}
+
 /// Expires leases whose deadline passed, as failed attempts of their mini-batches.
 pub async fn reap_expired_leases(app: ControlRef) {
     let mut shutdown = app.shutdown.clone();
@@ -255,7 +318,7 @@ pub async fn reap_expired_leases(app: ControlRef) {
                         .await;
                     match result {
                         Ok(r) => {
-                            tracing::warn!(lease = %lease, "lease expired");
+                            tracing::warn!(lease = %lease, job = r.job.as_deref().unwrap_or_default(), "lease expired");
                             app.work_available.notify_waiters();
                             if let (Some(status), Some(job)) = (r.job_status, r.job) {
                                 on_status(&app, &job, status);

@@ -16,6 +16,9 @@ pub enum AttemptOutcome {
     LeaseExpired,
     /// `init()` failed before the mini-batch ran: the attempt is not counted against the mini-batch.
     InitFailed { reason: String },
+    /// A planned stop of the control plane ended the lease before its worker reported: not the
+    /// mini-batch's fault, so it is not counted against it.
+    Interrupted,
 }
 
 /// What the store does with the mini-batch after an attempt.
@@ -27,6 +30,8 @@ pub enum BatchNext {
     Retry,
     /// Back to pending without spending an attempt (the scorer never ran the mini-batch).
     Release,
+    /// Back to pending without spending an attempt or counting an `init()` failure (a planned stop).
+    Requeue,
     /// Every allowed attempt was spent: the mini-batch fails and its files count as failed items.
     GiveUp { reason: String },
 }
@@ -37,6 +42,7 @@ pub fn after_attempt(attempt: u32, max_retries: u32, outcome: &AttemptOutcome) -
     let reason = match outcome {
         AttemptOutcome::Succeeded { .. } => return BatchNext::Commit,
         AttemptOutcome::InitFailed { .. } => return BatchNext::Release,
+        AttemptOutcome::Interrupted => return BatchNext::Requeue,
         AttemptOutcome::Failed { reason } => reason.clone(),
         AttemptOutcome::TimedOut => "run() timed out".to_string(),
         AttemptOutcome::LeaseExpired => "the worker holding the mini-batch was lost (lease expired)".to_string(),
@@ -129,6 +135,7 @@ mod tests {
         let ok = AttemptOutcome::Succeeded { items_ok: 1, items_failed: 0 };
         assert_eq!(after_attempt(3, 3, &ok), BatchNext::Commit);
         assert_eq!(after_attempt(9, 3, &AttemptOutcome::InitFailed { reason: "x".into() }), BatchNext::Release);
+        assert_eq!(after_attempt(1, 1, &AttemptOutcome::Interrupted), BatchNext::Requeue);
         assert_eq!(after_attempt(1, 3, &AttemptOutcome::TimedOut), BatchNext::Retry);
         assert!(matches!(after_attempt(3, 3, &AttemptOutcome::LeaseExpired), BatchNext::GiveUp { .. }));
     }

@@ -32,13 +32,17 @@ pub struct Running {
     pub addr: SocketAddr,
     shutdown: watch::Sender<bool>,
     served: tokio::task::JoinHandle<anyhow::Result<()>>,
+    control: Arc<Control>,
     /// The workspace's lock, held while this control plane runs.
     _lock: std::fs::File,
 }
 
 impl Running {
-    /// Stops serving and waits for in-flight requests; stops the workers this control plane started.
+    /// Stops in order: grants no more leases and waits (up to the shutdown grace) for workers to report
+    /// what they hold, ends the leases still open without charging their mini-batches, then stops
+    /// serving, waits for in-flight requests and stops the workers this control plane started.
     pub async fn stop(self) -> anyhow::Result<()> {
+        cove_jobs::drain(&self.control, self.control.config.shutdown_grace).await;
         let _ = self.shutdown.send(true);
         self.served.await.context("server task panicked")?
     }
@@ -171,11 +175,13 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
         policy,
         tls: workspace_tls,
         shutdown: shutdown_rx.clone(),
+        draining: Default::default(),
+        metrics: Default::default(),
     });
-    let app = Arc::new(App::new(control, listeners, package_source));
+    let app = Arc::new(App::new(control.clone(), listeners, package_source));
     resume(&app, lost_jobs).await?;
     let served = tokio::spawn(serve(app, tcp, shutdown_rx));
-    Ok(Running { url, addr, shutdown: shutdown_tx, served, _lock: lock })
+    Ok(Running { url, addr, shutdown: shutdown_tx, served, control, _lock: lock })
 }
 
 /// What a start prepares before anything listens.

@@ -849,16 +849,18 @@ fn complete_in(
                 params![job, idx, reason],
             )?;
         }
-        BatchNext::Release => {
+        next @ (BatchNext::Release | BatchNext::Requeue) => {
             tx.exec(
                 "UPDATE batches SET state = 'pending', lease_id = NULL, lease_deadline_ms = NULL, attempts = attempts - 1
                  WHERE job = ?1 AND idx = ?2",
                 params![job, idx],
             )?;
-            tx.exec(
-                "UPDATE jobs SET init_failures = init_failures + 1, error = ?2 WHERE name = ?1",
-                params![job, reason],
-            )?;
+            if next == BatchNext::Release {
+                tx.exec(
+                    "UPDATE jobs SET init_failures = init_failures + 1, error = ?2 WHERE name = ?1",
+                    params![job, reason],
+                )?;
+            }
         }
         BatchNext::GiveUp { reason } => {
             tx.exec(
@@ -915,7 +917,17 @@ fn describe(outcome: &AttemptOutcome) -> (&'static str, Option<String>, u64, u64
         AttemptOutcome::TimedOut => ("timed_out", Some("run() timed out".into()), 0, 0),
         AttemptOutcome::LeaseExpired => ("lease_expired", Some("lease expired".into()), 0, 0),
         AttemptOutcome::InitFailed { reason } => ("init_failed", Some(reason.clone()), 0, 0),
+        AttemptOutcome::Interrupted => {
+            ("interrupted", Some("a planned stop of the control plane ended the lease; not counted".into()), 0, 0)
+        }
     }
+}
+
+/// Every lease still open, of any job.
+pub fn leases_open(conn: &Connection) -> StoreResult<Vec<String>> {
+    let mut stmt = conn.prepare_cached("SELECT lease_id FROM batches WHERE state = 'leased'")?;
+    let rows = stmt.query_map([], |r| r.get(0))?;
+    Ok(rows.collect::<Result<_, _>>()?)
 }
 
 /// Leases whose deadline has passed.

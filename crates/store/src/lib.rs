@@ -8,12 +8,14 @@ mod audit;
 pub mod auth;
 mod jobs;
 mod locations;
+mod metrics;
 mod migrations;
 mod resources;
 
 pub use audit::*;
 pub use jobs::*;
 pub use locations::*;
+pub use metrics::*;
 pub use resources::*;
 
 use rusqlite::{Connection, OptionalExtension};
@@ -109,6 +111,15 @@ pub fn meta_set(conn: &Connection, key: &str, value: &str) -> StoreResult<()> {
         "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
         [key, value],
     )?;
+    Ok(())
+}
+
+/// Writes to the store as any change does (taking its write lock), for a readiness probe: fails when
+/// another writer holds the lock past the busy timeout, or the file cannot be written.
+pub fn probe_writable(conn: &mut Connection) -> StoreResult<()> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    meta_set(&tx, "ready_probe_ms", &now_ms().to_string())?;
+    tx.commit()?;
     Ok(())
 }
 

@@ -94,6 +94,8 @@ pub async fn run(config: WorkerConfig) -> anyhow::Result<Ended> {
         let slot = slot::Slot::new(client.clone(), config.clone(), process, driver.clone(), hosts.clone());
         slots.spawn(slot.run());
     }
+    let job = config.job.as_deref().unwrap_or("any");
+    tracing::info!(job, node = %config.node, concurrency = config.concurrency, url = %config.url, "worker started");
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let result = loop {
         tokio::select! {
@@ -110,5 +112,9 @@ pub async fn run(config: WorkerConfig) -> anyhow::Result<Ended> {
     slots.abort_all();
     renewing.abort();
     kill_all_scorers();
+    match &result {
+        Ok(ended) => tracing::info!(job, node = %config.node, ?ended, "worker ended"),
+        Err(error) => tracing::error!(job, node = %config.node, error = format!("{error:#}"), "worker failed"),
+    }
     result
 }

@@ -31,6 +31,8 @@ pub struct ServerConfig {
     pub sandbox: cove_api::worker::SandboxMode,
     /// How deployments' environments are built.
     pub environments: EnvironmentSettings,
+    /// How long a planned stop waits for workers to finish the mini-batches they hold.
+    pub shutdown_grace: std::time::Duration,
 }
 
 /// Where environment builds get packages and which interpreters they may use.

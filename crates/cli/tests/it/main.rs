@@ -22,6 +22,7 @@ mod quickstart;
 mod resources;
 mod sandbox;
 mod scoring;
+mod service;
 mod slurm;
 mod studio;
 mod support;

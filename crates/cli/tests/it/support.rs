@@ -103,6 +103,9 @@ impl Workspace {
     fn start_at(dir: tempfile::TempDir, netns: Option<String>, args: &[&str], env: &[(&str, &str)]) -> Workspace {
         let mut server = Self::command(&netns)
             .args(["up", "--dir"])
+            // Tests stop control planes with work in flight all the time; a planned stop waits this long
+            // for it (the tests of planned stops set their own).
+            .env("COVE_SHUTDOWN_GRACE", "2")
             .arg(dir.path().join("ws"))
             .args(["--listen", "127.0.0.1:0"])
             .args(args)
@@ -152,6 +155,9 @@ impl Workspace {
     pub fn serve_again(&mut self, args: &[&str]) {
         let mut server = Command::new(COVE)
             .args(["up", "--dir"])
+            // Tests stop control planes with work in flight all the time; a planned stop waits this long
+            // for it (the tests of planned stops set their own).
+            .env("COVE_SHUTDOWN_GRACE", "2")
             .arg(self.path())
             .args(["--listen", "127.0.0.1:0"])
             .args(args)
@@ -697,8 +703,14 @@ impl ControlPlane {
     }
 
     pub fn start_logging(dir: &Path, log: Option<PathBuf>) -> ControlPlane {
+        Self::start_logging_with(dir, log, &[])
+    }
+
+    /// The same, with `env` set for `cove up` (and so for the workers it starts).
+    pub fn start_logging_with(dir: &Path, log: Option<PathBuf>, env: &[(&str, &str)]) -> ControlPlane {
         let port = free_port();
-        let mut cp = ControlPlane { dir: dir.to_path_buf(), port, child: None, log, env: Vec::new() };
+        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let mut cp = ControlPlane { dir: dir.to_path_buf(), port, child: None, log, env };
         cp.restart();
         cp
     }
@@ -714,6 +726,9 @@ impl ControlPlane {
         let said_before = std::fs::metadata(&log).map_or(0, |m| m.len());
         let mut child = Command::new(COVE)
             .args(["up", "--dir"])
+            // Tests stop control planes with work in flight all the time; a planned stop waits this long
+            // for it (the tests of planned stops set their own).
+            .env("COVE_SHUTDOWN_GRACE", "2")
             .arg(&self.dir)
             .args(["--listen", &format!("127.0.0.1:{}", self.port)])
             .envs(self.env.iter().map(|(k, v)| (k, v)))
