@@ -4,7 +4,7 @@
 //! otherwise by position: the model's inputs, in order, take the file's last columns, so leading
 //! columns such as ids are left out. A file with fewer columns than the model needs is refused.
 
-use crate::model::InputSpec;
+use crate::shape::InputSpec;
 
 /// For each model input, the indices of the file columns that feed it, in order.
 #[derive(Debug, Clone, PartialEq, Eq)]

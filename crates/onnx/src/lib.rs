@@ -10,6 +10,7 @@ mod columns;
 mod model;
 mod output;
 mod read;
+mod shape;
 pub mod synth;
 
 pub use columns::FeatureColumns;

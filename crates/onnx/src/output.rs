@@ -3,7 +3,7 @@
 //! reference's no-code driver writes `row,prediction,file`; class probabilities, when the model gives
 //! them, sit between the prediction and the file name so the file name stays last.
 
-use crate::model::OutputRoles;
+use crate::shape::OutputRoles;
 use tract_onnx::prelude::*;
 
 /// Float values in the precision the model produced them: a float64 model's outputs are written with

@@ -3,7 +3,7 @@
 //! row and column.
 
 use crate::columns::FeatureColumns;
-use crate::model::InputSpec;
+use crate::shape::InputSpec;
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Float32Type, Float64Type};
 use arrow_array::{Array, RecordBatch};

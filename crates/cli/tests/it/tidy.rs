@@ -224,3 +224,76 @@ fn the_control_plane_blocks_no_runtime_thread() {
     assert!(async_files >= 15, "only {async_files} files with async code were read");
     assert!(found.is_empty(), "blocking calls in async bodies: {found:#?}");
 }
+
+/// The modules of each crate use one another in one direction: no module reaches, through any chain of
+/// `crate::`/`super::` paths, back to itself (a crate root, which declares every module, is left out).
+#[test]
+fn no_crate_has_a_module_import_loop() {
+    let root = repo();
+    let mut crates_read = 0;
+    for krate in std::fs::read_dir(root.join("crates")).unwrap().flatten() {
+        let src = krate.path().join("src");
+        let Ok(entries) = std::fs::read_dir(&src) else { continue };
+        let mut uses: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+        let files: Vec<PathBuf> = entries.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "rs")).collect();
+        let names: Vec<String> = files.iter().map(|f| f.file_stem().unwrap().to_string_lossy().to_string()).collect();
+        for (file, name) in files.iter().zip(&names) {
+            if name == "lib" || name == "main" {
+                continue;
+            }
+            let text = std::fs::read_to_string(file).unwrap();
+            let code = text.split("#[cfg(test)]").next().unwrap();
+            // Every path that starts at the crate (or, from a top-level module, at its parent): its
+            // first segment, and each first segment of a `{…}` group.
+            let mut heads: Vec<String> = Vec::new();
+            for prefix in ["crate::", "super::"] {
+                for rest in code.split(prefix).skip(1) {
+                    match rest.strip_prefix('{') {
+                        Some(group) => heads.extend(
+                            group.split('}').next().unwrap().split(',').map(|p| p.trim().split("::").next().unwrap().to_string()),
+                        ),
+                        None => heads.push(rest.split(|c: char| !(c.is_alphanumeric() || c == '_')).next().unwrap().to_string()),
+                    }
+                }
+            }
+            let mut used: Vec<String> = names
+                .iter()
+                .filter(|other| *other != name && *other != "lib" && *other != "main" && heads.contains(other))
+                .cloned()
+                .collect();
+            used.dedup();
+            used.sort();
+            uses.insert(name.clone(), used);
+        }
+        crates_read += 1;
+        for module in uses.keys() {
+            assert!(!reaches(module, module, &uses, &mut Vec::new()), "{}: module `{module}` imports itself through {:?}", krate.path().display(), uses);
+        }
+    }
+    assert!(crates_read >= 14, "only {crates_read} crates were read");
+}
+
+/// Whether `to` is reached from `from` through `uses` (a depth-first walk, so a loop of any length).
+fn reaches(from: &str, to: &str, uses: &std::collections::BTreeMap<String, Vec<String>>, seen: &mut Vec<String>) -> bool {
+    for next in uses.get(from).into_iter().flatten() {
+        if next == to {
+            return true;
+        }
+        if !seen.contains(next) {
+            seen.push(next.clone());
+            if reaches(next, to, uses, seen) {
+                return true;
+            }
+        }
+    }
+    false
+}
+
+#[test]
+fn the_loop_finder_sees_a_loop() {
+    // A made-up crate where a uses b, b uses c and c uses a; d uses a and is in no loop.
+    let uses: std::collections::BTreeMap<String, Vec<String>> =
+        [("a", "b"), ("b", "c"), ("c", "a"), ("d", "a")].iter().map(|(m, u)| (m.to_string(), vec![u.to_string()])).collect();
+    let loops = |m: &str| reaches(m, m, &uses, &mut Vec::new());
+    assert!(loops("a") && loops("b") && loops("c") && !loops("d"));
+}
