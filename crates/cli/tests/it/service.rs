@@ -335,3 +335,33 @@ fn percent(q: &str) -> String {
         })
         .collect()
 }
+
+/// The systemd unit in `deploy/` is one systemd accepts as it is (`systemd-analyze verify`, pointed at
+/// the binary the tests built, reports nothing at all: unknown keys and bad values are only warnings
+/// there), and systemd waits longer before it kills Cove than Cove's own grace for a planned stop.
+#[test]
+fn the_service_unit_verifies_and_outwaits_the_shutdown_grace() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let unit = std::fs::read_to_string(root.join("deploy/cove.service")).unwrap();
+    let setting = |key: &str| -> String {
+        let found = unit.lines().find_map(|l| l.strip_prefix(&format!("{key}=")));
+        found.unwrap_or_else(|| panic!("no {key}= in the unit")).to_string()
+    };
+    let grace: u64 = setting("Environment=COVE_SHUTDOWN_GRACE").parse().unwrap();
+    let stop_timeout: u64 = setting("TimeoutStopSec").parse().unwrap();
+    assert!(stop_timeout >= grace + 10, "TimeoutStopSec={stop_timeout} leaves no time after the grace ({grace} s)");
+    assert_eq!(setting("KillMode"), "mixed", "SIGTERM goes to the control plane, which stops its workers itself");
+
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let here = unit.replace("/usr/local/bin/cove", crate::support::COVE);
+    assert_ne!(here, unit, "the unit runs /usr/local/bin/cove");
+    let copy = dir.path().join("cove.service");
+    std::fs::write(&copy, here).unwrap();
+    let verified = std::process::Command::new("systemd-analyze").args(["verify", "--man=no"]).arg(&copy).output().unwrap();
+    let said = String::from_utf8_lossy(&verified.stderr).to_string() + &String::from_utf8_lossy(&verified.stdout);
+    assert!(verified.status.success() && said.trim().is_empty(), "systemd-analyze verify: {said}");
+    // The check is real: a misspelt key is reported.
+    std::fs::write(&copy, std::fs::read_to_string(&copy).unwrap().replace("TimeoutStopSec=", "TimeoutStpSec=")).unwrap();
+    let misspelt = std::process::Command::new("systemd-analyze").args(["verify", "--man=no"]).arg(&copy).output().unwrap();
+    assert!(String::from_utf8_lossy(&misspelt.stderr).contains("Unknown key"), "{misspelt:?}");
+}
