@@ -256,20 +256,54 @@ pub async fn invoke(client: &Client, mut args: InvokeArgs, out: Output) -> anyho
     Ok(job)
 }
 
-pub async fn list(
-    client: &Client,
-    endpoint: Option<&str>,
-    deployment: Option<&str>,
-    out: Output,
-) -> anyhow::Result<()> {
+/// What `cove job list` asks for.
+#[derive(Debug, Clone)]
+pub struct ListFilter {
+    pub endpoint: Option<String>,
+    pub deployment: Option<String>,
+    pub status: Option<String>,
+    pub since: Option<String>,
+    pub max_results: u32,
+}
+
+impl Default for ListFilter {
+    fn default() -> Self {
+        ListFilter { endpoint: None, deployment: None, status: None, since: None, max_results: 100 }
+    }
+}
+
+/// The jobs a filter selects, newest first, read a page at a time (each page continues after the last
+/// job of the one before) until `max_results` or the end.
+async fn list_pages(client: &Client, f: &ListFilter) -> anyhow::Result<Vec<Job>> {
+    const PAGE: u32 = 1000;
     let mut query = Vec::new();
-    if let Some(e) = endpoint {
-        query.push(format!("endpoint={}", encode(e)));
+    for (key, value) in [("endpoint", &f.endpoint), ("deployment", &f.deployment), ("status", &f.status), ("since", &f.since)] {
+        if let Some(v) = value {
+            query.push(format!("{key}={}", encode(v)));
+        }
     }
-    if let Some(d) = deployment {
-        query.push(format!("deployment={}", encode(d)));
+    let mut list: Vec<Job> = Vec::new();
+    loop {
+        let want = (f.max_results as usize - list.len()).min(PAGE as usize);
+        if want == 0 {
+            return Ok(list);
+        }
+        let mut page_query = query.clone();
+        page_query.push(format!("limit={want}"));
+        if let Some(last) = list.last() {
+            page_query.push(format!("before={}", encode(&last.name)));
+        }
+        let page: Vec<Job> = client.get(&format!("/api/v1/jobs?{}", page_query.join("&"))).await?;
+        let ended = page.len() < want;
+        list.extend(page);
+        if ended {
+            return Ok(list);
+        }
     }
-    let list: Vec<Job> = client.get(&format!("/api/v1/jobs?{}", query.join("&"))).await?;
+}
+
+pub async fn list(client: &Client, filter: &ListFilter, out: Output) -> anyhow::Result<()> {
+    let list = list_pages(client, filter).await?;
     if out.json {
         return print_json(&list);
     }

@@ -534,6 +534,15 @@ enum JobCommand {
         endpoint_name: Option<String>,
         #[arg(short, long)]
         deployment_name: Option<String>,
+        /// Only jobs with this status (Completed, Failed, Canceled, Running, ...).
+        #[arg(long)]
+        status: Option<String>,
+        /// Only jobs created at or after this time (RFC 3339, or milliseconds since the epoch).
+        #[arg(long)]
+        since: Option<String>,
+        /// At most this many jobs, newest first, read page by page.
+        #[arg(long, default_value_t = 100)]
+        max_results: u32,
     },
     Show {
         #[command(flatten)]
@@ -867,7 +876,7 @@ async fn endpoint_command(client: &cove_api::Client, command: EndpointCommand, o
         EndpointCommand::Create { file, name } => resources::endpoint_create(client, &file, name, out).await?,
         EndpointCommand::List => resources::endpoint_list(client, out).await?,
         EndpointCommand::Show { name } => resources::endpoint_show(client, &name.get(), out).await?,
-        EndpointCommand::ListJobs { name } => jobs::list(client, Some(&name.get()), None, out).await?,
+        EndpointCommand::ListJobs { name } => jobs::list(client, &jobs::ListFilter { endpoint: Some(name.get()), ..Default::default() }, out).await?,
         EndpointCommand::Update { name, sets } => {
             resources::endpoint_update(client, &name, &sets, out).await?
         }
@@ -986,8 +995,9 @@ async fn data_command(client: &cove_api::Client, command: DataCommand, out: Outp
 
 async fn job_command(client: &cove_api::Client, command: JobCommand, out: Output) -> anyhow::Result<i32> {
     match command {
-        JobCommand::List { endpoint_name, deployment_name } => {
-            jobs::list(client, endpoint_name.as_deref(), deployment_name.as_deref(), out).await?
+        JobCommand::List { endpoint_name, deployment_name, status, since, max_results } => {
+            let filter = jobs::ListFilter { endpoint: endpoint_name, deployment: deployment_name, status, since, max_results };
+            jobs::list(client, &filter, out).await?
         }
         JobCommand::Show { name } => {
             jobs::show(client, &name.get(), out).await?;

@@ -335,15 +335,7 @@ pub async fn list_audit(
             "an endpoint-scoped token cannot read the audit log",
         ));
     }
-    let since = match q.since.as_deref() {
-        None => 0,
-        Some(s) => s
-            .parse::<i64>()
-            .or_else(|_| chrono::DateTime::parse_from_rfc3339(s).map(|t| t.timestamp_millis()))
-            .map_err(|_| {
-                ApiError::invalid(format!("since: `{s}` is not a time (RFC 3339, e.g. 2026-01-31T12:00:00Z)"))
-            })?,
-    };
+    let since = parse_since(q.since.as_deref())?.unwrap_or(0);
     let limit = q.limit.unwrap_or(1000).min(10_000);
     let rows = app.store.call(move |c| store::audit_since(c, since, limit)).await?;
     Ok(Json(rows.into_iter().map(|(ts, e)| AuditEntry { time: logs::timestamp(ts), ..e }).collect()))
@@ -352,4 +344,13 @@ pub async fn list_audit(
 pub async fn diagnose(State(app): State<AppRef>, user: User) -> JsonResult<Vec<Check>> {
     user.require(Role::Reader, None)?;
     Ok(Json(crate::diagnose::run(&app).await?))
+}
+
+/// A `since` query parameter: milliseconds since the epoch, or an RFC 3339 time.
+pub fn parse_since(since: Option<&str>) -> ApiResult<Option<i64>> {
+    let Some(s) = since else { return Ok(None) };
+    s.parse::<i64>()
+        .or_else(|_| chrono::DateTime::parse_from_rfc3339(s).map(|t| t.timestamp_millis()))
+        .map(Some)
+        .map_err(|_| ApiError::invalid(format!("since: `{s}` is not a time (RFC 3339, e.g. 2026-01-31T12:00:00Z)")))
 }

@@ -534,16 +534,52 @@ async fn job_row(app: &AppRef, user: &User, name: &str) -> ApiResult<JobRow> {
 pub struct ListQuery {
     endpoint: Option<String>,
     deployment: Option<String>,
+    /// A job status (`Completed`, `Failed`, ...).
+    status: Option<String>,
+    /// Milliseconds since the epoch, or an RFC 3339 time: jobs created then or later.
+    since: Option<String>,
+    /// The last job of the page before: the next page starts after it.
+    before: Option<String>,
     limit: Option<u32>,
 }
 
-/// Jobs, newest first, as a bare array like every other list of the API.
+/// Jobs, newest first, as a bare array like every other list of the API; a page of `limit` (100 by
+/// default, 1,000 at most) continues with `before=<its last job>`.
 pub async fn list(State(app): State<AppRef>, user: User, Query(q): Query<ListQuery>) -> JsonResult<Vec<Job>> {
     let endpoint = q.endpoint.map(|e| e.to_ascii_lowercase()).or(user.0.endpoint.clone());
     user.require(Role::Reader, endpoint.as_deref())?;
     let deployment = q.deployment.map(|d| d.to_ascii_lowercase());
     let limit = q.limit.unwrap_or(100).min(1000);
-    let rows = app.store.call(move |c| store::job_list(c, endpoint.as_deref(), deployment.as_deref(), limit)).await?;
+    let status = match q.status.as_deref() {
+        None => None,
+        Some(s) => Some(
+            cove_model::JobStatus::parse(s)
+                .ok_or_else(|| ApiError::invalid(format!("status: `{s}` is not a job status (Completed, Failed, Running, ...)")))?
+                .as_str()
+                .to_string(),
+        ),
+    };
+    let since = super::admin::parse_since(q.since.as_deref())?;
+    if let Some(before) = q.before.clone() {
+        let known = app.store.call(move |c| store::job_get(c, &before)).await?;
+        if known.is_none() {
+            return Err(ApiError::invalid(format!("before: job `{}` does not exist", q.before.unwrap_or_default())));
+        }
+    }
+    let before = q.before;
+    let rows = app
+        .store
+        .call(move |c| {
+            let filter = store::JobFilter {
+                endpoint: endpoint.as_deref(),
+                deployment: deployment.as_deref(),
+                status: status.as_deref(),
+                since_ms: since,
+                before: before.as_deref(),
+            };
+            store::job_page(c, &filter, limit)
+        })
+        .await?;
     let mut jobs = Vec::with_capacity(rows.len());
     for row in rows {
         jobs.push(render(&app, row, false, false).await?);

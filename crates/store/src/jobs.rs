@@ -181,12 +181,32 @@ pub fn job_list(
     deployment: Option<&str>,
     limit: u32,
 ) -> StoreResult<Vec<JobRow>> {
+    job_page(conn, &JobFilter { endpoint, deployment, ..Default::default() }, limit)
+}
+
+/// Which jobs a listing takes, newest first.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct JobFilter<'a> {
+    pub endpoint: Option<&'a str>,
+    pub deployment: Option<&'a str>,
+    pub status: Option<&'a str>,
+    /// Created at or after this time (ms since the epoch).
+    pub since_ms: Option<i64>,
+    /// Only jobs created before this one: the continuation of a page that ended with it.
+    pub before: Option<&'a str>,
+}
+
+/// A page of jobs, newest first. A page continues from its predecessor's last job by `seq` (no
+/// OFFSET), so the rows of earlier pages are not read again.
+pub fn job_page(conn: &Connection, f: &JobFilter<'_>, limit: u32) -> StoreResult<Vec<JobRow>> {
     let sql = format!(
         "SELECT {JOB_COLUMNS} FROM jobs WHERE (?1 IS NULL OR endpoint = ?1) AND (?2 IS NULL OR deployment = ?2)
-         ORDER BY seq DESC LIMIT ?3"
+         AND (?3 IS NULL OR status = ?3) AND (?4 IS NULL OR created_ms >= ?4)
+         AND (?5 IS NULL OR seq < (SELECT seq FROM jobs WHERE name = ?5))
+         ORDER BY seq DESC LIMIT ?6"
     );
     let mut stmt = conn.prepare_cached(&sql)?;
-    let rows = stmt.query_map(params![endpoint, deployment, limit], job_from_row)?;
+    let rows = stmt.query_map(params![f.endpoint, f.deployment, f.status, f.since_ms, f.before, limit], job_from_row)?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
 

@@ -365,3 +365,57 @@ fn the_service_unit_verifies_and_outwaits_the_shutdown_grace() {
     let misspelt = std::process::Command::new("systemd-analyze").args(["verify", "--man=no"]).arg(&copy).output().unwrap();
     assert!(String::from_utf8_lossy(&misspelt.stderr).contains("Unknown key"), "{misspelt:?}");
 }
+
+/// Job history: `cove job list` filters by status and creation time and takes the newest
+/// `--max-results`; the API pages with `limit` and continues with `before=<the page's last job>`,
+/// every job once, newest first.
+#[test]
+fn job_history_filters_and_pages() {
+    let ws = Workspace::start();
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let p = Project::new(dir.path(), "history", LIST_SCRIPT, "");
+    p.deploy(&ws);
+    let inputs = p.inputs(1).display().to_string();
+    let mut jobs: Vec<serde_json::Value> = Vec::new();
+    for _ in 0..5 {
+        let run = ws.cove(&["--json", "endpoint", "invoke", "history", "--input", &inputs]);
+        jobs.push(ws.wait_job(run.ok().json()["name"].as_str().unwrap()));
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let names = |list: &serde_json::Value| -> Vec<String> {
+        list.as_array().unwrap().iter().map(|j| j["name"].as_str().unwrap().to_string()).collect()
+    };
+    let newest_first: Vec<String> = jobs.iter().rev().map(|j| j["name"].as_str().unwrap().to_string()).collect();
+
+    let two = ws.cove(&["--json", "job", "list", "--max-results", "2"]).ok().json();
+    assert_eq!(names(&two), newest_first[..2]);
+    let done = ws.cove(&["--json", "job", "list", "--status", "completed"]).ok().json();
+    assert_eq!(names(&done), newest_first);
+    let failed = ws.cove(&["--json", "job", "list", "--status", "Failed"]).ok().json();
+    assert_eq!(names(&failed), Vec::<String>::new());
+    ws.cove(&["job", "list", "--status", "Finished"]).fails_with(2, "status: `Finished` is not a job status");
+    let since = jobs[3]["created_at"].as_str().unwrap();
+    let recent = ws.cove(&["--json", "job", "list", "--since", since]).ok().json();
+    assert_eq!(names(&recent), newest_first[..2], "created at or after {since}");
+
+    let mut paged: Vec<String> = Vec::new();
+    let mut pages = 0;
+    loop {
+        let path = match paged.last() {
+            Some(last) => format!("/api/v1/jobs?limit=2&before={last}"),
+            None => "/api/v1/jobs?limit=2".to_string(),
+        };
+        let (status, page) = ws.http("GET", &path, None, &[]);
+        assert_eq!(status, 200, "{page}");
+        pages += 1;
+        let got = names(&page);
+        let last_page = got.len() < 2;
+        paged.extend(got);
+        if last_page {
+            break;
+        }
+    }
+    assert_eq!((paged, pages), (newest_first, 3));
+    let (status, body) = ws.http("GET", "/api/v1/jobs?before=no-such-job", None, &[]);
+    assert_eq!(status, 400, "{body}");
+}
