@@ -30,6 +30,11 @@ pub enum StoreError {
     Corrupt(#[from] serde_json::Error),
     #[error("state store task was lost")]
     Join(#[from] tokio::task::JoinError),
+    /// A store a newer Cove wrote: opened by this one, it is left as it is.
+    #[error(
+        "the state store has schema version {found}, newer than this Cove knows ({known}): a newer Cove wrote it; run that version (or restore a backup this version made), this one changes nothing in it"
+    )]
+    NewerSchema { found: usize, known: usize },
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;

@@ -187,8 +187,12 @@ const MIGRATIONS: &[&str] = &[
 ];
 
 /// Brings the schema up to date, one transaction per migration.
-pub fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
+/// Brings the schema up to this version's; refuses, changing nothing, a schema newer than it knows.
+pub fn migrate(conn: &mut Connection) -> crate::StoreResult<()> {
     let current: usize = conn.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))? as usize;
+    if current > MIGRATIONS.len() {
+        return Err(crate::StoreError::NewerSchema { found: current, known: MIGRATIONS.len() });
+    }
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(current) {
         let tx = conn.transaction()?;
         tx.execute_batch(sql)?;
@@ -200,6 +204,36 @@ pub fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
 
 #[cfg(test)]
 mod tests {
+    /// A store made by the first schema (the recorded migrations are the older schemas) is migrated to
+    /// this version's, keeping its rows; one a newer Cove wrote is refused and left as it was.
+    #[test]
+    fn an_older_schema_migrates_forward_and_a_newer_one_is_refused() {
+        let mut conn = rusqlite::Connection::open_in_memory().unwrap();
+        conn.execute_batch(super::MIGRATIONS[0]).unwrap();
+        conn.pragma_update(None, "user_version", 1).unwrap();
+        conn.execute("INSERT INTO meta (key, value) VALUES ('created', '1')", []).unwrap();
+        conn.execute(
+            "INSERT INTO jobs (name, seq, endpoint, deployment, compute, status, record, created_ms)
+             VALUES ('old-job', 1, 'ep', 'blue', 'local', 'Completed', '{}', 1)",
+            [],
+        )
+        .unwrap();
+        super::migrate(&mut conn).unwrap();
+        let v: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+        assert_eq!(v as usize, super::MIGRATIONS.len());
+        let kept: (String, String) =
+            conn.query_row("SELECT name, status FROM jobs", [], |r| Ok((r.get(0)?, r.get(1)?))).unwrap();
+        assert_eq!(kept, ("old-job".to_string(), "Completed".to_string()));
+
+        let newer = super::MIGRATIONS.len() as i64 + 1;
+        conn.pragma_update(None, "user_version", newer).unwrap();
+        let refused = super::migrate(&mut conn).unwrap_err();
+        assert!(matches!(refused, crate::StoreError::NewerSchema { .. }), "{refused}");
+        assert!(refused.to_string().contains("a newer Cove wrote it"), "{refused}");
+        let v: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+        assert_eq!(v, newer, "the newer store is left as it was");
+    }
+
     /// The audit log is append-only in the schema itself: no statement changes or removes an entry.
     #[test]
     fn the_audit_log_refuses_changes_and_deletions() {

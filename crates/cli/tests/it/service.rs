@@ -419,3 +419,29 @@ fn job_history_filters_and_pages() {
     let (status, body) = ws.http("GET", "/api/v1/jobs?before=no-such-job", None, &[]);
     assert_eq!(status, 400, "{body}");
 }
+
+/// A workspace a newer Cove wrote is refused by this one at start, with the reason, and left as it was.
+#[test]
+fn a_newer_workspace_is_refused_and_left_alone() {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let ws = dir.path().join("ws");
+    let mut cp = ControlPlane::start(&ws);
+    assert!(cp.stop().success());
+    let db = rusqlite::Connection::open(ws.join("state/cove.db")).unwrap();
+    let version: i64 = db.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+    assert!(version > 0, "the store has a schema version");
+    db.pragma_update(None, "user_version", version + 1).unwrap();
+    drop(db);
+    let out = std::process::Command::new(crate::support::COVE)
+        .args(["up", "--dir"])
+        .arg(&ws)
+        .args(["--listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a newer store must not be served: {said}");
+    assert!(said.contains(&format!("schema version {}, newer than this Cove knows ({version})", version + 1)), "{said}");
+    let db = rusqlite::Connection::open(ws.join("state/cove.db")).unwrap();
+    let after: i64 = db.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+    assert_eq!(after, version + 1, "left as it was");
+}
