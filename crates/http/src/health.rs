@@ -25,7 +25,9 @@ pub async fn healthz() -> Json<serde_json::Value> {
 /// Whether this control plane can do its work now: 200 when every check passes, else 503; the body
 /// names each check either way.
 pub async fn readyz(State(app): State<AppRef>) -> (StatusCode, Json<Readiness>) {
-    let mut checks = vec![store_check(&app).await];
+    let stopping = app.draining.load(std::sync::atomic::Ordering::SeqCst);
+    let serving = if stopping { Err("a planned stop is under way: no new work is taken".to_string()) } else { Ok("taking work".to_string()) };
+    let mut checks = vec![check("serving", serving), store_check(&app).await];
     checks.extend(certificate_checks(&app).await);
     checks.extend(compute_checks(&app).await);
     let ready = checks.iter().all(|c| c.ready);

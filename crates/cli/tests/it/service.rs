@@ -445,3 +445,38 @@ fn a_newer_workspace_is_refused_and_left_alone() {
     let after: i64 = db.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
     assert_eq!(after, version + 1, "left as it was");
 }
+
+/// While a planned stop waits for workers, `/readyz` says so (503, `serving` not ready), so a load
+/// balancer sends invocations elsewhere.
+#[test]
+fn readiness_turns_off_while_a_stop_drains() {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let mut cp = ControlPlane::start_logging_with(&dir.path().join("ws"), None, &[("COVE_SHUTDOWN_GRACE", "60")]);
+    let job = start_slow_job(&cp, dir.path(), 4, 2);
+    let client = https(&cp.dir);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let ready = || -> (u16, serde_json::Value) {
+        rt.block_on(async {
+            let r = client.get(format!("https://127.0.0.1:{}/readyz", cp.port)).send().await.unwrap();
+            (r.status().as_u16(), r.json().await.unwrap())
+        })
+    };
+    assert_eq!(ready().0, 200);
+    crate::support::kill(cp.pid(), "TERM");
+    let start = std::time::Instant::now();
+    let (status, body) = loop {
+        let (status, body) = ready();
+        if status == 503 {
+            break (status, body);
+        }
+        assert!(start.elapsed().as_secs() < 3, "still ready while stopping: {body:#}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let serving = body["checks"].as_array().unwrap().iter().find(|c| c["name"] == "serving").unwrap();
+    assert_eq!((status, &serving["ready"]), (503, &false.into()), "{body:#}");
+    assert!(cp.stop().success());
+    cp.restart();
+    let (shown, lines) = finished(&cp, &job);
+    assert_eq!(lines, vec!["file-000.txt", "file-001.txt"]);
+    assert_eq!(outcomes(&shown), vec!["succeeded"; 2], "{shown:#}");
+}
