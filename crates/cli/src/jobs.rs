@@ -589,3 +589,38 @@ pub async fn rerun(client: &Client, name: &str, failed_only: bool, follow: bool,
     }
     Ok(job)
 }
+
+/// Prints the user logs of a job (`user/stdout/...`, `user/stderr/...`), each file under a header the
+/// first time it has something; with `follow`, polls until the job ends and prints only what is new.
+pub async fn logs(client: &Client, name: &str, follow: bool) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut printed: std::collections::BTreeMap<String, usize> = Default::default();
+    loop {
+        // Whether the job had ended before this pass looked: then this pass sees everything there is.
+        let ended = get(client, name).await?.status.is_terminal();
+        let files: Vec<FileEntry> = client.get(&format!("/api/v1/jobs/{}/outputs/logs", encode(name))).await?;
+        for f in files.iter().filter(|f| f.path.starts_with("user/stdout/") || f.path.starts_with("user/stderr/")) {
+            let done = printed.get(&f.path).copied().unwrap_or(0);
+            if f.size as usize <= done {
+                continue;
+            }
+            let url = format!(
+                "/api/v1/jobs/{}/outputs/logs/{}",
+                encode(name),
+                f.path.split('/').map(encode).collect::<Vec<_>>().join("/")
+            );
+            let bytes = client.get_bytes(&url).await?;
+            let mut stdout = std::io::stdout().lock();
+            if done == 0 {
+                writeln!(stdout, "==> {} <==", f.path)?;
+            }
+            stdout.write_all(bytes.get(done..).unwrap_or_default())?;
+            stdout.flush()?;
+            printed.insert(f.path.clone(), bytes.len());
+        }
+        if !follow || ended {
+            return Ok(());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+}

@@ -578,6 +578,14 @@ enum JobCommand {
         #[arg(long, default_value = ".")]
         download_path: PathBuf,
     },
+    /// Print what the job's scoring script wrote to stdout and stderr, file by file.
+    Logs {
+        #[command(flatten)]
+        name: NameArg,
+        /// Keep printing what the workers upload until the job ends.
+        #[arg(long, short)]
+        follow: bool,
+    },
 }
 
 fn main() {
@@ -1017,6 +1025,7 @@ async fn job_command(client: &cove_api::Client, command: JobCommand, out: Output
             let outputs: Vec<&str> = if all { vec!["score", "logs"] } else { vec![output_name.as_str()] };
             jobs::download(client, &name.get(), &outputs, &download_path, out).await?;
         }
+        JobCommand::Logs { name, follow } => jobs::logs(client, &name.get(), follow).await?,
     }
     Ok(exit_code::OK)
 }

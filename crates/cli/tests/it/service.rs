@@ -480,3 +480,27 @@ fn readiness_turns_off_while_a_stop_drains() {
     assert_eq!(lines, vec!["file-000.txt", "file-001.txt"]);
     assert_eq!(outcomes(&shown), vec!["succeeded"; 2], "{shown:#}");
 }
+
+/// `cove job logs` prints what the scoring script printed, file by file; `--follow`, started while the
+/// job runs, prints each line once as the workers upload it and ends when the job does.
+#[test]
+fn job_logs_print_and_follow_what_the_script_printed() {
+    let ws = Workspace::start();
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let script = "import os, time\n\ndef init():\n    pass\n\ndef run(mini_batch):\n    for p in mini_batch:\n        print('scored ' + os.path.basename(p), flush=True)\n    time.sleep(1)\n    return [os.path.basename(p) for p in mini_batch]\n";
+    let p = Project::new(dir.path(), "chatty", script, "mini_batch_size: 1\nmax_concurrency_per_instance: 1");
+    p.deploy(&ws);
+    let run = ws.cove(&["--json", "endpoint", "invoke", "chatty", "--input", &p.inputs(3).display().to_string()]);
+    let job = run.ok().json()["name"].as_str().unwrap().to_string();
+    let followed = ws.cove(&["job", "logs", &job, "--follow"]);
+    let shown = ws.cove(&["--json", "job", "show", &job]).ok().json();
+    assert_eq!(shown["status"], "Completed", "--follow ends with the job: {shown:#}");
+    let text = followed.ok().stdout.clone();
+    for i in 0..3 {
+        let line = format!("scored file-{i:03}.txt");
+        assert_eq!(text.lines().filter(|l| *l == line).count(), 1, "{line} once:\n{text}");
+    }
+    assert_eq!(text.lines().filter(|l| l.starts_with("==> user/stdout/local-0/process000")).count(), 1, "{text}");
+    let again = ws.cove(&["job", "logs", &job]);
+    assert_eq!(again.ok().stdout, text, "the same logs, printed once the job ended");
+}
