@@ -523,12 +523,7 @@ pub async fn download(
         for f in files {
             let rel: PathBuf = f.path.split('/').filter(|s| !s.is_empty() && *s != "." && *s != "..").collect();
             let target = root.join(rel);
-            let url = format!(
-                "/api/v1/jobs/{}/outputs/{output}/{}",
-                encode(name),
-                f.path.split('/').map(encode).collect::<Vec<_>>().join("/")
-            );
-            let bytes = client.get_bytes(&url).await?;
+            let bytes = client.get_bytes(&output_file_url(name, output, &f.path)).await?;
             std::fs::create_dir_all(target.parent().expect("under root"))?;
             std::fs::write(&target, &bytes).with_context(|| format!("failed to write {}", target.display()))?;
             written.push(target);
@@ -590,6 +585,12 @@ pub async fn rerun(client: &Client, name: &str, failed_only: bool, follow: bool,
     Ok(job)
 }
 
+/// The API path of one file of a job's output, each segment encoded.
+fn output_file_url(job: &str, output: &str, path: &str) -> String {
+    let segments: Vec<String> = path.split('/').map(encode).collect();
+    format!("/api/v1/jobs/{}/outputs/{output}/{}", encode(job), segments.join("/"))
+}
+
 /// Prints the user logs of a job (`user/stdout/...`, `user/stderr/...`), each file under a header the
 /// first time it has something; with `follow`, polls until the job ends and prints only what is new.
 pub async fn logs(client: &Client, name: &str, follow: bool) -> anyhow::Result<()> {
@@ -604,12 +605,7 @@ pub async fn logs(client: &Client, name: &str, follow: bool) -> anyhow::Result<(
             if f.size as usize <= done {
                 continue;
             }
-            let url = format!(
-                "/api/v1/jobs/{}/outputs/logs/{}",
-                encode(name),
-                f.path.split('/').map(encode).collect::<Vec<_>>().join("/")
-            );
-            let bytes = client.get_bytes(&url).await?;
+            let bytes = client.get_bytes(&output_file_url(name, "logs", &f.path)).await?;
             let mut stdout = std::io::stdout().lock();
             if done == 0 {
                 writeln!(stdout, "==> {} <==", f.path)?;

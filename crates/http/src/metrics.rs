@@ -1,5 +1,5 @@
-//! `GET /metrics`: the Prometheus exposition (text format 0.0.4), for a token of any user role (a
-//! reader's is enough), and the request counting that feeds `cove_http_requests_total`.
+//! `GET /metrics`: the Prometheus exposition (text format 0.0.4), for a workspace-wide token of any
+//! user role (a reader's is enough; an endpoint-scoped one is refused), and the request counting that feeds `cove_http_requests_total`.
 
 use crate::{ApiResult, AppRef, User};
 use axum::extract::State;
@@ -10,6 +10,13 @@ pub async fn metrics(
     user: User,
 ) -> ApiResult<([(axum::http::HeaderName, &'static str); 1], String)> {
     user.require(Role::Reader, None)?;
+    // Labels name every endpoint's deployments and computes: workspace-wide, as the audit log is.
+    if user.0.endpoint.is_some() {
+        return Err(crate::ApiError::new(
+            crate::ErrorCode::PermissionDenied,
+            "an endpoint-scoped token cannot read the workspace's metrics",
+        ));
+    }
     let snapshot = app.store.call(|c| cove_store::metrics_snapshot(c)).await?;
     let body = app.metrics.render(&snapshot).map_err(|e| crate::ApiError::internal("render the metrics", e))?;
     Ok(([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body))

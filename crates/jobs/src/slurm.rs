@@ -5,7 +5,7 @@
 use crate::ControlRef;
 use cove_api::ComputeSpec;
 use cove_compute::slurm::{describe, tasks, Task};
-use cove_compute::{Backend, ComputeError, JobWorkers, Slurm};
+use cove_compute::{Backend, JobWorkers, Slurm};
 use cove_model::AttemptOutcome;
 use cove_store as store;
 use std::time::Duration;
@@ -129,15 +129,13 @@ pub async fn follow(app: ControlRef, job: String, compute: String, spec: Compute
     }
 }
 
-async fn submit_for(app: &ControlRef, row: &store::JobRow, backend: &Slurm) -> Result<String, ComputeError> {
+/// Submits the job's array job and records its id; the error is the reason a job failed for it.
+async fn submit_for(app: &ControlRef, row: &store::JobRow, backend: &Slurm) -> Result<String, String> {
     let s = &row.record.settings;
     let workers = JobWorkers { job: &row.name, instances: s.instance_count, concurrency: s.max_concurrency_per_instance };
-    let id = backend.start(workers).await?.unwrap_or_default();
+    let id = backend.start(workers).await.map_err(|e| e.to_string())?.unwrap_or_default();
     let (name, reference) = (row.name.clone(), id.clone());
-    app.store
-        .call(move |c| store::job_set_compute_ref(c, &name, &reference))
-        .await
-        .map_err(|e| ComputeError::Refused(e.to_string()))?;
+    app.store.call(move |c| store::job_set_compute_ref(c, &name, &reference)).await.map_err(|e| e.to_string())?;
     Ok(id)
 }
 

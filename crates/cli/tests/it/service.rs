@@ -230,6 +230,11 @@ fn prometheus_scrapes_the_metrics_over_tls_with_a_token() {
     let (status, exposition) = scrape(&reader);
     assert_eq!(status, 200, "{exposition}");
     assert_eq!(scrape("not-a-token").0, 401);
+    // The exposition covers every endpoint's deployments: a token scoped to one endpoint reads none of it.
+    let scoped = ws.cove(&["token", "create", "--role", "reader", "--endpoint-name", "watched"]).ok().stdout.trim().to_string();
+    let (status, refused) = scrape(&scoped);
+    assert_eq!(status, 403, "{refused}");
+    assert!(refused.contains("endpoint-scoped"), "{refused}");
     for line in [
         "cove_jobs{status=\"Completed\"} 1",
         "cove_minibatch_attempts_total{compute=\"local\",outcome=\"succeeded\"} 3",
@@ -298,7 +303,7 @@ fn prometheus_scrapes_the_metrics_over_tls_with_a_token() {
         std::thread::sleep(std::time::Duration::from_millis(100));
     };
     let query = |q: &str| -> serde_json::Value {
-        let url = format!("{api}/api/v1/query?query={}", percent(q));
+        let url = format!("{api}/api/v1/query?query={}", cove_api::encode(q));
         rt.block_on(async { crate::support::plain_http().get(url).send().await.unwrap().json().await.unwrap() })
     };
     let value = |q: &str| -> Option<String> {
@@ -326,15 +331,6 @@ impl Drop for StopsOnDrop {
     }
 }
 
-/// Percent-encodes a PromQL query for a URL's query string.
-fn percent(q: &str) -> String {
-    q.bytes()
-        .map(|b| match b {
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'_' | b'-' | b'.' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
 
 /// The systemd unit in `deploy/` is one systemd accepts as it is (`systemd-analyze verify`, pointed at
 /// the binary the tests built, reports nothing at all: unknown keys and bad values are only warnings
