@@ -87,7 +87,8 @@ pub async fn compute_list(client: &Client, out: Output) -> anyhow::Result<()> {
 pub async fn compute_create(client: &Client, file: &std::path::Path, out: Output) -> anyhow::Result<()> {
     let text = crate::resources::read_yaml(file)?;
     cove_spec::check_untrusted_yaml(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
-    let doc: serde_norway::Value = serde_norway::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+    let doc: serde_norway::Value =
+        serde_norway::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
     let bad = |e: serde_norway::Error| anyhow::anyhow!("{}: {e}", file.display());
     let compute: Compute = match doc.get("type").and_then(|t| t.as_str()) {
         Some("amlcompute") => {

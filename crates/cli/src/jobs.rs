@@ -277,7 +277,9 @@ impl Default for ListFilter {
 async fn list_pages(client: &Client, f: &ListFilter) -> anyhow::Result<Vec<Job>> {
     const PAGE: u32 = 1000;
     let mut query = Vec::new();
-    for (key, value) in [("endpoint", &f.endpoint), ("deployment", &f.deployment), ("status", &f.status), ("since", &f.since)] {
+    for (key, value) in
+        [("endpoint", &f.endpoint), ("deployment", &f.deployment), ("status", &f.status), ("since", &f.since)]
+    {
         if let Some(v) = value {
             query.push(format!("{key}={}", encode(v)));
         }

@@ -729,11 +729,8 @@ async fn up(args: UpArgs) -> anyhow::Result<i32> {
     // so they are made absolute once, now.
     let dir = absolute(&dir)?;
     let config = config.as_deref().map(absolute).transpose()?;
-    let python = if python.contains('/') {
-        absolute(std::path::Path::new(&python))?.display().to_string()
-    } else {
-        python
-    };
+    let python =
+        if python.contains('/') { absolute(std::path::Path::new(&python))?.display().to_string() } else { python };
     let config = cove_server::ServerConfig {
         dir: dir.clone(),
         listen,
@@ -767,8 +764,7 @@ async fn up(args: UpArgs) -> anyhow::Result<i32> {
 async fn worker(args: WorkerArgs, target: connect::Target) -> anyhow::Result<i32> {
     let WorkerArgs { worker_token, client_cert, client_key, job, node, concurrency, work_dir } = args;
     let work_dir = absolute(&work_dir)?;
-    let control_plane =
-        target.url.clone().ok_or_else(|| anyhow::anyhow!("cove worker needs --url (or COVE_URL)"))?;
+    let control_plane = target.url.clone().ok_or_else(|| anyhow::anyhow!("cove worker needs --url (or COVE_URL)"))?;
     let ca_file = target
         .ca_file
         .clone()
@@ -884,10 +880,10 @@ async fn endpoint_command(client: &cove_api::Client, command: EndpointCommand, o
         EndpointCommand::Create { file, name } => resources::endpoint_create(client, &file, name, out).await?,
         EndpointCommand::List => resources::endpoint_list(client, out).await?,
         EndpointCommand::Show { name } => resources::endpoint_show(client, &name.get(), out).await?,
-        EndpointCommand::ListJobs { name } => jobs::list(client, &jobs::ListFilter { endpoint: Some(name.get()), ..Default::default() }, out).await?,
-        EndpointCommand::Update { name, sets } => {
-            resources::endpoint_update(client, &name, &sets, out).await?
+        EndpointCommand::ListJobs { name } => {
+            jobs::list(client, &jobs::ListFilter { endpoint: Some(name.get()), ..Default::default() }, out).await?
         }
+        EndpointCommand::Update { name, sets } => resources::endpoint_update(client, &name, &sets, out).await?,
         EndpointCommand::Delete { name, yes } => {
             let name = name.get();
             if !yes && !confirm(&format!("Delete endpoint {name} and its deployments (its jobs are kept)?"))? {
@@ -910,8 +906,7 @@ async fn endpoint_command(client: &cove_api::Client, command: EndpointCommand, o
 async fn deployment_command(client: &cove_api::Client, command: DeploymentCommand, out: Output) -> anyhow::Result<i32> {
     match command {
         DeploymentCommand::Create { file, endpoint_name, name, set_default, skip_script_validation } => {
-            let args =
-                resources::DeploymentCreate { file, endpoint_name, name, set_default, skip_script_validation };
+            let args = resources::DeploymentCreate { file, endpoint_name, name, set_default, skip_script_validation };
             resources::deployment_create(client, args, out).await?
         }
         DeploymentCommand::Update { file: Some(file), endpoint_name, name, .. } => {
@@ -928,9 +923,7 @@ async fn deployment_command(client: &cove_api::Client, command: DeploymentComman
             let (name, endpoint) = (name.expect("clap requires it"), endpoint_name.expect("clap requires it"));
             resources::deployment_update(client, &endpoint, &name, &sets, out).await?
         }
-        DeploymentCommand::List { endpoint_name } => {
-            resources::deployment_list(client, &endpoint_name, out).await?
-        }
+        DeploymentCommand::List { endpoint_name } => resources::deployment_list(client, &endpoint_name, out).await?,
         DeploymentCommand::Show { name, endpoint_name } => {
             resources::deployment_show(client, &endpoint_name, &name.get(), out).await?
         }
@@ -967,7 +960,11 @@ async fn model_command(client: &cove_api::Client, command: ModelCommand, out: Ou
     Ok(exit_code::OK)
 }
 
-async fn environment_command(client: &cove_api::Client, command: EnvironmentCommand, out: Output) -> anyhow::Result<i32> {
+async fn environment_command(
+    client: &cove_api::Client,
+    command: EnvironmentCommand,
+    out: Output,
+) -> anyhow::Result<i32> {
     match command {
         EnvironmentCommand::Create { file } => environment::create(client, &absolute(&file)?, out).await?,
         EnvironmentCommand::List { name } => environment::list(client, name.as_deref(), out).await?,
@@ -1004,7 +1001,8 @@ async fn data_command(client: &cove_api::Client, command: DataCommand, out: Outp
 async fn job_command(client: &cove_api::Client, command: JobCommand, out: Output) -> anyhow::Result<i32> {
     match command {
         JobCommand::List { endpoint_name, deployment_name, status, since, max_results } => {
-            let filter = jobs::ListFilter { endpoint: endpoint_name, deployment: deployment_name, status, since, max_results };
+            let filter =
+                jobs::ListFilter { endpoint: endpoint_name, deployment: deployment_name, status, since, max_results };
             jobs::list(client, &filter, out).await?
         }
         JobCommand::Show { name } => {

@@ -453,9 +453,7 @@ impl object_store::ObjectStore for GoogleCloudStorage {
         let mut token = None;
         loop {
             let page = self.inner.list_page(prefix, true, token.as_deref()).await?;
-            result
-                .common_prefixes
-                .extend(page.prefixes.iter().map(|p| crate::object_path_of(p.trim_end_matches('/'))));
+            result.common_prefixes.extend(page.prefixes.iter().map(|p| crate::object_path_of(p.trim_end_matches('/'))));
             for item in page.items {
                 result.objects.push(item.meta()?);
             }

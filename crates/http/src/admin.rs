@@ -2,15 +2,15 @@
 //! `diagnose`. All of them need the owner role, except reading the audit log (reader and up).
 
 use super::{parse_json, ApiError, ApiResult, JsonResult, User};
-use cove_store::auth::{self, Role, TokenKind};
-use cove_store::{self as store, TokenRow};
 use crate::AppRef;
-use cove_jobs::logs;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::Json;
 use cove_api::{AuditEntry, Check, Compute, CreateToken, Token};
+use cove_jobs::logs;
+use cove_store::auth::{self, Role, TokenKind};
+use cove_store::{self as store, TokenRow};
 use serde::Deserialize;
 
 fn render(row: TokenRow, secret: Option<String>) -> Token {
@@ -297,11 +297,12 @@ pub async fn revoke_compute_credential(
 /// go on; workers started from now on use the new ones.
 pub async fn rotate_certificates(State(app): State<AppRef>, user: User) -> JsonResult<cove_api::RotatedCertificates> {
     user.require(Role::Owner, None)?;
-    let not_after = cove_workspace::tls::rotate_server(&app.tls, &app.config.dir).map_err(|e| match &app.tls.brought {
-        // The user's files are what is wrong: said as a refusal, naming them, not as a server fault.
-        Some(_) => ApiError::invalid(format!("{e:#}")),
-        None => ApiError::internal("renew the listeners' certificate", format!("{e:#}")),
-    })?;
+    let not_after =
+        cove_workspace::tls::rotate_server(&app.tls, &app.config.dir).map_err(|e| match &app.tls.brought {
+            // The user's files are what is wrong: said as a refusal, naming them, not as a server fault.
+            Some(_) => ApiError::invalid(format!("{e:#}")),
+            None => ApiError::internal("renew the listeners' certificate", format!("{e:#}")),
+        })?;
     let server_expires_at = logs::timestamp(not_after * 1000);
     let server_certificate_from = app.tls.brought.as_ref().map(|b| b.certificate.display().to_string());
     let mut computes = Vec::new();

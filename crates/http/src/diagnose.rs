@@ -1,9 +1,9 @@
 //! `cove workspace diagnose`: one check per line, each failing check with its fix.
 
-use cove_store as store;
 use crate::AppRef;
 use cove_api::worker::SandboxMode;
 use cove_api::Check;
+use cove_store as store;
 
 fn check(name: &str, status: &str, detail: String, fix: Option<String>) -> Check {
     Check { name: name.into(), status: status.into(), detail, fix }

@@ -2,15 +2,15 @@
 //! `python` pin picks, resolving and building what a deployment runs in (the worker's toolchain, run in
 //! a child process: `cove_common::children`), and removing builds nothing uses any more.
 
-use cove_workspace::netpolicy::NetworkPolicy;
 use crate::{App, AppRef};
-use cove_store as store;
-use cove_workspace::{layout, EnvironmentSettings};
 use cove_api::worker::{EnvironmentBuild, PackageSource};
 use cove_api::DeploymentEnvironment;
-use cove_spec::requirement_name;
 use cove_common::children::{EnvironmentAnswer, EnvironmentTask, ENVIRONMENT_ARG};
 use cove_common::environment::{environment_key, interpreter_info, normalise_name, InterpreterInfo};
+use cove_spec::requirement_name;
+use cove_store as store;
+use cove_workspace::netpolicy::NetworkPolicy;
+use cove_workspace::{layout, EnvironmentSettings};
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -28,8 +28,8 @@ pub fn package_source(config: &EnvironmentSettings, policy: &NetworkPolicy) -> R
     let address = index_address(url)?;
     let endpoint = policy.private_endpoints.iter().find(|p| p.service == "package-index" && p.address == address);
     let through_endpoint = endpoint.is_some();
-    let on_loopback_workspace =
-        address.ip().is_loopback() && policy.networks.iter().any(|n| n.name == cove_workspace::netpolicy::LOOPBACK_NETWORK);
+    let on_loopback_workspace = address.ip().is_loopback()
+        && policy.networks.iter().any(|n| n.name == cove_workspace::netpolicy::LOOPBACK_NETWORK);
     if !policy.public_network_access && !through_endpoint && !on_loopback_workspace {
         return Err(format!(
             "--package-index {url}: a private workspace reaches its package index only through a private endpoint \
@@ -48,7 +48,9 @@ pub fn package_source(config: &EnvironmentSettings, policy: &NetworkPolicy) -> R
             cove_workspace::netpolicy::read_ca(&format!("--package-index-ca {}", file.display()), file)
                 .map_err(|e| e.to_string())?,
         ),
-        (None, _) => endpoint.map_or(Ok(None), cove_workspace::netpolicy::PrivateEndpoint::ca).map_err(|e| e.to_string())?,
+        (None, _) => {
+            endpoint.map_or(Ok(None), cove_workspace::netpolicy::PrivateEndpoint::ca).map_err(|e| e.to_string())?
+        }
     };
     Ok(Some(PackageSource::Index { url: url.trim_end_matches('/').to_string(), address, ca }))
 }
@@ -185,8 +187,11 @@ async fn prepare_now<'a>(
     };
     let log = log_of(&root, &key);
     if build_now {
-        let ensure =
-            EnvironmentTask::Ensure { python: app.config.python.clone(), sandbox: app.config.sandbox, build: build.clone() };
+        let ensure = EnvironmentTask::Ensure {
+            python: app.config.python.clone(),
+            sandbox: app.config.sandbox,
+            build: build.clone(),
+        };
         match run_child(&app.config.worker_exe, &ensure).await? {
             EnvironmentAnswer::Built => {}
             EnvironmentAnswer::NoToolchain { message } => return Err(message),

@@ -1,14 +1,14 @@
 //! Handlers for registered environments: `cove environment create|list|show`.
 
 use super::{parse_json, ApiError, JsonResult, User};
-use cove_store::auth::Role;
 use crate::AppRef;
-use cove_store as store;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::Json;
 use cove_api::{CreateEnvironment, Environment, EnvironmentBuildInfo, EnvironmentDetail};
+use cove_store as store;
+use cove_store::auth::Role;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 

@@ -6,7 +6,6 @@
 //! listed). The guard also writes the audit log: every mutating call and every refusal.
 
 use super::ApiError;
-use cove_store as store;
 use crate::AppRef;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
@@ -14,6 +13,7 @@ use axum::http::{Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use cove_api::AuditEntry;
+use cove_store as store;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::task::{Context, Poll};

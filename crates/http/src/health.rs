@@ -6,7 +6,7 @@ use crate::AppRef;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
-use cove_api::{ReadinessCheck, Readiness};
+use cove_api::{Readiness, ReadinessCheck};
 use cove_store as store;
 use std::time::Duration;
 
@@ -26,7 +26,11 @@ pub async fn healthz() -> Json<serde_json::Value> {
 /// names each check either way.
 pub async fn readyz(State(app): State<AppRef>) -> (StatusCode, Json<Readiness>) {
     let stopping = app.draining.load(std::sync::atomic::Ordering::SeqCst);
-    let serving = if stopping { Err("a planned stop is under way: no new work is taken".to_string()) } else { Ok("taking work".to_string()) };
+    let serving = if stopping {
+        Err("a planned stop is under way: no new work is taken".to_string())
+    } else {
+        Ok("taking work".to_string())
+    };
     let mut checks = vec![check("serving", serving), store_check(&app).await];
     checks.extend(certificate_checks(&app).await);
     checks.extend(compute_checks(&app).await);
@@ -87,7 +91,9 @@ async fn compute_checks(app: &AppRef) -> Vec<ReadinessCheck> {
         let name = format!("compute {}", c.name);
         let heard = app.worker_contact.lock().unwrap_or_else(|e| e.into_inner()).get(&c.name).map(|(_, at)| *at);
         let verdict = match (&c.slurm, heard) {
-            (_, Some(at)) if now - at < RECENT_WORKER_MS => Ok("a worker reached the API in the last 10 minutes".into()),
+            (_, Some(at)) if now - at < RECENT_WORKER_MS => {
+                Ok("a worker reached the API in the last 10 minutes".into())
+            }
             (Some(spec), _) => match cove_compute::slurm::reachable(spec).await {
                 Ok(()) => Ok("its Slurm controller answers".into()),
                 Err(e) => Err(e.to_string()),

@@ -2,18 +2,18 @@
 
 use super::resources::{deployment, endpoint};
 use super::{parse_json, ApiError, ApiResult, JsonResult, User};
-use cove_store::auth::Role;
-use cove_datastore::{parse_uri, DataPath};
-use cove_jobs::plan::batch_files;
-use cove_store::{self as store, JobInsert, JobRecord, JobRow, Location, LocationKind, NewJob};
 use crate::AppRef;
-use cove_jobs::logs;
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use cove_api::worker::{EgressTarget, RunSpec};
 use cove_api::{AttemptInfo, FailedBatch, FileEntry, InputType, Invoke, Job, JobInput, Progress};
+use cove_datastore::{parse_uri, DataPath};
+use cove_jobs::logs;
+use cove_jobs::plan::batch_files;
+use cove_store::auth::Role;
+use cove_store::{self as store, JobInsert, JobRecord, JobRow, Location, LocationKind, NewJob};
 use futures::TryStreamExt;
 use object_store::ObjectStore;
 use serde::Deserialize;
@@ -241,7 +241,12 @@ async fn deployed_model(app: &AppRef, dep: &cove_api::Deployment) -> ApiResult<c
 }
 
 /// What every attempt of the job runs, as the deployment and the job's settings say.
-fn run_spec(app: &AppRef, dep: &cove_api::Deployment, settings: &cove_spec::DeploymentSettings, model: &cove_api::Model) -> RunSpec {
+fn run_spec(
+    app: &AppRef,
+    dep: &cove_api::Deployment,
+    settings: &cove_spec::DeploymentSettings,
+    model: &cove_api::Model,
+) -> RunSpec {
     RunSpec {
         snapshot: format!("{}-{}", dep.name, dep.created_at),
         scoring_script: dep.scoring_script.clone(),
@@ -554,7 +559,9 @@ pub async fn list(State(app): State<AppRef>, user: User, Query(q): Query<ListQue
         None => None,
         Some(s) => Some(
             cove_model::JobStatus::parse(s)
-                .ok_or_else(|| ApiError::invalid(format!("status: `{s}` is not a job status (Completed, Failed, Running, ...)")))?
+                .ok_or_else(|| {
+                    ApiError::invalid(format!("status: `{s}` is not a job status (Completed, Failed, Running, ...)"))
+                })?
                 .as_str()
                 .to_string(),
         ),

@@ -10,23 +10,23 @@ mod environments;
 mod error;
 pub mod guard;
 mod health;
-mod metrics;
 mod jobs;
+mod metrics;
+pub mod modelcheck;
 mod ownership;
 pub mod refusals;
 mod resources;
-pub mod modelcheck;
 pub mod studio;
 mod upload;
 mod worker;
 
 pub use error::{ApiError, ApiResult, ErrorCode};
 
-use cove_store::auth::{self, Principal, Role, TokenKind};
 use axum::extract::{DefaultBodyLimit, FromRequestParts};
 use axum::http::request::Parts;
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
+use cove_store::auth::{self, Principal, Role, TokenKind};
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
@@ -203,9 +203,7 @@ async fn principal_and_network(parts: &Parts, app: &AppRef) -> ApiResult<WorkerC
         .call(move |c| {
             let Some(p) = auth::resolve(c, &secret)? else { return Ok(None) };
             let certified = match (&presented, p.kind) {
-                (Some(fp), TokenKind::Worker) => {
-                    cove_store::worker_certificate_compute(c, fp, cove_store::now_ms())?
-                }
+                (Some(fp), TokenKind::Worker) => cove_store::worker_certificate_compute(c, fp, cove_store::now_ms())?,
                 _ => None,
             };
             let network = match &p.compute {

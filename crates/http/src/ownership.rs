@@ -9,9 +9,9 @@
 //!   `endpoints/<its endpoint>/` or the default `azureml/<job>/` location.
 
 use super::{ApiError, ApiResult, ErrorCode, User};
+use crate::AppRef;
 use cove_datastore::DataPath;
 use cove_store::{self as store, Location, LocationKind};
-use crate::AppRef;
 
 /// Why the caller may not read `at` (as `field`), if it may not; `inputs` refuses registered files too.
 pub async fn check_read(app: &AppRef, user: &User, field: &str, at: &DataPath, inputs: bool) -> ApiResult<()> {

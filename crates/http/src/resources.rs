@@ -1,9 +1,6 @@
 //! Handlers for the workspace's resources: endpoints, deployments, models and datastore uploads.
 
 use super::{parse_json, ApiError, ApiResult, JsonResult, User};
-use cove_store::auth::Role;
-use cove_datastore::{normalise, parse_uri, DataPath};
-use cove_store as store;
 use crate::{envcheck, AppRef};
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query, State};
@@ -13,7 +10,10 @@ use cove_api::worker::SandboxMode;
 use cove_api::{
     CreateDeployment, CreateModel, Deployment, Endpoint, Model, ModelVersionRef, UpdateEndpoint, Workspace,
 };
+use cove_datastore::{normalise, parse_uri, DataPath};
 use cove_spec::{EndpointSpec, EnvironmentRef, ModelRef, ModelType, ModelVersion};
+use cove_store as store;
+use cove_store::auth::Role;
 use futures::TryStreamExt;
 use object_store::ObjectStore;
 use serde::Deserialize;
@@ -1311,11 +1311,8 @@ async fn create_gcs_datastore(
         .service_account_key
         .clone()
         .ok_or_else(|| ApiError::invalid("credentials.service_account_key_file: required"))?;
-    let secret = cove_datastore::GcsSecret {
-        endpoint: endpoint.clone(),
-        bucket: req.bucket.clone(),
-        service_account_key: key,
-    };
+    let secret =
+        cove_datastore::GcsSecret { endpoint: endpoint.clone(), bucket: req.bucket.clone(), service_account_key: key };
     let ca = app.policy.endpoint_ca(&format!("datastore:{name}")).map_err(ApiError::from)?;
     let client = cove_datastore::build_gcs(&secret, ca.as_deref()).map_err(ApiError::invalid)?;
     probe_datastore(&(client as Arc<dyn ObjectStore>), &format!("bucket `{}` at {endpoint}", req.bucket)).await?;

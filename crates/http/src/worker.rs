@@ -2,13 +2,7 @@
 //! is still current, so a worker can touch only the mini-batch it holds, and only while it holds it.
 
 use super::{guard, parse_json, ApiError, ApiResult, ErrorCode, JsonResult, Worker};
-use cove_store::auth::Principal;
-use cove_datastore::{normalise, parse_uri, DataPath};
-use cove_jobs::plan::{batch_files, decode_lines, manifest_range};
-use cove_jobs::{self as jobs, LEASE_GRACE_MS};
-use cove_store::{self as store, LeaseAnswer, LeaseInfo};
 use crate::AppRef;
-use cove_jobs::logs;
 use axum::body::{Body, Bytes};
 use axum::extract::{Extension, Path, State};
 use axum::http::StatusCode;
@@ -18,7 +12,13 @@ use cove_api::worker::{
     AssetListing, Completion, CompletionAck, Lease, LeaseRequest, LeaseResponse, ReportedOutcome, Reports, ReportsAck,
 };
 use cove_api::{AuditEntry, FileEntry};
+use cove_datastore::{normalise, parse_uri, DataPath};
+use cove_jobs::logs;
+use cove_jobs::plan::{batch_files, decode_lines, manifest_range};
+use cove_jobs::{self as jobs, LEASE_GRACE_MS};
 use cove_model::AttemptOutcome;
+use cove_store::auth::Principal;
+use cove_store::{self as store, LeaseAnswer, LeaseInfo};
 use futures::TryStreamExt;
 use object_store::ObjectStore;
 use std::time::Duration;

@@ -10,12 +10,12 @@
 //! process that wrote it (a starting control plane deletes every one), and finalizing assembles from the
 //! parts, as it always could, when the file is missing, incomplete or was already taken.
 
-use cove_store as store;
 use crate::ControlRef;
 use anyhow::Context;
 use bytes::Bytes;
 use cove_api::worker::bundle::Pieces;
 use cove_model::JobStatus;
+use cove_store as store;
 use std::collections::HashMap;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -220,7 +220,8 @@ async fn append(app: &ControlRef, job: &str, assembly: &mut Assembly, parts: Vec
         None => {
             let path = app.assemblies.path(job);
             let created = tokio::fs::File::create(&path).await;
-            let file = Arc::new(created.with_context(|| format!("failed to create {}", path.display()))?.into_std().await);
+            let file =
+                Arc::new(created.with_context(|| format!("failed to create {}", path.display()))?.into_std().await);
             assembly.file = Some(file.clone());
             file
         }

@@ -13,11 +13,11 @@
 //! published, or deletes a staging folder and writes the set again (the same bytes), so the set ends
 //! complete exactly once; a job whose cancel arrived meanwhile has its output deleted instead.
 
-use cove_datastore::{parse_uri, DataPath};
-use cove_store as store;
 use crate::ControlRef;
 use anyhow::Context;
+use cove_datastore::{parse_uri, DataPath};
 use cove_model::JobStatus;
+use cove_store as store;
 use futures::TryStreamExt;
 use object_store::{ObjectStore, WriteMultipart};
 use std::path::PathBuf;
@@ -321,7 +321,11 @@ pub async fn copy_parts(
 
 /// Streams committed parts into `writer` in the order given: those kept in the state store (read a run
 /// at a time, so memory stays bounded) and those stored as objects.
-async fn copy_committed(app: &ControlRef, parts: Vec<(u64, String)>, writer: &mut WriteMultipart) -> anyhow::Result<()> {
+async fn copy_committed(
+    app: &ControlRef,
+    parts: Vec<(u64, String)>,
+    writer: &mut WriteMultipart,
+) -> anyhow::Result<()> {
     const RUN: usize = 256;
     let mut parts = parts.into_iter().peekable();
     while let Some((idx, key)) = parts.next() {

@@ -15,10 +15,10 @@ pub mod slurm;
 pub use finalize::{copy_parts, finalize};
 
 use cove_compute::{Backend, JobWorkers};
-use cove_store::{self as store, JobRow};
 use cove_model::{AttemptOutcome, JobStatus};
-use std::sync::{Arc, Mutex};
+use cove_store::{self as store, JobRow};
 use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{watch, Notify};
 

@@ -3,9 +3,9 @@
 //! they look. Workers upload the per-process files under `logs/user/` when they change; the control
 //! plane writes the job-level files and `logs/sys/node/` (from the attempt records) when the job ends.
 
-use cove_store::{self as store, AttemptRow};
 use crate::ControlRef;
 use chrono::{TimeZone, Utc};
+use cove_store::{self as store, AttemptRow};
 use object_store::path::Path as ObjectPath;
 use object_store::ObjectStore;
 use std::fmt::Write;
@@ -38,7 +38,11 @@ user/stderr/<node>/<processNNN>.stderr.txt  what the scoring script wrote to std
 ///
 /// `ending_as` writes them for a status the job is about to take, so that they exist before anyone can
 /// see that status.
-pub async fn write_job_logs(app: &ControlRef, job: &str, ending_as: Option<cove_model::JobStatus>) -> anyhow::Result<()> {
+pub async fn write_job_logs(
+    app: &ControlRef,
+    job: &str,
+    ending_as: Option<cove_model::JobStatus>,
+) -> anyhow::Result<()> {
     let name = job.to_string();
     let (row, attempts, failed) = app
         .store

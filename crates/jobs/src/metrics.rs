@@ -40,16 +40,19 @@ impl Metrics {
             &["method", "route", "status"],
         )
         .expect("a valid metric");
-        let refusals =
-            IntCounterVec::new(Opts::new("cove_refusals_total", "Requests refused, by reason"), &["reason"]).expect("valid");
+        let refusals = IntCounterVec::new(Opts::new("cove_refusals_total", "Requests refused, by reason"), &["reason"])
+            .expect("valid");
         let datastore_bytes = IntCounterVec::new(
             Opts::new("cove_datastore_bytes_total", "Bytes of datastore files the control plane read or wrote"),
             &["direction"],
         )
         .expect("a valid metric");
         let environment_builds = HistogramVec::new(
-            HistogramOpts::new("cove_environment_build_duration_seconds", "Time to resolve and build a deployment's environment")
-                .buckets(vec![0.5, 1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0]),
+            HistogramOpts::new(
+                "cove_environment_build_duration_seconds",
+                "Time to resolve and build a deployment's environment",
+            )
+            .buckets(vec![0.5, 1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0]),
             &["outcome"],
         )
         .expect("a valid metric");
@@ -78,8 +81,17 @@ impl Metrics {
 }
 
 /// Every job status, so each series exists while no job has it.
-const JOB_STATUSES: [&str; 9] =
-    ["NotStarted", "Preparing", "Queued", "Running", "Finalizing", "CancelRequested", "Completed", "Failed", "Canceled"];
+const JOB_STATUSES: [&str; 9] = [
+    "NotStarted",
+    "Preparing",
+    "Queued",
+    "Running",
+    "Finalizing",
+    "CancelRequested",
+    "Completed",
+    "Failed",
+    "Canceled",
+];
 
 fn store_families(s: &MetricsSnapshot) -> Vec<MetricFamily> {
     let mut jobs: Vec<(Vec<(&str, String)>, f64)> =
@@ -102,16 +114,23 @@ fn store_families(s: &MetricsSnapshot) -> Vec<MetricFamily> {
         .map(|(c, _, n)| (vec![("compute", c.clone())], *n as f64))
         .collect();
     let retries = s.retries.iter().map(|(c, n)| (vec![("compute", c.clone())], *n as f64)).collect();
-    let queue = s
-        .queue
-        .iter()
-        .map(|(c, d, n)| (vec![("compute", c.clone()), ("deployment", d.clone())], *n as f64))
-        .collect();
+    let queue =
+        s.queue.iter().map(|(c, d, n)| (vec![("compute", c.clone()), ("deployment", d.clone())], *n as f64)).collect();
     let workers = s.workers.iter().map(|(c, n)| (vec![("compute", c.clone())], *n as f64)).collect();
     vec![
         family("cove_jobs", "Jobs by status", MetricType::GAUGE, jobs),
-        family("cove_minibatch_attempts_total", "Attempts at mini-batches that ended, by compute and outcome", MetricType::COUNTER, by_outcome),
-        family("cove_lease_expirations_total", "Leases that expired with no report (the worker was lost)", MetricType::COUNTER, expired),
+        family(
+            "cove_minibatch_attempts_total",
+            "Attempts at mini-batches that ended, by compute and outcome",
+            MetricType::COUNTER,
+            by_outcome,
+        ),
+        family(
+            "cove_lease_expirations_total",
+            "Leases that expired with no report (the worker was lost)",
+            MetricType::COUNTER,
+            expired,
+        ),
         family("cove_minibatch_retries_total", "Attempts after a mini-batch's first", MetricType::COUNTER, retries),
         family("cove_queue_minibatches", "Mini-batches of running jobs waiting for a lease", MetricType::GAUGE, queue),
         family("cove_workers", "Workers holding a lease now", MetricType::GAUGE, workers),

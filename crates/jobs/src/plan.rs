@@ -1,12 +1,12 @@
 //! Planning: list a job's input files once (sorted, deterministic), store them as one manifest object,
 //! and record one row per mini-batch pointing at its slice of the manifest.
 
-use cove_datastore::{list_local_folder, parse_uri};
-use cove_store::{self as store, JobRow, PlannedBatch};
 use crate::ControlRef;
 use anyhow::Context;
 use cove_api::InputType;
+use cove_datastore::{list_local_folder, parse_uri};
 use cove_model::{batch_count, batch_range, JobStatus};
+use cove_store::{self as store, JobRow, PlannedBatch};
 use futures::StreamExt;
 use object_store::ObjectStore;
 

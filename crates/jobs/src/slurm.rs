@@ -49,12 +49,8 @@ pub async fn follow(app: ControlRef, job: String, compute: String, spec: Compute
             None => match submit_for(&app, &row, &backend).await {
                 Ok(id) => id,
                 Err(reason) => {
-                    crate::fail_lost(
-                        &app,
-                        job.clone(),
-                        format!("the Slurm compute could not start workers: {reason}"),
-                    )
-                    .await;
+                    crate::fail_lost(&app, job.clone(), format!("the Slurm compute could not start workers: {reason}"))
+                        .await;
                     return;
                 }
             },
@@ -132,7 +128,8 @@ pub async fn follow(app: ControlRef, job: String, compute: String, spec: Compute
 /// Submits the job's array job and records its id; the error is the reason a job failed for it.
 async fn submit_for(app: &ControlRef, row: &store::JobRow, backend: &Slurm) -> Result<String, String> {
     let s = &row.record.settings;
-    let workers = JobWorkers { job: &row.name, instances: s.instance_count, concurrency: s.max_concurrency_per_instance };
+    let workers =
+        JobWorkers { job: &row.name, instances: s.instance_count, concurrency: s.max_concurrency_per_instance };
     let id = backend.start(workers).await.map_err(|e| e.to_string())?.unwrap_or_default();
     let (name, reference) = (row.name.clone(), id.clone());
     app.store.call(move |c| store::job_set_compute_ref(c, &name, &reference)).await.map_err(|e| e.to_string())?;
@@ -155,4 +152,3 @@ async fn expire_node(app: &ControlRef, job: &str, node: &str) {
         }
     }
 }
-

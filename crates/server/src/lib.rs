@@ -404,11 +404,11 @@ fn init_workspace(store: &store::Store, dir: &Path) -> anyhow::Result<Option<Str
                     endpoint: None,
                 },
             )?;
-            let (_, secret) = store::auth::mint(&tx, store::auth::TokenKind::User, store::auth::Role::Owner, None, None, None)?;
+            let (_, secret) =
+                store::auth::mint(&tx, store::auth::TokenKind::User, store::auth::Role::Owner, None, None, None)?;
             store::meta_set(&tx, "created", &store::now_ms().to_string())?;
             tx.commit()?;
             Ok(Some(secret))
         })
         .context("failed to initialise the workspace")
 }
-

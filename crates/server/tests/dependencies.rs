@@ -17,7 +17,9 @@ fn forbidden(names: &BTreeSet<String>) -> Vec<&String> {
 fn the_control_plane_links_neither_the_worker_nor_the_model_runtime() {
     let server = normal_dependencies("cove-server");
     // The listing is the real graph: the control plane's own crates and its HTTP stack are in it.
-    for expected in ["cove-server", "cove-http", "cove-jobs", "cove-store", "cove-common", "cove-api", "axum", "rusqlite"] {
+    for expected in
+        ["cove-server", "cove-http", "cove-jobs", "cove-store", "cove-common", "cove-api", "axum", "rusqlite"]
+    {
         assert!(server.contains(expected), "`{expected}` missing from cove-server's graph: {server:?}");
     }
     assert_eq!(forbidden(&server), Vec::<&String>::new(), "cove-server links worker-side code");

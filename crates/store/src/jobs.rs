@@ -206,7 +206,8 @@ pub fn job_page(conn: &Connection, f: &JobFilter<'_>, limit: u32) -> StoreResult
          ORDER BY seq DESC LIMIT ?6"
     );
     let mut stmt = conn.prepare_cached(&sql)?;
-    let rows = stmt.query_map(params![f.endpoint, f.deployment, f.status, f.since_ms, f.before, limit], job_from_row)?;
+    let rows =
+        stmt.query_map(params![f.endpoint, f.deployment, f.status, f.since_ms, f.before, limit], job_from_row)?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
 

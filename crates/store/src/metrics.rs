@@ -32,8 +32,7 @@ pub fn metrics_snapshot(conn: &Connection) -> StoreResult<MetricsSnapshot> {
         "SELECT COALESCE(a.compute, j.compute), a.outcome, COUNT(*) FROM attempts a JOIN jobs j ON j.name = a.job
          WHERE a.outcome IS NOT NULL GROUP BY 1, 2",
     )?;
-    s.attempts_by_outcome =
-        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?.collect::<Result<_, _>>()?;
+    s.attempts_by_outcome = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?.collect::<Result<_, _>>()?;
     let mut stmt = conn.prepare_cached(
         "SELECT COALESCE(a.compute, j.compute), COUNT(*) FROM attempts a JOIN jobs j ON j.name = a.job
          WHERE a.attempt > 1 GROUP BY 1",
@@ -62,8 +61,9 @@ pub fn metrics_snapshot(conn: &Connection) -> StoreResult<MetricsSnapshot> {
     let mut stmt = conn.prepare(&sql)?;
     s.durations = stmt
         .query_map([], |r| {
-            let counts: Vec<u64> =
-                (0..DURATION_BUCKETS.len()).map(|i| r.get::<_, i64>(3 + i).map(|v| v as u64)).collect::<Result<_, _>>()?;
+            let counts: Vec<u64> = (0..DURATION_BUCKETS.len())
+                .map(|i| r.get::<_, i64>(3 + i).map(|v| v as u64))
+                .collect::<Result<_, _>>()?;
             Ok((r.get(0)?, counts, r.get::<_, i64>(1)? as u64, r.get::<_, i64>(2)? as f64 / 1000.0))
         })?
         .collect::<Result<_, _>>()?;

@@ -91,7 +91,6 @@ fn find_uv(python: &str) -> Option<PathBuf> {
     })
 }
 
-
 /// One run of an installer: its program and arguments, the base interpreter (whose files the sandbox
 /// shows), and the folders it reads and writes.
 struct ToolRun<'a> {
@@ -487,7 +486,6 @@ fn uv_message(stderr: &str) -> String {
     }
 }
 
-
 /// For every requirement the resolver's message names with a version it could not satisfy, the
 /// versions that the package source has for this interpreter, nearest to the pin first.
 async fn nearest_versions(message: &str, packages: &[String], source: &PackageSource, python: &str) -> Vec<String> {
@@ -526,7 +524,6 @@ fn version_parts(v: &str) -> Vec<u64> {
 fn version_distance(a: &[u64], b: &[u64]) -> Vec<u64> {
     (0..a.len().max(b.len())).map(|i| a.get(i).copied().unwrap_or(0).abs_diff(b.get(i).copied().unwrap_or(0))).collect()
 }
-
 
 /// Versions of `name` with a wheel this interpreter can install.
 async fn available_versions(source: &PackageSource, name: &str, python_version: &str) -> Vec<String> {

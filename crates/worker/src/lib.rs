@@ -7,8 +7,8 @@
 //! fate: it reports what happened and the control plane's policy decides.
 
 pub use cove_common::beneath;
-mod credential;
 pub mod children;
+mod credential;
 pub mod environment;
 mod leftovers;
 pub mod sandbox;

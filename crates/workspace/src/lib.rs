@@ -148,8 +148,16 @@ pub fn ensure_worker_token(store: &Store, dir: &Path, compute: &str) -> anyhow::
             return Ok(secret);
         }
     }
-    let (_, secret) = store
-        .call_now(|c| cove_store::auth::mint(c, cove_store::auth::TokenKind::Worker, cove_store::auth::Role::Worker, None, Some(compute.into()), None))?;
+    let (_, secret) = store.call_now(|c| {
+        cove_store::auth::mint(
+            c,
+            cove_store::auth::TokenKind::Worker,
+            cove_store::auth::Role::Worker,
+            None,
+            Some(compute.into()),
+            None,
+        )
+    })?;
     write_secret(&path, &secret)?;
     Ok(secret)
 }

@@ -268,11 +268,8 @@ impl NetworkPolicy {
         for pe in &mut private_endpoints {
             pe.ca_file = pe.ca_file.take().map(beside);
         }
-        let tls = raw.tls.map(|t| BroughtTls {
-            certificate: beside(t.certificate),
-            key: beside(t.key),
-            ca: beside(t.ca),
-        });
+        let tls =
+            raw.tls.map(|t| BroughtTls { certificate: beside(t.certificate), key: beside(t.key), ca: beside(t.ca) });
         Ok(NetworkPolicy {
             public_network_access: public,
             networks: raw.networks,
@@ -322,9 +319,10 @@ impl NetworkPolicy {
         }
         match self.network_of(ip) {
             Some(n) if self.allowed_networks().contains(&n.name.as_str()) => Ok(()),
-            Some(n) => {
-                Err(Refusal(format!("source {ip} is on network `{}`, which is not peered with the workspace's network", n.name)))
-            }
+            Some(n) => Err(Refusal(format!(
+                "source {ip} is on network `{}`, which is not peered with the workspace's network",
+                n.name
+            ))),
             None => Err(Refusal(format!("source {ip} is outside the workspace's private networks"))),
         }
     }

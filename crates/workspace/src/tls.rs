@@ -8,8 +8,8 @@
 //! plain-text refusal and nothing else.
 
 use crate::netpolicy::{BroughtTls, NetworkPolicy};
-use cove_store::{self as store, Store};
 use anyhow::Context;
+use cove_store::{self as store, Store};
 use cove_tls::{Authority, Issued, ServerIdentity};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -47,7 +47,11 @@ fn the_control_plane_logs_the_job_lifecycle_as_json_lines() {
         assert_eq!(found.len(), 1, "one `{step}` line for {job}:\n{text}");
         let line = found[0];
         assert_eq!(line["level"], "INFO", "{line}");
-        assert_eq!((&line["deployment"], &line["compute"], &line["endpoint"]), (&"blue".into(), &"local".into(), &"logged".into()), "{line}");
+        assert_eq!(
+            (&line["deployment"], &line["compute"], &line["endpoint"]),
+            (&"blue".into(), &"local".into(), &"logged".into()),
+            "{line}"
+        );
     }
     assert_eq!(of("job ended")[0]["status"], "Completed");
     assert!(!of("starting workers").is_empty(), "{text}");
@@ -57,8 +61,11 @@ fn the_control_plane_logs_the_job_lifecycle_as_json_lines() {
 
     let worker_log = dir.path().join("ws/compute/local").join(&job).join("local-0/worker.log");
     let worker = std::fs::read_to_string(&worker_log).unwrap();
-    let started: Vec<serde_json::Value> =
-        worker.lines().filter_map(|l| serde_json::from_str(l).ok()).filter(|l: &serde_json::Value| l["message"] == "worker started").collect();
+    let started: Vec<serde_json::Value> = worker
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .filter(|l: &serde_json::Value| l["message"] == "worker started")
+        .collect();
     assert_eq!(started.len(), 1, "{worker}");
     assert_eq!((&started[0]["job"], &started[0]["node"]), (&job.as_str().into(), &"local-0".into()));
 }
@@ -75,7 +82,10 @@ fn text_logs_carry_the_fields_and_no_colour_codes() {
     assert!(!text.lines().any(|l| l.starts_with('{')), "JSON lines in a text log:\n{text}");
     let accepted = text.lines().find(|l| l.contains("job accepted") && l.contains(&format!("job={job}")));
     let accepted = accepted.unwrap_or_else(|| panic!("no `job accepted` line:\n{text}"));
-    assert!(accepted.contains(" INFO ") && accepted.contains("deployment=blue") && accepted.contains("compute=local"), "{accepted}");
+    assert!(
+        accepted.contains(" INFO ") && accepted.contains("deployment=blue") && accepted.contains("compute=local"),
+        "{accepted}"
+    );
 }
 
 /// `/healthz` answers while the process runs; `/readyz` names every check and turns 503 while the state
@@ -110,7 +120,8 @@ fn health_and_readiness_need_no_token_and_name_what_is_not_ready() {
     let store = ready["checks"].as_array().unwrap().iter().find(|c| c["name"] == "state store").unwrap();
     assert_eq!(store["ready"], false, "{ready:#}");
     assert!(store["detail"].as_str().unwrap().contains("did not finish within 2 s"), "{store}");
-    let others_ready = ready["checks"].as_array().unwrap().iter().filter(|c| c["name"] != "state store").all(|c| c["ready"] == true);
+    let others_ready =
+        ready["checks"].as_array().unwrap().iter().filter(|c| c["name"] != "state store").all(|c| c["ready"] == true);
     assert!(others_ready, "only the store is not ready: {ready:#}");
     db.execute_batch("ROLLBACK").unwrap();
     let start = std::time::Instant::now();
@@ -133,7 +144,8 @@ fn slow_script(secs: u32) -> String {
 /// Starts a job of `files` one-file mini-batches, one attempt each (`max_retries: 1`, so an attempt a
 /// stop charged would lose its file), and waits until two run.
 fn start_slow_job(cp: &ControlPlane, root: &std::path::Path, secs: u32, files: usize) -> String {
-    let settings = "mini_batch_size: 1\nmax_concurrency_per_instance: 2\nretry_settings:\n    max_retries: 1\n    timeout: 300";
+    let settings =
+        "mini_batch_size: 1\nmax_concurrency_per_instance: 2\nretry_settings:\n    max_retries: 1\n    timeout: 300";
     let p = Project::new(root, "slow", &slow_script(secs), settings);
     cp.cove(&["endpoint", "create", "-f", &p.file("endpoint.yml")]).ok();
     cp.cove(&["deployment", "create", "-f", &p.file("deployment.yml"), "--set-default"]).ok();
@@ -175,7 +187,8 @@ fn outcomes(job: &serde_json::Value) -> Vec<String> {
 fn a_planned_stop_lets_workers_finish_what_they_hold() {
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let log = dir.path().join("up.log");
-    let mut cp = ControlPlane::start_logging_with(&dir.path().join("ws"), Some(log.clone()), &[("COVE_SHUTDOWN_GRACE", "60")]);
+    let mut cp =
+        ControlPlane::start_logging_with(&dir.path().join("ws"), Some(log.clone()), &[("COVE_SHUTDOWN_GRACE", "60")]);
     let job = start_slow_job(&cp, dir.path(), 3, 6);
     let stopping = std::time::Instant::now();
     assert!(cp.stop().success());
@@ -231,7 +244,8 @@ fn prometheus_scrapes_the_metrics_over_tls_with_a_token() {
     assert_eq!(status, 200, "{exposition}");
     assert_eq!(scrape("not-a-token").0, 401);
     // The exposition covers every endpoint's deployments: a token scoped to one endpoint reads none of it.
-    let scoped = ws.cove(&["token", "create", "--role", "reader", "--endpoint-name", "watched"]).ok().stdout.trim().to_string();
+    let scoped =
+        ws.cove(&["token", "create", "--role", "reader", "--endpoint-name", "watched"]).ok().stdout.trim().to_string();
     let (status, refused) = scrape(&scoped);
     assert_eq!(status, 403, "{refused}");
     assert!(refused.contains("endpoint-scoped"), "{refused}");
@@ -307,7 +321,10 @@ fn prometheus_scrapes_the_metrics_over_tls_with_a_token() {
         rt.block_on(async { crate::support::plain_http().get(url).send().await.unwrap().json().await.unwrap() })
     };
     let value = |q: &str| -> Option<String> {
-        query(q)["data"]["result"].as_array().and_then(|r| r.first().cloned()).map(|s| s["value"][1].as_str().unwrap().to_string())
+        query(q)["data"]["result"]
+            .as_array()
+            .and_then(|r| r.first().cloned())
+            .map(|s| s["value"][1].as_str().unwrap().to_string())
     };
     let start = std::time::Instant::now();
     loop {
@@ -331,7 +348,6 @@ impl Drop for StopsOnDrop {
     }
 }
 
-
 /// The systemd unit in `deploy/` is one systemd accepts as it is (`systemd-analyze verify`, pointed at
 /// the binary the tests built, reports nothing at all: unknown keys and bad values are only warnings
 /// there), and systemd waits longer before it kills Cove than Cove's own grace for a planned stop.
@@ -353,12 +369,15 @@ fn the_service_unit_verifies_and_outwaits_the_shutdown_grace() {
     assert_ne!(here, unit, "the unit runs /usr/local/bin/cove");
     let copy = dir.path().join("cove.service");
     std::fs::write(&copy, here).unwrap();
-    let verified = std::process::Command::new("systemd-analyze").args(["verify", "--man=no"]).arg(&copy).output().unwrap();
+    let verified =
+        std::process::Command::new("systemd-analyze").args(["verify", "--man=no"]).arg(&copy).output().unwrap();
     let said = String::from_utf8_lossy(&verified.stderr).to_string() + &String::from_utf8_lossy(&verified.stdout);
     assert!(verified.status.success() && said.trim().is_empty(), "systemd-analyze verify: {said}");
     // The check is real: a misspelt key is reported.
-    std::fs::write(&copy, std::fs::read_to_string(&copy).unwrap().replace("TimeoutStopSec=", "TimeoutStpSec=")).unwrap();
-    let misspelt = std::process::Command::new("systemd-analyze").args(["verify", "--man=no"]).arg(&copy).output().unwrap();
+    std::fs::write(&copy, std::fs::read_to_string(&copy).unwrap().replace("TimeoutStopSec=", "TimeoutStpSec="))
+        .unwrap();
+    let misspelt =
+        std::process::Command::new("systemd-analyze").args(["verify", "--man=no"]).arg(&copy).output().unwrap();
     assert!(String::from_utf8_lossy(&misspelt.stderr).contains("Unknown key"), "{misspelt:?}");
 }
 
@@ -436,7 +455,10 @@ fn a_newer_workspace_is_refused_and_left_alone() {
         .unwrap();
     let said = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "a newer store must not be served: {said}");
-    assert!(said.contains(&format!("schema version {}, newer than this Cove knows ({version})", version + 1)), "{said}");
+    assert!(
+        said.contains(&format!("schema version {}, newer than this Cove knows ({version})", version + 1)),
+        "{said}"
+    );
     let db = rusqlite::Connection::open(ws.join("state/cove.db")).unwrap();
     let after: i64 = db.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
     assert_eq!(after, version + 1, "left as it was");

@@ -103,7 +103,8 @@ fn sql_stays_in_the_store_and_the_vocabulary_crates_do_no_io() {
 
 /// What blocks a runtime thread when called straight from async code: file-system calls, processes
 /// waited for, sleeps, and the interpreter probe (which runs one).
-const BLOCKING: &[&str] = &["std::fs::", "std::process::Command", "std::thread::sleep", "interpreter_info(", ".canonicalize()"];
+const BLOCKING: &[&str] =
+    &["std::fs::", "std::process::Command", "std::thread::sleep", "interpreter_info(", ".canonicalize()"];
 
 /// Lines (1-based, with their text) where `source` calls something of [`BLOCKING`] directly in an
 /// async body, rather than in a closure handed to the blocking pool (`spawn_blocking`, or the state
@@ -235,7 +236,8 @@ fn no_crate_has_a_module_import_loop() {
         let src = krate.path().join("src");
         let Ok(entries) = std::fs::read_dir(&src) else { continue };
         let mut uses: std::collections::BTreeMap<String, Vec<String>> = Default::default();
-        let files: Vec<PathBuf> = entries.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "rs")).collect();
+        let files: Vec<PathBuf> =
+            entries.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "rs")).collect();
         let names: Vec<String> = files.iter().map(|f| f.file_stem().unwrap().to_string_lossy().to_string()).collect();
         for (file, name) in files.iter().zip(&names) {
             if name == "lib" || name == "main" {
@@ -250,9 +252,15 @@ fn no_crate_has_a_module_import_loop() {
                 for rest in code.split(prefix).skip(1) {
                     match rest.strip_prefix('{') {
                         Some(group) => heads.extend(
-                            group.split('}').next().unwrap().split(',').map(|p| p.trim().split("::").next().unwrap().to_string()),
+                            group
+                                .split('}')
+                                .next()
+                                .unwrap()
+                                .split(',')
+                                .map(|p| p.trim().split("::").next().unwrap().to_string()),
                         ),
-                        None => heads.push(rest.split(|c: char| !(c.is_alphanumeric() || c == '_')).next().unwrap().to_string()),
+                        None => heads
+                            .push(rest.split(|c: char| !(c.is_alphanumeric() || c == '_')).next().unwrap().to_string()),
                     }
                 }
             }
@@ -267,14 +275,24 @@ fn no_crate_has_a_module_import_loop() {
         }
         crates_read += 1;
         for module in uses.keys() {
-            assert!(!reaches(module, module, &uses, &mut Vec::new()), "{}: module `{module}` imports itself through {:?}", krate.path().display(), uses);
+            assert!(
+                !reaches(module, module, &uses, &mut Vec::new()),
+                "{}: module `{module}` imports itself through {:?}",
+                krate.path().display(),
+                uses
+            );
         }
     }
     assert!(crates_read >= 14, "only {crates_read} crates were read");
 }
 
 /// Whether `to` is reached from `from` through `uses` (a depth-first walk, so a loop of any length).
-fn reaches(from: &str, to: &str, uses: &std::collections::BTreeMap<String, Vec<String>>, seen: &mut Vec<String>) -> bool {
+fn reaches(
+    from: &str,
+    to: &str,
+    uses: &std::collections::BTreeMap<String, Vec<String>>,
+    seen: &mut Vec<String>,
+) -> bool {
     for next in uses.get(from).into_iter().flatten() {
         if next == to {
             return true;
@@ -292,8 +310,10 @@ fn reaches(from: &str, to: &str, uses: &std::collections::BTreeMap<String, Vec<S
 #[test]
 fn the_loop_finder_sees_a_loop() {
     // A made-up crate where a uses b, b uses c and c uses a; d uses a and is in no loop.
-    let uses: std::collections::BTreeMap<String, Vec<String>> =
-        [("a", "b"), ("b", "c"), ("c", "a"), ("d", "a")].iter().map(|(m, u)| (m.to_string(), vec![u.to_string()])).collect();
+    let uses: std::collections::BTreeMap<String, Vec<String>> = [("a", "b"), ("b", "c"), ("c", "a"), ("d", "a")]
+        .iter()
+        .map(|(m, u)| (m.to_string(), vec![u.to_string()]))
+        .collect();
     let loops = |m: &str| reaches(m, m, &uses, &mut Vec::new());
     assert!(loops("a") && loops("b") && loops("c") && !loops("d"));
 }
